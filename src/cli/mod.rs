@@ -1,0 +1,55 @@
+//! The command line: one file per command group. Each command returns its exit code or an
+//! `anyhow` error that `main` prints as one line with exit code 2.
+
+mod cert;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Gatehouse: a self-hosted data gateway. With no command, opens the Configuration Manager.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check certificates for the encrypted peer channel.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Run and administer the hub (control plane). Not in this version yet.
+    Hub(Planned),
+    /// Run and administer this machine's node service. Not in this version yet.
+    Node(Planned),
+    /// Submit and inspect jobs. Not in this version yet.
+    Job(Planned),
+    /// Open the Configuration Manager window (the default with no command).
+    Gui,
+}
+
+/// A command group that later versions fill in; it says so instead of pretending.
+#[derive(Debug, clap::Args)]
+pub struct Planned {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Cert(command)) => cert::run(command),
+        Some(Command::Hub(_)) => planned("hub"),
+        Some(Command::Node(_)) => planned("node"),
+        Some(Command::Job(_)) => planned("job"),
+        Some(Command::Gui) | None => {
+            crate::gui::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn planned(group: &str) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`gatehouse {group}` is not available in version {} yet", crate::VERSION)
+}
