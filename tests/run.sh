@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's test command: installs the system packages the tests need (only when missing)
+# and runs the whole test suite. Works as root or through sudo on Debian/Ubuntu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Builds are reused across runs and clones: a warm run takes seconds, not a cold build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse-target}"
+
+# command → Debian package, for everything the tests start or call.
+declare -A packages=(
+  [openssl]=openssl          # tests make certificates with another tool than ours
+)
+missing=()
+for command in "${!packages[@]}"; do
+  command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
+done
+if ((${#missing[@]})); then
+  echo "Installing test dependencies: ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "error: need root or sudo to install ${missing[*]}" >&2; exit 2; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast "$@"
+else
+  cargo test --locked --no-fail-fast "$@"
+fi
