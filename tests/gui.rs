@@ -1,6 +1,8 @@
 //! The Configuration Manager driven headless through its accessibility tree (egui_kittest):
 //! type into the real widgets, click the real buttons, read what a person would see.
 
+#![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
+
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use gatehouse::gui::{ConfigManager, GuiPrefs, Tab};

@@ -1,6 +1,8 @@
 //! House rules checked mechanically: every source file says what it owns in a `//!` line,
 //! and only the GUI and the CLI (which wires everything) may reach into `crate::gui`.
 
+#![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
+
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

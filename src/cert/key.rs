@@ -177,7 +177,8 @@ fn rsa_private_key(der: &[u8]) -> Result<PrivateKey, String> {
 /// `outer_curve` comes from the PKCS#8 wrapper; a bare SEC1 key names its own curve.
 fn ec_private_key(der: &[u8], outer_curve: Option<Curve>) -> Result<PrivateKey, String> {
     let key = sec1::EcPrivateKey::try_from(der).map_err(|e| format!("not a valid EC key ({e})"))?;
-    let inner_curve = key.parameters.and_then(|p| p.named_curve()).map(|o| Curve::from_oid(&o.to_string()));
+    let inner_curve =
+        key.parameters.and_then(sec1::EcParameters::named_curve).map(|o| Curve::from_oid(&o.to_string()));
     let curve = outer_curve.or(inner_curve).ok_or_else(|| "the EC key doesn't name its curve".to_owned())?;
     let computed = match curve {
         Curve::P256 => p256::SecretKey::from_slice(key.private_key)

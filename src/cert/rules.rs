@@ -334,7 +334,7 @@ fn server_auth(leaf: &X509Certificate<'_>) -> Check {
                 (eku.value.any, "anyExtendedKeyUsage, which TLS peers don't accept for servers"),
             ];
             allowed.extend(names.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()));
-            allowed.extend(eku.value.other.iter().map(|oid| oid.to_id_string()));
+            allowed.extend(eku.value.other.iter().map(x509_parser::der_parser::oid::Oid::to_id_string));
             fail(
                 Rule::ServerAuth,
                 format!(
