@@ -8,10 +8,17 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse-target}"
 
 # command → Debian package, for everything the tests start or call.
+missing=()
 declare -A packages=(
   [openssl]=openssl          # tests make certificates with another tool than ours
+  [Xvfb]=xvfb                # the window test runs the real binary on a virtual display
+  [xdotool]=xdotool          # … finds its window
+  [import]=imagemagick       # … and takes a screenshot
 )
-missing=()
+# Loaded by the window at run time (eframe/glow/winit), not found by `command -v`.
+for lib in libGL.so.1 libEGL.so.1 libxkbcommon-x11.so.0; do
+  ldconfig -p 2>/dev/null | grep -q "$lib" || missing+=(libgl1 libegl1 libgl1-mesa-dri libxkbcommon-x11-0)
+done
 for command in "${!packages[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
 done
@@ -23,7 +30,9 @@ if ((${#missing[@]})); then
     sudo="sudo"
   fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # shellcheck disable=SC2046 # word splitting dedups the list on purpose
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -82,7 +82,7 @@ fn format(bundle: &Bundle) -> Check {
         Format::Pem => format!("PEM file: a certificate, {contents}"),
         Format::Der => "DER certificate (a .cer/.der file holds only the certificate)".to_owned(),
         Format::Pfx { protection } => {
-            format!("PKCS#12 (PFX) file protected with {protection}: a certificate, {contents}")
+            format!("PKCS#12 (PFX) file ({protection}): a certificate, {contents}")
         }
     };
     if unreadable > 0 {

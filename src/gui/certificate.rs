@@ -69,35 +69,22 @@ pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Wo
     );
     ui.add_space(8.0);
     egui::Grid::new("certificate_inputs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
-        let label = ui.label("Certificate file");
-        ui.add(
-            egui::TextEdit::singleline(&mut page.path).desired_width(420.0).hint_text("/path/to/node.pfx"),
-        )
-        .labelled_by(label.id);
+        text_field_ui(ui, "Certificate file", &mut page.path, "/path/to/node.pfx", false);
         if ui.button("Browse…").clicked() {
             worker.send(Command::PickCertificateFile);
         }
         ui.end_row();
-
-        let label = ui.label("PFX password");
-        ui.add(egui::TextEdit::singleline(&mut page.password).password(true).desired_width(420.0))
-            .labelled_by(label.id);
+        text_field_ui(ui, "PFX password", &mut page.password, "", true);
         ui.end_row();
-
-        let label = ui.label("Host name (optional)");
-        ui.add(
-            egui::TextEdit::singleline(&mut page.host).desired_width(420.0).hint_text("node1.corp.example"),
-        )
-        .labelled_by(label.id);
+        text_field_ui(ui, "Host name (optional)", &mut page.host, "node1.corp.example", false);
         ui.end_row();
-
-        let label = ui.label("Trusted root CA (optional)");
-        ui.add(
-            egui::TextEdit::singleline(&mut page.roots)
-                .desired_width(420.0)
-                .hint_text("PEM file of your organisation's root CA"),
-        )
-        .labelled_by(label.id);
+        text_field_ui(
+            ui,
+            "Trusted root CA (optional)",
+            &mut page.roots,
+            "PEM file of your own root CA",
+            false,
+        );
         ui.end_row();
     });
     ui.add_space(6.0);
@@ -121,6 +108,13 @@ pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Wo
         }
         Some(Outcome::Report(report)) => report_ui(ui, report),
     }
+}
+
+/// A label and its single-line field, tied together for screen readers (and tests).
+fn text_field_ui(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str, password: bool) {
+    let label = ui.label(label);
+    let field = egui::TextEdit::singleline(value).password(password).hint_text(hint);
+    ui.add_sized([420.0, 22.0], field).labelled_by(label.id);
 }
 
 /// The report, rule by rule, with a mark and colour per status.
