@@ -63,7 +63,8 @@ fn a_cng_pfx_shows_the_key_storage_failure() {
     let mut harness = harness(Tab::Certificate);
     check_certificate(&mut harness, "cng-software.pfx", "secret");
     assert!(harness.query_by_label("Verdict: rejected").is_some(), "the verdict is not shown as rejected");
-    let expected = "key storage provider \"Microsoft Software Key Storage Provider\", which the gateway can't use";
+    let expected =
+        "key storage provider \"Microsoft Software Key Storage Provider\", which the gateway can't use";
     assert!(harness.query_by_label_contains(expected).is_some(), "the key_storage failure is not shown");
     assert!(harness.query_by_label("✖ fail").is_some(), "no rule is marked as failed");
 }

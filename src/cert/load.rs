@@ -165,11 +165,22 @@ fn load_pfx(bytes: &[u8], password: Option<&str>) -> Result<Bundle, LoadError> {
     let mut keys = pfx.keys.into_iter();
     let key = keys.next();
     let extra_keys = keys.count();
-    // The leaf is the certificate paired with the key by localKeyId; failing that, the first.
+    // The leaf is the certificate paired with the key by localKeyId; failing that, the one
+    // whose public key the private key belongs to; failing that, the first.
     let mut certs: Vec<_> = pfx.certs.into_iter().collect();
-    if let Some(key_id) = key.as_ref().and_then(|k| k.local_key_id.as_ref())
-        && let Some(pos) = certs.iter().position(|c| c.local_key_id.as_ref() == Some(key_id))
-    {
+    let by_key_id = key
+        .as_ref()
+        .and_then(|k| k.local_key_id.as_ref())
+        .and_then(|key_id| certs.iter().position(|c| c.local_key_id.as_ref() == Some(key_id)));
+    let by_public_key = || {
+        let raw = RawKey { encoding: KeyEncoding::Pkcs8, der: key.as_ref()?.pkcs8_der.clone() };
+        let public = super::key::private_key(&raw).ok()?.public?;
+        certs.iter().position(|c| {
+            x509_parser::parse_x509_certificate(&c.der)
+                .is_ok_and(|(_, cert)| super::key::certificate_key(&cert).1.as_ref() == Some(&public))
+        })
+    };
+    if let Some(pos) = by_key_id.or_else(by_public_key) {
         let leaf = certs.remove(pos);
         certs.insert(0, leaf);
     }
