@@ -7,6 +7,9 @@
 pub mod cert;
 pub mod cli;
 pub mod gui;
+pub mod hub;
+pub mod paths;
+pub mod protocol;
 
 /// This build's version, as nodes report it to the hub and the Help tab shows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

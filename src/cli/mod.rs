@@ -2,6 +2,7 @@
 //! `anyhow` error that `main` prints as one line with exit code 2.
 
 mod cert;
+mod hub;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,8 +20,9 @@ pub enum Command {
     /// Check certificates for the encrypted peer channel.
     #[command(subcommand)]
     Cert(cert::CertCommand),
-    /// Run and administer the hub (control plane). Not in this version yet.
-    Hub(Planned),
+    /// Run and administer the hub (control plane).
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
     /// Run and administer this machine's node service. Not in this version yet.
     Node(Planned),
     /// Submit and inspect jobs. Not in this version yet.
@@ -38,9 +40,10 @@ pub struct Planned {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_logging();
     match cli.command {
         Some(Command::Cert(command)) => cert::run(command),
-        Some(Command::Hub(_)) => planned("hub"),
+        Some(Command::Hub(command)) => hub::run(command),
         Some(Command::Node(_)) => planned("node"),
         Some(Command::Job(_)) => planned("job"),
         Some(Command::Gui) | None => {
@@ -52,4 +55,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn planned(group: &str) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`gatehouse {group}` is not available in version {} yet", crate::VERSION)
+}
+
+/// Logs go to stderr; `GATEHOUSE_LOG` sets the filter (e.g. `debug`, `gatehouse=trace`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

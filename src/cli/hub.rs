@@ -1,0 +1,116 @@
+//! `gatehouse hub …`: run the hub (`serve`) and administer it over HTTP.
+
+use crate::hub::{self, HubConfig, db::Db};
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Subcommand)]
+pub enum HubCommand {
+    /// Run the hub: the HTTP API for nodes and admins, and the status page at `/`.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Database: sqlite://PATH (default: hub.db in the data dir) or postgres://USER@HOST/DB.
+    #[arg(long, env = "GATEHOUSE_HUB_DB", hide_env_values = true)]
+    pub db: Option<String>,
+    /// The URL nodes use to reach this hub, written into auth keys (default: http://LISTEN).
+    #[arg(long)]
+    pub public_url: Option<String>,
+}
+
+pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        HubCommand::Serve(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let url = if let Some(url) = args.db {
+        url
+    } else {
+        let dir = crate::paths::ensure_data_dir().context("creating the data dir")?;
+        format!("sqlite://{}", dir.join("hub.db").display())
+    };
+    let db = Db::open(&url).await.with_context(|| format!("opening the hub database {}", redact(&url)))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {} (is another hub running there?)", args.listen))?;
+    let address = listener.local_addr().context("reading the listening address")?;
+    let public_url = args.public_url.unwrap_or_else(|| format!("http://{address}"));
+    // Tests and scripts read these two lines; keep their start stable.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on http://{address}")?;
+    if let Some(token) = hub::ensure_admin_token(&db).await? {
+        writeln!(out, "admin token: {token}")?;
+        writeln!(out, "(shown once: store it safely; admin commands read it from GATEHOUSE_ADMIN_TOKEN)")?;
+    }
+    out.flush()?;
+    drop(out);
+    tracing::info!(%address, database = %redact(&url), "hub started");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    hub::serve(listener, db, HubConfig::new(public_url), shutdown).await.context("serving the hub")?;
+    tracing::info!("hub stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM, so requests drain before the process exits.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = interrupt.await;
+            shutdown.cancel();
+            return;
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    shutdown.cancel();
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn database_passwords_are_not_shown() {
+        assert_eq!(redact("postgres://hub:s3cret@db:5432/gh"), "postgres://hub:***@db:5432/gh");
+        assert_eq!(redact("postgres://hub@db/gh"), "postgres://hub@db/gh");
+        assert_eq!(redact("sqlite:///var/lib/hub.db"), "sqlite:///var/lib/hub.db");
+    }
+}

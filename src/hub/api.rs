@@ -1,0 +1,711 @@
+//! The hub's HTTP API (axum): routes, authentication extractors and handlers. Handlers check
+//! input, call `db` and `status`, and shape `protocol` views; they never write SQL.
+
+use super::db::{self, GatewayRow, JobRow, NewNode, NewRun, NodeRow, RunEnd, RunRow, now_ms};
+use super::error::ApiError;
+use super::{HubState, auth, page, status};
+use crate::protocol::{
+    Activity, AssignRun, AuthKeys, ClaimRequest, CreateGateway, CreatedGateway, FinishRun, GatewaySettings,
+    GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeState, NodeView, Peer,
+    RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView, SubmitJob,
+    UpdateSettings,
+};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::{delete, get, patch, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Request bodies above this are refused with 413 before they are parsed.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest a dispatcher's claim may wait for work.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
+/// Partitions one activity may ask for.
+const MAX_PARTITIONS: u32 = 10_000;
+
+/// The whole API; tests can call it in-process.
+pub fn router(state: HubState) -> Router {
+    Router::new()
+        .route("/", get(page::index))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/gateways", post(create_gateway).get(list_gateways))
+        .route("/api/v1/gateways/{gateway}", get(show_gateway).delete(delete_gateway))
+        .route("/api/v1/gateways/{gateway}/settings", patch(update_settings))
+        .route("/api/v1/gateways/{gateway}/keys", get(show_keys))
+        .route("/api/v1/gateways/{gateway}/keys/{slot}/regenerate", post(regenerate_key))
+        .route("/api/v1/gateways/{gateway}/nodes", get(list_nodes))
+        .route("/api/v1/gateways/{gateway}/nodes/{node}", delete(remove_node))
+        .route("/api/v1/gateways/{gateway}/jobs", post(submit_job).get(list_jobs))
+        .route("/api/v1/jobs/{job}", get(show_job))
+        .route("/api/v1/register", post(register))
+        .route("/api/v1/heartbeat", post(heartbeat))
+        .route("/api/v1/unregister", post(unregister))
+        .route("/api/v1/dispatch/claim", post(claim))
+        .route("/api/v1/runs/{run}/assign", post(assign))
+        .route("/api/v1/runs/{run}/progress", post(progress))
+        .route("/api/v1/runs/{run}/finish", post(finish))
+        .fallback(|| async { ApiError::not_found("no such API route; see `gatehouse hub --help`") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+// ---- extractors ----
+
+/// A JSON body whose every rejection (bad JSON, unknown field, too large, wrong type) is a
+/// 4xx with our JSON error body.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_error(&rejection)),
+        }
+    }
+}
+
+fn json_error(rejection: &JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            "send the body as JSON with Content-Type: application/json".to_owned()
+        }
+        _ => format!("the request body is not valid: {}", rejection.body_text()),
+    };
+    ApiError::new(status, error)
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The caller presented the admin token.
+pub struct Admin;
+
+impl FromRequestParts<HubState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::unauthorized("this request needs the admin token").with_hint(
+                "send it as `Authorization: Bearer gha_…`; the hub printed it when it first started",
+            )
+        })?;
+        let stored = state.db.admin_token_hash().await?.unwrap_or_default();
+        if stored.is_empty() || !auth::verify(token, &stored) {
+            return Err(ApiError::unauthorized("the admin token is not valid for this hub"));
+        }
+        Ok(Admin)
+    }
+}
+
+/// The caller is a registered node, proven by its node token.
+pub struct NodeAuth(pub NodeRow);
+
+impl FromRequestParts<HubState> for NodeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::unauthorized("this request needs the node token (`Authorization: Bearer ghn_…`)")
+        })?;
+        let not_registered = || {
+            ApiError::unauthorized("this node is not registered with the hub (it may have been removed)")
+                .with_hint("register it again with an auth key: gatehouse node register --key …")
+        };
+        let node_id = auth::node_of_token(token).ok_or_else(not_registered)?;
+        let node = state.db.node(node_id).await?.ok_or_else(not_registered)?;
+        if !auth::verify(token, &node.token_hash) {
+            return Err(not_registered());
+        }
+        Ok(NodeAuth(node))
+    }
+}
+
+// ---- gateways ----
+
+async fn create_gateway(
+    State(state): State<HubState>,
+    _: Admin,
+    ApiJson(request): ApiJson<CreateGateway>,
+) -> Result<(StatusCode, Json<CreatedGateway>), ApiError> {
+    let name = request.name.trim();
+    validate_name(name, "gateway")?;
+    validate_settings(&request.settings)?;
+    let id = auth::new_id();
+    let primary = auth::new_auth_key(&state.config.public_url, &id);
+    let secondary = auth::new_auth_key(&state.config.public_url, &id);
+    let now = now_ms();
+    let row = GatewayRow {
+        id: id.clone(),
+        name: name.to_owned(),
+        settings: request.settings,
+        encryption: false,
+        primary_key_hash: auth::hash(&primary),
+        primary_key_hint: auth::key_hint(&primary),
+        primary_key_created_ms: now,
+        secondary_key_hash: auth::hash(&secondary),
+        secondary_key_hint: auth::key_hint(&secondary),
+        secondary_key_created_ms: now,
+        gateway_secret: auth::new_secret(),
+        lease_node_id: None,
+        lease_expires_ms: 0,
+        lease_epoch: 0,
+        created_ms: now,
+    };
+    state.db.insert_gateway(&row).await?;
+    tracing::info!(gateway = %row.name, "gateway created");
+    let gateway = gateway_view(&state, &row, Vec::new()).await?;
+    Ok((StatusCode::CREATED, Json(CreatedGateway { gateway, keys: AuthKeys { primary, secondary } })))
+}
+
+async fn list_gateways(State(state): State<HubState>, _: Admin) -> Result<Json<Vec<GatewayView>>, ApiError> {
+    Ok(Json(all_gateway_views(&state).await?))
+}
+
+/// Every gateway with its nodes and statuses (also for the status page).
+pub async fn all_gateway_views(state: &HubState) -> Result<Vec<GatewayView>, ApiError> {
+    let mut views = Vec::new();
+    for gateway in state.db.gateways().await? {
+        let nodes = state.db.nodes(&gateway.id).await?;
+        views.push(gateway_view(state, &gateway, nodes).await?);
+    }
+    Ok(views)
+}
+
+async fn show_gateway(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(gateway): Path<String>,
+) -> Result<Json<GatewayView>, ApiError> {
+    let gateway = find_gateway(&state, &gateway).await?;
+    let nodes = state.db.nodes(&gateway.id).await?;
+    Ok(Json(gateway_view(&state, &gateway, nodes).await?))
+}
+
+async fn delete_gateway(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(gateway): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let gateway = find_gateway(&state, &gateway).await?;
+    state.db.delete_gateway(&gateway.id).await?;
+    tracing::info!(gateway = %gateway.name, "gateway deleted with its nodes and jobs");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn update_settings(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(gateway): Path<String>,
+    ApiJson(update): ApiJson<UpdateSettings>,
+) -> Result<Json<GatewayView>, ApiError> {
+    let mut gateway = find_gateway(&state, &gateway).await?;
+    let s = &mut gateway.settings;
+    s.max_nodes = update.max_nodes.unwrap_or(s.max_nodes);
+    s.policy = update.policy.unwrap_or(s.policy);
+    s.cpu_threshold = update.cpu_threshold.unwrap_or(s.cpu_threshold);
+    s.memory_threshold = update.memory_threshold.unwrap_or(s.memory_threshold);
+    s.aggregation_minutes = update.aggregation_minutes.unwrap_or(s.aggregation_minutes);
+    s.queue_timeout_seconds = update.queue_timeout_seconds.unwrap_or(s.queue_timeout_seconds);
+    validate_settings(&gateway.settings)?;
+    state.db.update_settings(&gateway.id, &gateway.settings).await?;
+    let nodes = state.db.nodes(&gateway.id).await?;
+    Ok(Json(gateway_view(&state, &gateway, nodes).await?))
+}
+
+async fn show_keys(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(gateway): Path<String>,
+) -> Result<Json<Vec<KeyInfo>>, ApiError> {
+    let g = find_gateway(&state, &gateway).await?;
+    Ok(Json(vec![
+        KeyInfo { slot: KeySlot::Primary, hint: g.primary_key_hint, created_ms: g.primary_key_created_ms },
+        KeyInfo {
+            slot: KeySlot::Secondary,
+            hint: g.secondary_key_hint,
+            created_ms: g.secondary_key_created_ms,
+        },
+    ]))
+}
+
+#[derive(Deserialize)]
+struct KeyPath {
+    gateway: String,
+    slot: KeySlot,
+}
+
+async fn regenerate_key(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(KeyPath { gateway, slot }): Path<KeyPath>,
+) -> Result<Json<RegeneratedKey>, ApiError> {
+    let gateway = find_gateway(&state, &gateway).await?;
+    let key = auth::new_auth_key(&state.config.public_url, &gateway.id);
+    state.db.set_key(&gateway.id, slot, &auth::hash(&key), &auth::key_hint(&key)).await?;
+    tracing::info!(gateway = %gateway.name, ?slot, "auth key regenerated");
+    Ok(Json(RegeneratedKey { slot, key }))
+}
+
+async fn list_nodes(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(gateway): Path<String>,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let gateway = find_gateway(&state, &gateway).await?;
+    let nodes = state.db.nodes(&gateway.id).await?;
+    Ok(Json(gateway_view(&state, &gateway, nodes).await?.nodes))
+}
+
+async fn remove_node(
+    State(state): State<HubState>,
+    _: Admin,
+    Path((gateway, node)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let gateway = find_gateway(&state, &gateway).await?;
+    let nodes = state.db.nodes(&gateway.id).await?;
+    let node = nodes.iter().find(|n| n.id == node || n.name == node).ok_or_else(|| {
+        ApiError::not_found(format!("gateway '{}' has no node '{node}'", gateway.name))
+            .with_hint("list its nodes with: gatehouse hub node list")
+    })?;
+    state.db.delete_node(&node.id).await?;
+    tracing::info!(gateway = %gateway.name, node = %node.name, "node removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- registration and heartbeats ----
+
+async fn register(
+    State(state): State<HubState>,
+    parts: Parts,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let key = bearer(&parts).ok_or_else(|| {
+        ApiError::unauthorized("registration needs a gateway auth key (`Authorization: Bearer gh1_…`)")
+    })?;
+    let parsed = auth::parse_auth_key(key).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let invalid_key = || {
+        ApiError::unauthorized("the auth key is not valid for this gateway (it may have been regenerated)")
+            .with_hint("copy a current key from the hub admin: gatehouse hub key regenerate")
+    };
+    let gateway =
+        state.db.gateway(&parsed.gateway_id).await?.filter(|g| g.id == parsed.gateway_id).ok_or_else(
+            || {
+                ApiError::unauthorized(
+                    "the auth key belongs to a gateway this hub doesn't have (it may have been deleted)",
+                )
+            },
+        )?;
+    // Check both slots every time, so timing doesn't tell which one matched.
+    let primary = auth::verify(key, &gateway.primary_key_hash);
+    let secondary = auth::verify(key, &gateway.secondary_key_hash);
+    if !(primary | secondary) {
+        return Err(invalid_key());
+    }
+    let name = request.name.trim().to_owned();
+    validate_name(&name, "node")?;
+    if request.machine_id.trim().is_empty() || request.version.trim().is_empty() {
+        return Err(ApiError::bad_request("machine_id and version must not be empty"));
+    }
+    let node_id = auth::new_id();
+    let token = auth::new_node_token(&node_id);
+    let new = NewNode {
+        id: node_id.clone(),
+        name: name.clone(),
+        machine_id: request.machine_id.trim().to_owned(),
+        token_hash: auth::hash(&token),
+        version: request.version.trim().to_owned(),
+        peer_address: request.peer_address.trim().to_owned(),
+        encryption_thumbprint: request.encryption_thumbprint.clone(),
+        now_ms: now_ms(),
+    };
+    let refusal = state
+        .db
+        .register_node(&gateway.id, &new, |gateway, nodes, existing| {
+            super::registration::check(gateway, nodes, existing, &new)
+        })
+        .await?;
+    refusal.map_err(ApiError::from)?;
+    tracing::info!(gateway = %gateway.name, node = %name, "node registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            node_id,
+            gateway_id: gateway.id,
+            gateway_name: gateway.name,
+            node_token: token,
+            gateway_secret: gateway.gateway_secret,
+        }),
+    ))
+}
+
+async fn heartbeat(
+    State(state): State<HubState>,
+    NodeAuth(node): NodeAuth,
+    ApiJson(beat): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let now = now_ms();
+    let mut nodes = state.db.nodes(&node.gateway_id).await?;
+    state.db.heartbeat(&node, &beat.version, &beat.metrics, now, nodes.len() == 1).await?;
+    if let Some(me) = nodes.iter_mut().find(|n| n.id == node.id) {
+        me.last_heartbeat_ms = Some(now);
+        me.version.clone_from(&beat.version);
+        me.encryption_thumbprint.clone_from(&beat.metrics.encryption_thumbprint);
+        me.metrics = beat.metrics;
+    }
+    let gateway = state
+        .db
+        .gateway(&node.gateway_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the gateway was deleted"))?;
+    let computed = status::gateway_status(&gateway, &nodes, now, state.config.offline_after);
+    let position = nodes.iter().position(|n| n.id == node.id).unwrap_or(0);
+    let mine = computed
+        .nodes
+        .get(position)
+        .cloned()
+        .unwrap_or(status::NodeStatus { state: NodeState::Online, reason: None });
+    // Only a node in a usable state may lead; an Inactive one (wrong certificate) may not.
+    let lease = if matches!(mine.state, NodeState::Online | NodeState::Limited) {
+        state.db.acquire_lease(&gateway.id, &node.id, now, state.config.lease_ttl).await?
+    } else {
+        state.db.lease(&gateway.id, now).await?
+    };
+    let role =
+        if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
+    let peers = nodes
+        .iter()
+        .filter(|n| n.id != node.id)
+        .map(|n| Peer {
+            node_id: n.id.clone(),
+            name: n.name.clone(),
+            peer_address: n.peer_address.clone(),
+            registered_order: n.registered_order,
+        })
+        .collect();
+    Ok(Json(HeartbeatResponse {
+        role,
+        lease_epoch: lease.epoch,
+        status: mine.state,
+        reason: mine.reason,
+        settings: gateway.settings,
+        peers,
+    }))
+}
+
+async fn unregister(State(state): State<HubState>, NodeAuth(node): NodeAuth) -> Result<StatusCode, ApiError> {
+    state.db.delete_node(&node.id).await?;
+    tracing::info!(node = %node.name, "node unregistered itself");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- jobs and runs ----
+
+async fn submit_job(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(gateway): Path<String>,
+    ApiJson(SubmitJob { spec }): ApiJson<SubmitJob>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let gateway = find_gateway(&state, &gateway).await?;
+    let runs = expand(&spec)?;
+    let job = JobRow {
+        id: auth::new_id(),
+        gateway_id: gateway.id.clone(),
+        name: spec.name.trim().to_owned(),
+        spec: serde_json::to_string(&spec).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        created_ms: now_ms(),
+    };
+    state.db.insert_job(&job, &runs).await?;
+    state.queue_signal.notify_waiters();
+    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+/// Splits a job into runs: one per partition of each activity.
+fn expand(spec: &JobSpec) -> Result<Vec<NewRun>, ApiError> {
+    if spec.name.trim().is_empty() {
+        return Err(ApiError::bad_request("the job needs a name"));
+    }
+    if spec.activities.is_empty() {
+        return Err(ApiError::bad_request("the job has no activities; add at least one"));
+    }
+    let mut runs = Vec::new();
+    for (index, activity) in spec.activities.iter().enumerate() {
+        let partitions = match activity {
+            Activity::Sleep { partitions, .. } | Activity::Echo { partitions, .. } => *partitions,
+        };
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(ApiError::bad_request(format!(
+                "activity {index} asks for {partitions} partitions; use 1 to {MAX_PARTITIONS}"
+            )));
+        }
+        let json = serde_json::to_string(activity).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        for partition in 0..partitions {
+            runs.push(NewRun {
+                id: auth::new_id(),
+                activity_index: i64::try_from(index).unwrap_or(i64::MAX),
+                partition_index: i64::from(partition),
+                activity: json.clone(),
+            });
+        }
+    }
+    Ok(runs)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    limit: Option<u32>,
+}
+
+async fn list_jobs(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(gateway): Path<String>,
+    Query(query): Query<JobsQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let gateway = find_gateway(&state, &gateway).await?;
+    let mut views = Vec::new();
+    for job in state.db.jobs(&gateway.id, query.limit.unwrap_or(50).min(500)).await? {
+        views.push(job_view(&state, job).await?);
+    }
+    Ok(Json(views))
+}
+
+async fn show_job(
+    State(state): State<HubState>,
+    _: Admin,
+    Path(job): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.db.job(&job).await?.ok_or_else(|| ApiError::not_found(format!("no job '{job}'")))?;
+    Ok(Json(job_view(&state, job).await?))
+}
+
+async fn claim(
+    State(state): State<HubState>,
+    NodeAuth(node): NodeAuth,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> Result<Json<Vec<RunView>>, ApiError> {
+    let max = request.max.clamp(1, 256);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_CLAIM_WAIT);
+    loop {
+        // Registered before the claim, so a submission between the claim and the wait wakes us.
+        let signal = state.queue_signal.notified();
+        let now = now_ms();
+        let lease = state.db.lease(&node.gateway_id, now).await?;
+        if lease.holder.as_deref() != Some(node.id.as_str()) || lease.epoch != request.lease_epoch {
+            return Err(ApiError::conflict(format!(
+                "this node does not hold the dispatcher lease (epoch {}); keep sending heartbeats and claim when it is the dispatcher",
+                lease.epoch
+            )));
+        }
+        let runs = state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?;
+        if !runs.is_empty() {
+            return Ok(Json(runs.into_iter().map(run_view).collect::<Result<_, _>>()?));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(Json(Vec::new()));
+        }
+        // Another hub may have queued work: look again at least every poll interval.
+        let _ = tokio::time::timeout((deadline - now).min(state.config.poll_interval), signal).await;
+    }
+}
+
+async fn assign(
+    State(state): State<HubState>,
+    NodeAuth(dispatcher): NodeAuth,
+    Path(run): Path<String>,
+    ApiJson(request): ApiJson<AssignRun>,
+) -> Result<Json<RunView>, ApiError> {
+    let worker =
+        state.db.node(&request.node_id).await?.filter(|w| w.gateway_id == dispatcher.gateway_id).ok_or_else(
+            || ApiError::bad_request(format!("node '{}' is not in this gateway", request.node_id)),
+        )?;
+    if !state.db.assign_run(&run, i64::from(request.attempt), &dispatcher.id, &worker).await? {
+        return Err(stale_run(&run, request.attempt));
+    }
+    let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;
+    Ok(Json(run_view(row)?))
+}
+
+async fn progress(
+    State(state): State<HubState>,
+    NodeAuth(node): NodeAuth,
+    Path(run): Path<String>,
+    ApiJson(request): ApiJson<RunProgress>,
+) -> Result<StatusCode, ApiError> {
+    let progress = request.progress.to_string();
+    if !state.db.run_progress(&run, i64::from(request.attempt), &node.id, &progress).await? {
+        return Err(stale_run(&run, request.attempt));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn finish(
+    State(state): State<HubState>,
+    NodeAuth(node): NodeAuth,
+    Path(run): Path<String>,
+    ApiJson(request): ApiJson<FinishRun>,
+) -> Result<Json<RunView>, ApiError> {
+    let outcome = if request.succeeded { RunState::Succeeded } else { RunState::Failed };
+    let result = request.result.map(|r| r.to_string());
+    let end = RunEnd {
+        state: outcome,
+        result: result.as_deref(),
+        error: request.error.as_deref(),
+        now_ms: now_ms(),
+    };
+    let finished = state.db.finish_run(&run, i64::from(request.attempt), &node.id, &end).await?;
+    if !finished {
+        return Err(stale_run(&run, request.attempt));
+    }
+    let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;
+    Ok(Json(run_view(row)?))
+}
+
+fn stale_run(run: &str, attempt: u32) -> ApiError {
+    ApiError::conflict(format!(
+        "attempt {attempt} of run {run} is not this node's to report (it finished, or went back to the queue)"
+    ))
+    .with_hint("drop this attempt; the run is or was handled elsewhere")
+}
+
+// ---- views and checks ----
+
+async fn find_gateway(state: &HubState, id_or_name: &str) -> Result<GatewayRow, ApiError> {
+    state.db.gateway(id_or_name).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no gateway '{id_or_name}'"))
+            .with_hint("list gateways with: gatehouse hub gateway list")
+    })
+}
+
+async fn gateway_view(
+    state: &HubState,
+    gateway: &GatewayRow,
+    nodes: Vec<NodeRow>,
+) -> Result<GatewayView, ApiError> {
+    let now = now_ms();
+    let computed = status::gateway_status(gateway, &nodes, now, state.config.offline_after);
+    let lease = state.db.lease(&gateway.id, now).await?;
+    let nodes = nodes
+        .into_iter()
+        .zip(computed.nodes)
+        .map(|(n, s)| NodeView {
+            role: if lease.holder.as_deref() == Some(n.id.as_str()) {
+                Role::Dispatcher
+            } else {
+                Role::Worker
+            },
+            id: n.id,
+            name: n.name,
+            gateway_id: n.gateway_id,
+            version: n.version,
+            status: s.state,
+            reason: s.reason,
+            peer_address: n.peer_address,
+            registered_order: n.registered_order,
+            last_heartbeat_ms: n.last_heartbeat_ms,
+            metrics: n.metrics,
+        })
+        .collect();
+    Ok(GatewayView {
+        id: gateway.id.clone(),
+        name: gateway.name.clone(),
+        settings: gateway.settings.clone(),
+        status: computed.state,
+        reason: computed.reason,
+        version: computed.version,
+        encryption: gateway.encryption,
+        nodes,
+    })
+}
+
+/// A job with its runs; its state is derived from theirs.
+pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError> {
+    let runs: Vec<RunView> =
+        state.db.runs_of_job(&job.id).await?.into_iter().map(run_view).collect::<Result<_, _>>()?;
+    let job_state = if runs.iter().all(|r| r.state == RunState::Succeeded) {
+        RunState::Succeeded
+    } else if runs.iter().all(|r| r.state.is_final()) {
+        RunState::Failed
+    } else if runs.iter().any(|r| matches!(r.state, RunState::Running | RunState::Dispatched)) {
+        RunState::Running
+    } else {
+        RunState::Queued
+    };
+    Ok(JobView {
+        id: job.id,
+        gateway_id: job.gateway_id,
+        name: job.name,
+        state: job_state,
+        created_ms: job.created_ms,
+        runs,
+    })
+}
+
+fn run_view(run: RunRow) -> Result<RunView, ApiError> {
+    let corrupt =
+        |what: &str, e: serde_json::Error| ApiError::from(db::DbError::Corrupt(format!("{what}: {e}")));
+    let parse = |text: Option<String>, what: &str| {
+        text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(what, e))).transpose()
+    };
+    Ok(RunView {
+        activity: serde_json::from_str(&run.activity).map_err(|e| corrupt("activity", e))?,
+        progress: parse(run.progress, "progress")?,
+        result: parse(run.result, "result")?,
+        id: run.id,
+        job_id: run.job_id,
+        activity_index: u32::try_from(run.activity_index).unwrap_or(u32::MAX),
+        partition: u32::try_from(run.partition_index).unwrap_or(u32::MAX),
+        state: run.state,
+        attempt: u32::try_from(run.attempt).unwrap_or(u32::MAX),
+        node_id: run.node_id,
+        node_name: run.node_name,
+        error: run.error,
+        queued_ms: run.queued_ms,
+        finished_ms: run.finished_ms,
+    })
+}
+
+/// Gateway and node names: 1–63 letters, digits, '-', '_' or '.', like host names.
+fn validate_name(name: &str, what: &str) -> Result<(), ApiError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} name {name:?} is not allowed; use 1 to 63 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn validate_settings(s: &GatewaySettings) -> Result<(), ApiError> {
+    let problem = if !(1..=4).contains(&s.max_nodes) {
+        Some(format!("max_nodes is {}; a gateway has 1 to 4 nodes", s.max_nodes))
+    } else if s.cpu_threshold > 100 || s.memory_threshold > 100 {
+        Some("cpu_threshold and memory_threshold are percentages: 0 (off) to 100".to_owned())
+    } else if !(1..=60).contains(&s.aggregation_minutes) {
+        Some(format!("aggregation_minutes is {}; use 1 to 60", s.aggregation_minutes))
+    } else if !(1..=3600).contains(&s.queue_timeout_seconds) {
+        Some(format!("queue_timeout_seconds is {}; use 1 to 3600", s.queue_timeout_seconds))
+    } else {
+        None
+    };
+    problem.map_or(Ok(()), |p| Err(ApiError::bad_request(p)))
+}

@@ -1,0 +1,941 @@
+//! The hub's storage: one SQL database, SQLite (embedded default, WAL) or PostgreSQL (for
+//! several hub replicas), behind plain functions. All state that matters lives here, so a
+//! restarted hub, or a second hub on the same PostgreSQL database, loses nothing.
+//!
+//! **Invariant:** only this module writes SQL. Every multi-step change is one transaction;
+//! queue and lease changes are single conditional statements, so two hubs can't both win.
+
+use crate::protocol::{GatewaySettings, KeySlot, NodeMetrics, Policy, RunState};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row as _};
+use std::time::Duration;
+
+/// Storage failures. `Busy`/`Sqlx` are the hub's problem; the others are the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+}
+
+type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// Which SQL engine is behind the pool; the few statements that differ switch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Migrations, applied in order once each, recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// A gateway as stored.
+#[derive(Debug, Clone)]
+pub struct GatewayRow {
+    pub id: String,
+    pub name: String,
+    pub settings: GatewaySettings,
+    pub encryption: bool,
+    pub primary_key_hash: String,
+    pub primary_key_hint: String,
+    pub primary_key_created_ms: i64,
+    pub secondary_key_hash: String,
+    pub secondary_key_hint: String,
+    pub secondary_key_created_ms: i64,
+    pub gateway_secret: String,
+    pub lease_node_id: Option<String>,
+    pub lease_expires_ms: i64,
+    pub lease_epoch: i64,
+    pub created_ms: i64,
+}
+
+/// A node as stored.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub id: String,
+    pub gateway_id: String,
+    pub name: String,
+    pub machine_id: String,
+    pub token_hash: String,
+    pub version: String,
+    pub peer_address: String,
+    pub encryption_thumbprint: Option<String>,
+    pub registered_order: i64,
+    pub registered_ms: i64,
+    pub last_heartbeat_ms: Option<i64>,
+    pub metrics: NodeMetrics,
+}
+
+/// What a registration inserts.
+pub struct NewNode {
+    pub id: String,
+    pub name: String,
+    pub machine_id: String,
+    pub token_hash: String,
+    pub version: String,
+    pub peer_address: String,
+    pub encryption_thumbprint: Option<String>,
+    pub now_ms: i64,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub gateway_id: String,
+    pub name: String,
+    pub spec: String,
+    pub created_ms: i64,
+}
+
+/// An activity run as stored.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: String,
+    pub job_id: String,
+    pub gateway_id: String,
+    pub activity_index: i64,
+    pub partition_index: i64,
+    pub activity: String,
+    pub state: RunState,
+    pub attempt: i64,
+    pub node_id: Option<String>,
+    pub node_name: Option<String>,
+    pub progress: Option<String>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub queued_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+/// A run to insert with its job.
+pub struct NewRun {
+    pub id: String,
+    pub activity_index: i64,
+    pub partition_index: i64,
+    pub activity: String,
+}
+
+/// How an attempt ended.
+pub struct RunEnd<'a> {
+    pub state: RunState,
+    pub result: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub now_ms: i64,
+}
+
+/// The heartbeat's outcome for the lease.
+pub struct LeaseState {
+    pub holder: Option<String>,
+    pub epoch: i64,
+}
+
+const GATEWAY_COLUMNS: &str = "id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
+     queue_timeout_seconds, encryption, primary_key_hash, primary_key_hint, primary_key_created_ms, \
+     secondary_key_hash, secondary_key_hint, secondary_key_created_ms, gateway_secret, lease_node_id, \
+     lease_expires_ms, lease_epoch, created_ms";
+
+impl Db {
+    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else {
+            return Err(DbError::UnsupportedUrl(url.to_owned()));
+        };
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let url = match dialect {
+            Dialect::Sqlite => {
+                // WAL lets readers run beside the one writer; busy_timeout queues writers
+                // instead of failing them; NORMAL sync is durable across process crashes.
+                options = options.max_connections(8).after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        Ok(())
+                    })
+                });
+                if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") }
+            }
+            Dialect::Postgres => {
+                options = options.max_connections(16);
+                url.to_owned()
+            }
+        };
+        let pool = options.connect(&url).await?;
+        let db = Db { pool, dialect };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`),
+    /// so two writers queue instead of one failing when it upgrades a read lock.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.write().await?;
+        if self.dialect == Dialect::Postgres {
+            // Two hubs starting at once on one database must not both migrate.
+            sqlx::query("SELECT pg_advisory_xact_lock(7070)").execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        for &(version, name, sql) in MIGRATIONS {
+            if applied.contains(&version) {
+                continue;
+            }
+            for statement in sql.split(';').map(strip_comments).filter(|s| !s.is_empty()) {
+                sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)")
+                .bind(version)
+                .bind(name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(newest) = applied.iter().max()
+            && *newest > MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0)
+        {
+            return Err(DbError::Conflict(format!(
+                "the database was written by a newer hub (schema version {newest}); upgrade this hub"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- admin token ----
+
+    /// Stores the admin token's hash unless one exists; returns whether this call stored it.
+    pub async fn create_admin_token(&self, token_hash: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO admin_tokens (id, token_hash, created_ms) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(token_hash)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn admin_token_hash(&self) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT token_hash FROM admin_tokens WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
+    }
+
+    // ---- gateways ----
+
+    pub async fn insert_gateway(&self, g: &GatewayRow) -> Result<()> {
+        let result = sqlx::query(
+            "INSERT INTO gateways (id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
+             queue_timeout_seconds, encryption, primary_key_hash, primary_key_hint, primary_key_created_ms, \
+             secondary_key_hash, secondary_key_hint, secondary_key_created_ms, gateway_secret, lease_node_id, \
+             lease_expires_ms, lease_epoch, registrations, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, 0, 0, 0, $17)",
+        )
+        .bind(&g.id)
+        .bind(&g.name)
+        .bind(i64::from(g.settings.max_nodes))
+        .bind(policy_name(g.settings.policy))
+        .bind(i64::from(g.settings.cpu_threshold))
+        .bind(i64::from(g.settings.memory_threshold))
+        .bind(i64::from(g.settings.aggregation_minutes))
+        .bind(i64::from(g.settings.queue_timeout_seconds))
+        .bind(i64::from(g.encryption))
+        .bind(&g.primary_key_hash)
+        .bind(&g.primary_key_hint)
+        .bind(g.primary_key_created_ms)
+        .bind(&g.secondary_key_hash)
+        .bind(&g.secondary_key_hint)
+        .bind(g.secondary_key_created_ms)
+        .bind(&g.gateway_secret)
+        .bind(g.created_ms)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(DbError::Conflict(format!(
+                "a gateway named '{}' already exists; choose another name",
+                g.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn gateways(&self) -> Result<Vec<GatewayRow>> {
+        let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways ORDER BY created_ms, name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(gateway_row).collect()
+    }
+
+    /// The gateway with this id, or else this name.
+    pub async fn gateway(&self, id_or_name: &str) -> Result<Option<GatewayRow>> {
+        let sql = format!(
+            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id_or_name).fetch_optional(&self.pool).await?;
+        row.as_ref().map(gateway_row).transpose()
+    }
+
+    /// Deletes a gateway with its nodes, jobs and runs; returns whether it existed.
+    pub async fn delete_gateway(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM gateways WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn update_settings(&self, id: &str, s: &GatewaySettings) -> Result<()> {
+        sqlx::query(
+            "UPDATE gateways SET max_nodes = $1, policy = $2, cpu_threshold = $3, memory_threshold = $4, \
+             aggregation_minutes = $5, queue_timeout_seconds = $6 WHERE id = $7",
+        )
+        .bind(i64::from(s.max_nodes))
+        .bind(policy_name(s.policy))
+        .bind(i64::from(s.cpu_threshold))
+        .bind(i64::from(s.memory_threshold))
+        .bind(i64::from(s.aggregation_minutes))
+        .bind(i64::from(s.queue_timeout_seconds))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces one auth key; the other keeps working.
+    pub async fn set_key(&self, id: &str, slot: KeySlot, hash: &str, hint: &str) -> Result<()> {
+        let sql = match slot {
+            KeySlot::Primary => {
+                "UPDATE gateways SET primary_key_hash = $1, primary_key_hint = $2, primary_key_created_ms = $3 WHERE id = $4"
+            }
+            KeySlot::Secondary => {
+                "UPDATE gateways SET secondary_key_hash = $1, secondary_key_hint = $2, secondary_key_created_ms = $3 WHERE id = $4"
+            }
+        };
+        sqlx::query(sql).bind(hash).bind(hint).bind(now_ms()).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- nodes ----
+
+    pub async fn nodes(&self, gateway_id: &str) -> Result<Vec<NodeRow>> {
+        let rows = sqlx::query(
+            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, \
+             registered_order, registered_ms, last_heartbeat_ms, metrics FROM nodes WHERE gateway_id = $1 \
+             ORDER BY registered_order",
+        )
+        .bind(gateway_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(node_row).collect()
+    }
+
+    pub async fn node(&self, id: &str) -> Result<Option<NodeRow>> {
+        let row = sqlx::query(
+            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, \
+             registered_order, registered_ms, last_heartbeat_ms, metrics FROM nodes WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(node_row).transpose()
+    }
+
+    /// Registers a node in one transaction: `rules` sees the gateway, its nodes and any node
+    /// this machine already is (with that node's gateway name), and may refuse; nothing is
+    /// written then.
+    pub async fn register_node<E>(
+        &self,
+        gateway_id: &str,
+        new: &NewNode,
+        rules: impl FnOnce(&GatewayRow, &[NodeRow], Option<(&NodeRow, &str)>) -> Result<(), E>,
+    ) -> Result<Result<(), E>> {
+        let mut tx = self.write().await?;
+        // Serialize registrations per gateway (SQLite already holds the write lock).
+        let lock = match self.dialect {
+            Dialect::Sqlite => format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = $1"),
+            Dialect::Postgres => format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = $1 FOR UPDATE"),
+        };
+        let Some(gateway) =
+            sqlx::query(sqlx::AssertSqlSafe(lock)).bind(gateway_id).fetch_optional(&mut *tx).await?
+        else {
+            return Err(DbError::Conflict("the gateway was deleted".to_owned()));
+        };
+        let gateway = gateway_row(&gateway)?;
+        let nodes: Vec<NodeRow> = sqlx::query(
+            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, \
+             registered_order, registered_ms, last_heartbeat_ms, metrics FROM nodes WHERE gateway_id = $1 \
+             ORDER BY registered_order",
+        )
+        .bind(gateway_id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(node_row)
+        .collect::<Result<_>>()?;
+        let existing = sqlx::query(
+            "SELECT n.id, n.gateway_id, n.name, n.machine_id, n.token_hash, n.version, n.peer_address, \
+             n.encryption_thumbprint, n.registered_order, n.registered_ms, n.last_heartbeat_ms, n.metrics, \
+             g.name AS gateway_name FROM nodes n JOIN gateways g ON g.id = n.gateway_id WHERE n.machine_id = $1",
+        )
+        .bind(&new.machine_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| Ok::<_, DbError>((node_row(&row)?, row.try_get::<String, _>("gateway_name")?)))
+        .transpose()?;
+        let existing = existing.as_ref().map(|(node, gateway)| (node, gateway.as_str()));
+        if let Err(refusal) = rules(&gateway, &nodes, existing) {
+            return Ok(Err(refusal));
+        }
+        let order: i64 = sqlx::query(
+            "UPDATE gateways SET registrations = registrations + 1 WHERE id = $1 RETURNING registrations",
+        )
+        .bind(gateway_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        // The first node decides whether the gateway encrypts its peer channel.
+        if nodes.is_empty() {
+            sqlx::query("UPDATE gateways SET encryption = $1 WHERE id = $2")
+                .bind(i64::from(new.encryption_thumbprint.is_some()))
+                .bind(gateway_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO nodes (id, gateway_id, name, machine_id, token_hash, version, peer_address, \
+             encryption_thumbprint, registered_order, registered_ms, last_heartbeat_ms, metrics) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11)",
+        )
+        .bind(&new.id)
+        .bind(gateway_id)
+        .bind(&new.name)
+        .bind(&new.machine_id)
+        .bind(&new.token_hash)
+        .bind(&new.version)
+        .bind(&new.peer_address)
+        .bind(new.encryption_thumbprint.as_deref())
+        .bind(order)
+        .bind(new.now_ms)
+        .bind(to_json(&NodeMetrics::default()))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(DbError::Conflict(format!(
+                    "a node named '{}' or this machine registered at the same moment; try again",
+                    new.name
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Removes a node; its runs go back to the queue at the next sweep. Returns whether it existed.
+    pub async fn delete_node(&self, id: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE gateways SET lease_node_id = NULL, lease_expires_ms = 0 WHERE lease_node_id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a heartbeat. A gateway with a single node follows that node's encryption mode.
+    pub async fn heartbeat(
+        &self,
+        node: &NodeRow,
+        version: &str,
+        metrics: &NodeMetrics,
+        now_ms: i64,
+        single_node: bool,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE nodes SET last_heartbeat_ms = $1, version = $2, metrics = $3, encryption_thumbprint = $4 WHERE id = $5",
+        )
+        .bind(now_ms)
+        .bind(version)
+        .bind(to_json(metrics))
+        .bind(metrics.encryption_thumbprint.as_deref())
+        .bind(&node.id)
+        .execute(&mut *tx)
+        .await?;
+        if single_node {
+            sqlx::query("UPDATE gateways SET encryption = $1 WHERE id = $2")
+                .bind(i64::from(metrics.encryption_thumbprint.is_some()))
+                .bind(&node.gateway_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes or renews the dispatcher lease for `node_id` if it is free, lapsed or already
+    /// its own, in one statement; then reports who holds it.
+    pub async fn acquire_lease(
+        &self,
+        gateway_id: &str,
+        node_id: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<LeaseState> {
+        let expires = now_ms + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
+        sqlx::query(
+            "UPDATE gateways SET lease_epoch = CASE WHEN lease_node_id = $1 THEN lease_epoch ELSE lease_epoch + 1 END, \
+             lease_node_id = $1, lease_expires_ms = $2 \
+             WHERE id = $3 AND (lease_node_id IS NULL OR lease_node_id = $1 OR lease_expires_ms < $4)",
+        )
+        .bind(node_id)
+        .bind(expires)
+        .bind(gateway_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        self.lease(gateway_id, now_ms).await
+    }
+
+    /// Who holds the lease now (`None` when it has lapsed).
+    pub async fn lease(&self, gateway_id: &str, now_ms: i64) -> Result<LeaseState> {
+        let row =
+            sqlx::query("SELECT lease_node_id, lease_epoch, lease_expires_ms FROM gateways WHERE id = $1")
+                .bind(gateway_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(LeaseState { holder: None, epoch: 0 }) };
+        let expires: i64 = row.try_get(2)?;
+        let holder: Option<String> = row.try_get(0)?;
+        Ok(LeaseState { holder: holder.filter(|_| expires >= now_ms), epoch: row.try_get(1)? })
+    }
+
+    // ---- jobs and runs ----
+
+    pub async fn insert_job(&self, job: &JobRow, runs: &[NewRun]) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO jobs (id, gateway_id, name, spec, created_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&job.id)
+            .bind(&job.gateway_id)
+            .bind(&job.name)
+            .bind(&job.spec)
+            .bind(job.created_ms)
+            .execute(&mut *tx)
+            .await?;
+        for (n, run) in runs.iter().enumerate() {
+            // seq orders the queue: submission time first, then position in the job.
+            let seq = job.created_ms.saturating_mul(1 << 16) + i64::try_from(n).unwrap_or(0);
+            sqlx::query(
+                "INSERT INTO runs (id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
+                 queued_ms, seq) VALUES ($1, $2, $3, $4, $5, $6, 'queued', 1, $7, $8)",
+            )
+            .bind(&run.id)
+            .bind(&job.id)
+            .bind(&job.gateway_id)
+            .bind(run.activity_index)
+            .bind(run.partition_index)
+            .bind(&run.activity)
+            .bind(job.created_ms)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
+        let row = sqlx::query("SELECT id, gateway_id, name, spec, created_ms FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_row).transpose()
+    }
+
+    /// The newest jobs of a gateway, newest first.
+    pub async fn jobs(&self, gateway_id: &str, limit: u32) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query(
+            "SELECT id, gateway_id, name, spec, created_ms FROM jobs WHERE gateway_id = $1 ORDER BY created_ms DESC, id LIMIT $2",
+        )
+        .bind(gateway_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    pub async fn runs_of_job(&self, job_id: &str) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
+        )))
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// Hands up to `max` queued runs to the dispatcher, oldest first, if it still holds the
+    /// lease with `epoch`. One statement: on PostgreSQL `FOR UPDATE SKIP LOCKED` lets two
+    /// hubs claim at once without ever taking the same run.
+    pub async fn claim_runs(
+        &self,
+        gateway_id: &str,
+        dispatcher: &NodeRow,
+        epoch: i64,
+        max: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RunRow>> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => CLAIM_SQLITE,
+            Dialect::Postgres => CLAIM_POSTGRES,
+        };
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(sql)
+            .bind(&dispatcher.id)
+            .bind(&dispatcher.name)
+            .bind(gateway_id)
+            .bind(i64::from(max))
+            .bind(epoch)
+            .bind(now_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut runs: Vec<RunRow> = rows.iter().map(run_row).collect::<Result<_>>()?;
+        runs.sort_by_key(|r| (r.queued_ms, r.activity_index, r.partition_index));
+        Ok(runs)
+    }
+
+    /// Moves a claimed run from the dispatcher to a worker of the same gateway.
+    pub async fn assign_run(
+        &self,
+        run_id: &str,
+        attempt: i64,
+        dispatcher_id: &str,
+        worker: &NodeRow,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET node_id = $1, node_name = $2 WHERE id = $3 AND attempt = $4 AND node_id = $5 \
+             AND state = 'dispatched' AND gateway_id = $6",
+        )
+        .bind(&worker.id)
+        .bind(&worker.name)
+        .bind(run_id)
+        .bind(attempt)
+        .bind(dispatcher_id)
+        .bind(&worker.gateway_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records progress from the node running `attempt`; false if the run isn't its any more.
+    pub async fn run_progress(
+        &self,
+        run_id: &str,
+        attempt: i64,
+        node_id: &str,
+        progress: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET state = 'running', progress = $1 WHERE id = $2 AND attempt = $3 AND node_id = $4 \
+             AND state IN ('dispatched', 'running')",
+        )
+        .bind(progress)
+        .bind(run_id)
+        .bind(attempt)
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends `attempt` of a run, once: false if it was already finished or re-queued.
+    pub async fn finish_run(
+        &self,
+        run_id: &str,
+        attempt: i64,
+        node_id: &str,
+        end: &RunEnd<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET state = $1, result = $2, error = $3, finished_ms = $4 WHERE id = $5 AND attempt = $6 \
+             AND node_id = $7 AND state IN ('dispatched', 'running')",
+        )
+        .bind(state_name(end.state))
+        .bind(end.result)
+        .bind(end.error)
+        .bind(end.now_ms)
+        .bind(run_id)
+        .bind(attempt)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \
+             SELECT id, attempt, node_id, node_name, state, error, $1 FROM runs WHERE id = $2 \
+             ON CONFLICT (run_id, attempt) DO NOTHING",
+        )
+        .bind(end.now_ms)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Puts back in the queue every unfinished run whose node has had no heartbeat since
+    /// `cutoff_ms` (or no longer exists), with its attempt number raised; the lost attempt
+    /// stays in the history. Returns how many runs went back.
+    pub async fn requeue_lost_runs(&self, cutoff_ms: i64, now_ms: i64) -> Result<u64> {
+        const LOST: &str = "state IN ('dispatched', 'running') AND (node_id IS NULL OR node_id NOT IN \
+             (SELECT id FROM nodes WHERE last_heartbeat_ms >= $1))";
+        let mut tx = self.write().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \
+             SELECT id, attempt, node_id, node_name, 'lost', 'the node stopped sending heartbeats', $2 FROM runs \
+             WHERE {LOST} ON CONFLICT (run_id, attempt) DO NOTHING"
+        )))
+        .bind(cutoff_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET state = 'queued', attempt = attempt + 1, node_id = NULL, node_name = NULL, progress = NULL \
+             WHERE {LOST}"
+        )))
+        .bind(cutoff_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Ids of the gateways with queued runs, for waking long-polls on other hubs.
+    pub async fn queued_count(&self, gateway_id: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE gateway_id = $1 AND state = 'queued'")
+            .bind(gateway_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Past attempts of a run: (attempt, node name, outcome).
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<(i64, Option<String>, String)>> {
+        let rows = sqlx::query(
+            "SELECT attempt, node_name, outcome FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+}
+
+const RUN_COLUMNS: &str = "id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
+     node_id, node_name, progress, result, error, queued_ms, finished_ms";
+
+const CLAIM_SQLITE: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2 \
+     WHERE id IN (SELECT id FROM runs WHERE gateway_id = $3 AND state = 'queued' ORDER BY seq LIMIT $4) \
+     AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.lease_node_id = $1 AND g.lease_epoch = $5 \
+     AND g.lease_expires_ms >= $6) \
+     RETURNING id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
+     node_id, node_name, progress, result, error, queued_ms, finished_ms";
+
+const CLAIM_POSTGRES: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2 \
+     WHERE id IN (SELECT id FROM runs WHERE gateway_id = $3 AND state = 'queued' ORDER BY seq LIMIT $4 \
+     FOR UPDATE SKIP LOCKED) \
+     AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.lease_node_id = $1 AND g.lease_epoch = $5 \
+     AND g.lease_expires_ms >= $6) \
+     RETURNING id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
+     node_id, node_name, progress, result, error, queued_ms, finished_ms";
+
+fn strip_comments(statement: &str) -> &str {
+    let mut rest = statement.trim();
+    while rest.starts_with("--") {
+        rest = rest.split_once('\n').map_or("", |(_, after)| after).trim();
+    }
+    rest
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn policy_name(policy: Policy) -> &'static str {
+    match policy {
+        Policy::Primary => "primary",
+        Policy::Distribute => "distribute",
+    }
+}
+
+pub fn state_name(state: RunState) -> &'static str {
+    match state {
+        RunState::Queued => "queued",
+        RunState::Dispatched => "dispatched",
+        RunState::Running => "running",
+        RunState::Succeeded => "succeeded",
+        RunState::Failed => "failed",
+        RunState::Cancelled => "cancelled",
+    }
+}
+
+fn parse_state(name: &str) -> Result<RunState> {
+    Ok(match name {
+        "queued" => RunState::Queued,
+        "dispatched" => RunState::Dispatched,
+        "running" => RunState::Running,
+        "succeeded" => RunState::Succeeded,
+        "failed" => RunState::Failed,
+        "cancelled" => RunState::Cancelled,
+        other => return Err(DbError::Corrupt(format!("unknown run state {other:?}"))),
+    })
+}
+
+fn small<T: TryFrom<i64>>(value: i64, column: &str) -> Result<T> {
+    T::try_from(value).map_err(|_| DbError::Corrupt(format!("{column} is out of range: {value}")))
+}
+
+fn gateway_row(row: &AnyRow) -> Result<GatewayRow> {
+    let policy = match row.try_get::<String, _>("policy")?.as_str() {
+        "primary" => Policy::Primary,
+        "distribute" => Policy::Distribute,
+        other => return Err(DbError::Corrupt(format!("unknown policy {other:?}"))),
+    };
+    Ok(GatewayRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        settings: GatewaySettings {
+            max_nodes: small(row.try_get("max_nodes")?, "max_nodes")?,
+            policy,
+            cpu_threshold: small(row.try_get("cpu_threshold")?, "cpu_threshold")?,
+            memory_threshold: small(row.try_get("memory_threshold")?, "memory_threshold")?,
+            aggregation_minutes: small(row.try_get("aggregation_minutes")?, "aggregation_minutes")?,
+            queue_timeout_seconds: small(row.try_get("queue_timeout_seconds")?, "queue_timeout_seconds")?,
+        },
+        encryption: row.try_get::<i64, _>("encryption")? != 0,
+        primary_key_hash: row.try_get("primary_key_hash")?,
+        primary_key_hint: row.try_get("primary_key_hint")?,
+        primary_key_created_ms: row.try_get("primary_key_created_ms")?,
+        secondary_key_hash: row.try_get("secondary_key_hash")?,
+        secondary_key_hint: row.try_get("secondary_key_hint")?,
+        secondary_key_created_ms: row.try_get("secondary_key_created_ms")?,
+        gateway_secret: row.try_get("gateway_secret")?,
+        lease_node_id: row.try_get("lease_node_id")?,
+        lease_expires_ms: row.try_get("lease_expires_ms")?,
+        lease_epoch: row.try_get("lease_epoch")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+fn node_row(row: &AnyRow) -> Result<NodeRow> {
+    let metrics: String = row.try_get("metrics")?;
+    Ok(NodeRow {
+        id: row.try_get("id")?,
+        gateway_id: row.try_get("gateway_id")?,
+        name: row.try_get("name")?,
+        machine_id: row.try_get("machine_id")?,
+        token_hash: row.try_get("token_hash")?,
+        version: row.try_get("version")?,
+        peer_address: row.try_get("peer_address")?,
+        encryption_thumbprint: row.try_get("encryption_thumbprint")?,
+        registered_order: row.try_get("registered_order")?,
+        registered_ms: row.try_get("registered_ms")?,
+        last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
+        metrics: serde_json::from_str(&metrics)
+            .map_err(|e| DbError::Corrupt(format!("node metrics: {e}")))?,
+    })
+}
+
+fn job_row(row: &AnyRow) -> Result<JobRow> {
+    Ok(JobRow {
+        id: row.try_get("id")?,
+        gateway_id: row.try_get("gateway_id")?,
+        name: row.try_get("name")?,
+        spec: row.try_get("spec")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+fn run_row(row: &AnyRow) -> Result<RunRow> {
+    Ok(RunRow {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        gateway_id: row.try_get("gateway_id")?,
+        activity_index: row.try_get("activity_index")?,
+        partition_index: row.try_get("partition_index")?,
+        activity: row.try_get("activity")?,
+        state: parse_state(&row.try_get::<String, _>("state")?)?,
+        attempt: row.try_get("attempt")?,
+        node_id: row.try_get("node_id")?,
+        node_name: row.try_get("node_name")?,
+        progress: row.try_get("progress")?,
+        result: row.try_get("result")?,
+        error: row.try_get("error")?,
+        queued_ms: row.try_get("queued_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+    })
+}

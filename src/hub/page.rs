@@ -1,0 +1,153 @@
+//! The read-only status page at `/`: gateways, their nodes with every metric and status
+//! reason, and recent jobs with the node of each run. Plain HTML, no scripts; it refreshes
+//! itself every few seconds.
+
+use super::HubState;
+use super::api::{all_gateway_views, job_view};
+use super::error::ApiError;
+use crate::protocol::{GatewayView, JobView, NodeView};
+use axum::extract::State;
+use axum::response::Html;
+use std::fmt::Write as _;
+
+/// Jobs shown per gateway.
+const RECENT_JOBS: u32 = 10;
+
+pub async fn index(State(state): State<HubState>) -> Result<Html<String>, ApiError> {
+    let gateways = all_gateway_views(&state).await?;
+    let mut jobs = Vec::new();
+    for gateway in &gateways {
+        let mut views = Vec::new();
+        for job in state.db.jobs(&gateway.id, RECENT_JOBS).await? {
+            views.push(job_view(&state, job).await?);
+        }
+        jobs.push(views);
+    }
+    Ok(Html(render(&gateways, &jobs)))
+}
+
+fn render(gateways: &[GatewayView], jobs: &[Vec<JobView>]) -> String {
+    let mut out = String::from(concat!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta http-equiv=\"refresh\" content=\"5\"><title>Gatehouse hub</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}",
+        "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;font-size:.9em}th{background:#f3f3f3}",
+        ".Online{color:#1a7f37}.Offline{color:#b42318}.Limited,.Inactive,.Upgrading,.NeedsRegistration{color:#9a6700}",
+        "</style></head><body><h1>Gatehouse hub</h1>"
+    ));
+    if gateways.is_empty() {
+        out.push_str(
+            "<p>No gateways yet. Create one with <code>gatehouse hub gateway create NAME</code>.</p>",
+        );
+    }
+    for (gateway, jobs) in gateways.iter().zip(jobs) {
+        let _ = write!(
+            out,
+            "<h2>Gateway {} <span class=\"{:?}\">{:?}</span></h2><p>{}Version {} · {} · policy {:?} · max {} nodes</p>",
+            escape(&gateway.name),
+            gateway.status,
+            gateway.status,
+            gateway.reason.as_deref().map(|r| format!("{} · ", escape(r))).unwrap_or_default(),
+            escape(gateway.version.as_deref().unwrap_or("—")),
+            if gateway.encryption { "encrypted" } else { "not encrypted" },
+            gateway.settings.policy,
+            gateway.settings.max_nodes,
+        );
+        nodes_table(&mut out, &gateway.nodes);
+        jobs_table(&mut out, jobs);
+    }
+    out.push_str("</body></html>");
+    out
+}
+
+fn nodes_table(out: &mut String, nodes: &[NodeView]) {
+    if nodes.is_empty() {
+        out.push_str("<p>No nodes registered.</p>");
+        return;
+    }
+    out.push_str(
+        "<table><tr><th>Node</th><th>Status</th><th>Role</th><th>Version</th><th>Available memory</th><th>CPU</th>\
+         <th>Network in/out</th><th>Runs</th><th>Credentials</th><th>Certificate</th></tr>",
+    );
+    for n in nodes {
+        let m = &n.metrics;
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=\"{:?}\">{:?}{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:.0} %</td>\
+             <td>{} / {}</td><td>{} / {}</td><td>v{}</td><td>{}</td></tr>",
+            escape(&n.name),
+            n.status,
+            n.status,
+            n.reason.as_deref().map(|r| format!(": {}", escape(r))).unwrap_or_default(),
+            n.role,
+            escape(&n.version),
+            bytes(m.available_memory_bytes),
+            m.cpu_percent,
+            rate(m.network_in_bytes_per_second),
+            rate(m.network_out_bytes_per_second),
+            m.runs_running,
+            m.runs_limit,
+            m.credential_version,
+            escape(m.encryption_thumbprint.as_deref().map_or("none", |t| t.get(..16).unwrap_or(t))),
+        );
+    }
+    out.push_str("</table>");
+}
+
+fn jobs_table(out: &mut String, jobs: &[JobView]) {
+    if jobs.is_empty() {
+        out.push_str("<p>No jobs yet.</p>");
+        return;
+    }
+    out.push_str("<table><tr><th>Job</th><th>State</th><th>Runs (node, state, attempt)</th></tr>");
+    for job in jobs {
+        let runs: Vec<String> = job
+            .runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "#{}.{} {} {:?} (attempt {})",
+                    r.activity_index,
+                    r.partition,
+                    escape(r.node_name.as_deref().unwrap_or("—")),
+                    r.state,
+                    r.attempt
+                )
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+            escape(&job.name),
+            job.state,
+            runs.join("<br>")
+        );
+    }
+    out.push_str("</table>");
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn bytes(n: u64) -> String {
+    #[allow(clippy::cast_precision_loss, reason = "display only")]
+    let gib = n as f64 / f64::from(1u32 << 30);
+    format!("{gib:.1} GiB")
+}
+
+fn rate(n: u64) -> String {
+    #[allow(clippy::cast_precision_loss, reason = "display only")]
+    let kib = n as f64 / 1024.0;
+    format!("{kib:.0} KiB/s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped() {
+        assert_eq!(escape("<b>&\"x\""), "&lt;b&gt;&amp;&quot;x&quot;");
+    }
+}

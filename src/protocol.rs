@@ -1,0 +1,374 @@
+//! The wire types shared by the hub and the nodes (and the admin CLI): JSON bodies of the
+//! hub's HTTP API, versioned by the `/api/v1` prefix. Only serde structs live here; no
+//! behaviour, so hub and node can change independently as long as these hold.
+//!
+//! Every request body rejects unknown fields, so a typo in a client is an error, not a no-op.
+
+use serde::{Deserialize, Serialize};
+
+/// The error body of every refused request: what went wrong and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// How the dispatcher picks a worker for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The first available node in registration order; the next one when it is full.
+    #[default]
+    Primary,
+    /// A random available node.
+    Distribute,
+}
+
+/// A gateway's settings. Every field has a default, so a create request may omit any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub max_nodes: u32,
+    pub policy: Policy,
+    /// 0–100; 0 turns the limit off.
+    pub cpu_threshold: u8,
+    /// 0–100; 0 turns the limit off.
+    pub memory_threshold: u8,
+    pub aggregation_minutes: u32,
+    pub queue_timeout_seconds: u32,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            max_nodes: 4,
+            policy: Policy::Primary,
+            cpu_threshold: 0,
+            memory_threshold: 0,
+            aggregation_minutes: 5,
+            queue_timeout_seconds: 60,
+        }
+    }
+}
+
+/// `POST /api/v1/gateways`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGateway {
+    pub name: String,
+    #[serde(default)]
+    pub settings: GatewaySettings,
+}
+
+/// `PATCH /api/v1/gateways/{gateway}/settings`: only the fields given change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    pub max_nodes: Option<u32>,
+    pub policy: Option<Policy>,
+    pub cpu_threshold: Option<u8>,
+    pub memory_threshold: Option<u8>,
+    pub aggregation_minutes: Option<u32>,
+    pub queue_timeout_seconds: Option<u32>,
+}
+
+/// Node status, computed by the hub. Every status but `Online` comes with a reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Online,
+    Offline,
+    Upgrading,
+    Limited,
+    Inactive,
+}
+
+/// Gateway status, from its nodes' statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GatewayState {
+    NeedsRegistration,
+    Online,
+    Offline,
+    Limited,
+}
+
+/// A node's role in its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Holds the dispatcher lease: pulls runs from the hub and hands them out.
+    Dispatcher,
+    #[default]
+    Worker,
+}
+
+/// What a node measures and reports every heartbeat.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeMetrics {
+    pub available_memory_bytes: u64,
+    pub total_memory_bytes: u64,
+    pub cpu_percent: f32,
+    pub network_in_bytes_per_second: u64,
+    pub network_out_bytes_per_second: u64,
+    pub runs_running: u32,
+    pub runs_limit: u32,
+    pub credential_version: u64,
+    /// SHA-256 thumbprint of the peer-channel certificate; `None` when encryption is off.
+    pub encryption_thumbprint: Option<String>,
+    /// Peers this node could not reach on the peer channel, by node name.
+    pub unreachable_peers: Vec<String>,
+    /// Hub requests that failed since the last successful heartbeat.
+    pub hub_errors: u32,
+    /// The node is installing a new version.
+    pub upgrading: bool,
+}
+
+/// `POST /api/v1/register`, authenticated with a gateway auth key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Unique in the gateway, never renamed.
+    pub name: String,
+    /// A stable id of the machine, kept in the node's data dir, so a machine can't sit in two
+    /// gateways at once.
+    pub machine_id: String,
+    pub version: String,
+    /// `host:port` where peers reach this node's peer channel.
+    pub peer_address: String,
+    /// SHA-256 thumbprint of the certificate when the node encrypts its peer channel.
+    pub encryption_thumbprint: Option<String>,
+}
+
+/// The answer to a registration: the node's own credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub node_id: String,
+    pub gateway_id: String,
+    pub gateway_name: String,
+    /// Authenticates this node to the hub from now on. Shown once; store it encrypted.
+    pub node_token: String,
+    /// Peers authenticate each other with it on the peer channel.
+    pub gateway_secret: String,
+}
+
+/// `POST /api/v1/heartbeat`, authenticated with the node token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub version: String,
+    pub metrics: NodeMetrics,
+}
+
+/// What the hub tells a node on each heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub role: Role,
+    /// Increases every time the lease changes hands; a dispatcher sends it with its claims.
+    pub lease_epoch: i64,
+    pub status: NodeState,
+    pub reason: Option<String>,
+    pub settings: GatewaySettings,
+    /// The other nodes of the gateway, for the peer channel.
+    pub peers: Vec<Peer>,
+}
+
+/// Another node of the same gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub node_id: String,
+    pub name: String,
+    pub peer_address: String,
+    pub registered_order: i64,
+}
+
+/// One node as the admin API and the status page show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub gateway_id: String,
+    pub version: String,
+    pub status: NodeState,
+    pub reason: Option<String>,
+    pub role: Role,
+    pub peer_address: String,
+    pub registered_order: i64,
+    /// Milliseconds since the Unix epoch; `None` before the first heartbeat.
+    pub last_heartbeat_ms: Option<i64>,
+    pub metrics: NodeMetrics,
+}
+
+/// A gateway as the admin API shows it (never its keys' hashes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayView {
+    pub id: String,
+    pub name: String,
+    pub settings: GatewaySettings,
+    pub status: GatewayState,
+    pub reason: Option<String>,
+    /// The majority version of its nodes; `None` without nodes.
+    pub version: Option<String>,
+    pub encryption: bool,
+    pub nodes: Vec<NodeView>,
+}
+
+/// Both auth keys of a gateway, in full (only when the gateway is created).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthKeys {
+    pub primary: String,
+    pub secondary: String,
+}
+
+/// The answer to creating a gateway: the only time both auth keys are shown in full.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedGateway {
+    pub gateway: GatewayView,
+    pub keys: AuthKeys,
+}
+
+/// What the admin may see of an auth key after it was shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub slot: KeySlot,
+    /// The key's public start and the first characters of its secret, ending in `…`.
+    pub hint: String,
+    pub created_ms: i64,
+}
+
+/// The answer to regenerating one auth key: shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegeneratedKey {
+    pub slot: KeySlot,
+    pub key: String,
+}
+
+/// Which of the two auth keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySlot {
+    Primary,
+    Secondary,
+}
+
+/// A job: a list of activities, each split into partitions that become activity runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub activities: Vec<Activity>,
+}
+
+/// One activity of a job. The kinds grow with the transfer issue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Activity {
+    /// Sleeps, for tests and benchmarks: `partitions` runs of `millis` each.
+    Sleep {
+        millis: u64,
+        #[serde(default = "one")]
+        partitions: u32,
+    },
+    /// Echoes its message back as the result, for tests and benchmarks.
+    Echo {
+        message: String,
+        #[serde(default = "one")]
+        partitions: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /api/v1/gateways/{gateway}/jobs`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub spec: JobSpec,
+}
+
+/// States of an activity run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Dispatched,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn is_final(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+    }
+}
+
+/// One activity run, as the dispatcher receives it and the admin sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunView {
+    pub id: String,
+    pub job_id: String,
+    pub activity_index: u32,
+    pub partition: u32,
+    pub activity: Activity,
+    pub state: RunState,
+    pub attempt: u32,
+    pub node_id: Option<String>,
+    pub node_name: Option<String>,
+    pub progress: Option<serde_json::Value>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub queued_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+/// A job with its runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub gateway_id: String,
+    pub name: String,
+    pub state: RunState,
+    pub created_ms: i64,
+    pub runs: Vec<RunView>,
+}
+
+/// `POST /api/v1/dispatch/claim`: the dispatcher asks for up to `max` queued runs, waiting
+/// up to `wait_ms` for one to arrive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub lease_epoch: i64,
+    pub max: u32,
+    pub wait_ms: u64,
+}
+
+/// `POST /api/v1/runs/{run}/assign`: the dispatcher hands a claimed run to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignRun {
+    pub lease_epoch: i64,
+    pub attempt: u32,
+    pub node_id: String,
+}
+
+/// `POST /api/v1/runs/{run}/progress`, by the node running it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunProgress {
+    pub attempt: u32,
+    pub progress: serde_json::Value,
+}
+
+/// `POST /api/v1/runs/{run}/finish`, by the node that ran it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinishRun {
+    pub attempt: u32,
+    pub succeeded: bool,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
