@@ -172,3 +172,147 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     }
     Ordering::Equal
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{GatewaySettings, NodeMetrics};
+
+    const NOW: i64 = 1_000_000;
+    const OFFLINE_AFTER: Duration = Duration::from_secs(3);
+
+    fn gateway() -> GatewayRow {
+        GatewayRow {
+            id: "g".into(),
+            name: "sales".into(),
+            settings: GatewaySettings::default(),
+            encryption: false,
+            primary_key_hash: String::new(),
+            primary_key_hint: String::new(),
+            primary_key_created_ms: 0,
+            secondary_key_hash: String::new(),
+            secondary_key_hint: String::new(),
+            secondary_key_created_ms: 0,
+            gateway_secret: String::new(),
+            lease_node_id: None,
+            lease_expires_ms: 0,
+            lease_epoch: 0,
+            created_ms: 0,
+        }
+    }
+
+    fn node(name: &str, heartbeat_age_ms: Option<i64>) -> NodeRow {
+        NodeRow {
+            id: name.into(),
+            gateway_id: "g".into(),
+            name: name.into(),
+            machine_id: name.into(),
+            token_hash: String::new(),
+            version: "1.0.0".into(),
+            peer_address: String::new(),
+            encryption_thumbprint: None,
+            registered_order: 0,
+            registered_ms: 0,
+            last_heartbeat_ms: heartbeat_age_ms.map(|age| NOW - age),
+            metrics: NodeMetrics::default(),
+        }
+    }
+
+    fn states(nodes: &[NodeRow]) -> (GatewayState, Vec<NodeState>) {
+        let status = gateway_status(&gateway(), nodes, NOW, OFFLINE_AFTER);
+        (status.state, status.nodes.iter().map(|n| n.state).collect())
+    }
+
+    #[test]
+    fn a_gateway_without_nodes_needs_registration() {
+        assert_eq!(states(&[]).0, GatewayState::NeedsRegistration);
+    }
+
+    #[test]
+    fn a_node_is_offline_after_three_seconds_without_heartbeat() {
+        assert_eq!(states(&[node("a", Some(3_000))]), (GatewayState::Online, vec![NodeState::Online]));
+        assert_eq!(states(&[node("a", Some(3_001))]), (GatewayState::Offline, vec![NodeState::Offline]));
+        assert_eq!(states(&[node("a", None)]).1, vec![NodeState::Offline]);
+    }
+
+    #[test]
+    fn some_nodes_offline_make_the_gateway_limited() {
+        let (gateway, nodes) = states(&[node("a", Some(0)), node("b", Some(10_000))]);
+        assert_eq!(gateway, GatewayState::Limited);
+        assert_eq!(nodes, vec![NodeState::Online, NodeState::Offline]);
+    }
+
+    #[test]
+    fn a_node_off_the_majority_version_is_limited_with_its_reason() {
+        let mut old = node("c", Some(0));
+        old.version = "0.9.0".into();
+        let status =
+            gateway_status(&gateway(), &[node("a", Some(0)), node("b", Some(0)), old], NOW, OFFLINE_AFTER);
+        assert_eq!(status.version.as_deref(), Some("1.0.0"));
+        assert_eq!(status.nodes[2].state, NodeState::Limited);
+        assert!(
+            status.nodes[2]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("0.9.0 differs from the gateway version 1.0.0")
+        );
+        assert_eq!(status.state, GatewayState::Limited);
+    }
+
+    #[test]
+    fn a_node_with_another_certificate_is_inactive() {
+        let mut a = node("a", Some(0));
+        let mut b = node("b", Some(0));
+        let mut c = node("c", Some(0));
+        a.encryption_thumbprint = Some("AA".into());
+        b.encryption_thumbprint = Some("AA".into());
+        c.encryption_thumbprint = Some("BB".into());
+        assert_eq!(states(&[a, b, c]).1, vec![NodeState::Online, NodeState::Online, NodeState::Inactive]);
+    }
+
+    #[test]
+    fn unreachable_peers_limit_a_node_and_no_reachable_peer_makes_it_inactive() {
+        let mut a = node("a", Some(0));
+        a.metrics.unreachable_peers = vec!["b".into()];
+        let (_, nodes) = states(&[a.clone(), node("b", Some(0)), node("c", Some(0))]);
+        assert_eq!(nodes[0], NodeState::Limited);
+        a.metrics.unreachable_peers = vec!["b".into(), "c".into()];
+        let (_, nodes) = states(&[a, node("b", Some(0)), node("c", Some(0))]);
+        assert_eq!(nodes[0], NodeState::Inactive);
+    }
+
+    #[test]
+    fn credentials_out_of_sync_with_the_dispatcher_limit_a_node() {
+        let mut g = gateway();
+        g.lease_node_id = Some("a".into());
+        let mut a = node("a", Some(0));
+        a.metrics.credential_version = 5;
+        let mut b = node("b", Some(0));
+        b.metrics.credential_version = 4;
+        let status = gateway_status(&g, &[a, b], NOW, OFFLINE_AFTER);
+        assert_eq!(status.nodes[1].state, NodeState::Limited);
+        assert_eq!(status.nodes[1].reason.as_deref(), Some("credentials out of sync"));
+    }
+
+    #[test]
+    fn an_upgrading_node_says_so() {
+        let mut a = node("a", Some(0));
+        a.metrics.upgrading = true;
+        assert_eq!(states(&[a]).1, vec![NodeState::Upgrading]);
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(compare_versions("1.10.0", "1.9.3"), Ordering::Greater);
+        assert_eq!(compare_versions("1.2", "1.2.0"), Ordering::Equal);
+        assert_eq!(compare_versions("0.1.0", "0.2.0"), Ordering::Less);
+    }
+
+    #[test]
+    fn a_version_tie_goes_to_the_newer_version() {
+        let mut b = node("b", Some(0));
+        b.version = "1.1.0".into();
+        assert_eq!(majority_version(&[node("a", Some(0)), b]).as_deref(), Some("1.1.0"));
+    }
+}
