@@ -22,9 +22,15 @@ pub struct ServeArgs {
     /// Database: sqlite://PATH (default: hub.db in the data dir) or postgres://USER@HOST/DB.
     #[arg(long, env = "GATEHOUSE_HUB_DB", hide_env_values = true)]
     pub db: Option<String>,
-    /// The URL nodes use to reach this hub, written into auth keys (default: http://LISTEN).
+    /// The URL nodes use to reach this hub, written into auth keys (default: http(s)://LISTEN).
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
@@ -44,15 +50,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let dir = crate::paths::ensure_data_dir().context("creating the data dir")?;
         format!("sqlite://{}", dir.join("hub.db").display())
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(hub::tls::server_config(cert, key).context("setting up HTTPS")?),
+        _ => None,
+    };
     let db = Db::open(&url).await.with_context(|| format!("opening the hub database {}", redact(&url)))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another hub running there?)", args.listen))?;
     let address = listener.local_addr().context("reading the listening address")?;
-    let public_url = args.public_url.unwrap_or_else(|| format!("http://{address}"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_url = args.public_url.unwrap_or_else(|| format!("{scheme}://{address}"));
     // Tests and scripts read these two lines; keep their start stable.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on http://{address}")?;
+    writeln!(out, "listening on {scheme}://{address}")?;
     if let Some(token) = hub::ensure_admin_token(&db).await? {
         writeln!(out, "admin token: {token}")?;
         writeln!(out, "(shown once: store it safely; admin commands read it from GATEHOUSE_ADMIN_TOKEN)")?;
@@ -63,7 +74,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    hub::serve(listener, db, HubConfig::new(public_url), shutdown).await.context("serving the hub")?;
+    hub::serve(listener, tls, db, HubConfig::new(public_url), shutdown).await.context("serving the hub")?;
     tracing::info!("hub stopped");
     Ok(())
 }

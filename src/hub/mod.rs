@@ -10,6 +10,7 @@ mod error;
 mod page;
 mod registration;
 pub mod status;
+pub mod tls;
 
 pub use error::ApiError;
 
@@ -66,9 +67,11 @@ pub async fn ensure_admin_token(db: &db::Db) -> Result<Option<String>, db::DbErr
     Ok(db.create_admin_token(&auth::hash(&token)).await?.then_some(token))
 }
 
-/// Serves the hub on `listener` until `shutdown` is cancelled, then drains requests.
+/// Serves the hub on `listener` (plain HTTP, or HTTPS with `tls`) until `shutdown` is
+/// cancelled, then drains requests.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     db: db::Db,
     config: HubConfig,
     shutdown: CancellationToken,
@@ -76,7 +79,13 @@ pub async fn serve(
     let state = HubState { db, config: Arc::new(config), queue_signal: Arc::new(tokio::sync::Notify::new()) };
     let sweeper = tokio::spawn(sweep(state.clone(), shutdown.clone()));
     let app = api::router(state);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    let stopped = shutdown.clone().cancelled_owned();
+    let result = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config)?, app).with_graceful_shutdown(stopped).await
+        }
+    };
     shutdown.cancel();
     let _ = sweeper.await;
     result
