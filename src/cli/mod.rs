@@ -41,6 +41,8 @@ pub struct Planned {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging();
+    // reqwest and the hub use rustls without a built-in crypto provider; pick ring, once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Some(Command::Cert(command)) => cert::run(command),
         Some(Command::Hub(command)) => hub::run(command),
