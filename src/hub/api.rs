@@ -49,6 +49,9 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/runs/{run}/progress", post(progress))
         .route("/api/v1/runs/{run}/finish", post(finish))
         .fallback(|| async { ApiError::not_found("no such API route; see `gatehouse hub --help`") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route doesn't take that HTTP method")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -80,6 +83,21 @@ fn json_error(rejection: &JsonRejection) -> ApiError {
         _ => format!("the request body is not valid: {}", rejection.body_text()),
     };
     ApiError::new(status, error)
+}
+
+/// A query string whose rejection is a 400 with our JSON error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state).await.map(|Query(value)| ApiQuery(value)).map_err(
+            |rejection| {
+                ApiError::bad_request(format!("the query string is not valid: {}", rejection.body_text()))
+            },
+        )
+    }
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -243,17 +261,18 @@ async fn show_keys(
     ]))
 }
 
-#[derive(Deserialize)]
-struct KeyPath {
-    gateway: String,
-    slot: KeySlot,
-}
-
 async fn regenerate_key(
     State(state): State<HubState>,
     _: Admin,
-    Path(KeyPath { gateway, slot }): Path<KeyPath>,
+    Path((gateway, slot)): Path<(String, String)>,
 ) -> Result<Json<RegeneratedKey>, ApiError> {
+    let slot = match slot.as_str() {
+        "primary" => KeySlot::Primary,
+        "secondary" => KeySlot::Secondary,
+        other => {
+            return Err(ApiError::bad_request(format!("no key slot {other:?}; use primary or secondary")));
+        }
+    };
     let gateway = find_gateway(&state, &gateway).await?;
     let key = auth::new_auth_key(&state.config.public_url, &gateway.id);
     state.db.set_key(&gateway.id, slot, &auth::hash(&key), &auth::key_hint(&key)).await?;
@@ -476,7 +495,7 @@ async fn list_jobs(
     State(state): State<HubState>,
     _: Admin,
     Path(gateway): Path<String>,
-    Query(query): Query<JobsQuery>,
+    ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
     let mut views = Vec::new();

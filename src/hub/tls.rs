@@ -20,7 +20,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum TlsError {
     #[error("can't read {}: {reason}", path.display())]
     Read { path: std::path::PathBuf, reason: String },
-    #[error("the certificate and key don't work together ({0}); give the key that belongs to the certificate")]
+    #[error(
+        "the certificate and key don't work together ({0}); give the key that belongs to the certificate"
+    )]
     Config(rustls::Error),
 }
 
