@@ -62,6 +62,6 @@ fn planned(group: &str) -> anyhow::Result<ExitCode> {
 /// Logs go to stderr; `GATEHOUSE_LOG` sets the filter (e.g. `debug`, `gatehouse=trace`).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
