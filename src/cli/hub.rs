@@ -12,6 +12,15 @@ use tokio_util::sync::CancellationToken;
 pub enum HubCommand {
     /// Run the hub: the HTTP API for nodes and admins, and the status page at `/`.
     Serve(ServeArgs),
+    /// Create, list, show, change and delete gateways on a running hub.
+    #[command(subcommand, after_help = super::admin::EXIT_CODES)]
+    Gateway(super::admin::GatewayCommand),
+    /// Show and regenerate a gateway's auth keys on a running hub.
+    #[command(subcommand, after_help = super::admin::EXIT_CODES)]
+    Key(super::admin::KeyCommand),
+    /// List and remove a gateway's nodes on a running hub.
+    #[command(subcommand, after_help = super::admin::EXIT_CODES)]
+    Node(super::admin::NodeCommand),
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +49,9 @@ pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
             runtime.block_on(serve(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        HubCommand::Gateway(command) => super::admin::run_gateway(command),
+        HubCommand::Key(command) => super::admin::run_key(command),
+        HubCommand::Node(command) => super::admin::run_node(command),
     }
 }
 

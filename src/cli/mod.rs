@@ -1,8 +1,11 @@
 //! The command line: one file per command group. Each command returns its exit code or an
 //! `anyhow` error that `main` prints as one line with exit code 2.
 
+mod admin;
 mod cert;
+pub mod client;
 mod hub;
+mod job;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,8 +28,9 @@ pub enum Command {
     Hub(hub::HubCommand),
     /// Run and administer this machine's node service. Not in this version yet.
     Node(Planned),
-    /// Submit and inspect jobs. Not in this version yet.
-    Job(Planned),
+    /// Submit jobs to a gateway through the hub and follow their runs.
+    #[command(subcommand, after_help = admin::EXIT_CODES)]
+    Job(job::JobCommand),
     /// Open the Configuration Manager window (the default with no command).
     Gui,
 }
@@ -47,7 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Cert(command)) => cert::run(command),
         Some(Command::Hub(command)) => hub::run(command),
         Some(Command::Node(_)) => planned("node"),
-        Some(Command::Job(_)) => planned("job"),
+        Some(Command::Job(command)) => job::run(command),
         Some(Command::Gui) | None => {
             crate::gui::run()?;
             Ok(ExitCode::SUCCESS)

@@ -124,7 +124,9 @@ impl FromRequestParts<HubState> for Admin {
         })?;
         let stored = state.db.admin_token_hash().await?.unwrap_or_default();
         if stored.is_empty() || !auth::verify(token, &stored) {
-            return Err(ApiError::unauthorized("the admin token is not valid for this hub"));
+            return Err(ApiError::unauthorized("the admin token is not valid for this hub").with_hint(
+                "use the token this hub printed at its first start (GATEHOUSE_ADMIN_TOKEN or --token-file)",
+            ));
         }
         Ok(Admin)
     }
@@ -299,7 +301,7 @@ async fn remove_node(
     let nodes = state.db.nodes(&gateway.id).await?;
     let node = nodes.iter().find(|n| n.id == node || n.name == node).ok_or_else(|| {
         ApiError::not_found(format!("gateway '{}' has no node '{node}'", gateway.name))
-            .with_hint("list its nodes with: gatehouse hub node list")
+            .with_hint(format!("list its nodes with: gatehouse hub node list {}", gateway.name))
     })?;
     state.db.delete_node(&node.id).await?;
     tracing::info!(gateway = %gateway.name, node = %node.name, "node removed");
@@ -709,7 +711,7 @@ fn validate_name(name: &str, what: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "{what} name {name:?} is not allowed; use 1 to 63 letters, digits, '-', '_' or '.'"
+            "{what} name {name:?} is not allowed; use 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
         )))
     }
 }

@@ -1,0 +1,683 @@
+//! `gatehouse hub gateway|key|node …`: administer a running hub over its HTTP API, and the
+//! pieces every admin command shares (`job` too): the connection flags, the admin token, the
+//! exit-code convention, and the table/time/size formatting of the human views.
+//!
+//! The admin token comes only from `GATEHOUSE_ADMIN_TOKEN` or `--token-file`, never from an
+//! argument value, so it can't leak through the process list or shell history.
+
+use super::client::{AdminClient, ClientError};
+use crate::protocol::{
+    CreateGateway, GatewaySettings, GatewayState, GatewayView, KeyInfo, KeySlot, NodeView, Policy, Role,
+    UpdateSettings,
+};
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::future::Future;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The `--help` footer of every admin command.
+pub const EXIT_CODES: &str = "\
+Exit codes: 0 done; 1 the hub refused the request (its reason and a hint are on stderr);
+2 usage error, no admin token, or the hub can't be reached or understood.
+
+The admin token is read from GATEHOUSE_ADMIN_TOKEN or from the file named by --token-file,
+never from the command line.";
+
+/// Where the hub is and how to talk to it; every admin command takes these.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The hub's URL.
+    #[arg(long, env = "GATEHOUSE_HUB", default_value = "http://127.0.0.1:7070", value_name = "URL")]
+    pub hub: String,
+    /// Read the admin token from this file instead of the GATEHOUSE_ADMIN_TOKEN environment
+    /// variable (the token itself is never accepted on the command line).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Also trust this PEM CA certificate for an HTTPS hub (e.g. its self-signed certificate).
+    #[arg(long, env = "GATEHOUSE_HUB_CA", value_name = "PEM")]
+    pub hub_ca: Option<PathBuf>,
+    /// Print the hub's answer as JSON instead of the human view.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Connection {
+    /// A client for the hub, with the admin token from the file or the environment.
+    pub fn client(&self) -> anyhow::Result<AdminClient> {
+        let token = admin_token(self.token_file.as_deref())?;
+        let roots = match &self.hub_ca {
+            Some(path) => read_roots(path)?,
+            None => Vec::new(),
+        };
+        Ok(AdminClient::with_extra_roots(&self.hub, &token, roots)?)
+    }
+}
+
+/// The admin token: the first non-empty line of `--token-file`, else `GATEHOUSE_ADMIN_TOKEN`.
+fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the admin token from --token-file {}", path.display()))?;
+        return text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned).with_context(|| {
+            format!("--token-file {} is empty; put the hub's admin token (gha_…) in it", path.display())
+        });
+    }
+    match std::env::var("GATEHOUSE_ADMIN_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+        _ => anyhow::bail!(
+            "no admin token: set GATEHOUSE_ADMIN_TOKEN to the token `gatehouse hub serve` printed when it first started, or put it in a file and pass --token-file PATH"
+        ),
+    }
+}
+
+fn read_roots(path: &std::path::Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let roots = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| anyhow::anyhow!("reading --hub-ca {}: {e}", path.display()))?;
+    anyhow::ensure!(!roots.is_empty(), "--hub-ca {} holds no PEM certificate", path.display());
+    Ok(roots)
+}
+
+/// Runs an admin command on a small runtime and applies the exit-code convention: a refusal
+/// by the hub is printed here (error, then hint) with exit code 1; every other failure goes
+/// back to `main`, which prints it on one line with exit code 2.
+pub fn execute(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(command) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err) => match err.downcast_ref::<ClientError>() {
+            Some(ClientError::Refused { body, .. }) => {
+                let text = match &body.hint {
+                    Some(hint) => format!("error: {}\nhint: {hint}\n", body.error),
+                    None => format!("error: {}\n", body.error),
+                };
+                let _ = std::io::stderr().write_all(text.as_bytes());
+                Ok(ExitCode::from(1))
+            }
+            _ => Err(err),
+        },
+    }
+}
+
+/// Writes to stdout in one go; a closed pipe (`| head`) is not an error.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to standard output"),
+        _ => Ok(()),
+    }
+}
+
+/// The value as pretty JSON, on stdout.
+pub fn emit_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("writing JSON")?;
+    text.push('\n');
+    emit(&text)
+}
+
+// ---- commands ----
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Create a gateway and print both of its auth keys (the only time they are shown in full).
+    #[command(after_help = EXIT_CODES)]
+    Create(CreateArgs),
+    /// List the gateways with their status and nodes.
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Show one gateway: status, settings and nodes.
+    #[command(after_help = EXIT_CODES)]
+    Show(GatewayArgs),
+    /// Delete a gateway with its nodes and jobs. Its nodes can no longer reach the hub.
+    #[command(after_help = EXIT_CODES)]
+    Delete(GatewayArgs),
+    /// Change a gateway's settings; only the settings given change.
+    #[command(after_help = EXIT_CODES)]
+    Set(SetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Show the start of each auth key and when it was made (the hub keeps only hashes).
+    #[command(after_help = EXIT_CODES)]
+    Show(GatewayArgs),
+    /// Make a new primary or secondary auth key and print it (shown only this once). The old
+    /// key stops registering nodes; nodes already registered keep working.
+    #[command(after_help = EXIT_CODES)]
+    Regenerate(RegenerateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List a gateway's nodes with their status, role and metrics.
+    #[command(after_help = EXIT_CODES)]
+    List(GatewayArgs),
+    /// Remove a node from its gateway (e.g. a replaced machine), so it leaves no ghost node.
+    #[command(after_help = EXIT_CODES)]
+    Remove(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The gateway's name or id.
+    pub gateway: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The new gateway's name: 1 to 63 letters, digits, '-', '_' or '.'.
+    pub name: String,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The gateway's name or id.
+    pub gateway: String,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct RegenerateArgs {
+    /// The gateway's name or id.
+    pub gateway: String,
+    /// Which key to replace.
+    #[arg(value_enum)]
+    pub slot: SlotArg,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    /// The gateway's name or id.
+    pub gateway: String,
+    /// The node's name or id.
+    pub node: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// A gateway's settings as flags; the ones left out keep their value (or default).
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// Most nodes the gateway accepts, 1 to 4 (default 4).
+    #[arg(long, value_name = "N")]
+    pub max_nodes: Option<u32>,
+    /// How the dispatcher picks a node for a run (default primary).
+    #[arg(long, value_enum)]
+    pub policy: Option<PolicyArg>,
+    /// Skip nodes whose CPU use is above P percent; 0 turns the limit off (default 0).
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub cpu_threshold: Option<u8>,
+    /// Skip nodes whose memory use is above P percent; 0 turns the limit off (default 0).
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub memory_threshold: Option<u8>,
+    /// Average CPU and memory use over M minutes for the thresholds (default 5).
+    #[arg(long, value_name = "M")]
+    pub aggregation_minutes: Option<u32>,
+    /// How long a run waits for a free node before it fails (default 60).
+    #[arg(long, value_name = "S")]
+    pub queue_timeout_seconds: Option<u32>,
+}
+
+impl SettingsArgs {
+    fn update(&self) -> UpdateSettings {
+        UpdateSettings {
+            max_nodes: self.max_nodes,
+            policy: self.policy.map(Policy::from),
+            cpu_threshold: self.cpu_threshold,
+            memory_threshold: self.memory_threshold,
+            aggregation_minutes: self.aggregation_minutes,
+            queue_timeout_seconds: self.queue_timeout_seconds,
+        }
+    }
+
+    /// The defaults with the given flags applied.
+    fn settings(&self) -> GatewaySettings {
+        let d = GatewaySettings::default();
+        let u = self.update();
+        GatewaySettings {
+            max_nodes: u.max_nodes.unwrap_or(d.max_nodes),
+            policy: u.policy.unwrap_or(d.policy),
+            cpu_threshold: u.cpu_threshold.unwrap_or(d.cpu_threshold),
+            memory_threshold: u.memory_threshold.unwrap_or(d.memory_threshold),
+            aggregation_minutes: u.aggregation_minutes.unwrap_or(d.aggregation_minutes),
+            queue_timeout_seconds: u.queue_timeout_seconds.unwrap_or(d.queue_timeout_seconds),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        let u = self.update();
+        u.max_nodes.is_none()
+            && u.policy.is_none()
+            && u.cpu_threshold.is_none()
+            && u.memory_threshold.is_none()
+            && u.aggregation_minutes.is_none()
+            && u.queue_timeout_seconds.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    /// The first available node in registration order; the next one when it is full.
+    Primary,
+    /// A random available node.
+    Distribute,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Primary => Policy::Primary,
+            PolicyArg::Distribute => Policy::Distribute,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SlotArg {
+    Primary,
+    Secondary,
+}
+
+impl From<SlotArg> for KeySlot {
+    fn from(s: SlotArg) -> Self {
+        match s {
+            SlotArg::Primary => KeySlot::Primary,
+            SlotArg::Secondary => KeySlot::Secondary,
+        }
+    }
+}
+
+pub fn run_gateway(command: GatewayCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        GatewayCommand::Create(args) => execute(create(args)),
+        GatewayCommand::List(args) => execute(list(args)),
+        GatewayCommand::Show(args) => execute(show(args)),
+        GatewayCommand::Delete(args) => execute(delete(args)),
+        GatewayCommand::Set(args) => {
+            if args.settings.is_empty() {
+                anyhow::bail!(
+                    "nothing to change: give at least one of --max-nodes, --policy, --cpu-threshold, --memory-threshold, --aggregation-minutes, --queue-timeout-seconds"
+                );
+            }
+            execute(set(args))
+        }
+    }
+}
+
+pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeyCommand::Show(args) => execute(show_keys(args)),
+        KeyCommand::Regenerate(args) => execute(regenerate(args)),
+    }
+}
+
+pub fn run_node(command: NodeCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        NodeCommand::List(args) => execute(list_nodes(args)),
+        NodeCommand::Remove(args) => execute(remove_node(args)),
+    }
+}
+
+async fn create(args: CreateArgs) -> anyhow::Result<()> {
+    let client = args.connection.client()?;
+    let request = CreateGateway { name: args.name.clone(), settings: args.settings.settings() };
+    let created = client.create_gateway(&request).await?;
+    if args.connection.json {
+        return emit_json(&created);
+    }
+    let g = &created.gateway;
+    emit(&format!(
+        "{}\nAuth keys (shown in full only this once: the hub keeps only their hashes, so copy them now):\n  primary:   {}\n  secondary: {}\n\nRegister a node with: gatehouse node register --key KEY\nLost a key? Make a new one with: gatehouse hub key regenerate {} primary|secondary\n",
+        gateway_text(g),
+        created.keys.primary,
+        created.keys.secondary,
+        g.name
+    ))
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let gateways = args.connection.client()?.gateways().await?;
+    if args.connection.json {
+        return emit_json(&gateways);
+    }
+    if gateways.is_empty() {
+        return emit("No gateways yet; create one with: gatehouse hub gateway create NAME\n");
+    }
+    let mut table = Table::new(&["NAME", "ID", "STATUS", "NODES", "VERSION", "POLICY"]);
+    for g in &gateways {
+        table.row(vec![
+            g.name.clone(),
+            g.id.clone(),
+            with_reason(gateway_state(g.status), g.reason.as_deref()),
+            format!("{}/{}", g.nodes.len(), g.settings.max_nodes),
+            g.version.clone().unwrap_or_else(|| "-".to_owned()),
+            policy(g.settings.policy).to_owned(),
+        ]);
+    }
+    emit(&table.render())
+}
+
+async fn show(args: GatewayArgs) -> anyhow::Result<()> {
+    let gateway = args.connection.client()?.gateway(&args.gateway).await?;
+    if args.connection.json {
+        return emit_json(&gateway);
+    }
+    let mut out = gateway_text(&gateway);
+    out.push_str("\nNodes:\n");
+    out.push_str(&nodes_text(&gateway.name, &gateway.nodes, "  "));
+    emit(&out)
+}
+
+async fn delete(args: GatewayArgs) -> anyhow::Result<()> {
+    args.connection.client()?.delete_gateway(&args.gateway).await?;
+    if args.connection.json {
+        return Ok(());
+    }
+    emit(&format!(
+        "Deleted gateway '{}' with its nodes and jobs; its auth keys and node tokens no longer work.\n",
+        args.gateway
+    ))
+}
+
+async fn set(args: SetArgs) -> anyhow::Result<()> {
+    let gateway = args.connection.client()?.update_settings(&args.gateway, &args.settings.update()).await?;
+    if args.connection.json {
+        return emit_json(&gateway);
+    }
+    emit(&format!("Updated gateway '{}': {}\n", gateway.name, settings_text(&gateway.settings)))
+}
+
+async fn show_keys(args: GatewayArgs) -> anyhow::Result<()> {
+    let keys = args.connection.client()?.keys(&args.gateway).await?;
+    if args.connection.json {
+        return emit_json(&keys);
+    }
+    let mut out = format!(
+        "Auth keys of gateway '{}' (the hub keeps only their hashes, so only the start of each is shown):\n",
+        args.gateway
+    );
+    let mut table = Table::new(&["KEY", "START", "CREATED"]);
+    for KeyInfo { slot, hint, created_ms } in &keys {
+        table.row(vec![slot_name(*slot).to_owned(), hint.clone(), timestamp_with_age(*created_ms)]);
+    }
+    out.push_str(&indent(&table.render(), "  "));
+    out.push_str("To get a full key, make a new one (the old one then stops registering nodes; registered nodes keep working):\n");
+    out.push_str(&indent(&format!("gatehouse hub key regenerate {} primary|secondary", args.gateway), "  "));
+    emit(&out)
+}
+
+async fn regenerate(args: RegenerateArgs) -> anyhow::Result<()> {
+    let key = args.connection.client()?.regenerate_key(&args.gateway, args.slot.into()).await?;
+    if args.connection.json {
+        return emit_json(&key);
+    }
+    let slot = slot_name(key.slot);
+    emit(&format!(
+        "New {slot} auth key of gateway '{}' (shown only this once; copy it now):\n  {}\nThe old {slot} key no longer registers nodes; nodes already registered keep working.\n",
+        args.gateway, key.key
+    ))
+}
+
+async fn list_nodes(args: GatewayArgs) -> anyhow::Result<()> {
+    let nodes = args.connection.client()?.nodes(&args.gateway).await?;
+    if args.connection.json {
+        return emit_json(&nodes);
+    }
+    emit(&nodes_text(&args.gateway, &nodes, ""))
+}
+
+async fn remove_node(args: RemoveNodeArgs) -> anyhow::Result<()> {
+    args.connection.client()?.remove_node(&args.gateway, &args.node).await?;
+    if args.connection.json {
+        return Ok(());
+    }
+    emit(&format!(
+        "Removed node '{}' from gateway '{}'. Its machine can register again with an auth key.\n",
+        args.node, args.gateway
+    ))
+}
+
+// ---- human views ----
+
+fn gateway_text(g: &GatewayView) -> String {
+    format!(
+        "Gateway '{}' (id {})\n  status:     {}\n  version:    {}\n  encryption: {}\n  nodes:      {} of at most {}\n  settings:   {}\n",
+        g.name,
+        g.id,
+        with_reason(gateway_state(g.status), g.reason.as_deref()),
+        g.version.as_deref().unwrap_or("- (no nodes)"),
+        if g.encryption { "on" } else { "off" },
+        g.nodes.len(),
+        g.settings.max_nodes,
+        settings_text(&g.settings),
+    )
+}
+
+fn settings_text(s: &GatewaySettings) -> String {
+    let percent = |p: u8| if p == 0 { "off".to_owned() } else { format!("{p}%") };
+    format!(
+        "max nodes {}, policy {}, CPU threshold {}, memory threshold {}, averaged over {} min, queue timeout {} s",
+        s.max_nodes,
+        policy(s.policy),
+        percent(s.cpu_threshold),
+        percent(s.memory_threshold),
+        s.aggregation_minutes,
+        s.queue_timeout_seconds
+    )
+}
+
+/// The nodes table, or a sentence saying how to add the first node.
+fn nodes_text(gateway: &str, nodes: &[NodeView], prefix: &str) -> String {
+    if nodes.is_empty() {
+        return format!(
+            "{prefix}Gateway '{gateway}' has no nodes yet. Register one on its machine with: gatehouse node register --key KEY\n"
+        );
+    }
+    let mut table = Table::new(&[
+        "NAME",
+        "STATUS",
+        "ROLE",
+        "VERSION",
+        "MEM FREE",
+        "CPU",
+        "NET IN/OUT",
+        "RUNS",
+        "CRED VER",
+        "HEARTBEAT",
+    ]);
+    for n in nodes {
+        let m = &n.metrics;
+        table.row(vec![
+            n.name.clone(),
+            with_reason(&format!("{:?}", n.status), n.reason.as_deref()),
+            match n.role {
+                Role::Dispatcher => "dispatcher",
+                Role::Worker => "worker",
+            }
+            .to_owned(),
+            n.version.clone(),
+            bytes(m.available_memory_bytes),
+            format!("{:.1}%", m.cpu_percent),
+            format!(
+                "{}/s / {}/s",
+                bytes(m.network_in_bytes_per_second),
+                bytes(m.network_out_bytes_per_second)
+            ),
+            format!("{}/{}", m.runs_running, m.runs_limit),
+            m.credential_version.to_string(),
+            n.last_heartbeat_ms.map_or_else(|| "never".to_owned(), age),
+        ]);
+    }
+    indent(&table.render(), prefix)
+}
+
+fn gateway_state(state: GatewayState) -> &'static str {
+    match state {
+        GatewayState::NeedsRegistration => "Needs registration",
+        GatewayState::Online => "Online",
+        GatewayState::Offline => "Offline",
+        GatewayState::Limited => "Limited",
+    }
+}
+
+fn policy(policy: Policy) -> &'static str {
+    match policy {
+        Policy::Primary => "primary",
+        Policy::Distribute => "distribute",
+    }
+}
+
+fn slot_name(slot: KeySlot) -> &'static str {
+    match slot {
+        KeySlot::Primary => "primary",
+        KeySlot::Secondary => "secondary",
+    }
+}
+
+fn with_reason(state: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) if !reason.is_empty() => format!("{state}: {reason}"),
+        _ => state.to_owned(),
+    }
+}
+
+/// Each line of `text` with `prefix` in front.
+pub fn indent(text: &str, prefix: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str(prefix);
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A plain-text table: columns padded to their widest cell, the last one not padded.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Table { rows: vec![headers.iter().map(|h| (*h).to_owned()).collect()] }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[c].saturating_sub(cell.chars().count()) + 2;
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long ago `ms` was: "4 s ago", "3 min ago", "2 h ago", "5 d ago".
+pub fn age(ms: i64) -> String {
+    let seconds = now_ms().saturating_sub(ms) / 1000;
+    match seconds {
+        ..=0 => "just now".to_owned(),
+        1..60 => format!("{seconds} s ago"),
+        60..3600 => format!("{} min ago", seconds / 60),
+        3600..86_400 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} d ago", seconds / 86_400),
+    }
+}
+
+/// `ms` as an RFC 3339 UTC time (to the second).
+pub fn timestamp(ms: i64) -> String {
+    let formatted = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+    formatted.unwrap_or_else(|| format!("{ms} ms after 1970"))
+}
+
+pub fn timestamp_with_age(ms: i64) -> String {
+    format!("{} ({})", timestamp(ms), age(ms))
+}
+
+/// A byte count in binary units: "512 B", "3.2 GiB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    #[allow(clippy::cast_precision_loss, reason = "one decimal is shown")]
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_do_not_pad_the_last_column() {
+        let mut table = Table::new(&["A", "LONGER"]);
+        table.row(vec!["wide cell".to_owned(), "x".to_owned()]);
+        assert_eq!(table.render(), "A          LONGER\nwide cell  x\n");
+    }
+
+    #[test]
+    fn sizes_and_ages_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024 + 200 * 1024 * 1024), "3.2 GiB");
+        assert_eq!(age(now_ms() - 5_000), "5 s ago");
+        assert_eq!(age(now_ms() - 180_000), "3 min ago");
+        assert_eq!(age(now_ms() + 10_000), "just now");
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+    }
+}

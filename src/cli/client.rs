@@ -1,0 +1,402 @@
+//! A small typed client for the hub's admin API: one method per admin endpoint, taking and
+//! returning `protocol` types, failing with a typed [`ClientError`]. The admin command line
+//! uses it, and so can anything else that administers a hub (express setup, benchmarks, tests).
+//!
+//! The admin token is sent as a bearer token marked sensitive, and never appears in `Debug`
+//! output or in error messages. HTTPS uses rustls on ring, trusting the public web roots plus
+//! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
+
+use crate::protocol::{
+    CreateGateway, CreatedGateway, ErrorBody, GatewayView, JobSpec, JobView, KeyInfo, KeySlot, NodeView,
+    RegeneratedKey, SubmitJob, UpdateSettings,
+};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a connection to the hub may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of an unexpected answer an error message quotes.
+const QUOTE_CHARS: usize = 120;
+
+/// Why an admin request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The hub URL can't be used.
+    #[error("{url:?} is not a usable hub URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// Something the caller passed can't be sent (a token with line breaks, a name of `..`).
+    #[error("{0}")]
+    BadInput(String),
+    /// The HTTP client could not be set up (TLS roots, for example).
+    #[error("can't set up the HTTP client: {0}")]
+    Setup(String),
+    /// No connection to the hub, or no answer in time.
+    #[error(
+        "can't reach the hub at {url} ({reason}); is it running? Start one with `gatehouse hub serve`, or point --hub (or GATEHOUSE_HUB) at the right address"
+    )]
+    Unreachable { url: String, reason: String },
+    /// A connection, but no TLS session: an untrusted certificate, or no HTTPS there.
+    #[error(
+        "can't make a secure connection to the hub at {url} ({reason}); check that it serves HTTPS there, and if its certificate comes from a private CA or is self-signed, trust it with --hub-ca PEM (or GATEHOUSE_HUB_CA)"
+    )]
+    Tls { url: String, reason: String },
+    /// The hub answered with an error: it refused the request (4xx) or failed at it (5xx).
+    #[error("{}", body.error)]
+    Refused { status: u16, body: ErrorBody },
+    /// Something answered, but not the way a Gatehouse hub does.
+    #[error(
+        "the server at {url} gave an answer a Gatehouse hub doesn't give (HTTP {status}: {detail}); is --hub the hub's address?"
+    )]
+    Unexpected { url: String, status: u16, detail: String },
+}
+
+impl ClientError {
+    /// The hint that goes with a refusal, if any.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { body, .. } => body.hint.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// True when the hub itself said no (as opposed to not being reached or understood).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::Refused { .. })
+    }
+}
+
+/// A client for one hub, authenticated with its admin token.
+#[derive(Clone)]
+pub struct AdminClient {
+    base: Url,
+    token: HeaderValue,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminClient")
+            .field("base", &self.base.as_str())
+            .field("token", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminClient {
+    /// A client for the hub at `base` (e.g. `http://127.0.0.1:7070`), trusting the public web
+    /// roots for HTTPS.
+    pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
+        Self::with_extra_roots(base, token, Vec::new())
+    }
+
+    /// Like [`AdminClient::new`], also trusting `roots` for HTTPS (a private CA, or the hub's
+    /// own self-signed certificate).
+    pub fn with_extra_roots(
+        base: &str,
+        token: &str,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, ClientError> {
+        let bad_url = |reason: &str| ClientError::BadUrl { url: base.to_owned(), reason: reason.to_owned() };
+        let mut url = Url::parse(base.trim()).map_err(|e| bad_url(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad_url("use http://HOST:PORT or https://HOST:PORT"));
+        }
+        if url.cannot_be_a_base() || url.host().is_none() {
+            return Err(bad_url("it has no host; use http://HOST:PORT"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad_url("leave out the user and password; the admin token authenticates"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad_url("leave out the query and fragment"));
+        }
+        // A hub behind a path prefix (https://example.com/gatehouse) keeps it.
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ClientError::BadInput("the admin token is empty".to_owned()));
+        }
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            ClientError::BadInput(
+                "the admin token holds characters that can't be sent (line breaks or control characters)"
+                    .to_owned(),
+            )
+        })?;
+        header.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(roots)?)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Setup(root_cause(&e)))?;
+        Ok(AdminClient { base: url, token: header, http })
+    }
+
+    /// The hub's base URL.
+    pub fn base(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// `GET /healthz`: true when the hub answers. Needs no token.
+    pub async fn healthy(&self) -> Result<bool, ClientError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut().map_err(|()| self.no_path())?.pop_if_empty().push("healthz");
+        let response = self.http.get(url.clone()).send().await.map_err(|e| self.unreachable(&e))?;
+        Ok(response.status().is_success())
+    }
+
+    /// `POST /api/v1/gateways`: the new gateway with both auth keys in full (the only time).
+    pub async fn create_gateway(&self, request: &CreateGateway) -> Result<CreatedGateway, ClientError> {
+        self.call(Method::POST, &["gateways"], None, Some(request)).await
+    }
+
+    /// `GET /api/v1/gateways`
+    pub async fn gateways(&self) -> Result<Vec<GatewayView>, ClientError> {
+        self.call(Method::GET, &["gateways"], None, None::<&()>).await
+    }
+
+    /// `GET /api/v1/gateways/{gateway}`, by id or name.
+    pub async fn gateway(&self, gateway: &str) -> Result<GatewayView, ClientError> {
+        self.call(Method::GET, &["gateways", gateway], None, None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/gateways/{gateway}`, with its nodes and jobs.
+    pub async fn delete_gateway(&self, gateway: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["gateways", gateway]).await
+    }
+
+    /// `PATCH /api/v1/gateways/{gateway}/settings`: only the given fields change.
+    pub async fn update_settings(
+        &self,
+        gateway: &str,
+        update: &UpdateSettings,
+    ) -> Result<GatewayView, ClientError> {
+        self.call(Method::PATCH, &["gateways", gateway, "settings"], None, Some(update)).await
+    }
+
+    /// `GET /api/v1/gateways/{gateway}/keys`: hints and creation times, never full keys.
+    pub async fn keys(&self, gateway: &str) -> Result<Vec<KeyInfo>, ClientError> {
+        self.call(Method::GET, &["gateways", gateway, "keys"], None, None::<&()>).await
+    }
+
+    /// `POST /api/v1/gateways/{gateway}/keys/{slot}/regenerate`: the new key, shown once.
+    pub async fn regenerate_key(&self, gateway: &str, slot: KeySlot) -> Result<RegeneratedKey, ClientError> {
+        let slot = match slot {
+            KeySlot::Primary => "primary",
+            KeySlot::Secondary => "secondary",
+        };
+        self.call(Method::POST, &["gateways", gateway, "keys", slot, "regenerate"], None, None::<&()>).await
+    }
+
+    /// `GET /api/v1/gateways/{gateway}/nodes`
+    pub async fn nodes(&self, gateway: &str) -> Result<Vec<NodeView>, ClientError> {
+        self.call(Method::GET, &["gateways", gateway, "nodes"], None, None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/gateways/{gateway}/nodes/{node}`, by node id or name.
+    pub async fn remove_node(&self, gateway: &str, node: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["gateways", gateway, "nodes", node]).await
+    }
+
+    /// `POST /api/v1/gateways/{gateway}/jobs`
+    pub async fn submit_job(&self, gateway: &str, spec: &JobSpec) -> Result<JobView, ClientError> {
+        let body = SubmitJob { spec: spec.clone() };
+        self.call(Method::POST, &["gateways", gateway, "jobs"], None, Some(&body)).await
+    }
+
+    /// `GET /api/v1/gateways/{gateway}/jobs[?limit=N]`, newest first.
+    pub async fn jobs(&self, gateway: &str, limit: Option<u32>) -> Result<Vec<JobView>, ClientError> {
+        let limit = limit.map(|n| ("limit", n.to_string()));
+        self.call(Method::GET, &["gateways", gateway, "jobs"], limit, None::<&()>).await
+    }
+
+    /// `GET /api/v1/jobs/{job}`, with its runs.
+    pub async fn job(&self, job: &str) -> Result<JobView, ClientError> {
+        self.call(Method::GET, &["jobs", job], None, None::<&()>).await
+    }
+
+    // ---- plumbing ----
+
+    /// `base` + `api/v1/` + the segments, each percent-encoded as needed.
+    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == "..") {
+            return Err(ClientError::BadInput(format!(
+                "{bad:?} can't be used as a name in a request; use the id instead (see `gatehouse hub gateway list`)"
+            )));
+        }
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().map_err(|()| self.no_path())?;
+            path.pop_if_empty().extend(["api", "v1"]).extend(segments);
+        }
+        Ok(url)
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: Option<(&str, String)>,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut url = self.url(segments)?;
+        if let Some((name, value)) = query {
+            url.query_pairs_mut().append_pair(name, &value);
+        }
+        let (status, text) = self.send(method, url.clone(), body).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Unexpected {
+            url: url.to_string(),
+            status: status.as_u16(),
+            detail: format!("{e} in {}", quote(&text)),
+        })
+    }
+
+    async fn call_empty(&self, method: Method, segments: &[&str]) -> Result<(), ClientError> {
+        let url = self.url(segments)?;
+        self.send(method, url, None::<&()>).await.map(|_| ())
+    }
+
+    /// Sends one request; a success status gives its body, anything else an error.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, String), ClientError> {
+        let mut request = self.http.request(method, url.clone()).header(AUTHORIZATION, self.token.clone());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        if status.is_success() {
+            return Ok((status, text));
+        }
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(mut body) => {
+                if status == StatusCode::UNAUTHORIZED && body.hint.is_none() {
+                    body.hint = Some(
+                        "use the admin token this hub printed when it first started, in GATEHOUSE_ADMIN_TOKEN or a file named by --token-file"
+                            .to_owned(),
+                    );
+                }
+                Err(ClientError::Refused { status: status.as_u16(), body })
+            }
+            Err(_) => Err(ClientError::Unexpected {
+                url: url.to_string(),
+                status: status.as_u16(),
+                detail: if text.trim().is_empty() { "an empty body".to_owned() } else { quote(&text) },
+            }),
+        }
+    }
+
+    fn no_path(&self) -> ClientError {
+        ClientError::BadUrl { url: self.base.to_string(), reason: "it can't have a path".to_owned() }
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        let url = self.base.as_str().trim_end_matches('/').to_owned();
+        if let Some(tls) = tls_cause(e) {
+            return ClientError::Tls { url, reason: tls.to_string() };
+        }
+        let reason = if e.is_timeout() { "no answer in time".to_owned() } else { root_cause(e) };
+        ClientError::Unreachable { url, reason }
+    }
+}
+
+/// rustls on ring with the public web roots and `extra` roots.
+fn tls_config(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra {
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Setup(format!("an extra root certificate is unusable: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The innermost cause of an error: "Connection refused (os error 111)" rather than
+/// "error sending request for url (…)".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// The TLS failure somewhere in an error's chain. rustls errors travel inside (nested)
+/// `io::Error`s, whose `source` skips the error they wrap, so those are opened by hand.
+fn tls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        };
+    }
+    None
+}
+
+/// The start of an unexpected answer, on one line.
+fn quote(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut chars = line.chars();
+    let start: String = chars.by_ref().take(QUOTE_CHARS).collect();
+    if chars.next().is_some() { format!("{start:?}…") } else { format!("{start:?}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_a_path_prefix_and_encode_names() {
+        let client = AdminClient::new("https://example.com/gatehouse", "gha_x").unwrap();
+        assert_eq!(
+            client.url(&["gateways", "a b/c"]).unwrap().as_str(),
+            "https://example.com/gatehouse/api/v1/gateways/a%20b%2Fc"
+        );
+        let client = AdminClient::new("http://127.0.0.1:7070/", "gha_x").unwrap();
+        assert_eq!(client.url(&["jobs", "j"]).unwrap().as_str(), "http://127.0.0.1:7070/api/v1/jobs/j");
+        assert!(matches!(client.url(&["gateways", ".."]), Err(ClientError::BadInput(_))));
+    }
+
+    #[test]
+    fn bad_urls_and_tokens_are_refused_before_sending() {
+        assert!(matches!(AdminClient::new("ftp://hub", "t"), Err(ClientError::BadUrl { .. })));
+        assert!(matches!(AdminClient::new("127.0.0.1:7070", "t"), Err(ClientError::BadUrl { .. })));
+        assert!(matches!(AdminClient::new("http://u:p@hub", "t"), Err(ClientError::BadUrl { .. })));
+        assert!(matches!(AdminClient::new("http://hub", " "), Err(ClientError::BadInput(_))));
+        assert!(matches!(AdminClient::new("http://hub", "a\nb"), Err(ClientError::BadInput(_))));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let client = AdminClient::new("http://hub", "gha_secret").unwrap();
+        assert!(!format!("{client:?}").contains("secret"));
+    }
+}
