@@ -179,6 +179,33 @@ fn password_stdin_opens_a_pfx() {
 }
 
 #[test]
+fn password_stdin_reads_one_line_and_does_not_wait_for_the_end_of_input() {
+    let mut child = gatehouse()
+        .args(["--no-system-roots", "--roots", "ca.pem", "--password-stdin", "good.pfx"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep stdin open: a caller piping from a longer-lived process must not hang the check.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"secret\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gatehouse waited for the end of stdin after the password line");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(stdin);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
 fn the_password_can_come_from_the_environment() {
     let output = gatehouse()
         .args(["--no-system-roots", "--roots", "ca.pem", "good.pfx"])

@@ -191,11 +191,15 @@ const README_TABLE: &[Row] = &[
     ("bad-wildcard.pem", None, &[(Rule::Wildcard, FAIL), (Rule::Hostname, FAIL)]),
     ("bad-wildcard-middle.pem", None, &[(Rule::Wildcard, FAIL), (Rule::Hostname, FAIL)]),
     ("cn-only.pem", None, &[(Rule::Hostname, FAIL)]),
-    ("no-san.pem", None, &[(Rule::Hostname, FAIL)]),
+    ("no-san.pem", None, &[(Rule::Hostname, FAIL), (Rule::San, WARN)]),
     ("client-only.pem", None, &[(Rule::ServerAuth, FAIL)]),
     ("no-eku.pem", None, &[]),
     ("self-signed.pem", None, &[(Rule::SelfSigned, WARN), (Rule::Chain, FAIL)]),
-    ("v1.pem", None, &[(Rule::Version, FAIL), (Rule::Hostname, FAIL), (Rule::Chain, FAIL)]),
+    (
+        "v1.pem",
+        None,
+        &[(Rule::Version, FAIL), (Rule::Hostname, FAIL), (Rule::Chain, FAIL), (Rule::San, WARN)],
+    ),
     ("mismatch.pem", None, &[(Rule::KeyMatch, FAIL)]),
 ];
 
@@ -542,13 +546,13 @@ fn one_san_passes_the_san_rule() {
 }
 
 #[test]
-fn no_san_at_all_is_not_more_than_one_so_san_passes() {
-    // README: no-san.pem → "hostname fail (san pass: not more than one entry)".
-    assert_status(&check("no-san.pem", &standard()), Rule::San, Status::Pass);
-    // Without --host nothing else is wrong with it, so it is accepted.
+fn no_san_at_all_warns_that_no_peer_can_match_the_name() {
+    // Peers match only SANs, never the CN: the certificate can't be verified by any name.
     let report = check("no-san.pem", &Options { host: None, ..standard() });
+    assert_status(&report, Rule::San, Status::Warn);
+    assert!(message(&report, Rule::San).contains("no Subject Alternative Name"), "{}", report.to_table());
     assert_status(&report, Rule::Hostname, Status::Skip);
-    assert_eq!(report.verdict, Verdict::Accepted, "{}", report.to_table());
+    assert_eq!(report.verdict, Verdict::AcceptedWithWarnings, "{}", report.to_table());
 }
 
 #[test]
@@ -641,6 +645,9 @@ fn pkcs8_pkcs1_sec1_and_encrypted_pkcs8_keys_all_match_their_certificate() {
         ("ed25519.pem", None, "PKCS#8"),
         ("rsa8192.pem", None, "PKCS#8"),
         ("good-encrypted.pem", Some("secret"), "PKCS#8"),
+        // Legacy OpenSSL PEM encryption (Proc-Type: 4,ENCRYPTED): AES-256 and 3DES.
+        ("good-legacy-encrypted.pem", Some("secret"), "PKCS#1"),
+        ("ec-p256-legacy-encrypted.pem", Some("secret"), "SEC1"),
     ];
     for (file, password, encoding) in cases {
         let report = check(file, &Options { password: password.map(str::to_owned), ..standard() });
@@ -659,6 +666,16 @@ fn keys_the_checker_cannot_derive_never_fail_key_match() {
     for file in ["ec-p521.pem", "ec-secp256k1.pem", "ed448.pem"] {
         let got = status(&check(file, &standard()), Rule::KeyMatch);
         assert!(PASS_OR_SKIP.allows(got), "{file}: key_match {got}");
+    }
+}
+
+#[test]
+fn a_legacy_encrypted_key_needs_its_password() {
+    for file in ["good-legacy-encrypted.pem", "ec-p256-legacy-encrypted.pem"] {
+        let wrong = check_file(&path(file), &Options { password: Some("wrong".into()), ..standard() });
+        assert!(matches!(wrong, Err(LoadError::WrongKeyPassword)), "{file}: {:?}", wrong.err());
+        let none = check_file(&path(file), &Options { password: None, ..standard() });
+        assert!(matches!(none, Err(LoadError::EncryptedKeyNeedsPassword)), "{file}: {:?}", none.err());
     }
 }
 

@@ -22,6 +22,11 @@ done
 for command in "${!packages[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
 done
+# Tests start throwaway PostgreSQL clusters; Debian keeps initdb off PATH.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 \
+  || missing+=(postgresql)
+# Tests stop the binary with SIGTERM through /bin/kill (procps; `command -v` finds bash's builtin).
+type -P kill >/dev/null || missing+=(procps)
 if ((${#missing[@]})); then
   echo "Installing test dependencies: ${missing[*]}"
   sudo=""

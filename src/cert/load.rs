@@ -29,6 +29,10 @@ pub enum LoadError {
     EncryptedKeyNeedsPassword,
     #[error("the private key can't be decrypted with that password; check the password")]
     WrongKeyPassword,
+    #[error(
+        "the private key is encrypted with {0}, which can't be read; convert it with `openssl pkcs8 -topk8 -in KEY -out key.pem`"
+    )]
+    UnsupportedKeyEncryption(String),
     #[error(transparent)]
     Pfx(#[from] PfxError),
 }
@@ -125,8 +129,15 @@ fn load_pem(bytes: &[u8], password: Option<&str>) -> Result<Bundle, LoadError> {
         match block.label.as_str() {
             "CERTIFICATE" | "X509 CERTIFICATE" | "TRUSTED CERTIFICATE" => certs.push(block.der),
             "PRIVATE KEY" => keys.push(RawKey { encoding: KeyEncoding::Pkcs8, der: block.der }),
-            "RSA PRIVATE KEY" => keys.push(RawKey { encoding: KeyEncoding::Pkcs1, der: block.der }),
-            "EC PRIVATE KEY" => keys.push(RawKey { encoding: KeyEncoding::Sec1, der: block.der }),
+            "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
+                let encoding =
+                    if block.label == "RSA PRIVATE KEY" { KeyEncoding::Pkcs1 } else { KeyEncoding::Sec1 };
+                let der = match &block.dek_info {
+                    Some(dek_info) => legacy::decrypt(&block.der, dek_info, password)?,
+                    None => block.der,
+                };
+                keys.push(RawKey { encoding, der });
+            }
             "ENCRYPTED PRIVATE KEY" => keys.push(decrypt_pkcs8(&block.der, password)?),
             // OpenSSL writes curve parameters before SEC1 keys; they carry nothing we need.
             "EC PARAMETERS" => {}
@@ -201,6 +212,8 @@ fn load_pfx(bytes: &[u8], password: Option<&str>) -> Result<Bundle, LoadError> {
 struct PemBlock {
     label: String,
     der: Vec<u8>,
+    /// `DEK-Info` of a legacy OpenSSL-encrypted key (`Proc-Type: 4,ENCRYPTED`).
+    dek_info: Option<String>,
 }
 
 /// Splits PEM text into blocks. Lenient about line length and stray text between blocks
@@ -217,15 +230,20 @@ fn pem_blocks(bytes: &[u8]) -> Result<Vec<PemBlock>, LoadError> {
         let end = format!("-----END {label}-----");
         let mut base64 = String::new();
         let mut closed = false;
+        let mut dek_info = None;
         for body in lines.by_ref() {
             let body = body.trim();
             if body == end {
                 closed = true;
                 break;
             }
-            // RFC 1421 headers (Proc-Type, DEK-Info) mark legacy encrypted keys; skip them.
-            if !body.contains(':') {
-                base64.push_str(body);
+            // RFC 1421 headers: DEK-Info says how a legacy encrypted key was encrypted.
+            match body.split_once(':') {
+                Some((header, value)) if header.trim().eq_ignore_ascii_case("DEK-Info") => {
+                    dek_info = Some(value.trim().to_owned());
+                }
+                Some(_) => {}
+                None => base64.push_str(body),
             }
         }
         if !closed {
@@ -234,9 +252,75 @@ fn pem_blocks(bytes: &[u8]) -> Result<Vec<PemBlock>, LoadError> {
         let der = base64::engine::general_purpose::STANDARD
             .decode(base64.as_bytes())
             .map_err(|_| LoadError::BadPemBase64 { label: label.to_owned() })?;
-        blocks.push(PemBlock { label: label.to_owned(), der });
+        blocks.push(PemBlock { label: label.to_owned(), der, dek_info });
     }
     Ok(blocks)
+}
+
+/// Keys encrypted the old OpenSSL way (`openssl genrsa -aes256`, `-traditional`): the key is
+/// MD5-based `EVP_BytesToKey(password, iv[..8])`, the cipher CBC with PKCS#7 padding.
+mod legacy {
+    use super::LoadError;
+    use cbc::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
+    use md5::Digest as _;
+
+    pub fn decrypt(der: &[u8], dek_info: &str, password: Option<&str>) -> Result<Vec<u8>, LoadError> {
+        let password = password.ok_or(LoadError::EncryptedKeyNeedsPassword)?;
+        let (cipher, iv_hex) = dek_info.split_once(',').ok_or_else(|| unsupported(dek_info))?;
+        let iv = hex(iv_hex.trim()).ok_or_else(|| unsupported(dek_info))?;
+        let salt = iv.get(..8).ok_or_else(|| unsupported(dek_info))?;
+        let cipher = cipher.trim().to_ascii_uppercase();
+        let key_len = match cipher.as_str() {
+            "AES-128-CBC" => 16,
+            "AES-192-CBC" | "DES-EDE3-CBC" => 24,
+            "AES-256-CBC" => 32,
+            "DES-CBC" => 8,
+            _ => return Err(unsupported(&cipher)),
+        };
+        let key = bytes_to_key(password.as_bytes(), salt, key_len);
+        let plain = match cipher.as_str() {
+            "AES-128-CBC" => run::<cbc::Decryptor<aes::Aes128>>(&key, &iv, der),
+            "AES-192-CBC" => run::<cbc::Decryptor<aes::Aes192>>(&key, &iv, der),
+            "AES-256-CBC" => run::<cbc::Decryptor<aes::Aes256>>(&key, &iv, der),
+            "DES-EDE3-CBC" => run::<cbc::Decryptor<des::TdesEde3>>(&key, &iv, der),
+            _ => run::<cbc::Decryptor<des::Des>>(&key, &iv, der),
+        };
+        // A wrong password fails the padding, or (1 time in 256) yields bytes that aren't DER.
+        match plain {
+            Some(plain) if plain.first() == Some(&0x30) => Ok(plain),
+            _ => Err(LoadError::WrongKeyPassword),
+        }
+    }
+
+    fn run<C: KeyIvInit + BlockDecryptMut>(key: &[u8], iv: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+        C::new_from_slices(key, iv).ok()?.decrypt_padded_vec_mut::<Pkcs7>(data).ok()
+    }
+
+    fn bytes_to_key(password: &[u8], salt: &[u8], len: usize) -> Vec<u8> {
+        let mut key = Vec::with_capacity(len + 16);
+        let mut previous: Vec<u8> = Vec::new();
+        while key.len() < len {
+            let mut md5 = md5::Md5::new();
+            md5.update(&previous);
+            md5.update(password);
+            md5.update(salt);
+            previous = md5.finalize().to_vec();
+            key.extend_from_slice(&previous);
+        }
+        key.truncate(len);
+        key
+    }
+
+    fn hex(text: &str) -> Option<Vec<u8>> {
+        if text.len() % 2 != 0 {
+            return None;
+        }
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    }
+
+    fn unsupported(what: &str) -> LoadError {
+        LoadError::UnsupportedKeyEncryption(what.to_owned())
+    }
 }
 
 /// A DER certificate is a SEQUENCE whose first element is the TBSCertificate SEQUENCE; a PFX

@@ -3,7 +3,6 @@
 use crate::cert::{self, Options};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use time::OffsetDateTime;
@@ -58,9 +57,10 @@ pub fn run(command: CertCommand) -> anyhow::Result<ExitCode> {
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let password = if args.password_stdin {
+        // Only the first line: a caller may keep stdin open.
         let mut line = String::new();
-        std::io::stdin().read_to_string(&mut line).context("reading the password from standard input")?;
-        Some(line.lines().next().unwrap_or_default().to_owned())
+        std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+        Some(line.trim_end_matches(['\r', '\n']).to_owned())
     } else {
         args.password
     };

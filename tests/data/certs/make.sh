@@ -124,6 +124,9 @@ cat "$TMP/good.crt" int.pem "$TMP/good.pkcs1.key" >good-pkcs1.pem
 openssl pkcs8 -topk8 -in good.key -v2 aes-256-cbc -passout "pass:$PASS" \
   -out "$TMP/good.enc.key" # PBES2 / PBKDF2-HMAC-SHA256 / AES-256-CBC
 cat "$TMP/good.crt" int.pem "$TMP/good.enc.key" >good-encrypted.pem
+# Legacy OpenSSL PEM encryption (Proc-Type: 4,ENCRYPTED + DEK-Info), as `genrsa -aes256` wrote.
+openssl pkey -in good.key -traditional -aes256 -passout "pass:$PASS" -out "$TMP/good.legacy.key"
+cat "$TMP/good.crt" int.pem "$TMP/good.legacy.key" >good-legacy-encrypted.pem
 openssl x509 -in "$TMP/good.crt" -outform DER -out good.der
 cp good.der good.cer
 
@@ -147,6 +150,8 @@ say "key types and sizes (RSA 8192 and 9216 take a while)"
 ec_key P-256 "$TMP/p256.key"
 openssl pkey -in "$TMP/p256.key" -traditional -out "$TMP/p256.sec1.key" # SEC1
 leaf ec-p256 "$TMP/p256.sec1.key" "$HOST" sig "$SAN1" "$EKU"
+openssl pkey -in "$TMP/p256.key" -traditional -des3 -passout "pass:$PASS" -out "$TMP/p256.legacy.key"
+cat "$TMP/ec-p256.crt" int.pem "$TMP/p256.legacy.key" >ec-p256-legacy-encrypted.pem
 ec_key P-384 "$TMP/p384.key" # PKCS#8
 leaf ec-p384 "$TMP/p384.key" "$HOST" sig "$SAN1" "$EKU"
 ec_key P-521 "$TMP/p521.key"
@@ -230,6 +235,8 @@ grep -q -- '-----BEGIN ENCRYPTED PRIVATE KEY-----' good-encrypted.pem ||
 cmp -s <(openssl pkey -in good-encrypted.pem -passin "pass:$PASS" -pubout) \
   <(openssl pkey -in good.key -pubout) || fail "good-encrypted.pem key != good.key"
 grep -q -- '-----BEGIN EC PRIVATE KEY-----' ec-p256.pem || fail "ec-p256.pem key is not SEC1"
+grep -q -- 'DEK-Info: AES-256-CBC' good-legacy-encrypted.pem || fail "good-legacy-encrypted.pem is not legacy-encrypted"
+grep -q -- 'DEK-Info: DES-EDE3-CBC' ec-p256-legacy-encrypted.pem || fail "ec-p256-legacy-encrypted.pem is not 3DES"
 grep -q -- '-----BEGIN PRIVATE KEY-----' ec-p384.pem || fail "ec-p384.pem key is not PKCS#8"
 grep -q -- '-----END' truncated.pem && fail "truncated.pem has an END line"
 cmp -s <(openssl x509 -in good.der -inform DER -noout -fingerprint -sha256) \

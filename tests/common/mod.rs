@@ -1,0 +1,8 @@
+//! Helpers shared by the integration tests: a throwaway PostgreSQL cluster (`postgres`) and
+//! the real `gatehouse` binary as a child process (`process`). Every test binary compiles its
+//! own copy of this module and uses only part of it.
+
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod postgres;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod process;
