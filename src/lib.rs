@@ -6,6 +6,7 @@
 
 pub mod cert;
 pub mod cli;
+pub mod client;
 pub mod gui;
 pub mod hub;
 pub mod paths;

@@ -5,7 +5,7 @@
 //! The admin token comes only from `GATEHOUSE_ADMIN_TOKEN` or `--token-file`, never from an
 //! argument value, so it can't leak through the process list or shell history.
 
-use super::client::{AdminClient, ClientError};
+use crate::client::{AdminClient, ClientError};
 use crate::protocol::{
     CreateGateway, GatewaySettings, GatewayState, GatewayView, KeyInfo, KeySlot, NodeView, Policy, Role,
     UpdateSettings,

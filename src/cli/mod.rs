@@ -3,8 +3,9 @@
 
 mod admin;
 mod cert;
-pub mod client;
-mod hub;
+/// The hub client, where the admin commands first had it.
+pub use crate::client;
+pub mod hub;
 mod job;
 
 use clap::{Parser, Subcommand};

@@ -1,8 +1,9 @@
-//! A small typed client for the hub's admin API: one method per admin endpoint, taking and
-//! returning `protocol` types, failing with a typed [`ClientError`]. The admin command line
-//! uses it, and so can anything else that administers a hub (express setup, benchmarks, tests).
+//! A small typed client for the hub's HTTP API: one method per endpoint, taking and returning
+//! `protocol` types, failing with a typed [`ClientError`]. Admins (the CLI, express setup,
+//! benchmarks) call it with the admin token; nodes with an auth key to register, then with
+//! their node token. It shares nothing with the hub but the wire types.
 //!
-//! The admin token is sent as a bearer token marked sensitive, and never appears in `Debug`
+//! The token is sent as a bearer token marked sensitive, and never appears in `Debug`
 //! output or in error messages. HTTPS uses rustls on ring, trusting the public web roots plus
 //! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
 
@@ -73,31 +74,35 @@ impl ClientError {
     }
 }
 
-/// A client for one hub, authenticated with its admin token.
+/// A client for one hub, authenticated with one bearer token (admin token, auth key or node
+/// token, depending on who calls).
 #[derive(Clone)]
-pub struct AdminClient {
+pub struct HubClient {
     base: Url,
     token: HeaderValue,
     http: reqwest::Client,
 }
 
-impl fmt::Debug for AdminClient {
+/// The admin's view of the same client.
+pub type AdminClient = HubClient;
+
+impl fmt::Debug for HubClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminClient")
+        f.debug_struct("HubClient")
             .field("base", &self.base.as_str())
             .field("token", &"***")
             .finish_non_exhaustive()
     }
 }
 
-impl AdminClient {
+impl HubClient {
     /// A client for the hub at `base` (e.g. `http://127.0.0.1:7070`), trusting the public web
     /// roots for HTTPS.
     pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
         Self::with_extra_roots(base, token, Vec::new())
     }
 
-    /// Like [`AdminClient::new`], also trusting `roots` for HTTPS (a private CA, or the hub's
+    /// Like [`HubClient::new`], also trusting `roots` for HTTPS (a private CA, or the hub's
     /// own self-signed certificate).
     pub fn with_extra_roots(
         base: &str,
@@ -113,7 +118,7 @@ impl AdminClient {
             return Err(bad_url("it has no host; use http://HOST:PORT"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad_url("leave out the user and password; the admin token authenticates"));
+            return Err(bad_url("leave out the user and password; the token authenticates"));
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(bad_url("leave out the query and fragment"));
@@ -125,11 +130,11 @@ impl AdminClient {
         }
         let token = token.trim();
         if token.is_empty() {
-            return Err(ClientError::BadInput("the admin token is empty".to_owned()));
+            return Err(ClientError::BadInput("the token is empty".to_owned()));
         }
         let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
             ClientError::BadInput(
-                "the admin token holds characters that can't be sent (line breaks or control characters)"
+                "the token holds characters that can't be sent (line breaks or control characters)"
                     .to_owned(),
             )
         })?;
@@ -141,7 +146,7 @@ impl AdminClient {
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Setup(root_cause(&e)))?;
-        Ok(AdminClient { base: url, token: header, http })
+        Ok(HubClient { base: url, token: header, http })
     }
 
     /// The hub's base URL.
@@ -286,15 +291,7 @@ impl AdminClient {
             return Ok((status, text));
         }
         match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(mut body) => {
-                if status == StatusCode::UNAUTHORIZED && body.hint.is_none() {
-                    body.hint = Some(
-                        "use the admin token this hub printed when it first started, in GATEHOUSE_ADMIN_TOKEN or a file named by --token-file"
-                            .to_owned(),
-                    );
-                }
-                Err(ClientError::Refused { status: status.as_u16(), body })
-            }
+            Ok(body) => Err(ClientError::Refused { status: status.as_u16(), body }),
             Err(_) => Err(ClientError::Unexpected {
                 url: url.to_string(),
                 status: status.as_u16(),
