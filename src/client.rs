@@ -8,8 +8,8 @@
 //! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
 
 use crate::protocol::{
-    CreateGateway, CreatedGateway, ErrorBody, GatewayView, JobSpec, JobView, KeyInfo, KeySlot, NodeView,
-    RegeneratedKey, SubmitJob, UpdateSettings,
+    CreateGateway, CreatedGateway, ErrorBody, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView,
+    KeyInfo, KeySlot, NodeView, RegeneratedKey, RegisterRequest, RegisterResponse, SubmitJob, UpdateSettings,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -230,6 +230,23 @@ impl HubClient {
     /// `GET /api/v1/jobs/{job}`, with its runs.
     pub async fn job(&self, job: &str) -> Result<JobView, ClientError> {
         self.call(Method::GET, &["jobs", job], None, None::<&()>).await
+    }
+
+    // ---- node endpoints (the client holds an auth key to register, else a node token) ----
+
+    /// `POST /api/v1/register` with a gateway auth key: the node's own credentials.
+    pub async fn register(&self, request: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.call(Method::POST, &["register"], None, Some(request)).await
+    }
+
+    /// `POST /api/v1/heartbeat` with the node token: role, status and peers.
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
+        self.call(Method::POST, &["heartbeat"], None, Some(beat)).await
+    }
+
+    /// `POST /api/v1/unregister` with the node token: the node removes itself.
+    pub async fn unregister(&self) -> Result<(), ClientError> {
+        self.call_empty(Method::POST, &["unregister"]).await
     }
 
     // ---- plumbing ----

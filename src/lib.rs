@@ -7,8 +7,10 @@
 pub mod cert;
 pub mod cli;
 pub mod client;
+pub mod encoding;
 pub mod gui;
 pub mod hub;
+pub mod node;
 pub mod paths;
 pub mod protocol;
 

@@ -4,6 +4,8 @@
 //!
 //! Every request body rejects unknown fields, so a typo in a client is an error, not a no-op.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 /// The error body of every refused request: what went wrong and what to do about it.
@@ -371,4 +373,41 @@ pub struct FinishRun {
     pub succeeded: bool,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
+}
+
+/// Characters of a secret in keys and tokens: 32 random bytes, base64url without padding.
+pub const SECRET_CHARS: usize = 43;
+
+/// What an auth key says about itself: `gh1_<base64url(hub_url|gateway_id)>_<secret>`, so a
+/// node needs nothing but the key to find its hub. The secret part is checked by the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthKey {
+    pub hub_url: String,
+    pub gateway_id: String,
+}
+
+/// Why a string is not an auth key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this is not a Gatehouse auth key (it starts with gh1_); copy the whole key from the hub: gatehouse hub key regenerate"
+)]
+pub struct MalformedKey;
+
+/// Reads the public part of an auth key. The secret part is checked against the stored hash.
+pub fn parse_auth_key(key: &str) -> Result<AuthKey, MalformedKey> {
+    let body = key.trim().strip_prefix("gh1_").ok_or(MalformedKey)?;
+    // base64url may itself contain '_', so split by the secret's fixed length, not by '_'.
+    let split = body.len().checked_sub(SECRET_CHARS + 1).ok_or(MalformedKey)?;
+    let (public, secret) = (body.get(..split).ok_or(MalformedKey)?, body.get(split..).ok_or(MalformedKey)?);
+    let secret = secret.strip_prefix('_').ok_or(MalformedKey)?;
+    if URL_SAFE_NO_PAD.decode(secret).map(|b| b.len()) != Ok(32) {
+        return Err(MalformedKey);
+    }
+    let decoded = URL_SAFE_NO_PAD.decode(public).map_err(|_| MalformedKey)?;
+    let text = String::from_utf8(decoded).map_err(|_| MalformedKey)?;
+    let (hub_url, gateway_id) = text.rsplit_once('|').ok_or(MalformedKey)?;
+    if hub_url.is_empty() || gateway_id.is_empty() {
+        return Err(MalformedKey);
+    }
+    Ok(AuthKey { hub_url: hub_url.to_owned(), gateway_id: gateway_id.to_owned() })
 }

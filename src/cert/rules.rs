@@ -627,11 +627,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 fn hex_upper(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02X}");
-        s
-    })
+    crate::encoding::hex(bytes).to_ascii_uppercase()
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, so requests drain before the process exits.
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(super) async fn stop_on_signal(shutdown: CancellationToken) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

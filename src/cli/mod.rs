@@ -7,6 +7,7 @@ mod cert;
 pub use crate::client;
 pub mod hub;
 mod job;
+mod node;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,20 +28,14 @@ pub enum Command {
     /// Run and administer the hub (control plane).
     #[command(subcommand)]
     Hub(hub::HubCommand),
-    /// Run and administer this machine's node service. Not in this version yet.
-    Node(Planned),
+    /// Register and run this machine's node service.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Submit jobs to a gateway through the hub and follow their runs.
     #[command(subcommand, after_help = admin::EXIT_CODES)]
     Job(job::JobCommand),
     /// Open the Configuration Manager window (the default with no command).
     Gui,
-}
-
-/// A command group that later versions fill in; it says so instead of pretending.
-#[derive(Debug, clap::Args)]
-pub struct Planned {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 /// Runs the parsed command line.
@@ -51,17 +46,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Cert(command)) => cert::run(command),
         Some(Command::Hub(command)) => hub::run(command),
-        Some(Command::Node(_)) => planned("node"),
+        Some(Command::Node(command)) => node::run(command),
         Some(Command::Job(command)) => job::run(command),
         Some(Command::Gui) | None => {
             crate::gui::run()?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn planned(group: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`gatehouse {group}` is not available in version {} yet", crate::VERSION)
 }
 
 /// Logs go to stderr; `GATEHOUSE_LOG` sets the filter (e.g. `debug`, `gatehouse=trace`).

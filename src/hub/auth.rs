@@ -13,7 +13,10 @@ use rand::RngCore as _;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
-const SECRET_CHARS: usize = 43;
+pub use crate::protocol::parse_auth_key;
+
+/// Length of a secret: 32 bytes in base64url without padding.
+const SECRET_CHARS: usize = crate::protocol::SECRET_CHARS;
 
 /// 32 random bytes, base64url without padding (43 characters).
 pub fn new_secret() -> String {
@@ -24,22 +27,12 @@ pub fn new_secret() -> String {
 
 /// A random id for gateways, nodes, jobs and runs (128 bits, hex).
 pub fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    hex(&bytes)
+    crate::encoding::random_hex::<16>()
 }
 
 /// The stored form of a secret.
 pub fn hash(secret: &str) -> String {
-    hex(&sha2::Sha256::digest(secret.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::encoding::hex(&sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// Does `secret` hash to `stored`? Constant-time in the compared bytes.
@@ -55,39 +48,6 @@ pub fn new_admin_token() -> String {
 /// A new auth key for a gateway on the hub at `hub_url`.
 pub fn new_auth_key(hub_url: &str, gateway_id: &str) -> String {
     format!("gh1_{}_{}", URL_SAFE_NO_PAD.encode(format!("{hub_url}|{gateway_id}")), new_secret())
-}
-
-/// What an auth key says about itself, plus the whole key for checking its hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthKey {
-    pub hub_url: String,
-    pub gateway_id: String,
-}
-
-/// Why a string is not an auth key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "this is not a Gatehouse auth key (it starts with gh1_); copy the whole key from the hub: gatehouse hub key regenerate"
-)]
-pub struct MalformedKey;
-
-/// Reads the public part of an auth key. The secret part is checked against the stored hash.
-pub fn parse_auth_key(key: &str) -> Result<AuthKey, MalformedKey> {
-    let body = key.trim().strip_prefix("gh1_").ok_or(MalformedKey)?;
-    // base64url may itself contain '_', so split by the secret's fixed length, not by '_'.
-    let split = body.len().checked_sub(SECRET_CHARS + 1).ok_or(MalformedKey)?;
-    let (public, secret) = (body.get(..split).ok_or(MalformedKey)?, body.get(split..).ok_or(MalformedKey)?);
-    let secret = secret.strip_prefix('_').ok_or(MalformedKey)?;
-    if URL_SAFE_NO_PAD.decode(secret).map(|b| b.len()) != Ok(32) {
-        return Err(MalformedKey);
-    }
-    let decoded = URL_SAFE_NO_PAD.decode(public).map_err(|_| MalformedKey)?;
-    let text = String::from_utf8(decoded).map_err(|_| MalformedKey)?;
-    let (hub_url, gateway_id) = text.rsplit_once('|').ok_or(MalformedKey)?;
-    if hub_url.is_empty() || gateway_id.is_empty() {
-        return Err(MalformedKey);
-    }
-    Ok(AuthKey { hub_url: hub_url.to_owned(), gateway_id: gateway_id.to_owned() })
 }
 
 /// What the admin may see of a key after it was shown once: its public start and the first
@@ -111,6 +71,7 @@ pub fn node_of_token(token: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{AuthKey, MalformedKey};
 
     #[test]
     fn an_auth_key_carries_its_hub_and_gateway() {

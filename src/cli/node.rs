@@ -1,0 +1,146 @@
+//! `gatehouse node …`: register this machine, run the node service headless, show its status,
+//! unregister. The Configuration Manager drives the same `node` library code.
+
+use crate::node::metrics::SystemMetrics;
+use crate::node::store::Store;
+use crate::node::{self, NodeStatus, Registration};
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use std::io::BufRead as _;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// The file `node run` keeps its latest status in, for `node status`.
+const STATUS_FILE: &str = "status.json";
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Register this machine with a gateway, using one of the gateway's auth keys.
+    Register(RegisterArgs),
+    /// Run the node service in the foreground (what systemd starts).
+    Run,
+    /// Show this node's registration and the status of its last run.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove this node from its gateway at the hub and forget the registration here.
+    Unregister,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The gateway auth key (gh1_…). Visible to other users in the process list: prefer
+    /// --key-stdin or the GATEHOUSE_AUTH_KEY environment variable.
+    #[arg(long, env = "GATEHOUSE_AUTH_KEY", hide_env_values = true, required_unless_present = "key_stdin")]
+    pub key: Option<String>,
+    /// Read the auth key from the first line of standard input.
+    #[arg(long, conflicts_with = "key")]
+    pub key_stdin: bool,
+    /// Node name, unique in the gateway and never changed (default: this machine's host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Port of this node's peer channel.
+    #[arg(long, default_value_t = 8060)]
+    pub peer_port: u16,
+    /// host:port where the other nodes reach this one (default: HOSTNAME:PEER_PORT).
+    #[arg(long)]
+    pub peer_address: Option<String>,
+}
+
+pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::new(crate::paths::data_dir());
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match command {
+        NodeCommand::Register(args) => {
+            let key = if let Some(key) = args.key {
+                key
+            } else {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("reading the auth key from standard input")?;
+                line.trim().to_owned()
+            };
+            let registration = Registration {
+                key,
+                name: args.name,
+                peer_port: args.peer_port,
+                peer_address: args.peer_address,
+            };
+            let settings = runtime.block_on(node::register(&store, registration))?;
+            println!(
+                "registered as '{}' with gateway '{}' at {}; start it with: gatehouse node run",
+                settings.node_name, settings.gateway_name, settings.hub_url
+            );
+        }
+        NodeCommand::Run => runtime.block_on(run_service(store))?,
+        NodeCommand::Status { json } => status(&store, json)?,
+        NodeCommand::Unregister => {
+            let settings = runtime.block_on(node::unregister(&store))?;
+            let _ = std::fs::remove_file(store.dir().join(STATUS_FILE));
+            println!("'{}' is no longer a node of gateway '{}'", settings.node_name, settings.gateway_name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_service(store: Store) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
+    let service = node::NodeService::new(store.clone(), Box::new(SystemMetrics::new()));
+    let (mut handle, task) = service.spawn(shutdown.clone())?;
+    {
+        let s = handle.status.borrow();
+        tracing::info!(node = %s.node_name, gateway = %s.gateway_name, hub = %s.hub_url, "node service started");
+    }
+    let status_path = store.dir().join(STATUS_FILE);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = handle.status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let json = serde_json::to_vec_pretty(&*handle.status.borrow_and_update())?;
+                if let Err(e) = crate::node::store::write_atomic(&status_path, &json) {
+                    tracing::warn!("can't write {}: {e}", status_path.display());
+                }
+            }
+        }
+    }
+    let _ = task.await;
+    tracing::info!("node service stopped");
+    Ok(())
+}
+
+fn status(store: &Store, json: bool) -> anyhow::Result<()> {
+    let settings = store.settings()?;
+    let last: Option<NodeStatus> = std::fs::read(store.dir().join(STATUS_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if json {
+        let value = serde_json::json!({ "registration": settings, "last_status": last });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("Node:     {} (gateway '{}')", settings.node_name, settings.gateway_name);
+    println!("Hub:      {}", settings.hub_url);
+    match last {
+        None => println!("Status:   not run yet; start it with: gatehouse node run"),
+        Some(s) => {
+            let state = s.state.map_or_else(|| "unknown".to_owned(), |state| format!("{state:?}"));
+            let reason = s.reason.map(|r| format!(": {r}")).unwrap_or_default();
+            println!("Status:   {state}{reason} (as of the last heartbeat)");
+            println!("Role:     {:?}", s.role);
+            println!(
+                "Hub link: {}",
+                if s.hub_connected { "connected".to_owned() } else { s.hub_error.unwrap_or_default() }
+            );
+            println!("Runs:     {} running, limit {}", s.metrics.runs_running, s.metrics.runs_limit);
+        }
+    }
+    Ok(())
+}

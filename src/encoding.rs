@@ -1,0 +1,28 @@
+//! Small encodings every part needs: hex for ids, hashes and thumbprints, and random ids.
+
+use rand::RngCore as _;
+use std::fmt::Write as _;
+
+/// Lower-case hex, no separators.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// `N` random bytes as lower-case hex (`2 × N` characters).
+pub fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_lower_case_and_two_digits_a_byte() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xab]), "000fab");
+        assert_eq!(super::random_hex::<16>().len(), 32);
+    }
+}

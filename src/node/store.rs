@@ -1,0 +1,352 @@
+//! The node's state on disk, in its data dir: `node.toml` (settings, no secrets),
+//! `secrets.bin` (node token, gateway secret, credentials: sealed with ChaCha20-Poly1305 under
+//! the key in `secret.key`) and `machine.id` (who this machine is, across registrations).
+//!
+//! **Invariant:** every file is written atomically (temp file, fsync, rename, fsync of the
+//! dir) and readable by its owner only; a crash or a refused change never leaves a half file.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+const SETTINGS: &str = "node.toml";
+const SECRETS: &str = "secrets.bin";
+const KEY: &str = "secret.key";
+const MACHINE_ID: &str = "machine.id";
+/// Binds sealed secrets to their purpose and format version.
+const SECRETS_AAD: &[u8] = b"gatehouse node secrets v1";
+
+/// Why the node's state can't be read or written. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("this node is not registered yet; register it with: gatehouse node register --key KEY")]
+    NotRegistered,
+    #[error("can't {action} {}: {reason}", path.display())]
+    Io { action: &'static str, path: PathBuf, reason: std::io::Error },
+    #[error("{} is damaged ({reason}); fix or remove it and register again, or restore a backup with: gatehouse node restore", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{} can't be opened with {} (the key file was replaced, or the secrets were copied from another machine); restore a backup with: gatehouse node restore, or register again", secrets.display(), key.display())]
+    Unsealable { secrets: PathBuf, key: PathBuf },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a node needs to know that isn't secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    pub hub_url: String,
+    pub gateway_id: String,
+    pub gateway_name: String,
+    pub node_id: String,
+    pub node_name: String,
+    /// Port of the peer channel.
+    #[serde(default = "default_peer_port")]
+    pub peer_port: u16,
+    /// `None`: the default formula, `max(2, min(4 × cores, 2 × GiB RAM))`.
+    #[serde(default)]
+    pub concurrency_limit: Option<u32>,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_peer_port() -> u16 {
+    8060
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// What a node must keep secret. Never logged: `Debug` shows only names.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Secrets {
+    pub node_token: String,
+    pub gateway_secret: String,
+    /// Data-store credentials by name.
+    pub credentials: BTreeMap<String, String>,
+    pub credential_version: u64,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field("node_token", &"***")
+            .field("gateway_secret", &"***")
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("credential_version", &self.credential_version)
+            .finish()
+    }
+}
+
+/// The data dir of one node.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the data dir (owner-only) if needed.
+    pub fn ensure_dir(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|reason| self.io("create", &self.dir, reason))?;
+        set_owner_only(&self.dir, 0o700).map_err(|reason| self.io("protect", &self.dir, reason))
+    }
+
+    /// This machine's id: made once, kept across registrations.
+    pub fn machine_id(&self) -> Result<String> {
+        let path = self.dir.join(MACHINE_ID);
+        match std::fs::read_to_string(&path) {
+            Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+            Ok(_) => Err(StoreError::Corrupt { path, reason: "it is empty".to_owned() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.ensure_dir()?;
+                let id = crate::encoding::random_hex::<16>();
+                write_atomic(&path, id.as_bytes()).map_err(|reason| self.io("write", &path, reason))?;
+                Ok(id)
+            }
+            Err(reason) => Err(self.io("read", &path, reason)),
+        }
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.dir.join(SETTINGS).exists()
+    }
+
+    pub fn settings(&self) -> Result<NodeSettings> {
+        let path = self.dir.join(SETTINGS);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotRegistered),
+            Err(reason) => return Err(self.io("read", &path, reason)),
+        };
+        toml::from_str(&text).map_err(|e| StoreError::Corrupt { path, reason: one_line(&e.to_string()) })
+    }
+
+    pub fn save_settings(&self, settings: &NodeSettings) -> Result<()> {
+        self.ensure_dir()?;
+        let path = self.dir.join(SETTINGS);
+        let text = toml::to_string(settings)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        write_atomic(&path, text.as_bytes()).map_err(|reason| self.io("write", &path, reason))
+    }
+
+    pub fn secrets(&self) -> Result<Secrets> {
+        let path = self.dir.join(SECRETS);
+        let sealed = match std::fs::read(&path) {
+            Ok(sealed) => sealed,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotRegistered),
+            Err(reason) => return Err(self.io("read", &path, reason)),
+        };
+        let key = self.key(false)?;
+        let unsealable = || StoreError::Unsealable { secrets: path.clone(), key: self.dir.join(KEY) };
+        let json = open(&key, &sealed).ok_or_else(unsealable)?;
+        serde_json::from_slice(&json)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })
+    }
+
+    pub fn save_secrets(&self, secrets: &Secrets) -> Result<()> {
+        self.ensure_dir()?;
+        let key = self.key(true)?;
+        let path = self.dir.join(SECRETS);
+        let json = serde_json::to_vec(secrets)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        write_atomic(&path, &seal(&key, &json)).map_err(|reason| self.io("write", &path, reason))
+    }
+
+    /// Forgets the registration (settings and secrets); the machine id and key stay.
+    pub fn forget_registration(&self) -> Result<()> {
+        for name in [SETTINGS, SECRETS] {
+            let path = self.dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(reason) => return Err(self.io("remove", &path, reason)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The sealing key, created on first use if `create`.
+    fn key(&self, create: bool) -> Result<[u8; 32]> {
+        let path = self.dir.join(KEY);
+        match std::fs::read(&path) {
+            Ok(bytes) => bytes
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { path, reason: "it is not a 32-byte key".to_owned() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let mut key = [0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                write_atomic(&path, &key).map_err(|reason| self.io("write", &path, reason))?;
+                Ok(key)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::Unsealable { secrets: self.dir.join(SECRETS), key: path })
+            }
+            Err(reason) => Err(self.io("read", &path, reason)),
+        }
+    }
+
+    #[allow(clippy::unused_self, reason = "reads better at the call sites beside self.dir")]
+    fn io(&self, action: &'static str, path: &Path, reason: std::io::Error) -> StoreError {
+        StoreError::Io { action, path: path.to_owned(), reason }
+    }
+}
+
+/// `nonce (12 bytes) || ciphertext+tag`.
+pub fn seal(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    // Encryption with a valid key and nonce only fails for absurd sizes (> 256 GiB).
+    let sealed = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: SECRETS_AAD })
+        .unwrap_or_default();
+    [nonce.as_slice(), &sealed].concat()
+}
+
+/// The plaintext, or `None` if the key is wrong or the bytes were changed.
+pub fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+    let (nonce, ciphertext) = sealed.split_at_checked(12)?;
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
+    cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: SECRETS_AAD }).ok()
+}
+
+/// Writes `bytes` to `path` so that `path` is either the old or the new content, never a mix:
+/// a temp file beside it (owner-only), fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", crate::encoding::random_hex::<6>()));
+    let result = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        // The rename itself must survive a crash too.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+fn set_owner_only(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> NodeSettings {
+        NodeSettings {
+            hub_url: "http://127.0.0.1:7070".into(),
+            gateway_id: "g".into(),
+            gateway_name: "sales".into(),
+            node_id: "n".into(),
+            node_name: "node1".into(),
+            peer_port: 8060,
+            concurrency_limit: None,
+            log_level: "info".into(),
+        }
+    }
+
+    #[test]
+    fn settings_and_secrets_round_trip_and_files_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("node"));
+        assert!(matches!(store.settings(), Err(StoreError::NotRegistered)));
+        store.save_settings(&settings()).unwrap();
+        let mut secrets = Secrets { node_token: "ghn_x_secret".into(), ..Secrets::default() };
+        secrets.credentials.insert("warehouse".into(), "p@ss".into());
+        store.save_secrets(&secrets).unwrap();
+        assert_eq!(store.settings().unwrap(), settings());
+        assert_eq!(store.secrets().unwrap(), secrets);
+        let on_disk = std::fs::read(store.dir().join(SECRETS)).unwrap();
+        assert!(!on_disk.windows(4).any(|w| w == b"p@ss"), "a credential is stored in the clear");
+        #[cfg(unix)]
+        for name in [SETTINGS, SECRETS, KEY] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(store.dir().join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+        }
+        assert!(!format!("{secrets:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn a_damaged_settings_file_is_named_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        std::fs::write(dir.path().join(SETTINGS), "hub_url = [broken").unwrap();
+        let error = store.settings().unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("node.toml is damaged"), "{error}");
+        assert_eq!(std::fs::read_to_string(dir.path().join(SETTINGS)).unwrap(), "hub_url = [broken");
+    }
+
+    #[test]
+    fn tampered_or_foreign_secrets_do_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.save_secrets(&Secrets { node_token: "t".into(), ..Secrets::default() }).unwrap();
+        let path = dir.path().join(SECRETS);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(store.secrets(), Err(StoreError::Unsealable { .. })));
+        assert!(open(&[7; 32], &seal(&[8; 32], b"x")).is_none());
+        assert_eq!(open(&[7; 32], &seal(&[7; 32], b"x")).as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn the_machine_id_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let id = store.machine_id().unwrap();
+        assert_eq!(id.len(), 32);
+        assert_eq!(store.machine_id().unwrap(), id);
+    }
+
+    #[test]
+    fn atomic_writes_leave_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

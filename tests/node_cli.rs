@@ -1,0 +1,214 @@
+//! The node service from the command line, against a real hub on loopback: register (key from
+//! stdin, never argv), run and heartbeat until the hub shows the node Online, status,
+//! unregister; and the clear refusals: already registered, a damaged settings file (left as
+//! it was), an unreachable hub (nothing written).
+
+#![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
+
+mod common;
+
+use common::process::{Spawned, spawn_gatehouse};
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Hub {
+    _process: Spawned,
+    url: String,
+    token: String,
+    _home: tempfile::TempDir,
+}
+
+fn start_hub() -> Hub {
+    let home = tempfile::tempdir().unwrap();
+    let mut process = spawn_gatehouse(
+        &["hub", "serve", "--listen", "127.0.0.1:0"],
+        &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
+    );
+    let url = process.read_line_matching("listening on ", Duration::from_secs(30));
+    let token = process.read_line_matching("admin token: ", Duration::from_secs(10));
+    Hub { _process: process, url, token, _home: home }
+}
+
+/// Runs `gatehouse` to completion with the node's data dir and optional stdin.
+fn gatehouse(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .env("GATEHOUSE_HOME", home)
+        .env_remove("GATEHOUSE_AUTH_KEY")
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn create_gateway(hub: &Hub, name: &str) -> String {
+    let output = gatehouse(
+        Path::new("/nonexistent"),
+        &["hub", "gateway", "create", name, "--hub", &hub.url, "--json"],
+        None,
+        &[("GATEHOUSE_ADMIN_TOKEN", &hub.token)],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    created["keys"]["primary"].as_str().unwrap().to_owned()
+}
+
+fn node_list(hub: &Hub, gateway: &str) -> Vec<serde_json::Value> {
+    let output = gatehouse(
+        Path::new("/nonexistent"),
+        &["hub", "node", "list", gateway, "--hub", &hub.url, "--json"],
+        None,
+        &[("GATEHOUSE_ADMIN_TOKEN", &hub.token)],
+    );
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_node_registers_runs_goes_online_and_unregisters() {
+    let hub = start_hub();
+    let key = create_gateway(&hub, "sales");
+    let home = tempfile::tempdir().unwrap();
+
+    let output = gatehouse(
+        home.path(),
+        &["node", "register", "--key-stdin", "--name", "n1"],
+        Some(&format!("{key}\n")),
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("registered as 'n1' with gateway 'sales'"));
+    // The secrets on disk are sealed: the node token never appears in the clear.
+    let sealed = std::fs::read(home.path().join("secrets.bin")).unwrap();
+    assert!(!String::from_utf8_lossy(&sealed).contains("ghn_"));
+
+    let mut run = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = node_list(&hub, "sales");
+        if nodes.len() == 1 && nodes[0]["status"] == "Online" {
+            assert_eq!(nodes[0]["name"], "n1");
+            assert_eq!(nodes[0]["role"], "dispatcher");
+            assert_eq!(nodes[0]["version"], env!("CARGO_PKG_VERSION"));
+            assert!(
+                nodes[0]["metrics"]["total_memory_bytes"].as_u64().unwrap() > 0,
+                "no real metrics: {nodes:?}"
+            );
+            assert!(nodes[0]["metrics"]["runs_limit"].as_u64().unwrap() >= 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never showed Online: {nodes:?}\n{}", run.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let status = gatehouse(home.path(), &["node", "status", "--json"], None, &[]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["registration"]["node_name"], "n1");
+    assert_eq!(status["last_status"]["hub_connected"], true);
+    run.stop();
+
+    let output = gatehouse(home.path(), &["node", "unregister"], None, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(node_list(&hub, "sales").is_empty(), "a ghost node is left at the hub");
+    assert!(!home.path().join("node.toml").exists());
+    // The same machine can register again once unregistered.
+    let again =
+        gatehouse(home.path(), &["node", "register", "--name", "n1"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn registering_twice_is_refused_with_what_to_do() {
+    let hub = start_hub();
+    let key = create_gateway(&hub, "sales");
+    let home = tempfile::tempdir().unwrap();
+    let env = [("GATEHOUSE_AUTH_KEY", key.as_str())];
+    assert!(gatehouse(home.path(), &["node", "register", "--name", "a"], None, &env).status.success());
+    let second = gatehouse(home.path(), &["node", "register", "--name", "b"], None, &env);
+    assert_eq!(second.status.code(), Some(2));
+    assert!(stderr(&second).contains("already registered with gateway 'sales' as 'a'; unregister it first"));
+    assert_eq!(node_list(&hub, "sales").len(), 1);
+}
+
+#[test]
+fn a_wrong_key_is_refused_by_the_hub_and_nothing_is_written() {
+    let hub = start_hub();
+    let key = create_gateway(&hub, "sales");
+    let home = tempfile::tempdir().unwrap();
+    // Same hub and gateway, another secret: the hub says no.
+    let wrong = format!("{}{}", &key[..key.len() - 43], "A".repeat(43));
+    let output = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &wrong)]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("auth key is not valid"), "{}", stderr(&output));
+    assert!(!home.path().join("node.toml").exists());
+    let output = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", "not-a-key")]);
+    assert!(stderr(&output).contains("not a Gatehouse auth key"), "{}", stderr(&output));
+}
+
+#[test]
+fn an_unreachable_hub_is_named_and_nothing_is_written() {
+    let hub = start_hub();
+    let key = create_gateway(&hub, "sales");
+    drop(hub);
+    let home = tempfile::tempdir().unwrap();
+    let output = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("can't reach the hub at http://127.0.0.1:"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(!home.path().join("node.toml").exists());
+}
+
+#[test]
+fn a_damaged_settings_file_is_named_and_left_alone() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("node.toml"), "hub_url = \"http://x\"\nnode_name = [").unwrap();
+    for args in [&["node", "run"][..], &["node", "status"], &["node", "unregister"]] {
+        let output = gatehouse(home.path(), args, None, &[]);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let message = stderr(&output);
+        assert!(message.contains("node.toml is damaged"), "{args:?}: {message}");
+        assert!(!message.contains("panicked"), "{message}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("node.toml")).unwrap(),
+        "hub_url = \"http://x\"\nnode_name = ["
+    );
+}
+
+#[test]
+fn a_running_node_keeps_retrying_when_the_hub_goes_away() {
+    let hub = start_hub();
+    let key = create_gateway(&hub, "sales");
+    let home = tempfile::tempdir().unwrap();
+    let registered = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    drop(hub);
+    let mut run = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = gatehouse(home.path(), &["node", "status", "--json"], None, &[]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        if status["last_status"]["hub_connected"] == false && status["last_status"]["hub_error"].is_string() {
+            assert!(status["last_status"]["hub_error"].as_str().unwrap().contains("can't reach the hub"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no hub error recorded: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Still running: it retries rather than exiting.
+    assert!(run.wait_timeout(Duration::from_millis(500)).is_none(), "the node exited when the hub went away");
+    run.stop();
+}
