@@ -8,8 +8,9 @@
 //! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
 
 use crate::protocol::{
-    CreateGateway, CreatedGateway, ErrorBody, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView,
-    KeyInfo, KeySlot, NodeView, RegeneratedKey, RegisterRequest, RegisterResponse, SubmitJob, UpdateSettings,
+    ClaimRequest, CreateGateway, CreatedGateway, ErrorBody, FinishRun, GatewayView, Heartbeat,
+    HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeView, RegeneratedKey, RegisterRequest,
+    RegisterResponse, RunProgress, RunView, StartRun, SubmitJob, UpdateSettings,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -247,6 +248,28 @@ impl HubClient {
     /// `POST /api/v1/unregister` with the node token: the node removes itself.
     pub async fn unregister(&self) -> Result<(), ClientError> {
         self.call_empty(Method::POST, &["unregister"]).await
+    }
+
+    /// `POST /api/v1/dispatch/claim`: up to `max` queued runs for the dispatcher, waiting up
+    /// to `wait_ms` for one.
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunView>, ClientError> {
+        self.call(Method::POST, &["dispatch", "claim"], None, Some(request)).await
+    }
+
+    /// `POST /api/v1/runs/{run}/start`: this worker takes a run handed to it.
+    pub async fn start_run(&self, run: &str, attempt: u32) -> Result<RunView, ClientError> {
+        self.call(Method::POST, &["runs", run, "start"], None, Some(&StartRun { attempt })).await
+    }
+
+    /// `POST /api/v1/runs/{run}/progress`.
+    pub async fn run_progress(&self, run: &str, progress: &RunProgress) -> Result<(), ClientError> {
+        let url = self.url(&["runs", run, "progress"])?;
+        self.send(Method::POST, url, Some(progress)).await.map(|_| ())
+    }
+
+    /// `POST /api/v1/runs/{run}/finish`: the attempt's outcome, once.
+    pub async fn finish_run(&self, run: &str, finish: &FinishRun) -> Result<RunView, ClientError> {
+        self.call(Method::POST, &["runs", run, "finish"], None, Some(finish)).await
     }
 
     // ---- plumbing ----

@@ -173,15 +173,20 @@ pub struct HeartbeatResponse {
     pub settings: GatewaySettings,
     /// The other nodes of the gateway, for the peer channel.
     pub peers: Vec<Peer>,
+    /// This node's own place in registration order (for the `primary` policy).
+    pub registered_order: i64,
 }
 
-/// Another node of the same gateway.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A node of the same gateway, as the dispatcher needs to know it to hand out runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Peer {
     pub node_id: String,
     pub name: String,
     pub peer_address: String,
     pub registered_order: i64,
+    pub status: NodeState,
+    /// Its metrics at its last heartbeat (load, limits, credential version).
+    pub metrics: NodeMetrics,
 }
 
 /// One node as the admin API and the status page show it.
@@ -355,6 +360,14 @@ pub struct AssignRun {
     pub lease_epoch: i64,
     pub attempt: u32,
     pub node_id: String,
+}
+
+/// `POST /api/v1/runs/{run}/start`, by the worker the dispatcher handed the run to over the
+/// peer channel: the run becomes that worker's (once) and `running`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    pub attempt: u32,
 }
 
 /// `POST /api/v1/runs/{run}/progress`, by the node running it.

@@ -91,7 +91,7 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     let service = node::NodeService::new(store.clone(), Box::new(SystemMetrics::new()));
-    let (mut handle, task) = service.spawn(shutdown.clone())?;
+    let (mut handle, task) = service.spawn(shutdown.clone()).await?;
     {
         let s = handle.status.borrow();
         tracing::info!(node = %s.node_name, gateway = %s.gateway_name, hub = %s.hub_url, "node service started");

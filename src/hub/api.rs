@@ -7,8 +7,8 @@ use super::{HubState, auth, page, status};
 use crate::protocol::{
     Activity, AssignRun, AuthKeys, ClaimRequest, CreateGateway, CreatedGateway, FinishRun, GatewaySettings,
     GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeState, NodeView, Peer,
-    RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView, SubmitJob,
-    UpdateSettings,
+    RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView, StartRun,
+    SubmitJob, UpdateSettings,
 };
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -46,6 +46,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/unregister", post(unregister))
         .route("/api/v1/dispatch/claim", post(claim))
         .route("/api/v1/runs/{run}/assign", post(assign))
+        .route("/api/v1/runs/{run}/start", post(start))
         .route("/api/v1/runs/{run}/progress", post(progress))
         .route("/api/v1/runs/{run}/finish", post(finish))
         .fallback(|| async { ApiError::not_found("no such API route; see `gatehouse hub --help`") })
@@ -410,12 +411,15 @@ async fn heartbeat(
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
     let peers = nodes
         .iter()
-        .filter(|n| n.id != node.id)
-        .map(|n| Peer {
+        .zip(&computed.nodes)
+        .filter(|(n, _)| n.id != node.id)
+        .map(|(n, s)| Peer {
             node_id: n.id.clone(),
             name: n.name.clone(),
             peer_address: n.peer_address.clone(),
             registered_order: n.registered_order,
+            status: s.state,
+            metrics: n.metrics.clone(),
         })
         .collect();
     Ok(Json(HeartbeatResponse {
@@ -425,6 +429,7 @@ async fn heartbeat(
         reason: mine.reason,
         settings: gateway.settings,
         peers,
+        registered_order: node.registered_order,
     }))
 }
 
@@ -558,6 +563,20 @@ async fn assign(
             || ApiError::bad_request(format!("node '{}' is not in this gateway", request.node_id)),
         )?;
     if !state.db.assign_run(&run, i64::from(request.attempt), &dispatcher.id, &worker).await? {
+        return Err(stale_run(&run, request.attempt));
+    }
+    let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;
+    Ok(Json(run_view(row)?))
+}
+
+/// A worker takes a run the dispatcher handed it over the peer channel.
+async fn start(
+    State(state): State<HubState>,
+    NodeAuth(worker): NodeAuth,
+    Path(run): Path<String>,
+    ApiJson(request): ApiJson<StartRun>,
+) -> Result<Json<RunView>, ApiError> {
+    if !state.db.start_run(&run, i64::from(request.attempt), &worker).await? {
         return Err(stale_run(&run, request.attempt));
     }
     let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;

@@ -33,7 +33,10 @@ pub enum Dialect {
 }
 
 /// Migrations, applied in order once each, recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (2, "dispatched_ms", include_str!("migrations/0002_dispatched_ms.sql")),
+];
 
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -679,6 +682,23 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// A worker starts a run the dispatcher handed it over the peer channel: the run becomes
+    /// the worker's, once. False if it isn't waiting for a worker (any more).
+    pub async fn start_run(&self, run_id: &str, attempt: i64, worker: &NodeRow) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET state = 'running', node_id = $1, node_name = $2 WHERE id = $3 AND attempt = $4 \
+             AND gateway_id = $5 AND state = 'dispatched'",
+        )
+        .bind(&worker.id)
+        .bind(&worker.name)
+        .bind(run_id)
+        .bind(attempt)
+        .bind(&worker.gateway_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Records progress from the node running `attempt`; false if the run isn't its any more.
     pub async fn run_progress(
         &self,
@@ -739,26 +759,36 @@ impl Db {
     }
 
     /// Puts back in the queue every unfinished run whose node has had no heartbeat since
-    /// `cutoff_ms` (or no longer exists), with its attempt number raised; the lost attempt
-    /// stays in the history. Returns how many runs went back.
-    pub async fn requeue_lost_runs(&self, cutoff_ms: i64, now_ms: i64) -> Result<u64> {
-        const LOST: &str = "state IN ('dispatched', 'running') AND (node_id IS NULL OR node_id NOT IN \
-             (SELECT id FROM nodes WHERE last_heartbeat_ms >= $1))";
+    /// `cutoff_ms` (or no longer exists), and every hand-off made before `handoff_cutoff_ms`
+    /// that no worker started, with its attempt number raised; the lost attempt stays in the
+    /// history. Returns how many runs went back.
+    pub async fn requeue_lost_runs(
+        &self,
+        cutoff_ms: i64,
+        handoff_cutoff_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64> {
+        // Lost: its node went silent, or a hand-off that no worker started in time.
+        const LOST: &str = "(state IN ('dispatched', 'running') AND (node_id IS NULL OR node_id NOT IN \
+             (SELECT id FROM nodes WHERE last_heartbeat_ms >= $1))) \
+             OR (state = 'dispatched' AND dispatched_ms < $2)";
         let mut tx = self.write().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \
-             SELECT id, attempt, node_id, node_name, 'lost', 'the node stopped sending heartbeats', $2 FROM runs \
-             WHERE {LOST} ON CONFLICT (run_id, attempt) DO NOTHING"
+             SELECT id, attempt, node_id, node_name, 'lost', 'the node stopped sending heartbeats, or never started it', $3 \
+             FROM runs WHERE {LOST} ON CONFLICT (run_id, attempt) DO NOTHING"
         )))
         .bind(cutoff_ms)
+        .bind(handoff_cutoff_ms)
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE runs SET state = 'queued', attempt = attempt + 1, node_id = NULL, node_name = NULL, progress = NULL \
-             WHERE {LOST}"
+            "UPDATE runs SET state = 'queued', attempt = attempt + 1, node_id = NULL, node_name = NULL, progress = NULL, \
+             dispatched_ms = NULL WHERE {LOST}"
         )))
         .bind(cutoff_ms)
+        .bind(handoff_cutoff_ms)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -789,14 +819,14 @@ impl Db {
 const RUN_COLUMNS: &str = "id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
      node_id, node_name, progress, result, error, queued_ms, finished_ms";
 
-const CLAIM_SQLITE: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2 \
+const CLAIM_SQLITE: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2, dispatched_ms = $6 \
      WHERE id IN (SELECT id FROM runs WHERE gateway_id = $3 AND state = 'queued' ORDER BY seq LIMIT $4) \
      AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.lease_node_id = $1 AND g.lease_epoch = $5 \
      AND g.lease_expires_ms >= $6) \
      RETURNING id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
      node_id, node_name, progress, result, error, queued_ms, finished_ms";
 
-const CLAIM_POSTGRES: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2 \
+const CLAIM_POSTGRES: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2, dispatched_ms = $6 \
      WHERE id IN (SELECT id FROM runs WHERE gateway_id = $3 AND state = 'queued' ORDER BY seq LIMIT $4 \
      FOR UPDATE SKIP LOCKED) \
      AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.lease_node_id = $1 AND g.lease_epoch = $5 \

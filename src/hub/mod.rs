@@ -30,6 +30,8 @@ pub struct HubConfig {
     pub lease_ttl: Duration,
     /// How often lost runs are looked for.
     pub sweep_interval: Duration,
+    /// A run handed out that no worker has started after this long goes back to the queue.
+    pub handoff_timeout: Duration,
     /// How often a waiting claim looks for work that another hub queued.
     pub poll_interval: Duration,
 }
@@ -43,6 +45,7 @@ impl HubConfig {
             // the next node's heartbeat) stays under 3 s.
             lease_ttl: Duration::from_secs(2),
             sweep_interval: Duration::from_millis(250),
+            handoff_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
         }
     }
@@ -95,14 +98,16 @@ pub async fn serve(
 async fn sweep(state: HubState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let offline_after = i64::try_from(state.config.offline_after.as_millis()).unwrap_or(i64::MAX);
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+    let (offline_after, handoff_timeout) =
+        (millis(state.config.offline_after), millis(state.config.handoff_timeout));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = db::now_ms();
-        match state.db.requeue_lost_runs(now - offline_after, now).await {
+        match state.db.requeue_lost_runs(now - offline_after, now - handoff_timeout, now).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(runs = n, "runs of offline nodes went back to the queue");

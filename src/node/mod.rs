@@ -4,15 +4,24 @@
 //! and the Configuration Manager drive the same [`NodeService`] through commands and a
 //! status channel; nothing here knows which one it is.
 //!
-//! Not here yet (later steps of the node issue): the dispatcher/worker loop, the peer
-//! channel, credential sync, throttling, backups.
+//! While it holds the gateway's lease it is also the dispatcher ([`dispatch`]): it claims runs
+//! and hands them to workers ([`worker`], itself included) over the [`peer`] channel.
+//!
+//! Not here yet (later steps of the node issue): TLS on the peer channel, credential sync,
+//! CPU/memory thresholds and the queue timeout, backups.
 
+mod dispatch;
 pub mod metrics;
+pub mod peer;
 pub mod store;
+mod worker;
 
 use crate::client::{ClientError, HubClient};
-use crate::protocol::{Heartbeat, NodeMetrics, NodeState, Peer, RegisterRequest, Role};
+use crate::protocol::{Heartbeat, NodeMetrics, NodeState, Peer, Policy, RegisterRequest, Role};
 use metrics::MetricsSource;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use store::{NodeSettings, Secrets, Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -36,6 +45,10 @@ pub enum NodeError {
     AlreadyRegistered { gateway: String, name: String },
     #[error(transparent)]
     Key(#[from] crate::protocol::MalformedKey),
+    #[error(
+        "can't listen on {address} for the peer channel ({reason}); is another node using that port? Register with another --peer-port"
+    )]
+    PeerPort { address: String, reason: std::io::Error },
 }
 
 /// What to register with.
@@ -61,13 +74,13 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
     let key = crate::protocol::parse_auth_key(&registration.key)?;
     let host = host_name();
     let name = registration.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| host.clone());
+    let peer_address =
+        registration.peer_address.unwrap_or_else(|| format!("{host}:{}", registration.peer_port));
     let request = RegisterRequest {
         name: name.trim().to_owned(),
         machine_id: store.machine_id()?,
         version: crate::VERSION.to_owned(),
-        peer_address: registration
-            .peer_address
-            .unwrap_or_else(|| format!("{host}:{}", registration.peer_port)),
+        peer_address: peer_address.clone(),
         encryption_thumbprint: None,
     };
     let client = HubClient::new(&key.hub_url, registration.key.trim())?;
@@ -79,6 +92,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         node_id: answer.node_id,
         node_name: request.name,
         peer_port: registration.peer_port,
+        peer_address,
         concurrency_limit: None,
         log_level: "info".to_owned(),
     };
@@ -137,6 +151,40 @@ pub struct NodeStatus {
     pub metrics: NodeMetrics,
     /// Seconds since the Unix epoch of the last successful heartbeat.
     pub last_heartbeat: Option<u64>,
+    /// The lease epoch the dispatcher claims with.
+    pub lease_epoch: Option<i64>,
+    /// This node's place in registration order.
+    pub registered_order: i64,
+    /// The gateway's load-balancing policy.
+    pub policy: Policy,
+}
+
+/// What the service's tasks share.
+pub(crate) struct Shared {
+    pub settings: NodeSettings,
+    pub secrets: Secrets,
+    pub client: HubClient,
+    /// Peers (by name) the last attempt to reach failed; reported with each heartbeat.
+    unreachable: Mutex<BTreeSet<String>>,
+}
+
+impl Shared {
+    pub fn unreachable(&self, peer: &str) {
+        // std Mutex, not tokio: never held across .await.
+        if let Ok(mut set) = self.unreachable.lock() {
+            set.insert(peer.to_owned());
+        }
+    }
+
+    pub fn reachable(&self, peer: &str) {
+        if let Ok(mut set) = self.unreachable.lock() {
+            set.remove(peer);
+        }
+    }
+
+    fn unreachable_peers(&self) -> Vec<String> {
+        self.unreachable.lock().map(|set| set.iter().cloned().collect()).unwrap_or_default()
+    }
 }
 
 /// A running node service, as its owner sees it.
@@ -157,14 +205,24 @@ impl NodeService {
         NodeService { store, metrics }
     }
 
-    /// Starts the service on the current tokio runtime; it stops when `shutdown` is cancelled.
-    pub fn spawn(
-        self,
+    /// Starts the service on the current tokio runtime: heartbeats, the peer channel and (while
+    /// this node holds the lease) the dispatcher. It stops when `shutdown` is cancelled.
+    pub async fn spawn(
+        mut self,
         shutdown: CancellationToken,
     ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NodeError> {
         let settings = self.store.settings()?;
         let secrets = self.store.secrets()?;
         let client = HubClient::new(&settings.hub_url, &secrets.node_token)?;
+        let listen = listen_address(&settings);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|reason| NodeError::PeerPort { address: listen.to_string(), reason })?;
+        let total_memory = self.metrics.sample().total_memory_bytes;
+        let limit = settings
+            .concurrency_limit
+            .unwrap_or_else(|| metrics::default_concurrency(self.metrics.cores(), total_memory));
+        let worker = worker::Worker::new(client.clone(), limit, shutdown.clone());
         let initial = NodeStatus {
             node_name: settings.node_name.clone(),
             gateway_name: settings.gateway_name.clone(),
@@ -173,24 +231,78 @@ impl NodeService {
         };
         let (status_tx, status) = watch::channel(initial);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(heartbeat_loop(
-            self,
-            settings,
-            secrets,
-            client,
-            status_tx,
-            commands_rx,
+        let shared = Arc::new(Shared { settings, secrets, client, unreachable: Mutex::new(BTreeSet::new()) });
+
+        let peers =
+            tokio::spawn(serve_peers(listener, Arc::clone(&shared), worker.clone(), shutdown.clone()));
+        let dispatcher = tokio::spawn(dispatch::run(
+            Arc::clone(&shared),
+            worker.clone(),
+            status.clone(),
             shutdown.clone(),
         ));
+        let heartbeats =
+            tokio::spawn(heartbeat_loop(self, shared, worker, status_tx, commands_rx, shutdown.clone()));
+        let task = tokio::spawn(async move {
+            let _ = tokio::join!(peers, dispatcher, heartbeats);
+        });
         Ok((NodeHandle { commands, status, shutdown }, task))
+    }
+}
+
+/// Where the peer channel listens: the registered address when it names an IP (so a node
+/// registered as 127.0.0.1:port stays on loopback), else every interface on the peer port.
+fn listen_address(settings: &NodeSettings) -> SocketAddr {
+    settings
+        .peer_address
+        .parse::<SocketAddr>()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], settings.peer_port)))
+}
+
+/// Answers peers: authenticated hand-offs of runs, and pings.
+async fn serve_peers(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    worker: worker::Worker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (mut stream, address) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("peer channel: accepting failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (shared, worker) = (Arc::clone(&shared), worker.clone());
+        tokio::spawn(async move {
+            let secret = shared.secrets.gateway_secret.clone();
+            let answered = peer::answer(&mut stream, &secret, &shared.settings.node_id, |_, request| {
+                let worker = worker.clone();
+                async move {
+                    match request {
+                        peer::PeerRequest::Ping => peer::PeerResponse::Pong,
+                        peer::PeerRequest::Run { run } => worker.offer(*run),
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = answered {
+                tracing::info!(%address, "peer channel: refused a connection: {e}");
+            }
+        });
     }
 }
 
 async fn heartbeat_loop(
     mut service: NodeService,
-    settings: NodeSettings,
-    secrets: Secrets,
-    client: HubClient,
+    shared: Arc<Shared>,
+    worker: worker::Worker,
     status: watch::Sender<NodeStatus>,
     mut commands: mpsc::UnboundedReceiver<NodeCommand>,
     shutdown: CancellationToken,
@@ -204,31 +316,28 @@ async fn heartbeat_loop(
             Some(NodeCommand::HeartbeatNow) = commands.recv() => {}
         }
         let sample = service.metrics.sample();
-        let limit = settings.concurrency_limit.unwrap_or_else(|| {
-            metrics::default_concurrency(service.metrics.cores(), sample.total_memory_bytes)
-        });
         let metrics = NodeMetrics {
             available_memory_bytes: sample.available_memory_bytes,
             total_memory_bytes: sample.total_memory_bytes,
             cpu_percent: sample.cpu_percent,
             network_in_bytes_per_second: sample.network_in_bytes_per_second,
             network_out_bytes_per_second: sample.network_out_bytes_per_second,
-            runs_running: 0,
-            runs_limit: limit,
-            credential_version: secrets.credential_version,
+            runs_running: worker.running(),
+            runs_limit: worker.limit(),
+            credential_version: shared.secrets.credential_version,
+            unreachable_peers: shared.unreachable_peers(),
             hub_errors,
             ..NodeMetrics::default()
         };
         let beat = Heartbeat { version: crate::VERSION.to_owned(), metrics: metrics.clone() };
-        match client.heartbeat(&beat).await {
+        match shared.client.heartbeat(&beat).await {
             Ok(answer) => {
                 if hub_errors > 0 {
                     tracing::info!("the hub answers again after {hub_errors} failed attempts");
                 }
                 hub_errors = 0;
                 wait = HEARTBEAT_INTERVAL;
-                let previous_role = status.borrow().role;
-                if answer.role != previous_role {
+                if answer.role != status.borrow().role {
                     tracing::info!(role = ?answer.role, "this node's role changed");
                 }
                 status.send_modify(|s| {
@@ -240,12 +349,15 @@ async fn heartbeat_loop(
                     s.peers = answer.peers;
                     s.metrics = metrics;
                     s.last_heartbeat = Some(unix_seconds());
+                    s.lease_epoch = Some(answer.lease_epoch);
+                    s.registered_order = answer.registered_order;
+                    s.policy = answer.settings.policy;
                 });
             }
             Err(e) => {
                 hub_errors = hub_errors.saturating_add(1);
                 // Keep trying, slower each time, up to MAX_BACKOFF: a hub restart must not
-                // need a node restart.
+                // need a node restart. Runs already handed out keep going meanwhile.
                 wait = (HEARTBEAT_INTERVAL * 2u32.saturating_pow(hub_errors.min(5))).min(MAX_BACKOFF);
                 let message = e.to_string();
                 if hub_errors == 1 || hub_errors.is_power_of_two() {
@@ -257,6 +369,9 @@ async fn heartbeat_loop(
                 status.send_modify(|s| {
                     s.hub_connected = false;
                     s.hub_error = Some(message);
+                    // Without a heartbeat the lease can't be trusted: stop dispatching.
+                    s.role = Role::Worker;
+                    s.lease_epoch = None;
                     s.metrics = metrics;
                 });
             }

@@ -48,6 +48,9 @@ pub struct NodeSettings {
     /// Port of the peer channel.
     #[serde(default = "default_peer_port")]
     pub peer_port: u16,
+    /// `host:port` the other nodes reach this one at (as registered).
+    #[serde(default)]
+    pub peer_address: String,
     /// `None`: the default formula, `max(2, min(4 × cores, 2 × GiB RAM))`.
     #[serde(default)]
     pub concurrency_limit: Option<u32>,
@@ -278,6 +281,7 @@ mod tests {
             node_id: "n".into(),
             node_name: "node1".into(),
             peer_port: 8060,
+            peer_address: "127.0.0.1:8060".into(),
             concurrency_limit: None,
             log_level: "info".into(),
         }
