@@ -31,10 +31,21 @@ fn start_hub() -> Hub {
     Hub { _process: process, url, token, _home: home }
 }
 
-/// Runs `gatehouse` to completion with the node's data dir and optional stdin.
+/// Runs `gatehouse` to completion with the node's data dir and optional stdin. Registrations
+/// get a free loopback peer address, so nodes never listen beyond 127.0.0.1 or share a port.
 fn gatehouse(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    if args.starts_with(&["node".to_owned(), "register".to_owned()]) {
+        let port = common::process::free_port();
+        args.extend([
+            "--peer-port".to_owned(),
+            port.to_string(),
+            "--peer-address".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
+        .args(&args)
         .env("GATEHOUSE_HOME", home)
         .env_remove("GATEHOUSE_AUTH_KEY")
         .envs(env.iter().copied())

@@ -7,86 +7,24 @@
 
 mod common;
 
-use common::process::{Spawned, free_port, spawn_gatehouse};
+use common::cluster::{Hub, Node, wait_until};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-struct Hub {
-    _process: Spawned,
-    url: String,
-    token: String,
-    _home: tempfile::TempDir,
-}
-
-struct Node {
-    name: String,
-    _home: tempfile::TempDir,
-    process: Spawned,
-}
-
-fn gatehouse(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .env("GATEHOUSE_HOME", home)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn admin(hub: &Hub, args: &[&str]) -> serde_json::Value {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--hub", &hub.url, "--json"]);
-    let output = gatehouse(Path::new("/nonexistent"), &all, &[("GATEHOUSE_ADMIN_TOKEN", &hub.token)]);
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_default()
-}
+use std::time::Duration;
 
 /// A hub, a gateway with `policy`, and three registered, running nodes, all Online.
 fn gateway_with_three_nodes(policy: &str) -> (Hub, Vec<Node>) {
-    let home = tempfile::tempdir().unwrap();
-    let mut process = spawn_gatehouse(
-        &["hub", "serve", "--listen", "127.0.0.1:0"],
-        &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
-    );
-    let url = process.read_line_matching("listening on ", Duration::from_secs(30));
-    let token = process.read_line_matching("admin token: ", Duration::from_secs(10));
-    let hub = Hub { _process: process, url, token, _home: home };
-    let created = admin(&hub, &["hub", "gateway", "create", "sales", "--policy", policy]);
-    let key = created["keys"]["primary"].as_str().unwrap().to_owned();
-
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let home = tempfile::tempdir().unwrap();
-        let port = free_port().to_string();
-        let address = format!("127.0.0.1:{port}");
-        let output = gatehouse(
-            home.path(),
-            &["node", "register", "--name", name, "--peer-port", &port, "--peer-address", &address],
-            &[("GATEHOUSE_AUTH_KEY", &key)],
-        );
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let process = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
-        nodes.push(Node { name: name.to_owned(), _home: home, process });
-    }
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &["--policy", policy]);
+    let nodes: Vec<Node> = ["n1", "n2", "n3"].iter().map(|name| Node::start(&key, name, &[])).collect();
     wait_until(Duration::from_secs(30), "all three nodes Online with one dispatcher", || {
-        let list = admin(&hub, &["hub", "node", "list", "sales"]);
-        let list = list.as_array().cloned().unwrap_or_default();
+        let list = hub.nodes("sales");
         list.len() == 3
             && list.iter().all(|n| n["status"] == "Online")
             && list.iter().filter(|n| n["role"] == "dispatcher").count() == 1
     });
+    // The dispatcher learns its peers' room from its own next heartbeat's answer.
+    std::thread::sleep(Duration::from_millis(1500));
     (hub, nodes)
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Submits a job of `partitions` sleeps of `millis` each; returns its id.
@@ -95,14 +33,14 @@ fn submit(hub: &Hub, millis: u64, partitions: u32) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("job.json");
     std::fs::write(&file, spec.to_string()).unwrap();
-    admin(hub, &["job", "submit", "sales", file.to_str().unwrap()])["id"].as_str().unwrap().to_owned()
+    hub.admin(&["job", "submit", "sales", file.to_str().unwrap()])["id"].as_str().unwrap().to_owned()
 }
 
 /// Waits (bounded) until every run of the job succeeded; returns the job.
 fn wait_succeeded(hub: &Hub, id: &str, limit: Duration) -> serde_json::Value {
     let mut job = serde_json::Value::Null;
     wait_until(limit, "every run of the job to succeed", || {
-        job = admin(hub, &["job", "show", id]);
+        job = hub.admin(&["job", "show", id]);
         job["state"] == "succeeded"
     });
     job
@@ -126,7 +64,7 @@ fn run_job(
 #[test]
 fn distribute_spreads_runs_over_all_three_nodes() {
     let (hub, _nodes) = gateway_with_three_nodes("distribute");
-    let (job, per_node) = run_job(&hub, 300, 24, Duration::from_secs(60));
+    let (job, per_node) = run_job(&hub, 1000, 24, Duration::from_secs(60));
     assert_eq!(job["runs"].as_array().unwrap().len(), 24);
     assert_eq!(per_node.len(), 3, "runs didn't reach every node: {per_node:?}");
     for run in job["runs"].as_array().unwrap() {
@@ -148,20 +86,17 @@ fn killing_the_dispatcher_loses_and_duplicates_no_run() {
 
     // Wait until runs are in flight, then kill -9 the dispatcher.
     wait_until(Duration::from_secs(20), "runs to be running", || {
-        let job = admin(&hub, &["job", "show", &id]);
+        let job = hub.admin(&["job", "show", &id]);
         job["runs"].as_array().unwrap().iter().any(|r| r["state"] == "running")
     });
-    let list = admin(&hub, &["hub", "node", "list", "sales"]);
-    let dispatcher = list.as_array().unwrap().iter().find(|n| n["role"] == "dispatcher").unwrap()["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let list = hub.nodes("sales");
+    let dispatcher =
+        list.iter().find(|n| n["role"] == "dispatcher").unwrap()["name"].as_str().unwrap().to_owned();
     let victim = nodes.iter_mut().find(|n| n.name == dispatcher).unwrap();
-    victim.process.kill9();
+    victim.process.as_mut().unwrap().kill9();
 
     wait_until(Duration::from_secs(20), "another node to become dispatcher", || {
-        let list = admin(&hub, &["hub", "node", "list", "sales"]);
-        list.as_array().unwrap().iter().any(|n| n["role"] == "dispatcher" && n["name"] != dispatcher.as_str())
+        hub.nodes("sales").iter().any(|n| n["role"] == "dispatcher" && n["name"] != dispatcher.as_str())
     });
     let finished = wait_succeeded(&hub, &id, Duration::from_secs(90));
     let runs = finished["runs"].as_array().unwrap();

@@ -49,7 +49,7 @@ pub enum Format {
 }
 
 /// The encoding a private key came in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyEncoding {
     Pkcs8,
     /// `-----BEGIN RSA PRIVATE KEY-----`

@@ -10,7 +10,7 @@ mod pkcs12;
 mod report;
 mod rules;
 
-pub use load::{Format, LoadError};
+pub use load::{Format, KeyEncoding, LoadError};
 pub use pkcs12::PfxError;
 pub use report::{Check, Report, Rule, Status, Verdict};
 
@@ -63,6 +63,47 @@ pub fn check_bytes(bytes: &[u8], options: &Options) -> Result<Report, LoadError>
     let bundle = load::load(bytes, options.password.as_deref())?;
     let at = options.at.unwrap_or_else(OffsetDateTime::now_utc);
     rules::run(&bundle, options, at)
+}
+
+/// A certificate a node can serve TLS with: the chain (leaf first) and its private key.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// DER certificates, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    pub key_encoding: KeyEncoding,
+    pub key: Vec<u8>,
+    /// SHA-256 of the leaf, upper-case hex: what peers pin and the hub compares.
+    pub thumbprint_sha256: String,
+}
+
+// Hand-written so the private key can't reach a log line through `{:?}`.
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain", &self.chain.len())
+            .field("key", &"***")
+            .field("thumbprint_sha256", &self.thumbprint_sha256)
+            .finish()
+    }
+}
+
+/// Checks the certificate in `path` and, unless the report rejects it or it has no private
+/// key, returns what a node serves TLS with.
+pub fn identity(path: &Path, options: &Options) -> Result<(Report, Option<Identity>), LoadError> {
+    let bytes = read(path)?;
+    let bundle = load::load(&bytes, options.password.as_deref())?;
+    let at = options.at.unwrap_or_else(OffsetDateTime::now_utc);
+    let report = rules::run(&bundle, options, at)?;
+    let identity = match (&bundle.key, report.verdict) {
+        (Some(key), Verdict::Accepted | Verdict::AcceptedWithWarnings) => Some(Identity {
+            chain: bundle.certs.clone(),
+            key_encoding: key.encoding,
+            key: key.der.clone(),
+            thumbprint_sha256: report.thumbprint_sha256.clone(),
+        }),
+        _ => None,
+    };
+    Ok((report, identity))
 }
 
 /// Reads the trust anchors of a `--roots` file (PEM with one or more certificates, or DER).

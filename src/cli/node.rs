@@ -27,6 +27,60 @@ pub enum NodeCommand {
     },
     /// Remove this node from its gateway at the hub and forget the registration here.
     Unregister,
+    /// Let peers reach this node on PORT; with --cert, encrypt the peer channel with that
+    /// certificate (checked first; a rejected certificate is refused with its report).
+    EnableRemoteAccess(RemoteAccessArgs),
+    /// Stop encrypting the peer channel (the whole gateway must agree; see the hub's status).
+    DisableRemoteAccess,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteAccessArgs {
+    /// Port of the peer channel.
+    #[arg(long, default_value_t = 8060)]
+    pub port: u16,
+    #[command(flatten)]
+    pub certificate: CertificateArgs,
+}
+
+/// The certificate that encrypts the peer channel.
+#[derive(Debug, Args)]
+pub struct CertificateArgs {
+    /// PEM or PFX file with the certificate (and its key) for the peer channel.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PFX password. Visible in the process list: prefer the GATEHOUSE_CERT_PASSWORD variable.
+    #[arg(long, env = "GATEHOUSE_CERT_PASSWORD", hide_env_values = true, requires = "cert")]
+    pub password: Option<String>,
+    /// Extra trusted roots (PEM) for checking the certificate, e.g. your organisation's CA.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub roots: Option<std::path::PathBuf>,
+}
+
+impl CertificateArgs {
+    /// Runs the checker; a rejected certificate is refused with its report.
+    fn identity(&self) -> anyhow::Result<Option<crate::cert::Identity>> {
+        let Some(path) = &self.cert else { return Ok(None) };
+        let extra_roots = match &self.roots {
+            Some(roots) => crate::cert::read_roots(roots)
+                .with_context(|| format!("reading --roots {}", roots.display()))?,
+            None => Vec::new(),
+        };
+        let options =
+            crate::cert::Options { password: self.password.clone(), extra_roots, ..Default::default() };
+        let (report, identity) = crate::cert::identity(path, &options)?;
+        match identity {
+            Some(identity) => Ok(Some(identity)),
+            None => {
+                eprint!("{}", report.to_table());
+                anyhow::bail!(
+                    "{} can't encrypt the peer channel: the checker's verdict is {} (see the failing rules above)",
+                    path.display(),
+                    report.verdict
+                )
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +101,8 @@ pub struct RegisterArgs {
     /// host:port where the other nodes reach this one (default: HOSTNAME:PEER_PORT).
     #[arg(long)]
     pub peer_address: Option<String>,
+    #[command(flatten)]
+    pub certificate: CertificateArgs,
 }
 
 pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
@@ -64,11 +120,13 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
                     .context("reading the auth key from standard input")?;
                 line.trim().to_owned()
             };
+            let tls = args.certificate.identity()?;
             let registration = Registration {
                 key,
                 name: args.name,
                 peer_port: args.peer_port,
                 peer_address: args.peer_address,
+                tls,
             };
             let settings = runtime.block_on(node::register(&store, registration))?;
             println!(
@@ -78,6 +136,20 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         }
         NodeCommand::Run => runtime.block_on(run_service(store))?,
         NodeCommand::Status { json } => status(&store, json)?,
+        NodeCommand::EnableRemoteAccess(args) => {
+            let tls = args.certificate.identity()?;
+            let encrypted = tls.is_some();
+            node::set_remote_access(&store, args.port, tls)?;
+            println!(
+                "peer channel on port {}{}; restart the node service to apply: gatehouse node run",
+                args.port,
+                if encrypted { ", encrypted" } else { "" }
+            );
+        }
+        NodeCommand::DisableRemoteAccess => {
+            node::disable_encryption(&store)?;
+            println!("the peer channel is no longer encrypted; restart the node service to apply");
+        }
         NodeCommand::Unregister => {
             let settings = runtime.block_on(node::unregister(&store))?;
             let _ = std::fs::remove_file(store.dir().join(STATUS_FILE));

@@ -143,12 +143,6 @@ async fn offer_to_peer(
     address: &str,
     run: &RunView,
 ) -> Result<PeerResponse, peer::PeerError> {
-    let connect = tokio::net::TcpStream::connect(address);
-    let mut stream = tokio::time::timeout(peer::EXCHANGE_TIMEOUT, connect)
-        .await
-        .map_err(|_| peer::PeerError::Timeout)??;
     let request = PeerRequest::Run { run: Box::new(run.clone()) };
-    let (_, response) =
-        peer::ask(&mut stream, &shared.secrets.gateway_secret, &shared.settings.node_id, &request).await?;
-    Ok(response)
+    super::ask_peer(shared, address, &request).await
 }

@@ -14,6 +14,7 @@ mod dispatch;
 pub mod metrics;
 pub mod peer;
 pub mod store;
+pub mod tls;
 mod worker;
 
 use crate::client::{ClientError, HubClient};
@@ -45,6 +46,8 @@ pub enum NodeError {
     AlreadyRegistered { gateway: String, name: String },
     #[error(transparent)]
     Key(#[from] crate::protocol::MalformedKey),
+    #[error("the certificate can't be used for the peer channel: {0}")]
+    Tls(#[from] rustls::Error),
     #[error(
         "can't listen on {address} for the peer channel ({reason}); is another node using that port? Register with another --peer-port"
     )]
@@ -61,6 +64,8 @@ pub struct Registration {
     pub peer_port: u16,
     /// `host:port` peers use to reach this node; defaults to `<host name>:<peer_port>`.
     pub peer_address: Option<String>,
+    /// The certificate to encrypt the peer channel with (manual setup); `None`: express.
+    pub tls: Option<crate::cert::Identity>,
 }
 
 /// Registers this machine with the gateway the key names, and stores the result.
@@ -81,7 +86,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         machine_id: store.machine_id()?,
         version: crate::VERSION.to_owned(),
         peer_address: peer_address.clone(),
-        encryption_thumbprint: None,
+        encryption_thumbprint: registration.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
     };
     let client = HubClient::new(&key.hub_url, registration.key.trim())?;
     let answer = client.register(&request).await?;
@@ -100,6 +105,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
     store.save_secrets(&Secrets {
         node_token: answer.node_token,
         gateway_secret: answer.gateway_secret,
+        tls: registration.tls,
         ..Secrets::default()
     })?;
     store.save_settings(&settings)?;
@@ -119,6 +125,33 @@ pub async fn unregister(store: &Store) -> Result<NodeSettings, NodeError> {
     }
     store.forget_registration()?;
     Ok(settings)
+}
+
+/// Sets the peer channel's port and certificate (`None`: unencrypted). The hub decides at the
+/// next heartbeat whether the gateway accepts the change (only while it has a single node).
+pub fn set_remote_access(
+    store: &Store,
+    port: u16,
+    tls: Option<crate::cert::Identity>,
+) -> Result<(), NodeError> {
+    let mut settings = store.settings()?;
+    let mut secrets = store.secrets()?;
+    settings.peer_port = port;
+    if let Some((host, _)) = settings.peer_address.rsplit_once(':') {
+        settings.peer_address = format!("{host}:{port}");
+    }
+    secrets.tls = tls;
+    store.save_secrets(&secrets)?;
+    store.save_settings(&settings)?;
+    Ok(())
+}
+
+/// Stops encrypting the peer channel.
+pub fn disable_encryption(store: &Store) -> Result<(), NodeError> {
+    let mut secrets = store.secrets()?;
+    secrets.tls = None;
+    store.save_secrets(&secrets)?;
+    Ok(())
 }
 
 /// The machine's host name, the default node name.
@@ -164,6 +197,8 @@ pub(crate) struct Shared {
     pub settings: NodeSettings,
     pub secrets: Secrets,
     pub client: HubClient,
+    /// Set when the gateway encrypts its peer channel.
+    pub tls: Option<tls::PeerTls>,
     /// Peers (by name) the last attempt to reach failed; reported with each heartbeat.
     unreachable: Mutex<BTreeSet<String>>,
 }
@@ -231,7 +266,9 @@ impl NodeService {
         };
         let (status_tx, status) = watch::channel(initial);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { settings, secrets, client, unreachable: Mutex::new(BTreeSet::new()) });
+        let tls = secrets.tls.as_ref().map(tls::PeerTls::new).transpose()?;
+        let shared =
+            Arc::new(Shared { settings, secrets, client, tls, unreachable: Mutex::new(BTreeSet::new()) });
 
         let peers =
             tokio::spawn(serve_peers(listener, Arc::clone(&shared), worker.clone(), shutdown.clone()));
@@ -271,7 +308,7 @@ async fn serve_peers(
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, address) = match accepted {
+        let (stream, address) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!("peer channel: accepting failed: {e}");
@@ -281,22 +318,44 @@ async fn serve_peers(
         };
         let (shared, worker) = (Arc::clone(&shared), worker.clone());
         tokio::spawn(async move {
-            let secret = shared.secrets.gateway_secret.clone();
-            let answered = peer::answer(&mut stream, &secret, &shared.settings.node_id, |_, request| {
-                let worker = worker.clone();
-                async move {
-                    match request {
-                        peer::PeerRequest::Ping => peer::PeerResponse::Pong,
-                        peer::PeerRequest::Run { run } => worker.offer(*run),
-                    }
-                }
-            })
-            .await;
-            if let Err(e) = answered {
+            if let Err(e) = answer_peer(stream, &shared, worker).await {
                 tracing::info!(%address, "peer channel: refused a connection: {e}");
             }
         });
     }
+}
+
+/// One peer connection: TLS first when the gateway encrypts (plaintext is refused), then the
+/// authenticated request.
+async fn answer_peer(
+    stream: tokio::net::TcpStream,
+    shared: &Shared,
+    worker: worker::Worker,
+) -> Result<(), peer::PeerError> {
+    let handle = |_, request| {
+        let worker = worker.clone();
+        async move {
+            match request {
+                peer::PeerRequest::Ping => peer::PeerResponse::Pong,
+                peer::PeerRequest::Run { run } => worker.offer(*run),
+            }
+        }
+    };
+    let (secret, me) = (&shared.secrets.gateway_secret, &shared.settings.node_id);
+    match &shared.tls {
+        None => {
+            let mut stream = stream;
+            peer::answer(&mut stream, secret, me, handle).await?;
+        }
+        Some(tls) => {
+            let handshake = tls.acceptor.accept(stream);
+            let mut stream = tokio::time::timeout(peer::EXCHANGE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| peer::PeerError::Timeout)??;
+            peer::answer(&mut stream, secret, me, handle).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn heartbeat_loop(
@@ -326,6 +385,7 @@ async fn heartbeat_loop(
             runs_limit: worker.limit(),
             credential_version: shared.secrets.credential_version,
             unreachable_peers: shared.unreachable_peers(),
+            encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
             hub_errors,
             ..NodeMetrics::default()
         };
@@ -381,4 +441,30 @@ async fn heartbeat_loop(
 
 fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Connects to a peer (over TLS when the gateway encrypts), authenticates, asks `request`.
+pub(crate) async fn ask_peer(
+    shared: &Shared,
+    address: &str,
+    request: &peer::PeerRequest,
+) -> Result<peer::PeerResponse, peer::PeerError> {
+    let timeout = |_: tokio::time::error::Elapsed| peer::PeerError::Timeout;
+    let stream = tokio::time::timeout(peer::EXCHANGE_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(timeout)??;
+    let (secret, me) = (&shared.secrets.gateway_secret, &shared.settings.node_id);
+    let (_, response) = match &shared.tls {
+        None => {
+            let mut stream = stream;
+            peer::ask(&mut stream, secret, me, request).await?
+        }
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls::server_name(address), stream);
+            let mut stream =
+                tokio::time::timeout(peer::EXCHANGE_TIMEOUT, handshake).await.map_err(timeout)??;
+            peer::ask(&mut stream, secret, me, request).await?
+        }
+    };
+    Ok(response)
 }

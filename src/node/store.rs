@@ -75,6 +75,8 @@ pub struct Secrets {
     /// Data-store credentials by name.
     pub credentials: BTreeMap<String, String>,
     pub credential_version: u64,
+    /// The certificate and key the peer channel is encrypted with; `None`: not encrypted.
+    pub tls: Option<crate::cert::Identity>,
 }
 
 impl fmt::Debug for Secrets {
@@ -84,6 +86,7 @@ impl fmt::Debug for Secrets {
             .field("gateway_secret", &"***")
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .field("credential_version", &self.credential_version)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -3,6 +3,8 @@
 //! own copy of this module and uses only part of it.
 
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod cluster;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod postgres;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod process;

@@ -1,0 +1,96 @@
+//! A hub and nodes as real processes on loopback, for tests that need a whole gateway: start
+//! a hub, run admin commands against it, register and run nodes, wait (bounded) for states.
+
+use super::process::{Spawned, free_port, spawn_gatehouse};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `gatehouse hub serve` with its admin token.
+pub struct Hub {
+    pub process: Spawned,
+    pub url: String,
+    pub token: String,
+    _home: tempfile::TempDir,
+}
+
+/// A registered node, running unless stopped.
+pub struct Node {
+    pub name: String,
+    pub home: tempfile::TempDir,
+    pub peer_address: String,
+    pub process: Option<Spawned>,
+}
+
+impl Hub {
+    pub fn start() -> Hub {
+        let home = tempfile::tempdir().unwrap();
+        let mut process = spawn_gatehouse(
+            &["hub", "serve", "--listen", "127.0.0.1:0"],
+            &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
+        );
+        let url = process.read_line_matching("listening on ", Duration::from_secs(30));
+        let token = process.read_line_matching("admin token: ", Duration::from_secs(10));
+        Hub { process, url, token, _home: home }
+    }
+
+    /// Runs an admin command with `--json` and returns its output, asserting success.
+    pub fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--hub", &self.url, "--json"]);
+        let output = gatehouse(Path::new("/nonexistent"), &all, &[("GATEHOUSE_ADMIN_TOKEN", &self.token)]);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap_or_default()
+    }
+
+    /// Creates a gateway; returns its primary auth key.
+    pub fn create_gateway(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["hub", "gateway", "create", name];
+        args.extend(extra);
+        self.admin(&args)["keys"]["primary"].as_str().unwrap().to_owned()
+    }
+
+    /// The gateway's nodes as the hub shows them.
+    pub fn nodes(&self, gateway: &str) -> Vec<serde_json::Value> {
+        self.admin(&["hub", "node", "list", gateway]).as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Node {
+    /// Registers a node on a free loopback peer port (plus `extra` register flags) and starts
+    /// `gatehouse node run` for it.
+    pub fn start(key: &str, name: &str, extra: &[&str]) -> Node {
+        let home = tempfile::tempdir().unwrap();
+        let port = free_port().to_string();
+        let peer_address = format!("127.0.0.1:{port}");
+        let mut args =
+            vec!["node", "register", "--name", name, "--peer-port", &port, "--peer-address", &peer_address];
+        args.extend(extra);
+        let output = gatehouse(home.path(), &args, &[("GATEHOUSE_AUTH_KEY", key)]);
+        assert!(output.status.success(), "registering {name}: {}", String::from_utf8_lossy(&output.stderr));
+        let process = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
+        Node { name: name.to_owned(), home, peer_address, process: Some(process) }
+    }
+}
+
+/// Runs `gatehouse` to completion with `GATEHOUSE_HOME` = `home`.
+pub fn gatehouse(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .env("GATEHOUSE_HOME", home)
+        .env_remove("GATEHOUSE_AUTH_KEY")
+        .env_remove("GATEHOUSE_CERT_PASSWORD")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Polls `done` every 200 ms until it holds; panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
