@@ -81,6 +81,7 @@ impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
             .field("chain", &self.chain.len())
+            .field("key_encoding", &self.key_encoding)
             .field("key", &"***")
             .field("thumbprint_sha256", &self.thumbprint_sha256)
             .finish()

@@ -69,17 +69,15 @@ impl CertificateArgs {
         let options =
             crate::cert::Options { password: self.password.clone(), extra_roots, ..Default::default() };
         let (report, identity) = crate::cert::identity(path, &options)?;
-        match identity {
-            Some(identity) => Ok(Some(identity)),
-            None => {
-                eprint!("{}", report.to_table());
-                anyhow::bail!(
-                    "{} can't encrypt the peer channel: the checker's verdict is {} (see the failing rules above)",
-                    path.display(),
-                    report.verdict
-                )
-            }
+        if let Some(identity) = identity {
+            return Ok(Some(identity));
         }
+        eprint!("{}", report.to_table());
+        anyhow::bail!(
+            "{} can't encrypt the peer channel: the checker's verdict is {} (see the failing rules above)",
+            path.display(),
+            report.verdict
+        )
     }
 }
 
