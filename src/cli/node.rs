@@ -27,6 +27,9 @@ pub enum NodeCommand {
     },
     /// Remove this node from its gateway at the hub and forget the registration here.
     Unregister,
+    /// Set how many runs this node takes at once (0: the default formula,
+    /// max(2, min(4 × cores, 2 × GiB RAM))). Applies when the node service starts.
+    SetConcurrency { limit: u32 },
     /// Let peers reach this node on PORT; with --cert, encrypt the peer channel with that
     /// certificate (checked first; a rejected certificate is refused with its report).
     EnableRemoteAccess(RemoteAccessArgs),
@@ -134,6 +137,15 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         }
         NodeCommand::Run => runtime.block_on(run_service(store))?,
         NodeCommand::Status { json } => status(&store, json)?,
+        NodeCommand::SetConcurrency { limit } => {
+            let mut settings = store.settings()?;
+            settings.concurrency_limit = (limit > 0).then_some(limit);
+            store.save_settings(&settings)?;
+            match settings.concurrency_limit {
+                Some(limit) => println!("this node takes at most {limit} runs at once (from its next start)"),
+                None => println!("this node uses the default concurrency formula (from its next start)"),
+            }
+        }
         NodeCommand::EnableRemoteAccess(args) => {
             let tls = args.certificate.identity()?;
             let encrypted = tls.is_some();
@@ -160,7 +172,18 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
 async fn run_service(store: Store) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
-    let service = node::NodeService::new(store.clone(), Box::new(SystemMetrics::new()));
+    // A fake machine for threshold tests, never for real use: say so loudly.
+    let metrics: Box<dyn crate::node::metrics::MetricsSource> = match std::env::var("GATEHOUSE_FAKE_METRICS")
+    {
+        Ok(spec) => {
+            let fake = crate::node::metrics::FakeMetrics::parse(&spec)
+                .with_context(|| format!("GATEHOUSE_FAKE_METRICS={spec:?} is not `cpu=P,memory=P`"))?;
+            tracing::warn!("reporting FAKE metrics ({spec}) instead of this machine's: for tests only");
+            Box::new(fake)
+        }
+        Err(_) => Box::new(SystemMetrics::new()),
+    };
+    let service = node::NodeService::new(store.clone(), metrics);
     let (mut handle, task) = service.spawn(shutdown.clone()).await?;
     {
         let s = handle.status.borrow();

@@ -768,10 +768,13 @@ impl Db {
         handoff_cutoff_ms: i64,
         now_ms: i64,
     ) -> Result<u64> {
-        // Lost: its node went silent, or a hand-off that no worker started in time.
+        // Lost: its node went silent, or a hand-off that no worker started in time. A
+        // dispatcher may hold a run for up to the gateway's queue timeout while no node has
+        // room, so a hand-off is only lost after that too.
         const LOST: &str = "(state IN ('dispatched', 'running') AND (node_id IS NULL OR node_id NOT IN \
              (SELECT id FROM nodes WHERE last_heartbeat_ms >= $1))) \
-             OR (state = 'dispatched' AND dispatched_ms < $2)";
+             OR (state = 'dispatched' AND dispatched_ms < $2 - 1000 * \
+             (SELECT g.queue_timeout_seconds FROM gateways g WHERE g.id = runs.gateway_id))";
         let mut tx = self.write().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \

@@ -30,7 +30,8 @@ pub struct HubConfig {
     pub lease_ttl: Duration,
     /// How often lost runs are looked for.
     pub sweep_interval: Duration,
-    /// A run handed out that no worker has started after this long goes back to the queue.
+    /// A run handed out that no worker has started after the gateway's queue timeout plus
+    /// this long goes back to the queue.
     pub handoff_timeout: Duration,
     /// How often a waiting claim looks for work that another hub queued.
     pub poll_interval: Duration,

@@ -1,16 +1,20 @@
 //! The dispatcher side of a node: while this node holds the lease, claim queued runs from
-//! the hub (as many as the gateway has room for) and hand each to a worker chosen by the
-//! gateway's policy: `primary` fills nodes in registration order, `distribute` picks at
-//! random. A worker that is full or can't be reached is skipped (and reported); a run no
-//! worker takes goes back to the queue at the hub after the hand-off timeout.
+//! the hub and hand each to a worker chosen by the gateway's policy: `primary` fills nodes in
+//! registration order, `distribute` picks at random. A node is skipped when it is at its
+//! concurrency limit, over the gateway's CPU or memory threshold (averaged over the
+//! aggregation window), or can't be reached. A run no node can take waits here up to the
+//! gateway's queue timeout, then fails with the one sentence that says which limit stopped it.
 
-use super::peer::{self, PeerRequest, PeerResponse};
+use super::peer::{PeerRequest, PeerResponse};
 use super::worker::Worker;
 use super::{NodeStatus, Shared};
-use crate::protocol::{ClaimRequest, NodeState, Policy, Role, RunView};
+use crate::protocol::{
+    ClaimRequest, FinishRun, GatewaySettings, NodeMetrics, NodeState, Policy, Role, RunView,
+};
 use rand::seq::SliceRandom as _;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +22,32 @@ use tokio_util::sync::CancellationToken;
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
 /// At most this many runs per claim.
 const MAX_CLAIM: u32 = 64;
+/// How often waiting runs are offered again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why no node could take a run. The sentences are the product's, word for word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Limit {
+    Cpu,
+    Memory,
+    Concurrency,
+}
+
+impl Limit {
+    pub fn message(self) -> &'static str {
+        match self {
+            Limit::Cpu => {
+                "The gateway you selected can't establish data source connections because it's exceeded the CPU limit set by your gateway admin. Try again later, or ask your gateway admin to increase the limit."
+            }
+            Limit::Memory => {
+                "The gateway you selected can't establish data source connections because it's exceeded the memory limit set by your gateway admin. Try again later, or ask your gateway admin to increase the limit."
+            }
+            Limit::Concurrency => {
+                "The gateway you selected can't establish data source connections because it's exceeded the concurrency limit set by your gateway admin. Try again later, or ask your gateway admin to increase the limit."
+            }
+        }
+    }
+}
 
 /// A node that can be handed runs: this one, or a peer.
 #[derive(Debug, Clone)]
@@ -27,6 +57,48 @@ struct Candidate {
     address: Option<String>,
     order: i64,
     free: u32,
+    /// Why it can't take work now, if it can't.
+    blocked: Option<Limit>,
+}
+
+/// CPU and memory readings per node over the aggregation window.
+#[derive(Default)]
+struct Load {
+    samples: HashMap<String, VecDeque<(Instant, f32, f32)>>,
+}
+
+impl Load {
+    fn record(&mut self, node: &str, metrics: &NodeMetrics, window: Duration) {
+        let now = Instant::now();
+        let samples = self.samples.entry(node.to_owned()).or_default();
+        samples.push_back((now, metrics.cpu_percent, memory_percent(metrics)));
+        while samples.front().is_some_and(|(t, _, _)| now.duration_since(*t) > window) {
+            samples.pop_front();
+        }
+    }
+
+    /// Average CPU % and memory-used % of `node` over the window.
+    #[allow(clippy::cast_precision_loss, reason = "a few hundred samples at most")]
+    fn average(&self, node: &str) -> (f32, f32) {
+        let Some(samples) = self.samples.get(node).filter(|s| !s.is_empty()) else { return (0.0, 0.0) };
+        let n = samples.len() as f32;
+        let cpu = samples.iter().map(|s| s.1).sum::<f32>() / n;
+        let memory = samples.iter().map(|s| s.2).sum::<f32>() / n;
+        (cpu, memory)
+    }
+}
+
+fn reporting(peer: &crate::protocol::Peer) -> bool {
+    matches!(peer.status, NodeState::Online | NodeState::Limited) && peer.metrics.total_memory_bytes > 0
+}
+
+#[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, reason = "a percentage")]
+fn memory_percent(metrics: &NodeMetrics) -> f32 {
+    if metrics.total_memory_bytes == 0 {
+        return 0.0;
+    }
+    let used = metrics.total_memory_bytes.saturating_sub(metrics.available_memory_bytes);
+    (used as f64 * 100.0 / metrics.total_memory_bytes as f64) as f32
 }
 
 pub async fn run(
@@ -35,32 +107,72 @@ pub async fn run(
     mut status: watch::Receiver<NodeStatus>,
     shutdown: CancellationToken,
 ) {
+    let mut load = Load::default();
+    let mut waiting: Vec<RunView> = Vec::new();
+    let mut last_sampled: Option<u64> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let snapshot = status.borrow_and_update().clone();
         let Some(epoch) = snapshot.lease_epoch.filter(|_| snapshot.role == Role::Dispatcher) else {
-            // Not the dispatcher: wait for the next status change.
+            // Not the dispatcher (any more): runs held here go back to the hub's queue by
+            // themselves; wait for the next status change.
+            waiting.clear();
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = status.changed() => if changed.is_err() { return },
             }
             continue;
         };
-        let mut candidates = candidates(&snapshot, &shared, &worker);
-        let room: u32 = candidates.iter().map(|c| c.free).sum();
-        if room == 0 {
+        let settings = &snapshot.settings;
+        // One reading per heartbeat, not per loop.
+        if last_sampled != snapshot.last_heartbeat {
+            last_sampled = snapshot.last_heartbeat;
+            let window = Duration::from_secs(u64::from(settings.aggregation_minutes.max(1)) * 60);
+            load.record(&shared.settings.node_name, &snapshot.metrics, window);
+            // Only nodes that are up and have reported: a registered node's placeholder
+            // zeros would water the average down.
+            for peer in snapshot.peers.iter().filter(|p| reporting(p)) {
+                load.record(&peer.name, &peer.metrics, window);
+            }
+        }
+        let mut candidates = candidates(&snapshot, &shared, &worker, &load);
+        let room: u32 = candidates.iter().filter(|c| c.blocked.is_none()).map(|c| c.free).sum();
+
+        // Runs already held: hand them out, or fail the ones that waited too long.
+        let held = std::mem::take(&mut waiting);
+        for run in held {
+            order(&mut candidates, settings.policy);
+            if hand_off(&shared, &worker, &mut candidates, &run).await {
+                continue;
+            }
+            if waited_too_long(&run, settings) {
+                fail(&shared, &run, blocking_limit(&candidates)).await;
+            } else {
+                waiting.push(run);
+            }
+        }
+
+        // New work: as much as there is room for; with no room, hold one run so its wait
+        // counts and it can fail with the right sentence when the queue timeout passes.
+        let room_left = candidates.iter().filter(|c| c.blocked.is_none()).map(|c| c.free).sum::<u32>();
+        let want = if room == 0 && waiting.is_empty() { 1 } else { room_left };
+        if want == 0 {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = tokio::time::sleep(RETRY_INTERVAL) => {}
             }
             continue;
         }
         let request = ClaimRequest {
             lease_epoch: epoch,
-            max: room.min(MAX_CLAIM),
-            wait_ms: u64::try_from(CLAIM_WAIT.as_millis()).unwrap_or(1000),
+            max: want.min(MAX_CLAIM),
+            wait_ms: if waiting.is_empty() {
+                u64::try_from(CLAIM_WAIT.as_millis()).unwrap_or(1000)
+            } else {
+                0
+            },
         };
         let runs = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -70,35 +182,58 @@ pub async fn run(
             Ok(runs) => runs,
             Err(e) => {
                 tracing::debug!("claim refused: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(RETRY_INTERVAL).await;
                 continue;
             }
         };
         for run in runs {
-            order(&mut candidates, snapshot.policy);
-            hand_off(&shared, &worker, &mut candidates, run).await;
+            order(&mut candidates, settings.policy);
+            if !hand_off(&shared, &worker, &mut candidates, &run).await {
+                waiting.push(run);
+            }
+        }
+        if !waiting.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_INTERVAL) => {}
+            }
         }
     }
 }
 
-/// This node and its peers that may take work now, with their free slots.
-fn candidates(status: &NodeStatus, shared: &Shared, worker: &Worker) -> Vec<Candidate> {
+/// This node and its reachable peers, with their free slots and what blocks them.
+fn candidates(status: &NodeStatus, shared: &Shared, worker: &Worker, load: &Load) -> Vec<Candidate> {
+    let settings = &status.settings;
+    let blocked = |name: &str, free: u32| {
+        let (cpu, memory) = load.average(name);
+        if settings.cpu_threshold > 0 && cpu > f32::from(settings.cpu_threshold) {
+            Some(Limit::Cpu)
+        } else if settings.memory_threshold > 0 && memory > f32::from(settings.memory_threshold) {
+            Some(Limit::Memory)
+        } else if free == 0 {
+            Some(Limit::Concurrency)
+        } else {
+            None
+        }
+    };
+    let own_free = worker.limit().saturating_sub(worker.running());
     let mut all = vec![Candidate {
         name: shared.settings.node_name.clone(),
         address: None,
         order: status.registered_order,
-        free: worker.limit().saturating_sub(worker.running()),
+        free: own_free,
+        blocked: blocked(&shared.settings.node_name, own_free),
     }];
-    all.extend(
-        status.peers.iter().filter(|p| matches!(p.status, NodeState::Online | NodeState::Limited)).map(|p| {
-            Candidate {
-                name: p.name.clone(),
-                address: Some(p.peer_address.clone()),
-                order: p.registered_order,
-                free: p.metrics.runs_limit.saturating_sub(p.metrics.runs_running),
-            }
-        }),
-    );
+    all.extend(status.peers.iter().filter(|p| reporting(p)).map(|p| {
+        let free = p.metrics.runs_limit.saturating_sub(p.metrics.runs_running);
+        Candidate {
+            name: p.name.clone(),
+            address: Some(p.peer_address.clone()),
+            order: p.registered_order,
+            free,
+            blocked: blocked(&p.name, free),
+        }
+    }));
     all
 }
 
@@ -110,39 +245,118 @@ fn order(candidates: &mut [Candidate], policy: Policy) {
 }
 
 /// Offers `run` to each candidate with room, in order, until one takes it.
-async fn hand_off(shared: &Shared, worker: &Worker, candidates: &mut [Candidate], run: RunView) {
-    for candidate in candidates.iter_mut().filter(|c| c.free > 0) {
+async fn hand_off(shared: &Shared, worker: &Worker, candidates: &mut [Candidate], run: &RunView) -> bool {
+    for candidate in candidates.iter_mut().filter(|c| c.blocked.is_none()) {
         let answer = match &candidate.address {
             None => Ok(worker.offer(run.clone())),
-            Some(address) => offer_to_peer(shared, address, &run).await,
+            Some(address) => {
+                super::ask_peer(shared, address, &PeerRequest::Run { run: Box::new(run.clone()) }).await
+            }
         };
         match answer {
             Ok(PeerResponse::Accepted) => {
-                candidate.free -= 1;
+                candidate.free = candidate.free.saturating_sub(1);
+                if candidate.free == 0 {
+                    candidate.blocked = Some(Limit::Concurrency);
+                }
                 shared.reachable(&candidate.name);
-                return;
+                return true;
             }
             Ok(PeerResponse::Refused { reason }) => {
                 candidate.free = 0;
+                candidate.blocked = Some(Limit::Concurrency);
                 shared.reachable(&candidate.name);
                 tracing::debug!(node = %candidate.name, "refused a run: {reason}");
             }
             Ok(PeerResponse::Pong) => {}
             Err(e) => {
+                // Unreachable is not a limit: leave it out of the reason, but out of the round.
                 candidate.free = 0;
+                candidate.blocked = Some(Limit::Concurrency);
                 shared.unreachable(&candidate.name);
                 tracing::warn!(node = %candidate.name, "skipping a worker that can't be reached: {e}");
             }
         }
     }
-    tracing::info!(run = %run.id, "no worker could take the run now; the hub hands it out again later");
+    false
 }
 
-async fn offer_to_peer(
-    shared: &Shared,
-    address: &str,
-    run: &RunView,
-) -> Result<PeerResponse, peer::PeerError> {
-    let request = PeerRequest::Run { run: Box::new(run.clone()) };
-    super::ask_peer(shared, address, &request).await
+fn waited_too_long(run: &RunView, settings: &GatewaySettings) -> bool {
+    let timeout_ms = i64::from(settings.queue_timeout_seconds) * 1000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    now_ms - run.queued_ms > timeout_ms
+}
+
+/// The limit that kept the most nodes from taking work; ties go to CPU, then memory.
+fn blocking_limit(candidates: &[Candidate]) -> Limit {
+    let mut counts: HashMap<Limit, usize> = HashMap::new();
+    for limit in candidates.iter().filter_map(|c| c.blocked) {
+        *counts.entry(limit).or_default() += 1;
+    }
+    counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map_or(Limit::Concurrency, |(l, _)| l)
+}
+
+/// Ends a run that no node could take in time, with the sentence for the limit.
+async fn fail(shared: &Shared, run: &RunView, limit: Limit) {
+    let finish = FinishRun {
+        attempt: run.attempt,
+        succeeded: false,
+        result: None,
+        error: Some(limit.message().to_owned()),
+    };
+    match shared.client.finish_run(&run.id, &finish).await {
+        Ok(_) => tracing::warn!(run = %run.id, ?limit, "no node could take the run within the queue timeout"),
+        Err(e) => tracing::warn!(run = %run.id, "couldn't fail the run at the hub: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(blocked: Option<Limit>) -> Candidate {
+        Candidate { name: String::new(), address: None, order: 0, free: 0, blocked }
+    }
+
+    #[test]
+    fn the_reason_is_the_limit_that_blocked_most_nodes() {
+        let c = |l| candidate(Some(l));
+        assert_eq!(blocking_limit(&[c(Limit::Cpu), c(Limit::Concurrency), c(Limit::Cpu)]), Limit::Cpu);
+        assert_eq!(blocking_limit(&[c(Limit::Memory), c(Limit::Memory), c(Limit::Cpu)]), Limit::Memory);
+        assert_eq!(blocking_limit(&[c(Limit::Concurrency), c(Limit::Memory)]), Limit::Memory);
+        assert_eq!(blocking_limit(&[]), Limit::Concurrency);
+    }
+
+    #[test]
+    fn messages_name_their_limit_in_the_product_sentence() {
+        for (limit, word) in [
+            (Limit::Cpu, "CPU limit"),
+            (Limit::Memory, "memory limit"),
+            (Limit::Concurrency, "concurrency limit"),
+        ] {
+            let message = limit.message();
+            assert!(message.starts_with(
+                "The gateway you selected can't establish data source connections because it's exceeded the "
+            ));
+            assert!(message.contains(&format!("exceeded the {word} set by your gateway admin.")));
+            assert!(message.ends_with("Try again later, or ask your gateway admin to increase the limit."));
+        }
+    }
+
+    #[test]
+    fn load_averages_over_the_window() {
+        let mut load = Load::default();
+        let metrics = |cpu| NodeMetrics {
+            cpu_percent: cpu,
+            total_memory_bytes: 100,
+            available_memory_bytes: 25,
+            ..NodeMetrics::default()
+        };
+        load.record("a", &metrics(90.0), Duration::from_secs(60));
+        load.record("a", &metrics(30.0), Duration::from_secs(60));
+        assert_eq!(load.average("a"), (60.0, 75.0));
+        assert_eq!(load.average("b"), (0.0, 0.0));
+    }
 }

@@ -91,6 +91,50 @@ fn per_second(bytes: u64, seconds: f64) -> u64 {
     (bytes as f64 / seconds) as u64
 }
 
+/// A fake machine for tests of the CPU and memory thresholds (a real one can't be made busy
+/// on demand): fixed readings, set with `GATEHOUSE_FAKE_METRICS=cpu=95,memory=90` (percent).
+pub struct FakeMetrics {
+    sample: Sample,
+}
+
+impl FakeMetrics {
+    /// Parses `cpu=P,memory=P`; `None` when the text isn't that.
+    pub fn parse(spec: &str) -> Option<Self> {
+        let total: u64 = 16 << 30;
+        let mut sample =
+            Sample { total_memory_bytes: total, available_memory_bytes: total, ..Sample::default() };
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=')?;
+            let percent: f32 = value.trim().parse().ok().filter(|p| (0.0..=100.0).contains(p))?;
+            match name.trim() {
+                "cpu" => sample.cpu_percent = percent,
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss,
+                    reason = "a percentage of 16 GiB"
+                )]
+                "memory" => {
+                    sample.available_memory_bytes =
+                        (total as f64 * (100.0 - f64::from(percent)) / 100.0) as u64;
+                }
+                _ => return None,
+            }
+        }
+        Some(FakeMetrics { sample })
+    }
+}
+
+impl MetricsSource for FakeMetrics {
+    fn sample(&mut self) -> Sample {
+        self.sample
+    }
+
+    fn cores(&self) -> usize {
+        2
+    }
+}
+
 /// The default concurrency limit: `max(2, min(4 × cores, 2 × GiB of RAM))`.
 pub fn default_concurrency(cores: usize, total_memory_bytes: u64) -> u32 {
     let by_cores = u64::try_from(cores).unwrap_or(u64::MAX).saturating_mul(4);
@@ -116,5 +160,20 @@ mod tests {
         assert!(sample.total_memory_bytes > 0);
         assert!(sample.available_memory_bytes <= sample.total_memory_bytes);
         assert!(metrics.cores() >= 1);
+    }
+}
+
+#[cfg(test)]
+mod fake_tests {
+    use super::*;
+
+    #[test]
+    fn fake_metrics_report_what_they_are_told() {
+        let mut fake = FakeMetrics::parse("cpu=5,memory=90").unwrap();
+        let sample = fake.sample();
+        assert!((sample.cpu_percent - 5.0).abs() < f32::EPSILON);
+        assert_eq!(sample.available_memory_bytes, sample.total_memory_bytes / 10);
+        assert!(FakeMetrics::parse("cpu=500").is_none());
+        assert!(FakeMetrics::parse("disk=5").is_none());
     }
 }

@@ -18,7 +18,7 @@ pub mod tls;
 mod worker;
 
 use crate::client::{ClientError, HubClient};
-use crate::protocol::{Heartbeat, NodeMetrics, NodeState, Peer, Policy, RegisterRequest, Role};
+use crate::protocol::{GatewaySettings, Heartbeat, NodeMetrics, NodeState, Peer, RegisterRequest, Role};
 use metrics::MetricsSource;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -188,8 +188,8 @@ pub struct NodeStatus {
     pub lease_epoch: Option<i64>,
     /// This node's place in registration order.
     pub registered_order: i64,
-    /// The gateway's load-balancing policy.
-    pub policy: Policy,
+    /// The gateway's settings: policy, thresholds, queue timeout.
+    pub settings: GatewaySettings,
 }
 
 /// What the service's tasks share.
@@ -411,7 +411,7 @@ async fn heartbeat_loop(
                     s.last_heartbeat = Some(unix_seconds());
                     s.lease_epoch = Some(answer.lease_epoch);
                     s.registered_order = answer.registered_order;
-                    s.policy = answer.settings.policy;
+                    s.settings = answer.settings;
                 });
             }
             Err(e) => {

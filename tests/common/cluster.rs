@@ -60,6 +60,13 @@ impl Node {
     /// Registers a node on a free loopback peer port (plus `extra` register flags) and starts
     /// `gatehouse node run` for it.
     pub fn start(key: &str, name: &str, extra: &[&str]) -> Node {
+        let mut node = Node::register(key, name, extra);
+        node.run(&[]);
+        node
+    }
+
+    /// Registers a node on a free loopback peer port (plus `extra` register flags).
+    pub fn register(key: &str, name: &str, extra: &[&str]) -> Node {
         let home = tempfile::tempdir().unwrap();
         let port = free_port().to_string();
         let peer_address = format!("127.0.0.1:{port}");
@@ -68,8 +75,22 @@ impl Node {
         args.extend(extra);
         let output = gatehouse(home.path(), &args, &[("GATEHOUSE_AUTH_KEY", key)]);
         assert!(output.status.success(), "registering {name}: {}", String::from_utf8_lossy(&output.stderr));
-        let process = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
-        Node { name: name.to_owned(), home, peer_address, process: Some(process) }
+        Node { name: name.to_owned(), home, peer_address, process: None }
+    }
+
+    /// Runs a `gatehouse node …` command for this node, asserting success.
+    pub fn command(&self, args: &[&str]) -> Output {
+        let output = gatehouse(self.home.path(), args, &[]);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    /// Starts `gatehouse node run` with extra environment.
+    pub fn run(&mut self, env: &[(&str, &str)]) {
+        let home = self.home.path().to_str().unwrap().to_owned();
+        let mut all = vec![("GATEHOUSE_HOME", home.as_str())];
+        all.extend(env);
+        self.process = Some(spawn_gatehouse(&["node", "run"], &all));
     }
 }
 
