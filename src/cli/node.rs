@@ -35,6 +35,20 @@ pub enum NodeCommand {
     EnableRemoteAccess(RemoteAccessArgs),
     /// Stop encrypting the peer channel (the whole gateway must agree; see the hub's status).
     DisableRemoteAccess,
+    /// Data-store credentials: kept sealed on the nodes, synced between them, never sent to the hub.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Set a credential; the value is read from the first line of standard input (never an
+    /// argument, so it can't show in the process list or shell history).
+    Set { name: String },
+    /// List credential names (never values) and the set's version.
+    List,
+    /// Delete a credential.
+    Delete { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +151,7 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         }
         NodeCommand::Run => runtime.block_on(run_service(store))?,
         NodeCommand::Status { json } => status(&store, json)?,
+        NodeCommand::Credential(command) => credential(&store, command)?,
         NodeCommand::SetConcurrency { limit } => {
             let mut settings = store.settings()?;
             settings.concurrency_limit = (limit > 0).then_some(limit);
@@ -233,6 +248,35 @@ fn status(store: &Store, json: bool) -> anyhow::Result<()> {
                 if s.hub_connected { "connected".to_owned() } else { s.hub_error.unwrap_or_default() }
             );
             println!("Runs:     {} running, limit {}", s.metrics.runs_running, s.metrics.runs_limit);
+        }
+    }
+    Ok(())
+}
+
+fn credential(store: &Store, command: CredentialCommand) -> anyhow::Result<()> {
+    use crate::node::credentials;
+    match command {
+        CredentialCommand::Set { name } => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("Value for {name} (shown as you type; pipe it in to avoid that): ");
+            }
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the credential value")?;
+            let version = credentials::set(store, &name, line.trim_end_matches(['\r', '\n']))?;
+            println!(
+                "credential {name:?} set (version {version}); the other nodes pick it up within seconds"
+            );
+        }
+        CredentialCommand::List => {
+            let set = credentials::load(store)?;
+            println!("version {}", set.version);
+            for name in set.entries.keys() {
+                println!("{name}");
+            }
+        }
+        CredentialCommand::Delete { name } => {
+            let version = credentials::delete(store, &name)?;
+            println!("credential {name:?} deleted (version {version})");
         }
     }
     Ok(())

@@ -268,7 +268,7 @@ async fn hand_off(shared: &Shared, worker: &Worker, candidates: &mut [Candidate]
                 shared.reachable(&candidate.name);
                 tracing::debug!(node = %candidate.name, "refused a run: {reason}");
             }
-            Ok(PeerResponse::Pong) => {}
+            Ok(PeerResponse::Pong | PeerResponse::Credentials { .. }) => {}
             Err(e) => {
                 // Unreachable is not a limit: leave it out of the reason, but out of the round.
                 candidate.free = 0;

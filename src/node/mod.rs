@@ -7,9 +7,12 @@
 //! While it holds the gateway's lease it is also the dispatcher ([`dispatch`]): it claims runs
 //! and hands them to workers ([`worker`], itself included) over the [`peer`] channel.
 //!
-//! Not here yet (later steps of the node issue): TLS on the peer channel, credential sync,
-//! CPU/memory thresholds and the queue timeout, backups.
+//! Credentials entered on any node reach the others through the peer channel
+//! ([`credentials`]).
+//!
+//! Not here yet (later steps of the node issue): backups, a log file, run-time log levels.
 
+pub mod credentials;
 mod dispatch;
 pub mod metrics;
 pub mod peer;
@@ -199,6 +202,11 @@ pub(crate) struct Shared {
     pub client: HubClient,
     /// Set when the gateway encrypts its peer channel.
     pub tls: Option<tls::PeerTls>,
+    pub store: Store,
+    /// This node's credentials as last read or fetched. std Mutex: never held across .await.
+    credentials: Mutex<credentials::CredentialSet>,
+    /// A credential fetch is under way (one at a time).
+    syncing: std::sync::atomic::AtomicBool,
     /// Peers (by name) the last attempt to reach failed; reported with each heartbeat.
     unreachable: Mutex<BTreeSet<String>>,
 }
@@ -220,6 +228,64 @@ impl Shared {
     fn unreachable_peers(&self) -> Vec<String> {
         self.unreachable.lock().map(|set| set.iter().cloned().collect()).unwrap_or_default()
     }
+
+    fn credentials(&self) -> credentials::CredentialSet {
+        self.credentials.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn credential_version(&self) -> u64 {
+        self.credentials.lock().map_or(0, |c| c.version)
+    }
+
+    fn set_credentials(&self, set: credentials::CredentialSet) {
+        if let Ok(mut current) = self.credentials.lock() {
+            *current = set;
+        }
+    }
+}
+
+/// Picks up credentials changed on disk (`gatehouse node credential set` while running), and
+/// fetches a newer set from the peer that has the highest version.
+async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
+    use std::sync::atomic::Ordering;
+    if shared.syncing.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if let Ok(on_disk) = credentials::load(&shared.store)
+        && on_disk.version > shared.credential_version()
+    {
+        tracing::info!(version = on_disk.version, "credentials changed on this node");
+        shared.set_credentials(on_disk);
+    }
+    let newest = peers
+        .iter()
+        .filter(|p| matches!(p.status, NodeState::Online | NodeState::Limited))
+        .max_by_key(|p| p.metrics.credential_version)
+        .filter(|p| p.metrics.credential_version > shared.credential_version());
+    if let Some(peer) = newest {
+        match ask_peer(&shared, &peer.peer_address, &peer::PeerRequest::Credentials).await {
+            Ok(peer::PeerResponse::Credentials { sealed }) => {
+                match credentials::open_from_peer(&shared.secrets.gateway_secret, &sealed) {
+                    Some(set) => match credentials::adopt(&shared.store, &set) {
+                        Ok(true) => {
+                            tracing::info!(version = set.version, from = %peer.name, "credentials synced");
+                            shared.set_credentials(set);
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("can't store the synced credentials: {e}"),
+                    },
+                    None => {
+                        tracing::warn!(from = %peer.name, "credentials from a peer didn't open; is it in this gateway?");
+                    }
+                }
+            }
+            Ok(other) => {
+                tracing::warn!(from = %peer.name, "unexpected answer to a credential request: {other:?}");
+            }
+            Err(e) => tracing::warn!(from = %peer.name, "can't fetch credentials: {e}"),
+        }
+    }
+    shared.syncing.store(false, Ordering::SeqCst);
 }
 
 /// A running node service, as its owner sees it.
@@ -267,8 +333,20 @@ impl NodeService {
         let (status_tx, status) = watch::channel(initial);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let tls = secrets.tls.as_ref().map(tls::PeerTls::new).transpose()?;
-        let shared =
-            Arc::new(Shared { settings, secrets, client, tls, unreachable: Mutex::new(BTreeSet::new()) });
+        let credentials = Mutex::new(credentials::CredentialSet {
+            version: secrets.credential_version,
+            entries: secrets.credentials.clone(),
+        });
+        let shared = Arc::new(Shared {
+            settings,
+            secrets,
+            client,
+            tls,
+            store: self.store.clone(),
+            credentials,
+            syncing: std::sync::atomic::AtomicBool::new(false),
+            unreachable: Mutex::new(BTreeSet::new()),
+        });
 
         let peers =
             tokio::spawn(serve_peers(listener, Arc::clone(&shared), worker.clone(), shutdown.clone()));
@@ -338,6 +416,12 @@ async fn answer_peer(
             match request {
                 peer::PeerRequest::Ping => peer::PeerResponse::Pong,
                 peer::PeerRequest::Run { run } => worker.offer(*run),
+                peer::PeerRequest::Credentials => peer::PeerResponse::Credentials {
+                    sealed: credentials::seal_for_peers(
+                        &shared.secrets.gateway_secret,
+                        &shared.credentials(),
+                    ),
+                },
             }
         }
     };
@@ -383,7 +467,7 @@ async fn heartbeat_loop(
             network_out_bytes_per_second: sample.network_out_bytes_per_second,
             runs_running: worker.running(),
             runs_limit: worker.limit(),
-            credential_version: shared.secrets.credential_version,
+            credential_version: shared.credential_version(),
             unreachable_peers: shared.unreachable_peers(),
             encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
             hub_errors,
@@ -400,6 +484,7 @@ async fn heartbeat_loop(
                 if answer.role != status.borrow().role {
                     tracing::info!(role = ?answer.role, "this node's role changed");
                 }
+                tokio::spawn(sync_credentials(Arc::clone(&shared), answer.peers.clone()));
                 status.send_modify(|s| {
                     s.hub_connected = true;
                     s.hub_error = None;

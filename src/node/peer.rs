@@ -70,6 +70,8 @@ pub enum PeerRequest {
     Ping,
     /// The dispatcher hands you this run; start it at the hub, then run it.
     Run { run: Box<RunView> },
+    /// Send me your credentials (sealed for this gateway).
+    Credentials,
 }
 
 /// The answer.
@@ -82,6 +84,10 @@ pub enum PeerResponse {
     /// Not taken, with the reason (e.g. at the concurrency limit).
     Refused {
         reason: String,
+    },
+    /// This node's credential set, sealed under a key derived from the gateway secret.
+    Credentials {
+        sealed: String,
     },
 }
 
@@ -214,7 +220,7 @@ mod tests {
         let server = tokio::spawn(async move {
             answer(&mut b, &server_secret, "server", |_, request| async move {
                 match request {
-                    PeerRequest::Ping => PeerResponse::Pong,
+                    PeerRequest::Ping | PeerRequest::Credentials => PeerResponse::Pong,
                     PeerRequest::Run { .. } => PeerResponse::Accepted,
                 }
             })

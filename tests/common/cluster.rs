@@ -11,7 +11,7 @@ pub struct Hub {
     pub process: Spawned,
     pub url: String,
     pub token: String,
-    _home: tempfile::TempDir,
+    home_dir: tempfile::TempDir,
 }
 
 /// A registered node, running unless stopped.
@@ -31,7 +31,7 @@ impl Hub {
         );
         let url = process.read_line_matching("listening on ", Duration::from_secs(30));
         let token = process.read_line_matching("admin token: ", Duration::from_secs(10));
-        Hub { process, url, token, _home: home }
+        Hub { process, url, token, home_dir: home }
     }
 
     /// Runs an admin command with `--json` and returns its output, asserting success.
@@ -48,6 +48,11 @@ impl Hub {
         let mut args = vec!["hub", "gateway", "create", name];
         args.extend(extra);
         self.admin(&args)["keys"]["primary"].as_str().unwrap().to_owned()
+    }
+
+    /// The hub's data dir (its SQLite database lives there).
+    pub fn home(&self) -> &Path {
+        self.home_dir.path()
     }
 
     /// The gateway's nodes as the hub shows them.
