@@ -7,29 +7,12 @@
 
 mod common;
 
-use common::process::{Spawned, spawn_gatehouse};
+use common::cluster::Hub;
+use common::process::spawn_gatehouse;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-struct Hub {
-    _process: Spawned,
-    url: String,
-    token: String,
-    _home: tempfile::TempDir,
-}
-
-fn start_hub() -> Hub {
-    let home = tempfile::tempdir().unwrap();
-    let mut process = spawn_gatehouse(
-        &["hub", "serve", "--listen", "127.0.0.1:0"],
-        &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
-    );
-    let url = process.read_line_matching("listening on ", Duration::from_secs(30));
-    let token = process.read_line_matching("admin token: ", Duration::from_secs(10));
-    Hub { _process: process, url, token, _home: home }
-}
 
 /// Runs `gatehouse` to completion with the node's data dir and optional stdin. Registrations
 /// get a free loopback peer address, so nodes never listen beyond 127.0.0.1 or share a port.
@@ -60,37 +43,14 @@ fn gatehouse(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str
     child.wait_with_output().unwrap()
 }
 
-fn create_gateway(hub: &Hub, name: &str) -> String {
-    let output = gatehouse(
-        Path::new("/nonexistent"),
-        &["hub", "gateway", "create", name, "--hub", &hub.url, "--json"],
-        None,
-        &[("GATEHOUSE_ADMIN_TOKEN", &hub.token)],
-    );
-    assert!(output.status.success(), "{output:?}");
-    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    created["keys"]["primary"].as_str().unwrap().to_owned()
-}
-
-fn node_list(hub: &Hub, gateway: &str) -> Vec<serde_json::Value> {
-    let output = gatehouse(
-        Path::new("/nonexistent"),
-        &["hub", "node", "list", gateway, "--hub", &hub.url, "--json"],
-        None,
-        &[("GATEHOUSE_ADMIN_TOKEN", &hub.token)],
-    );
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
 fn a_node_registers_runs_goes_online_and_unregisters() {
-    let hub = start_hub();
-    let key = create_gateway(&hub, "sales");
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
     let home = tempfile::tempdir().unwrap();
 
     let output = gatehouse(
@@ -108,7 +68,7 @@ fn a_node_registers_runs_goes_online_and_unregisters() {
     let mut run = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let nodes = node_list(&hub, "sales");
+        let nodes = hub.nodes("sales");
         if nodes.len() == 1 && nodes[0]["status"] == "Online" {
             assert_eq!(nodes[0]["name"], "n1");
             assert_eq!(nodes[0]["role"], "dispatcher");
@@ -132,7 +92,7 @@ fn a_node_registers_runs_goes_online_and_unregisters() {
 
     let output = gatehouse(home.path(), &["node", "unregister"], None, &[]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(node_list(&hub, "sales").is_empty(), "a ghost node is left at the hub");
+    assert!(hub.nodes("sales").is_empty(), "a ghost node is left at the hub");
     assert!(!home.path().join("node.toml").exists());
     // The same machine can register again once unregistered.
     let again =
@@ -142,21 +102,21 @@ fn a_node_registers_runs_goes_online_and_unregisters() {
 
 #[test]
 fn registering_twice_is_refused_with_what_to_do() {
-    let hub = start_hub();
-    let key = create_gateway(&hub, "sales");
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
     let home = tempfile::tempdir().unwrap();
     let env = [("GATEHOUSE_AUTH_KEY", key.as_str())];
     assert!(gatehouse(home.path(), &["node", "register", "--name", "a"], None, &env).status.success());
     let second = gatehouse(home.path(), &["node", "register", "--name", "b"], None, &env);
     assert_eq!(second.status.code(), Some(2));
     assert!(stderr(&second).contains("already registered with gateway 'sales' as 'a'; unregister it first"));
-    assert_eq!(node_list(&hub, "sales").len(), 1);
+    assert_eq!(hub.nodes("sales").len(), 1);
 }
 
 #[test]
 fn a_wrong_key_is_refused_by_the_hub_and_nothing_is_written() {
-    let hub = start_hub();
-    let key = create_gateway(&hub, "sales");
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
     let home = tempfile::tempdir().unwrap();
     // Same hub and gateway, another secret: the hub says no.
     let wrong = format!("{}{}", &key[..key.len() - 43], "A".repeat(43));
@@ -170,8 +130,8 @@ fn a_wrong_key_is_refused_by_the_hub_and_nothing_is_written() {
 
 #[test]
 fn an_unreachable_hub_is_named_and_nothing_is_written() {
-    let hub = start_hub();
-    let key = create_gateway(&hub, "sales");
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
     drop(hub);
     let home = tempfile::tempdir().unwrap();
     let output = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
@@ -201,8 +161,8 @@ fn a_damaged_settings_file_is_named_and_left_alone() {
 
 #[test]
 fn a_running_node_keeps_retrying_when_the_hub_goes_away() {
-    let hub = start_hub();
-    let key = create_gateway(&hub, "sales");
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
     let home = tempfile::tempdir().unwrap();
     let registered = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
     assert!(registered.status.success(), "{}", stderr(&registered));

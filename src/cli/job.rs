@@ -2,7 +2,7 @@
 //! Uses the admin client and conventions of `admin` (token, `--hub`, `--json`, exit codes).
 
 use super::admin::{Connection, EXIT_CODES, Table, emit, emit_json, execute, indent, timestamp_with_age};
-use crate::protocol::{Activity, JobSpec, JobView, RunState};
+use crate::protocol::{Activity, JobSpec, JobView};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::io::Read as _;
@@ -126,7 +126,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         table.row(vec![
             job.id.clone(),
             job.name.clone(),
-            state(job.state).to_owned(),
+            job.state.as_str().to_owned(),
             format!("{done}/{}", job.runs.len()),
             timestamp_with_age(job.created_ms),
         ]);
@@ -140,7 +140,7 @@ fn job_text(job: &JobView) -> String {
         job.name,
         job.id,
         job.gateway_id,
-        state(job.state),
+        job.state.as_str(),
         timestamp_with_age(job.created_ms)
     );
     let mut table = Table::new(&["ACTIVITY", "PARTITION", "KIND", "STATE", "ATTEMPT", "NODE", "DETAIL"]);
@@ -155,7 +155,7 @@ fn job_text(job: &JobView) -> String {
             run.activity_index.to_string(),
             run.partition.to_string(),
             kind(&run.activity).to_owned(),
-            state(run.state).to_owned(),
+            run.state.as_str().to_owned(),
             run.attempt.to_string(),
             run.node_name.clone().unwrap_or_else(|| "-".to_owned()),
             shorten(&detail),
@@ -169,17 +169,6 @@ fn kind(activity: &Activity) -> &'static str {
     match activity {
         Activity::Sleep { .. } => "sleep",
         Activity::Echo { .. } => "echo",
-    }
-}
-
-fn state(state: RunState) -> &'static str {
-    match state {
-        RunState::Queued => "queued",
-        RunState::Dispatched => "dispatched",
-        RunState::Running => "running",
-        RunState::Succeeded => "succeeded",
-        RunState::Failed => "failed",
-        RunState::Cancelled => "cancelled",
     }
 }
 

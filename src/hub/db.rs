@@ -733,7 +733,7 @@ impl Db {
             "UPDATE runs SET state = $1, result = $2, error = $3, finished_ms = $4 WHERE id = $5 AND attempt = $6 \
              AND node_id = $7 AND state IN ('dispatched', 'running')",
         )
-        .bind(state_name(end.state))
+        .bind(end.state.as_str())
         .bind(end.result)
         .bind(end.error)
         .bind(end.now_ms)
@@ -862,17 +862,6 @@ fn policy_name(policy: Policy) -> &'static str {
     match policy {
         Policy::Primary => "primary",
         Policy::Distribute => "distribute",
-    }
-}
-
-pub fn state_name(state: RunState) -> &'static str {
-    match state {
-        RunState::Queued => "queued",
-        RunState::Dispatched => "dispatched",
-        RunState::Running => "running",
-        RunState::Succeeded => "succeeded",
-        RunState::Failed => "failed",
-        RunState::Cancelled => "cancelled",
     }
 }
 
