@@ -35,9 +35,51 @@ pub enum NodeCommand {
     EnableRemoteAccess(RemoteAccessArgs),
     /// Stop encrypting the peer channel (the whole gateway must agree; see the hub's status).
     DisableRemoteAccess,
+    /// Write this node's state (settings, tokens, credentials, certificate) to an encrypted file.
+    Backup {
+        /// The backup file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        password: BackupPassword,
+    },
+    /// Restore a node from a backup onto this machine (which must not be registered).
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        password: BackupPassword,
+    },
     /// Data-store credentials: kept sealed on the nodes, synced between them, never sent to the hub.
     #[command(subcommand)]
     Credential(CredentialCommand),
+}
+
+/// The password of a backup file.
+#[derive(Debug, Args)]
+pub struct BackupPassword {
+    /// Visible in the process list: prefer --password-stdin or GATEHOUSE_BACKUP_PASSWORD.
+    #[arg(
+        long,
+        env = "GATEHOUSE_BACKUP_PASSWORD",
+        hide_env_values = true,
+        required_unless_present = "password_stdin"
+    )]
+    pub password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long, conflicts_with = "password")]
+    pub password_stdin: bool,
+}
+
+impl BackupPassword {
+    fn read(self) -> anyhow::Result<String> {
+        if let Some(password) = self.password {
+            return Ok(password);
+        }
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("reading the backup password")?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +194,20 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Run => runtime.block_on(run_service(store))?,
         NodeCommand::Status { json } => status(&store, json)?,
         NodeCommand::Credential(command) => credential(&store, command)?,
+        NodeCommand::Backup { out, password } => {
+            crate::node::backup::backup(&store, &out, &password.read()?)?;
+            println!(
+                "backup written to {} (keep the password: without it the file can't be opened)",
+                out.display()
+            );
+        }
+        NodeCommand::Restore { file, password } => {
+            let settings = crate::node::backup::restore(&store, &file, &password.read()?)?;
+            println!(
+                "restored '{}' of gateway '{}'; start it with: gatehouse node run",
+                settings.node_name, settings.gateway_name
+            );
+        }
         NodeCommand::SetConcurrency { limit } => {
             let mut settings = store.settings()?;
             settings.concurrency_limit = (limit > 0).then_some(limit);

@@ -67,10 +67,48 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        let is_json =
+            req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(
+                |v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")),
+            );
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let body = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+            } else {
+                ApiError::new(status, format!("the request body can't be read: {}", rejection.body_text()))
+            }
+        })?;
+        // JSON can carry NUL only as \u0000; no name, key or message needs it, and
+        // PostgreSQL text can't hold it, so refuse it for every request the same way.
+        if body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+            return Err(ApiError::bad_request(
+                "the request contains a NUL character (\\u0000), which no field may hold",
+            ));
+        }
+        match Json::<T>::from_bytes(&body) {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_error(&rejection)),
         }
+    }
+}
+
+/// Path parameters whose rejection (e.g. invalid UTF-8) is a 400 with our JSON error body.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state).await.map(|Path(value)| ApiPath(value)).map_err(
+            |rejection| ApiError::bad_request(format!("the URL is not valid: {}", rejection.body_text())),
+        )
     }
 }
 
@@ -210,7 +248,7 @@ pub async fn all_gateway_views(state: &HubState) -> Result<Vec<GatewayView>, Api
 async fn show_gateway(
     State(state): State<HubState>,
     _: Admin,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
 ) -> Result<Json<GatewayView>, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
     let nodes = state.db.nodes(&gateway.id).await?;
@@ -220,7 +258,7 @@ async fn show_gateway(
 async fn delete_gateway(
     State(state): State<HubState>,
     _: Admin,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
     state.db.delete_gateway(&gateway.id).await?;
@@ -231,7 +269,7 @@ async fn delete_gateway(
 async fn update_settings(
     State(state): State<HubState>,
     _: Admin,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
     ApiJson(update): ApiJson<UpdateSettings>,
 ) -> Result<Json<GatewayView>, ApiError> {
     let mut gateway = find_gateway(&state, &gateway).await?;
@@ -251,7 +289,7 @@ async fn update_settings(
 async fn show_keys(
     State(state): State<HubState>,
     _: Admin,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
 ) -> Result<Json<Vec<KeyInfo>>, ApiError> {
     let g = find_gateway(&state, &gateway).await?;
     Ok(Json(vec![
@@ -267,7 +305,7 @@ async fn show_keys(
 async fn regenerate_key(
     State(state): State<HubState>,
     _: Admin,
-    Path((gateway, slot)): Path<(String, String)>,
+    ApiPath((gateway, slot)): ApiPath<(String, String)>,
 ) -> Result<Json<RegeneratedKey>, ApiError> {
     let slot = match slot.as_str() {
         "primary" => KeySlot::Primary,
@@ -286,7 +324,7 @@ async fn regenerate_key(
 async fn list_nodes(
     State(state): State<HubState>,
     _: Admin,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
     let nodes = state.db.nodes(&gateway.id).await?;
@@ -296,7 +334,7 @@ async fn list_nodes(
 async fn remove_node(
     State(state): State<HubState>,
     _: Admin,
-    Path((gateway, node)): Path<(String, String)>,
+    ApiPath((gateway, node)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
     let nodes = state.db.nodes(&gateway.id).await?;
@@ -444,7 +482,7 @@ async fn unregister(State(state): State<HubState>, NodeAuth(node): NodeAuth) -> 
 async fn submit_job(
     State(state): State<HubState>,
     _: Admin,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
     ApiJson(SubmitJob { spec }): ApiJson<SubmitJob>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
@@ -501,7 +539,7 @@ struct JobsQuery {
 async fn list_jobs(
     State(state): State<HubState>,
     _: Admin,
-    Path(gateway): Path<String>,
+    ApiPath(gateway): ApiPath<String>,
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
@@ -515,7 +553,7 @@ async fn list_jobs(
 async fn show_job(
     State(state): State<HubState>,
     _: Admin,
-    Path(job): Path<String>,
+    ApiPath(job): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = state.db.job(&job).await?.ok_or_else(|| ApiError::not_found(format!("no job '{job}'")))?;
     Ok(Json(job_view(&state, job).await?))
@@ -534,10 +572,7 @@ async fn claim(
         let now = now_ms();
         let lease = state.db.lease(&node.gateway_id, now).await?;
         if lease.holder.as_deref() != Some(node.id.as_str()) || lease.epoch != request.lease_epoch {
-            return Err(ApiError::conflict(format!(
-                "this node does not hold the dispatcher lease (epoch {}); keep sending heartbeats and claim when it is the dispatcher",
-                lease.epoch
-            )));
+            return Err(not_dispatcher(lease.epoch));
         }
         let runs = state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?;
         if !runs.is_empty() {
@@ -555,9 +590,13 @@ async fn claim(
 async fn assign(
     State(state): State<HubState>,
     NodeAuth(dispatcher): NodeAuth,
-    Path(run): Path<String>,
+    ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<AssignRun>,
 ) -> Result<Json<RunView>, ApiError> {
+    let lease = state.db.lease(&dispatcher.gateway_id, now_ms()).await?;
+    if lease.holder.as_deref() != Some(dispatcher.id.as_str()) || lease.epoch != request.lease_epoch {
+        return Err(not_dispatcher(lease.epoch));
+    }
     let worker =
         state.db.node(&request.node_id).await?.filter(|w| w.gateway_id == dispatcher.gateway_id).ok_or_else(
             || ApiError::bad_request(format!("node '{}' is not in this gateway", request.node_id)),
@@ -573,7 +612,7 @@ async fn assign(
 async fn start(
     State(state): State<HubState>,
     NodeAuth(worker): NodeAuth,
-    Path(run): Path<String>,
+    ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<StartRun>,
 ) -> Result<Json<RunView>, ApiError> {
     if !state.db.start_run(&run, i64::from(request.attempt), &worker).await? {
@@ -586,7 +625,7 @@ async fn start(
 async fn progress(
     State(state): State<HubState>,
     NodeAuth(node): NodeAuth,
-    Path(run): Path<String>,
+    ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<RunProgress>,
 ) -> Result<StatusCode, ApiError> {
     let progress = request.progress.to_string();
@@ -599,7 +638,7 @@ async fn progress(
 async fn finish(
     State(state): State<HubState>,
     NodeAuth(node): NodeAuth,
-    Path(run): Path<String>,
+    ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<FinishRun>,
 ) -> Result<Json<RunView>, ApiError> {
     let outcome = if request.succeeded { RunState::Succeeded } else { RunState::Failed };
@@ -616,6 +655,12 @@ async fn finish(
     }
     let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;
     Ok(Json(run_view(row)?))
+}
+
+fn not_dispatcher(epoch: i64) -> ApiError {
+    ApiError::conflict(format!(
+        "this node does not hold the dispatcher lease (epoch {epoch}); keep sending heartbeats and dispatch when it is the dispatcher"
+    ))
 }
 
 fn stale_run(run: &str, attempt: u32) -> ApiError {
@@ -722,9 +767,11 @@ fn run_view(run: RunRow) -> Result<RunView, ApiError> {
     })
 }
 
-/// Gateway and node names: 1–63 letters, digits, '-', '_' or '.', like host names.
+/// Gateway and node names: 1–63 letters, digits, '-', '_' or '.', like host names, starting
+/// with a letter or digit (so `.` and `..`, which URLs can't carry, are never names).
 fn validate_name(name: &str, what: &str) -> Result<(), ApiError> {
     let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())

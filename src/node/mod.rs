@@ -10,8 +10,11 @@
 //! Credentials entered on any node reach the others through the peer channel
 //! ([`credentials`]).
 //!
-//! Not here yet (later steps of the node issue): backups, a log file, run-time log levels.
+//! Backups of the node's state are sealed with a password ([`backup`]).
+//!
+//! Not here yet (later steps of the node issue): a log file, run-time log levels.
 
+pub mod backup;
 pub mod credentials;
 mod dispatch;
 pub mod metrics;

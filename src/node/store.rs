@@ -128,6 +128,12 @@ impl Store {
         }
     }
 
+    /// Takes over the machine id of a restored backup, so the hub sees the same machine.
+    pub fn restore_machine_id(&self, id: &str) -> Result<()> {
+        let path = self.dir.join(MACHINE_ID);
+        write_atomic(&path, id.as_bytes()).map_err(|reason| self.io("write", &path, reason))
+    }
+
     pub fn is_registered(&self) -> bool {
         self.dir.join(SETTINGS).exists()
     }
