@@ -183,3 +183,88 @@ fn a_running_node_keeps_retrying_when_the_hub_goes_away() {
     assert!(run.wait_timeout(Duration::from_millis(500)).is_none(), "the node exited when the hub went away");
     run.stop();
 }
+
+#[test]
+fn a_backup_restores_elsewhere_and_a_wrong_password_restores_nothing() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let home = tempfile::tempdir().unwrap();
+    let registered =
+        gatehouse(home.path(), &["node", "register", "--name", "n1"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    let backup = home.path().join("n1.backup");
+    let made = gatehouse(
+        home.path(),
+        &["node", "backup", "--out", backup.to_str().unwrap(), "--password-stdin"],
+        Some("correct horse battery\n"),
+        &[],
+    );
+    assert!(made.status.success(), "{}", stderr(&made));
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let wrong = gatehouse(
+        elsewhere.path(),
+        &["node", "restore", backup.to_str().unwrap(), "--password-stdin"],
+        Some("wrong horse\n"),
+        &[],
+    );
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr(&wrong).contains("wrong backup password"), "{}", stderr(&wrong));
+    assert!(!elsewhere.path().join("node.toml").exists(), "a wrong password wrote settings");
+
+    let right = gatehouse(
+        elsewhere.path(),
+        &["node", "restore", backup.to_str().unwrap()],
+        None,
+        &[("GATEHOUSE_BACKUP_PASSWORD", "correct horse battery")],
+    );
+    assert!(right.status.success(), "{}", stderr(&right));
+    // The restored data dir holds the same registration.
+    let status = gatehouse(elsewhere.path(), &["node", "status", "--json"], None, &[]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["registration"]["node_name"], "n1");
+    let again = gatehouse(
+        home.path(),
+        &["node", "restore", backup.to_str().unwrap()],
+        None,
+        &[("GATEHOUSE_BACKUP_PASSWORD", "correct horse battery")],
+    );
+    assert!(stderr(&again).contains("already registered"), "{}", stderr(&again));
+}
+
+#[test]
+fn a_running_node_logs_to_a_file_and_takes_a_new_level() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let home = tempfile::tempdir().unwrap();
+    let registered = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    let mut run = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
+    let logs = home.path().join("logs");
+    let log_text = || {
+        std::fs::read_dir(&logs)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect::<String>()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_text().contains("node service started") {
+        assert!(Instant::now() < deadline, "no log file with the start line in {}", logs.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = gatehouse(home.path(), &["node", "log-level", "chatty"], None, &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("not a log level"));
+    let set = gatehouse(home.path(), &["node", "log-level", "debug"], None, &[]);
+    assert!(set.status.success(), "{}", stderr(&set));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_text().contains("log level changed") {
+        assert!(Instant::now() < deadline, "the running node didn't take the new level");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run.stop();
+}

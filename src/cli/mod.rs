@@ -7,6 +7,7 @@ mod cert;
 pub use crate::client;
 pub mod hub;
 mod job;
+mod logging;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +41,10 @@ pub enum Command {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    init_logging();
+    // `node run` installs its own logging, with a file and a level that can change.
+    if !matches!(cli.command, Some(Command::Node(node::NodeCommand::Run))) {
+        logging::init(None, "info");
+    }
     // reqwest and the hub use rustls without a built-in crypto provider; pick ring, once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
@@ -53,11 +57,4 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Logs go to stderr; `GATEHOUSE_LOG` sets the filter (e.g. `debug`, `gatehouse=trace`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -27,6 +27,9 @@ pub enum NodeCommand {
     },
     /// Remove this node from its gateway at the hub and forget the registration here.
     Unregister,
+    /// Set the log level (error, warn, info, debug, trace); a running node applies it within
+    /// seconds. Logs go to stderr and to logs/ in the data dir.
+    LogLevel { level: String },
     /// Set how many runs this node takes at once (0: the default formula,
     /// max(2, min(4 × cores, 2 × GiB RAM))). Applies when the node service starts.
     SetConcurrency { limit: u32 },
@@ -194,6 +197,17 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Run => runtime.block_on(run_service(store))?,
         NodeCommand::Status { json } => status(&store, json)?,
         NodeCommand::Credential(command) => credential(&store, command)?,
+        NodeCommand::LogLevel { level } => {
+            let level = level.trim().to_ascii_lowercase();
+            anyhow::ensure!(
+                ["error", "warn", "info", "debug", "trace"].contains(&level.as_str()),
+                "{level:?} is not a log level; use error, warn, info, debug or trace"
+            );
+            let mut settings = store.settings()?;
+            settings.log_level.clone_from(&level);
+            store.save_settings(&settings)?;
+            println!("log level set to {level}; a running node applies it within seconds");
+        }
         NodeCommand::Backup { out, password } => {
             crate::node::backup::backup(&store, &out, &password.read()?)?;
             println!(
@@ -241,7 +255,11 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_service(store: Store) -> anyhow::Result<()> {
+    let settings = store.settings()?;
+    let log_dir = store.dir().join("logs");
+    let logs = super::logging::init(Some(&log_dir), &settings.log_level);
     let shutdown = CancellationToken::new();
+    tokio::spawn(follow_log_level(store.clone(), logs, settings.log_level, shutdown.clone()));
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     // A fake machine for threshold tests, never for real use: say so loudly.
     let metrics: Box<dyn crate::node::metrics::MetricsSource> = match std::env::var("GATEHOUSE_FAKE_METRICS")
@@ -278,6 +296,30 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     let _ = task.await;
     tracing::info!("node service stopped");
     Ok(())
+}
+
+/// Applies `gatehouse node log-level` to the running service: the setting is re-read every
+/// two seconds.
+async fn follow_log_level(
+    store: Store,
+    logs: super::logging::LogControl,
+    mut level: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        if let Ok(settings) = store.settings()
+            && settings.log_level != level
+        {
+            level = settings.log_level;
+            if logs.set_level(&level) {
+                tracing::info!(%level, "log level changed");
+            }
+        }
+    }
 }
 
 fn status(store: &Store, json: bool) -> anyhow::Result<()> {

@@ -11,8 +11,6 @@
 //! ([`credentials`]).
 //!
 //! Backups of the node's state are sealed with a password ([`backup`]).
-//!
-//! Not here yet (later steps of the node issue): a log file, run-time log levels.
 
 pub mod backup;
 pub mod credentials;
