@@ -137,19 +137,8 @@ mod tests {
     fn registered() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("node"));
-        store
-            .save_settings(&NodeSettings {
-                hub_url: "http://127.0.0.1:7070".into(),
-                gateway_id: "g".into(),
-                gateway_name: "sales".into(),
-                node_id: "n".into(),
-                node_name: "node1".into(),
-                peer_port: 8060,
-                peer_address: "127.0.0.1:8060".into(),
-                concurrency_limit: Some(3),
-                log_level: "info".into(),
-            })
-            .unwrap();
+        let settings = NodeSettings { concurrency_limit: Some(3), ..crate::node::store::tests::settings() };
+        store.save_settings(&settings).unwrap();
         let mut secrets = Secrets { node_token: "ghn_n_token".into(), ..Secrets::default() };
         secrets.credentials.insert("db".into(), "hunter2".into());
         store.save_secrets(&secrets).unwrap();

@@ -279,10 +279,11 @@ fn one_line(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings() -> NodeSettings {
+    /// Settings of a registered node, for tests here and in `backup`.
+    pub(crate) fn settings() -> NodeSettings {
         NodeSettings {
             hub_url: "http://127.0.0.1:7070".into(),
             gateway_id: "g".into(),
