@@ -593,19 +593,22 @@ async fn assign(
     ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<AssignRun>,
 ) -> Result<Json<RunView>, ApiError> {
-    let lease = state.db.lease(&dispatcher.gateway_id, now_ms()).await?;
+    let now = now_ms();
+    let attempt = i64::from(request.attempt);
+    let assigned =
+        state.db.assign_run(&run, attempt, &dispatcher, request.lease_epoch, &request.node_id, now).await?;
+    if let Some(row) = assigned {
+        return Ok(Json(run_view(row)?));
+    }
+    // Refused: find out why, off the fast path.
+    let lease = state.db.lease(&dispatcher.gateway_id, now).await?;
     if lease.holder.as_deref() != Some(dispatcher.id.as_str()) || lease.epoch != request.lease_epoch {
         return Err(not_dispatcher(lease.epoch));
     }
-    let worker =
-        state.db.node(&request.node_id).await?.filter(|w| w.gateway_id == dispatcher.gateway_id).ok_or_else(
-            || ApiError::bad_request(format!("node '{}' is not in this gateway", request.node_id)),
-        )?;
-    if !state.db.assign_run(&run, i64::from(request.attempt), &dispatcher.id, &worker).await? {
-        return Err(stale_run(&run, request.attempt));
+    if !state.db.node(&request.node_id).await?.is_some_and(|w| w.gateway_id == dispatcher.gateway_id) {
+        return Err(ApiError::bad_request(format!("node '{}' is not in this gateway", request.node_id)));
     }
-    let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;
-    Ok(Json(run_view(row)?))
+    Err(stale_run(&run, request.attempt))
 }
 
 /// A worker takes a run the dispatcher handed it over the peer channel.
@@ -615,11 +618,10 @@ async fn start(
     ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<StartRun>,
 ) -> Result<Json<RunView>, ApiError> {
-    if !state.db.start_run(&run, i64::from(request.attempt), &worker).await? {
-        return Err(stale_run(&run, request.attempt));
+    match state.db.start_run(&run, i64::from(request.attempt), &worker).await? {
+        Some(row) => Ok(Json(run_view(row)?)),
+        None => Err(stale_run(&run, request.attempt)),
     }
-    let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;
-    Ok(Json(run_view(row)?))
 }
 
 async fn progress(
@@ -649,12 +651,10 @@ async fn finish(
         error: request.error.as_deref(),
         now_ms: now_ms(),
     };
-    let finished = state.db.finish_run(&run, i64::from(request.attempt), &node.id, &end).await?;
-    if !finished {
-        return Err(stale_run(&run, request.attempt));
+    match state.db.finish_run(&run, i64::from(request.attempt), &node.id, &end).await? {
+        Some(row) => Ok(Json(run_view(row)?)),
+        None => Err(stale_run(&run, request.attempt)),
     }
-    let row = state.db.run(&run).await?.ok_or_else(|| ApiError::not_found(format!("no run '{run}'")))?;
-    Ok(Json(run_view(row)?))
 }
 
 fn not_dispatcher(epoch: i64) -> ApiError {

@@ -661,44 +661,52 @@ impl Db {
         Ok(runs)
     }
 
-    /// Moves a claimed run from the dispatcher to a worker of the same gateway.
+    /// The dispatcher (holding the lease with `epoch`) moves a claimed run to a worker of the
+    /// same gateway. One statement; `None` if any condition fails (the caller finds out which).
     pub async fn assign_run(
         &self,
         run_id: &str,
         attempt: i64,
-        dispatcher_id: &str,
-        worker: &NodeRow,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE runs SET node_id = $1, node_name = $2 WHERE id = $3 AND attempt = $4 AND node_id = $5 \
-             AND state = 'dispatched' AND gateway_id = $6",
-        )
-        .bind(&worker.id)
-        .bind(&worker.name)
+        dispatcher: &NodeRow,
+        epoch: i64,
+        worker_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<RunRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET node_id = $1, node_name = (SELECT name FROM nodes WHERE id = $1) \
+             WHERE id = $2 AND attempt = $3 AND node_id = $4 AND state = 'dispatched' AND gateway_id = $5 \
+             AND EXISTS (SELECT 1 FROM nodes w WHERE w.id = $1 AND w.gateway_id = $5) \
+             AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $5 AND g.lease_node_id = $4 \
+             AND g.lease_epoch = $6 AND g.lease_expires_ms >= $7) \
+             RETURNING {RUN_COLUMNS}"
+        )))
+        .bind(worker_id)
         .bind(run_id)
         .bind(attempt)
-        .bind(dispatcher_id)
-        .bind(&worker.gateway_id)
-        .execute(&self.pool)
+        .bind(&dispatcher.id)
+        .bind(&dispatcher.gateway_id)
+        .bind(epoch)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        row.as_ref().map(run_row).transpose()
     }
 
     /// A worker starts a run the dispatcher handed it over the peer channel: the run becomes
-    /// the worker's, once. False if it isn't waiting for a worker (any more).
-    pub async fn start_run(&self, run_id: &str, attempt: i64, worker: &NodeRow) -> Result<bool> {
-        let done = sqlx::query(
+    /// the worker's, once. `None` if it isn't waiting for a worker (any more).
+    pub async fn start_run(&self, run_id: &str, attempt: i64, worker: &NodeRow) -> Result<Option<RunRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE runs SET state = 'running', node_id = $1, node_name = $2 WHERE id = $3 AND attempt = $4 \
-             AND gateway_id = $5 AND state = 'dispatched'",
-        )
+             AND gateway_id = $5 AND state = 'dispatched' RETURNING {RUN_COLUMNS}"
+        )))
         .bind(&worker.id)
         .bind(&worker.name)
         .bind(run_id)
         .bind(attempt)
         .bind(&worker.gateway_id)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        row.as_ref().map(run_row).transpose()
     }
 
     /// Records progress from the node running `attempt`; false if the run isn't its any more.
@@ -722,19 +730,20 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Ends `attempt` of a run, once: false if it was already finished or re-queued.
+    /// Ends `attempt` of a run, once; `None` if it was already finished or re-queued. One
+    /// statement: the final attempt's record is the run row itself (`run_attempts` keeps the
+    /// attempts that were lost).
     pub async fn finish_run(
         &self,
         run_id: &str,
         attempt: i64,
         node_id: &str,
         end: &RunEnd<'_>,
-    ) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query(
+    ) -> Result<Option<RunRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE runs SET state = $1, result = $2, error = $3, finished_ms = $4 WHERE id = $5 AND attempt = $6 \
-             AND node_id = $7 AND state IN ('dispatched', 'running')",
-        )
+             AND node_id = $7 AND state IN ('dispatched', 'running') RETURNING {RUN_COLUMNS}"
+        )))
         .bind(end.state.as_str())
         .bind(end.result)
         .bind(end.error)
@@ -742,22 +751,9 @@ impl Db {
         .bind(run_id)
         .bind(attempt)
         .bind(node_id)
-        .execute(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \
-             SELECT id, attempt, node_id, node_name, state, error, $1 FROM runs WHERE id = $2 \
-             ON CONFLICT (run_id, attempt) DO NOTHING",
-        )
-        .bind(end.now_ms)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        row.as_ref().map(run_row).transpose()
     }
 
     /// Puts back in the queue every unfinished run whose node has had no heartbeat since
