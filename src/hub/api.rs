@@ -186,7 +186,14 @@ impl FromRequestParts<HubState> for NodeAuth {
                 .with_hint("register it again with an auth key: gatehouse node register --key …")
         };
         let node_id = auth::node_of_token(token).ok_or_else(not_registered)?;
-        let node = state.db.node(node_id).await?.ok_or_else(not_registered)?;
+        let node = match state.nodes.get(node_id) {
+            Some(node) => node,
+            None => {
+                let node = state.db.node(node_id).await?.ok_or_else(not_registered)?;
+                state.nodes.put(&node);
+                node
+            }
+        };
         if !auth::verify(token, &node.token_hash) {
             return Err(not_registered());
         }
@@ -343,6 +350,7 @@ async fn remove_node(
             .with_hint(format!("list its nodes with: gatehouse hub node list {}", gateway.name))
     })?;
     state.db.delete_node(&node.id).await?;
+    state.nodes.forget(&node.id);
     tracing::info!(gateway = %gateway.name, node = %node.name, "node removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -473,6 +481,7 @@ async fn heartbeat(
 
 async fn unregister(State(state): State<HubState>, NodeAuth(node): NodeAuth) -> Result<StatusCode, ApiError> {
     state.db.delete_node(&node.id).await?;
+    state.nodes.forget(&node.id);
     tracing::info!(node = %node.name, "node unregistered itself");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,6 +7,7 @@ pub mod api;
 mod auth;
 pub mod db;
 mod error;
+mod nodes_cache;
 mod page;
 mod registration;
 pub mod status;
@@ -59,6 +60,8 @@ pub struct HubState {
     pub config: Arc<HubConfig>,
     /// Wakes waiting claims on this hub when a job is submitted here.
     pub queue_signal: Arc<tokio::sync::Notify>,
+    /// Nodes authenticated in the last second.
+    pub nodes: Arc<nodes_cache::NodesCache>,
 }
 
 /// Creates the admin token if the database has none; returns it (to show once) if it did.
@@ -80,7 +83,12 @@ pub async fn serve(
     config: HubConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = HubState { db, config: Arc::new(config), queue_signal: Arc::new(tokio::sync::Notify::new()) };
+    let state = HubState {
+        db,
+        config: Arc::new(config),
+        queue_signal: Arc::new(tokio::sync::Notify::new()),
+        nodes: Arc::default(),
+    };
     let sweeper = tokio::spawn(sweep(state.clone(), shutdown.clone()));
     let app = api::router(state);
     let stopped = shutdown.clone().cancelled_owned();
