@@ -245,6 +245,31 @@ impl Shared {
     }
 }
 
+/// How often every node checks that it can reach each peer.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pings every peer now and then, so the heartbeat can report the ones this node can't reach
+/// (the hub turns that into Limited, or Inactive when it reaches none).
+async fn ping_peers(shared: Arc<Shared>, status: watch::Receiver<NodeStatus>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PING_INTERVAL) => {}
+        }
+        let peers: Vec<Peer> =
+            status.borrow().peers.iter().filter(|p| p.status != NodeState::Offline).cloned().collect();
+        for peer in peers {
+            match ask_peer(&shared, &peer.peer_address, &peer::PeerRequest::Ping).await {
+                Ok(_) => shared.reachable(&peer.name),
+                Err(e) => {
+                    tracing::warn!(peer = %peer.name, address = %peer.peer_address, "can't reach a peer: {e}");
+                    shared.unreachable(&peer.name);
+                }
+            }
+        }
+    }
+}
+
 /// Picks up credentials changed on disk (`gatehouse node credential set` while running), and
 /// fetches a newer set from the peer that has the highest version.
 async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
@@ -357,10 +382,11 @@ impl NodeService {
             status.clone(),
             shutdown.clone(),
         ));
+        let pings = tokio::spawn(ping_peers(Arc::clone(&shared), status.clone(), shutdown.clone()));
         let heartbeats =
             tokio::spawn(heartbeat_loop(self, shared, worker, status_tx, commands_rx, shutdown.clone()));
         let task = tokio::spawn(async move {
-            let _ = tokio::join!(peers, dispatcher, heartbeats);
+            let _ = tokio::join!(peers, dispatcher, heartbeats, pings);
         });
         Ok((NodeHandle { commands, status, shutdown }, task))
     }
