@@ -186,13 +186,12 @@ impl FromRequestParts<HubState> for NodeAuth {
                 .with_hint("register it again with an auth key: gatehouse node register --key …")
         };
         let node_id = auth::node_of_token(token).ok_or_else(not_registered)?;
-        let node = match state.nodes.get(node_id) {
-            Some(node) => node,
-            None => {
-                let node = state.db.node(node_id).await?.ok_or_else(not_registered)?;
-                state.nodes.put(&node);
-                node
-            }
+        let node = if let Some(node) = state.nodes.get(node_id) {
+            node
+        } else {
+            let node = state.db.node(node_id).await?.ok_or_else(not_registered)?;
+            state.nodes.put(&node);
+            node
         };
         if !auth::verify(token, &node.token_hash) {
             return Err(not_registered());
@@ -614,7 +613,7 @@ async fn assign(
     if lease.holder.as_deref() != Some(dispatcher.id.as_str()) || lease.epoch != request.lease_epoch {
         return Err(not_dispatcher(lease.epoch));
     }
-    if !state.db.node(&request.node_id).await?.is_some_and(|w| w.gateway_id == dispatcher.gateway_id) {
+    if state.db.node(&request.node_id).await?.is_none_or(|w| w.gateway_id != dispatcher.gateway_id) {
         return Err(ApiError::bad_request(format!("node '{}' is not in this gateway", request.node_id)));
     }
     Err(stale_run(&run, request.attempt))
