@@ -15,6 +15,7 @@
 pub mod backup;
 pub mod credentials;
 mod dispatch;
+pub mod logs;
 pub mod metrics;
 pub mod peer;
 pub mod store;
