@@ -168,6 +168,10 @@ pub struct HeartbeatResponse {
     pub role: Role,
     /// Increases every time the lease changes hands; a dispatcher sends it with its claims.
     pub lease_epoch: i64,
+    /// How long until the current lease lapses unless its holder renews it; a standby node
+    /// heartbeats right then, so it takes over as soon as the lease is free.
+    #[serde(default)]
+    pub lease_expires_in_ms: Option<u64>,
     pub status: NodeState,
     pub reason: Option<String>,
     pub settings: GatewaySettings,

@@ -470,6 +470,7 @@ async fn heartbeat(
     Ok(Json(HeartbeatResponse {
         role,
         lease_epoch: lease.epoch,
+        lease_expires_in_ms: u64::try_from(lease.expires_ms - now).ok().filter(|_| lease.holder.is_some()),
         status: mine.state,
         reason: mine.reason,
         settings: gateway.settings,

@@ -144,6 +144,8 @@ pub struct RunEnd<'a> {
 pub struct LeaseState {
     pub holder: Option<String>,
     pub epoch: i64,
+    /// When the current lease lapses unless renewed (ms since the Unix epoch).
+    pub expires_ms: i64,
 }
 
 const GATEWAY_COLUMNS: &str = "id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
@@ -552,10 +554,10 @@ impl Db {
                 .bind(gateway_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let Some(row) = row else { return Ok(LeaseState { holder: None, epoch: 0 }) };
-        let expires: i64 = row.try_get(2)?;
+        let Some(row) = row else { return Ok(LeaseState { holder: None, epoch: 0, expires_ms: 0 }) };
+        let expires_ms: i64 = row.try_get(2)?;
         let holder: Option<String> = row.try_get(0)?;
-        Ok(LeaseState { holder: holder.filter(|_| expires >= now_ms), epoch: row.try_get(1)? })
+        Ok(LeaseState { holder: holder.filter(|_| expires_ms >= now_ms), epoch: row.try_get(1)?, expires_ms })
     }
 
     // ---- jobs and runs ----

@@ -508,7 +508,12 @@ async fn heartbeat_loop(
                     tracing::info!("the hub answers again after {hub_errors} failed attempts");
                 }
                 hub_errors = 0;
-                wait = HEARTBEAT_INTERVAL;
+                // A standby node comes back just after the lease would lapse, so a dead
+                // dispatcher is replaced in one lease time, not one lease time plus a beat.
+                wait = match (answer.role, answer.lease_expires_in_ms) {
+                    (Role::Worker, Some(ms)) => HEARTBEAT_INTERVAL.min(Duration::from_millis(ms + 20)),
+                    _ => HEARTBEAT_INTERVAL,
+                };
                 if answer.role != status.borrow().role {
                     tracing::info!(role = ?answer.role, "this node's role changed");
                 }
