@@ -141,3 +141,52 @@ fn a_rejected_certificate_is_refused_with_its_report() {
     assert!(!home.path().join("node.toml").exists());
     assert!(hub.nodes("secure").is_empty(), "a node was registered with a rejected certificate");
 }
+
+#[test]
+fn remote_access_turns_encryption_on_for_a_single_node_gateway_and_refuses_a_rejected_certificate() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("solo", &[]);
+    let mut node = Node::register(&key, "n1", &[]);
+    let port = node.peer_address.rsplit_once(':').unwrap().1.to_owned();
+
+    let refused = gatehouse(
+        node.home.path(),
+        &[
+            "node",
+            "enable-remote-access",
+            "--port",
+            &port,
+            "--cert",
+            &cert("rsa1024.pem"),
+            "--roots",
+            &cert("ca.pem"),
+        ],
+        &[],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("FAIL  key_size"), "the report is not shown: {stderr}");
+
+    node.command(&[
+        "node",
+        "enable-remote-access",
+        "--port",
+        &port,
+        "--cert",
+        &cert("good.pem"),
+        "--roots",
+        &cert("ca.pem"),
+    ]);
+    node.run(&[]);
+    wait_until(Duration::from_secs(30), "the gateway to follow its single node into encryption", || {
+        let gateway = hub.admin(&["hub", "gateway", "show", "solo"]);
+        gateway["encryption"] == true && gateway["nodes"][0]["status"] == "Online"
+    });
+    // The peer port now speaks TLS: openssl completes a handshake there.
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &node.peer_address])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed by tests/run.sh");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("BEGIN CERTIFICATE"));
+}
