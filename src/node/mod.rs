@@ -422,6 +422,9 @@ async fn serve_peers(
                 continue;
             }
         };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%address, "peer channel: can't set TCP_NODELAY: {e}");
+        }
         let (shared, worker) = (Arc::clone(&shared), worker.clone());
         tokio::spawn(async move {
             if let Err(e) = answer_peer(stream, &shared, worker).await {
@@ -571,6 +574,8 @@ pub(crate) async fn ask_peer(
     let stream = tokio::time::timeout(peer::EXCHANGE_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(timeout)??;
+    // Small request/answer frames: don't let Nagle and delayed ACKs add ~40 ms to each.
+    stream.set_nodelay(true)?;
     let (secret, me) = (&shared.secrets.gateway_secret, &shared.settings.node_id);
     let (_, response) = match &shared.tls {
         None => {

@@ -124,8 +124,11 @@ async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
     if len > MAX_FRAME_BYTES {
         return Err(PeerError::FrameTooLarge(len));
     }
-    stream.write_all(&len.to_be_bytes()).await?;
-    stream.write_all(&body).await?;
+    // One write per frame: a separate 4-byte length would wait out Nagle's algorithm.
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await?;
     stream.flush().await?;
     Ok(())
 }
