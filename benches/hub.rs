@@ -25,6 +25,10 @@
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
+#[path = "support/figures.rs"]
+mod figures;
+use figures::{machine_busy, percentile, process_cpu, quantiles, seconds, thousands};
+
 use gatehouse::protocol::{
     Activity, AssignRun, ClaimRequest, CreateGateway, CreatedGateway, ErrorBody, FinishRun, GatewaySettings,
     Heartbeat, HeartbeatResponse, JobSpec, JobView, NodeMetrics, RegisterRequest, RegisterResponse, Role,
@@ -69,9 +73,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Failover rounds may be retried when the lease moves on its own; at most this many tries.
 const FAILOVER_TRIES: usize = 3 * FAILOVER_ROUNDS;
-
-/// `/proc` CPU times are in clock ticks; 100 per second on every Linux we run on.
-const TICK_MS: u64 = 10;
 
 fn main() {
     // `cargo bench --bench hub -- sqlite failover` runs only those parts; no names: all of them.
@@ -851,15 +852,6 @@ impl CpuSample {
     }
 }
 
-/// utime + stime of a process (all its threads), or zero if `/proc` can't tell.
-fn process_cpu(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at field 3, the state.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    ticks_to_duration(ticks(11) + ticks(12))
-}
-
 fn parent_of(pid: &str) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
@@ -876,63 +868,12 @@ fn postgres_cpu(postmaster: u32) -> Duration {
     children.map(|pid| process_cpu(&pid)).sum::<Duration>() + process_cpu(&postmaster.to_string())
 }
 
-/// Busy time of all CPUs together (everything but idle and iowait).
-fn machine_busy() -> Duration {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().next().unwrap_or_default();
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    let busy: u64 = ticks.iter().enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, t)| t).sum();
-    ticks_to_duration(busy)
-}
-
-fn ticks_to_duration(ticks: u64) -> Duration {
-    Duration::from_millis(ticks.saturating_mul(TICK_MS))
-}
-
 fn postmaster_pid(cluster: &postgres::Postgres) -> Option<u32> {
     let text = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
 }
 
 // ---- the table ----
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    // Nearest rank.
-    let rank = (sorted.len() * p).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-fn quantiles(sorted: &[Duration]) -> String {
-    format!(
-        "{} / {} / {}",
-        ms(percentile(sorted, 50)),
-        ms(percentile(sorted, 90)),
-        ms(percentile(sorted, 99))
-    )
-}
-
-fn seconds(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
-fn thousands(n: f64) -> String {
-    let digits = format!("{n:.0}");
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// A target with whether it was met (`None`: not measured).
 fn verdict(target: &str, met: Option<bool>) -> String {

@@ -33,6 +33,10 @@ mod process;
 #[path = "../tests/common/cluster.rs"]
 mod cluster;
 
+#[path = "support/figures.rs"]
+mod figures;
+use figures::{TICK_MS, machine_busy, process_cpu, quantiles, seconds, thousands};
+
 use gatehouse::protocol::{
     Activity, ErrorBody, JobSpec, JobView, NodeState, NodeView, Role, RunState, SubmitJob,
 };
@@ -71,9 +75,6 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
 
 const FAILOVER_TARGET: Duration = Duration::from_secs(3);
 const MEMORY_TARGET_BYTES: u64 = 30_000_000;
-
-/// `/proc` CPU times are in clock ticks; 100 per second on every Linux we run on.
-const TICK_MS: u64 = 10;
 
 fn main() {
     // `cargo bench --bench node -- dispatch memory` runs only those parts; no names: all.
@@ -731,67 +732,7 @@ impl CpuSample {
     }
 }
 
-/// utime + stime of a process (all its threads), or zero if `/proc` can't tell.
-fn process_cpu(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at field 3, the state.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    ticks_to_duration(ticks(11) + ticks(12))
-}
-
-/// Busy time of all CPUs together (everything but idle and iowait).
-fn machine_busy() -> Duration {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().next().unwrap_or_default();
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    let busy: u64 = ticks.iter().enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, t)| t).sum();
-    ticks_to_duration(busy)
-}
-
-fn ticks_to_duration(ticks: u64) -> Duration {
-    Duration::from_millis(ticks.saturating_mul(TICK_MS))
-}
-
 // ---- the table ----
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    // Nearest rank.
-    let rank = (sorted.len() * p).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-fn quantiles(sorted: &[Duration]) -> String {
-    format!(
-        "{} / {} / {}",
-        ms(percentile(sorted, 50)),
-        ms(percentile(sorted, 90)),
-        ms(percentile(sorted, 99))
-    )
-}
-
-fn seconds(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
-fn thousands(n: f64) -> String {
-    let digits = format!("{n:.0}");
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// A target with whether it was met.
 fn verdict(target: &str, met: bool) -> String {
