@@ -2,7 +2,8 @@
 //! the certificate to encrypt the peer channel, rule by rule, each with a sentence a person can
 //! act on. It reads only the file it is given and knows nothing of the CLI or the GUI.
 //!
-//! **Invariant:** the rules see only the bytes and [`Options`]; the clock is read once, here.
+//! **Invariant:** the rules see only the bytes and [`Options`]; the clock is read once, in
+//! `load_and_check`.
 
 mod key;
 mod load;
@@ -60,9 +61,15 @@ pub fn check_file(path: &Path, options: &Options) -> Result<Report, LoadError> {
 
 /// Checks a certificate file's contents.
 pub fn check_bytes(bytes: &[u8], options: &Options) -> Result<Report, LoadError> {
+    load_and_check(bytes, options).map(|(_, report)| report)
+}
+
+/// Loads a file's contents and runs every rule: the one place the clock is read.
+fn load_and_check(bytes: &[u8], options: &Options) -> Result<(load::Bundle, Report), LoadError> {
     let bundle = load::load(bytes, options.password.as_deref())?;
     let at = options.at.unwrap_or_else(OffsetDateTime::now_utc);
-    rules::run(&bundle, options, at)
+    let report = rules::run(&bundle, options, at)?;
+    Ok((bundle, report))
 }
 
 /// A certificate a node can serve TLS with: the chain (leaf first) and its private key.
@@ -91,10 +98,7 @@ impl fmt::Debug for Identity {
 /// Checks the certificate in `path` and, unless the report rejects it or it has no private
 /// key, returns what a node serves TLS with.
 pub fn identity(path: &Path, options: &Options) -> Result<(Report, Option<Identity>), LoadError> {
-    let bytes = read(path)?;
-    let bundle = load::load(&bytes, options.password.as_deref())?;
-    let at = options.at.unwrap_or_else(OffsetDateTime::now_utc);
-    let report = rules::run(&bundle, options, at)?;
+    let (bundle, report) = load_and_check(&read(path)?, options)?;
     let identity = match (&bundle.key, report.verdict) {
         (Some(key), Verdict::Accepted | Verdict::AcceptedWithWarnings) => Some(Identity {
             chain: bundle.certs.clone(),

@@ -56,14 +56,7 @@ pub fn run(command: CertCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let password = if args.password_stdin {
-        // Only the first line: a caller may keep stdin open.
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
-        Some(line.trim_end_matches(['\r', '\n']).to_owned())
-    } else {
-        args.password
-    };
+    let password = if args.password_stdin { Some(super::stdin_line("the password")?) } else { args.password };
     let extra_roots = match &args.roots {
         Some(path) => {
             cert::read_roots(path).with_context(|| format!("reading --roots {}", path.display()))?

@@ -39,6 +39,20 @@ pub enum Command {
     Gui,
 }
 
+/// The first line of standard input without its line ending: how secrets (keys, passwords,
+/// credential values) reach a command without showing in the process list. Reads no further,
+/// so a caller may keep stdin open.
+fn stdin_line(what: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("reading {what} from standard input"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // `node run` installs its own logging, with a file and a level that can change.

@@ -6,7 +6,6 @@ use crate::node::store::Store;
 use crate::node::{self, NodeStatus, Registration};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use std::io::BufRead as _;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -79,9 +78,7 @@ impl BackupPassword {
         if let Some(password) = self.password {
             return Ok(password);
         }
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("reading the backup password")?;
-        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+        super::stdin_line("the backup password")
     }
 }
 
@@ -170,15 +167,9 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match command {
         NodeCommand::Register(args) => {
-            let key = if let Some(key) = args.key {
-                key
-            } else {
-                let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .context("reading the auth key from standard input")?;
-                line.trim().to_owned()
+            let key = match args.key {
+                Some(key) => key,
+                None => super::stdin_line("the auth key")?.trim().to_owned(),
             };
             let tls = args.certificate.identity()?;
             let registration = Registration {
@@ -358,9 +349,8 @@ fn credential(store: &Store, command: CredentialCommand) -> anyhow::Result<()> {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 eprint!("Value for {name} (shown as you type; pipe it in to avoid that): ");
             }
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("reading the credential value")?;
-            let version = credentials::set(store, &name, line.trim_end_matches(['\r', '\n']))?;
+            let value = super::stdin_line("the credential value")?;
+            let version = credentials::set(store, &name, &value)?;
             println!(
                 "credential {name:?} set (version {version}); the other nodes pick it up within seconds"
             );
