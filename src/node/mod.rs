@@ -209,6 +209,9 @@ pub(crate) struct Shared {
     credentials: Mutex<credentials::CredentialSet>,
     /// A credential fetch is under way (one at a time).
     syncing: std::sync::atomic::AtomicBool,
+    /// When the secrets file last changed as far as we know, so it is re-read (and decrypted)
+    /// only after `gatehouse node credential …` touched it, not every second.
+    secrets_seen: Mutex<Option<SystemTime>>,
     /// Peers (by name) the last attempt to reach failed; reported with each heartbeat.
     unreachable: Mutex<BTreeSet<String>>,
 }
@@ -278,7 +281,11 @@ async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
     if shared.syncing.swap(true, Ordering::SeqCst) {
         return;
     }
-    if let Ok(on_disk) = credentials::load(&shared.store)
+    let modified = shared.store.secrets_modified();
+    let changed =
+        shared.secrets_seen.lock().map(|mut seen| modified != std::mem::replace(&mut *seen, modified));
+    if changed.unwrap_or(true)
+        && let Ok(on_disk) = credentials::load(&shared.store)
         && on_disk.version > shared.credential_version()
     {
         tracing::info!(version = on_disk.version, "credentials changed on this node");
@@ -372,6 +379,7 @@ impl NodeService {
             store: self.store.clone(),
             credentials,
             syncing: std::sync::atomic::AtomicBool::new(false),
+            secrets_seen: Mutex::new(self.store.secrets_modified()),
             unreachable: Mutex::new(BTreeSet::new()),
         });
 

@@ -170,6 +170,11 @@ impl Store {
             .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })
     }
 
+    /// When the secrets file was last written (`None` if unknown).
+    pub fn secrets_modified(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.dir.join(SECRETS)).and_then(|m| m.modified()).ok()
+    }
+
     pub fn save_secrets(&self, secrets: &Secrets) -> Result<()> {
         self.ensure_dir()?;
         let key = self.key(true)?;
