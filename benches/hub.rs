@@ -27,7 +27,10 @@ mod postgres;
 
 #[path = "support/figures.rs"]
 mod figures;
+#[path = "support/refused.rs"]
+mod refused;
 use figures::{machine_busy, percentile, process_cpu, quantiles, seconds, thousands};
+use refused::Refused;
 
 use gatehouse::protocol::{
     Activity, AssignRun, ClaimRequest, CreateGateway, CreatedGateway, ErrorBody, FinishRun, GatewaySettings,
@@ -38,7 +41,6 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use std::fmt;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -216,22 +218,6 @@ fn report_hub_log(hub: &Hub, label: &str) {
 struct Api {
     http: reqwest::Client,
     base: String,
-}
-
-/// A request the hub refused (`status`), or one that never got an answer (`None`).
-#[derive(Debug)]
-struct Refused {
-    status: Option<StatusCode>,
-    message: String,
-}
-
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.status {
-            Some(status) => write!(f, "{status}: {}", self.message),
-            None => write!(f, "no answer: {}", self.message),
-        }
-    }
 }
 
 impl Api {

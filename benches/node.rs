@@ -35,16 +35,17 @@ mod cluster;
 
 #[path = "support/figures.rs"]
 mod figures;
+#[path = "support/refused.rs"]
+mod refused;
 use figures::{TICK_MS, machine_busy, process_cpu, quantiles, seconds, thousands};
+use refused::Refused;
 
 use gatehouse::protocol::{
     Activity, ErrorBody, JobSpec, JobView, NodeState, NodeView, Role, RunState, SubmitJob,
 };
-use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
 const NODES: usize = 3;
@@ -147,22 +148,6 @@ struct Api {
     http: reqwest::Client,
     base: String,
     token: String,
-}
-
-/// A request the hub refused (`status`), or one that never got an answer (`None`).
-#[derive(Debug)]
-struct Refused {
-    status: Option<StatusCode>,
-    message: String,
-}
-
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.status {
-            Some(status) => write!(f, "{status}: {}", self.message),
-            None => write!(f, "no answer: {}", self.message),
-        }
-    }
 }
 
 impl Api {
