@@ -179,6 +179,17 @@ pub struct HeartbeatResponse {
     pub peers: Vec<Peer>,
     /// This node's own place in registration order (for the `primary` policy).
     pub registered_order: i64,
+    /// The gateway's status and why it isn't Online (for the window's Home tab).
+    #[serde(default)]
+    pub gateway_state: Option<GatewayState>,
+    #[serde(default)]
+    pub gateway_reason: Option<String>,
+    /// The version most of the gateway's nodes run.
+    #[serde(default)]
+    pub gateway_version: Option<String>,
+    /// The hub's own version.
+    #[serde(default)]
+    pub hub_version: Option<String>,
 }
 
 /// A node of the same gateway, as the dispatcher needs to know it to hand out runs.
@@ -189,6 +200,12 @@ pub struct Peer {
     pub peer_address: String,
     pub registered_order: i64,
     pub status: NodeState,
+    /// Why its status isn't Online.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The version it last reported.
+    #[serde(default)]
+    pub version: String,
     /// Its metrics at its last heartbeat (load, limits, credential version).
     pub metrics: NodeMetrics,
 }

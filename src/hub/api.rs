@@ -464,6 +464,8 @@ async fn heartbeat(
             peer_address: n.peer_address.clone(),
             registered_order: n.registered_order,
             status: s.state,
+            reason: s.reason.clone(),
+            version: n.version.clone(),
             metrics: n.metrics.clone(),
         })
         .collect();
@@ -476,6 +478,10 @@ async fn heartbeat(
         settings: gateway.settings,
         peers,
         registered_order: node.registered_order,
+        gateway_state: Some(computed.state),
+        gateway_reason: computed.reason,
+        gateway_version: computed.version,
+        hub_version: Some(crate::VERSION.to_owned()),
     }))
 }
 

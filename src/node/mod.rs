@@ -20,7 +20,7 @@ pub mod metrics;
 pub mod peer;
 pub mod store;
 pub mod tls;
-mod worker;
+pub mod worker;
 
 use crate::client::{ClientError, HubClient};
 use crate::protocol::{GatewaySettings, Heartbeat, NodeMetrics, NodeState, Peer, RegisterRequest, Role};
@@ -173,6 +173,7 @@ pub enum NodeCommand {
 
 /// Everything a window or `node status` shows about the running service.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NodeStatus {
     pub node_name: String,
     pub gateway_name: String,
@@ -195,6 +196,13 @@ pub struct NodeStatus {
     pub registered_order: i64,
     /// The gateway's settings: policy, thresholds, queue timeout.
     pub settings: GatewaySettings,
+    /// The gateway's status with its reason, and the version most of its nodes run.
+    pub gateway_state: Option<crate::protocol::GatewayState>,
+    pub gateway_reason: Option<String>,
+    pub gateway_version: Option<String>,
+    pub hub_version: Option<String>,
+    /// The runs this node is executing.
+    pub runs: Vec<worker::CurrentRun>,
 }
 
 /// What the service's tasks share.
@@ -541,6 +549,11 @@ async fn heartbeat_loop(
                     s.lease_epoch = Some(answer.lease_epoch);
                     s.registered_order = answer.registered_order;
                     s.settings = answer.settings;
+                    s.gateway_state = answer.gateway_state;
+                    s.gateway_reason = answer.gateway_reason;
+                    s.gateway_version = answer.gateway_version;
+                    s.hub_version = answer.hub_version;
+                    s.runs = worker.current();
                 });
             }
             Err(e) => {
@@ -562,6 +575,7 @@ async fn heartbeat_loop(
                     s.role = Role::Worker;
                     s.lease_epoch = None;
                     s.metrics = metrics;
+                    s.runs = worker.current();
                 });
             }
         }
@@ -569,7 +583,14 @@ async fn heartbeat_loop(
 }
 
 fn unix_seconds() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    unix_millis() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Connects to a peer (over TLS when the gateway encrypts), authenticates, asks `request`.

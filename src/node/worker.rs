@@ -6,8 +6,9 @@
 use super::peer::PeerResponse;
 use crate::client::{ClientError, HubClient};
 use crate::protocol::{Activity, FinishRun, RunView};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,32 @@ pub struct Worker {
     client: HubClient,
     running: Arc<AtomicU32>,
     limit: Arc<AtomicU32>,
+    /// The runs executing now, by run id. std Mutex: never held across .await.
+    current: Arc<Mutex<BTreeMap<String, CurrentRun>>>,
     shutdown: CancellationToken,
+}
+
+/// A run this node is executing, as the window's Home tab shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CurrentRun {
+    pub run_id: String,
+    pub job_id: String,
+    pub attempt: u32,
+    /// The activity's kind, e.g. `sleep`.
+    pub kind: String,
+    /// Milliseconds since the Unix epoch when it started here.
+    pub started_ms: u64,
+    /// How long it is expected to take, when the activity knows (for a progress bar).
+    pub expected_ms: Option<u64>,
+}
+
+impl CurrentRun {
+    /// How far along it is (0–1) at `now_ms`, when that can be known.
+    pub fn progress(&self, now_ms: u64) -> Option<f32> {
+        let expected = self.expected_ms.filter(|&e| e > 0)?;
+        #[allow(clippy::cast_precision_loss, reason = "a progress bar needs no more precision")]
+        Some((now_ms.saturating_sub(self.started_ms) as f32 / expected as f32).min(1.0))
+    }
 }
 
 impl Worker {
@@ -29,6 +55,7 @@ impl Worker {
             client,
             running: Arc::new(AtomicU32::new(0)),
             limit: Arc::new(AtomicU32::new(limit)),
+            current: Arc::default(),
             shutdown,
         }
     }
@@ -39,6 +66,35 @@ impl Worker {
 
     pub fn limit(&self) -> u32 {
         self.limit.load(Ordering::SeqCst)
+    }
+
+    /// The runs executing now, oldest first.
+    pub fn current(&self) -> Vec<CurrentRun> {
+        let mut runs: Vec<CurrentRun> =
+            self.current.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
+        runs.sort_by_key(|r| r.started_ms);
+        runs
+    }
+
+    fn track(&self, run: &RunView, running: bool) {
+        let Ok(mut current) = self.current.lock() else { return };
+        if running {
+            let (kind, expected_ms) = match &run.activity {
+                Activity::Sleep { millis, .. } => ("sleep", Some(*millis)),
+                Activity::Echo { .. } => ("echo", None),
+            };
+            let entry = CurrentRun {
+                run_id: run.id.clone(),
+                job_id: run.job_id.clone(),
+                attempt: run.attempt,
+                kind: kind.to_owned(),
+                started_ms: super::unix_millis(),
+                expected_ms,
+            };
+            current.insert(run.id.clone(), entry);
+        } else {
+            current.remove(&run.id);
+        }
     }
 
     /// Takes `run` if there is room, and runs it in the background.
@@ -69,13 +125,14 @@ impl Worker {
                 return;
             }
         }
+        self.track(&run, true);
         let outcome = tokio::select! {
-            outcome = perform(&run.activity) => outcome,
-            () = self.shutdown.cancelled() => {
-                // Stopping: the hub re-queues the run when this node's heartbeats stop.
-                return;
-            }
+            outcome = perform(&run.activity) => Some(outcome),
+            () = self.shutdown.cancelled() => None,
         };
+        self.track(&run, false);
+        // None: stopping; the hub re-queues the run when this node's heartbeats stop.
+        let Some(outcome) = outcome else { return };
         let finish = match outcome {
             Ok(result) => {
                 FinishRun { attempt: run.attempt, succeeded: true, result: Some(result), error: None }
