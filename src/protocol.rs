@@ -206,6 +206,9 @@ pub struct Peer {
     /// The version it last reported.
     #[serde(default)]
     pub version: String,
+    /// Whether it holds the dispatcher lease.
+    #[serde(default)]
+    pub role: Role,
     /// Its metrics at its last heartbeat (load, limits, credential version).
     pub metrics: NodeMetrics,
 }
@@ -456,4 +459,23 @@ pub fn parse_auth_key(key: &str) -> Result<AuthKey, MalformedKey> {
         return Err(MalformedKey);
     }
     Ok(AuthKey { hub_url: hub_url.to_owned(), gateway_id: gateway_id.to_owned() })
+}
+
+/// Compares dotted versions numerically (`1.10.0` > `1.9.3`); non-numeric parts as text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let parts = |v: &str| -> Vec<(u64, String)> {
+        v.split(['.', '-', '+']).map(|p| (p.parse::<u64>().unwrap_or(0), p.to_owned())).collect()
+    };
+    let (a, b) = (parts(a), parts(b));
+    for i in 0..a.len().max(b.len()) {
+        // A missing part counts as 0, so 1.2 == 1.2.0.
+        let x = a.get(i).cloned().unwrap_or((0, "0".to_owned()));
+        let y = b.get(i).cloned().unwrap_or((0, "0".to_owned()));
+        match x.0.cmp(&y.0).then_with(|| x.1.cmp(&y.1)) {
+            Ordering::Equal => {}
+            other => return other,
+        }
+    }
+    Ordering::Equal
 }

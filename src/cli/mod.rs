@@ -67,7 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Node(command)) => node::run(command),
         Some(Command::Job(command)) => job::run(command),
         Some(Command::Gui) | None => {
-            crate::gui::run()?;
+            crate::gui::run(crate::node::logs::LogFeed::new(1_000))?;
             Ok(ExitCode::SUCCESS)
         }
     }

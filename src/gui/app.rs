@@ -1,26 +1,38 @@
-//! The window as a whole: which tab is open, the per-tab state, and the split between
-//! `logic` (drain finished work into state) and `ui` (draw state, send commands).
+//! The window as a whole: the wizard until this node is registered, then the tabs. `logic`
+//! drains the service's events into [`State`]; `ui` draws state and sends requests.
 
 use eframe::egui;
 
 use super::certificate::{self, CertificatePage};
-use super::help;
-use super::worker::Worker;
+use super::service::{Event, Request, Service, SetupDefaults};
+use super::state::State;
+use super::wizard::{self, Wizard};
+use super::worker::{self, Worker};
+use super::{diagnostics, help, home, settings};
+use crate::node::logs::LogFeed;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
-/// The tabs of the window.
+/// The tabs of the window after registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Tab {
     #[default]
+    Home,
+    Settings,
+    Diagnostics,
+    /// The certificate checker on its own, for any file.
     Certificate,
     Help,
 }
 
 impl Tab {
-    const ALL: [Tab; 2] = [Tab::Certificate, Tab::Help];
+    const ALL: [Tab; 5] = [Tab::Home, Tab::Settings, Tab::Diagnostics, Tab::Certificate, Tab::Help];
 
     fn title(self) -> &'static str {
         match self {
+            Tab::Home => "Home",
+            Tab::Settings => "Settings",
+            Tab::Diagnostics => "Diagnostics",
             Tab::Certificate => "Certificate",
             Tab::Help => "Help",
         }
@@ -35,46 +47,138 @@ pub struct GuiPrefs {
 }
 
 /// The Configuration Manager application.
-#[derive(Default)]
 pub struct ConfigManager {
     pub prefs: GuiPrefs,
+    /// What the service last told the window.
+    pub state: State,
+    pub wizard: Wizard,
     pub certificate: CertificatePage,
+    pub settings: settings::SettingsPage,
+    pub diagnostics: diagnostics::DiagnosticsPage,
+    service: Service,
     worker: Worker,
+    /// When the real window was created, until its first frame is drawn (then logged).
+    created: Option<std::time::Instant>,
 }
 
 impl ConfigManager {
-    pub fn new(prefs: GuiPrefs) -> Self {
-        ConfigManager { prefs, ..Default::default() }
+    /// A window for the data dir `dir`; its service thread starts now.
+    pub fn new(prefs: GuiPrefs, dir: PathBuf, defaults: SetupDefaults, feed: Option<LogFeed>) -> Self {
+        let wizard = Wizard::new(defaults.peer_port);
+        ConfigManager {
+            prefs,
+            state: State::default(),
+            wizard,
+            certificate: CertificatePage::default(),
+            settings: settings::SettingsPage::default(),
+            diagnostics: diagnostics::DiagnosticsPage::default(),
+            service: Service::start(dir, defaults, feed),
+            worker: Worker::default(),
+            created: None,
+        }
     }
 
-    pub fn from_creation_context(cc: &eframe::CreationContext<'_>) -> Self {
+    pub fn from_creation_context(cc: &eframe::CreationContext<'_>, feed: LogFeed) -> Self {
         let prefs = cc.storage.and_then(|s| eframe::get_value(s, eframe::APP_KEY)).unwrap_or_default();
-        let mut app = ConfigManager::new(prefs);
+        let mut app =
+            ConfigManager::new(prefs, crate::paths::data_dir(), SetupDefaults::default(), Some(feed));
+        app.created = Some(std::time::Instant::now());
+        app.service.set_repaint(&cc.egui_ctx);
         app.worker.set_repaint(&cc.egui_ctx);
         app
     }
 
-    /// Moves finished background work into state. Cheap; runs every frame.
+    /// Asks the service for something.
+    pub fn send(&self, request: Request) {
+        self.service.send(request);
+    }
+
+    /// Moves finished work into state. Cheap; runs every frame.
     pub fn logic(&mut self) {
+        while let Some(event) = self.service.try_recv() {
+            match event {
+                Event::SetupFailed { page, ref message } => self.wizard.failed(page, message.clone()),
+                Event::Registered(_) => self.wizard.busy = false,
+                Event::Done { op, ref result } => {
+                    self.settings.done(op, result);
+                    self.diagnostics.done(op, result);
+                }
+                _ => {}
+            }
+            self.state.apply(event);
+        }
         while let Some(event) = self.worker.try_recv() {
-            self.certificate.apply(event);
+            match event {
+                worker::Event::For(worker::Page::Wizard, event) => self.wizard.certificate.apply(event),
+                worker::Event::For(worker::Page::Settings, event) => self.settings.apply(event),
+                worker::Event::For(worker::Page::Diagnostics, event) => self.diagnostics.apply(event),
+                worker::Event::For(worker::Page::Checker, event) => self.certificate.apply(event),
+            }
         }
     }
 
     /// Draws the whole window.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
+        self.service.set_repaint(ui.ctx());
         self.worker.set_repaint(ui.ctx());
+        if !self.state.loaded {
+            egui::CentralPanel::default().show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("Starting…");
+                });
+            });
+            return;
+        }
+        let registered = self.state.settings.is_some();
+        // Before setup: the wizard (in place of Home), the certificate checker and Help.
+        let tabs: &[Tab] = if registered { &Tab::ALL } else { &[Tab::Home, Tab::Certificate, Tab::Help] };
+        let mut tab = self.prefs.tab;
+        if !tabs.contains(&tab) {
+            tab = Tab::Home;
+        }
         egui::Panel::top("tabs").show(ui, |ui| {
             ui.horizontal(|ui| {
-                for tab in Tab::ALL {
-                    ui.selectable_value(&mut self.prefs.tab, tab, tab.title());
+                for &choice in tabs {
+                    let title = if registered {
+                        choice.title()
+                    } else if choice == Tab::Home {
+                        "Setup"
+                    } else {
+                        choice.title()
+                    };
+                    if ui.selectable_label(tab == choice, title).clicked() {
+                        self.prefs.tab = choice;
+                        tab = choice;
+                    }
                 }
             });
         });
         egui::CentralPanel::default().show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| match self.prefs.tab {
-                Tab::Certificate => certificate::certificate_ui(ui, &mut self.certificate, &self.worker),
-                Tab::Help => help::help_ui(ui),
+            egui::ScrollArea::vertical().show(ui, |ui| match tab {
+                Tab::Home if !registered => {
+                    wizard::wizard_ui(ui, &mut self.wizard, &self.service, &self.worker)
+                }
+                Tab::Home => home::home_ui(ui, &self.state, &self.service),
+                Tab::Settings => {
+                    settings::settings_ui(ui, &mut self.settings, &self.state, &self.service, &self.worker);
+                }
+                Tab::Diagnostics => diagnostics::diagnostics_ui(
+                    ui,
+                    &mut self.diagnostics,
+                    &self.state,
+                    &self.service,
+                    &self.worker,
+                ),
+                Tab::Certificate => {
+                    certificate::certificate_ui(
+                        ui,
+                        &mut self.certificate,
+                        &self.worker,
+                        worker::Page::Checker,
+                    );
+                }
+                Tab::Help => help::help_ui(ui, &self.state),
             });
         });
     }
@@ -87,6 +191,13 @@ impl eframe::App for ConfigManager {
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         ConfigManager::ui(self, ui);
+        if let Some(created) = self.created.take() {
+            // The start-up benchmark waits for this line.
+            tracing::info!(
+                "first frame drawn, {} ms after the window was created",
+                created.elapsed().as_millis()
+            );
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

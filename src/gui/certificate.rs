@@ -4,7 +4,7 @@
 
 use eframe::egui;
 
-use super::worker::{Command, Event, Worker};
+use super::worker::{Answer, Command, Page, Worker};
 use crate::cert::{Options, Report, Status, Verdict};
 use std::path::PathBuf;
 
@@ -28,14 +28,15 @@ pub struct CertificatePage {
 
 impl CertificatePage {
     /// Takes in a finished background event.
-    pub fn apply(&mut self, event: Event) {
-        match event {
-            Event::CertificateFilePicked(Some(path)) => {
+    pub fn apply(&mut self, answer: Answer) {
+        match answer {
+            Answer::CertificateFilePicked(Some(path)) => {
                 self.path = path.display().to_string();
                 self.outcome = None;
             }
-            Event::CertificateFilePicked(None) => {}
-            Event::CertificateChecked(result) => {
+            // Cancelled; other dialogs belong to other parts of the page that asked.
+            Answer::CertificateFilePicked(None) | Answer::FilePicked(..) => {}
+            Answer::CertificateChecked(result) => {
                 self.checking = false;
                 self.outcome = Some(match result {
                     Ok(report) => Outcome::Report(report),
@@ -45,7 +46,7 @@ impl CertificatePage {
         }
     }
 
-    fn check_command(&self) -> Command {
+    pub(crate) fn check_command(&self) -> Command {
         let non_empty = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
         let options = Options {
             password: Some(self.password.clone()).filter(|p| !p.is_empty()),
@@ -61,7 +62,7 @@ impl CertificatePage {
 }
 
 /// Draws the Certificate page.
-pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Worker) {
+pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Worker, from: Page) {
     ui.heading("Certificate");
     ui.label(
         "Check a certificate before a node uses it to encrypt traffic between gateway nodes. \
@@ -69,16 +70,16 @@ pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Wo
     );
     ui.add_space(8.0);
     egui::Grid::new("certificate_inputs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
-        text_field_ui(ui, "Certificate file", &mut page.path, "/path/to/node.pfx", false);
+        let _ = text_field_ui(ui, "Certificate file", &mut page.path, "/path/to/node.pfx", false);
         if ui.button("Browse…").clicked() {
-            worker.send(Command::PickCertificateFile);
+            worker.send(from, Command::PickCertificateFile);
         }
         ui.end_row();
-        text_field_ui(ui, "PFX password", &mut page.password, "", true);
+        let _ = text_field_ui(ui, "PFX password", &mut page.password, "", true);
         ui.end_row();
-        text_field_ui(ui, "Host name (optional)", &mut page.host, "node1.corp.example", false);
+        let _ = text_field_ui(ui, "Host name (optional)", &mut page.host, "node1.corp.example", false);
         ui.end_row();
-        text_field_ui(
+        let _ = text_field_ui(
             ui,
             "Trusted root CA (optional)",
             &mut page.roots,
@@ -93,7 +94,7 @@ pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Wo
         if ui.add_enabled(ready, egui::Button::new("Check certificate")).clicked() {
             page.checking = true;
             page.outcome = None;
-            worker.send(page.check_command());
+            worker.send(from, page.check_command());
         }
         if page.checking {
             ui.spinner();
@@ -111,10 +112,16 @@ pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Wo
 }
 
 /// A label and its single-line field, tied together for screen readers (and tests).
-fn text_field_ui(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str, password: bool) {
+pub(crate) fn text_field_ui(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut String,
+    hint: &str,
+    password: bool,
+) -> egui::Response {
     let label = ui.label(label);
     let field = egui::TextEdit::singleline(value).password(password).hint_text(hint);
-    ui.add_sized([420.0, 22.0], field).labelled_by(label.id);
+    ui.add_sized([420.0, 22.0], field).labelled_by(label.id)
 }
 
 /// The report, rule by rule, with a mark and colour per status.

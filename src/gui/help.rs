@@ -1,21 +1,71 @@
-//! The Help tab: what this is, which version runs, where to read more.
+//! The Help tab: this node's version, the gateway's and the hub's, whether a newer version
+//! runs somewhere in the gateway (an update is available), where the data lives, links.
 
 use eframe::egui;
 
+use super::state::State;
+use crate::protocol::compare_versions;
+use std::cmp::Ordering;
+
+/// The newest version seen on the hub or any node of the gateway, if newer than this node's.
+pub fn update_available(state: &State) -> Option<String> {
+    let status = state.status.as_ref()?;
+    let seen = status
+        .peers
+        .iter()
+        .map(|p| p.version.as_str())
+        .chain(status.hub_version.as_deref())
+        .chain(status.gateway_version.as_deref());
+    seen.filter(|v| !v.is_empty())
+        .max_by(|a, b| compare_versions(a, b))
+        .filter(|newest| compare_versions(newest, crate::VERSION) == Ordering::Greater)
+        .map(str::to_owned)
+}
+
 /// Draws the Help tab.
-pub fn help_ui(ui: &mut egui::Ui) {
+pub fn help_ui(ui: &mut egui::Ui, state: &State) {
     ui.heading("Gatehouse");
     ui.label("A self-hosted data gateway: nodes in your network move data to storage for the hub.");
     ui.add_space(8.0);
+    let status = state.status.as_ref();
     egui::Grid::new("help_grid").num_columns(2).spacing([24.0, 6.0]).show(ui, |ui| {
         ui.label("This node's version");
         ui.label(format!("Version {}", crate::VERSION));
         ui.end_row();
+        ui.label("The gateway's version");
+        ui.label(
+            status.and_then(|s| s.gateway_version.clone()).unwrap_or_else(|| "not known yet".to_owned()),
+        );
+        ui.end_row();
+        ui.label("The hub's version");
+        ui.label(status.and_then(|s| s.hub_version.clone()).unwrap_or_else(|| "not known yet".to_owned()));
+        ui.end_row();
+        ui.label("Updates");
+        match update_available(state) {
+            Some(newer) => ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!("Version {newer} runs in this gateway; update this node to it."),
+            ),
+            None if status.is_some() => ui.label("This node runs the newest version in its gateway."),
+            None => ui.label("Known once the node reaches the hub."),
+        };
+        ui.end_row();
+        ui.label("Data directory");
+        ui.monospace(state.data_dir.as_ref().map_or_else(String::new, |d| d.display().to_string()));
+        ui.end_row();
+        if let Some(settings) = &state.settings {
+            ui.label("Hub status page");
+            ui.hyperlink(&settings.hub_url);
+            ui.end_row();
+        }
+        if let Some(dir) = &state.data_dir {
+            ui.label("Log files");
+            let logs = dir.join("logs");
+            ui.hyperlink_to(logs.display().to_string(), format!("file://{}", logs.display()));
+            ui.end_row();
+        }
         ui.label("Command line");
         ui.monospace("gatehouse --help");
-        ui.end_row();
-        ui.label("Check a certificate");
-        ui.monospace("gatehouse cert check FILE");
         ui.end_row();
     });
 }

@@ -1,6 +1,6 @@
 //! The Configuration Manager window (eframe/egui): what a person sees and clicks. It draws
-//! state and sends commands; all work (reading files, checking certificates, later the node
-//! service) happens off the UI thread.
+//! state and sends requests; all work (the node service, an embedded hub, file dialogs,
+//! certificate checks) happens off the UI thread ([`service`], [`worker`]).
 //!
 //! **Invariant:** nothing in `gui` blocks or awaits on the UI thread.
 
@@ -8,12 +8,21 @@ use eframe::egui;
 
 mod app;
 mod certificate;
+mod diagnostics;
+pub mod express;
 mod help;
-mod worker;
+mod home;
+pub mod ops;
+pub mod service;
+mod settings;
+pub mod state;
+mod wizard;
+pub mod worker;
 
 pub use app::{ConfigManager, GuiPrefs, Tab};
 pub use certificate::{CertificatePage, Outcome};
-pub use worker::{Command, Event, Worker};
+pub use service::{ServiceState, SetupDefaults, SetupPage};
+pub use worker::{Command, Worker};
 
 /// The window's title, also used by tests and the X11 smoke test to find it.
 pub const WINDOW_TITLE: &str = "Gatehouse Configuration Manager";
@@ -23,8 +32,9 @@ fn icon() -> egui::IconData {
     eframe::icon_data::from_png_bytes(include_bytes!("../../resources/icon.png")).unwrap_or_default()
 }
 
-/// Opens the window and runs until it is closed.
-pub fn run() -> anyhow::Result<()> {
+/// Opens the window and runs until it is closed; `feed` carries this process's log lines to
+/// the Diagnostics tab.
+pub fn run(feed: crate::node::logs::LogFeed) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(WINDOW_TITLE)
@@ -34,7 +44,7 @@ pub fn run() -> anyhow::Result<()> {
             .with_icon(icon()),
         ..Default::default()
     };
-    eframe::run_native(WINDOW_TITLE, options, Box::new(|cc| Ok(Box::new(ConfigManager::from_creation_context(cc)))))
+    eframe::run_native(WINDOW_TITLE, options, Box::new(|cc| Ok(Box::new(ConfigManager::from_creation_context(cc, feed)))))
         .map_err(|e| {
             anyhow::anyhow!(
                 "can't open the Configuration Manager window ({e}); it needs a desktop session (DISPLAY or WAYLAND_DISPLAY), or use the command line: gatehouse --help"

@@ -466,6 +466,11 @@ async fn heartbeat(
             status: s.state,
             reason: s.reason.clone(),
             version: n.version.clone(),
+            role: if lease.holder.as_deref() == Some(n.id.as_str()) {
+                Role::Dispatcher
+            } else {
+                Role::Worker
+            },
             metrics: n.metrics.clone(),
         })
         .collect();

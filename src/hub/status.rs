@@ -2,8 +2,8 @@
 //! versions, thumbprints) and the clock. Pure functions: no I/O, easy to test.
 
 use super::db::{GatewayRow, NodeRow};
+pub use crate::protocol::compare_versions;
 use crate::protocol::{GatewayState, NodeState};
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -155,28 +155,11 @@ pub fn majority_version(nodes: &[NodeRow]) -> Option<String> {
         .map(|(v, _)| v.to_owned())
 }
 
-/// Compares dotted versions numerically (`1.10.0` > `1.9.3`); non-numeric parts as text.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    let parts = |v: &str| -> Vec<(u64, String)> {
-        v.split(['.', '-', '+']).map(|p| (p.parse::<u64>().unwrap_or(0), p.to_owned())).collect()
-    };
-    let (a, b) = (parts(a), parts(b));
-    for i in 0..a.len().max(b.len()) {
-        // A missing part counts as 0, so 1.2 == 1.2.0.
-        let x = a.get(i).cloned().unwrap_or((0, "0".to_owned()));
-        let y = b.get(i).cloned().unwrap_or((0, "0".to_owned()));
-        match x.0.cmp(&y.0).then_with(|| x.1.cmp(&y.1)) {
-            Ordering::Equal => {}
-            other => return other,
-        }
-    }
-    Ordering::Equal
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::{GatewaySettings, NodeMetrics};
+    use std::cmp::Ordering;
 
     const NOW: i64 = 1_000_000;
     const OFFLINE_AFTER: Duration = Duration::from_secs(3);

@@ -8,3 +8,5 @@ pub mod cluster;
 pub mod postgres;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod process;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod window;

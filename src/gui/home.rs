@@ -1,0 +1,264 @@
+//! The Home tab: is the service running (with Start/Stop), can it reach the hub, how is the
+//! gateway, every node's load and version, small live plots, and the runs executing here.
+
+use eframe::egui;
+use egui_plot::{Line, Plot, PlotPoints};
+
+use super::service::{Request, Service, ServiceState};
+use super::state::{Sample, State};
+use crate::node::NodeStatus;
+use crate::protocol::{NodeMetrics, NodeState, Role};
+
+/// Draws the Home tab.
+pub fn home_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
+    service_ui(ui, state, service);
+    ui.separator();
+    let Some(status) = &state.status else {
+        if let Some(settings) = &state.settings {
+            ui.label(format!(
+                "Node '{}' of gateway '{}' (hub {}).",
+                settings.node_name, settings.gateway_name, settings.hub_url
+            ));
+        }
+        return;
+    };
+    summary_ui(ui, status);
+    ui.add_space(8.0);
+    ui.heading("Nodes");
+    nodes_ui(ui, status);
+    ui.add_space(8.0);
+    plots_ui(ui, state);
+    ui.add_space(8.0);
+    runs_ui(ui, status);
+}
+
+fn service_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
+    ui.horizontal(|ui| {
+        let (text, running) = match &state.service {
+            ServiceState::Unregistered => ("Service: not set up".to_owned(), false),
+            ServiceState::Starting => ("Service: starting…".to_owned(), false),
+            ServiceState::Running => ("Service: running".to_owned(), true),
+            ServiceState::Attached { pid } => {
+                (format!("Service: running in gatehouse node run (pid {pid})"), true)
+            }
+            ServiceState::Stopping => ("Service: stopping…".to_owned(), true),
+            ServiceState::Stopped { .. } => ("Service: stopped".to_owned(), false),
+        };
+        ui.label(egui::RichText::new(text).strong());
+        let busy = matches!(state.service, ServiceState::Starting | ServiceState::Stopping);
+        if running {
+            if ui.add_enabled(!busy, egui::Button::new("Stop")).clicked() {
+                service.send(Request::Stop);
+            }
+        } else if ui.add_enabled(!busy, egui::Button::new("Start")).clicked() {
+            service.send(Request::Start);
+        }
+        if busy {
+            ui.spinner();
+        }
+    });
+    if let ServiceState::Stopped { reason: Some(reason) } = &state.service {
+        ui.colored_label(ui.visuals().error_fg_color, reason);
+    }
+}
+
+fn summary_ui(ui: &mut egui::Ui, status: &NodeStatus) {
+    egui::Grid::new("home_summary").num_columns(2).spacing([24.0, 4.0]).show(ui, |ui| {
+        ui.label("Hub");
+        if status.hub_connected {
+            ui.label(format!("✔ connected to {}", status.hub_url));
+        } else {
+            let why = status.hub_error.as_deref().unwrap_or("waiting for the first heartbeat");
+            ui.colored_label(ui.visuals().error_fg_color, format!("✖ not connected: {why}"));
+        }
+        ui.end_row();
+        ui.label("Gateway");
+        let gateway_state = status.gateway_state.map_or_else(|| "unknown".to_owned(), |s| format!("{s:?}"));
+        let mut gateway = format!("{}: {gateway_state}", status.gateway_name);
+        if let Some(reason) = &status.gateway_reason {
+            gateway.push_str(&format!(" ({reason})"));
+        }
+        ui.label(gateway);
+        ui.end_row();
+        ui.label("This node");
+        let mut node = format!("{}: {}", status.node_name, state_text(status.state));
+        if let Some(reason) = &status.reason {
+            node.push_str(&format!(" ({reason})"));
+        }
+        ui.label(node);
+        ui.end_row();
+        ui.label("Role");
+        ui.label(role_text(status.role));
+        ui.end_row();
+    });
+}
+
+/// One row of the nodes table.
+struct Row<'a> {
+    name: &'a str,
+    state: Option<NodeState>,
+    reason: Option<&'a str>,
+    version: &'a str,
+    role: Role,
+    metrics: &'a NodeMetrics,
+}
+
+fn nodes_ui(ui: &mut egui::Ui, status: &NodeStatus) {
+    let mut rows = vec![Row {
+        name: &status.node_name,
+        state: status.state,
+        reason: status.reason.as_deref(),
+        version: crate::VERSION,
+        role: status.role,
+        metrics: &status.metrics,
+    }];
+    let mut peers: Vec<_> = status.peers.iter().collect();
+    peers.sort_by_key(|p| p.registered_order);
+    rows.extend(peers.into_iter().map(|p| Row {
+        name: &p.name,
+        state: Some(p.status),
+        reason: p.reason.as_deref(),
+        version: &p.version,
+        role: p.role,
+        metrics: &p.metrics,
+    }));
+    let newest_credentials = rows
+        .iter()
+        .filter(|r| matches!(r.state, Some(NodeState::Online | NodeState::Limited)))
+        .map(|r| r.metrics.credential_version)
+        .max()
+        .unwrap_or(0);
+    let headers = [
+        "Name",
+        "Status",
+        "Version",
+        "Available memory",
+        "CPU",
+        "Network in / out",
+        "Concurrent jobs",
+        "Role",
+        "Credentials",
+    ];
+    egui::Grid::new("home_nodes").num_columns(headers.len()).striped(true).spacing([14.0, 4.0]).show(
+        ui,
+        |ui| {
+            for header in headers {
+                ui.label(egui::RichText::new(header).strong());
+            }
+            ui.end_row();
+            for row in &rows {
+                let m = row.metrics;
+                ui.label(row.name);
+                let state = ui.label(state_text(row.state));
+                if let Some(reason) = row.reason {
+                    state.on_hover_text(reason);
+                }
+                ui.label(row.version);
+                ui.label(bytes(m.available_memory_bytes));
+                ui.label(format!("{:.0} %", m.cpu_percent));
+                ui.label(format!(
+                    "{}/s / {}/s",
+                    bytes(m.network_in_bytes_per_second),
+                    bytes(m.network_out_bytes_per_second)
+                ));
+                ui.label(format!("{} / {}", m.runs_running, m.runs_limit));
+                ui.label(role_text(row.role));
+                ui.label(if m.credential_version == newest_credentials {
+                    format!("In sync (v{})", m.credential_version)
+                } else {
+                    format!("Out of sync (v{} of v{newest_credentials})", m.credential_version)
+                });
+                ui.end_row();
+            }
+        },
+    );
+}
+
+fn plots_ui(ui: &mut egui::Ui, state: &State) {
+    let series = |f: fn(&Sample) -> f64| -> PlotPoints<'static> {
+        state.history.iter().map(|s| [s.at, f(s)]).collect::<Vec<_>>().into()
+    };
+    ui.columns(3, |columns| {
+        small_plot(
+            &mut columns[0],
+            "CPU %",
+            vec![Line::new("CPU %", series(|s| s.cpu_percent))],
+            Some(100.0),
+        );
+        small_plot(
+            &mut columns[1],
+            "Memory used %",
+            vec![Line::new("Memory %", series(|s| s.memory_percent))],
+            Some(100.0),
+        );
+        small_plot(
+            &mut columns[2],
+            "Network bytes/s",
+            vec![Line::new("In", series(|s| s.network_in)), Line::new("Out", series(|s| s.network_out))],
+            None,
+        );
+    });
+}
+
+fn small_plot(ui: &mut egui::Ui, title: &str, lines: Vec<Line<'static>>, max: Option<f64>) {
+    ui.label(title);
+    let mut plot = Plot::new(title)
+        .height(110.0)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .show_x(false)
+        .x_axis_formatter(|_, _| String::new())
+        .include_y(0.0);
+    if let Some(max) = max {
+        plot = plot.include_y(max);
+    }
+    plot.show(ui, |plot_ui| {
+        for line in lines {
+            plot_ui.line(line);
+        }
+    });
+}
+
+fn runs_ui(ui: &mut egui::Ui, status: &NodeStatus) {
+    ui.heading("Runs on this node");
+    if status.runs.is_empty() {
+        ui.label("No run is executing here right now.");
+        return;
+    }
+    let now = crate::node::unix_millis();
+    for run in &status.runs {
+        ui.horizontal(|ui| {
+            ui.label(format!("{} ({}, attempt {})", run.run_id, run.kind, run.attempt));
+            let bar = match run.progress(now) {
+                Some(progress) => egui::ProgressBar::new(progress).show_percentage(),
+                None => egui::ProgressBar::new(0.0).animate(true),
+            };
+            ui.add_sized([240.0, 18.0], bar);
+        });
+    }
+}
+
+fn state_text(state: Option<NodeState>) -> String {
+    state.map_or_else(|| "Unknown".to_owned(), |s| format!("{s:?}"))
+}
+
+fn role_text(role: Role) -> &'static str {
+    match role {
+        Role::Dispatcher => "Dispatcher",
+        Role::Worker => "Worker",
+    }
+}
+
+/// Bytes in the largest unit that keeps a number ≥ 1 (KiB, MiB, GiB).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    #[allow(clippy::cast_precision_loss, reason = "display only")]
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

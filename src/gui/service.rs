@@ -1,0 +1,467 @@
+//! The window's link to the node service: a background thread with its own tokio runtime that
+//! runs the service (and an embedded hub) inside this process, or watches a
+//! `gatehouse node run` that already runs here. The window sends [`Request`]s and drains
+//! [`Event`]s; every event asks egui to repaint, so the window never polls or blocks.
+
+use eframe::egui;
+
+use super::ops::{self, Op};
+use crate::node::logs::{LogFeed, LogLine};
+use crate::node::metrics::SystemMetrics;
+use crate::node::store::{NodeSettings, Store};
+use crate::node::{self, NodeCommand, NodeHandle, NodeService, NodeStatus};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What the window asks the service for.
+pub enum Request {
+    /// One-click setup: a hub (embedded if none is configured), a gateway, this node.
+    Express,
+    /// Manual setup with an auth key, a node name and optionally a certificate.
+    Register(Box<ManualSetup>),
+    /// Start or stop the node service.
+    Start,
+    Stop,
+    /// Time the hub and every peer.
+    TestConnections,
+    /// A settings, credentials, backup or log operation.
+    Op(Op),
+}
+
+/// What the person entered in the manual setup wizard.
+pub struct ManualSetup {
+    pub key: String,
+    pub name: String,
+    /// `None`: no encryption.
+    pub certificate: Option<CertificateChoice>,
+    pub port: u16,
+}
+
+/// A certificate file and its password (PFX); the password stays in memory only.
+#[derive(Clone, Default)]
+pub struct CertificateChoice {
+    pub path: PathBuf,
+    pub password: Option<String>,
+    /// A PEM file of the private root CA that issued it, if any.
+    pub roots: Option<PathBuf>,
+}
+
+/// The wizard page an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupPage {
+    Welcome,
+    Key,
+    Name,
+    Encryption,
+}
+
+/// Where the node service runs, as the Home tab says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Not registered yet (the wizard shows).
+    Unregistered,
+    Starting,
+    /// Running inside this window's process.
+    Running,
+    /// A `gatehouse node run` process runs it; the window watches.
+    Attached {
+        pid: u32,
+    },
+    Stopping,
+    /// Stopped; with the reason when it stopped on its own or couldn't start.
+    Stopped {
+        reason: Option<String>,
+    },
+}
+
+/// What comes back from the service.
+pub enum Event {
+    /// The data dir as found at start: registered settings, or `None` for the wizard.
+    Loaded {
+        data_dir: PathBuf,
+        settings: Option<NodeSettings>,
+    },
+    /// Setup worked; the service starts next.
+    Registered(NodeSettings),
+    /// Setup failed; show `message` on `page`.
+    SetupFailed {
+        page: SetupPage,
+        message: String,
+    },
+    Service(ServiceState),
+    Status(Box<NodeStatus>),
+    Log(LogLine),
+    Tested(Vec<node::control::ConnectionTest>),
+    /// An [`Op`] finished: a sentence saying what happened, or why it didn't.
+    Done {
+        op: ops::OpKind,
+        result: Result<String, String>,
+    },
+}
+
+/// Where the window's settings for setup come from; tests use free loopback ports.
+#[derive(Clone, Debug)]
+pub struct SetupDefaults {
+    /// Where an embedded hub listens.
+    pub hub_listen: std::net::SocketAddr,
+    /// The peer port express setup tries first (manual setup shows it as the default).
+    pub peer_port: u16,
+    /// The host part of the peer address registered by manual setup (`None`: the host name).
+    pub peer_host: Option<String>,
+}
+
+impl Default for SetupDefaults {
+    fn default() -> Self {
+        SetupDefaults { hub_listen: ([127, 0, 0, 1], 7070).into(), peer_port: 8060, peer_host: None }
+    }
+}
+
+/// Sends events to the window and wakes it up.
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    tx: std::sync::mpsc::Sender<Event>,
+    repaint: Arc<Mutex<Option<egui::Context>>>,
+}
+
+impl EventSink {
+    pub(crate) fn send(&self, event: Event) {
+        // The window may be gone; then nobody needs the event.
+        let _ = self.tx.send(event);
+        if let Some(ctx) = self.repaint.lock().ok().and_then(|c| c.clone()) {
+            ctx.request_repaint();
+        }
+    }
+}
+
+/// The window's handle to the service thread.
+pub struct Service {
+    requests: mpsc::UnboundedSender<Request>,
+    events: std::sync::mpsc::Receiver<Event>,
+    repaint: Arc<Mutex<Option<egui::Context>>>,
+}
+
+impl Service {
+    /// Starts the service thread for the data dir `dir`.
+    pub fn start(dir: PathBuf, defaults: SetupDefaults, feed: Option<LogFeed>) -> Self {
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let (tx, events) = std::sync::mpsc::channel();
+        let repaint = Arc::new(Mutex::new(None));
+        let sink = EventSink { tx, repaint: Arc::clone(&repaint) };
+        let spawned = std::thread::Builder::new().name("gatehouse-service".to_owned()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(Backend::new(dir, defaults, feed, sink).run(requests_rx)),
+                Err(e) => sink.send(Event::Service(ServiceState::Stopped {
+                    reason: Some(format!("can't start the service's runtime: {e}")),
+                })),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("can't start the service thread: {e}");
+        }
+        Service { requests, events, repaint }
+    }
+
+    /// Lets events wake the window up.
+    pub fn set_repaint(&self, ctx: &egui::Context) {
+        if let Ok(mut repaint) = self.repaint.lock()
+            && repaint.is_none()
+        {
+            *repaint = Some(ctx.clone());
+        }
+    }
+
+    pub fn send(&self, request: Request) {
+        // The service thread lives as long as the window; if it died, the state shows why.
+        let _ = self.requests.send(request);
+    }
+
+    /// The next event, if any; never blocks.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+}
+
+/// The node service running in this process.
+struct InProcess {
+    handle: NodeHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The service thread's state.
+struct Backend {
+    store: Store,
+    defaults: SetupDefaults,
+    feed: Option<LogFeed>,
+    events: EventSink,
+    /// Stops everything this process runs (hub, service) when the window closes.
+    shutdown: CancellationToken,
+    hub: Option<crate::hub::embedded::EmbeddedHub>,
+    node: Option<InProcess>,
+    /// Set while watching a `gatehouse node run` process.
+    attached: Option<u32>,
+}
+
+impl Backend {
+    fn new(dir: PathBuf, defaults: SetupDefaults, feed: Option<LogFeed>, events: EventSink) -> Self {
+        Backend {
+            store: Store::new(dir),
+            defaults,
+            feed,
+            events,
+            shutdown: CancellationToken::new(),
+            hub: None,
+            node: None,
+            attached: None,
+        }
+    }
+
+    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
+        self.load().await;
+        if let Some(feed) = &self.feed {
+            tokio::spawn(forward_logs(feed.clone(), self.events.clone(), self.shutdown.clone()));
+        }
+        let (exited_tx, mut exited) = mpsc::unbounded_channel::<Option<String>>();
+        loop {
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(request) => self.handle(request, &exited_tx).await,
+                    None => break,
+                },
+                Some(reason) = exited.recv() => {
+                    self.attached = None;
+                    self.node = None;
+                    self.events.send(Event::Service(ServiceState::Stopped { reason }));
+                }
+            }
+        }
+        // The window closed: stop the service and the hub, and wait for them to finish.
+        self.stop_in_process().await;
+        self.shutdown.cancel();
+        if let Some(hub) = self.hub.take() {
+            let _ = hub.stopped().await;
+        }
+    }
+
+    /// Finds out what the data dir holds and starts (or attaches to) the service.
+    async fn load(&mut self) {
+        let settings = self.store.settings().ok();
+        self.events.send(Event::Loaded { data_dir: self.store.dir().to_owned(), settings: settings.clone() });
+        if settings.is_some() {
+            self.start_service(None).await;
+        } else {
+            self.events.send(Event::Service(ServiceState::Unregistered));
+        }
+    }
+
+    async fn handle(&mut self, request: Request, exited: &mpsc::UnboundedSender<Option<String>>) {
+        match request {
+            Request::Express => self.express().await,
+            Request::Register(setup) => self.register(*setup).await,
+            Request::Start => self.start_service(Some(exited)).await,
+            Request::Stop => self.stop().await,
+            Request::TestConnections => self.test_connections().await,
+            Request::Op(op) => {
+                let kind = op.kind();
+                let context = ops::Context { store: &self.store, status: self.status() };
+                let outcome = ops::run(op, context).await;
+                let restart = outcome.restart && self.node.is_some();
+                self.events.send(Event::Done { op: kind, result: outcome.result });
+                if restart {
+                    self.stop_in_process().await;
+                    self.start_service(Some(exited)).await;
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Option<NodeStatus> {
+        self.node.as_ref().map(|n| n.handle.status.borrow().clone())
+    }
+
+    async fn express(&mut self) {
+        let options = super::express::ExpressOptions {
+            hub: super::express::configured_hub_from_env(),
+            hub_listen: self.defaults.hub_listen,
+            peer_port: self.defaults.peer_port,
+            peer_host: self.defaults.peer_host.clone(),
+        };
+        match super::express::express_setup(&self.store, &options, self.shutdown.child_token()).await {
+            Ok(outcome) => {
+                self.hub = outcome.hub;
+                self.events.send(Event::Registered(outcome.settings));
+                self.start_service(None).await;
+            }
+            Err(e) => {
+                self.events.send(Event::SetupFailed { page: SetupPage::Welcome, message: e.to_string() })
+            }
+        }
+    }
+
+    async fn register(&mut self, setup: ManualSetup) {
+        let tls = match &setup.certificate {
+            None => None,
+            Some(choice) => match load_identity(choice) {
+                Ok(identity) => Some(identity),
+                Err(message) => {
+                    self.events.send(Event::SetupFailed { page: SetupPage::Encryption, message });
+                    return;
+                }
+            },
+        };
+        let registration = node::Registration {
+            key: setup.key,
+            name: Some(setup.name),
+            peer_port: setup.port,
+            peer_address: self.defaults.peer_host.as_ref().map(|host| format!("{host}:{}", setup.port)),
+            tls,
+        };
+        match node::register(&self.store, registration).await {
+            Ok(settings) => {
+                self.events.send(Event::Registered(settings));
+                self.start_service(None).await;
+            }
+            Err(e) => {
+                let page = setup_page(&e);
+                self.events.send(Event::SetupFailed { page, message: e.to_string() });
+            }
+        }
+    }
+
+    /// Attaches to a `node run` process if one runs here, else starts the service in this
+    /// process (after the embedded hub, when this data dir hosts one).
+    async fn start_service(&mut self, exited: Option<&mpsc::UnboundedSender<Option<String>>>) {
+        if self.node.is_some() || self.attached.is_some() {
+            return;
+        }
+        self.events.send(Event::Service(ServiceState::Starting));
+        if self.attach().await {
+            return;
+        }
+        if self.hub.is_none() {
+            match super::express::start_embedded_hub_if_configured(&self.store, self.shutdown.child_token())
+                .await
+            {
+                Ok(hub) => self.hub = hub,
+                Err(e) => {
+                    let reason = Some(format!("the embedded hub didn't start: {e}"));
+                    self.events.send(Event::Service(ServiceState::Stopped { reason }));
+                    return;
+                }
+            }
+        }
+        let service = NodeService::new(self.store.clone(), Box::new(SystemMetrics::new()));
+        match service.spawn(self.shutdown.child_token()).await {
+            Ok((handle, task)) => {
+                tokio::spawn(forward_status(handle.status.clone(), self.events.clone()));
+                let _ = exited;
+                self.node = Some(InProcess { handle, task });
+                self.events.send(Event::Service(ServiceState::Running));
+            }
+            Err(e) => {
+                self.events.send(Event::Service(ServiceState::Stopped { reason: Some(e.to_string()) }));
+            }
+        }
+    }
+
+    /// Watches a `gatehouse node run` of this data dir, if one answers on its control socket.
+    async fn attach(&mut self) -> bool {
+        let _ = &self.attached;
+        false
+    }
+
+    async fn stop(&mut self) {
+        if self.node.is_some() {
+            self.events.send(Event::Service(ServiceState::Stopping));
+            self.stop_in_process().await;
+            self.events.send(Event::Service(ServiceState::Stopped { reason: None }));
+        }
+    }
+
+    async fn stop_in_process(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.handle.shutdown.cancel();
+            let _ = node.task.await;
+        }
+    }
+
+    async fn test_connections(&mut self) {
+        let Some(node) = &self.node else {
+            self.events.send(Event::Tested(Vec::new()));
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = node.handle.commands.send(NodeCommand::TestConnections(tx));
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            events.send(Event::Tested(rx.await.unwrap_or_default()));
+        });
+    }
+}
+
+/// Reads and checks the chosen certificate; a sentence when it can't be used.
+pub(crate) fn load_identity(choice: &CertificateChoice) -> Result<crate::cert::Identity, String> {
+    let extra_roots = match &choice.roots {
+        Some(path) => crate::cert::read_roots(path).map_err(|e| format!("trusted root CA file: {e}"))?,
+        None => Vec::new(),
+    };
+    let options =
+        crate::cert::Options { password: choice.password.clone(), extra_roots, ..Default::default() };
+    match crate::cert::identity(&choice.path, &options) {
+        Ok((_, Some(identity))) => Ok(identity),
+        Ok((report, None)) => Err(format!(
+            "the certificate can't be used ({}); fix what the report marks as failed",
+            report.verdict
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Which wizard page a registration error belongs to.
+fn setup_page(error: &node::NodeError) -> SetupPage {
+    let message = error.to_string();
+    match error {
+        node::NodeError::Tls(_) => SetupPage::Encryption,
+        node::NodeError::PeerPort { .. } => SetupPage::Encryption,
+        node::NodeError::Hub(crate::client::ClientError::Refused { status: 409, .. })
+            if message.contains("choose another name") =>
+        {
+            SetupPage::Name
+        }
+        node::NodeError::Hub(crate::client::ClientError::Refused { status: 409, .. })
+            if message.contains("encrypt") =>
+        {
+            SetupPage::Encryption
+        }
+        _ => SetupPage::Key,
+    }
+}
+
+/// Sends every status change to the window until the service stops.
+async fn forward_status(mut status: tokio::sync::watch::Receiver<NodeStatus>, events: EventSink) {
+    loop {
+        let current = status.borrow_and_update().clone();
+        events.send(Event::Status(Box::new(current)));
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends this process's log lines to the window.
+async fn forward_logs(feed: LogFeed, events: EventSink, shutdown: CancellationToken) {
+    let mut lines = feed.subscribe();
+    loop {
+        let line = tokio::select! {
+            () = shutdown.cancelled() => return,
+            line = lines.recv() => line,
+        };
+        match line {
+            Ok(line) => events.send(Event::Log(line)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! What the window knows about the node, built only from the service's events: settings,
+//! service state, the latest status, a short metrics history for the plots, and recent log
+//! lines. Drawing reads it; nothing else writes it.
+
+use super::service::{Event, ServiceState};
+use crate::node::NodeStatus;
+use crate::node::control::ConnectionTest;
+use crate::node::logs::LogLine;
+use crate::node::store::NodeSettings;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+/// How many metric samples the plots keep (one per heartbeat: two minutes).
+pub const HISTORY: usize = 120;
+/// How many log lines the Diagnostics tab keeps.
+pub const LOG_LINES: usize = 5_000;
+
+/// One heartbeat's worth of this node's load, for the plots.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+    pub network_in: f64,
+    pub network_out: f64,
+}
+
+/// The window's picture of the node.
+#[derive(Default)]
+pub struct State {
+    /// The service thread has looked at the data dir.
+    pub loaded: bool,
+    pub data_dir: Option<PathBuf>,
+    pub settings: Option<NodeSettings>,
+    pub service: ServiceState,
+    pub status: Option<NodeStatus>,
+    pub history: VecDeque<Sample>,
+    pub logs: VecDeque<LogLine>,
+    /// The last connection tests, and whether new ones are under way.
+    pub tests: Option<Vec<ConnectionTest>>,
+    pub testing: bool,
+}
+
+impl Default for ServiceState {
+    fn default() -> Self {
+        ServiceState::Starting
+    }
+}
+
+impl State {
+    /// Takes in one event from the service.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::Loaded { data_dir, settings } => {
+                self.loaded = true;
+                self.data_dir = Some(data_dir);
+                self.settings = settings;
+            }
+            Event::Registered(settings) => self.settings = Some(settings),
+            Event::Service(service) => {
+                if matches!(service, ServiceState::Stopped { .. } | ServiceState::Unregistered) {
+                    self.status = None;
+                }
+                self.service = service;
+            }
+            Event::Status(status) => {
+                self.record(&status);
+                self.status = Some(*status);
+            }
+            Event::Log(line) => {
+                if self.logs.len() == LOG_LINES {
+                    self.logs.pop_front();
+                }
+                self.logs.push_back(line);
+            }
+            Event::Tested(tests) => {
+                self.testing = false;
+                self.tests = Some(tests);
+            }
+            Event::SetupFailed { .. } | Event::Done { .. } => {}
+        }
+    }
+
+    /// Adds a sample when the status carries a new heartbeat.
+    fn record(&mut self, status: &NodeStatus) {
+        let Some(at) = status.last_heartbeat else { return };
+        #[allow(clippy::cast_precision_loss, reason = "plots need no more precision")]
+        let at = at as f64;
+        if self.history.back().is_some_and(|s| s.at >= at) {
+            return;
+        }
+        let m = &status.metrics;
+        #[allow(clippy::cast_precision_loss, reason = "plots need no more precision")]
+        let memory_percent = if m.total_memory_bytes == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - m.available_memory_bytes as f64 / m.total_memory_bytes as f64)
+        };
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        #[allow(clippy::cast_precision_loss, reason = "plots need no more precision")]
+        self.history.push_back(Sample {
+            at,
+            cpu_percent: f64::from(m.cpu_percent),
+            memory_percent,
+            network_in: m.network_in_bytes_per_second as f64,
+            network_out: m.network_out_bytes_per_second as f64,
+        });
+    }
+
+    /// The service runs (here or in a `node run` process) and can take commands.
+    pub fn running(&self) -> bool {
+        matches!(self.service, ServiceState::Running | ServiceState::Attached { .. })
+    }
+}

@@ -1,0 +1,78 @@
+//! The Configuration Manager driven headless (egui_kittest) on a throwaway data dir, with
+//! loopback-only setup defaults, and bounded waits for what the service thread reports.
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use gatehouse::gui::{ConfigManager, GuiPrefs, SetupDefaults, Tab};
+use std::time::{Duration, Instant};
+
+/// A window on its own data dir (kept alive as long as the window).
+pub struct Window {
+    pub harness: Harness<'static, ConfigManager>,
+    pub home: tempfile::TempDir,
+}
+
+/// Setup defaults that stay on loopback and on free ports.
+pub fn loopback_defaults() -> SetupDefaults {
+    SetupDefaults {
+        hub_listen: ([127, 0, 0, 1], 0).into(),
+        peer_port: super::process::free_port(),
+        peer_host: Some("127.0.0.1".to_owned()),
+    }
+}
+
+impl Window {
+    /// Opens a window on a fresh data dir and waits until the service has looked at it.
+    pub fn open(tab: Tab) -> Window {
+        Window::open_in(tempfile::tempdir().unwrap(), tab)
+    }
+
+    /// Opens a window on `home` (which may hold a registered node).
+    pub fn open_in(home: tempfile::TempDir, tab: Tab) -> Window {
+        let app = ConfigManager::new(GuiPrefs { tab }, home.path().to_owned(), loopback_defaults(), None);
+        let harness = Harness::builder().with_size(egui::vec2(1100.0, 900.0)).build_ui_state(
+            |ui, app: &mut ConfigManager| {
+                app.logic();
+                app.ui(ui);
+            },
+            app,
+        );
+        let mut window = Window { harness, home };
+        window.wait_for("the window to load", Duration::from_secs(20), |app| app.state.loaded);
+        window
+    }
+
+    /// Steps frames (spinners repaint forever, so never `run`) until `done`, or fails.
+    pub fn wait_for(&mut self, what: &str, limit: Duration, done: impl Fn(&ConfigManager) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.harness.step();
+            if done(self.harness.state()) {
+                self.harness.step();
+                return;
+            }
+            assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Focuses the field labelled `label` and types `text` into it.
+    pub fn type_into(&mut self, label: &str, text: &str) {
+        self.harness.get_by_label(label).focus();
+        self.harness.step();
+        self.harness.get_by_label(label).type_text(text);
+        self.harness.step();
+        self.harness.step();
+    }
+
+    pub fn click(&mut self, label: &str) {
+        self.harness.get_by_label(label).click();
+        self.harness.step();
+        self.harness.step();
+    }
+
+    /// Whether a widget whose label contains `text` is shown.
+    pub fn shows(&self, text: &str) -> bool {
+        self.harness.query_all_by_label_contains(text).next().is_some()
+    }
+}
