@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cluster::Hub;
+use common::cluster::{Hub, Node, wait_until};
 use common::window::Window;
 use egui_kittest::kittest::Queryable as _;
 use gatehouse::gui::{ServiceState, SetupPage, Tab};
@@ -46,7 +46,7 @@ fn express_setup_starts_a_hub_registers_and_lands_on_home() {
     assert!(window.shows("✔ connected to http://127.0.0.1:"), "Home doesn't show the hub connection");
     assert!(window.harness.query_by_label(&host).is_some(), "the nodes table has no row for {host}");
     assert!(window.shows("Dispatcher"), "the only node should be the dispatcher");
-    let home = window.home.path().to_owned();
+    let home = window.dir.clone();
     assert!(
         home.join("hub.toml").exists() && home.join("hub.db").exists(),
         "no embedded hub in the data dir"
@@ -62,9 +62,9 @@ fn express_setup_starts_a_hub_registers_and_lands_on_home() {
     assert!(window.shows("This node runs the newest version in its gateway."));
 
     // A new window on the same data dir starts the embedded hub and the node again.
-    let Window { harness, home } = window;
+    let Window { harness, home, .. } = window;
     drop(harness);
-    let mut again = Window::open_in(home, Tab::Home);
+    let mut again = Window::open_in(home.unwrap(), Tab::Home);
     again.wait_for("the node to come back Online after a restart", LIMIT, online);
     assert_eq!(again.harness.state().state.settings.as_ref().unwrap().hub_url, settings.hub_url);
 }
@@ -165,4 +165,33 @@ fn a_good_certificate_registers_with_encryption_on() {
     let nodes = hub.nodes("gw");
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["metrics"]["encryption_thumbprint"], serde_json::json!(report.thumbprint_sha256));
+}
+
+#[test]
+fn the_window_attaches_to_a_running_node_service_and_can_stop_it() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("gw", &[]);
+    let mut node = Node::start(&key, "n1", &[]);
+    let pid = node.process.as_ref().unwrap().pid();
+    let socket = node.home.path().join("control.sock");
+    wait_until(LIMIT, "the node's control socket", || socket.exists());
+    let mut window = Window::open_at(node.home.path(), Tab::Home);
+    window.wait_for("the window to attach", LIMIT, |app| app.state.service == ServiceState::Attached { pid });
+    window.wait_for("the node's status through the socket", LIMIT, online);
+    assert!(window.shows(&format!("running in gatehouse node run (pid {pid})")));
+
+    window.click("Stop");
+    window.wait_for("the service to stop", LIMIT, |app| {
+        matches!(app.state.service, ServiceState::Stopped { .. })
+    });
+    let exit = node.process.as_mut().unwrap().wait_timeout(LIMIT).expect("node run didn't exit after Stop");
+    assert!(exit.success(), "node run exited with {exit:?} after Stop");
+
+    // Start now runs the service in the window's own process.
+    window.click("Start");
+    window.wait_for("the service to run in the window", LIMIT, |app| {
+        app.state.service == ServiceState::Running
+    });
+    window.wait_for("the node to be Online again", LIMIT, online);
+    assert!(socket.exists(), "the in-window service doesn't serve the control socket");
 }

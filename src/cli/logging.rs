@@ -2,6 +2,7 @@
 //! dir (`logs/gatehouse.log.YYYY-MM-DD`, the last 7 kept). The level can change while the
 //! process runs. `GATEHOUSE_LOG` overrides everything (e.g. `debug`, `gatehouse=trace`).
 
+use crate::node::logs::LogFeed;
 use std::path::Path;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -32,6 +33,12 @@ pub fn filter(level: &str) -> Option<EnvFilter> {
 
 /// Installs the process's logging: stderr, plus a rolling file in `file_dir` if given.
 pub fn init(file_dir: Option<&Path>, level: &str) -> LogControl {
+    init_with_feed(file_dir, level, None)
+}
+
+/// As [`init`], and also publishes every line that passes the level to `feed` (for watchers
+/// of the node's control socket or the Configuration Manager).
+pub fn init_with_feed(file_dir: Option<&Path>, level: &str, feed: Option<&LogFeed>) -> LogControl {
     let (filter_layer, handle) = reload::Layer::new(filter(level).unwrap_or_else(|| EnvFilter::new("info")));
     let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let file = file_dir.and_then(|dir| {
@@ -49,7 +56,12 @@ pub fn init(file_dir: Option<&Path>, level: &str) -> LogControl {
             }
         }
     });
-    let installed =
-        tracing_subscriber::registry().with(filter_layer).with(stderr).with(file).try_init().is_ok();
+    let installed = tracing_subscriber::registry()
+        .with(filter_layer)
+        .with(stderr)
+        .with(file)
+        .with(feed.map(LogFeed::layer))
+        .try_init()
+        .is_ok();
     LogControl { handle: installed.then_some(handle) }
 }

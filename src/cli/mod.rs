@@ -55,8 +55,9 @@ fn stdin_line(what: &str) -> anyhow::Result<String> {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // `node run` installs its own logging, with a file and a level that can change.
-    if !matches!(cli.command, Some(Command::Node(node::NodeCommand::Run))) {
+    // `node run` and the window install their own logging, with a file and a level that can
+    // change.
+    if !matches!(cli.command, Some(Command::Node(node::NodeCommand::Run) | Command::Gui) | None) {
         logging::init(None, "info");
     }
     // reqwest and the hub use rustls without a built-in crypto provider; pick ring, once.
@@ -67,7 +68,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Node(command)) => node::run(command),
         Some(Command::Job(command)) => job::run(command),
         Some(Command::Gui) | None => {
-            crate::gui::run(crate::node::logs::LogFeed::new(1_000))?;
+            let dir = crate::paths::data_dir();
+            let level = crate::node::store::Store::new(&dir)
+                .settings()
+                .map_or_else(|_| "info".to_owned(), |s| s.log_level);
+            let feed = crate::node::logs::LogFeed::new(1_000);
+            let control = logging::init_with_feed(Some(&dir.join("logs")), &level, Some(&feed));
+            let set_level = Box::new(move |level: &str| control.set_level(level));
+            crate::gui::run(crate::gui::Logging { feed, set_level })?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,6 +1,8 @@
 //! `gatehouse node …`: register this machine, run the node service headless, show its status,
 //! unregister. The Configuration Manager drives the same `node` library code.
 
+use crate::node::control::{ControlSocket, ControlTarget};
+use crate::node::logs::LogFeed;
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::Store;
 use crate::node::{self, NodeStatus, Registration};
@@ -245,10 +247,17 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Log lines kept for a control-socket watcher that falls behind.
+const LOG_FEED_LINES: usize = 1024;
+
 async fn run_service(store: Store) -> anyhow::Result<()> {
     let settings = store.settings()?;
     let log_dir = store.dir().join("logs");
-    let logs = super::logging::init(Some(&log_dir), &settings.log_level);
+    let feed = LogFeed::new(LOG_FEED_LINES);
+    let logs = super::logging::init_with_feed(Some(&log_dir), &settings.log_level, Some(&feed));
+    // Before anything else is bound: a second service of this data dir is refused by name
+    // (with the running one's pid), not by a busy peer port.
+    let control = ControlSocket::bind(store.dir()).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(follow_log_level(store.clone(), logs, settings.log_level, shutdown.clone()));
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
@@ -265,6 +274,8 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     };
     let service = node::NodeService::new(store.clone(), metrics);
     let (mut handle, task) = service.spawn(shutdown.clone()).await?;
+    // The Configuration Manager attaches here; a Stop request cancels `shutdown`.
+    let control = control.serve(ControlTarget::new(&handle, feed), shutdown.clone());
     {
         let s = handle.status.borrow();
         tracing::info!(node = %s.node_name, gateway = %s.gateway_name, hub = %s.hub_url, "node service started");
@@ -285,6 +296,8 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
         }
     }
     let _ = task.await;
+    // Removes the socket, so the next `node run` or window finds no service here.
+    let _ = control.await;
     tracing::info!("node service stopped");
     Ok(())
 }

@@ -4,12 +4,11 @@
 use eframe::egui;
 
 use super::certificate::{self, CertificatePage};
-use super::service::{Event, Request, Service, SetupDefaults};
+use super::service::{Event, Logging, Request, Service, SetupDefaults};
 use super::state::State;
 use super::wizard::{self, Wizard};
 use super::worker::{self, Worker};
 use super::{diagnostics, help, home, settings};
-use crate::node::logs::LogFeed;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -63,7 +62,7 @@ pub struct ConfigManager {
 
 impl ConfigManager {
     /// A window for the data dir `dir`; its service thread starts now.
-    pub fn new(prefs: GuiPrefs, dir: PathBuf, defaults: SetupDefaults, feed: Option<LogFeed>) -> Self {
+    pub fn new(prefs: GuiPrefs, dir: PathBuf, defaults: SetupDefaults, logging: Option<Logging>) -> Self {
         let wizard = Wizard::new(defaults.peer_port);
         ConfigManager {
             prefs,
@@ -72,16 +71,16 @@ impl ConfigManager {
             certificate: CertificatePage::default(),
             settings: settings::SettingsPage::default(),
             diagnostics: diagnostics::DiagnosticsPage::default(),
-            service: Service::start(dir, defaults, feed),
+            service: Service::start(dir, defaults, logging),
             worker: Worker::default(),
             created: None,
         }
     }
 
-    pub fn from_creation_context(cc: &eframe::CreationContext<'_>, feed: LogFeed) -> Self {
+    pub fn from_creation_context(cc: &eframe::CreationContext<'_>, logging: Logging) -> Self {
         let prefs = cc.storage.and_then(|s| eframe::get_value(s, eframe::APP_KEY)).unwrap_or_default();
-        let mut app =
-            ConfigManager::new(prefs, crate::paths::data_dir(), SetupDefaults::default(), Some(feed));
+        let dir = crate::paths::data_dir();
+        let mut app = ConfigManager::new(prefs, dir, SetupDefaults::default(), Some(logging));
         app.created = Some(std::time::Instant::now());
         app.service.set_repaint(&cc.egui_ctx);
         app.worker.set_repaint(&cc.egui_ctx);
@@ -157,7 +156,7 @@ impl ConfigManager {
         egui::CentralPanel::default().show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| match tab {
                 Tab::Home if !registered => {
-                    wizard::wizard_ui(ui, &mut self.wizard, &self.service, &self.worker)
+                    wizard::wizard_ui(ui, &mut self.wizard, &self.service, &self.worker);
                 }
                 Tab::Home => home::home_ui(ui, &self.state, &self.service),
                 Tab::Settings => {

@@ -74,18 +74,16 @@ fn summary_ui(ui: &mut egui::Ui, status: &NodeStatus) {
         ui.end_row();
         ui.label("Gateway");
         let gateway_state = status.gateway_state.map_or_else(|| "unknown".to_owned(), |s| format!("{s:?}"));
-        let mut gateway = format!("{}: {gateway_state}", status.gateway_name);
-        if let Some(reason) = &status.gateway_reason {
-            gateway.push_str(&format!(" ({reason})"));
-        }
-        ui.label(gateway);
+        ui.label(with_reason(
+            format!("{}: {gateway_state}", status.gateway_name),
+            status.gateway_reason.as_deref(),
+        ));
         ui.end_row();
         ui.label("This node");
-        let mut node = format!("{}: {}", status.node_name, state_text(status.state));
-        if let Some(reason) = &status.reason {
-            node.push_str(&format!(" ({reason})"));
-        }
-        ui.label(node);
+        ui.label(with_reason(
+            format!("{}: {}", status.node_name, state_text(status.state)),
+            status.reason.as_deref(),
+        ));
         ui.end_row();
         ui.label("Role");
         ui.label(role_text(status.role));
@@ -236,6 +234,13 @@ fn runs_ui(ui: &mut egui::Ui, status: &NodeStatus) {
             };
             ui.add_sized([240.0, 18.0], bar);
         });
+    }
+}
+
+fn with_reason(text: String, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => format!("{text} ({reason})"),
+        None => text,
     }
 }
 

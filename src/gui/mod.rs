@@ -21,7 +21,7 @@ pub mod worker;
 
 pub use app::{ConfigManager, GuiPrefs, Tab};
 pub use certificate::{CertificatePage, Outcome};
-pub use service::{ServiceState, SetupDefaults, SetupPage};
+pub use service::{Logging, ServiceState, SetupDefaults, SetupPage};
 pub use worker::{Command, Worker};
 
 /// The window's title, also used by tests and the X11 smoke test to find it.
@@ -32,9 +32,9 @@ fn icon() -> egui::IconData {
     eframe::icon_data::from_png_bytes(include_bytes!("../../resources/icon.png")).unwrap_or_default()
 }
 
-/// Opens the window and runs until it is closed; `feed` carries this process's log lines to
-/// the Diagnostics tab.
-pub fn run(feed: crate::node::logs::LogFeed) -> anyhow::Result<()> {
+/// Opens the window and runs until it is closed; `logging` carries this process's log lines
+/// to the Diagnostics tab and lets the window change the level.
+pub fn run(logging: service::Logging) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(WINDOW_TITLE)
@@ -44,7 +44,7 @@ pub fn run(feed: crate::node::logs::LogFeed) -> anyhow::Result<()> {
             .with_icon(icon()),
         ..Default::default()
     };
-    eframe::run_native(WINDOW_TITLE, options, Box::new(|cc| Ok(Box::new(ConfigManager::from_creation_context(cc, feed)))))
+    eframe::run_native(WINDOW_TITLE, options, Box::new(|cc| Ok(Box::new(ConfigManager::from_creation_context(cc, logging)))))
         .map_err(|e| {
             anyhow::anyhow!(
                 "can't open the Configuration Manager window ({e}); it needs a desktop session (DISPLAY or WAYLAND_DISPLAY), or use the command line: gatehouse --help"

@@ -6,6 +6,9 @@
 use eframe::egui;
 
 use super::ops::{self, Op};
+use crate::node::control::{
+    ConnectionTest, ControlClient, ControlError, ControlEvent, ControlSocket, ControlTarget,
+};
 use crate::node::logs::{LogFeed, LogLine};
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::{NodeSettings, Store};
@@ -58,10 +61,11 @@ pub enum SetupPage {
 }
 
 /// Where the node service runs, as the Home tab says it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ServiceState {
     /// Not registered yet (the wizard shows).
     Unregistered,
+    #[default]
     Starting,
     /// Running inside this window's process.
     Running,
@@ -93,7 +97,7 @@ pub enum Event {
     Service(ServiceState),
     Status(Box<NodeStatus>),
     Log(LogLine),
-    Tested(Vec<node::control::ConnectionTest>),
+    Tested(Vec<ConnectionTest>),
     /// An [`Op`] finished: a sentence saying what happened, or why it didn't.
     Done {
         op: ops::OpKind,
@@ -118,6 +122,14 @@ impl Default for SetupDefaults {
     }
 }
 
+/// This process's logging, as the window's service thread needs it: the feed of lines for
+/// the Diagnostics tab, and a way to change the level live.
+pub struct Logging {
+    pub feed: LogFeed,
+    /// Sets the level (`info`, `debug`, …); false if it can't.
+    pub set_level: Box<dyn Fn(&str) -> bool + Send>,
+}
+
 /// Sends events to the window and wakes it up.
 #[derive(Clone)]
 pub(crate) struct EventSink {
@@ -137,14 +149,16 @@ impl EventSink {
 
 /// The window's handle to the service thread.
 pub struct Service {
-    requests: mpsc::UnboundedSender<Request>,
+    /// `None` once the window is closing.
+    requests: Option<mpsc::UnboundedSender<Request>>,
     events: std::sync::mpsc::Receiver<Event>,
     repaint: Arc<Mutex<Option<egui::Context>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Service {
     /// Starts the service thread for the data dir `dir`.
-    pub fn start(dir: PathBuf, defaults: SetupDefaults, feed: Option<LogFeed>) -> Self {
+    pub fn start(dir: PathBuf, defaults: SetupDefaults, logging: Option<Logging>) -> Self {
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (tx, events) = std::sync::mpsc::channel();
         let repaint = Arc::new(Mutex::new(None));
@@ -152,16 +166,14 @@ impl Service {
         let spawned = std::thread::Builder::new().name("gatehouse-service".to_owned()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
             match runtime {
-                Ok(runtime) => runtime.block_on(Backend::new(dir, defaults, feed, sink).run(requests_rx)),
+                Ok(runtime) => runtime.block_on(Backend::new(dir, defaults, logging, sink).run(requests_rx)),
                 Err(e) => sink.send(Event::Service(ServiceState::Stopped {
                     reason: Some(format!("can't start the service's runtime: {e}")),
                 })),
             }
         });
-        if let Err(e) = spawned {
-            tracing::error!("can't start the service thread: {e}");
-        }
-        Service { requests, events, repaint }
+        let thread = spawned.map_err(|e| tracing::error!("can't start the service thread: {e}")).ok();
+        Service { requests: Some(requests), events, repaint, thread }
     }
 
     /// Lets events wake the window up.
@@ -175,7 +187,9 @@ impl Service {
 
     pub fn send(&self, request: Request) {
         // The service thread lives as long as the window; if it died, the state shows why.
-        let _ = self.requests.send(request);
+        if let Some(requests) = &self.requests {
+            let _ = requests.send(request);
+        }
     }
 
     /// The next event, if any; never blocks.
@@ -183,6 +197,20 @@ impl Service {
         self.events.try_recv().ok()
     }
 }
+
+impl Drop for Service {
+    /// The window is closing: the service thread stops the node service and the embedded hub
+    /// (each within a bounded time), so nothing is left half-done or holding a port.
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How long closing the window waits for the service, then for the hub, to stop.
+const STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The node service running in this process.
 struct InProcess {
@@ -194,54 +222,69 @@ struct InProcess {
 struct Backend {
     store: Store,
     defaults: SetupDefaults,
+    logging: Option<Logging>,
+    /// This process's log lines, also served on the control socket.
     feed: Option<LogFeed>,
     events: EventSink,
     /// Stops everything this process runs (hub, service) when the window closes.
     shutdown: CancellationToken,
     hub: Option<crate::hub::embedded::EmbeddedHub>,
     node: Option<InProcess>,
-    /// Set while watching a `gatehouse node run` process.
+    /// Set while watching a `gatehouse node run` process (its pid).
     attached: Option<u32>,
+    /// Told when the service started as `generation` ends on its own: a watched `node run`
+    /// process went away, or a Stop came through the control socket.
+    exited: Option<mpsc::UnboundedSender<(u64, Option<String>)>>,
+    /// Counts service starts, so a late word about an earlier one is ignored.
+    generation: u64,
 }
 
 impl Backend {
-    fn new(dir: PathBuf, defaults: SetupDefaults, feed: Option<LogFeed>, events: EventSink) -> Self {
+    fn new(dir: PathBuf, defaults: SetupDefaults, logging: Option<Logging>, events: EventSink) -> Self {
         Backend {
             store: Store::new(dir),
             defaults,
-            feed,
+            feed: logging.as_ref().map(|l| l.feed.clone()),
+            logging,
             events,
             shutdown: CancellationToken::new(),
             hub: None,
             node: None,
             attached: None,
+            exited: None,
+            generation: 0,
         }
     }
 
     async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
-        self.load().await;
-        if let Some(feed) = &self.feed {
-            tokio::spawn(forward_logs(feed.clone(), self.events.clone(), self.shutdown.clone()));
+        if let Some(logging) = self.logging.take() {
+            tokio::spawn(forward_logs(logging.feed.subscribe(), self.events.clone(), self.shutdown.clone()));
+            let level = self.store.settings().map_or_else(|_| "info".to_owned(), |s| s.log_level);
+            let follow = crate::node::logs::follow_level(
+                self.store.clone(),
+                level,
+                logging.set_level,
+                self.shutdown.clone(),
+            );
+            tokio::spawn(follow);
         }
-        let (exited_tx, mut exited) = mpsc::unbounded_channel::<Option<String>>();
+        let (exited_tx, mut exited) = mpsc::unbounded_channel();
+        self.exited = Some(exited_tx);
+        self.load().await;
         loop {
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(request) => self.handle(request, &exited_tx).await,
+                    Some(request) => self.handle(request).await,
                     None => break,
                 },
-                Some(reason) = exited.recv() => {
-                    self.attached = None;
-                    self.node = None;
-                    self.events.send(Event::Service(ServiceState::Stopped { reason }));
-                }
+                Some((generation, reason)) = exited.recv() => self.ended(generation, reason).await,
             }
         }
-        // The window closed: stop the service and the hub, and wait for them to finish.
-        self.stop_in_process().await;
+        // The window closed: stop the service, then the hub, each within a bounded time.
+        let _ = tokio::time::timeout(STOP_PATIENCE, self.stop_in_process()).await;
         self.shutdown.cancel();
         if let Some(hub) = self.hub.take() {
-            let _ = hub.stopped().await;
+            let _ = tokio::time::timeout(STOP_PATIENCE, hub.stopped()).await;
         }
     }
 
@@ -250,19 +293,19 @@ impl Backend {
         let settings = self.store.settings().ok();
         self.events.send(Event::Loaded { data_dir: self.store.dir().to_owned(), settings: settings.clone() });
         if settings.is_some() {
-            self.start_service(None).await;
+            self.start_service().await;
         } else {
             self.events.send(Event::Service(ServiceState::Unregistered));
         }
     }
 
-    async fn handle(&mut self, request: Request, exited: &mpsc::UnboundedSender<Option<String>>) {
+    async fn handle(&mut self, request: Request) {
         match request {
             Request::Express => self.express().await,
             Request::Register(setup) => self.register(*setup).await,
-            Request::Start => self.start_service(Some(exited)).await,
+            Request::Start => self.start_service().await,
             Request::Stop => self.stop().await,
-            Request::TestConnections => self.test_connections().await,
+            Request::TestConnections => self.test_connections(),
             Request::Op(op) => {
                 let kind = op.kind();
                 let context = ops::Context { store: &self.store, status: self.status() };
@@ -271,10 +314,20 @@ impl Backend {
                 self.events.send(Event::Done { op: kind, result: outcome.result });
                 if restart {
                     self.stop_in_process().await;
-                    self.start_service(Some(exited)).await;
+                    self.start_service().await;
                 }
             }
         }
+    }
+
+    /// The service of `generation` ended without the window asking.
+    async fn ended(&mut self, generation: u64, reason: Option<String>) {
+        if generation != self.generation || (self.attached.is_none() && self.node.is_none()) {
+            return;
+        }
+        self.attached = None;
+        self.stop_in_process().await;
+        self.events.send(Event::Service(ServiceState::Stopped { reason }));
     }
 
     fn status(&self) -> Option<NodeStatus> {
@@ -292,10 +345,10 @@ impl Backend {
             Ok(outcome) => {
                 self.hub = outcome.hub;
                 self.events.send(Event::Registered(outcome.settings));
-                self.start_service(None).await;
+                self.start_service().await;
             }
             Err(e) => {
-                self.events.send(Event::SetupFailed { page: SetupPage::Welcome, message: e.to_string() })
+                self.events.send(Event::SetupFailed { page: SetupPage::Welcome, message: e.to_string() });
             }
         }
     }
@@ -321,7 +374,7 @@ impl Backend {
         match node::register(&self.store, registration).await {
             Ok(settings) => {
                 self.events.send(Event::Registered(settings));
-                self.start_service(None).await;
+                self.start_service().await;
             }
             Err(e) => {
                 let page = setup_page(&e);
@@ -332,10 +385,11 @@ impl Backend {
 
     /// Attaches to a `node run` process if one runs here, else starts the service in this
     /// process (after the embedded hub, when this data dir hosts one).
-    async fn start_service(&mut self, exited: Option<&mpsc::UnboundedSender<Option<String>>>) {
+    async fn start_service(&mut self) {
         if self.node.is_some() || self.attached.is_some() {
             return;
         }
+        self.generation += 1;
         self.events.send(Event::Service(ServiceState::Starting));
         if self.attach().await {
             return;
@@ -352,11 +406,29 @@ impl Backend {
                 }
             }
         }
+        // The control socket first: it refuses when a `node run` started meanwhile, and lets
+        // `gatehouse node status` and a second window find this service.
+        let socket = match ControlSocket::bind(self.store.dir()).await {
+            Ok(socket) => socket,
+            Err(ControlError::AlreadyRunning { .. }) if self.attach().await => return,
+            Err(e) => {
+                self.events.send(Event::Service(ServiceState::Stopped { reason: Some(e.to_string()) }));
+                return;
+            }
+        };
         let service = NodeService::new(self.store.clone(), Box::new(SystemMetrics::new()));
         match service.spawn(self.shutdown.child_token()).await {
             Ok((handle, task)) => {
+                let feed = self.feed.clone().unwrap_or_else(|| LogFeed::new(1));
+                socket.serve(ControlTarget::new(&handle, feed), handle.shutdown.clone());
                 tokio::spawn(forward_status(handle.status.clone(), self.events.clone()));
-                let _ = exited;
+                if let Some(exited) = self.exited.clone() {
+                    let (stopped, generation) = (handle.shutdown.clone(), self.generation);
+                    tokio::spawn(async move {
+                        stopped.cancelled().await;
+                        let _ = exited.send((generation, None));
+                    });
+                }
                 self.node = Some(InProcess { handle, task });
                 self.events.send(Event::Service(ServiceState::Running));
             }
@@ -368,11 +440,59 @@ impl Backend {
 
     /// Watches a `gatehouse node run` of this data dir, if one answers on its control socket.
     async fn attach(&mut self) -> bool {
-        let _ = &self.attached;
-        false
+        let dir = self.store.dir().to_owned();
+        let client = match ControlClient::connect(&dir).await {
+            Ok(Some(client)) => client,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!("can't check for a running node service: {e}");
+                return false;
+            }
+        };
+        let (hello, mut watched) = match client.watch().await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::warn!("a node service answers on the control socket, but not to a watch: {e}");
+                return false;
+            }
+        };
+        tracing::info!(pid = hello.pid, "attached to the running node service");
+        self.attached = Some(hello.pid);
+        self.events.send(Event::Service(ServiceState::Attached { pid: hello.pid }));
+        let (events, exited, generation) = (self.events.clone(), self.exited.clone(), self.generation);
+        tokio::spawn(async move {
+            let mut stopping = false;
+            while let Some(event) = watched.recv().await {
+                match event {
+                    ControlEvent::Status(status) => events.send(Event::Status(status)),
+                    ControlEvent::Log(line) => events.send(Event::Log(line)),
+                    ControlEvent::Stopping => stopping = true,
+                    ControlEvent::Hello(_) | ControlEvent::Tested(_) | ControlEvent::Failed { .. } => {}
+                }
+            }
+            let reason = (!stopping).then(|| {
+                format!(
+                    "the node service (gatehouse node run, pid {}) stopped or can't be reached",
+                    hello.pid
+                )
+            });
+            if let Some(exited) = exited {
+                let _ = exited.send((generation, reason));
+            }
+        });
+        true
     }
 
     async fn stop(&mut self) {
+        if self.attached.is_some() {
+            self.events.send(Event::Service(ServiceState::Stopping));
+            if let Err(e) = ControlClient::stop(self.store.dir()).await {
+                let reason = Some(format!("can't stop the node service: {e}"));
+                self.events.send(Event::Service(ServiceState::Stopped { reason }));
+            }
+            // The watch ends when the process stops; that reports Stopped.
+            return;
+        }
         if self.node.is_some() {
             self.events.send(Event::Service(ServiceState::Stopping));
             self.stop_in_process().await;
@@ -387,7 +507,23 @@ impl Backend {
         }
     }
 
-    async fn test_connections(&mut self) {
+    fn test_connections(&mut self) {
+        if self.attached.is_some() {
+            let (dir, events) = (self.store.dir().to_owned(), self.events.clone());
+            tokio::spawn(async move {
+                let tests = ControlClient::test_connections(&dir).await.unwrap_or_else(|e| {
+                    vec![ConnectionTest {
+                        target: "node service".to_owned(),
+                        address: dir.display().to_string(),
+                        ok: false,
+                        millis: 0,
+                        message: e.to_string(),
+                    }]
+                });
+                events.send(Event::Tested(tests));
+            });
+            return;
+        }
         let Some(node) = &self.node else {
             self.events.send(Event::Tested(Vec::new()));
             return;
@@ -423,8 +559,7 @@ pub(crate) fn load_identity(choice: &CertificateChoice) -> Result<crate::cert::I
 fn setup_page(error: &node::NodeError) -> SetupPage {
     let message = error.to_string();
     match error {
-        node::NodeError::Tls(_) => SetupPage::Encryption,
-        node::NodeError::PeerPort { .. } => SetupPage::Encryption,
+        node::NodeError::Tls(_) | node::NodeError::PeerPort { .. } => SetupPage::Encryption,
         node::NodeError::Hub(crate::client::ClientError::Refused { status: 409, .. })
             if message.contains("choose another name") =>
         {
@@ -451,8 +586,11 @@ async fn forward_status(mut status: tokio::sync::watch::Receiver<NodeStatus>, ev
 }
 
 /// Sends this process's log lines to the window.
-async fn forward_logs(feed: LogFeed, events: EventSink, shutdown: CancellationToken) {
-    let mut lines = feed.subscribe();
+async fn forward_logs(
+    mut lines: tokio::sync::broadcast::Receiver<LogLine>,
+    events: EventSink,
+    shutdown: CancellationToken,
+) {
     loop {
         let line = tokio::select! {
             () = shutdown.cancelled() => return,

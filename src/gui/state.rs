@@ -42,12 +42,6 @@ pub struct State {
     pub testing: bool,
 }
 
-impl Default for ServiceState {
-    fn default() -> Self {
-        ServiceState::Starting
-    }
-}
-
 impl State {
     /// Takes in one event from the service.
     pub fn apply(&mut self, event: Event) {

@@ -97,6 +97,30 @@ impl Visit for Text {
     }
 }
 
+/// Applies the data dir's `log_level` setting (changed by `gatehouse node log-level` or the
+/// window) to the running process: re-read every two seconds, handed to `set_level`.
+pub async fn follow_level(
+    store: super::store::Store,
+    mut level: String,
+    set_level: impl Fn(&str) -> bool,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        if let Ok(settings) = store.settings()
+            && settings.log_level != level
+        {
+            level = settings.log_level;
+            if set_level(&level) {
+                tracing::info!(%level, "log level changed");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! Backups of the node's state are sealed with a password ([`backup`]).
 
 pub mod backup;
+pub mod control;
 pub mod credentials;
 mod dispatch;
 pub mod logs;
@@ -165,10 +166,12 @@ pub fn host_name() -> String {
 }
 
 /// Commands to a running node service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum NodeCommand {
     /// Send a heartbeat now rather than at the next tick.
     HeartbeatNow,
+    /// Time the hub and every peer; the results (hub first) go to the sender.
+    TestConnections(tokio::sync::oneshot::Sender<Vec<control::ConnectionTest>>),
 }
 
 /// Everything a window or `node status` shows about the running service.
@@ -498,12 +501,24 @@ async fn heartbeat_loop(
     shutdown: CancellationToken,
 ) {
     let mut hub_errors: u32 = 0;
-    let mut wait = Duration::ZERO;
+    let mut wait: Duration;
+    // A deadline, not a sleep per turn: commands that don't beat must not delay the next beat.
+    let mut next_beat = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-            Some(NodeCommand::HeartbeatNow) = commands.recv() => {}
+            () = tokio::time::sleep_until(next_beat) => {}
+            Some(command) = commands.recv() => match command {
+                NodeCommand::HeartbeatNow => {}
+                NodeCommand::TestConnections(reply) => {
+                    let peers = status.borrow().peers.clone();
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let _ = reply.send(control::run_connection_tests(shared, peers).await);
+                    });
+                    continue;
+                }
+            },
         }
         let sample = service.metrics.sample();
         let metrics = NodeMetrics {
@@ -579,6 +594,7 @@ async fn heartbeat_loop(
                 });
             }
         }
+        next_beat = tokio::time::Instant::now() + wait;
     }
 }
 

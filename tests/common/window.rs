@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 /// A window on its own data dir (kept alive as long as the window).
 pub struct Window {
     pub harness: Harness<'static, ConfigManager>,
-    pub home: tempfile::TempDir,
+    /// The data dir, removed at the end when the window owns it.
+    pub dir: std::path::PathBuf,
+    pub home: Option<tempfile::TempDir>,
 }
 
 /// Setup defaults that stay on loopback and on free ports.
@@ -29,7 +31,14 @@ impl Window {
 
     /// Opens a window on `home` (which may hold a registered node).
     pub fn open_in(home: tempfile::TempDir, tab: Tab) -> Window {
-        let app = ConfigManager::new(GuiPrefs { tab }, home.path().to_owned(), loopback_defaults(), None);
+        let mut window = Window::open_at(home.path(), tab);
+        window.home = Some(home);
+        window
+    }
+
+    /// Opens a window on the data dir `dir`, which someone else owns.
+    pub fn open_at(dir: &std::path::Path, tab: Tab) -> Window {
+        let app = ConfigManager::new(GuiPrefs { tab }, dir.to_owned(), loopback_defaults(), None);
         let harness = Harness::builder().with_size(egui::vec2(1100.0, 900.0)).build_ui_state(
             |ui, app: &mut ConfigManager| {
                 app.logic();
@@ -37,7 +46,7 @@ impl Window {
             },
             app,
         );
-        let mut window = Window { harness, home };
+        let mut window = Window { harness, dir: dir.to_owned(), home: None };
         window.wait_for("the window to load", Duration::from_secs(20), |app| app.state.loaded);
         window
     }
