@@ -34,6 +34,9 @@ pub enum ClientError {
     /// The hub URL can't be used.
     #[error("{url:?} is not a usable hub URL: {reason}")]
     BadUrl { url: String, reason: String },
+    /// The proxy URL can't be used.
+    #[error("{proxy:?} is not a usable proxy URL: {reason}")]
+    BadProxy { proxy: String, reason: String },
     /// Something the caller passed can't be sent (a token with line breaks, a name of `..`).
     #[error("{0}")]
     BadInput(String),
@@ -100,7 +103,14 @@ impl HubClient {
     /// A client for the hub at `base` (e.g. `http://127.0.0.1:7070`), trusting the public web
     /// roots for HTTPS.
     pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
-        Self::with_extra_roots(base, token, Vec::new())
+        Self::build(base, token, Vec::new(), None)
+    }
+
+    /// Like [`HubClient::new`], reaching the hub through the HTTP(S) proxy `proxy` when one is
+    /// given (see [`parse_proxy`]). A hub on this machine is always reached directly.
+    pub fn with_proxy(base: &str, token: &str, proxy: Option<&str>) -> Result<Self, ClientError> {
+        let proxy = proxy.map(parse_proxy).transpose()?;
+        Self::build(base, token, Vec::new(), proxy)
     }
 
     /// Like [`HubClient::new`], also trusting `roots` for HTTPS (a private CA, or the hub's
@@ -109,6 +119,15 @@ impl HubClient {
         base: &str,
         token: &str,
         roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, ClientError> {
+        Self::build(base, token, roots, None)
+    }
+
+    fn build(
+        base: &str,
+        token: &str,
+        roots: Vec<CertificateDer<'static>>,
+        proxy: Option<Url>,
     ) -> Result<Self, ClientError> {
         let bad_url = |reason: &str| ClientError::BadUrl { url: base.to_owned(), reason: reason.to_owned() };
         let mut url = Url::parse(base.trim()).map_err(|e| bad_url(&e.to_string()))?;
@@ -140,13 +159,22 @@ impl HubClient {
             )
         })?;
         header.set_sensitive(true);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config(roots)?)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Setup(root_cause(&e)))?;
+            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
+        if let Some(proxy) = proxy {
+            let bad_proxy = |e: reqwest::Error| ClientError::BadProxy {
+                proxy: proxy.to_string(),
+                reason: root_cause(&e),
+            };
+            // An embedded hub (express setup) listens on loopback, which no proxy can reach.
+            let no_proxy = reqwest::NoProxy::from_string("localhost,127.0.0.1,::1");
+            builder =
+                builder.proxy(reqwest::Proxy::all(proxy.clone()).map_err(bad_proxy)?.no_proxy(no_proxy));
+        }
+        let http = builder.build().map_err(|e| ClientError::Setup(root_cause(&e)))?;
         Ok(HubClient { base: url, token: header, http })
     }
 
@@ -354,6 +382,39 @@ impl HubClient {
     }
 }
 
+/// Checks an HTTP(S) proxy URL (`http://proxy.corp:3128`) the way [`HubClient::with_proxy`]
+/// uses it. A user and password in the URL are refused: node.toml, where the proxy is kept,
+/// holds no secrets.
+pub fn parse_proxy(proxy: &str) -> Result<Url, ClientError> {
+    let proxy = proxy.trim();
+    let bad = |reason: &str| ClientError::BadProxy { proxy: proxy.to_owned(), reason: reason.to_owned() };
+    if !proxy.contains("://") {
+        return Err(bad("it needs a scheme; use http://HOST:PORT"));
+    }
+    let url = Url::parse(proxy).map_err(|e| bad(&e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Echoed back without the password.
+        let mut shown = url.clone();
+        if url.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        return Err(ClientError::BadProxy {
+            proxy: shown.to_string(),
+            reason: "leave out the user and password; proxies that ask for them are not supported".to_owned(),
+        });
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("use http://HOST:PORT or https://HOST:PORT"));
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(bad("it has no host; use http://HOST:PORT"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("leave out the path, query and fragment; use http://HOST:PORT"));
+    }
+    Ok(url)
+}
+
 /// rustls on ring with the public web roots and `extra` roots.
 fn tls_config(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -429,6 +490,62 @@ mod tests {
         assert!(matches!(AdminClient::new("http://u:p@hub", "t"), Err(ClientError::BadUrl { .. })));
         assert!(matches!(AdminClient::new("http://hub", " "), Err(ClientError::BadInput(_))));
         assert!(matches!(AdminClient::new("http://hub", "a\nb"), Err(ClientError::BadInput(_))));
+    }
+
+    #[test]
+    fn proxies_are_checked_before_use() {
+        assert_eq!(parse_proxy(" http://proxy.corp:3128 ").unwrap().as_str(), "http://proxy.corp:3128/");
+        assert!(parse_proxy("https://proxy.corp").is_ok());
+        for bad in ["proxy.corp:3128", "socks5://proxy:1080", "http://proxy/path", "http://", "not a url"] {
+            assert!(matches!(parse_proxy(bad), Err(ClientError::BadProxy { .. })), "{bad} was accepted");
+        }
+        let error = parse_proxy("http://me:hunter2@proxy.corp:3128").unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        assert!(matches!(
+            HubClient::with_proxy("http://hub", "t", Some("ftp://proxy")),
+            Err(ClientError::BadProxy { .. })
+        ));
+    }
+
+    /// A one-shot HTTP proxy on loopback: answers the first request with `200 {}` and hands
+    /// back its request line.
+    async fn one_shot_proxy() -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut stream = tokio::io::BufReader::new(stream);
+            let mut request_line = String::new();
+            stream.read_line(&mut request_line).await.unwrap();
+            let mut header = String::new();
+            while stream.read_line(&mut header).await.unwrap() > 2 {
+                header.clear();
+            }
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            stream.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            request_line
+        });
+        (format!("http://{address}"), task)
+    }
+
+    #[tokio::test]
+    async fn a_proxied_client_sends_through_the_proxy_but_not_to_loopback() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (proxy, seen) = one_shot_proxy().await;
+        let client = HubClient::with_proxy("http://hub.invalid:7070", "t", Some(&proxy)).unwrap();
+        assert!(client.healthy().await.unwrap());
+        assert_eq!(seen.await.unwrap().trim_end(), "GET http://hub.invalid:7070/healthz HTTP/1.1");
+
+        // A hub on loopback is reached directly: the proxy sees nothing.
+        let (proxy, seen) = one_shot_proxy().await;
+        let hub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", hub.local_addr().unwrap());
+        drop(hub);
+        let client = HubClient::with_proxy(&url, "t", Some(&proxy)).unwrap();
+        assert!(client.healthy().await.is_err(), "the closed loopback port answered");
+        assert!(!seen.is_finished(), "the proxy was used for a loopback hub");
+        seen.abort();
     }
 
     #[test]

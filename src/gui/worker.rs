@@ -1,12 +1,13 @@
 //! Runs the GUI's slow work off the UI thread: file dialogs and certificate checks. Each
 //! command runs on its own short-lived thread and answers with one [`Event`], then asks egui
-//! to repaint, so the window never polls. (The node service replaces this for node work.)
+//! to repaint, so the window never polls. (Node work goes to the service thread instead: [`super::service`].)
 
 use eframe::egui;
 
 use crate::cert::{self, Options, Report};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
 
 /// What the window asks for.
 pub enum Command {
@@ -14,45 +15,76 @@ pub enum Command {
     PickCertificateFile,
     /// Run the certificate checker on a file, trusting the roots in `roots` too.
     CheckCertificate { path: PathBuf, roots: Option<PathBuf>, options: Options },
+    /// Open the native dialog to choose a file to write (or, to restore, to read).
+    PickFile(FilePurpose),
 }
 
-/// What comes back, one per command.
+/// What a file dialog is for: it decides the dialog's kind, title, filter and suggested name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilePurpose {
+    /// Where to write a node backup.
+    Backup,
+    /// The backup to restore from.
+    Restore,
+    /// Where to write the exported logs (a zip).
+    LogExport,
+}
+
+/// Which page asked, so the answer goes back to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    Wizard,
+    Settings,
+    Diagnostics,
+    Checker,
+}
+
+/// What comes back: one answer per command, for the page that asked.
 pub enum Event {
+    For(Page, Answer),
+}
+
+/// The answer to one command.
+pub enum Answer {
     /// The dialog closed; `None` if the person cancelled (or no dialog is available).
     CertificateFilePicked(Option<PathBuf>),
     /// The checker's report, or the one-line reason the file can't be read.
     CertificateChecked(Result<Report, String>),
+    /// A file dialog closed; `None` if the person cancelled (or no dialog is available).
+    FilePicked(FilePurpose, Option<PathBuf>),
 }
 
 /// The GUI's handle to its background work.
 pub struct Worker {
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
-    repaint: Option<egui::Context>,
+    repaint: Arc<Mutex<Option<egui::Context>>>,
 }
 
 impl Default for Worker {
     fn default() -> Self {
         let (events_tx, events_rx) = channel();
-        Worker { events_tx, events_rx, repaint: None }
+        Worker { events_tx, events_rx, repaint: Arc::default() }
     }
 }
 
 impl Worker {
     /// Lets finished work wake the window up.
-    pub fn set_repaint(&mut self, ctx: &egui::Context) {
-        if self.repaint.is_none() {
-            self.repaint = Some(ctx.clone());
+    pub fn set_repaint(&self, ctx: &egui::Context) {
+        if let Ok(mut repaint) = self.repaint.lock()
+            && repaint.is_none()
+        {
+            *repaint = Some(ctx.clone());
         }
     }
 
     /// Starts `command` in the background.
-    pub fn send(&self, command: Command) {
+    pub fn send(&self, page: Page, command: Command) {
         let events = self.events_tx.clone();
-        let repaint = self.repaint.clone();
+        let repaint = self.repaint.lock().ok().and_then(|r| r.clone());
         std::thread::spawn(move || {
-            let event = match command {
-                Command::PickCertificateFile => Event::CertificateFilePicked(
+            let answer = match command {
+                Command::PickCertificateFile => Answer::CertificateFilePicked(
                     rfd::FileDialog::new()
                         .set_title("Choose a certificate")
                         .add_filter("Certificates", &["pem", "crt", "cer", "der", "pfx", "p12"])
@@ -60,9 +92,11 @@ impl Worker {
                         .pick_file(),
                 ),
                 Command::CheckCertificate { path, roots, options } => {
-                    Event::CertificateChecked(check(&path, roots, options))
+                    Answer::CertificateChecked(check(&path, roots, options))
                 }
+                Command::PickFile(purpose) => Answer::FilePicked(purpose, pick_file(purpose)),
             };
+            let event = Event::For(page, answer);
             // The window may have closed meanwhile; then nobody needs the answer.
             let _ = events.send(event);
             if let Some(ctx) = repaint {
@@ -74,6 +108,27 @@ impl Worker {
     /// The next finished event, if any; never blocks.
     pub fn try_recv(&self) -> Option<Event> {
         self.events_rx.try_recv().ok()
+    }
+}
+
+fn pick_file(purpose: FilePurpose) -> Option<PathBuf> {
+    let dialog = rfd::FileDialog::new();
+    match purpose {
+        FilePurpose::Backup => dialog
+            .set_title("Save the node backup")
+            .set_file_name("gatehouse-node.backup")
+            .add_filter("Gatehouse backups", &["backup"])
+            .save_file(),
+        FilePurpose::Restore => dialog
+            .set_title("Choose a node backup")
+            .add_filter("Gatehouse backups", &["backup"])
+            .add_filter("All files", &["*"])
+            .pick_file(),
+        FilePurpose::LogExport => dialog
+            .set_title("Save the logs")
+            .set_file_name("gatehouse-logs.zip")
+            .add_filter("Zip archives", &["zip"])
+            .save_file(),
     }
 }
 

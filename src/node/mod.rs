@@ -106,6 +106,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         peer_address,
         concurrency_limit: None,
         log_level: "info".to_owned(),
+        proxy: None,
     };
     // Secrets first: settings are what says "registered".
     store.save_secrets(&Secrets {
@@ -123,7 +124,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
 pub async fn unregister(store: &Store) -> Result<NodeSettings, NodeError> {
     let settings = store.settings()?;
     let secrets = store.secrets()?;
-    let client = HubClient::new(&settings.hub_url, &secrets.node_token)?;
+    let client = HubClient::with_proxy(&settings.hub_url, &secrets.node_token, settings.proxy.as_deref())?;
     match client.unregister().await {
         // A 401: already removed by the admin, so nothing is left at the hub to remove.
         Ok(()) | Err(ClientError::Refused { status: 401, .. }) => {}
@@ -359,7 +360,8 @@ impl NodeService {
     ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NodeError> {
         let settings = self.store.settings()?;
         let secrets = self.store.secrets()?;
-        let client = HubClient::new(&settings.hub_url, &secrets.node_token)?;
+        let client =
+            HubClient::with_proxy(&settings.hub_url, &secrets.node_token, settings.proxy.as_deref())?;
         let listen = listen_address(&settings);
         let listener = tokio::net::TcpListener::bind(listen)
             .await

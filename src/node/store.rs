@@ -56,6 +56,10 @@ pub struct NodeSettings {
     pub concurrency_limit: Option<u32>,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The HTTP(S) proxy the node reaches the hub through, e.g. `http://proxy.corp:3128`;
+    /// `None`: straight to the hub. Left out of the file when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 fn default_peer_port() -> u16 {
@@ -299,6 +303,7 @@ pub(crate) mod tests {
             peer_address: "127.0.0.1:8060".into(),
             concurrency_limit: None,
             log_level: "info".into(),
+            proxy: None,
         }
     }
 

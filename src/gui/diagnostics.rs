@@ -1,0 +1,272 @@
+//! The Diagnostics tab: the live log (level and text filters, newest at the bottom), the
+//! verbose switch, connection tests to the hub and every peer, and the log export. It draws
+//! from [`State`] and sends requests; like every tab it never reads a file itself.
+
+use eframe::egui;
+use std::collections::HashMap;
+
+use super::ops::{LOG_LEVELS, Op, OpKind};
+use super::service::{Request, Service};
+use super::settings::{Reply, answer_ui};
+use super::state::State;
+use super::worker::{Answer, Command, FilePurpose, Page, Worker};
+use crate::node::logs::LogLine;
+use std::path::PathBuf;
+
+/// The tab's own state.
+pub struct DiagnosticsPage {
+    /// Lines at this level and more severe are shown (an index into [`LOG_LEVELS`]).
+    pub level: usize,
+    /// Only lines containing this (any case) are shown.
+    pub filter: String,
+    /// What the switch shows until the settings say otherwise (`None`: follow the settings).
+    pub verbose: Option<bool>,
+    /// Where "Export logs" writes the zip.
+    pub export_path: String,
+    pub answers: HashMap<OpKind, Reply>,
+}
+
+impl Default for DiagnosticsPage {
+    fn default() -> Self {
+        // A suggestion in the home folder; read from the environment once, not per frame.
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        DiagnosticsPage {
+            level: 2,
+            filter: String::new(),
+            verbose: None,
+            export_path: home.join("gatehouse-logs.zip").display().to_string(),
+            answers: HashMap::new(),
+        }
+    }
+}
+
+impl DiagnosticsPage {
+    /// Takes in the answer to an operation (answers for other tabs are ignored).
+    pub fn done(&mut self, op: OpKind, result: &Result<String, String>) {
+        match op {
+            OpKind::LogLevel => {
+                if result.is_err() {
+                    // The switch goes back to what is stored.
+                    self.verbose = None;
+                }
+            }
+            OpKind::ExportLogs => {}
+            _ => return,
+        }
+        self.answers.insert(op, Reply::Done(result.clone()));
+    }
+
+    /// Takes in a finished background answer (the save dialog).
+    pub fn apply(&mut self, answer: Answer) {
+        if let Answer::FilePicked(FilePurpose::LogExport, Some(path)) = answer {
+            self.export_path = path.display().to_string();
+        }
+    }
+
+    fn send(&mut self, service: &Service, op: Op) {
+        self.answers.insert(op.kind(), Reply::Waiting);
+        service.send(Request::Op(op));
+    }
+
+    fn waiting(&self, kind: OpKind) -> bool {
+        self.answers.get(&kind) == Some(&Reply::Waiting)
+    }
+
+    /// The last answer to a `kind` operation; `None` while it runs or if none was sent.
+    pub fn answer(&self, kind: OpKind) -> Option<&Result<String, String>> {
+        match self.answers.get(&kind) {
+            Some(Reply::Done(result)) => Some(result),
+            _ => None,
+        }
+    }
+}
+
+/// The rank of a level name (`ERROR` 0 … `TRACE` 4); unknown levels count as `INFO`.
+fn rank(level: &str) -> usize {
+    LOG_LEVELS.iter().position(|l| l.eq_ignore_ascii_case(level)).unwrap_or(2)
+}
+
+/// Whether `line` passes the level and text filters (`filter` already lower-case).
+pub fn shown(line: &LogLine, level: usize, filter: &str) -> bool {
+    rank(&line.level) <= level
+        && (filter.is_empty()
+            || line.message.to_lowercase().contains(filter)
+            || line.target.to_lowercase().contains(filter))
+}
+
+/// `12:04:05.123` (UTC) for a time in milliseconds since the Unix epoch.
+fn clock(at_ms: i64) -> String {
+    let ms = at_ms.rem_euclid(86_400_000);
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+}
+
+/// Draws the Diagnostics tab.
+pub fn diagnostics_ui(
+    ui: &mut egui::Ui,
+    page: &mut DiagnosticsPage,
+    state: &State,
+    service: &Service,
+    worker: &Worker,
+) {
+    ui.heading("Diagnostics");
+    ui.add_space(8.0);
+    log_ui(ui, page, state, service);
+    ui.add_space(12.0);
+    ui.separator();
+    tests_ui(ui, state, service);
+    ui.add_space(12.0);
+    ui.separator();
+    export_ui(ui, page, service, worker);
+}
+
+fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service: &Service) {
+    ui.heading("Log");
+    ui.horizontal(|ui| {
+        let label = ui.label("Level");
+        egui::ComboBox::from_id_salt("log_level_filter")
+            .selected_text(LOG_LEVELS[page.level].to_uppercase())
+            .show_ui(ui, |ui| {
+                for (i, level) in LOG_LEVELS.iter().enumerate() {
+                    ui.selectable_value(&mut page.level, i, level.to_uppercase());
+                }
+            })
+            .response
+            .labelled_by(label.id);
+        let label = ui.label("Filter");
+        ui.add_sized(
+            [220.0, 22.0],
+            egui::TextEdit::singleline(&mut page.filter).hint_text("text in the message"),
+        )
+        .labelled_by(label.id);
+        let stored =
+            state.settings.as_ref().is_some_and(|s| matches!(s.log_level.as_str(), "debug" | "trace"));
+        let mut verbose = page.verbose.unwrap_or(stored);
+        let busy = page.waiting(OpKind::LogLevel);
+        if ui.add_enabled(!busy, egui::Checkbox::new(&mut verbose, "Verbose logging")).changed() {
+            page.verbose = Some(verbose);
+            let level = if verbose { "debug" } else { "info" };
+            page.send(service, Op::SetLogLevel(level.to_owned()));
+        }
+    });
+    answer_ui(ui, page.answers.get(&OpKind::LogLevel));
+    let filter = page.filter.trim().to_lowercase();
+    let lines: Vec<&LogLine> = state.logs.iter().filter(|l| shown(l, page.level, &filter)).collect();
+    ui.label(format!("{} of {} lines (times in UTC)", lines.len(), state.logs.len()));
+    let row_height = ui.text_style_height(&egui::TextStyle::Monospace);
+    egui::Frame::group(ui.style()).show(ui, |ui| {
+        egui::ScrollArea::both()
+            .id_salt("log_lines")
+            .max_height(320.0)
+            .min_scrolled_height(320.0)
+            .auto_shrink([false, false])
+            .stick_to_bottom(true)
+            .show_rows(ui, row_height, lines.len(), |ui, rows| {
+                for line in &lines[rows] {
+                    let text =
+                        format!("{} {:5} {} {}", clock(line.at_ms), line.level, line.target, line.message);
+                    let color = match rank(&line.level) {
+                        0 => Some(ui.visuals().error_fg_color),
+                        1 => Some(ui.visuals().warn_fg_color),
+                        _ => None,
+                    };
+                    let mut text = egui::RichText::new(text).monospace();
+                    if let Some(color) = color {
+                        text = text.color(color);
+                    }
+                    ui.add(egui::Label::new(text).extend());
+                }
+            });
+    });
+}
+
+fn tests_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
+    ui.heading("Connections");
+    ui.label("Times a request to the hub and a handshake with every other node of the gateway.");
+    ui.horizontal(|ui| {
+        if ui.add_enabled(state.running() && !state.testing, egui::Button::new("Test connection")).clicked() {
+            service.send(Request::TestConnections);
+        }
+        if state.testing {
+            ui.spinner();
+            ui.label("Testing…");
+        } else if !state.running() {
+            ui.label("The node service isn't running.");
+        }
+    });
+    let Some(tests) = &state.tests else { return };
+    if tests.is_empty() {
+        ui.label("Nothing was tested: the node service isn't running here.");
+        return;
+    }
+    egui::Grid::new("connection_tests").num_columns(5).striped(true).spacing([12.0, 4.0]).show(ui, |ui| {
+        for header in ["Target", "Address", "", "Time", "Result"] {
+            ui.strong(header);
+        }
+        ui.end_row();
+        for test in tests {
+            ui.label(&test.target);
+            ui.monospace(&test.address);
+            if test.ok {
+                ui.colored_label(egui::Color32::from_rgb(0x2e, 0x9d, 0x4a), "✔ ok");
+            } else {
+                ui.colored_label(ui.visuals().error_fg_color, "✖ failed");
+            }
+            ui.label(format!("{} ms", test.millis));
+            ui.add(egui::Label::new(&test.message).wrap());
+            ui.end_row();
+        }
+    });
+}
+
+fn export_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, service: &Service, worker: &Worker) {
+    ui.heading("Log export");
+    ui.label("A zip of this node's log files and its current status (no secrets), to send to support.");
+    egui::Grid::new("export_logs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
+        let label = ui.label("Export to");
+        ui.add_sized([420.0, 22.0], egui::TextEdit::singleline(&mut page.export_path)).labelled_by(label.id);
+        if ui.button("Browse…").clicked() {
+            worker.send(Page::Diagnostics, Command::PickFile(FilePurpose::LogExport));
+        }
+        ui.end_row();
+    });
+    let ready = !page.export_path.trim().is_empty() && !page.waiting(OpKind::ExportLogs);
+    if ui.add_enabled(ready, egui::Button::new("Export logs")).clicked() {
+        let path = PathBuf::from(page.export_path.trim());
+        page.send(service, Op::ExportLogs(path));
+    }
+    answer_ui(ui, page.answers.get(&OpKind::ExportLogs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(level: &str, message: &str) -> LogLine {
+        LogLine { at_ms: 0, level: level.into(), target: "gatehouse::node".into(), message: message.into() }
+    }
+
+    #[test]
+    fn the_level_filter_shows_that_level_and_more_severe() {
+        let info = rank("info");
+        assert!(shown(&line("ERROR", "x"), info, ""));
+        assert!(shown(&line("WARN", "x"), info, ""));
+        assert!(shown(&line("INFO", "x"), info, ""));
+        assert!(!shown(&line("DEBUG", "x"), info, ""));
+        assert!(shown(&line("TRACE", "x"), rank("trace"), ""));
+        assert!(!shown(&line("WARN", "x"), rank("error"), ""));
+    }
+
+    #[test]
+    fn the_text_filter_ignores_case_and_looks_at_the_module_too() {
+        let all = rank("trace");
+        assert!(shown(&line("INFO", "Heartbeat failed"), all, "heartbeat"));
+        assert!(!shown(&line("INFO", "Heartbeat failed"), all, "peer"));
+        assert!(shown(&line("INFO", "anything"), all, "node"));
+    }
+
+    #[test]
+    fn clock_times_are_utc_with_milliseconds() {
+        assert_eq!(clock(0), "00:00:00.000");
+        assert_eq!(clock(1_700_000_000_123), "22:13:20.123");
+    }
+}
