@@ -70,6 +70,36 @@ fn express_setup_starts_a_hub_registers_and_lands_on_home() {
 }
 
 #[test]
+fn express_setup_is_refused_with_the_hubs_sentence_when_the_gateway_encrypts() {
+    let hub = Hub::start();
+    let gateway = gatehouse::node::host_name();
+    let key = hub.create_gateway(&gateway, &[]);
+    // Its first node registered with a certificate, so the gateway encrypts.
+    let cert = |name: &str| format!("{CERTS}{name}");
+    let _first = Node::register(&key, "first", &["--cert", &cert("good.pem"), "--roots", &cert("ca.pem")]);
+    let home = tempfile::tempdir().unwrap();
+    let defaults = gatehouse::gui::ExpressOptions {
+        hub: Some(gatehouse::gui::express::ConfiguredHub {
+            url: hub.url.clone(),
+            admin_token: hub.token.clone(),
+        }),
+        ..common::window::loopback_defaults()
+    };
+    let mut window = Window::open_with(home.path(), Tab::Home, defaults);
+    window.click("Express setup");
+    window.wait_for("the hub's refusal", LIMIT, |app| app.wizard.error.is_some());
+    let (page, message) = window.harness.state().wizard.error.clone().unwrap();
+    assert_eq!(page, SetupPage::Welcome);
+    assert!(
+        message.contains("express setup (no encryption) can't join it; use manual setup"),
+        "not the hub's sentence: {message}"
+    );
+    assert!(window.shows("use manual setup with the gateway's certificate"), "the sentence is not on screen");
+    assert!(window.harness.state().state.settings.is_none(), "registered anyway");
+    assert_eq!(hub.nodes(&gateway).len(), 1, "the hub has a node it should have refused");
+}
+
+#[test]
 fn stop_and_start_change_the_status() {
     let mut window = Window::open(Tab::Home);
     express(&mut window);

@@ -4,7 +4,8 @@
 use eframe::egui;
 
 use super::certificate::{self, CertificatePage};
-use super::service::{Event, Logging, Request, Service, SetupDefaults};
+use super::express::{self, ExpressOptions};
+use super::service::{Event, Logging, Request, Service};
 use super::state::State;
 use super::wizard::{self, Wizard};
 use super::worker::{self, Worker};
@@ -62,7 +63,7 @@ pub struct ConfigManager {
 
 impl ConfigManager {
     /// A window for the data dir `dir`; its service thread starts now.
-    pub fn new(prefs: GuiPrefs, dir: PathBuf, defaults: SetupDefaults, logging: Option<Logging>) -> Self {
+    pub fn new(prefs: GuiPrefs, dir: PathBuf, defaults: ExpressOptions, logging: Option<Logging>) -> Self {
         let wizard = Wizard::new(defaults.peer_port);
         ConfigManager {
             prefs,
@@ -80,7 +81,9 @@ impl ConfigManager {
     pub fn from_creation_context(cc: &eframe::CreationContext<'_>, logging: Logging) -> Self {
         let prefs = cc.storage.and_then(|s| eframe::get_value(s, eframe::APP_KEY)).unwrap_or_default();
         let dir = crate::paths::data_dir();
-        let mut app = ConfigManager::new(prefs, dir, SetupDefaults::default(), Some(logging));
+        let defaults =
+            ExpressOptions { hub: express::configured_hub_from_env(), ..ExpressOptions::default() };
+        let mut app = ConfigManager::new(prefs, dir, defaults, Some(logging));
         app.created = Some(std::time::Instant::now());
         app.service.set_repaint(&cc.egui_ctx);
         app.worker.set_repaint(&cc.egui_ctx);

@@ -21,7 +21,8 @@ pub mod worker;
 
 pub use app::{ConfigManager, GuiPrefs, Tab};
 pub use certificate::{CertificatePage, Outcome};
-pub use service::{Logging, ServiceState, SetupDefaults, SetupPage};
+pub use express::ExpressOptions;
+pub use service::{Logging, ServiceState, SetupPage};
 pub use worker::{Command, Worker};
 
 /// The window's title, also used by tests and the X11 smoke test to find it.

@@ -5,6 +5,7 @@
 
 use eframe::egui;
 
+use super::express::ExpressOptions;
 use super::ops::{self, Op};
 use crate::node::control::{
     ConnectionTest, ControlClient, ControlError, ControlEvent, ControlSocket, ControlTarget,
@@ -105,23 +106,6 @@ pub enum Event {
     },
 }
 
-/// Where the window's settings for setup come from; tests use free loopback ports.
-#[derive(Clone, Debug)]
-pub struct SetupDefaults {
-    /// Where an embedded hub listens.
-    pub hub_listen: std::net::SocketAddr,
-    /// The peer port express setup tries first (manual setup shows it as the default).
-    pub peer_port: u16,
-    /// The host part of the peer address registered by manual setup (`None`: the host name).
-    pub peer_host: Option<String>,
-}
-
-impl Default for SetupDefaults {
-    fn default() -> Self {
-        SetupDefaults { hub_listen: ([127, 0, 0, 1], 7070).into(), peer_port: 8060, peer_host: None }
-    }
-}
-
 /// This process's logging, as the window's service thread needs it: the feed of lines for
 /// the Diagnostics tab, and a way to change the level live.
 pub struct Logging {
@@ -158,7 +142,7 @@ pub struct Service {
 
 impl Service {
     /// Starts the service thread for the data dir `dir`.
-    pub fn start(dir: PathBuf, defaults: SetupDefaults, logging: Option<Logging>) -> Self {
+    pub fn start(dir: PathBuf, defaults: ExpressOptions, logging: Option<Logging>) -> Self {
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (tx, events) = std::sync::mpsc::channel();
         let repaint = Arc::new(Mutex::new(None));
@@ -221,7 +205,7 @@ struct InProcess {
 /// The service thread's state.
 struct Backend {
     store: Store,
-    defaults: SetupDefaults,
+    defaults: ExpressOptions,
     logging: Option<Logging>,
     /// This process's log lines, also served on the control socket.
     feed: Option<LogFeed>,
@@ -240,7 +224,7 @@ struct Backend {
 }
 
 impl Backend {
-    fn new(dir: PathBuf, defaults: SetupDefaults, logging: Option<Logging>, events: EventSink) -> Self {
+    fn new(dir: PathBuf, defaults: ExpressOptions, logging: Option<Logging>, events: EventSink) -> Self {
         Backend {
             store: Store::new(dir),
             defaults,
@@ -335,13 +319,7 @@ impl Backend {
     }
 
     async fn express(&mut self) {
-        let options = super::express::ExpressOptions {
-            hub: super::express::configured_hub_from_env(),
-            hub_listen: self.defaults.hub_listen,
-            peer_port: self.defaults.peer_port,
-            peer_host: self.defaults.peer_host.clone(),
-        };
-        match super::express::express_setup(&self.store, &options, self.shutdown.child_token()).await {
+        match super::express::express_setup(&self.store, &self.defaults, self.shutdown.child_token()).await {
             Ok(outcome) => {
                 self.hub = outcome.hub;
                 self.events.send(Event::Registered(outcome.settings));

@@ -3,7 +3,7 @@
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use gatehouse::gui::{ConfigManager, GuiPrefs, SetupDefaults, Tab};
+use gatehouse::gui::{ConfigManager, ExpressOptions, GuiPrefs, Tab};
 use std::time::{Duration, Instant};
 
 /// A window on its own data dir (kept alive as long as the window).
@@ -15,8 +15,9 @@ pub struct Window {
 }
 
 /// Setup defaults that stay on loopback and on free ports.
-pub fn loopback_defaults() -> SetupDefaults {
-    SetupDefaults {
+pub fn loopback_defaults() -> ExpressOptions {
+    ExpressOptions {
+        hub: None,
         hub_listen: ([127, 0, 0, 1], 0).into(),
         peer_port: super::process::free_port(),
         peer_host: Some("127.0.0.1".to_owned()),
@@ -38,7 +39,12 @@ impl Window {
 
     /// Opens a window on the data dir `dir`, which someone else owns.
     pub fn open_at(dir: &std::path::Path, tab: Tab) -> Window {
-        let app = ConfigManager::new(GuiPrefs { tab }, dir.to_owned(), loopback_defaults(), None);
+        Window::open_with(dir, tab, loopback_defaults())
+    }
+
+    /// Opens a window on `dir` with these setup defaults.
+    pub fn open_with(dir: &std::path::Path, tab: Tab, defaults: ExpressOptions) -> Window {
+        let app = ConfigManager::new(GuiPrefs { tab }, dir.to_owned(), defaults, None);
         let harness = Harness::builder().with_size(egui::vec2(1100.0, 900.0)).build_ui_state(
             |ui, app: &mut ConfigManager| {
                 app.logic();
