@@ -6,6 +6,7 @@
 pub mod api;
 mod auth;
 pub mod db;
+pub mod embedded;
 mod error;
 mod nodes_cache;
 mod page;

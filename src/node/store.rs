@@ -81,6 +81,12 @@ pub struct Secrets {
     pub credential_version: u64,
     /// The certificate and key the peer channel is encrypted with; `None`: not encrypted.
     pub tls: Option<crate::cert::Identity>,
+    /// The admin token of the hub embedded in this data dir (express setup), if it hosts one:
+    /// the hub keeps only its hash. Kept across unregistering, for the next express setup.
+    /// Left out of the file when `None`, so data dirs without one stay readable by older
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_admin_token: Option<String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -91,6 +97,7 @@ impl fmt::Debug for Secrets {
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .field("credential_version", &self.credential_version)
             .field("tls", &self.tls)
+            .field("hub_admin_token", &self.hub_admin_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -188,17 +195,25 @@ impl Store {
         write_atomic(&path, &seal(&key, &json)).map_err(|reason| self.io("write", &path, reason))
     }
 
-    /// Forgets the registration (settings and secrets); the machine id and key stay.
+    /// Forgets the registration (settings and secrets); the machine id and key stay, and so
+    /// does the admin token of an embedded hub (it belongs to this data dir, not to the
+    /// registration).
     pub fn forget_registration(&self) -> Result<()> {
-        for name in [SETTINGS, SECRETS] {
+        let hub_admin_token = self.secrets().ok().and_then(|secrets| secrets.hub_admin_token);
+        let remove = |name: &str| {
             let path = self.dir.join(name);
             match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(reason) => return Err(self.io("remove", &path, reason)),
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(reason) => Err(self.io("remove", &path, reason)),
             }
+        };
+        // Settings first: they are what says "registered".
+        remove(SETTINGS)?;
+        match hub_admin_token {
+            Some(token) => self.save_secrets(&Secrets { hub_admin_token: Some(token), ..Secrets::default() }),
+            None => remove(SECRETS),
         }
-        Ok(())
     }
 
     /// The sealing key, created on first use if `create`.
@@ -327,6 +342,32 @@ pub(crate) mod tests {
             assert_eq!(mode, 0o600, "{name} is {mode:o}");
         }
         assert!(!format!("{secrets:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn the_hub_admin_token_is_hidden_sealed_and_outlives_the_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.save_settings(&settings()).unwrap();
+        let secrets = Secrets {
+            node_token: "ghn_x_secret".into(),
+            hub_admin_token: Some("gha_admin_secret".into()),
+            ..Secrets::default()
+        };
+        store.save_secrets(&secrets).unwrap();
+        assert!(!format!("{secrets:?}").contains("gha_admin_secret"));
+        let on_disk = std::fs::read(store.dir().join(SECRETS)).unwrap();
+        assert!(!on_disk.windows(6).any(|w| w == b"gha_ad"), "the admin token is stored in the clear");
+
+        store.forget_registration().unwrap();
+        assert!(!store.is_registered());
+        let kept = store.secrets().unwrap();
+        assert_eq!(kept, Secrets { hub_admin_token: Some("gha_admin_secret".into()), ..Secrets::default() });
+
+        // Without one, nothing of the registration is left.
+        store.save_secrets(&Secrets::default()).unwrap();
+        store.forget_registration().unwrap();
+        assert!(matches!(store.secrets(), Err(StoreError::NotRegistered)));
     }
 
     #[test]
