@@ -422,3 +422,42 @@ fn a_rejected_certificate_cant_be_used_and_a_good_one_turns_encryption_on_and_of
     assert!(store.secrets().unwrap().tls.is_none());
     assert!(window.shows("Encryption: off"));
 }
+
+#[test]
+fn the_certificate_op_checks_again_and_a_rejected_one_changes_nothing() {
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/certs/");
+    let hub = Hub::start();
+    let node = registered(&hub, "checked");
+    let store = Store::new(node.home.path());
+    let before = (read(&node.home.path().join("node.toml")), read(&node.home.path().join("secrets.bin")));
+    let choice = |file: &str, password: Option<&str>| gatehouse::gui::service::CertificateChoice {
+        path: format!("{certs}{file}").into(),
+        password: password.map(str::to_owned),
+        roots: Some(format!("{certs}ca.pem").into()),
+    };
+    let op =
+        Op::SetRemoteAccess { port: 8060, certificate: Some(choice("cng-software.pfx", Some("secret"))) };
+    assert!(!format!("{op:?}").contains("secret"), "Debug shows the PFX password: {op:?}");
+    assert_eq!(op.kind(), OpKind::Certificate);
+    let settings = store.settings().unwrap();
+    let port = settings.peer_port;
+    let refused = run(
+        &store,
+        Op::SetRemoteAccess { port, certificate: Some(choice("cng-software.pfx", Some("secret"))) },
+    );
+    assert!(err(&refused).contains("nothing was changed"), "{:?}", refused.result);
+    assert!(!refused.restart);
+    let after = (read(&node.home.path().join("node.toml")), read(&node.home.path().join("secrets.bin")));
+    assert!(before == after, "a rejected certificate changed the node's files");
+
+    let taken =
+        run(&store, Op::SetRemoteAccess { port, certificate: Some(choice("good.pfx", Some("secret"))) });
+    assert!(ok(&taken).contains("encrypted with the new certificate"), "{:?}", taken.result);
+    assert!(taken.restart);
+    assert!(store.secrets().unwrap().tls.is_some());
+    // The port alone keeps the certificate.
+    run(&store, Op::SetRemoteAccess { port, certificate: None });
+    assert!(store.secrets().unwrap().tls.is_some(), "changing the port dropped the certificate");
+    assert!(ok(&run(&store, Op::DisableEncryption)).contains("encryption turned off"));
+    assert!(store.secrets().unwrap().tls.is_none());
+}

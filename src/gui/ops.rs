@@ -6,6 +6,7 @@
 //! Secrets (credential values, backup and PFX passwords) are only passed through: they never
 //! reach a log line, an answer or `Debug` output.
 
+use super::service::{CertificateChoice, load_identity};
 use crate::client::{HubClient, parse_proxy};
 use crate::node::NodeStatus;
 use crate::node::store::{NodeSettings, Store};
@@ -23,7 +24,7 @@ pub enum Op {
     /// rejected one is refused), or with the certificate it has now when `None`.
     SetRemoteAccess {
         port: u16,
-        certificate: Option<CertificateFile>,
+        certificate: Option<CertificateChoice>,
     },
     /// Stop encrypting the peer channel.
     DisableEncryption,
@@ -66,7 +67,8 @@ impl fmt::Debug for Op {
             Op::SetRemoteAccess { port, certificate } => f
                 .debug_struct("SetRemoteAccess")
                 .field("port", port)
-                .field("certificate", certificate)
+                // The path only, never the password.
+                .field("certificate", &certificate.as_ref().map(|c| &c.path))
                 .finish(),
             Op::DisableEncryption => f.write_str("DisableEncryption"),
             Op::SetConcurrency(limit) => f.debug_tuple("SetConcurrency").field(limit).finish(),
@@ -87,26 +89,6 @@ impl fmt::Debug for Op {
             Op::SetLogLevel(level) => f.debug_tuple("SetLogLevel").field(level).finish(),
             Op::ExportLogs(path) => f.debug_tuple("ExportLogs").field(path).finish(),
         }
-    }
-}
-
-/// A certificate file for the peer channel. The password stays in memory only.
-#[derive(Clone, Default)]
-pub struct CertificateFile {
-    pub path: PathBuf,
-    /// The PFX (or encrypted key) password.
-    pub password: Option<String>,
-    /// Extra trusted roots (PEM), e.g. the organisation's own CA, as on the Certificate page.
-    pub roots: Option<PathBuf>,
-}
-
-impl fmt::Debug for CertificateFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertificateFile")
-            .field("path", &self.path)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("roots", &self.roots)
-            .finish()
     }
 }
 
@@ -281,14 +263,14 @@ fn edit_settings(store: &Store, edit: impl FnOnce(&mut NodeSettings)) -> Result<
 fn set_remote_access(
     store: &Store,
     port: u16,
-    certificate: Option<&CertificateFile>,
+    certificate: Option<&CertificateChoice>,
 ) -> Result<String, String> {
     if port == 0 {
         return Err("the port must be between 1 and 65535".to_owned());
     }
     let settings = store.settings().map_err(|e| e.to_string())?;
     let tls = match certificate {
-        Some(file) => Some(identity(file)?),
+        Some(choice) => Some(load_identity(choice).map_err(|e| format!("{e}; nothing was changed"))?),
         None => store.secrets().map_err(|e| e.to_string())?.tls,
     };
     if port != settings.peer_port {
@@ -305,24 +287,6 @@ fn set_remote_access(
         ),
         (None, false) => format!("the peer channel moves to port {port}; the service restarts to apply it"),
     })
-}
-
-/// Checks the certificate as the Certificate page did; a sentence when it can't be used.
-fn identity(file: &CertificateFile) -> Result<crate::cert::Identity, String> {
-    let extra_roots = match &file.roots {
-        Some(roots) => crate::cert::read_roots(roots).map_err(|e| format!("trusted root CA file: {e}"))?,
-        None => Vec::new(),
-    };
-    let options = crate::cert::Options { password: file.password.clone(), extra_roots, ..Default::default() };
-    match crate::cert::identity(&file.path, &options) {
-        Ok((_, Some(identity))) => Ok(identity),
-        Ok((report, None)) => Err(format!(
-            "{} can't encrypt the peer channel: the checker's verdict is {} (or the file has no private key); nothing was changed",
-            file.path.display(),
-            report.verdict
-        )),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// Refuses a port another program listens on, before the service restarts onto it.

@@ -9,8 +9,8 @@ use eframe::egui;
 use std::collections::HashMap;
 
 use super::certificate::{CertificatePage, Outcome as CheckOutcome, report_ui, text_field_ui};
-use super::ops::{CertificateFile, Op, OpKind, Thresholds};
-use super::service::{Request, Service};
+use super::ops::{Op, OpKind, Thresholds};
+use super::service::{CertificateChoice, Request, Service};
 use super::state::State;
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::cert::Verdict;
@@ -420,7 +420,7 @@ fn change_certificate_ui(
             && let Some(port) = port
         {
             let non_empty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
-            let certificate = CertificateFile {
+            let certificate = CertificateChoice {
                 path: PathBuf::from(&inputs.0),
                 password: non_empty(&inputs.1),
                 roots: non_empty(&inputs.2).map(PathBuf::from),
