@@ -321,7 +321,10 @@ impl Backend {
     async fn express(&mut self) {
         match super::express::express_setup(&self.store, &self.defaults, self.shutdown.child_token()).await {
             Ok(outcome) => {
-                self.hub = outcome.hub;
+                // `None`: express reused the embedded hub this window already runs.
+                if outcome.hub.is_some() {
+                    self.hub = outcome.hub;
+                }
                 self.events.send(Event::Registered(outcome.settings));
                 self.start_service().await;
             }

@@ -108,11 +108,14 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         log_level: "info".to_owned(),
         proxy: None,
     };
-    // Secrets first: settings are what says "registered".
+    // Secrets first: settings are what says "registered". The embedded hub's admin token, if
+    // this data dir hosts one, belongs to the machine, not the registration: keep it.
+    let hub_admin_token = store.secrets().ok().and_then(|s| s.hub_admin_token);
     store.save_secrets(&Secrets {
         node_token: answer.node_token,
         gateway_secret: answer.gateway_secret,
         tls: registration.tls,
+        hub_admin_token,
         ..Secrets::default()
     })?;
     store.save_settings(&settings)?;
