@@ -225,3 +225,27 @@ fn the_window_attaches_to_a_running_node_service_and_can_stop_it() {
     window.wait_for("the node to be Online again", LIMIT, online);
     assert!(socket.exists(), "the in-window service doesn't serve the control socket");
 }
+
+#[test]
+fn the_wizard_restores_a_node_from_its_backup() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("gw", &[]);
+    let node = Node::register(&key, "n1", &[]);
+    let backup = node.home.path().join("n1.backup");
+    let output = common::cluster::gatehouse(
+        node.home.path(),
+        &["node", "backup", "--out", backup.to_str().unwrap()],
+        &[("GATEHOUSE_BACKUP_PASSWORD", "correct horse battery")],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let mut window = Window::open(Tab::Home);
+    window.type_into("Backup to restore", backup.to_str().unwrap());
+    window.type_into("Password of the backup", "correct horse battery");
+    window.click("Restore");
+    window.wait_for("the restored node to be Online", LIMIT, online);
+    let settings = window.harness.state().state.settings.clone().unwrap();
+    assert_eq!(settings.node_name, "n1");
+    assert_eq!(settings.gateway_name, "gw");
+    assert!(window.shows("Service: running"), "Home is not shown after the restore");
+}

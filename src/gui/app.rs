@@ -5,7 +5,7 @@ use eframe::egui;
 
 use super::certificate::{self, CertificatePage};
 use super::express::{self, ExpressOptions};
-use super::service::{Event, Logging, Request, Service};
+use super::service::{Event, Logging, Request, Service, SetupPage};
 use super::state::State;
 use super::wizard::{self, Wizard};
 use super::worker::{self, Worker};
@@ -160,6 +160,13 @@ impl ConfigManager {
             egui::ScrollArea::vertical().show(ui, |ui| match tab {
                 Tab::Home if !registered => {
                     wizard::wizard_ui(ui, &mut self.wizard, &self.service, &self.worker);
+                    if self.wizard.page == SetupPage::Welcome {
+                        // A machine replacing a lost one starts from its backup instead.
+                        ui.add_space(14.0);
+                        ui.separator();
+                        ui.label(egui::RichText::new("Or restore a node from its backup").strong());
+                        settings::restore_ui(ui, &mut self.settings, &self.service, &self.worker);
+                    }
                 }
                 Tab::Home => home::home_ui(ui, &self.state, &self.service),
                 Tab::Settings => {

@@ -90,6 +90,8 @@ pub enum Event {
     },
     /// Setup worked; the service starts next.
     Registered(NodeSettings),
+    /// The node's settings as stored after an operation changed them.
+    Settings(NodeSettings),
     /// Setup failed; show `message` on `page`.
     SetupFailed {
         page: SetupPage,
@@ -290,17 +292,36 @@ impl Backend {
             Request::Start => self.start_service().await,
             Request::Stop => self.stop().await,
             Request::TestConnections => self.test_connections(),
-            Request::Op(op) => {
-                let kind = op.kind();
-                let context = ops::Context { store: &self.store, status: self.status() };
-                let outcome = ops::run(op, context).await;
-                let restart = outcome.restart && self.node.is_some();
-                self.events.send(Event::Done { op: kind, result: outcome.result });
-                if restart {
-                    self.stop_in_process().await;
-                    self.start_service().await;
-                }
+            Request::Op(op) => self.op(op).await,
+        }
+    }
+
+    /// Runs a Settings/Diagnostics operation, then shows the stored settings and restarts the
+    /// service when the change needs it.
+    async fn op(&mut self, op: Op) {
+        let kind = op.kind();
+        let context = ops::Context { store: &self.store, status: self.status() };
+        let mut outcome = ops::run(op, context).await;
+        let saved = outcome.result.is_ok();
+        if saved && outcome.restart && self.attached.is_some() {
+            // A `node run` process applies it at its next start; the window can't restart it.
+            if let Ok(answer) = &mut outcome.result {
+                answer.push_str("; restart gatehouse node run to apply it");
             }
+        }
+        self.events.send(Event::Done { op: kind, result: outcome.result });
+        if !saved {
+            return;
+        }
+        let Ok(settings) = self.store.settings() else { return };
+        self.events.send(Event::Settings(settings.clone()));
+        if self.node.is_some() && outcome.restart {
+            self.stop_in_process().await;
+            self.start_service().await;
+        } else if kind == ops::OpKind::Restore && self.node.is_none() && self.attached.is_none() {
+            // Restored onto an unregistered machine: it is a node now.
+            self.events.send(Event::Registered(settings));
+            self.start_service().await;
         }
     }
 

@@ -51,7 +51,7 @@ impl State {
                 self.data_dir = Some(data_dir);
                 self.settings = settings;
             }
-            Event::Registered(settings) => self.settings = Some(settings),
+            Event::Registered(settings) | Event::Settings(settings) => self.settings = Some(settings),
             Event::Service(service) => {
                 if matches!(service, ServiceState::Stopped { .. } | ServiceState::Unregistered) {
                     self.status = None;
