@@ -323,7 +323,8 @@ fn start_heartbeats(node: Arc<Node>, first_after: Duration, stop: CancellationTo
     let failures = Arc::new(AtomicU32::new(0));
     let failed = Arc::clone(&failures);
     tokio::spawn(async move {
-        let body = Heartbeat { version: VERSION.to_owned(), metrics: NodeMetrics::default() };
+        let body =
+            Heartbeat { version: VERSION.to_owned(), metrics: NodeMetrics::default(), peer_address: None };
         let mut next = tokio::time::Instant::now() + first_after;
         let mut paused = false;
         let mut last_ok = None;

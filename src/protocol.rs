@@ -160,6 +160,9 @@ pub struct RegisterResponse {
 pub struct Heartbeat {
     pub version: String,
     pub metrics: NodeMetrics,
+    /// Where peers reach this node now, when it changed since registration (a new port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
 }
 
 /// What the hub tells a node on each heartbeat.

@@ -427,8 +427,13 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let now = now_ms();
     let mut nodes = state.db.nodes(&node.gateway_id).await?;
-    state.db.heartbeat(&node, &beat.version, &beat.metrics, now, nodes.len() == 1).await?;
+    let peer_address = match beat.peer_address.as_deref().map(str::trim) {
+        Some(address) if !address.is_empty() => address.to_owned(),
+        _ => node.peer_address.clone(),
+    };
+    state.db.heartbeat(&node, &beat.version, &beat.metrics, &peer_address, now, nodes.len() == 1).await?;
     if let Some(me) = nodes.iter_mut().find(|n| n.id == node.id) {
+        me.peer_address = peer_address;
         me.last_heartbeat_ms = Some(now);
         me.version.clone_from(&beat.version);
         me.encryption_thumbprint.clone_from(&beat.metrics.encryption_thumbprint);

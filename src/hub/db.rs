@@ -498,17 +498,20 @@ impl Db {
         node: &NodeRow,
         version: &str,
         metrics: &NodeMetrics,
+        peer_address: &str,
         now_ms: i64,
         single_node: bool,
     ) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query(
-            "UPDATE nodes SET last_heartbeat_ms = $1, version = $2, metrics = $3, encryption_thumbprint = $4 WHERE id = $5",
+            "UPDATE nodes SET last_heartbeat_ms = $1, version = $2, metrics = $3, encryption_thumbprint = $4, \
+             peer_address = $5 WHERE id = $6",
         )
         .bind(now_ms)
         .bind(version)
         .bind(to_json(metrics))
         .bind(metrics.encryption_thumbprint.as_deref())
+        .bind(peer_address)
         .bind(&node.id)
         .execute(&mut *tx)
         .await?;

@@ -419,7 +419,15 @@ impl NodeService {
 
 /// Where the peer channel listens: the registered address when it names an IP (so a node
 /// registered as 127.0.0.1:port stays on loopback), else every interface on the peer port.
+///
+/// `GATEHOUSE_FAKE_FIREWALL=IP:PORT` makes it listen there instead, so peers dialling the
+/// advertised address find nothing, as behind a closed firewall: a fake for tests only (no
+/// firewall can be had on a test machine's loopback), announced loudly.
 fn listen_address(settings: &NodeSettings) -> SocketAddr {
+    if let Some(fake) = std::env::var("GATEHOUSE_FAKE_FIREWALL").ok().and_then(|a| a.parse().ok()) {
+        tracing::warn!(listen = %fake, advertised = %settings.peer_address, "FAKE firewall: the peer channel listens elsewhere than advertised; for tests only");
+        return fake;
+    }
     settings
         .peer_address
         .parse::<SocketAddr>()
@@ -540,7 +548,11 @@ async fn heartbeat_loop(
             hub_errors,
             ..NodeMetrics::default()
         };
-        let beat = Heartbeat { version: crate::VERSION.to_owned(), metrics: metrics.clone() };
+        let beat = Heartbeat {
+            version: crate::VERSION.to_owned(),
+            metrics: metrics.clone(),
+            peer_address: Some(shared.settings.peer_address.clone()),
+        };
         match shared.client.heartbeat(&beat).await {
             Ok(answer) => {
                 if hub_errors > 0 {
