@@ -259,7 +259,13 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     // (with the running one's pid), not by a busy peer port.
     let control = ControlSocket::bind(store.dir()).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(follow_log_level(store.clone(), logs, settings.log_level, shutdown.clone()));
+    let set_level = move |level: &str| logs.set_level(level);
+    tokio::spawn(crate::node::logs::follow_level(
+        store.clone(),
+        settings.log_level,
+        set_level,
+        shutdown.clone(),
+    ));
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     // A fake machine for threshold tests, never for real use: say so loudly.
     let metrics: Box<dyn crate::node::metrics::MetricsSource> = match std::env::var("GATEHOUSE_FAKE_METRICS")
@@ -300,30 +306,6 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     let _ = control.await;
     tracing::info!("node service stopped");
     Ok(())
-}
-
-/// Applies `gatehouse node log-level` to the running service: the setting is re-read every
-/// two seconds.
-async fn follow_log_level(
-    store: Store,
-    logs: super::logging::LogControl,
-    mut level: String,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-        }
-        if let Ok(settings) = store.settings()
-            && settings.log_level != level
-        {
-            level = settings.log_level;
-            if logs.set_level(&level) {
-                tracing::info!(%level, "log level changed");
-            }
-        }
-    }
 }
 
 fn status(store: &Store, json: bool) -> anyhow::Result<()> {

@@ -3,11 +3,10 @@
 //! from [`State`] and sends requests; like every tab it never reads a file itself.
 
 use eframe::egui;
-use std::collections::HashMap;
 
 use super::ops::{LOG_LEVELS, Op, OpKind};
 use super::service::{Request, Service};
-use super::settings::{Reply, answer_ui};
+use super::settings::{Answers, answer_ui};
 use super::state::State;
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::node::logs::LogLine;
@@ -23,7 +22,7 @@ pub struct DiagnosticsPage {
     pub verbose: Option<bool>,
     /// Where "Export logs" writes the zip.
     pub export_path: String,
-    pub answers: HashMap<OpKind, Reply>,
+    pub answers: Answers,
 }
 
 impl Default for DiagnosticsPage {
@@ -35,7 +34,7 @@ impl Default for DiagnosticsPage {
             filter: String::new(),
             verbose: None,
             export_path: home.join("gatehouse-logs.zip").display().to_string(),
-            answers: HashMap::new(),
+            answers: Answers::default(),
         }
     }
 }
@@ -53,7 +52,7 @@ impl DiagnosticsPage {
             OpKind::ExportLogs => {}
             _ => return,
         }
-        self.answers.insert(op, Reply::Done(result.clone()));
+        self.answers.done(op, result);
     }
 
     /// Takes in a finished background answer (the save dialog).
@@ -64,20 +63,16 @@ impl DiagnosticsPage {
     }
 
     fn send(&mut self, service: &Service, op: Op) {
-        self.answers.insert(op.kind(), Reply::Waiting);
-        service.send(Request::Op(op));
+        self.answers.send(service, op);
     }
 
     fn waiting(&self, kind: OpKind) -> bool {
-        self.answers.get(&kind) == Some(&Reply::Waiting)
+        self.answers.waiting(kind)
     }
 
     /// The last answer to a `kind` operation; `None` while it runs or if none was sent.
     pub fn answer(&self, kind: OpKind) -> Option<&Result<String, String>> {
-        match self.answers.get(&kind) {
-            Some(Reply::Done(result)) => Some(result),
-            _ => None,
-        }
+        self.answers.answer(kind)
     }
 }
 
@@ -148,7 +143,7 @@ fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service:
             page.send(service, Op::SetLogLevel(level.to_owned()));
         }
     });
-    answer_ui(ui, page.answers.get(&OpKind::LogLevel));
+    answer_ui(ui, page.answers.get(OpKind::LogLevel));
     let filter = page.filter.trim().to_lowercase();
     let lines: Vec<&LogLine> = state.logs.iter().filter(|l| shown(l, page.level, &filter)).collect();
     ui.label(format!("{} of {} lines (times in UTC)", lines.len(), state.logs.len()));
@@ -234,7 +229,7 @@ fn export_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, service: &Service, w
         let path = PathBuf::from(page.export_path.trim());
         page.send(service, Op::ExportLogs(path));
     }
-    answer_ui(ui, page.answers.get(&OpKind::ExportLogs));
+    answer_ui(ui, page.answers.get(OpKind::ExportLogs));
 }
 
 #[cfg(test)]

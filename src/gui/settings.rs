@@ -27,6 +27,47 @@ pub enum Reply {
     Done(Result<String, String>),
 }
 
+/// Where each operation a tab sent stands, by kind.
+#[derive(Debug, Default)]
+pub struct Answers(HashMap<OpKind, Reply>);
+
+impl Answers {
+    /// Sends `op` and marks its kind as waiting.
+    pub(crate) fn send(&mut self, service: &Service, op: Op) {
+        self.0.insert(op.kind(), Reply::Waiting);
+        service.send(Request::Op(op));
+    }
+
+    pub(crate) fn waiting(&self, kind: OpKind) -> bool {
+        self.0.get(&kind) == Some(&Reply::Waiting)
+    }
+
+    /// The last answer to a `kind` operation; `None` while it runs or if none was sent.
+    pub fn answer(&self, kind: OpKind) -> Option<&Result<String, String>> {
+        match self.0.get(&kind) {
+            Some(Reply::Done(result)) => Some(result),
+            _ => None,
+        }
+    }
+
+    /// Whether a `kind` operation was ever sent (and its answer kept).
+    pub fn contains(&self, kind: OpKind) -> bool {
+        self.0.contains_key(&kind)
+    }
+
+    pub(crate) fn get(&self, kind: OpKind) -> Option<&Reply> {
+        self.0.get(&kind)
+    }
+
+    pub(crate) fn done(&mut self, kind: OpKind, result: &Result<String, String>) {
+        self.0.insert(kind, Reply::Done(result.clone()));
+    }
+
+    pub(crate) fn forget(&mut self, kind: OpKind) {
+        self.0.remove(&kind);
+    }
+}
+
 /// The thresholds as typed (checked before sending).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThresholdForm {
@@ -109,7 +150,7 @@ pub struct SettingsPage {
     pub backup: BackupForm,
     pub restore: RestoreForm,
     /// The last answer of each kind of operation, or that it is under way.
-    pub answers: HashMap<OpKind, Reply>,
+    pub answers: Answers,
     /// The form fields were filled from the node's settings.
     filled: bool,
     /// This machine's logical CPUs, read once.
@@ -134,7 +175,7 @@ impl Default for SettingsPage {
             confirm_delete: None,
             backup: BackupForm::default(),
             restore: RestoreForm::default(),
-            answers: HashMap::new(),
+            answers: Answers::default(),
             filled: false,
             cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         }
@@ -150,7 +191,7 @@ impl SettingsPage {
                 self.credentials =
                     Some(result.iter().flat_map(|names| names.lines()).map(str::to_owned).collect());
                 if result.is_ok() {
-                    self.answers.remove(&op);
+                    self.answers.forget(op);
                     return;
                 }
             }
@@ -160,7 +201,7 @@ impl SettingsPage {
             }
             OpKind::AdminToken => {
                 self.admin = Some(result.is_ok());
-                self.answers.remove(&op);
+                self.answers.forget(op);
                 return;
             }
             OpKind::Certificate if result.is_ok() => {
@@ -171,7 +212,7 @@ impl SettingsPage {
             OpKind::LogLevel | OpKind::ExportLogs => return,
             _ => {}
         }
-        self.answers.insert(op, Reply::Done(result.clone()));
+        self.answers.done(op, result);
     }
 
     /// Takes in a finished background answer (dialogs, certificate checks).
@@ -189,20 +230,16 @@ impl SettingsPage {
     }
 
     fn send(&mut self, service: &Service, op: Op) {
-        self.answers.insert(op.kind(), Reply::Waiting);
-        service.send(Request::Op(op));
+        self.answers.send(service, op);
     }
 
     fn waiting(&self, kind: OpKind) -> bool {
-        self.answers.get(&kind) == Some(&Reply::Waiting)
+        self.answers.waiting(kind)
     }
 
     /// The last answer to a `kind` operation; `None` while it runs or if none was sent.
     pub fn answer(&self, kind: OpKind) -> Option<&Result<String, String>> {
-        match self.answers.get(&kind) {
-            Some(Reply::Done(result)) => Some(result),
-            _ => None,
-        }
+        self.answers.answer(kind)
     }
 
     /// Fills the fields from the node's settings once, and asks for what only the service
@@ -338,7 +375,7 @@ fn encryption_ui(
     if page.changing_certificate {
         change_certificate_ui(ui, page, state, service, worker);
     }
-    answer_ui(ui, page.answers.get(&OpKind::Certificate));
+    answer_ui(ui, page.answers.get(OpKind::Certificate));
 
     ui.add_space(6.0);
     let current = state.settings.as_ref().map(|s| s.peer_port);
@@ -358,7 +395,7 @@ fn encryption_ui(
     {
         page.send(service, Op::SetRemoteAccess { port, certificate: None });
     }
-    answer_ui(ui, page.answers.get(&OpKind::RemotePort));
+    answer_ui(ui, page.answers.get(OpKind::RemotePort));
 }
 
 fn change_certificate_ui(
@@ -480,7 +517,7 @@ fn concurrency_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, ser
         }
     });
     ui.label("The service restarts to apply a new limit; runs under way finish first.");
-    answer_ui(ui, page.answers.get(&OpKind::Concurrency));
+    answer_ui(ui, page.answers.get(OpKind::Concurrency));
 }
 
 fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: &Service) {
@@ -532,7 +569,7 @@ fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, serv
                 page.thresholds = Some(ThresholdForm::from_settings(&status.settings));
             }
         });
-        answer_ui(ui, page.answers.get(&OpKind::Thresholds));
+        answer_ui(ui, page.answers.get(OpKind::Thresholds));
     } else {
         let s = &status.settings;
         let off = |p: u8| if p == 0 { "off".to_owned() } else { format!("{p} %") };
@@ -596,7 +633,7 @@ fn proxy_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: 
     if ui.add_enabled(ready, egui::Button::new("Save proxy")).clicked() {
         page.send(service, Op::SetProxy(typed));
     }
-    answer_ui(ui, page.answers.get(&OpKind::Proxy));
+    answer_ui(ui, page.answers.get(OpKind::Proxy));
 }
 
 fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service) {
@@ -607,7 +644,7 @@ fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service)
         )
         .wrap(),
     );
-    answer_ui(ui, page.answers.get(&OpKind::CredentialList));
+    answer_ui(ui, page.answers.get(OpKind::CredentialList));
     match &page.credentials {
         None => {
             ui.horizontal(|ui| {
@@ -663,7 +700,7 @@ fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service)
         let value = std::mem::take(&mut page.credential_value);
         page.send(service, Op::SetCredential { name, value });
     }
-    answer_ui(ui, page.answers.get(&OpKind::Credentials));
+    answer_ui(ui, page.answers.get(OpKind::Credentials));
 }
 
 fn backup_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service, worker: &Worker) {
@@ -708,7 +745,7 @@ fn backup_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service, work
         page.backup.again.clear();
         page.send(service, Op::Backup { path, password });
     }
-    answer_ui(ui, page.answers.get(&OpKind::Backup));
+    answer_ui(ui, page.answers.get(OpKind::Backup));
 
     ui.add_space(8.0);
     ui.add(
@@ -740,5 +777,5 @@ pub(crate) fn restore_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &S
         let password = std::mem::take(&mut page.restore.password);
         page.send(service, Op::Restore { path, password });
     }
-    answer_ui(ui, page.answers.get(&OpKind::Restore));
+    answer_ui(ui, page.answers.get(OpKind::Restore));
 }
