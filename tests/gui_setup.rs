@@ -37,6 +37,17 @@ fn to_encryption_page(window: &mut Window, key: &str) {
     assert_eq!(window.harness.state().wizard.page, SetupPage::Encryption);
 }
 
+/// On the encryption page: chooses a certificate, fills one more field, checks it and waits.
+fn check_in_wizard(window: &mut Window, (field, value): (&str, &str), file: &str) {
+    window.click("Use a certificate (PEM or PFX)");
+    window.type_into("Certificate file", &format!("{CERTS}{file}"));
+    window.type_into(field, value);
+    window.click("Check certificate");
+    window.wait_for("the certificate check", LIMIT, |app| {
+        !app.wizard.certificate.checking && app.wizard.certificate.outcome.is_some()
+    });
+}
+
 #[test]
 fn express_setup_starts_a_hub_registers_and_lands_on_home() {
     let mut window = Window::open(Tab::Home);
@@ -151,13 +162,7 @@ fn a_rejected_certificate_keeps_register_disabled() {
     let key = hub.create_gateway("gw", &[]);
     let mut window = Window::open(Tab::Home);
     to_encryption_page(&mut window, &key);
-    window.click("Use a certificate (PEM or PFX)");
-    window.type_into("Certificate file", &format!("{CERTS}cng-software.pfx"));
-    window.type_into("PFX password", "secret");
-    window.click("Check certificate");
-    window.wait_for("the certificate check", LIMIT, |app| {
-        !app.wizard.certificate.checking && app.wizard.certificate.outcome.is_some()
-    });
+    check_in_wizard(&mut window, ("PFX password", "secret"), "cng-software.pfx");
     assert!(window.shows("Verdict: rejected"), "the verdict is not shown");
     assert!(window.shows("which the gateway can't use"), "the failing key_storage rule is not shown");
     window.click("Register");
@@ -174,13 +179,7 @@ fn a_good_certificate_registers_with_encryption_on() {
     let key = hub.create_gateway("gw", &[]);
     let mut window = Window::open(Tab::Home);
     to_encryption_page(&mut window, &key);
-    window.click("Use a certificate (PEM or PFX)");
-    window.type_into("Certificate file", &format!("{CERTS}good.pem"));
-    window.type_into("Trusted root CA (optional)", &format!("{CERTS}ca.pem"));
-    window.click("Check certificate");
-    window.wait_for("the certificate check", LIMIT, |app| {
-        !app.wizard.certificate.checking && app.wizard.certificate.outcome.is_some()
-    });
+    check_in_wizard(&mut window, ("Trusted root CA (optional)", &format!("{CERTS}ca.pem")), "good.pem");
     assert!(window.shows("Verdict: accepted"), "a good certificate is not accepted");
     window.click("Register");
     window.wait_for("registration and the node Online", LIMIT, online);
