@@ -1,11 +1,18 @@
 //! The real binary opens its window: start Xvfb, run `gatehouse` with no arguments, wait for
-//! the Configuration Manager window, take a screenshot and check it isn't blank. The PNG is
-//! kept in `tests/artifacts/` for a person to look at.
+//! the Configuration Manager window, take a screenshot and check it isn't blank. A second test
+//! does the same on a data dir holding a registered node (a real hub on loopback), where the
+//! window shows Home and runs the node service in-process. The PNGs are kept in
+//! `tests/artifacts/` for a person to look at.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
+mod common;
+
+use common::cluster::{Hub, Node, wait_until};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Kills the child when the test ends, however it ends.
@@ -26,24 +33,76 @@ fn run(program: &str, args: &[&str], display: &str) -> Output {
         .unwrap_or_else(|e| panic!("can't run {program} ({e}); `bash tests/run.sh` installs it"))
 }
 
-/// Starts Xvfb on the first free display number and waits for its socket.
+/// Starts Xvfb on the first free display number and waits for its socket. The two tests
+/// (and other test runs on this machine) may start servers at the same moment: a number is
+/// ours only once its lock file names our Xvfb; if another server won it, try the next one.
 fn start_xvfb() -> (Killed, String) {
-    let number = (90..200).find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()).unwrap();
-    let display = format!(":{number}");
-    let xvfb = Command::new("Xvfb")
-        .args([display.as_str(), "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("can't start Xvfb; `bash tests/run.sh` installs it");
-    let xvfb = Killed(xvfb);
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "Xvfb did not start in 15 s");
-        std::thread::sleep(Duration::from_millis(50));
+    // Within this test binary, one test at a time picks a number.
+    static PICKING: Mutex<()> = Mutex::new(());
+    let _picking = PICKING.lock().unwrap_or_else(PoisonError::into_inner);
+    let taken = |n: u32| {
+        Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+    };
+    for number in (90..200).filter(|&n| !taken(n)) {
+        let display = format!(":{number}");
+        let xvfb = Command::new("Xvfb")
+            .args([display.as_str(), "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("can't start Xvfb; `bash tests/run.sh` installs it");
+        let mut xvfb = Killed(xvfb);
+        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
+        let lock = format!("/tmp/.X{number}-lock");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if xvfb.0.try_wait().unwrap().is_some() {
+                break; // another server took the number first
+            }
+            let owner = std::fs::read_to_string(&lock).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
+            if socket.exists() && owner == Some(xvfb.0.id()) {
+                return (xvfb, display);
+            }
+            assert!(Instant::now() < deadline, "Xvfb {display} did not start in 15 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    (xvfb, display)
+    panic!("no free X display number in :90–:199");
+}
+
+/// Waits (bounded) until a window with the Configuration Manager's title exists.
+fn wait_for_window(display: &str, app: &mut Killed) {
+    let title = gatehouse::gui::WINDOW_TITLE;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = run("xdotool", &["search", "--name", title], display);
+        if found.status.success() && !found.stdout.is_empty() {
+            return;
+        }
+        if let Some(status) = app.0.try_wait().unwrap() {
+            panic!("the binary exited ({status}) before its window appeared");
+        }
+        assert!(Instant::now() < deadline, "no window titled {title:?} appeared in 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Screenshots the display into `tests/artifacts/{name}` until it shows more than 16 colours
+/// (the first frames may still be blank) or 30 s pass; returns the colours and the path.
+fn screenshot(display: &str, name: &str) -> (u32, String) {
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join(name).to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(run("import", &["-window", "root", &shot], display).status.success(), "screenshot failed");
+        let counted = run("convert", &[&shot, "-format", "%k", "info:"], display);
+        let colours: u32 = String::from_utf8_lossy(&counted.stdout).trim().parse().unwrap_or(0);
+        if colours > 16 || Instant::now() > deadline {
+            return (colours, shot);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 #[test]
@@ -60,33 +119,45 @@ fn the_binary_opens_a_window_that_renders() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _app = Killed(app);
+    let mut app = Killed(app);
 
-    let title = gatehouse::gui::WINDOW_TITLE;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = run("xdotool", &["search", "--name", title], &display);
-        if found.status.success() && !found.stdout.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no window titled {title:?} appeared in 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    // The first frames may still be blank; give rendering a bounded while to show content.
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("window.png");
-    let shot = shot.to_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let colours = loop {
-        assert!(run("import", &["-window", "root", shot], &display).status.success(), "screenshot failed");
-        let counted = run("convert", &[shot, "-format", "%k", "info:"], &display);
-        let colours: u32 = String::from_utf8_lossy(&counted.stdout).trim().parse().unwrap_or(0);
-        if colours > 16 || Instant::now() > deadline {
-            break colours;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    wait_for_window(&display, &mut app);
+    let (colours, shot) = screenshot(&display, "window.png");
     assert!(colours > 16, "the window looks blank: {colours} colours in {shot}");
+}
+
+#[test]
+fn the_binary_shows_home_for_a_registered_node() {
+    // A gateway on a real hub (loopback) and a node registered in its own data dir.
+    let hub = Hub::start();
+    let key = hub.create_gateway("window", &[]);
+    let node = Node::register(&key, "window", &[]);
+
+    let (_xvfb, display) = start_xvfb();
+    let home = tempfile::tempdir().unwrap();
+    let app = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("gui")
+        .env("DISPLAY", &display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("GATEHOUSE_HOME", node.home.path())
+        .env("HOME", home.path())
+        .env("XDG_RUNTIME_DIR", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut app = Killed(app);
+    wait_for_window(&display, &mut app);
+
+    // With a registered node the window shows Home and starts the node service in its own
+    // process: the hub sees the node come Online.
+    wait_until(Duration::from_secs(60), "the window's node to be Online at the hub", || {
+        hub.nodes("window").first().is_some_and(|n| n["status"] == "Online")
+    });
+    if let Some(status) = app.0.try_wait().unwrap() {
+        panic!("the window exited ({status})");
+    }
+    let (colours, shot) = screenshot(&display, "home.png");
+    assert!(colours > 16, "the Home tab looks blank: {colours} colours in {shot}");
 }
