@@ -69,9 +69,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Job(command)) => job::run(command),
         Some(Command::Gui) | None => {
             let dir = crate::paths::data_dir();
-            let level = crate::node::store::Store::new(&dir)
-                .settings()
-                .map_or_else(|_| "info".to_owned(), |s| s.log_level);
+            let store = crate::node::store::Store::new(&dir);
+            // Owner-only before anything (logs, the embedded hub) is written into it.
+            store.ensure_dir()?;
+            let level = store.settings().map_or_else(|_| "info".to_owned(), |s| s.log_level);
             let feed = crate::node::logs::LogFeed::new(1_000);
             let control = logging::init_with_feed(Some(&dir.join("logs")), &level, Some(&feed));
             let set_level = Box::new(move |level: &str| control.set_level(level));
