@@ -58,6 +58,9 @@ impl State {
                 }
                 self.service = service;
             }
+            // A status that was on its way when the service stopped is stale: drop it.
+            Event::Status(_)
+                if matches!(self.service, ServiceState::Stopped { .. } | ServiceState::Unregistered) => {}
             Event::Status(status) => {
                 self.record(&status);
                 self.status = Some(*status);
@@ -107,5 +110,48 @@ impl State {
     /// The service runs (here or in a `node run` process) and can take commands.
     pub fn running(&self) -> bool {
         matches!(self.service, ServiceState::Running | ServiceState::Attached { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(heartbeat: u64, cpu: f32) -> Box<NodeStatus> {
+        let mut status = NodeStatus { last_heartbeat: Some(heartbeat), ..NodeStatus::default() };
+        status.metrics.cpu_percent = cpu;
+        status.metrics.total_memory_bytes = 1000;
+        status.metrics.available_memory_bytes = 250;
+        Box::new(status)
+    }
+
+    #[test]
+    fn one_sample_per_heartbeat_and_at_most_history() {
+        let mut state = State::default();
+        state.apply(Event::Service(ServiceState::Running));
+        state.apply(Event::Status(status(1, 10.0)));
+        state.apply(Event::Status(status(1, 20.0)));
+        assert_eq!(state.history.len(), 1, "a status without a new heartbeat added a sample");
+        assert!((state.history[0].memory_percent - 75.0).abs() < 1e-9);
+        let last: u32 = 130;
+        for beat in 2..=last {
+            state.apply(Event::Status(status(u64::from(beat), 5.0)));
+        }
+        assert_eq!(state.history.len(), HISTORY);
+        assert!((state.history.back().unwrap().at - f64::from(last)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_status_arriving_after_stop_is_dropped() {
+        let mut state = State::default();
+        state.apply(Event::Service(ServiceState::Running));
+        state.apply(Event::Status(status(1, 10.0)));
+        state.apply(Event::Service(ServiceState::Stopped { reason: None }));
+        assert!(state.status.is_none());
+        state.apply(Event::Status(status(2, 10.0)));
+        assert!(state.status.is_none(), "a stopped service shows a status");
+        state.apply(Event::Service(ServiceState::Running));
+        state.apply(Event::Status(status(3, 10.0)));
+        assert!(state.status.is_some());
     }
 }
