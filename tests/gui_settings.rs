@@ -98,6 +98,56 @@ fn concurrency_log_level_and_port_changes_land_in_node_toml() {
 }
 
 #[test]
+fn a_change_that_needs_a_restart_says_the_service_restarts_only_when_it_runs_in_the_window() {
+    let hub = Hub::start();
+    let node = registered(&hub, "applies");
+    let store = Store::new(node.home.path());
+
+    // Stopped, or run by `gatehouse node run`: the window restarts nothing.
+    let stopped = run(&store, Op::SetConcurrency(Some(3)));
+    assert!(ok(&stopped).contains("applies it when it next starts"), "{:?}", stopped.result);
+    assert!(!ok(&stopped).contains("restarts"), "{:?}", stopped.result);
+    for op in [Op::SetProxy(Some("http://proxy.corp:3128".into())), Op::DisableEncryption] {
+        let outcome = run(&store, op);
+        assert!(!ok(&outcome).contains("restarts"), "{:?}", outcome.result);
+    }
+
+    // Running in the window: it restarts the service.
+    let running = run_with(&store, Op::SetConcurrency(Some(4)), Some(NodeStatus::default()));
+    assert!(ok(&running).ends_with("the service restarts to apply it"), "{:?}", running.result);
+    assert!(running.restart);
+}
+
+#[test]
+fn a_port_change_writes_only_node_toml_and_a_certificate_only_the_secrets() {
+    use std::os::unix::fs::MetadataExt as _;
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/certs/");
+    let hub = Hub::start();
+    let node = registered(&hub, "one-file");
+    let store = Store::new(node.home.path());
+    let (toml, secrets) = (node.home.path().join("node.toml"), node.home.path().join("secrets.bin"));
+    let inode = |path: &Path| std::fs::metadata(path).unwrap().ino();
+
+    // Secrets are sealed afresh on every write, so unchanged bytes mean the file wasn't written
+    // (and a credential a peer synced meanwhile can't be written over).
+    let sealed = read(&secrets);
+    let port = common::process::free_port();
+    ok(&run(&store, Op::SetRemoteAccess { port, certificate: None }));
+    assert_eq!(store.settings().unwrap().peer_port, port);
+    assert!(read(&secrets) == sealed, "a port change wrote the secrets");
+
+    let settings = inode(&toml);
+    let choice = gatehouse::gui::service::CertificateChoice {
+        path: format!("{certs}good.pfx").into(),
+        password: Some("secret".into()),
+        roots: Some(format!("{certs}ca.pem").into()),
+    };
+    ok(&run(&store, Op::SetRemoteAccess { port, certificate: Some(choice) }));
+    assert!(store.secrets().unwrap().tls.is_some());
+    assert_eq!(inode(&toml), settings, "a certificate change wrote node.toml");
+}
+
+#[test]
 fn credentials_are_added_listed_and_deleted_by_name_and_never_stored_in_clear() {
     let hub = Hub::start();
     let node = registered(&hub, "creds");
@@ -228,6 +278,62 @@ fn a_backup_restores_only_with_its_password_and_only_onto_an_unregistered_machin
 }
 
 #[test]
+fn a_backup_goes_to_a_new_file_outside_the_data_dir_at_a_full_path() {
+    let hub = Hub::start();
+    let node = registered(&hub, "placed");
+    let store = Store::new(node.home.path());
+    let files = tempfile::tempdir().unwrap();
+    let backup = |path: std::path::PathBuf| Op::Backup { path, password: "correct horse".into() };
+    let secrets = read(&node.home.path().join("secrets.bin"));
+
+    // Over the node's own secrets: the node would be gone.
+    let refused = run(&store, backup(node.home.path().join("secrets.bin")));
+    assert!(err(&refused).contains("inside the node's data dir"), "{:?}", refused.result);
+    assert!(read(&node.home.path().join("secrets.bin")) == secrets, "the backup replaced secrets.bin");
+    // Also through a link to the data dir.
+    let link = files.path().join("link");
+    std::os::unix::fs::symlink(node.home.path(), &link).unwrap();
+    assert!(err(&run(&store, backup(link.join("n1.backup")))).contains("inside the node's data dir"));
+    assert!(!node.home.path().join("n1.backup").exists());
+
+    // Over an earlier backup (or any file).
+    let earlier = files.path().join("earlier.backup");
+    std::fs::write(&earlier, "the backup still needed").unwrap();
+    assert!(err(&run(&store, backup(earlier.clone()))).contains("already exists"));
+    assert_eq!(read(&earlier), b"the backup still needed");
+    assert!(err(&run(&store, backup(files.path().to_owned()))).contains("is a folder"));
+
+    // Wherever the window happened to start.
+    assert!(err(&run(&store, backup("n1.backup".into()))).contains("not a full path"));
+    assert!(!Path::new("n1.backup").exists());
+
+    ok(&run(&store, backup(files.path().join("n1.backup"))));
+}
+
+#[test]
+fn logs_are_never_exported_into_the_data_dir() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::new(home.path());
+    std::fs::create_dir_all(home.path().join("logs")).unwrap();
+    std::fs::write(home.path().join("node.toml"), "kept").unwrap();
+
+    for inside in ["node.toml", "logs/export.zip"] {
+        let refused = run(&store, Op::ExportLogs(home.path().join(inside)));
+        assert!(err(&refused).contains("inside the node's data dir"), "{inside}: {:?}", refused.result);
+    }
+    assert_eq!(read(&home.path().join("node.toml")), b"kept");
+    assert_eq!(std::fs::read_dir(home.path().join("logs")).unwrap().count(), 0);
+    assert!(err(&run(&store, Op::ExportLogs("logs.zip".into()))).contains("not a full path"));
+
+    // An earlier export may be replaced (the save dialog asks first).
+    let out = tempfile::tempdir().unwrap();
+    let zip_path = out.path().join("logs.zip");
+    std::fs::write(&zip_path, "an earlier export").unwrap();
+    ok(&run(&store, Op::ExportLogs(zip_path.clone())));
+    assert!(zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).is_ok());
+}
+
+#[test]
 fn exported_logs_are_a_zip_of_the_log_files_and_the_status() {
     let home = tempfile::tempdir().unwrap();
     let store = Store::new(home.path());
@@ -312,11 +418,6 @@ fn the_settings_tab_sets_a_limit_adds_a_credential_and_refuses_a_bad_proxy() {
     window.type_into("Credential name", "warehouse");
     window.type_into("Credential value", value);
     click(&mut window, "Save credential");
-    eprintln!(
-        "DEBUG after {:?} {:?}",
-        window.harness.get_by_label("Save credential"),
-        window.harness.state().settings.answers
-    );
     assert!(window.harness.state().settings.credential_value.is_empty(), "the value field was not cleared");
     window.wait_for("the credential to be listed", LIMIT, |app| {
         app.settings.credentials.as_ref().is_some_and(|names| names == &["warehouse"])
@@ -460,4 +561,115 @@ fn the_certificate_op_checks_again_and_a_rejected_one_changes_nothing() {
     assert!(store.secrets().unwrap().tls.is_some(), "changing the port dropped the certificate");
     assert!(ok(&run(&store, Op::DisableEncryption)).contains("encryption turned off"));
     assert!(store.secrets().unwrap().tls.is_none());
+}
+
+#[test]
+fn the_pfx_password_leaves_the_settings_form_once_used_or_abandoned() {
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/certs/");
+    let hub = Hub::start();
+    let mut window = window_on_a_node(&hub, "forgets", Tab::Settings);
+    let store = Store::new(window.dir.clone());
+    // A copy that goes away between the check and its use, so the change fails.
+    let files = tempfile::tempdir().unwrap();
+    let pfx = files.path().join("node.pfx");
+    std::fs::copy(format!("{certs}good.pfx"), &pfx).unwrap();
+
+    click(&mut window, "Change certificate…");
+    window.type_into("Certificate file", &pfx.display().to_string());
+    window.type_into("PFX password", "secret");
+    window.type_into("Trusted root CA (optional)", &format!("{certs}ca.pem"));
+    click(&mut window, "Check certificate");
+    window.wait_for("the check of node.pfx", LIMIT, |app| {
+        !app.settings.certificate.checking && app.settings.certificate.outcome.is_some()
+    });
+    assert!(window.shows("Verdict: accepted"), "the report is not shown");
+    std::fs::remove_file(&pfx).unwrap();
+    click(&mut window, "Use this certificate");
+    assert!(
+        window.harness.state().settings.certificate.password.is_empty(),
+        "the password stayed in its field"
+    );
+    window.wait_for("the change to fail", LIMIT, |app| app.settings.answer(OpKind::Certificate).is_some());
+    let answer = window.harness.state().settings.answer(OpKind::Certificate).cloned().unwrap();
+    assert!(answer.is_err(), "a missing file was used: {answer:?}");
+    assert!(
+        window.harness.state().settings.certificate.password.is_empty(),
+        "a failed change kept the password"
+    );
+    assert!(store.secrets().unwrap().tls.is_none());
+    // The old report no longer vouches for what the form holds.
+    assert!(!window.shows("Verdict: accepted"), "the report of the used check is still offered");
+
+    // Typed, then the form closed: the password goes with it.
+    window.type_into("PFX password", "secret");
+    click(&mut window, "Change certificate…");
+    assert!(
+        window.harness.state().settings.certificate.password.is_empty(),
+        "a closed form kept the password"
+    );
+}
+
+#[test]
+fn credentials_that_cant_be_read_say_why_not_that_there_are_none() {
+    let hub = Hub::start();
+    let node = registered(&hub, "unreadable");
+    std::fs::write(node.home.path().join("secrets.bin"), b"not sealed by this machine").unwrap();
+    let mut window = Window::open_in(node.home, Tab::Settings);
+
+    window
+        .wait_for("the credential list", LIMIT, |app| app.settings.answer(OpKind::CredentialList).is_some());
+    assert!(window.shows("can't be opened"), "the reason is not shown");
+    assert!(!window.shows("No credentials yet."), "an unreadable list is shown as empty");
+}
+
+#[test]
+fn the_log_view_follows_the_filter_and_new_lines_in_a_full_log() {
+    let hub = Hub::start();
+    let mut window = window_on_a_node(&hub, "logs", Tab::Diagnostics);
+    let line = |i: usize| gatehouse::node::logs::LogLine {
+        at_ms: 0,
+        level: "INFO".into(),
+        target: "gatehouse::test".into(),
+        message: format!("line {i}"),
+    };
+    // This window has no log feed of its own: these are all its lines.
+    let logs = &mut window.harness.state_mut().state.logs;
+    logs.clear();
+    logs.extend((0..gatehouse::gui::state::LOG_LINES).map(line));
+    window.harness.step();
+    assert!(window.shows("5000 of 5000 lines"));
+
+    window.type_into("Filter", "LINE 4999");
+    assert!(window.shows("1 of 5000 lines"), "the filter is not applied");
+    assert!(window.shows("line 4999"));
+
+    // Full: the oldest line goes, the newest comes, the length stays.
+    let logs = &mut window.harness.state_mut().state.logs;
+    logs.pop_front();
+    logs.push_back(gatehouse::node::logs::LogLine { message: "line 4999 again".into(), ..line(0) });
+    window.harness.step();
+    assert!(window.shows("2 of 5000 lines"), "a new line in a full log is not shown");
+    assert!(window.shows("line 4999 again"));
+}
+
+#[test]
+fn a_stopped_service_is_not_said_to_restart_for_a_new_limit() {
+    let hub = Hub::start();
+    let mut window = window_on_a_node(&hub, "stopped", Tab::Settings);
+    assert!(window.shows("The service restarts to apply a new limit"));
+    window.harness.state().send(gatehouse::gui::service::Request::Stop);
+    window.wait_for("the service to stop", LIMIT, |app| {
+        matches!(app.state.service, gatehouse::gui::ServiceState::Stopped { .. })
+    });
+    assert!(!window.shows("The service restarts"), "a stopped service is said to restart");
+    assert!(window.shows("A new limit applies when the node service next starts."));
+
+    window.type_into("Concurrency limit", "3");
+    click(&mut window, "Set limit");
+    window.wait_for("the limit to be saved", LIMIT, |app| app.settings.answer(OpKind::Concurrency).is_some());
+    assert!(
+        window
+            .shows("this node takes at most 3 runs at once; the node service applies it when it next starts")
+    );
+    assert!(matches!(window.harness.state().state.service, gatehouse::gui::ServiceState::Stopped { .. }));
 }

@@ -10,6 +10,7 @@ use super::settings::{Answers, answer_ui};
 use super::state::State;
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::node::logs::LogLine;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 
 /// The tab's own state.
@@ -23,6 +24,8 @@ pub struct DiagnosticsPage {
     /// Where "Export logs" writes the zip.
     pub export_path: String,
     pub answers: Answers,
+    /// The lines the filters let through, kept between frames.
+    shown: Shown,
 }
 
 impl Default for DiagnosticsPage {
@@ -35,7 +38,73 @@ impl Default for DiagnosticsPage {
             verbose: None,
             export_path: home.join("gatehouse-logs.zip").display().to_string(),
             answers: Answers::default(),
+            shown: Shown::default(),
         }
+    }
+}
+
+/// The lines that pass the filters, as indices into [`State::logs`], found again only when
+/// the log, the level or the text changes: filtering 5,000 lines (lower-casing each) on every
+/// frame would make scrolling and typing slow. New lines at the end are filtered alone.
+#[derive(Default)]
+struct Shown {
+    /// What `rows` were found for.
+    key: Option<ShownKey>,
+    rows: Vec<usize>,
+    /// How many lines were put through the filters so far (tests read it).
+    examined: usize,
+}
+
+#[derive(PartialEq)]
+struct ShownKey {
+    level: usize,
+    filter: String,
+    len: usize,
+    /// The first and last line: the log keeps its newest lines only, so when it is full a new
+    /// line shows as a different first and last line, the length staying the same.
+    front: Option<LogLine>,
+    back: Option<LogLine>,
+}
+
+impl Shown {
+    /// The indices of the lines of `logs` to show (`filter` already lower-case).
+    fn rows(&mut self, logs: &VecDeque<LogLine>, level: usize, filter: &str) -> &[usize] {
+        let unchanged = |key: &ShownKey| {
+            key.level == level
+                && key.filter == filter
+                && key.len == logs.len()
+                && key.front.as_ref() == logs.front()
+                && key.back.as_ref() == logs.back()
+        };
+        if self.key.as_ref().is_some_and(unchanged) {
+            return &self.rows;
+        }
+        // Lines only added at the end (the log isn't full yet): filter just those.
+        let from = match &self.key {
+            Some(key)
+                if key.level == level
+                    && key.filter == filter
+                    && key.len < logs.len()
+                    && key.front.as_ref() == logs.front()
+                    && key.len.checked_sub(1).and_then(|last| logs.get(last)) == key.back.as_ref() =>
+            {
+                key.len
+            }
+            _ => {
+                self.rows.clear();
+                0
+            }
+        };
+        self.rows.extend((from..logs.len()).filter(|&i| shown(&logs[i], level, filter)));
+        self.examined += logs.len() - from;
+        self.key = Some(ShownKey {
+            level,
+            filter: filter.to_owned(),
+            len: logs.len(),
+            front: logs.front().cloned(),
+            back: logs.back().cloned(),
+        });
+        &self.rows
     }
 }
 
@@ -145,8 +214,8 @@ fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service:
     });
     answer_ui(ui, page.answers.get(OpKind::LogLevel));
     let filter = page.filter.trim().to_lowercase();
-    let lines: Vec<&LogLine> = state.logs.iter().filter(|l| shown(l, page.level, &filter)).collect();
-    ui.label(format!("{} of {} lines (times in UTC)", lines.len(), state.logs.len()));
+    let rows = page.shown.rows(&state.logs, page.level, &filter);
+    ui.label(format!("{} of {} lines (times in UTC)", rows.len(), state.logs.len()));
     let row_height = ui.text_style_height(&egui::TextStyle::Monospace);
     egui::Frame::group(ui.style()).show(ui, |ui| {
         egui::ScrollArea::both()
@@ -155,8 +224,8 @@ fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service:
             .min_scrolled_height(320.0)
             .auto_shrink([false, false])
             .stick_to_bottom(true)
-            .show_rows(ui, row_height, lines.len(), |ui, rows| {
-                for line in &lines[rows] {
+            .show_rows(ui, row_height, rows.len(), |ui, range| {
+                for line in rows[range].iter().filter_map(|&i| state.logs.get(i)) {
                     let text =
                         format!("{} {:5} {} {}", clock(line.at_ms), line.level, line.target, line.message);
                     let color = match rank(&line.level) {
@@ -257,6 +326,42 @@ mod tests {
         assert!(shown(&line("INFO", "Heartbeat failed"), all, "heartbeat"));
         assert!(!shown(&line("INFO", "Heartbeat failed"), all, "peer"));
         assert!(shown(&line("INFO", "anything"), all, "node"));
+    }
+
+    fn brute_force(logs: &VecDeque<LogLine>, level: usize, filter: &str) -> Vec<usize> {
+        (0..logs.len()).filter(|&i| shown(&logs[i], level, filter)).collect()
+    }
+
+    #[test]
+    fn the_shown_lines_are_filtered_again_only_when_something_changed() {
+        let mut logs: VecDeque<LogLine> =
+            (0..100).map(|i| line(if i % 2 == 0 { "INFO" } else { "DEBUG" }, &format!("line {i}"))).collect();
+        let mut view = Shown::default();
+        let info = rank("info");
+        assert_eq!(view.rows(&logs, info, ""), brute_force(&logs, info, ""));
+        assert_eq!(view.examined, 100);
+        // Frames with nothing new filter nothing.
+        for _ in 0..10 {
+            view.rows(&logs, info, "");
+        }
+        assert_eq!(view.examined, 100, "an unchanged log was filtered again");
+
+        // A new line at the end: only it is filtered.
+        logs.push_back(line("WARN", "late"));
+        assert_eq!(view.rows(&logs, info, ""), brute_force(&logs, info, ""));
+        assert_eq!(view.examined, 101);
+
+        // Another level or text: everything again.
+        assert_eq!(view.rows(&logs, info, "line 4"), brute_force(&logs, info, "line 4"));
+        assert_eq!(view.examined, 202);
+
+        // A full log drops its oldest line for each new one: the length stays, the rows move.
+        logs.pop_front();
+        logs.push_back(line("INFO", "line 4 again"));
+        assert_eq!(view.rows(&logs, info, "line 4"), brute_force(&logs, info, "line 4"));
+        assert_eq!(view.examined, 303);
+        logs.clear();
+        assert!(view.rows(&logs, info, "line 4").is_empty());
     }
 
     #[test]

@@ -150,6 +150,19 @@ pub struct Context<'a> {
     pub status: Option<NodeStatus>,
 }
 
+impl Context<'_> {
+    /// How a change that needs a restart applies, as the end of the answer: the window
+    /// restarts only a service it runs itself. (For an attached `node run`, the service thread
+    /// adds that it must be restarted.)
+    fn applies(&self) -> &'static str {
+        if self.status.is_some() {
+            "the service restarts to apply it"
+        } else {
+            "the node service applies it when it next starts"
+        }
+    }
+}
+
 /// What an operation did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -174,22 +187,25 @@ impl Outcome {
 /// Runs `op`.
 pub async fn run(op: Op, context: Context<'_>) -> Outcome {
     let store = context.store;
+    let applies = context.applies();
     match op {
         Op::SetRemoteAccess { port, certificate } => {
             let store = store.clone();
-            Outcome::changed(blocking(move || set_remote_access(&store, port, certificate.as_ref())).await)
+            Outcome::changed(
+                blocking(move || set_remote_access(&store, port, certificate.as_ref(), applies)).await,
+            )
         }
         Op::DisableEncryption => Outcome::changed(
             crate::node::disable_encryption(store)
-                .map(|()| "encryption turned off; the service restarts to apply it".to_owned())
+                .map(|()| format!("encryption turned off; {applies}"))
                 .map_err(|e| e.to_string()),
         ),
-        Op::SetConcurrency(limit) => Outcome::changed(set_concurrency(store, limit)),
+        Op::SetConcurrency(limit) => Outcome::changed(set_concurrency(store, limit, applies)),
         Op::SetThresholds(thresholds) => Outcome::answer(set_thresholds(store, thresholds).await),
         Op::CheckAdminToken => {
             Outcome::answer(admin_token(store).map(|_| "this node holds the hub's admin token".to_owned()))
         }
-        Op::SetProxy(proxy) => Outcome::changed(set_proxy(store, proxy)),
+        Op::SetProxy(proxy) => Outcome::changed(set_proxy(store, proxy, applies)),
         Op::ListCredentials => Outcome::answer(
             crate::node::credentials::load(store)
                 .map(|set| set.entries.into_keys().collect::<Vec<_>>().join("\n"))
@@ -211,6 +227,7 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
             let store = store.clone();
             Outcome::answer(
                 blocking(move || {
+                    new_file_place(&store, &path, Replace::Never)?;
                     crate::node::backup::backup(&store, &path, &password)
                         .map(|()| {
                             format!(
@@ -260,10 +277,15 @@ fn edit_settings(store: &Store, edit: impl FnOnce(&mut NodeSettings)) -> Result<
     Ok(settings)
 }
 
+/// Writes only the file the change is in: a new port is in node.toml, a new certificate in
+/// the secrets. Writing both would leave a half-changed node if the second write failed, and
+/// writing the secrets back for a port change could undo a credential set a peer synced
+/// meanwhile.
 fn set_remote_access(
     store: &Store,
     port: u16,
     certificate: Option<&CertificateChoice>,
+    applies: &str,
 ) -> Result<String, String> {
     if port == 0 {
         return Err("the port must be between 1 and 65535".to_owned());
@@ -271,21 +293,42 @@ fn set_remote_access(
     let settings = store.settings().map_err(|e| e.to_string())?;
     let tls = match certificate {
         Some(choice) => Some(load_identity(choice).map_err(|e| format!("{e}; nothing was changed"))?),
-        None => store.secrets().map_err(|e| e.to_string())?.tls,
+        None => None,
     };
-    if port != settings.peer_port {
+    let moves = port != settings.peer_port;
+    if moves {
         port_is_free(&settings, port)?;
     }
-    let encrypted = tls.is_some();
-    crate::node::set_remote_access(store, port, tls).map_err(|e| e.to_string())?;
-    Ok(match (certificate, encrypted) {
-        (Some(_), _) => format!(
-            "the peer channel on port {port} is encrypted with the new certificate; the service restarts to apply it"
-        ),
-        (None, true) => format!(
-            "the peer channel moves to port {port} (still encrypted); the service restarts to apply it"
-        ),
-        (None, false) => format!("the peer channel moves to port {port}; the service restarts to apply it"),
+    match tls {
+        // Both at once: the node's own two-file change (the window never asks for it).
+        Some(tls) if moves => {
+            crate::node::set_remote_access(store, port, Some(tls)).map_err(|e| e.to_string())?;
+        }
+        Some(tls) => {
+            let mut secrets = store.secrets().map_err(|e| e.to_string())?;
+            secrets.tls = Some(tls);
+            store.save_secrets(&secrets).map_err(|e| e.to_string())?;
+        }
+        None => {
+            edit_settings(store, |s| {
+                s.peer_port = port;
+                if let Some((host, _)) = s.peer_address.rsplit_once(':') {
+                    s.peer_address = format!("{host}:{port}");
+                }
+            })?;
+        }
+    }
+    if certificate.is_some() {
+        return Ok(format!(
+            "the peer channel on port {port} is encrypted with the new certificate; {applies}"
+        ));
+    }
+    // Read only for the sentence: nothing is written back.
+    let encrypted = store.secrets().is_ok_and(|s| s.tls.is_some());
+    Ok(if encrypted {
+        format!("the peer channel moves to port {port} (still encrypted); {applies}")
+    } else {
+        format!("the peer channel moves to port {port}; {applies}")
     })
 }
 
@@ -302,26 +345,24 @@ fn port_is_free(settings: &NodeSettings, port: u16) -> Result<(), String> {
     })
 }
 
-fn set_concurrency(store: &Store, limit: Option<u32>) -> Result<String, String> {
+fn set_concurrency(store: &Store, limit: Option<u32>, applies: &str) -> Result<String, String> {
     let limit = limit.filter(|&l| l > 0);
     edit_settings(store, |s| s.concurrency_limit = limit)?;
     Ok(match limit {
-        Some(limit) => {
-            format!("this node takes at most {limit} runs at once; the service restarts to apply it")
-        }
-        None => "this node uses the default concurrency formula; the service restarts to apply it".to_owned(),
+        Some(limit) => format!("this node takes at most {limit} runs at once; {applies}"),
+        None => format!("this node uses the default concurrency formula; {applies}"),
     })
 }
 
-fn set_proxy(store: &Store, proxy: Option<String>) -> Result<String, String> {
+fn set_proxy(store: &Store, proxy: Option<String>, applies: &str) -> Result<String, String> {
     let proxy = proxy.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty());
     if let Some(proxy) = &proxy {
         parse_proxy(proxy).map_err(|e| format!("{e}; nothing was saved"))?;
     }
     edit_settings(store, |s| s.proxy.clone_from(&proxy))?;
     Ok(match proxy {
-        Some(proxy) => format!("the hub is reached through {proxy}; the service restarts to apply it"),
-        None => "the hub is reached directly, without a proxy; the service restarts to apply it".to_owned(),
+        Some(proxy) => format!("the hub is reached through {proxy}; {applies}"),
+        None => format!("the hub is reached directly, without a proxy; {applies}"),
     })
 }
 
@@ -379,9 +420,56 @@ fn credential_error(error: &crate::node::credentials::CredentialError) -> String
     }
 }
 
+/// Whether a file the window writes may replace one that is there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// A backup never replaces a file: it may be the earlier backup, the one still needed.
+    Never,
+    /// A log export may replace an earlier export (the save dialog asked).
+    Allowed,
+}
+
+/// Refuses a place the window shouldn't write a file to: a relative path (it would land
+/// wherever the window happened to start), anywhere inside the node's data dir (it would go
+/// with the machine, and could replace the node's own files: a rename over `secrets.bin`
+/// unregisters the node), or, for `Replace::Never`, a file that exists.
+fn new_file_place(store: &Store, path: &Path, replace: Replace) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!(
+            "{} is not a full path; choose the file with Browse… or type its whole path, starting with /",
+            path.display()
+        ));
+    }
+    let existing = std::fs::symlink_metadata(path).ok();
+    if existing.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+        return Err(format!("{} is a folder; add a file name", path.display()));
+    }
+    // Where the file really lands, through any symbolic links in the folders above it.
+    let landing = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => parent.canonicalize().ok().map(|p| p.join(name)),
+        _ => None,
+    };
+    let data_dir = store.dir().canonicalize().unwrap_or_else(|_| store.dir().to_owned());
+    if landing.as_deref().unwrap_or(path).starts_with(&data_dir) {
+        return Err(format!(
+            "{} is inside the node's data dir ({}), which holds the node's own files and goes with the machine; choose another folder",
+            path.display(),
+            data_dir.display()
+        ));
+    }
+    if replace == Replace::Never && existing.is_some() {
+        return Err(format!(
+            "{} already exists, and a backup never replaces a file; choose a new name, or move that file away first",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Writes a zip of `<data dir>/logs/*` and `status.json` to `path`, atomically (a temp file
 /// beside it, then a rename), and says where and how big.
 pub fn export_logs(store: &Store, status: Option<&NodeStatus>, path: &Path) -> Result<String, String> {
+    new_file_place(store, path, Replace::Allowed)?;
     let fail =
         |action: &str, path: &Path, e: &dyn fmt::Display| format!("can't {action} {}: {e}", path.display());
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

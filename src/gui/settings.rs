@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::certificate::{CertificatePage, Outcome as CheckOutcome, report_ui, text_field_ui};
 use super::ops::{Op, OpKind, Thresholds};
-use super::service::{CertificateChoice, Request, Service};
+use super::service::{CertificateChoice, Request, Service, ServiceState};
 use super::state::State;
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::cert::Verdict;
@@ -131,8 +131,10 @@ pub struct SettingsPage {
     /// The "Change certificate" form's inputs and the checker's report.
     pub certificate: CertificatePage,
     pub changing_certificate: bool,
-    /// The inputs the shown report was made for, so a report never vouches for another file.
-    checked: Option<(String, String, String)>,
+    /// The shown report was made for the inputs as they are now: editing the file, the
+    /// password or the roots clears it, so a report never vouches for another file. (A flag,
+    /// not a copy of the inputs: a copy would keep the PFX password after the field is cleared.)
+    checked: bool,
     pub port: String,
     pub concurrency: String,
     /// `None` until the first status brings the gateway's settings.
@@ -162,7 +164,7 @@ impl Default for SettingsPage {
         SettingsPage {
             certificate: CertificatePage::default(),
             changing_certificate: false,
-            checked: None,
+            checked: false,
             port: String::new(),
             concurrency: String::new(),
             thresholds: None,
@@ -207,7 +209,7 @@ impl SettingsPage {
             OpKind::Certificate if result.is_ok() => {
                 self.changing_certificate = false;
                 self.certificate = CertificatePage::default();
-                self.checked = None;
+                self.checked = false;
             }
             OpKind::LogLevel | OpKind::ExportLogs => return,
             _ => {}
@@ -225,7 +227,12 @@ impl SettingsPage {
                 self.restore.path = path.display().to_string();
             }
             Answer::FilePicked(..) => {}
-            other => self.certificate.apply(other),
+            other => {
+                if matches!(other, Answer::CertificateFilePicked(Some(_))) {
+                    self.checked = false;
+                }
+                self.certificate.apply(other);
+            }
         }
     }
 
@@ -366,6 +373,11 @@ fn encryption_ui(
     ui.horizontal(|ui| {
         if ui.add_enabled(!busy, egui::Button::new("Change certificate…")).clicked() {
             page.changing_certificate = !page.changing_certificate;
+            if !page.changing_certificate {
+                // Closing the form abandons it: the password isn't kept for later.
+                page.certificate.password.clear();
+                page.checked = false;
+            }
         }
         let encrypted = !matches!(thumbprint, Some(None));
         if ui.add_enabled(!busy && encrypted, egui::Button::new("Turn off encryption")).clicked() {
@@ -407,24 +419,27 @@ fn change_certificate_ui(
 ) {
     ui.group(|ui| {
         ui.label("Choose a PEM or PFX file with the certificate and its private key; it is checked before use.");
-        egui::Grid::new("settings_certificate_inputs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
-            text_field_ui(ui, "Certificate file", &mut page.certificate.path, "/path/to/node.pfx", false);
+        let edited = egui::Grid::new("settings_certificate_inputs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
+            let path = text_field_ui(ui, "Certificate file", &mut page.certificate.path, "/path/to/node.pfx", false);
             if ui.button("Browse…").clicked() {
                 worker.send(Page::Settings, Command::PickCertificateFile);
             }
             ui.end_row();
-            text_field_ui(ui, "PFX password", &mut page.certificate.password, "", true);
+            let password = text_field_ui(ui, "PFX password", &mut page.certificate.password, "", true);
             ui.end_row();
-            text_field_ui(ui, "Trusted root CA (optional)", &mut page.certificate.roots, "PEM file of your own root CA", false);
+            let roots = text_field_ui(ui, "Trusted root CA (optional)", &mut page.certificate.roots, "PEM file of your own root CA", false);
             ui.end_row();
+            path.changed() || password.changed() || roots.changed()
         });
-        let inputs = (page.certificate.path.trim().to_owned(), page.certificate.password.clone(), page.certificate.roots.trim().to_owned());
+        if edited.inner {
+            page.checked = false;
+        }
         ui.horizontal(|ui| {
-            let ready = !inputs.0.is_empty() && !page.certificate.checking;
+            let ready = !page.certificate.path.trim().is_empty() && !page.certificate.checking;
             if ui.add_enabled(ready, egui::Button::new("Check certificate")).clicked() {
                 page.certificate.checking = true;
                 page.certificate.outcome = None;
-                page.checked = Some(inputs.clone());
+                page.checked = true;
                 worker.send(Page::Settings, page.certificate.check_command());
             }
             if page.certificate.checking {
@@ -432,7 +447,7 @@ fn change_certificate_ui(
                 ui.label("Checking…");
             }
         });
-        let current = page.checked.as_ref() == Some(&inputs);
+        let current = page.checked;
         let usable = match &page.certificate.outcome {
             Some(CheckOutcome::Report(report)) if current => {
                 report_ui(ui, report);
@@ -456,12 +471,17 @@ fn change_certificate_ui(
         if ui.add_enabled(ready, egui::Button::new("Use this certificate")).clicked()
             && let Some(port) = port
         {
-            let non_empty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+            let non_empty = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+            // The password leaves the field with the request, whatever the answer: a failed
+            // change asks for it (and a check) again.
+            let password = Some(std::mem::take(&mut page.certificate.password)).filter(|p| !p.is_empty());
             let certificate = CertificateChoice {
-                path: PathBuf::from(&inputs.0),
-                password: non_empty(&inputs.1),
-                roots: non_empty(&inputs.2).map(PathBuf::from),
+                path: PathBuf::from(page.certificate.path.trim()),
+                password,
+                roots: non_empty(&page.certificate.roots).map(PathBuf::from),
             };
+            page.checked = false;
+            page.certificate.outcome = None;
             page.send(service, Op::SetRemoteAccess { port, certificate: Some(certificate) });
         }
     });
@@ -516,7 +536,12 @@ fn concurrency_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, ser
             page.send(service, Op::SetConcurrency(None));
         }
     });
-    ui.label("The service restarts to apply a new limit; runs under way finish first.");
+    // The window restarts only a service it runs itself.
+    ui.label(match state.service {
+        ServiceState::Running => "The service restarts to apply a new limit; runs under way finish first.",
+        ServiceState::Attached { .. } => "A new limit applies once gatehouse node run is restarted.",
+        _ => "A new limit applies when the node service next starts.",
+    });
     answer_ui(ui, page.answers.get(OpKind::Concurrency));
 }
 
@@ -652,6 +677,9 @@ fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service)
                 ui.label("Reading the credentials…");
             });
         }
+        // After a failed listing the list is empty for want of an answer, not of credentials:
+        // the error above says why.
+        Some(_) if matches!(page.answers.get(OpKind::CredentialList), Some(Reply::Done(Err(_)))) => {}
         Some(names) if names.is_empty() => {
             ui.label("No credentials yet.");
         }

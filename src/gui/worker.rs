@@ -82,7 +82,14 @@ impl Worker {
     pub fn send(&self, page: Page, command: Command) {
         let events = self.events_tx.clone();
         let repaint = self.repaint.lock().ok().and_then(|r| r.clone());
-        std::thread::spawn(move || {
+        // Enough of the command to answer it if no thread can be started.
+        let (checking, purpose) = match &command {
+            Command::CheckCertificate { .. } => (true, None),
+            Command::PickFile(purpose) => (false, Some(*purpose)),
+            Command::PickCertificateFile => (false, None),
+        };
+        let wake = repaint.clone();
+        let work = move || {
             let answer = match command {
                 Command::PickCertificateFile => Answer::CertificateFilePicked(
                     rfd::FileDialog::new()
@@ -102,7 +109,24 @@ impl Worker {
             if let Some(ctx) = repaint {
                 ctx.request_repaint();
             }
-        });
+        };
+        // Builder, not `thread::spawn`: that panics, here on the UI thread, when the system
+        // has no thread to give; this answers at once instead.
+        if let Err(e) = std::thread::Builder::new().name("gatehouse-worker".to_owned()).spawn(work) {
+            // The page mustn't wait forever: a check says why; a dialog that never opened
+            // counts as cancelled.
+            let answer = match (checking, purpose) {
+                (true, _) => Answer::CertificateChecked(Err(format!(
+                    "the check couldn't start ({e}); close some programs and try again"
+                ))),
+                (false, Some(purpose)) => Answer::FilePicked(purpose, None),
+                (false, None) => Answer::CertificateFilePicked(None),
+            };
+            let _ = self.events_tx.send(Event::For(page, answer));
+            if let Some(ctx) = wake {
+                ctx.request_repaint();
+            }
+        }
     }
 
     /// The next finished event, if any; never blocks.
