@@ -88,7 +88,12 @@ fn a_node_registers_runs_goes_online_and_unregisters() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["registration"]["node_name"], "n1");
     assert_eq!(status["last_status"]["hub_connected"], true);
+    assert_eq!(status["running"], true, "the running service's control socket wasn't asked");
     run.stop();
+    // Stopped: the last status node run wrote, marked as not running.
+    let stopped = gatehouse(home.path(), &["node", "status"], None, &[]);
+    let text = String::from_utf8_lossy(&stopped.stdout);
+    assert!(text.contains("Online (not running; as of its last heartbeat)"), "{text}");
 
     let output = gatehouse(home.path(), &["node", "unregister"], None, &[]);
     assert!(output.status.success(), "{}", stderr(&output));

@@ -188,7 +188,10 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             );
         }
         NodeCommand::Run => runtime.block_on(run_service(store))?,
-        NodeCommand::Status { json } => status(&store, json)?,
+        NodeCommand::Status { json } => {
+            let live = runtime.block_on(live_status(store.dir()));
+            status(&store, live, json)?;
+        }
         NodeCommand::Credential(command) => credential(&store, command)?,
         NodeCommand::LogLevel { level } => {
             let level = level.trim().to_ascii_lowercase();
@@ -308,13 +311,34 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(store: &Store, json: bool) -> anyhow::Result<()> {
+/// The status of the service running for `dir` (`node run` or a window), asked over its
+/// control socket; `None` when none answers within a few seconds.
+async fn live_status(dir: &std::path::Path) -> Option<NodeStatus> {
+    use crate::node::control::{ControlClient, ControlEvent};
+    let ask = async {
+        let (_, mut events) = ControlClient::connect(dir).await.ok()??.watch().await.ok()?;
+        while let Some(event) = events.recv().await {
+            if let ControlEvent::Status(status) = event {
+                return Some(*status);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), ask).await.ok().flatten()
+}
+
+/// Shows the registration and the status: live from the running service, else the last one
+/// `node run` wrote.
+fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result<()> {
     let settings = store.settings()?;
-    let last: Option<NodeStatus> = std::fs::read(store.dir().join(STATUS_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let running = live.is_some();
+    let last: Option<NodeStatus> = live.or_else(|| {
+        std::fs::read(store.dir().join(STATUS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    });
     if json {
-        let value = serde_json::json!({ "registration": settings, "last_status": last });
+        let value = serde_json::json!({ "registration": settings, "running": running, "last_status": last });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
@@ -325,7 +349,8 @@ fn status(store: &Store, json: bool) -> anyhow::Result<()> {
         Some(s) => {
             let state = s.state.map_or_else(|| "unknown".to_owned(), |state| format!("{state:?}"));
             let reason = s.reason.map(|r| format!(": {r}")).unwrap_or_default();
-            println!("Status:   {state}{reason} (as of the last heartbeat)");
+            let when = if running { "running now" } else { "not running; as of its last heartbeat" };
+            println!("Status:   {state}{reason} ({when})");
             println!("Role:     {:?}", s.role);
             println!(
                 "Hub link: {}",
