@@ -2,7 +2,8 @@
 //! loopback: the socket is owner-only and streams who runs it, its status and its log; the
 //! connection tests time the hub and each peer and name the one that doesn't answer; Stop ends
 //! `node run` cleanly; a second service of the same data dir is refused by name; a socket left
-//! behind by kill -9 doesn't block the next start. Every wait is bounded.
+//! behind by kill -9 doesn't block the next start; clients that say nothing, send garbage or
+//! hang up mid-watch leave the service answering. Every wait is bounded.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
@@ -14,6 +15,8 @@ use gatehouse::protocol::NodeState;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -219,4 +222,62 @@ fn a_socket_left_behind_by_kill_9_does_not_stop_the_next_run() {
         "the restarted node to reach the hub",
         |event| matches!(event, ControlEvent::Status(s) if s.hub_connected),
     );
+}
+
+/// Awaits `work`, failing the test after 30 s.
+async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), work).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+#[test]
+fn clients_that_say_nothing_send_garbage_or_hang_up_mid_watch_leave_the_service_answering() {
+    let rt = runtime();
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let mut node = Node::start(&key, "n1", &[]);
+    let dir = node.home.path().to_owned();
+    let (hello, _events) = wait_for_service(&rt, &dir);
+    let path = socket_path(&dir);
+    let _silent = rt.block_on(async {
+        // Connects and says nothing; kept open until the end.
+        let silent = UnixStream::connect(&path).await.unwrap();
+
+        // Garbage: answered with a sentence, then the connection ends.
+        let mut garbage = UnixStream::connect(&path).await.unwrap();
+        garbage.write_all(b"\x00\xffnot json at all\n").await.unwrap();
+        let mut answer = String::new();
+        within("the answer to garbage", garbage.read_to_string(&mut answer)).await.unwrap();
+        assert!(answer.contains("not a control request this version knows"), "{answer}");
+
+        // A line that never ends: refused after the frame limit, not read forever.
+        let endless = UnixStream::connect(&path).await.unwrap();
+        let (mut endless_read, mut endless_write) = endless.into_split();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            while endless_write.write_all(&chunk).await.is_ok() {}
+        });
+        let mut rest = Vec::new();
+        let _ = within("the endless line to be refused", endless_read.read_to_end(&mut rest)).await;
+        within("the service to stop reading the endless line", writer).await.unwrap();
+
+        // A watch that hangs up at once, and one that hangs up mid-stream.
+        let mut raw = UnixStream::connect(&path).await.unwrap();
+        raw.write_all(b"{\"op\":\"watch\"}\n").await.unwrap();
+        drop(raw);
+        let (_, mut watched) = ControlClient::connect(&dir).await.unwrap().unwrap().watch().await.unwrap();
+        within("the watch's first status", watched.recv()).await.unwrap();
+        drop(watched);
+        silent
+    });
+
+    // Still the same service, answering a watch and the connection tests; Stop ends it cleanly.
+    let (again, _events) = wait_for_service(&rt, &dir);
+    assert_eq!(again.pid, hello.pid);
+    let tests = rt.block_on(ControlClient::test_connections(&dir)).unwrap();
+    assert!(tests.first().is_some_and(|t| t.target == "hub"), "{tests:?}");
+    rt.block_on(ControlClient::stop(&dir)).unwrap();
+    let process = node.process.as_mut().unwrap();
+    let status = process.wait_timeout(Duration::from_secs(30)).expect("node run didn't exit after Stop");
+    assert!(status.success(), "node run exited with {status}: {}", process.stderr());
+    assert!(!socket_path(&dir).exists(), "the control socket was left behind");
 }

@@ -113,6 +113,16 @@ pub enum ControlError {
     #[error("can't create the control socket {}: {reason}", path.display())]
     Bind { path: PathBuf, reason: std::io::Error },
     #[error(
+        "the control socket path {} is too long for a Unix socket (at most 107 bytes); use a data dir with a shorter path (set GATEHOUSE_HOME)",
+        path.display()
+    )]
+    PathTooLong { path: PathBuf },
+    #[error(
+        "another gatehouse process has kept the control socket of {} locked for too long while starting its node service; if one of this data dir hangs, stop it, then try again",
+        dir.display()
+    )]
+    Busy { dir: PathBuf },
+    #[error(
         "can't open the control socket {} ({reason}); run this as the user the node service runs as",
         path.display()
     )]
@@ -186,9 +196,18 @@ impl ControlSocket {
         // bind and chmod below (no umask games: `unsafe` is forbidden here).
         Store::new(dir).ensure_dir()?;
         let path = socket_path(dir);
-        match probe(&path).await? {
-            Probe::Live(hello) => return Err(ControlError::AlreadyRunning { pid: hello.pid }),
-            Probe::Stale => {
+        // Looking at the socket, removing a stale one and binding are one step for all the
+        // services of this data dir: two that both found the same stale socket would otherwise
+        // each remove what the other had just bound, and both run.
+        let lock = DirLock::acquire(dir).await?;
+        match knock(&path).await? {
+            Knock::Answered(stream) => {
+                // Naming it can take a while; nobody needs to wait for that.
+                drop(lock);
+                let hello = introduce(&path, stream).await?;
+                return Err(ControlError::AlreadyRunning { pid: hello.pid });
+            }
+            Knock::Refused => {
                 tracing::info!(path = %path.display(), "removing a stale control socket (its service is gone)");
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
@@ -196,16 +215,20 @@ impl ControlSocket {
                     Err(reason) => return Err(ControlError::Bind { path, reason }),
                 }
             }
-            Probe::Absent => {}
+            Knock::Absent => {}
         }
         let listener = match UnixListener::bind(&path) {
             Ok(listener) => listener,
-            // Another service bound it since we looked: name it if it answers.
+            // Something that doesn't take the lock bound it since we looked: name it if it answers.
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                drop(lock);
                 return Err(match probe(&path).await? {
                     Probe::Live(hello) => ControlError::AlreadyRunning { pid: hello.pid },
                     Probe::Stale | Probe::Absent => ControlError::Bind { path, reason: e },
                 });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(ControlError::PathTooLong { path });
             }
             Err(reason) => return Err(ControlError::Bind { path, reason }),
         };
@@ -214,6 +237,7 @@ impl ControlSocket {
         let file = SocketFile { path: path.clone(), dev: bound.dev(), ino: bound.ino() };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|reason| ControlError::Bind { path, reason })?;
+        drop(lock);
         Ok(ControlSocket { listener, file, dir: dir.to_owned(), owner_uid: bound.uid() })
     }
 
@@ -246,6 +270,42 @@ impl Drop for SocketFile {
     }
 }
 
+/// The data dir, locked (`flock`) by the process that is binding or replacing its control
+/// socket; unlocked when dropped, and by the kernel when the process dies.
+struct DirLock {
+    _dir: std::fs::File,
+}
+
+impl DirLock {
+    /// How long another service may hold the lock: a look, a removal and a bind, unless
+    /// connecting to a stuck service takes its full [`ANSWER_TIMEOUT`].
+    const PATIENCE: Duration = Duration::from_secs(2 * ANSWER_TIMEOUT.as_secs());
+
+    async fn acquire(dir: &Path) -> Result<DirLock, ControlError> {
+        let path = socket_path(dir);
+        let file =
+            std::fs::File::open(dir).map_err(|reason| ControlError::Bind { path: path.clone(), reason })?;
+        let deadline = Instant::now() + Self::PATIENCE;
+        loop {
+            #[expect(
+                clippy::incompatible_msrv,
+                reason = "File::try_lock is Rust 1.89, and `unsafe` (flock through libc) is forbidden; the crate already needs 1.88 (let chains), so Cargo.toml's rust-version 1.85 is stale"
+            )]
+            let locked = file.try_lock();
+            match locked {
+                Ok(()) => return Ok(DirLock { _dir: file }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ControlError::Busy { dir: dir.to_owned() });
+                }
+                Err(std::fs::TryLockError::Error(reason)) => return Err(ControlError::Bind { path, reason }),
+            }
+        }
+    }
+}
+
 /// What is at the socket path.
 enum Probe {
     Absent,
@@ -254,26 +314,53 @@ enum Probe {
     Live(Hello),
 }
 
-async fn probe(path: &Path) -> Result<Probe, ControlError> {
-    let stream = match tokio::time::timeout(ANSWER_TIMEOUT, UnixStream::connect(path)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Probe::Absent),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Probe::Stale),
-        Ok(Err(reason)) => return Err(ControlError::Connect { path: path.to_owned(), reason }),
-        Err(_) => {
-            return Err(ControlError::Unresponsive {
-                path: path.to_owned(),
-                reason: "connecting took too long".to_owned(),
-            });
-        }
-    };
+/// What connecting to the socket path found.
+enum Knock {
+    Absent,
+    /// A file nothing listens on.
+    Refused,
+    Answered(UnixStream),
+}
+
+async fn knock(path: &Path) -> Result<Knock, ControlError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, UnixStream::connect(path)).await {
+        Ok(Ok(stream)) => Ok(Knock::Answered(stream)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(Knock::Absent),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Knock::Refused),
+        Ok(Err(reason)) => Err(connect_error(path, reason)),
+        Err(_) => Err(ControlError::Unresponsive {
+            path: path.to_owned(),
+            reason: "connecting took too long".to_owned(),
+        }),
+    }
+}
+
+/// Who listens on `stream`: the [`Hello`] of a watch, or why it isn't a node service.
+async fn introduce(path: &Path, stream: UnixStream) -> Result<Hello, ControlError> {
     let unresponsive =
         |e: ControlError| ControlError::Unresponsive { path: path.to_owned(), reason: e.to_string() };
     let (mut read, _write) = request(stream, ControlRequest::Watch).await.map_err(unresponsive)?;
     match timed(read_event(&mut read)).await.map_err(unresponsive)? {
-        ControlEvent::Hello(hello) => Ok(Probe::Live(hello)),
+        ControlEvent::Hello(hello) => Ok(hello),
         other => Err(unresponsive(ControlError::Protocol(format!("it opened with {other:?}")))),
     }
+}
+
+async fn probe(path: &Path) -> Result<Probe, ControlError> {
+    Ok(match knock(path).await? {
+        Knock::Absent => Probe::Absent,
+        Knock::Refused => Probe::Stale,
+        Knock::Answered(stream) => Probe::Live(introduce(path, stream).await?),
+    })
+}
+
+/// Why connecting to the socket at `path` failed, as the sentence that fits.
+fn connect_error(path: &Path, reason: std::io::Error) -> ControlError {
+    // The only invalid input a path from the data dir can be: too long for a Unix socket.
+    if reason.kind() == std::io::ErrorKind::InvalidInput {
+        return ControlError::PathTooLong { path: path.to_owned() };
+    }
+    ControlError::Connect { path: path.to_owned(), reason }
 }
 
 async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: CancellationToken) {
@@ -324,7 +411,12 @@ async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: Cancella
 async fn answer(stream: UnixStream, hello: Hello, target: ControlTarget, shutdown: CancellationToken) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
-    let request = match timed(read_frame(&mut read)).await {
+    let frame = tokio::select! {
+        // A client that hasn't asked anything yet doesn't hold up a stopping service.
+        () = shutdown.cancelled() => return,
+        frame = timed(read_frame(&mut read)) => frame,
+    };
+    let request = match frame {
         Ok(Some(frame)) => serde_json::from_slice::<ControlRequest>(&frame),
         Ok(None) => return,
         Err(e) => {
@@ -511,7 +603,7 @@ impl ControlClient {
             {
                 Ok(None)
             }
-            Ok(Err(reason)) => Err(ControlError::Connect { path, reason }),
+            Ok(Err(reason)) => Err(connect_error(&path, reason)),
             Err(_) => Err(ControlError::Timeout),
         }
     }
@@ -753,5 +845,63 @@ mod tests {
         assert_eq!(events.recv().await, None);
         task.await.unwrap();
         assert!(matches!(ControlClient::stop(dir.path()).await, Err(ControlError::NotRunning { .. })));
+    }
+
+    #[test]
+    fn services_racing_for_a_stale_socket_never_both_bind() {
+        // Eight services at once, each round after a kill -9 left the socket behind; the one
+        // that binds serves, so the others can name it. Without the data dir lock some rounds
+        // had two services, each believing the socket was its own.
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(8).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (target, _status, _logs) = target();
+            for round in 0..200 {
+                drop(std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap());
+                let shutdown = CancellationToken::new();
+                let contenders: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (dir, target, shutdown) =
+                            (dir.path().to_owned(), target.clone(), shutdown.clone());
+                        tokio::spawn(async move {
+                            ControlSocket::bind(&dir).await.map(|socket| socket.serve(target, shutdown))
+                        })
+                    })
+                    .collect();
+                let mut serving = Vec::new();
+                for contender in contenders {
+                    match contender.await.unwrap() {
+                        Ok(task) => serving.push(task),
+                        Err(ControlError::AlreadyRunning { pid }) => assert_eq!(pid, std::process::id()),
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                }
+                assert_eq!(
+                    serving.len(),
+                    1,
+                    "round {round}: {} services bound the same socket",
+                    serving.len()
+                );
+                shutdown.cancel();
+                for task in serving {
+                    task.await.unwrap();
+                }
+                assert!(!socket_path(dir.path()).exists(), "round {round}: the socket was left behind");
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_path_too_long_for_a_socket_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        let Err(error) = ControlSocket::bind(&deep).await else {
+            panic!("bound a socket at a path longer than a Unix socket allows");
+        };
+        let text = error.to_string();
+        assert!(text.contains("too long for a Unix socket") && text.contains("GATEHOUSE_HOME"), "{text}");
+        let error = ControlClient::stop(&deep).await.unwrap_err().to_string();
+        assert!(error.contains("too long for a Unix socket"), "{error}");
     }
 }
