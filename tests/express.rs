@@ -1,8 +1,9 @@
 //! Express setup and the embedded hub, for real on loopback: a hub started inside the test
 //! process in a temp data dir, the node registered with it and later found at the same
-//! address; refusals (already registered, a gateway that encrypts, a lost admin token) leave
-//! the data dir unregistered; a taken port on first start moves the hub, a taken remembered
-//! port is an error.
+//! address; refusals (already registered, damaged settings, a gateway that encrypts, a lost
+//! admin token, a `hub serve` database in the data dir) leave the data dir unregistered; a
+//! taken port on first start moves the hub, a taken remembered port is an error; the data dir
+//! is owner-only and may hold characters URLs read otherwise.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
@@ -244,4 +245,80 @@ async fn an_embedded_hub_whose_admin_token_was_lost_is_named_and_stopped_again()
     assert!(!store.is_registered());
     // Stopped again: its port is free for a retry.
     TcpListener::bind(address).expect("the failed express setup left its hub running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_of_a_hub_serve_in_the_data_dir_is_not_taken_over() {
+    // `gatehouse hub serve` keeps its database as hub.db in the data dir too, and has made its
+    // admin token there; express setup must not start an embedded hub on it.
+    let hub = tokio::task::spawn_blocking(Hub::start).await.unwrap();
+    let store = Store::new(hub.home());
+    assert!(store.dir().join("hub.db").is_file(), "hub serve keeps no hub.db in its data dir");
+    let error = bounded("express setup", express_setup(&store, &loopback(None), CancellationToken::new()))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ExpressError::EmbeddedHub(EmbeddedError::OtherHub { .. })), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("already the database of another hub")
+            && text.contains("gatehouse hub serve")
+            && text.contains("GATEHOUSE_HUB"),
+        "{text}"
+    );
+    assert!(!store.dir().join("hub.toml").exists(), "hub.toml now claims hub serve's database");
+    assert!(!store.dir().join("secrets.bin").exists(), "secrets were written for a hub that isn't ours");
+    assert!(!store.is_registered());
+    // The hub serve goes on as it was, with nothing created on it.
+    let admin = HubClient::new(&hub.url, &hub.token).unwrap();
+    assert!(admin.gateways().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_settings_are_named_before_the_hub_is_touched() {
+    let hub = tokio::task::spawn_blocking(Hub::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let damaged = "hub_url = \"http://x\"\nnode_name = [";
+    std::fs::write(dir.path().join("node.toml"), damaged).unwrap();
+    let configured = ConfiguredHub { url: hub.url.clone(), admin_token: hub.token.clone() };
+    let error = bounded(
+        "express setup",
+        express_setup(&store, &loopback(Some(configured)), CancellationToken::new()),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("node.toml is damaged"), "{error}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("node.toml")).unwrap(), damaged);
+    let admin = HubClient::new(&hub.url, &hub.token).unwrap();
+    assert!(admin.gateways().await.unwrap().is_empty(), "express setup created a gateway first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_the_embedded_hub_creates_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new");
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let hub =
+        bounded("the first start", embedded::start(&dir, listen, CancellationToken::new())).await.unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the data dir holding hub.db is mode {mode:o}");
+    bounded("the hub to stop", hub.stop()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_whose_path_reads_as_url_syntax_holds_the_hub_db() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("50%41 off?mode=ro#x");
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let hub =
+        bounded("the first start", embedded::start(&dir, listen, CancellationToken::new())).await.unwrap();
+    assert!(dir.join("hub.db").is_file(), "the hub's database isn't at {}", dir.join("hub.db").display());
+    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1, "files outside the data dir");
+    bounded("the hub to stop", hub.stop()).await.unwrap();
+    // Started again, it opens the same database: its admin token is there already.
+    let again =
+        bounded("the second start", embedded::start(&dir, listen, CancellationToken::new())).await.unwrap();
+    assert!(again.admin_token.is_none(), "the second start made a new database");
+    bounded("the hub to stop", again.stop()).await.unwrap();
 }

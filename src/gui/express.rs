@@ -104,13 +104,18 @@ pub async fn express_setup(
     options: &ExpressOptions,
     shutdown: CancellationToken,
 ) -> Result<ExpressOutcome, ExpressError> {
-    // Refuse before starting anything or touching the hub.
-    if let Ok(settings) = store.settings() {
-        return Err(NodeError::AlreadyRegistered {
-            gateway: settings.gateway_name,
-            name: settings.node_name,
+    // Refuse before starting anything or touching the hub; damaged settings are named too
+    // (they still say "registered", and registering would overwrite them).
+    match store.settings() {
+        Ok(settings) => {
+            return Err(NodeError::AlreadyRegistered {
+                gateway: settings.gateway_name,
+                name: settings.node_name,
+            }
+            .into());
         }
-        .into());
+        Err(StoreError::NotRegistered) => {}
+        Err(e) => return Err(e.into()),
     }
     store.ensure_dir()?;
     let (hub, url, admin_token) = match &options.hub {
@@ -123,11 +128,8 @@ pub async fn express_setup(
         .clone()
         .unwrap_or_else(|| if embedded { "127.0.0.1".to_owned() } else { crate::node::host_name() });
     match register_with(store, &url, &admin_token, &peer_host, options.peer_port).await {
+        // `register` keeps the embedded hub's admin token in the secrets it writes.
         Ok(settings) => {
-            if embedded {
-                // `register` rewrote the secrets without the token; put it back.
-                remember_admin_token(store, &admin_token)?;
-            }
             tracing::info!(gateway = %settings.gateway_name, node = %settings.node_name, hub = %url, "express setup registered this node");
             Ok(ExpressOutcome { settings, hub })
         }

@@ -48,6 +48,11 @@ pub enum EmbeddedError {
     RememberedAddress { address: SocketAddr, config: PathBuf, reason: std::io::Error },
     #[error("can't listen on {address} for the embedded hub ({reason}); choose another address")]
     Listen { address: SocketAddr, reason: std::io::Error },
+    #[error(
+        "{} is already the database of another hub (it has an admin token, but there is no {}: gatehouse hub serve keeps its database in the data dir too), so the embedded hub won't take it over; to use that hub, set GATEHOUSE_HUB and GATEHOUSE_ADMIN_TOKEN or use manual setup with one of its auth keys; for a new embedded hub, stop that hub and move {} out of the data dir",
+        db.display(), config.display(), db.display()
+    )]
+    OtherHub { db: PathBuf, config: PathBuf },
 }
 
 /// What `hub.toml` holds.
@@ -140,14 +145,10 @@ pub async fn start(
     let remembered = configured(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     let db_path = dir.join(DB_FILE);
-    std::fs::create_dir_all(dir).map_err(|reason| EmbeddedError::Io {
-        action: "create",
-        path: dir.to_owned(),
-        reason,
-    })?;
+    owner_only_dir(dir)?;
     let database =
         |reason| EmbeddedError::Database { path: db_path.clone(), config: config_path.clone(), reason };
-    let db = Db::open(&format!("sqlite://{}", db_path.display())).await.map_err(database)?;
+    let db = Db::open(&sqlite_url(&db_path)).await.map_err(database)?;
 
     let listener = match remembered {
         Some(address) => TcpListener::bind(address).await.map_err(|reason| {
@@ -160,20 +161,55 @@ pub async fn start(
         path: db_path.clone(),
         reason,
     })?;
-    if remembered != Some(address) {
+    let admin_token = ensure_admin_token(&db).await.map_err(database)?;
+    if remembered.is_none() {
+        // A first start makes a new hub, so it makes the admin token. One that is there already
+        // belongs to another hub on this file (`hub serve` defaults to it too, or another window
+        // started this data dir's embedded hub just now; the token's insert decides which). Its
+        // keys name another address: writing hub.toml would take it over under a wrong one.
+        if admin_token.is_none() {
+            return Err(EmbeddedError::OtherHub { db: db_path, config: config_path });
+        }
         let text = toml::to_string(&EmbeddedConfig { listen: address }).map_err(|e| {
             EmbeddedError::Corrupt { reason: e.to_string(), db: db_path.clone(), path: config_path.clone() }
         })?;
         crate::node::store::write_atomic(&config_path, text.as_bytes())
             .map_err(|reason| EmbeddedError::Io { action: "write", path: config_path.clone(), reason })?;
     }
-    let admin_token = ensure_admin_token(&db).await.map_err(database)?;
 
     let url = public_url(address);
     let shutdown = shutdown.child_token();
     let task = tokio::spawn(serve(listener, None, db, HubConfig::new(url.clone()), shutdown.clone()));
     tracing::info!(%address, database = %db_path.display(), "embedded hub started");
     Ok(EmbeddedHub { url, address, admin_token, shutdown, task })
+}
+
+/// Creates the data dir if needed and makes it owner-only: the hub's database holds every
+/// gateway's secret.
+fn owner_only_dir(dir: &Path) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(|reason| EmbeddedError::Io {
+        action: "create",
+        path: dir.to_owned(),
+        reason,
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|reason| EmbeddedError::Io { action: "make owner-only", path: dir.to_owned(), reason })
+}
+
+/// The `sqlite://` URL of the database file `path`. The driver reads `?` as the start of the
+/// options and decodes `%XX`, so those (and `#`, which starts a URL's fragment) are escaped.
+fn sqlite_url(path: &Path) -> String {
+    let mut url = String::from("sqlite://");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' => url.push_str("%25"),
+            '?' => url.push_str("%3F"),
+            '#' => url.push_str("%23"),
+            c => url.push(c),
+        }
+    }
+    url
 }
 
 /// Listens on `wanted`, or on a free port of the same IP if that port is taken.
