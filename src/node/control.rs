@@ -287,10 +287,6 @@ impl DirLock {
             std::fs::File::open(dir).map_err(|reason| ControlError::Bind { path: path.clone(), reason })?;
         let deadline = Instant::now() + Self::PATIENCE;
         loop {
-            #[expect(
-                clippy::incompatible_msrv,
-                reason = "File::try_lock is Rust 1.89, and `unsafe` (flock through libc) is forbidden; the crate already needs 1.88 (let chains), so Cargo.toml's rust-version 1.85 is stale"
-            )]
             let locked = file.try_lock();
             match locked {
                 Ok(()) => return Ok(DirLock { _dir: file }),
