@@ -151,8 +151,10 @@ fn an_unreachable_hub_is_named_and_nothing_is_written() {
 fn a_damaged_settings_file_is_named_and_left_alone() {
     let home = tempfile::tempdir().unwrap();
     std::fs::write(home.path().join("node.toml"), "hub_url = \"http://x\"\nnode_name = [").unwrap();
-    for args in [&["node", "run"][..], &["node", "status"], &["node", "unregister"]] {
-        let output = gatehouse(home.path(), args, None, &[]);
+    let register = ["node", "register", "--name", "n1"];
+    for args in [&["node", "run"][..], &["node", "status"], &["node", "unregister"], &register] {
+        // register: the settings are looked at before the key, so any key will do.
+        let output = gatehouse(home.path(), args, None, &[("GATEHOUSE_AUTH_KEY", "gh1_any")]);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let message = stderr(&output);
         assert!(message.contains("node.toml is damaged"), "{args:?}: {message}");

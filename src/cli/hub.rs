@@ -60,7 +60,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         url
     } else {
         let dir = crate::paths::ensure_data_dir().context("creating the data dir")?;
-        format!("sqlite://{}", dir.join("hub.db").display())
+        hub::db::sqlite_url(&dir.join("hub.db"))
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(hub::tls::server_config(cert, key).context("setting up HTTPS")?),

@@ -964,3 +964,18 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
         finished_ms: row.try_get("finished_ms")?,
     })
 }
+
+/// The `sqlite://` URL of the database file `path`. The driver reads `?` as the start of the
+/// options and decodes `%XX`, so those (and `#`, which starts a URL's fragment) are escaped.
+pub fn sqlite_url(path: &std::path::Path) -> String {
+    let mut url = String::from("sqlite://");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' => url.push_str("%25"),
+            '?' => url.push_str("%3F"),
+            '#' => url.push_str("%23"),
+            c => url.push(c),
+        }
+    }
+    url
+}

@@ -148,7 +148,7 @@ pub async fn start(
     owner_only_dir(dir)?;
     let database =
         |reason| EmbeddedError::Database { path: db_path.clone(), config: config_path.clone(), reason };
-    let db = Db::open(&sqlite_url(&db_path)).await.map_err(database)?;
+    let db = Db::open(&super::db::sqlite_url(&db_path)).await.map_err(database)?;
 
     let listener = match remembered {
         Some(address) => TcpListener::bind(address).await.map_err(|reason| {
@@ -195,21 +195,6 @@ fn owner_only_dir(dir: &Path) -> Result<(), EmbeddedError> {
     })?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|reason| EmbeddedError::Io { action: "make owner-only", path: dir.to_owned(), reason })
-}
-
-/// The `sqlite://` URL of the database file `path`. The driver reads `?` as the start of the
-/// options and decodes `%XX`, so those (and `#`, which starts a URL's fragment) are escaped.
-fn sqlite_url(path: &Path) -> String {
-    let mut url = String::from("sqlite://");
-    for c in path.display().to_string().chars() {
-        match c {
-            '%' => url.push_str("%25"),
-            '?' => url.push_str("%3F"),
-            '#' => url.push_str("%23"),
-            c => url.push(c),
-        }
-    }
-    url
 }
 
 /// Listens on `wanted`, or on a free port of the same IP if that port is taken.

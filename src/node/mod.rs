@@ -76,11 +76,16 @@ pub struct Registration {
 
 /// Registers this machine with the gateway the key names, and stores the result.
 pub async fn register(store: &Store, registration: Registration) -> Result<NodeSettings, NodeError> {
-    if let Ok(settings) = store.settings() {
-        return Err(NodeError::AlreadyRegistered {
-            gateway: settings.gateway_name,
-            name: settings.node_name,
-        });
+    // Only "not registered" goes on: damaged settings are named, never overwritten.
+    match store.settings() {
+        Ok(settings) => {
+            return Err(NodeError::AlreadyRegistered {
+                gateway: settings.gateway_name,
+                name: settings.node_name,
+            });
+        }
+        Err(StoreError::NotRegistered) => {}
+        Err(e) => return Err(e.into()),
     }
     let key = crate::protocol::parse_auth_key(&registration.key)?;
     let host = host_name();
