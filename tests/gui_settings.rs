@@ -405,7 +405,9 @@ fn the_settings_tab_sets_a_limit_adds_a_credential_and_refuses_a_bad_proxy() {
 
     window.type_into("Concurrency limit", "3");
     click(&mut window, "Set limit");
-    window.wait_for("the limit to be saved", LIMIT, |app| app.settings.answer(OpKind::Concurrency).is_some());
+    window.wait_for("the limit to be saved", LIMIT, |app| {
+        app.settings.answers.answer(OpKind::Concurrency).is_some()
+    });
     assert!(window.shows("this node takes at most 3 runs at once"), "the answer is not shown");
     assert_eq!(Store::new(&home).settings().unwrap().concurrency_limit, Some(3));
     window.wait_for("the service to restart with the new limit", LIMIT, |app| {
@@ -443,7 +445,7 @@ fn the_diagnostics_tab_switches_verbose_logging_tests_connections_and_exports_lo
 
     click(&mut window, "Verbose logging");
     window.wait_for("the log level to be saved", LIMIT, |app| {
-        app.diagnostics.answer(OpKind::LogLevel).is_some()
+        app.diagnostics.answers.answer(OpKind::LogLevel).is_some()
     });
     assert_eq!(Store::new(&home).settings().unwrap().log_level, "debug");
 
@@ -460,7 +462,7 @@ fn the_diagnostics_tab_switches_verbose_logging_tests_connections_and_exports_lo
     window.harness.state_mut().diagnostics.export_path.clear();
     window.type_into("Export to", &zip_path.display().to_string());
     click(&mut window, "Export logs");
-    window.wait_for("the export", LIMIT, |app| app.diagnostics.answer(OpKind::ExportLogs).is_some());
+    window.wait_for("the export", LIMIT, |app| app.diagnostics.answers.answer(OpKind::ExportLogs).is_some());
     assert!(window.shows("logs exported to"), "the answer is not shown");
     let zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
     assert!(zip.file_names().any(|n| n == "status.json"));
@@ -499,9 +501,9 @@ fn a_rejected_certificate_cant_be_used_and_a_good_one_turns_encryption_on_and_of
     assert!(window.shows("Verdict: accepted"), "the report is not shown");
     click(&mut window, "Use this certificate");
     window.wait_for("the certificate to be taken", LIMIT, |app| {
-        app.settings.answer(OpKind::Certificate).is_some()
+        app.settings.answers.answer(OpKind::Certificate).is_some()
     });
-    let answer = window.harness.state().settings.answer(OpKind::Certificate).cloned().unwrap();
+    let answer = window.harness.state().settings.answers.answer(OpKind::Certificate).cloned().unwrap();
     assert!(answer.as_ref().is_ok_and(|s| s.contains("encrypted with the new certificate")), "{answer:?}");
     let thumbprint = store.secrets().unwrap().tls.unwrap().thumbprint_sha256;
     window.wait_for("the restarted service to report the certificate", LIMIT, |app| {
@@ -589,8 +591,10 @@ fn the_pfx_password_leaves_the_settings_form_once_used_or_abandoned() {
         window.harness.state().settings.certificate.password.is_empty(),
         "the password stayed in its field"
     );
-    window.wait_for("the change to fail", LIMIT, |app| app.settings.answer(OpKind::Certificate).is_some());
-    let answer = window.harness.state().settings.answer(OpKind::Certificate).cloned().unwrap();
+    window.wait_for("the change to fail", LIMIT, |app| {
+        app.settings.answers.answer(OpKind::Certificate).is_some()
+    });
+    let answer = window.harness.state().settings.answers.answer(OpKind::Certificate).cloned().unwrap();
     assert!(answer.is_err(), "a missing file was used: {answer:?}");
     assert!(
         window.harness.state().settings.certificate.password.is_empty(),
@@ -616,8 +620,9 @@ fn credentials_that_cant_be_read_say_why_not_that_there_are_none() {
     std::fs::write(node.home.path().join("secrets.bin"), b"not sealed by this machine").unwrap();
     let mut window = Window::open_in(node.home, Tab::Settings);
 
-    window
-        .wait_for("the credential list", LIMIT, |app| app.settings.answer(OpKind::CredentialList).is_some());
+    window.wait_for("the credential list", LIMIT, |app| {
+        app.settings.answers.answer(OpKind::CredentialList).is_some()
+    });
     assert!(window.shows("can't be opened"), "the reason is not shown");
     assert!(!window.shows("No credentials yet."), "an unreadable list is shown as empty");
 }
@@ -666,7 +671,9 @@ fn a_stopped_service_is_not_said_to_restart_for_a_new_limit() {
 
     window.type_into("Concurrency limit", "3");
     click(&mut window, "Set limit");
-    window.wait_for("the limit to be saved", LIMIT, |app| app.settings.answer(OpKind::Concurrency).is_some());
+    window.wait_for("the limit to be saved", LIMIT, |app| {
+        app.settings.answers.answer(OpKind::Concurrency).is_some()
+    });
     assert!(
         window
             .shows("this node takes at most 3 runs at once; the node service applies it when it next starts")

@@ -130,19 +130,6 @@ impl DiagnosticsPage {
             self.export_path = path.display().to_string();
         }
     }
-
-    fn send(&mut self, service: &Service, op: Op) {
-        self.answers.send(service, op);
-    }
-
-    fn waiting(&self, kind: OpKind) -> bool {
-        self.answers.waiting(kind)
-    }
-
-    /// The last answer to a `kind` operation; `None` while it runs or if none was sent.
-    pub fn answer(&self, kind: OpKind) -> Option<&Result<String, String>> {
-        self.answers.answer(kind)
-    }
 }
 
 /// The rank of a level name (`ERROR` 0 … `TRACE` 4); unknown levels count as `INFO`.
@@ -205,11 +192,11 @@ fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service:
         let stored =
             state.settings.as_ref().is_some_and(|s| matches!(s.log_level.as_str(), "debug" | "trace"));
         let mut verbose = page.verbose.unwrap_or(stored);
-        let busy = page.waiting(OpKind::LogLevel);
+        let busy = page.answers.waiting(OpKind::LogLevel);
         if ui.add_enabled(!busy, egui::Checkbox::new(&mut verbose, "Verbose logging")).changed() {
             page.verbose = Some(verbose);
             let level = if verbose { "debug" } else { "info" };
-            page.send(service, Op::SetLogLevel(level.to_owned()));
+            page.answers.send(service, Op::SetLogLevel(level.to_owned()));
         }
     });
     answer_ui(ui, page.answers.get(OpKind::LogLevel));
@@ -293,10 +280,10 @@ fn export_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, service: &Service, w
         }
         ui.end_row();
     });
-    let ready = !page.export_path.trim().is_empty() && !page.waiting(OpKind::ExportLogs);
+    let ready = !page.export_path.trim().is_empty() && !page.answers.waiting(OpKind::ExportLogs);
     if ui.add_enabled(ready, egui::Button::new("Export logs")).clicked() {
         let path = PathBuf::from(page.export_path.trim());
-        page.send(service, Op::ExportLogs(path));
+        page.answers.send(service, Op::ExportLogs(path));
     }
     answer_ui(ui, page.answers.get(OpKind::ExportLogs));
 }

@@ -236,19 +236,6 @@ impl SettingsPage {
         }
     }
 
-    fn send(&mut self, service: &Service, op: Op) {
-        self.answers.send(service, op);
-    }
-
-    fn waiting(&self, kind: OpKind) -> bool {
-        self.answers.waiting(kind)
-    }
-
-    /// The last answer to a `kind` operation; `None` while it runs or if none was sent.
-    pub fn answer(&self, kind: OpKind) -> Option<&Result<String, String>> {
-        self.answers.answer(kind)
-    }
-
     /// Fills the fields from the node's settings once, and asks for what only the service
     /// can read (credential names, whether this node holds the hub's admin token).
     fn refresh(&mut self, state: &State, service: &Service) {
@@ -266,8 +253,8 @@ impl SettingsPage {
         {
             self.thresholds = Some(ThresholdForm::from_settings(&status.settings));
         }
-        if self.admin.is_none() && !self.waiting(OpKind::AdminToken) {
-            self.send(service, Op::CheckAdminToken);
+        if self.admin.is_none() && !self.answers.waiting(OpKind::AdminToken) {
+            self.answers.send(service, Op::CheckAdminToken);
         }
         // Credentials synced from a peer raise the version: list them again then too.
         let version = state.status.as_ref().map(|s| s.metrics.credential_version);
@@ -275,8 +262,8 @@ impl SettingsPage {
             self.listed_version = version;
             self.credentials = None;
         }
-        if self.credentials.is_none() && !self.waiting(OpKind::CredentialList) {
-            self.send(service, Op::ListCredentials);
+        if self.credentials.is_none() && !self.answers.waiting(OpKind::CredentialList) {
+            self.answers.send(service, Op::ListCredentials);
         }
     }
 }
@@ -369,7 +356,7 @@ fn encryption_ui(
         .wrap(),
     );
     ui.add_space(4.0);
-    let busy = page.waiting(OpKind::Certificate);
+    let busy = page.answers.waiting(OpKind::Certificate);
     ui.horizontal(|ui| {
         if ui.add_enabled(!busy, egui::Button::new("Change certificate…")).clicked() {
             page.changing_certificate = !page.changing_certificate;
@@ -381,7 +368,7 @@ fn encryption_ui(
         }
         let encrypted = !matches!(thumbprint, Some(None));
         if ui.add_enabled(!busy && encrypted, egui::Button::new("Turn off encryption")).clicked() {
-            page.send(service, Op::DisableEncryption);
+            page.answers.send(service, Op::DisableEncryption);
         }
     });
     if page.changing_certificate {
@@ -401,11 +388,11 @@ fn encryption_ui(
         problem_ui(ui, problem);
     }
     let changed = port.as_ref().is_ok_and(|p| Some(*p) != current);
-    let ready = changed && !page.waiting(OpKind::RemotePort) && !busy;
+    let ready = changed && !page.answers.waiting(OpKind::RemotePort) && !busy;
     if ui.add_enabled(ready, egui::Button::new("Change port")).clicked()
         && let Ok(port) = port
     {
-        page.send(service, Op::SetRemoteAccess { port, certificate: None });
+        page.answers.send(service, Op::SetRemoteAccess { port, certificate: None });
     }
     answer_ui(ui, page.answers.get(OpKind::RemotePort));
 }
@@ -467,7 +454,7 @@ fn change_certificate_ui(
             problem_ui(ui, "The checker rejects this certificate: fix what the report marks as failed.");
         }
         let port = state.settings.as_ref().map(|s| s.peer_port);
-        let ready = usable && port.is_some() && !page.waiting(OpKind::Certificate);
+        let ready = usable && port.is_some() && !page.answers.waiting(OpKind::Certificate);
         if ui.add_enabled(ready, egui::Button::new("Use this certificate")).clicked()
             && let Some(port) = port
         {
@@ -482,7 +469,7 @@ fn change_certificate_ui(
             };
             page.checked = false;
             page.certificate.outcome = None;
-            page.send(service, Op::SetRemoteAccess { port, certificate: Some(certificate) });
+            page.answers.send(service, Op::SetRemoteAccess { port, certificate: Some(certificate) });
         }
     });
 }
@@ -524,16 +511,16 @@ fn concurrency_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, ser
     if let Err(problem) = &limit {
         problem_ui(ui, problem);
     }
-    let busy = page.waiting(OpKind::Concurrency);
+    let busy = page.answers.waiting(OpKind::Concurrency);
     ui.horizontal(|ui| {
         if ui.add_enabled(!busy && matches!(limit, Ok(Some(_))), egui::Button::new("Set limit")).clicked()
             && let Ok(limit) = limit
         {
-            page.send(service, Op::SetConcurrency(limit));
+            page.answers.send(service, Op::SetConcurrency(limit));
         }
         if ui.add_enabled(!busy, egui::Button::new("Use default")).clicked() {
             page.concurrency.clear();
-            page.send(service, Op::SetConcurrency(None));
+            page.answers.send(service, Op::SetConcurrency(None));
         }
     });
     // The window restarts only a service it runs itself.
@@ -583,12 +570,12 @@ fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, serv
         if let Err(problem) = &parsed {
             problem_ui(ui, problem);
         }
-        let ready = parsed.is_ok() && !page.waiting(OpKind::Thresholds);
+        let ready = parsed.is_ok() && !page.answers.waiting(OpKind::Thresholds);
         ui.horizontal(|ui| {
             if ui.add_enabled(ready, egui::Button::new("Save thresholds")).clicked()
                 && let Ok(thresholds) = parsed
             {
-                page.send(service, Op::SetThresholds(thresholds));
+                page.answers.send(service, Op::SetThresholds(thresholds));
             }
             if ui.button("Show the gateway's values").clicked() {
                 page.thresholds = Some(ThresholdForm::from_settings(&status.settings));
@@ -654,9 +641,9 @@ fn proxy_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: 
     if let Some(problem) = &problem {
         problem_ui(ui, &format!("{problem}."));
     }
-    let ready = problem.is_none() && typed != current && !page.waiting(OpKind::Proxy);
+    let ready = problem.is_none() && typed != current && !page.answers.waiting(OpKind::Proxy);
     if ui.add_enabled(ready, egui::Button::new("Save proxy")).clicked() {
-        page.send(service, Op::SetProxy(typed));
+        page.answers.send(service, Op::SetProxy(typed));
     }
     answer_ui(ui, page.answers.get(OpKind::Proxy));
 }
@@ -685,7 +672,7 @@ fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service)
         }
         Some(names) => {
             let names = names.clone();
-            let busy = page.waiting(OpKind::Credentials);
+            let busy = page.answers.waiting(OpKind::Credentials);
             egui::Grid::new("credentials").num_columns(2).striped(true).spacing([12.0, 4.0]).show(ui, |ui| {
                 for name in &names {
                     ui.monospace(name);
@@ -696,7 +683,7 @@ fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service)
                                 .clicked()
                             {
                                 page.confirm_delete = None;
-                                page.send(service, Op::DeleteCredential(name.clone()));
+                                page.answers.send(service, Op::DeleteCredential(name.clone()));
                             }
                             if ui.button("Cancel").clicked() {
                                 page.confirm_delete = None;
@@ -723,10 +710,10 @@ fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service)
     if !name.is_empty() && !name_ok {
         problem_ui(ui, "Names are 1 to 128 letters, digits, '-', '_' or '.'.");
     }
-    let ready = name_ok && !page.credential_value.is_empty() && !page.waiting(OpKind::Credentials);
+    let ready = name_ok && !page.credential_value.is_empty() && !page.answers.waiting(OpKind::Credentials);
     if ui.add_enabled(ready, egui::Button::new("Save credential")).clicked() {
         let value = std::mem::take(&mut page.credential_value);
-        page.send(service, Op::SetCredential { name, value });
+        page.answers.send(service, Op::SetCredential { name, value });
     }
     answer_ui(ui, page.answers.get(OpKind::Credentials));
 }
@@ -766,12 +753,12 @@ fn backup_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service, work
     let ready = !form.path.trim().is_empty()
         && form.password.chars().count() >= 8
         && form.again == form.password
-        && !page.waiting(OpKind::Backup);
+        && !page.answers.waiting(OpKind::Backup);
     if ui.add_enabled(ready, egui::Button::new("Back up")).clicked() {
         let path = PathBuf::from(page.backup.path.trim());
         let password = std::mem::take(&mut page.backup.password);
         page.backup.again.clear();
-        page.send(service, Op::Backup { path, password });
+        page.answers.send(service, Op::Backup { path, password });
     }
     answer_ui(ui, page.answers.get(OpKind::Backup));
 
@@ -799,11 +786,11 @@ pub(crate) fn restore_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &S
     });
     let ready = !page.restore.path.trim().is_empty()
         && !page.restore.password.is_empty()
-        && !page.waiting(OpKind::Restore);
+        && !page.answers.waiting(OpKind::Restore);
     if ui.add_enabled(ready, egui::Button::new("Restore")).clicked() {
         let path = PathBuf::from(page.restore.path.trim());
         let password = std::mem::take(&mut page.restore.password);
-        page.send(service, Op::Restore { path, password });
+        page.answers.send(service, Op::Restore { path, password });
     }
     answer_ui(ui, page.answers.get(OpKind::Restore));
 }
