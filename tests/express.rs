@@ -322,3 +322,36 @@ async fn a_data_dir_whose_path_reads_as_url_syntax_holds_the_hub_db() {
     assert!(again.admin_token.is_none(), "the second start made a new database");
     bounded("the hub to stop", again.stop()).await.unwrap();
 }
+
+#[test]
+fn node_run_starts_the_embedded_hub_of_an_express_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path().join("data"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let address = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let outcome =
+            bounded("express setup", express_setup(&store, &loopback(None), shutdown.clone())).await;
+        let hub = outcome.unwrap().hub.unwrap();
+        let address = hub.address;
+        shutdown.cancel();
+        bounded("the hub to stop", hub.stopped()).await.unwrap();
+        address
+    });
+    // Headless now: `node run` brings the hub back with the node, which comes Online there.
+    let home = store.dir().to_str().unwrap().to_owned();
+    let mut run = common::process::spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.as_str())]);
+    let client = admin(&format!("http://{address}"), &store);
+    let gateway = store.settings().unwrap().gateway_id;
+    common::cluster::wait_until(LIMIT, "the node Online at its embedded hub", || {
+        runtime
+            .block_on(client.nodes(&gateway))
+            .is_ok_and(|nodes| nodes.len() == 1 && nodes[0].status == gatehouse::protocol::NodeState::Online)
+    });
+    let exit = run.stop();
+    assert!(exit.success(), "node run exited with {exit:?}");
+    assert!(
+        TcpListener::bind(address).is_ok(),
+        "the embedded hub still holds {address} after node run stopped"
+    );
+}

@@ -281,6 +281,11 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
         }
         Err(_) => Box::new(SystemMetrics::new()),
     };
+    // A data dir set up by the window's express setup hosts its hub: it runs with the node.
+    let hub = crate::gui::express::start_embedded_hub_if_configured(&store, shutdown.child_token()).await?;
+    if let Some(hub) = &hub {
+        tracing::info!(url = %hub.url, "the embedded hub of this data dir is running");
+    }
     let service = node::NodeService::new(store.clone(), metrics);
     let (mut handle, task) = service.spawn(shutdown.clone()).await?;
     // The Configuration Manager attaches here; a Stop request cancels `shutdown`.
@@ -307,6 +312,9 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     let _ = task.await;
     // Removes the socket, so the next `node run` or window finds no service here.
     let _ = control.await;
+    if let Some(hub) = hub {
+        let _ = hub.stopped().await;
+    }
     tracing::info!("node service stopped");
     Ok(())
 }
