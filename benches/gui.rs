@@ -65,8 +65,7 @@ const MEMORY_TARGET_BYTES: u64 = 120_000_000;
 
 fn main() {
     // `cargo bench --bench gui -- startup` runs only that part; no names: all.
-    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let run = |part: &str| wanted.is_empty() || wanted.iter().any(|w| w == part);
+    let run = figures::wanted;
     let started = Instant::now();
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!(

@@ -78,8 +78,7 @@ const FAILOVER_TRIES: usize = 3 * FAILOVER_ROUNDS;
 
 fn main() {
     // `cargo bench --bench hub -- sqlite failover` runs only those parts; no names: all of them.
-    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let run = |part: &str| wanted.is_empty() || wanted.iter().any(|w| w == part);
+    let run = figures::wanted;
     // reqwest is built without a crypto provider (the CLI installs ring, and so do we).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let started = Instant::now();

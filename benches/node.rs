@@ -79,8 +79,7 @@ const MEMORY_TARGET_BYTES: u64 = 30_000_000;
 
 fn main() {
     // `cargo bench --bench node -- dispatch memory` runs only those parts; no names: all.
-    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let run = |part: &str| wanted.is_empty() || wanted.iter().any(|w| w == part);
+    let run = figures::wanted;
     // reqwest is built without a crypto provider (the CLI installs ring, and so do we).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let started = Instant::now();

@@ -59,6 +59,15 @@ fn next_matching(
     })
 }
 
+/// A hub with gateway "sales" and its node n1 running (`node run`), with its data dir.
+fn one_running_node() -> (Hub, Node, std::path::PathBuf) {
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let node = Node::start(&key, "n1", &[]);
+    let dir = node.home.path().to_owned();
+    (hub, node, dir)
+}
+
 #[test]
 fn a_running_node_streams_hello_status_and_log_lines_on_an_owner_only_socket() {
     let rt = runtime();
@@ -151,10 +160,7 @@ fn connection_tests_time_the_hub_and_each_peer_and_name_what_doesnt_answer() {
 #[test]
 fn stop_over_the_socket_ends_node_run_cleanly_and_removes_the_socket() {
     let rt = runtime();
-    let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let mut node = Node::start(&key, "n1", &[]);
-    let dir = node.home.path().to_owned();
+    let (_hub, mut node, dir) = one_running_node();
     let (_, mut events) = wait_for_service(&rt, &dir);
 
     rt.block_on(ControlClient::stop(&dir)).unwrap();
@@ -173,10 +179,7 @@ fn stop_over_the_socket_ends_node_run_cleanly_and_removes_the_socket() {
 #[test]
 fn a_second_service_of_the_same_data_dir_is_refused_with_the_first_ones_pid() {
     let rt = runtime();
-    let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let mut node = Node::start(&key, "n1", &[]);
-    let dir = node.home.path().to_owned();
+    let (_hub, mut node, dir) = one_running_node();
     let (hello, _events) = wait_for_service(&rt, &dir);
 
     let second = gatehouse(&dir, &["node", "run"], &[]);
@@ -198,10 +201,7 @@ fn a_second_service_of_the_same_data_dir_is_refused_with_the_first_ones_pid() {
 #[test]
 fn a_socket_left_behind_by_kill_9_does_not_stop_the_next_run() {
     let rt = runtime();
-    let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let mut node = Node::start(&key, "n1", &[]);
-    let dir = node.home.path().to_owned();
+    let (_hub, mut node, dir) = one_running_node();
     drop(wait_for_service(&rt, &dir));
 
     node.process.as_mut().unwrap().kill9();
@@ -232,10 +232,7 @@ async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
 #[test]
 fn clients_that_say_nothing_send_garbage_or_hang_up_mid_watch_leave_the_service_answering() {
     let rt = runtime();
-    let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let mut node = Node::start(&key, "n1", &[]);
-    let dir = node.home.path().to_owned();
+    let (_hub, mut node, dir) = one_running_node();
     let (hello, _events) = wait_for_service(&rt, &dir);
     let path = socket_path(&dir);
     let _silent = rt.block_on(async {

@@ -105,21 +105,29 @@ fn screenshot(display: &str, name: &str) -> (u32, String) {
     }
 }
 
+/// Starts the real binary (`gatehouse ARGS`) on `display` with its own HOME (plus `env`).
+fn open_window(display: &str, args: &[&str], home: &Path, env: &[(&str, &Path)]) -> Killed {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    command
+        .args(args)
+        .env("DISPLAY", display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Killed(command.spawn().unwrap())
+}
+
 #[test]
 fn the_binary_opens_a_window_that_renders() {
     let (_xvfb, display) = start_xvfb();
     let home = tempfile::tempdir().unwrap();
-    let app = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .env("DISPLAY", &display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("HOME", home.path())
-        .env("XDG_RUNTIME_DIR", home.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut app = Killed(app);
+    let mut app = open_window(&display, &[], home.path(), &[]);
 
     wait_for_window(&display, &mut app);
     let (colours, shot) = screenshot(&display, "window.png");
@@ -135,19 +143,7 @@ fn the_binary_shows_home_for_a_registered_node() {
 
     let (_xvfb, display) = start_xvfb();
     let home = tempfile::tempdir().unwrap();
-    let app = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("gui")
-        .env("DISPLAY", &display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("GATEHOUSE_HOME", node.home.path())
-        .env("HOME", home.path())
-        .env("XDG_RUNTIME_DIR", home.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut app = Killed(app);
+    let mut app = open_window(&display, &["gui"], home.path(), &[("GATEHOUSE_HOME", node.home.path())]);
     wait_for_window(&display, &mut app);
 
     // With a registered node the window shows Home and starts the node service in its own

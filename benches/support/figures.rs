@@ -67,3 +67,9 @@ pub fn thousands(n: f64) -> String {
 pub fn ticks_to_duration(ticks: u64) -> Duration {
     Duration::from_millis(ticks.saturating_mul(TICK_MS))
 }
+
+/// Whether the part `part` was asked for: `cargo bench --bench NAME -- part…`; no names: all.
+pub fn wanted(part: &str) -> bool {
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    named.is_empty() || named.iter().any(|w| w == part)
+}
