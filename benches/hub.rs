@@ -33,9 +33,9 @@ use figures::{machine_busy, percentile, process_cpu, quantiles, seconds, thousan
 use refused::Refused;
 
 use gatehouse::protocol::{
-    Activity, AssignRun, ClaimRequest, CreateGateway, CreatedGateway, ErrorBody, FinishRun, GatewaySettings,
-    Heartbeat, HeartbeatResponse, JobSpec, JobView, NodeMetrics, RegisterRequest, RegisterResponse, Role,
-    RunState, RunView, SubmitJob,
+    Activity, AssignRun, ClaimRequest, CreateGateway, CreatedGateway, FinishRun, GatewaySettings, Heartbeat,
+    HeartbeatResponse, JobSpec, JobView, NodeMetrics, RegisterRequest, RegisterResponse, Role, RunState,
+    RunView, SubmitJob,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -231,25 +231,11 @@ impl Api {
         path: &str,
         body: &B,
     ) -> Result<R, Refused> {
-        Self::send(self.http.post(format!("{}{path}", self.base)).bearer_auth(token).json(body)).await
+        refused::send(self.http.post(format!("{}{path}", self.base)).bearer_auth(token).json(body)).await
     }
 
     async fn get<R: DeserializeOwned>(&self, token: &str, path: &str) -> Result<R, Refused> {
-        Self::send(self.http.get(format!("{}{path}", self.base)).bearer_auth(token)).await
-    }
-
-    async fn send<R: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<R, Refused> {
-        let response = request.send().await.map_err(|e| Refused { status: None, message: e.to_string() })?;
-        let status = response.status();
-        if status.is_success() {
-            return response
-                .json()
-                .await
-                .map_err(|e| Refused { status: Some(status), message: format!("unreadable answer: {e}") });
-        }
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&text).map_or(text, |body| body.error);
-        Err(Refused { status: Some(status), message })
+        refused::send(self.http.get(format!("{}{path}", self.base)).bearer_auth(token)).await
     }
 }
 

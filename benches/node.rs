@@ -40,9 +40,7 @@ mod refused;
 use figures::{TICK_MS, machine_busy, process_cpu, quantiles, seconds, thousands};
 use refused::Refused;
 
-use gatehouse::protocol::{
-    Activity, ErrorBody, JobSpec, JobView, NodeState, NodeView, Role, RunState, SubmitJob,
-};
+use gatehouse::protocol::{Activity, JobSpec, JobView, NodeState, NodeView, Role, RunState, SubmitJob};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashSet};
@@ -156,25 +154,12 @@ impl Api {
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, Refused> {
-        Self::send(self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body)).await
+        refused::send(self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body))
+            .await
     }
 
     async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, Refused> {
-        Self::send(self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token)).await
-    }
-
-    async fn send<R: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<R, Refused> {
-        let response = request.send().await.map_err(|e| Refused { status: None, message: e.to_string() })?;
-        let status = response.status();
-        if status.is_success() {
-            return response
-                .json()
-                .await
-                .map_err(|e| Refused { status: Some(status), message: format!("unreadable answer: {e}") });
-        }
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&text).map_or(text, |body| body.error);
-        Err(Refused { status: Some(status), message })
+        refused::send(self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token)).await
     }
 
     async fn submit(&self, name: String, partitions: u32) -> JobView {
