@@ -30,13 +30,17 @@ mod process;
 #[path = "../tests/common/cluster.rs"]
 mod cluster;
 
+#[path = "../tests/common/xvfb.rs"]
+mod xvfb;
+use xvfb::Xvfb;
+
 #[path = "support/figures.rs"]
 mod figures;
 use figures::{ms, percentile, process_cpu, seconds, thousands};
 
 use gatehouse::protocol::{NodeState, NodeView};
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,7 +58,6 @@ const IDLE_SAMPLE: Duration = Duration::from_secs(15);
 const FIRST_FRAME: &str = "first frame drawn";
 
 // Bounds on every wait, so a window or node that never comes ends the benchmark with a message.
-const XVFB_TIMEOUT: Duration = Duration::from_secs(15);
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A start counts only if the window is still running this long after its first frame.
@@ -86,64 +89,6 @@ fn main() {
         print_memory(memory);
     }
     println!("\n(whole benchmark: {:.0} s)", started.elapsed().as_secs_f64());
-}
-
-// ---- Xvfb ----
-
-/// A virtual X display; Xvfb is killed on drop.
-struct Xvfb {
-    process: Child,
-    display: String,
-}
-
-impl Xvfb {
-    /// Starts Xvfb on the first free display number and waits (bounded) for its socket. The
-    /// number is ours once its lock file names our Xvfb; if another server (a test run, say)
-    /// won it meanwhile, try the next one.
-    fn start() -> Xvfb {
-        let taken = |n: u32| {
-            Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        };
-        for number in (90..200).filter(|&n| !taken(n)) {
-            let display = format!(":{number}");
-            let process = Command::new("Xvfb")
-                .args([display.as_str(), "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("can't start Xvfb ({e}); `bash tests/run.sh` installs it"));
-            let mut xvfb = Xvfb { process, display };
-            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-            let lock = format!("/tmp/.X{number}-lock");
-            let deadline = Instant::now() + XVFB_TIMEOUT;
-            loop {
-                if xvfb.process.try_wait().unwrap().is_some() {
-                    break; // another server took the number first
-                }
-                let owner =
-                    std::fs::read_to_string(&lock).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
-                if socket.exists() && owner == Some(xvfb.process.id()) {
-                    return xvfb;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "Xvfb {} did not start within {XVFB_TIMEOUT:?}",
-                    xvfb.display
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("no free X display number in :90–:199");
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
 }
 
 // ---- the window ----

@@ -9,10 +9,10 @@
 mod common;
 
 use common::cluster::{Hub, Node, wait_until};
+use common::xvfb::Xvfb;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Kills the child when the test ends, however it ends.
@@ -31,43 +31,6 @@ fn run(program: &str, args: &[&str], display: &str) -> Output {
         .env("DISPLAY", display)
         .output()
         .unwrap_or_else(|e| panic!("can't run {program} ({e}); `bash tests/run.sh` installs it"))
-}
-
-/// Starts Xvfb on the first free display number and waits for its socket. The two tests
-/// (and other test runs on this machine) may start servers at the same moment: a number is
-/// ours only once its lock file names our Xvfb; if another server won it, try the next one.
-fn start_xvfb() -> (Killed, String) {
-    // Within this test binary, one test at a time picks a number.
-    static PICKING: Mutex<()> = Mutex::new(());
-    let _picking = PICKING.lock().unwrap_or_else(PoisonError::into_inner);
-    let taken = |n: u32| {
-        Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists()
-    };
-    for number in (90..200).filter(|&n| !taken(n)) {
-        let display = format!(":{number}");
-        let xvfb = Command::new("Xvfb")
-            .args([display.as_str(), "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("can't start Xvfb; `bash tests/run.sh` installs it");
-        let mut xvfb = Killed(xvfb);
-        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-        let lock = format!("/tmp/.X{number}-lock");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if xvfb.0.try_wait().unwrap().is_some() {
-                break; // another server took the number first
-            }
-            let owner = std::fs::read_to_string(&lock).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
-            if socket.exists() && owner == Some(xvfb.0.id()) {
-                return (xvfb, display);
-            }
-            assert!(Instant::now() < deadline, "Xvfb {display} did not start in 15 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("no free X display number in :90–:199");
 }
 
 /// Waits (bounded) until a window with the Configuration Manager's title exists.
@@ -125,7 +88,8 @@ fn open_window(display: &str, args: &[&str], home: &Path, env: &[(&str, &Path)])
 
 #[test]
 fn the_binary_opens_a_window_that_renders() {
-    let (_xvfb, display) = start_xvfb();
+    let xvfb = Xvfb::start();
+    let display = xvfb.display.clone();
     let home = tempfile::tempdir().unwrap();
     let mut app = open_window(&display, &[], home.path(), &[]);
 
@@ -141,7 +105,8 @@ fn the_binary_shows_home_for_a_registered_node() {
     let key = hub.create_gateway("window", &[]);
     let node = Node::register(&key, "window", &[]);
 
-    let (_xvfb, display) = start_xvfb();
+    let xvfb = Xvfb::start();
+    let display = xvfb.display.clone();
     let home = tempfile::tempdir().unwrap();
     let mut app = open_window(&display, &["gui"], home.path(), &[("GATEHOUSE_HOME", node.home.path())]);
     wait_for_window(&display, &mut app);

@@ -10,3 +10,5 @@ pub mod postgres;
 pub mod process;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod window;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod xvfb;
