@@ -1,7 +1,6 @@
 //! `gatehouse cert …`: the certificate checker on the command line.
 
 use crate::cert::{self, Options};
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,12 +56,7 @@ pub fn run(command: CertCommand) -> anyhow::Result<ExitCode> {
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let password = if args.password_stdin { Some(super::stdin_line("the password")?) } else { args.password };
-    let extra_roots = match &args.roots {
-        Some(path) => {
-            cert::read_roots(path).with_context(|| format!("reading --roots {}", path.display()))?
-        }
-        None => Vec::new(),
-    };
+    let extra_roots = super::roots_arg(args.roots.as_deref())?;
     let options =
         Options { password, extra_roots, public_roots: !args.no_system_roots, host: args.host, at: args.at };
     let report = cert::check_file(&args.file, &options)?;

@@ -39,6 +39,15 @@ pub enum Command {
     Gui,
 }
 
+/// The certificates of a `--roots PEM` argument, none without one.
+fn roots_arg(path: Option<&std::path::Path>) -> anyhow::Result<Vec<Vec<u8>>> {
+    use anyhow::Context as _;
+    path.map_or_else(
+        || Ok(Vec::new()),
+        |path| crate::cert::read_roots(path).with_context(|| format!("reading --roots {}", path.display())),
+    )
+}
+
 /// The first line of standard input without its line ending: how secrets (keys, passwords,
 /// credential values) reach a command without showing in the process list. Reads no further,
 /// so a caller may keep stdin open.

@@ -122,11 +122,7 @@ impl CertificateArgs {
     /// Runs the checker; a rejected certificate is refused with its report.
     fn identity(&self) -> anyhow::Result<Option<crate::cert::Identity>> {
         let Some(path) = &self.cert else { return Ok(None) };
-        let extra_roots = match &self.roots {
-            Some(roots) => crate::cert::read_roots(roots)
-                .with_context(|| format!("reading --roots {}", roots.display()))?,
-            None => Vec::new(),
-        };
+        let extra_roots = super::roots_arg(self.roots.as_deref())?;
         let options =
             crate::cert::Options { password: self.password.clone(), extra_roots, ..Default::default() };
         let (report, identity) = crate::cert::identity(path, &options)?;

@@ -539,12 +539,17 @@ impl Backend {
     }
 }
 
+/// The certificates of the "Trusted root CA" file, none without one; a sentence if unreadable.
+pub(crate) fn read_roots(path: Option<&std::path::Path>) -> Result<Vec<Vec<u8>>, String> {
+    path.map_or_else(
+        || Ok(Vec::new()),
+        |path| crate::cert::read_roots(path).map_err(|e| format!("trusted root CA file: {e}")),
+    )
+}
+
 /// Reads and checks the chosen certificate; a sentence when it can't be used.
 pub(crate) fn load_identity(choice: &CertificateChoice) -> Result<crate::cert::Identity, String> {
-    let extra_roots = match &choice.roots {
-        Some(path) => crate::cert::read_roots(path).map_err(|e| format!("trusted root CA file: {e}"))?,
-        None => Vec::new(),
-    };
+    let extra_roots = read_roots(choice.roots.as_deref())?;
     let options =
         crate::cert::Options { password: choice.password.clone(), extra_roots, ..Default::default() };
     match crate::cert::identity(&choice.path, &options) {

@@ -99,7 +99,7 @@ impl Worker {
                         .pick_file(),
                 ),
                 Command::CheckCertificate { path, roots, options } => {
-                    Answer::CertificateChecked(check(&path, roots, options))
+                    Answer::CertificateChecked(check(&path, roots.as_deref(), options))
                 }
                 Command::PickFile(purpose) => Answer::FilePicked(purpose, pick_file(purpose)),
             };
@@ -156,9 +156,7 @@ fn pick_file(purpose: FilePurpose) -> Option<PathBuf> {
     }
 }
 
-fn check(path: &Path, roots: Option<PathBuf>, mut options: Options) -> Result<Report, String> {
-    if let Some(roots) = roots {
-        options.extra_roots = cert::read_roots(&roots).map_err(|e| format!("trusted root CA file: {e}"))?;
-    }
+fn check(path: &Path, roots: Option<&Path>, mut options: Options) -> Result<Report, String> {
+    options.extra_roots = super::service::read_roots(roots)?;
     cert::check_file(path, &options).map_err(|e| e.to_string())
 }
