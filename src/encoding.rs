@@ -1,4 +1,5 @@
-//! Small encodings every part needs: hex for ids, hashes and thumbprints, and random ids.
+//! Small encodings every part needs: hex for ids, hashes and thumbprints, random ids, and
+//! byte counts as people read them.
 
 use rand::RngCore as _;
 use std::fmt::Write as _;
@@ -18,6 +19,21 @@ pub fn random_hex<const N: usize>() -> String {
     hex(&bytes)
 }
 
+/// A byte count in binary units: "512 B", "3.2 GiB".
+pub fn binary_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    #[allow(clippy::cast_precision_loss, reason = "one decimal is shown")]
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
 #[cfg(test)]
 mod tests {
     #[test]

@@ -6,6 +6,8 @@
 //! argument value, so it can't leak through the process list or shell history.
 
 use crate::client::{AdminClient, ClientError};
+use crate::encoding::binary_size;
+use crate::hub::db::now_ms;
 use crate::protocol::{
     CreateGateway, GatewaySettings, GatewayState, GatewayView, KeyInfo, KeySlot, NodeView, Policy, Role,
     UpdateSettings,
@@ -520,12 +522,12 @@ fn nodes_text(gateway: &str, nodes: &[NodeView], prefix: &str) -> String {
             }
             .to_owned(),
             n.version.clone(),
-            bytes(m.available_memory_bytes),
+            binary_size(m.available_memory_bytes),
             format!("{:.1}%", m.cpu_percent),
             format!(
                 "{}/s / {}/s",
-                bytes(m.network_in_bytes_per_second),
-                bytes(m.network_out_bytes_per_second)
+                binary_size(m.network_in_bytes_per_second),
+                binary_size(m.network_out_bytes_per_second)
             ),
             format!("{}/{}", m.runs_running, m.runs_limit),
             m.credential_version.to_string(),
@@ -614,12 +616,6 @@ impl Table {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// How long ago `ms` was: "4 s ago", "3 min ago", "2 h ago", "5 d ago".
 pub fn age(ms: i64) -> String {
     let seconds = now_ms().saturating_sub(ms) / 1000;
@@ -644,22 +640,6 @@ pub fn timestamp_with_age(ms: i64) -> String {
     format!("{} ({})", timestamp(ms), age(ms))
 }
 
-/// A byte count in binary units: "512 B", "3.2 GiB".
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    #[allow(clippy::cast_precision_loss, reason = "one decimal is shown")]
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,8 +653,6 @@ mod tests {
 
     #[test]
     fn sizes_and_ages_read_well() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3 * 1024 * 1024 * 1024 + 200 * 1024 * 1024), "3.2 GiB");
         assert_eq!(age(now_ms() - 5_000), "5 s ago");
         assert_eq!(age(now_ms() - 180_000), "3 min ago");
         assert_eq!(age(now_ms() + 10_000), "just now");

@@ -6,6 +6,7 @@ use egui_plot::{Line, Plot, PlotPoints};
 
 use super::service::{Request, Service, ServiceState};
 use super::state::{Sample, State};
+use crate::encoding::binary_size;
 use crate::node::NodeStatus;
 use crate::protocol::{NodeMetrics, NodeState, Role};
 
@@ -152,12 +153,12 @@ fn nodes_ui(ui: &mut egui::Ui, status: &NodeStatus) {
                     state.on_hover_text(reason);
                 }
                 ui.label(row.version);
-                ui.label(bytes(m.available_memory_bytes));
+                ui.label(binary_size(m.available_memory_bytes));
                 ui.label(format!("{:.0} %", m.cpu_percent));
                 ui.label(format!(
                     "{}/s / {}/s",
-                    bytes(m.network_in_bytes_per_second),
-                    bytes(m.network_out_bytes_per_second)
+                    binary_size(m.network_in_bytes_per_second),
+                    binary_size(m.network_out_bytes_per_second)
                 ));
                 ui.label(format!("{} / {}", m.runs_running, m.runs_limit));
                 ui.label(role_text(row.role));
@@ -253,17 +254,4 @@ fn role_text(role: Role) -> &'static str {
         Role::Dispatcher => "Dispatcher",
         Role::Worker => "Worker",
     }
-}
-
-/// Bytes in the largest unit that keeps a number ≥ 1 (KiB, MiB, GiB).
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    #[allow(clippy::cast_precision_loss, reason = "display only")]
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

@@ -520,26 +520,11 @@ pub fn export_logs(store: &Store, status: Option<&NodeStatus>, path: &Path) -> R
                 1 => "1 log file".to_owned(),
                 n => format!("{n} log files"),
             },
-            human_size(size)
+            crate::encoding::binary_size(size)
         )),
         Err(message) => {
             let _ = std::fs::remove_file(&temp);
             Err(message)
         }
-    }
-}
-
-/// `532 bytes`, `14.2 KiB`, `3.0 MiB`.
-pub fn human_size(bytes: u64) -> String {
-    #[allow(clippy::cast_precision_loss, reason = "one decimal is shown")]
-    let value = bytes as f64;
-    if bytes < 1024 {
-        format!("{bytes} bytes")
-    } else if bytes < 1024 * 1024 {
-        format!("{:.1} KiB", value / 1024.0)
-    } else if bytes < 1024 * 1024 * 1024 {
-        format!("{:.1} MiB", value / (1024.0 * 1024.0))
-    } else {
-        format!("{:.1} GiB", value / (1024.0 * 1024.0 * 1024.0))
     }
 }

@@ -69,8 +69,9 @@ fn change(
 ) -> Result<u64, CredentialError> {
     let mut secrets = store.secrets()?;
     edit(&mut secrets.credentials)?;
-    // Above any version this node has seen, so peers adopt this set.
-    secrets.credential_version = secrets.credential_version.saturating_add(1).max(unix_version());
+    // Versions follow the clock (milliseconds), and stay above any this node has seen: a set
+    // entered later on any node wins, and peers adopt it.
+    secrets.credential_version = secrets.credential_version.saturating_add(1).max(super::unix_millis());
     store.save_secrets(&secrets)?;
     Ok(secrets.credential_version)
 }
@@ -113,13 +114,6 @@ fn validate(name: &str) -> Result<(), CredentialError> {
     let ok = (1..=128).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok { Ok(()) } else { Err(CredentialError::BadName(name.to_owned())) }
-}
-
-/// Versions follow the clock (milliseconds), so a set entered later on any node wins.
-fn unix_version() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
