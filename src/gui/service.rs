@@ -152,7 +152,12 @@ impl Service {
         let spawned = std::thread::Builder::new().name("gatehouse-service".to_owned()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
             match runtime {
-                Ok(runtime) => runtime.block_on(Backend::new(dir, defaults, logging, sink).run(requests_rx)),
+                Ok(runtime) => {
+                    let (exited, exited_rx) = mpsc::unbounded_channel();
+                    let feed = logging.as_ref().map(|l| l.feed.clone());
+                    let backend = Backend::new(dir, defaults, feed, sink, exited);
+                    runtime.block_on(backend.run(requests_rx, exited_rx, logging));
+                }
                 Err(e) => sink.send(Event::Service(ServiceState::Stopped {
                     reason: Some(format!("can't start the service's runtime: {e}")),
                 })),
@@ -208,7 +213,6 @@ struct InProcess {
 struct Backend {
     store: Store,
     defaults: ExpressOptions,
-    logging: Option<Logging>,
     /// This process's log lines, also served on the control socket.
     feed: Option<LogFeed>,
     events: EventSink,
@@ -220,30 +224,40 @@ struct Backend {
     attached: Option<u32>,
     /// Told when the service started as `generation` ends on its own: a watched `node run`
     /// process went away, or a Stop came through the control socket.
-    exited: Option<mpsc::UnboundedSender<(u64, Option<String>)>>,
+    exited: mpsc::UnboundedSender<(u64, Option<String>)>,
     /// Counts service starts, so a late word about an earlier one is ignored.
     generation: u64,
 }
 
 impl Backend {
-    fn new(dir: PathBuf, defaults: ExpressOptions, logging: Option<Logging>, events: EventSink) -> Self {
+    fn new(
+        dir: PathBuf,
+        defaults: ExpressOptions,
+        feed: Option<LogFeed>,
+        events: EventSink,
+        exited: mpsc::UnboundedSender<(u64, Option<String>)>,
+    ) -> Self {
         Backend {
             store: Store::new(dir),
             defaults,
-            feed: logging.as_ref().map(|l| l.feed.clone()),
-            logging,
+            feed,
             events,
             shutdown: CancellationToken::new(),
             hub: None,
             node: None,
             attached: None,
-            exited: None,
+            exited,
             generation: 0,
         }
     }
 
-    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
-        if let Some(logging) = self.logging.take() {
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<Request>,
+        mut exited: mpsc::UnboundedReceiver<(u64, Option<String>)>,
+        logging: Option<Logging>,
+    ) {
+        if let Some(logging) = logging {
             tokio::spawn(forward_logs(logging.feed.subscribe(), self.events.clone(), self.shutdown.clone()));
             let level = self.store.settings().map_or_else(|_| "info".to_owned(), |s| s.log_level);
             let follow = crate::node::logs::follow_level(
@@ -254,8 +268,6 @@ impl Backend {
             );
             tokio::spawn(follow);
         }
-        let (exited_tx, mut exited) = mpsc::unbounded_channel();
-        self.exited = Some(exited_tx);
         self.load().await;
         loop {
             tokio::select! {
@@ -424,13 +436,12 @@ impl Backend {
                 let feed = self.feed.clone().unwrap_or_else(|| LogFeed::new(1));
                 socket.serve(ControlTarget::new(&handle, feed), handle.shutdown.clone());
                 tokio::spawn(forward_status(handle.status.clone(), self.events.clone()));
-                if let Some(exited) = self.exited.clone() {
-                    let (stopped, generation) = (handle.shutdown.clone(), self.generation);
-                    tokio::spawn(async move {
-                        stopped.cancelled().await;
-                        let _ = exited.send((generation, None));
-                    });
-                }
+                let (stopped, generation, exited) =
+                    (handle.shutdown.clone(), self.generation, self.exited.clone());
+                tokio::spawn(async move {
+                    stopped.cancelled().await;
+                    let _ = exited.send((generation, None));
+                });
                 self.node = Some(InProcess { handle, task });
                 self.events.send(Event::Service(ServiceState::Running));
             }
@@ -478,9 +489,7 @@ impl Backend {
                     hello.pid
                 )
             });
-            if let Some(exited) = exited {
-                let _ = exited.send((generation, reason));
-            }
+            let _ = exited.send((generation, reason));
         });
         true
     }
