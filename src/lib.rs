@@ -13,6 +13,7 @@ pub mod hub;
 pub mod node;
 pub mod paths;
 pub mod protocol;
+pub mod transfer;
 
 /// This build's version, as nodes report it to the hub and the Help tab shows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

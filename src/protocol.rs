@@ -124,6 +124,9 @@ pub struct NodeMetrics {
     pub hub_errors: u32,
     /// The node is installing a new version.
     pub upgrading: bool,
+    /// Names of the data-store credentials it holds (never values), so the hub can refuse a
+    /// job naming a credential no node has.
+    pub credential_names: Vec<String>,
 }
 
 /// `POST /api/v1/register`, authenticated with a gateway auth key.
@@ -296,6 +299,7 @@ pub struct JobSpec {
 /// One activity of a job. The kinds grow with the transfer issue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(clippy::large_enum_variant, reason = "a job holds a handful of activities; boxing buys nothing")]
 pub enum Activity {
     /// Sleeps, for tests and benchmarks: `partitions` runs of `millis` each.
     Sleep {
@@ -309,6 +313,123 @@ pub enum Activity {
         #[serde(default = "one")]
         partitions: u32,
     },
+    /// Copies a folder, or the rows of a query, to a sink (`transfer`). One run lists the
+    /// source and splits it into partition runs that the dispatcher spreads over the nodes.
+    Copy {
+        source: CopySource,
+        sink: CopySink,
+        /// `false`: an object already at the sink with the same size and SHA-256 is skipped, one
+        /// that differs fails its file. `true`: replaced.
+        #[serde(default)]
+        overwrite: bool,
+    },
+}
+
+/// Where a copy reads: exactly one of `folder`, `postgres` or `sqlite` (checked by
+/// `transfer::spec`, which says what to use instead).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopySource {
+    /// An absolute path that names the same data on every node (a share mounted alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// Globs over paths relative to `folder` (`**/*.csv`); none = every file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// `postgres://user@host:port/db`, without a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
+    /// The node credential holding the PostgreSQL password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_credential: Option<String>,
+    /// An absolute path to a SQLite database file, opened read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<SqlFormat>,
+    /// An integer column to split the query by ranges (min/max found first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+}
+
+/// How query results are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlFormat {
+    /// RFC 4180 CSV with a header row, as PostgreSQL's `COPY … CSV HEADER` writes it.
+    #[default]
+    Csv,
+    /// One JSON object per row and line.
+    Jsonl,
+}
+
+/// Where a copy writes: `file:///abs/path/` or `s3://bucket/prefix/`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopySink {
+    pub url: String,
+    /// An S3-compatible server (`http://127.0.0.1:8333`); AWS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The node credential holding `ACCESS_KEY_ID:SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// PEM roots trusted for an HTTPS endpoint, besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// The piece of a copy one run moves, decided when the source was listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Part {
+    /// Files of a folder copy, as they were when listed.
+    Files { files: Vec<ListedFile> },
+    /// One range of a query: `lower <= column < upper`; no bound means unbounded on that
+    /// side, and the first range also takes the rows whose column is NULL.
+    Rows {
+        index: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lower: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upper: Option<i64>,
+        #[serde(default)]
+        nulls: bool,
+    },
+}
+
+/// A file found when a folder was listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListedFile {
+    /// Relative to the folder, with `/` between names.
+    pub path: String,
+    pub size: u64,
+    /// Modification time in milliseconds since the Unix epoch, to notice a file that changed.
+    pub modified_ms: i64,
+}
+
+/// How far a copy run is, as its node reports it (`progress` of a run).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransferProgress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    /// Bytes skipped because the sink already held them (counted in `bytes_done` too).
+    pub bytes_skipped: u64,
+    /// Bytes sent to the sink by this attempt.
+    pub bytes_sent: u64,
+    pub bytes_per_second: f64,
 }
 
 fn one() -> u32 {
@@ -369,6 +490,12 @@ pub struct RunView {
     pub error: Option<String>,
     pub queued_ms: i64,
     pub finished_ms: Option<i64>,
+    /// The piece of a copy this run moves; `None` for the run that lists the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+    /// What an earlier attempt committed, so the next one resumes (kept across attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 /// A job with its runs.
@@ -415,6 +542,21 @@ pub struct StartRun {
 pub struct RunProgress {
     pub attempt: u32,
     pub progress: serde_json::Value,
+    /// Replaces the run's checkpoint when given. The answer is the fence: a checkpoint the hub
+    /// took means the attempt is still the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+/// `POST /api/v1/runs/{run}/split`, by the node running a copy's listing run: the partitions
+/// it found become queued runs and the listing run succeeds, in one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRun {
+    pub attempt: u32,
+    pub parts: Vec<Part>,
+    /// The listing's summary (files, bytes), kept as the listing run's result.
+    pub result: serde_json::Value,
 }
 
 /// `POST /api/v1/runs/{run}/finish`, by the node that ran it.

@@ -7,25 +7,9 @@
 mod common;
 
 use common::cluster::{Hub, Node, gatehouse};
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const VALUE: &str = "s3cr3t-warehouse-password";
-
-fn set_credential(node: &Node, name: &str, value: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["node", "credential", "set", name])
-        .env("GATEHOUSE_HOME", node.home.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{value}\n").as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
 
 fn names(node: &Node) -> String {
     String::from_utf8_lossy(&gatehouse(node.home.path(), &["node", "credential", "list"], &[]).stdout)
@@ -54,7 +38,7 @@ fn a_credential_set_on_one_node_reaches_every_node_and_never_the_hub() {
         hub.nodes("creds").iter().filter(|n| n["status"] == "Online").count() == 2
     });
 
-    set_credential(&n1, "warehouse", VALUE);
+    n1.set_credential("warehouse", VALUE);
     common::cluster::wait_until(Duration::from_secs(30), "n2 to have the credential", || {
         names(&n2).contains("warehouse")
     });
@@ -71,7 +55,7 @@ fn a_credential_set_on_one_node_reaches_every_node_and_never_the_hub() {
     });
 
     // A later change anywhere wins everywhere.
-    set_credential(&n2, "lake", "another-secret");
+    n2.set_credential("lake", "another-secret");
     for node in [&n1, &n3] {
         common::cluster::wait_until(Duration::from_secs(30), "the second credential to spread", || {
             names(node).contains("lake")

@@ -38,6 +38,9 @@ use tokio_util::sync::CancellationToken;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest wait between attempts while the hub can't be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a failed heartbeat is retried at first, and how many times (10 s) before backing off.
+const FAST_RETRY: Duration = Duration::from_millis(500);
+const FAST_RETRIES: u32 = 20;
 
 /// What can go wrong in node operations that a person starts.
 #[derive(Debug, thiserror::Error)]
@@ -378,7 +381,6 @@ impl NodeService {
         let limit = settings
             .concurrency_limit
             .unwrap_or_else(|| metrics::default_concurrency(self.metrics.cores(), total_memory));
-        let worker = worker::Worker::new(client.clone(), limit, shutdown.clone());
         let initial = NodeStatus {
             node_name: settings.node_name.clone(),
             gateway_name: settings.gateway_name.clone(),
@@ -404,6 +406,16 @@ impl NodeService {
             unreachable: Mutex::new(BTreeSet::new()),
         });
 
+        let lookup = Arc::clone(&shared);
+        let worker = worker::Worker::new(
+            shared.client.clone(),
+            limit,
+            worker::Copier {
+                node_name: shared.settings.node_name.clone(),
+                credentials: Arc::new(move |name: &str| lookup.credentials().entries.get(name).cloned()),
+            },
+            shutdown.clone(),
+        );
         let peers =
             tokio::spawn(serve_peers(listener, Arc::clone(&shared), worker.clone(), shutdown.clone()));
         let dispatcher = tokio::spawn(dispatch::run(
@@ -548,6 +560,7 @@ async fn heartbeat_loop(
             runs_running: worker.running(),
             runs_limit: worker.limit(),
             credential_version: shared.credential_version(),
+            credential_names: shared.credentials().entries.into_keys().collect(),
             unreachable_peers: shared.unreachable_peers(),
             encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
             hub_errors,
@@ -595,9 +608,15 @@ async fn heartbeat_loop(
             }
             Err(e) => {
                 hub_errors = hub_errors.saturating_add(1);
-                // Keep trying, slower each time, up to MAX_BACKOFF: a hub restart must not
-                // need a node restart. Runs already handed out keep going meanwhile.
-                wait = (HEARTBEAT_INTERVAL * 2u32.saturating_pow(hub_errors.min(5))).min(MAX_BACKOFF);
+                // Keep trying: every half second at first, well inside the hub's offline_after,
+                // so a hub restart or a blip of a few seconds costs no run; then slower, up to
+                // MAX_BACKOFF, for a hub that stays away. A hub restart never needs a node
+                // restart, and runs already handed out keep going meanwhile.
+                wait = if hub_errors <= FAST_RETRIES {
+                    FAST_RETRY
+                } else {
+                    (HEARTBEAT_INTERVAL * 2u32.saturating_pow((hub_errors - FAST_RETRIES).min(5))).min(MAX_BACKOFF)
+                };
                 let message = e.to_string();
                 if hub_errors == 1 || hub_errors.is_power_of_two() {
                     tracing::warn!(

@@ -1,11 +1,13 @@
 //! The worker side of a node: takes runs the dispatcher hands it (over the peer channel, or
 //! directly when the dispatcher is this node), up to its concurrency limit; starts each at the
-//! hub, executes its activity and reports the outcome. A report the hub can't take right now
-//! is retried, so a hub restart loses no result.
+//! hub, executes its activity (copies through `transfer`, with progress and checkpoints sent
+//! to the hub) and reports the outcome. A report the hub can't take right now is retried, so a
+//! hub restart loses no result.
 
 use super::peer::PeerResponse;
 use crate::client::{ClientError, HubClient};
-use crate::protocol::{Activity, FinishRun, RunView};
+use crate::protocol::{Activity, FinishRun, RunProgress, RunView, SplitRun, TransferProgress};
+use crate::transfer::{self, Checkpoint, TransferError};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,19 @@ pub struct Worker {
     limit: Arc<AtomicU32>,
     /// The runs executing now, by run id. std Mutex: never held across .await.
     current: Arc<Mutex<BTreeMap<String, CurrentRun>>>,
+    copier: Copier,
     shutdown: CancellationToken,
+}
+
+/// Looks up a credential's value by name.
+pub type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// What copy runs need from the node: its name and its credentials.
+#[derive(Clone)]
+pub struct Copier {
+    pub node_name: String,
+    /// Looks up a credential's value by name.
+    pub credentials: Arc<Lookup>,
 }
 
 /// A run this node is executing, as the window's Home tab shows it.
@@ -50,12 +64,13 @@ impl CurrentRun {
 }
 
 impl Worker {
-    pub fn new(client: HubClient, limit: u32, shutdown: CancellationToken) -> Self {
+    pub fn new(client: HubClient, limit: u32, copier: Copier, shutdown: CancellationToken) -> Self {
         Worker {
             client,
             running: Arc::new(AtomicU32::new(0)),
             limit: Arc::new(AtomicU32::new(limit)),
             current: Arc::default(),
+            copier,
             shutdown,
         }
     }
@@ -82,6 +97,7 @@ impl Worker {
             let (kind, expected_ms) = match &run.activity {
                 Activity::Sleep { millis, .. } => ("sleep", Some(*millis)),
                 Activity::Echo { .. } => ("echo", None),
+                Activity::Copy { .. } => ("copy", None),
             };
             let entry = CurrentRun {
                 run_id: run.id.clone(),
@@ -126,6 +142,11 @@ impl Worker {
             }
         }
         self.track(&run, true);
+        if matches!(run.activity, Activity::Copy { .. }) {
+            self.copy(&run).await;
+            self.track(&run, false);
+            return;
+        }
         let outcome = tokio::select! {
             outcome = perform(&run.activity) => Some(outcome),
             () = self.shutdown.cancelled() => None,
@@ -133,38 +154,132 @@ impl Worker {
         self.track(&run, false);
         // None: stopping; the hub re-queues the run when this node's heartbeats stop.
         let Some(outcome) = outcome else { return };
-        let finish = match outcome {
-            Ok(result) => {
-                FinishRun { attempt: run.attempt, succeeded: true, result: Some(result), error: None }
+        self.report(&run, &finished(run.attempt, outcome)).await;
+    }
+
+    /// Runs a copy: the listing run splits the activity into parts, a part's run copies it.
+    async fn copy(&self, run: &RunView) {
+        let reporter = HubReporter { client: self.client.clone(), run: run.id.clone(), attempt: run.attempt };
+        let ctx = transfer::Context {
+            node: &self.copier.node_name,
+            run: &run.id,
+            attempt: run.attempt,
+            credentials: &*self.copier.credentials,
+            reporter: &reporter,
+            cancel: self.shutdown.child_token(),
+            checkpoint: Checkpoint::from_value(run.checkpoint.as_ref()),
+        };
+        let outcome = match &run.part {
+            None => transfer::plan(&run.activity, &ctx).await,
+            Some(part) => transfer::execute(&run.activity, part, &ctx).await,
+        };
+        match outcome {
+            Ok(transfer::Outcome::Split { parts, summary }) => {
+                let split = SplitRun { attempt: run.attempt, parts, result: summary };
+                self.retry(run, "the listing", || self.client.split_run(&run.id, &split)).await;
+            }
+            Ok(transfer::Outcome::Done(result)) => self.report(run, &finished(run.attempt, Ok(result))).await,
+            // Stopping, or superseded: the hub gives the run to another attempt, which resumes.
+            Err(TransferError::Cancelled | TransferError::Superseded) if self.shutdown.is_cancelled() => {}
+            Err(TransferError::Superseded) => {
+                tracing::info!(run = %run.id, attempt = run.attempt, "another attempt has the run; stopping this one");
             }
             Err(error) => {
-                FinishRun { attempt: run.attempt, succeeded: false, result: None, error: Some(error) }
+                tracing::warn!(run = %run.id, attempt = run.attempt, "copy failed: {error}");
+                self.report(run, &finished(run.attempt, Err(error.to_string()))).await;
             }
-        };
-        self.report(&run, &finish).await;
+        }
     }
 
     async fn report(&self, run: &RunView, finish: &FinishRun) {
+        self.retry(run, "the result", || self.client.finish_run(&run.id, finish)).await;
+    }
+
+    /// Sends a report until the hub takes or refuses it, retrying while it can't be reached.
+    async fn retry<T, F>(&self, run: &RunView, what: &str, send: impl Fn() -> F)
+    where
+        F: Future<Output = Result<T, ClientError>>,
+    {
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
         let mut wait = Duration::from_millis(200);
         loop {
-            match self.client.finish_run(&run.id, finish).await {
+            match send().await {
                 Ok(_) => return,
-                Err(ClientError::Refused { body, .. }) => {
-                    tracing::info!(run = %run.id, "the hub didn't take the result: {}", body.error);
+                // A 5xx is the hub failing, not refusing: retried like no answer at all.
+                Err(ClientError::Refused { status, body }) if status < 500 => {
+                    tracing::info!(run = %run.id, "the hub didn't take {what}: {}", body.error);
                     return;
                 }
                 Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(run = %run.id, "can't report the result yet, retrying: {e}");
+                    tracing::warn!(run = %run.id, "can't report {what} yet, retrying: {e}");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = self.shutdown.cancelled() => return,
                     }
-                    wait = (wait * 2).min(Duration::from_secs(10));
+                    wait = (wait * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
-                    tracing::error!(run = %run.id, "giving up reporting the result: {e}");
+                    tracing::error!(run = %run.id, "giving up reporting {what}: {e}");
                     return;
+                }
+            }
+        }
+    }
+}
+
+fn finished(attempt: u32, outcome: Result<serde_json::Value, String>) -> FinishRun {
+    match outcome {
+        Ok(result) => FinishRun { attempt, succeeded: true, result: Some(result), error: None },
+        Err(error) => FinishRun { attempt, succeeded: false, result: None, error: Some(error) },
+    }
+}
+
+/// Sends a copy run's progress and checkpoints to the hub.
+struct HubReporter {
+    client: HubClient,
+    run: String,
+    attempt: u32,
+}
+
+impl transfer::Reporter for HubReporter {
+    fn progress(&self, progress: TransferProgress) {
+        let (client, run, attempt) = (self.client.clone(), self.run.clone(), self.attempt);
+        tokio::spawn(async move {
+            let report = RunProgress { attempt, progress: serde_json::json!(progress), checkpoint: None };
+            if let Err(e) = client.run_progress(&run, &report).await {
+                tracing::debug!(%run, "progress not reported: {e}");
+            }
+        });
+    }
+
+    async fn checkpoint(
+        &self,
+        progress: TransferProgress,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), TransferError> {
+        let report = RunProgress {
+            attempt: self.attempt,
+            progress: serde_json::json!(progress),
+            checkpoint: Some(checkpoint.to_value()),
+        };
+        let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.client.run_progress(&self.run, &report).await {
+                Ok(()) => return Ok(()),
+                // The hub answered: this attempt isn't the run's any more.
+                Err(ClientError::Refused { status, .. }) if status < 500 => {
+                    return Err(TransferError::Superseded);
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(run = %self.run, "can't checkpoint yet, retrying: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(TransferError::Sink(format!(
+                        "the hub can't be reached to checkpoint the copy: {e}"
+                    )));
                 }
             }
         }
@@ -180,5 +295,6 @@ async fn perform(activity: &Activity) -> Result<serde_json::Value, String> {
             Ok(serde_json::json!({ "slept_ms": millis }))
         }
         Activity::Echo { message, .. } => Ok(serde_json::json!({ "echo": message })),
+        Activity::Copy { .. } => Err("copy activities run through transfer".to_owned()),
     }
 }

@@ -90,6 +90,22 @@ impl Node {
         output
     }
 
+    /// Sets a data-store credential on this node, its value on standard input as users give it.
+    pub fn set_credential(&self, name: &str, value: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["node", "credential", "set", name])
+            .env("GATEHOUSE_HOME", self.home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{value}\n").as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+
     /// Starts `gatehouse node run` with extra environment.
     pub fn run(&mut self, env: &[(&str, &str)]) {
         let home = self.home.path().to_str().unwrap().to_owned();

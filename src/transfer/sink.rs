@@ -1,0 +1,559 @@
+//! Sinks: where copies write, exactly once. Nothing appears under an object's final name until
+//! it is complete: at S3, a conditional PUT (`If-None-Match: *`) for small objects and a
+//! multipart upload, invisible until completed, for large ones; in a folder, a staging file
+//! that is hard-linked (create-only) or renamed (overwrite) into place after an fsync. Every
+//! object carries its SHA-256: S3 metadata `sha256`, or the `user.sha256` extended attribute
+//! of a file where the file system keeps them (else it is computed again when needed).
+//!
+//! S3 goes through `object_store`; folders are written with `std::fs` directly, because
+//! `object_store`'s local store can't resume a multipart upload, keep attributes, or complete
+//! one without overwriting.
+
+use super::{TransferError, spec};
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, ObjectStore, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
+use sha2::Digest as _;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The metadata key (`x-amz-meta-sha256`) and extended attribute that hold an object's SHA-256.
+const SHA256_KEY: &str = "sha256";
+const SHA256_XATTR: &str = "user.sha256";
+
+/// A sink, opened for one run attempt; cheap to clone.
+#[derive(Clone)]
+pub struct Sink {
+    inner: Inner,
+    /// What to call it in sentences: the sink URL.
+    name: String,
+    /// Prepended to every relative key (`exports/`), empty or ending in `/`.
+    prefix: String,
+    /// Names this attempt's staging files, so the attempt that takes over finds and removes
+    /// what a dead one left.
+    staging_tag: String,
+}
+
+#[derive(Clone)]
+enum Inner {
+    S3 { store: Arc<AmazonS3>, bucket: String },
+    Folder { root: PathBuf },
+}
+
+/// What a write found at the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// The object was written.
+    Written,
+    /// An identical object (size and SHA-256) was there already; nothing was written.
+    Same,
+}
+
+/// An object already at the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub size: u64,
+    /// Its SHA-256 as stored with it (hex), when it has one.
+    pub sha256: Option<String>,
+}
+
+impl Sink {
+    /// Opens `spec` for `run`'s `attempt`; `credential` is the value of the S3 credential.
+    pub fn open(
+        spec: &spec::Sink,
+        credential: Option<&str>,
+        run: &str,
+        attempt: u32,
+    ) -> Result<Sink, TransferError> {
+        let staging_tag = format!("gh-{run}-{attempt}");
+        match spec {
+            spec::Sink::File { root } => Ok(Sink {
+                name: format!("file://{}", root.display()),
+                inner: Inner::Folder { root: root.clone() },
+                prefix: String::new(),
+                staging_tag,
+            }),
+            spec::Sink::S3 { bucket, prefix, endpoint, region, credential: credential_name, ca_file } => {
+                let (key_id, secret) = credential.and_then(|c| c.split_once(':')).ok_or_else(|| {
+                    TransferError::Sink(format!(
+                        "the credential {credential_name:?} is not ACCESS_KEY_ID:SECRET_ACCESS_KEY; set it again with: gatehouse node credential set {credential_name}"
+                    ))
+                })?;
+                let mut options = ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(120));
+                if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+                    options = options.with_allow_http(true);
+                }
+                if let Some(ca_file) = ca_file {
+                    let pem = std::fs::read(ca_file).map_err(|e| {
+                        TransferError::Sink(format!(
+                            "can't read the sink's ca_file {}: {e}",
+                            ca_file.display()
+                        ))
+                    })?;
+                    let certificates = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        TransferError::Sink(format!(
+                            "the sink's ca_file {} holds no PEM certificate: {e}",
+                            ca_file.display()
+                        ))
+                    })?;
+                    for certificate in certificates {
+                        options = options.with_root_certificate(certificate);
+                    }
+                }
+                // A few quick retries: an unreachable endpoint fails the run in seconds, with its
+                // sentence, instead of object_store's default of minutes.
+                let retry = RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(30),
+                    ..RetryConfig::default()
+                };
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_access_key_id(key_id)
+                    .with_secret_access_key(secret)
+                    .with_client_options(options)
+                    .with_retry(retry)
+                    .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+                if let Some(endpoint) = endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                let store = builder
+                    .build()
+                    .map_err(|e| TransferError::Sink(format!("can't use the sink s3://{bucket}/: {e}")))?;
+                Ok(Sink {
+                    name: format!("s3://{bucket}/{prefix}"),
+                    inner: Inner::S3 { store: Arc::new(store), bucket: bucket.clone() },
+                    prefix: prefix.clone(),
+                    staging_tag,
+                })
+            }
+        }
+    }
+
+    /// The sink's URL, for sentences.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The final key of `relative` (a `/`-separated path) at this sink.
+    pub fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.prefix)
+    }
+
+    /// The object at `key`, if there is one.
+    pub async fn existing(&self, key: &str) -> Result<Option<Existing>, TransferError> {
+        match &self.inner {
+            Inner::S3 { store, .. } => {
+                let options = GetOptions { head: true, ..GetOptions::default() };
+                match store.get_opts(&object_path(key)?, options).await {
+                    Ok(found) => Ok(Some(Existing {
+                        size: found.meta.size,
+                        sha256: found
+                            .attributes
+                            .get(&Attribute::Metadata(SHA256_KEY.into()))
+                            .map(|v| v.as_ref().to_owned()),
+                    })),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.s3_error(key, &e)),
+                }
+            }
+            Inner::Folder { root } => {
+                let path = root.join(key);
+                blocking(move || match std::fs::metadata(&path) {
+                    Ok(meta) => Ok(Some(Existing { size: meta.len(), sha256: Some(file_sha256(&path)?) })),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(folder_error(&path, &e)),
+                })
+                .await
+            }
+        }
+    }
+
+    /// Writes a small object in one request, create-only unless `overwrite`.
+    pub async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        sha256: &str,
+        overwrite: bool,
+    ) -> Result<Put, TransferError> {
+        match &self.inner {
+            Inner::S3 { store, .. } => {
+                let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
+                let options =
+                    PutOptions { mode, attributes: sha256_attributes(sha256), ..PutOptions::default() };
+                match store.put_opts(&object_path(key)?, PutPayload::from_bytes(data), options).await {
+                    Ok(_) => Ok(Put::Written),
+                    Err(
+                        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                    ) => self.compare(key, sha256).await,
+                    Err(e) => Err(self.s3_error(key, &e)),
+                }
+            }
+            Inner::Folder { root } => {
+                let staging = self.staging_path(root, key, "put")?;
+                let (data, final_path, sha) = (data, root.join(key), sha256.to_owned());
+                let written = blocking(move || {
+                    write_staging(&staging, &data, &sha)?;
+                    publish(&staging, &final_path, overwrite)
+                })
+                .await?;
+                if written { Ok(Put::Written) } else { self.compare(key, sha256).await }
+            }
+        }
+    }
+
+    /// Starts a large object's upload; nothing is visible under `key` until [`Self::complete`].
+    pub async fn create_upload(&self, key: &str, sha256: &str) -> Result<String, TransferError> {
+        match &self.inner {
+            Inner::S3 { store, .. } => {
+                let options = PutMultipartOptions {
+                    attributes: sha256_attributes(sha256),
+                    ..PutMultipartOptions::default()
+                };
+                store
+                    .create_multipart_opts(&object_path(key)?, options)
+                    .await
+                    .map_err(|e| self.s3_error(key, &e))
+            }
+            Inner::Folder { root } => {
+                let staging = self.staging_path(root, key, "upload")?;
+                let id = staging.strip_prefix(root).unwrap_or(&staging).to_string_lossy().into_owned();
+                blocking(move || {
+                    if let Some(dir) = staging.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
+                    }
+                    std::fs::File::create(&staging).map(drop).map_err(|e| folder_error(&staging, &e))
+                })
+                .await?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// Stores part `index` (0-based) of an upload; `part_size` places it in a staging file.
+    pub async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        index: usize,
+        part_size: u64,
+        data: Bytes,
+    ) -> Result<String, TransferError> {
+        match &self.inner {
+            Inner::S3 { store, .. } => store
+                .put_part(&object_path(key)?, &upload_id.to_owned(), index, PutPayload::from_bytes(data))
+                .await
+                .map(|part| part.content_id)
+                .map_err(|e| self.s3_error(key, &e)),
+            Inner::Folder { root } => {
+                let staging = Self::upload_path(root, upload_id)?;
+                let digest = crate::encoding::hex(&sha2::Sha256::digest(&data));
+                blocking(move || {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&staging)
+                        .map_err(|e| folder_error(&staging, &e))?;
+                    let offset = part_size.saturating_mul(index as u64);
+                    file.write_all_at(&data, offset).map_err(|e| folder_error(&staging, &e))?;
+                    // On disk before the checkpoint says so.
+                    file.sync_data().map_err(|e| folder_error(&staging, &e))
+                })
+                .await?;
+                Ok(digest)
+            }
+        }
+    }
+
+    /// Completes an upload under its final name. The caller has made sure (with the hub) that
+    /// its attempt is still the current one right before this.
+    pub async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<String>,
+        sha256: &str,
+        overwrite: bool,
+    ) -> Result<Put, TransferError> {
+        match &self.inner {
+            Inner::S3 { store, .. } => {
+                let parts = parts.into_iter().map(|content_id| PartId { content_id }).collect();
+                store
+                    .complete_multipart(&object_path(key)?, &upload_id.to_owned(), parts)
+                    .await
+                    .map(|_| Put::Written)
+                    .map_err(|e| self.s3_error(key, &e))
+            }
+            Inner::Folder { root } => {
+                let staging = Self::upload_path(root, upload_id)?;
+                let (final_path, sha) = (root.join(key), sha256.to_owned());
+                let written = blocking(move || {
+                    let file = std::fs::File::open(&staging).map_err(|e| folder_error(&staging, &e))?;
+                    file.sync_all().map_err(|e| folder_error(&staging, &e))?;
+                    set_sha256(&staging, &sha);
+                    publish(&staging, &final_path, overwrite)
+                })
+                .await?;
+                if written { Ok(Put::Written) } else { self.compare(key, sha256).await }
+            }
+        }
+    }
+
+    /// Drops an unfinished upload and what it stored. Failures are only logged: an upload
+    /// that can't be aborted now is invisible, and the attempt that takes over tries again.
+    pub async fn abort(&self, key: &str, upload_id: &str) {
+        let result = match &self.inner {
+            Inner::S3 { store, .. } => match object_path(key) {
+                Ok(path) => {
+                    store.abort_multipart(&path, &upload_id.to_owned()).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Inner::Folder { root } => match Self::upload_path(root, upload_id) {
+                Ok(staging) => match std::fs::remove_file(&staging) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                    _ => Ok(()),
+                },
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(%key, "can't abort an unfinished upload: {e}");
+        }
+    }
+
+    /// Removes staging files that earlier attempts of this run left in the folders of `keys`
+    /// (a folder sink only; S3 uploads are tracked in checkpoints), except `keep`.
+    pub async fn sweep(&self, keys: &[String], keep: Option<&str>) -> Result<(), TransferError> {
+        let Inner::Folder { root } = &self.inner else { return Ok(()) };
+        let run_tag =
+            self.staging_tag.rsplit_once('-').map_or(self.staging_tag.as_str(), |(run, _)| run).to_owned();
+        let mut dirs: Vec<PathBuf> =
+            keys.iter().filter_map(|k| root.join(k).parent().map(Path::to_owned)).collect();
+        dirs.sort();
+        dirs.dedup();
+        let keep = keep.map(|k| root.join(k));
+        blocking(move || {
+            for dir in dirs {
+                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    let ours = name.starts_with('.') && name.ends_with(".tmp") && name.contains(&format!(".{run_tag}-"));
+                    if ours && keep.as_deref() != Some(entry.path().as_path()) {
+                        tracing::info!(path = %entry.path().display(), "removing a staging file an earlier attempt left");
+                        std::fs::remove_file(entry.path()).map_err(|e| folder_error(&entry.path(), &e))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// After a create-only write found an object there: the same one, or a sentence.
+    async fn compare(&self, key: &str, sha256: &str) -> Result<Put, TransferError> {
+        match self.existing(key).await? {
+            Some(existing) if existing.sha256.as_deref() == Some(sha256) => Ok(Put::Same),
+            _ => Err(self.differs(key)),
+        }
+    }
+
+    /// The sentence for an object that is already at the sink with other content.
+    pub fn differs(&self, key: &str) -> TransferError {
+        TransferError::Sink(format!(
+            "{}{key} already exists at the sink with different content; set \"overwrite\": true to replace it, or copy to another prefix",
+            self.name.strip_suffix(&self.prefix).unwrap_or(&self.name)
+        ))
+    }
+
+    /// Where a folder sink stages `key` for this attempt: a hidden name beside the final one.
+    fn staging_path(&self, root: &Path, key: &str, what: &str) -> Result<PathBuf, TransferError> {
+        let target = root.join(key);
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return Err(TransferError::Sink(format!("{key} can't be a file name at {}", self.name)));
+        };
+        let nonce: u32 = rand::random();
+        Ok(dir.join(format!(".{}.{}-{what}{nonce:08x}.tmp", name.to_string_lossy(), self.staging_tag)))
+    }
+
+    /// The staging file of an upload id (relative to the root), refusing ids that leave it.
+    fn upload_path(root: &Path, upload_id: &str) -> Result<PathBuf, TransferError> {
+        if upload_id.starts_with('/') || upload_id.split('/').any(|p| p == ".." || p.is_empty()) {
+            return Err(TransferError::Sink(format!("the upload id {upload_id:?} is not this sink's")));
+        }
+        Ok(root.join(upload_id))
+    }
+
+    fn s3_error(&self, key: &str, error: &object_store::Error) -> TransferError {
+        let Inner::S3 { bucket, .. } = &self.inner else {
+            return TransferError::Sink(format!("{}: {error}", self.name));
+        };
+        let detail = error_chain(error);
+        let message = match error {
+            object_store::Error::NotFound { .. }
+                if detail.contains("NoSuchBucket") || detail.contains("bucket") =>
+            {
+                format!("the bucket {bucket:?} doesn't exist at the endpoint; create it, or fix the sink URL")
+            }
+            object_store::Error::NotFound { .. } => {
+                format!(
+                    "writing {key} to {}: the bucket {bucket:?} or the upload wasn't found ({detail})",
+                    self.name
+                )
+            }
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                format!(
+                    "access to {} was denied ({detail}); check the sink credential's keys and the bucket's policy",
+                    self.name
+                )
+            }
+            _ if detail.contains("NoSuchBucket") => {
+                format!("the bucket {bucket:?} doesn't exist at the endpoint; create it, or fix the sink URL")
+            }
+            _ if detail.contains("AccessDenied")
+                || detail.contains("InvalidAccessKeyId")
+                || detail.contains("SignatureDoesNotMatch") =>
+            {
+                format!(
+                    "access to {} was denied ({detail}); check the sink credential's keys and the bucket's policy",
+                    self.name
+                )
+            }
+            _ if detail.contains("error sending request")
+                || detail.contains("onnect")
+                || detail.contains("dns") =>
+            {
+                format!(
+                    "can't reach the S3 endpoint of {} ({detail}); check the endpoint URL, that the server runs, and the firewall",
+                    self.name
+                )
+            }
+            _ => format!("writing {key} to {} failed: {detail}", self.name),
+        };
+        TransferError::Sink(message)
+    }
+}
+
+/// An error with its sources, one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn object_path(key: &str) -> Result<ObjectPath, TransferError> {
+    ObjectPath::parse(key).map_err(|e| TransferError::Sink(format!("{key:?} can't be an object key: {e}")))
+}
+
+fn sha256_attributes(sha256: &str) -> Attributes {
+    Attributes::from_iter([(Attribute::Metadata(SHA256_KEY.into()), AttributeValue::from(sha256.to_owned()))])
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
+) -> Result<T, TransferError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TransferError::Sink(format!("a file operation stopped: {e}")))?
+}
+
+fn folder_error(path: &Path, error: &std::io::Error) -> TransferError {
+    let hint = match error.raw_os_error() {
+        Some(28) => "; the sink's disk is full: free space or copy elsewhere",
+        Some(13) => "; the node's user may not write there: check the folder's permissions",
+        Some(30) => "; the sink's file system is read-only",
+        _ => "",
+    };
+    TransferError::Sink(format!("can't write {}: {error}{hint}", path.display()))
+}
+
+/// Writes `data` to a new staging file and makes it durable.
+fn write_staging(staging: &Path, data: &[u8], sha256: &str) -> Result<(), TransferError> {
+    if let Some(dir) = staging.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
+    }
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(staging)?;
+        file.write_all(data)?;
+        file.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(staging);
+        return Err(folder_error(staging, &e));
+    }
+    set_sha256(staging, sha256);
+    Ok(())
+}
+
+/// Moves a complete staging file to its final name: a hard link that fails if the name is
+/// taken (create-only), or a rename over it (overwrite); then the staging name goes and the
+/// folder is synced. `false` when the name was taken.
+fn publish(staging: &Path, target: &Path, overwrite: bool) -> Result<bool, TransferError> {
+    let placed = if overwrite {
+        std::fs::rename(staging, target).map(|()| true)
+    } else {
+        match std::fs::hard_link(staging, target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    let placed = placed.map_err(|e| {
+        let _ = std::fs::remove_file(staging);
+        folder_error(target, &e)
+    })?;
+    if staging.exists() {
+        std::fs::remove_file(staging).map_err(|e| folder_error(staging, &e))?;
+    }
+    if let Some(dir) = target.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| folder_error(dir, &e))?;
+    }
+    Ok(placed)
+}
+
+/// Keeps the SHA-256 with the file where the file system allows extended attributes (with the
+/// size and modification time it belongs to, so a file changed later isn't trusted); where it
+/// doesn't, [`file_sha256`] computes it again when it is needed.
+fn set_sha256(path: &Path, sha256: &str) {
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let value = format!("{sha256}:{}:{}", meta.len(), super::folder::modified_ms(&meta));
+    if let Err(e) = xattr::set(path, SHA256_XATTR, value.as_bytes()) {
+        tracing::debug!(path = %path.display(), "no extended attribute for the checksum: {e}");
+    }
+}
+
+/// A file's SHA-256: the one stored with it when it is still current, else computed.
+fn file_sha256(path: &Path) -> Result<String, TransferError> {
+    let meta = std::fs::metadata(path).map_err(|e| folder_error(path, &e))?;
+    let current = format!(":{}:{}", meta.len(), super::folder::modified_ms(&meta));
+    if let Ok(Some(stored)) = xattr::get(path, SHA256_XATTR)
+        && let Ok(stored) = String::from_utf8(stored)
+        && let Some(sha256) = stored.strip_suffix(&current)
+        && sha256.len() == 64
+    {
+        return Ok(sha256.to_owned());
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| folder_error(path, &e))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| folder_error(path, &e))?;
+    Ok(crate::encoding::hex(&hasher.finalize()))
+}
