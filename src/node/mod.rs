@@ -413,6 +413,7 @@ impl NodeService {
             worker::Copier {
                 node_name: shared.settings.node_name.clone(),
                 credentials: Arc::new(move |name: &str| lookup.credentials().entries.get(name).cloned()),
+                bandwidth: crate::transfer::bandwidth::Bandwidth::default(),
             },
             shutdown.clone(),
         );

@@ -38,6 +38,8 @@ pub struct Copier {
     pub node_name: String,
     /// Looks up a credential's value by name.
     pub credentials: Arc<Lookup>,
+    /// This node's share of the gateway's bandwidth limit, set from each heartbeat's answer.
+    pub bandwidth: transfer::bandwidth::Bandwidth,
 }
 
 /// A run this node is executing, as the window's Home tab shows it.
@@ -167,6 +169,7 @@ impl Worker {
             credentials: &*self.copier.credentials,
             reporter: &reporter,
             cancel: self.shutdown.child_token(),
+            bandwidth: self.copier.bandwidth.clone(),
             checkpoint: Checkpoint::from_value(run.checkpoint.as_ref()),
         };
         let outcome = match &run.part {

@@ -4,6 +4,7 @@
 //! continues the same upload. Memory stays bounded: every buffer comes out of one node-wide
 //! budget.
 
+use super::bandwidth::Bandwidth;
 use super::checkpoint::Upload;
 use super::sink::{Put, Sink};
 use super::{Checkpoint, Context, Reporter, TransferError, folder};
@@ -178,9 +179,10 @@ async fn copy_all<R: Reporter>(
             let Some(index) = queue.next() else { break };
             let (file, key, path) =
                 (files[index].clone(), keys[index].clone(), folder::local_path(root, &files[index]));
-            let (sink, node) = (Arc::clone(&sink_arc), ctx.node.to_owned());
-            tasks
-                .spawn(async move { (index, copy_small(&node, &path, &file, &key, &sink, overwrite).await) });
+            let (sink, node, bandwidth) = (Arc::clone(&sink_arc), ctx.node.to_owned(), ctx.bandwidth.clone());
+            tasks.spawn(async move {
+                (index, copy_small(&node, &path, &file, &key, &sink, overwrite, &bandwidth).await)
+            });
         }
         let joined = tokio::select! {
             joined = tasks.join_next() => joined,
@@ -219,11 +221,13 @@ async fn copy_small(
     key: &str,
     sink: &Sink,
     overwrite: bool,
+    bandwidth: &Bandwidth,
 ) -> Result<Put, TransferError> {
     let _permit = reserve(listed.size).await?;
     let data = tokio::fs::read(path).await.map_err(|e| unreadable(node, path, &e))?;
     unchanged(path, listed, Some(data.len() as u64)).await?;
     let sha256 = crate::encoding::hex(&sha2::Sha256::digest(&data));
+    bandwidth.consume(listed.size).await;
     sink.put(key, Bytes::from(data), &sha256, overwrite).await
 }
 
@@ -338,8 +342,10 @@ async fn send_parts<R: Reporter>(
             if upload.parts[next].is_none() {
                 let (sink, key, upload_id, index) =
                     (Arc::clone(&sink_arc), key.to_owned(), upload.upload_id.clone(), next);
+                let bandwidth = ctx.bandwidth.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
+                    bandwidth.consume(size).await;
                     let stored = sink.put_part(&key, &upload_id, index, PART_SIZE, Bytes::from(buffer)).await;
                     (index, size, stored)
                 });
@@ -358,8 +364,8 @@ async fn send_parts<R: Reporter>(
         upload.parts[index] = Some(stored?);
         tally.progress.bytes_sent += size;
         tally.checkpoint.upload = Some(upload.clone());
-        tally.unreported_commits += 1;
-        tally.report(ctx.reporter, false).await?;
+        // Every stored part is checkpointed: a take-over sends again only the parts in flight.
+        tally.report(ctx.reporter, true).await?;
     }
     let mut extra = [0u8; 1];
     let longer = file.read(&mut extra).await.map_err(|e| unreadable(ctx.node, path, &e))? > 0;

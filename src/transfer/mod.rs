@@ -6,8 +6,10 @@
 //!
 //! Parts: [`spec`] checks what a job asks for, [`folder`] lists folders and groups files into
 //! parts, [`sql`] reads query results, [`sink`] writes objects exactly once, [`copy`] and
-//! [`export`] run one part of each kind, [`checkpoint`] is what an attempt leaves for the next.
+//! [`export`] run one part of each kind, [`checkpoint`] is what an attempt leaves for the next,
+//! [`bandwidth`] paces what a node sends.
 
+pub mod bandwidth;
 pub mod checkpoint;
 mod copy;
 mod export;
@@ -33,6 +35,8 @@ pub struct Context<'a, R> {
     pub credentials: &'a (dyn Fn(&str) -> Option<String> + Send + Sync),
     pub reporter: &'a R,
     pub cancel: CancellationToken,
+    /// This node's share of the gateway's bandwidth limit, shared by all its copies.
+    pub bandwidth: bandwidth::Bandwidth,
     /// What an earlier attempt of this run committed.
     pub checkpoint: Checkpoint,
 }
