@@ -229,6 +229,9 @@ fn runs_ui(ui: &mut egui::Ui, status: &NodeStatus) {
     for run in &status.runs {
         ui.horizontal(|ui| {
             ui.label(format!("{} ({}, attempt {})", run.run_id, run.kind, run.attempt));
+            if let Some(copy) = &run.transfer {
+                ui.label(copy_text(copy));
+            }
             let bar = match run.progress(now) {
                 Some(progress) => egui::ProgressBar::new(progress).show_percentage(),
                 None => egui::ProgressBar::new(0.0).animate(true),
@@ -236,6 +239,21 @@ fn runs_ui(ui: &mut egui::Ui, status: &NodeStatus) {
             ui.add_sized([240.0, 18.0], bar);
         });
     }
+}
+
+/// "12.0 MiB of 40.0 MiB, 3 of 9 files, 25.1 MiB/s".
+pub fn copy_text(copy: &crate::protocol::TransferProgress) -> String {
+    use crate::encoding::binary_size;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a rate to show")]
+    let rate = copy.bytes_per_second.max(0.0) as u64;
+    format!(
+        "{} of {}, {} of {} files, {}/s",
+        binary_size(copy.bytes_done),
+        binary_size(copy.bytes_total),
+        copy.files_done,
+        copy.files_total,
+        binary_size(rate)
+    )
 }
 
 fn with_reason(text: String, reason: Option<&str>) -> String {

@@ -43,7 +43,7 @@ pub struct Copier {
 }
 
 /// A run this node is executing, as the window's Home tab shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CurrentRun {
     pub run_id: String,
     pub job_id: String,
@@ -54,11 +54,22 @@ pub struct CurrentRun {
     pub started_ms: u64,
     /// How long it is expected to take, when the activity knows (for a progress bar).
     pub expected_ms: Option<u64>,
+    /// A copy's bytes and files done, as last reported.
+    #[serde(default)]
+    pub transfer: Option<TransferProgress>,
 }
 
 impl CurrentRun {
     /// How far along it is (0–1) at `now_ms`, when that can be known.
     pub fn progress(&self, now_ms: u64) -> Option<f32> {
+        #[allow(clippy::cast_precision_loss, reason = "a progress bar needs no more precision")]
+        if let Some(copy) = &self.transfer {
+            return match (copy.bytes_total, copy.files_total) {
+                (0, 0) => None,
+                (0, files) => Some(copy.files_done as f32 / files as f32),
+                (bytes, _) => Some(copy.bytes_done as f32 / bytes as f32),
+            };
+        }
         let expected = self.expected_ms.filter(|&e| e > 0)?;
         #[allow(clippy::cast_precision_loss, reason = "a progress bar needs no more precision")]
         Some((now_ms.saturating_sub(self.started_ms) as f32 / expected as f32).min(1.0))
@@ -108,6 +119,7 @@ impl Worker {
                 kind: kind.to_owned(),
                 started_ms: super::unix_millis(),
                 expected_ms,
+                transfer: None,
             };
             current.insert(run.id.clone(), entry);
         } else {
@@ -161,7 +173,12 @@ impl Worker {
 
     /// Runs a copy: the listing run splits the activity into parts, a part's run copies it.
     async fn copy(&self, run: &RunView) {
-        let reporter = HubReporter { client: self.client.clone(), run: run.id.clone(), attempt: run.attempt };
+        let reporter = HubReporter {
+            client: self.client.clone(),
+            run: run.id.clone(),
+            attempt: run.attempt,
+            current: Arc::clone(&self.current),
+        };
         let ctx = transfer::Context {
             node: &self.copier.node_name,
             run: &run.id,
@@ -237,15 +254,28 @@ fn finished(attempt: u32, outcome: Result<serde_json::Value, String>) -> FinishR
     }
 }
 
-/// Sends a copy run's progress and checkpoints to the hub.
+/// Sends a copy run's progress and checkpoints to the hub, and keeps the node's own view of
+/// the run (Home's progress bar) up to date.
 struct HubReporter {
     client: HubClient,
     run: String,
     attempt: u32,
+    current: Arc<Mutex<BTreeMap<String, CurrentRun>>>,
+}
+
+impl HubReporter {
+    fn show(&self, progress: TransferProgress) {
+        if let Ok(mut current) = self.current.lock()
+            && let Some(entry) = current.get_mut(&self.run)
+        {
+            entry.transfer = Some(progress);
+        }
+    }
 }
 
 impl transfer::Reporter for HubReporter {
     fn progress(&self, progress: TransferProgress) {
+        self.show(progress);
         let (client, run, attempt) = (self.client.clone(), self.run.clone(), self.attempt);
         tokio::spawn(async move {
             let report = RunProgress { attempt, progress: serde_json::json!(progress), checkpoint: None };
@@ -260,6 +290,7 @@ impl transfer::Reporter for HubReporter {
         progress: TransferProgress,
         checkpoint: &Checkpoint,
     ) -> Result<(), TransferError> {
+        self.show(progress);
         let report = RunProgress {
             attempt: self.attempt,
             progress: serde_json::json!(progress),
