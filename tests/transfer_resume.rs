@@ -46,6 +46,7 @@ impl Reporter for DyingReporter {
 fn source_files(root: &Path) -> Vec<ListedFile> {
     let mut listed = Vec::new();
     let mut add = |name: &str, size: usize| {
+        #[allow(clippy::cast_possible_truncation, reason = "test data: any byte will do")]
         let bytes: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8).collect();
         std::fs::write(root.join(name), &bytes).unwrap();
         let meta = std::fs::metadata(root.join(name)).unwrap();

@@ -609,15 +609,7 @@ async fn heartbeat_loop(
             }
             Err(e) => {
                 hub_errors = hub_errors.saturating_add(1);
-                // Keep trying: every half second at first, well inside the hub's offline_after,
-                // so a hub restart or a blip of a few seconds costs no run; then slower, up to
-                // MAX_BACKOFF, for a hub that stays away. A hub restart never needs a node
-                // restart, and runs already handed out keep going meanwhile.
-                wait = if hub_errors <= FAST_RETRIES {
-                    FAST_RETRY
-                } else {
-                    (HEARTBEAT_INTERVAL * 2u32.saturating_pow((hub_errors - FAST_RETRIES).min(5))).min(MAX_BACKOFF)
-                };
+                wait = retry_wait(hub_errors);
                 let message = e.to_string();
                 if hub_errors == 1 || hub_errors.is_power_of_two() {
                     tracing::warn!(
@@ -637,6 +629,18 @@ async fn heartbeat_loop(
             }
         }
         next_beat = tokio::time::Instant::now() + wait;
+    }
+}
+
+/// How long to wait after `failures` heartbeats in a row failed. Every half second at first,
+/// well inside the hub's offline_after, so a hub restart or a blip of a few seconds costs no
+/// run; then slower, up to MAX_BACKOFF, for a hub that stays away. A hub restart never needs a
+/// node restart, and runs already handed out keep going meanwhile.
+fn retry_wait(failures: u32) -> Duration {
+    if failures <= FAST_RETRIES {
+        FAST_RETRY
+    } else {
+        (HEARTBEAT_INTERVAL * 2u32.saturating_pow((failures - FAST_RETRIES).min(5))).min(MAX_BACKOFF)
     }
 }
 

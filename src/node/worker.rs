@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// What the hub answers (410 Gone) to reports about a run whose job was cancelled.
+const CANCELLED: u16 = 410;
+
 /// How long a finished run's report is retried while the hub can't be reached.
 const REPORT_PATIENCE: Duration = Duration::from_secs(300);
 
@@ -173,7 +176,11 @@ impl Worker {
 
     /// Runs a copy: the listing run splits the activity into parts, a part's run copies it.
     async fn copy(&self, run: &RunView) {
+        // Cancelled only when the hub says the job was (then uploads are aborted); a stopping
+        // node drops the copy where it is instead, so the next attempt resumes it.
+        let cancel = CancellationToken::new();
         let reporter = HubReporter {
+            cancel: cancel.clone(),
             client: self.client.clone(),
             run: run.id.clone(),
             attempt: run.attempt,
@@ -185,13 +192,19 @@ impl Worker {
             attempt: run.attempt,
             credentials: &*self.copier.credentials,
             reporter: &reporter,
-            cancel: self.shutdown.child_token(),
+            cancel: cancel.clone(),
             bandwidth: self.copier.bandwidth.clone(),
             checkpoint: Checkpoint::from_value(run.checkpoint.as_ref()),
         };
-        let outcome = match &run.part {
-            None => transfer::plan(&run.activity, &ctx).await,
-            Some(part) => transfer::execute(&run.activity, part, &ctx).await,
+        let copying = async {
+            match &run.part {
+                None => transfer::plan(&run.activity, &ctx).await,
+                Some(part) => transfer::execute(&run.activity, part, &ctx).await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = copying => outcome,
+            () = self.shutdown.cancelled() => return,
         };
         match outcome {
             Ok(transfer::Outcome::Split { parts, summary }) => {
@@ -199,8 +212,10 @@ impl Worker {
                 self.retry(run, "the listing", || self.client.split_run(&run.id, &split)).await;
             }
             Ok(transfer::Outcome::Done(result)) => self.report(run, &finished(run.attempt, Ok(result))).await,
-            // Stopping, or superseded: the hub gives the run to another attempt, which resumes.
-            Err(TransferError::Cancelled | TransferError::Superseded) if self.shutdown.is_cancelled() => {}
+            Err(TransferError::Cancelled) => {
+                tracing::info!(run = %run.id, "the job was cancelled; this run stopped and left nothing partial");
+            }
+            // The hub gave the run to another attempt, which resumes from the checkpoint.
             Err(TransferError::Superseded) => {
                 tracing::info!(run = %run.id, attempt = run.attempt, "another attempt has the run; stopping this one");
             }
@@ -261,6 +276,8 @@ struct HubReporter {
     run: String,
     attempt: u32,
     current: Arc<Mutex<BTreeMap<String, CurrentRun>>>,
+    /// Cancelled when the hub answers that the job was cancelled.
+    cancel: CancellationToken,
 }
 
 impl HubReporter {
@@ -276,11 +293,14 @@ impl HubReporter {
 impl transfer::Reporter for HubReporter {
     fn progress(&self, progress: TransferProgress) {
         self.show(progress);
-        let (client, run, attempt) = (self.client.clone(), self.run.clone(), self.attempt);
+        let (client, run, attempt, cancel) =
+            (self.client.clone(), self.run.clone(), self.attempt, self.cancel.clone());
         tokio::spawn(async move {
             let report = RunProgress { attempt, progress: serde_json::json!(progress), checkpoint: None };
-            if let Err(e) = client.run_progress(&run, &report).await {
-                tracing::debug!(%run, "progress not reported: {e}");
+            match client.run_progress(&run, &report).await {
+                Err(ClientError::Refused { status: CANCELLED, .. }) => cancel.cancel(),
+                Err(e) => tracing::debug!(%run, "progress not reported: {e}"),
+                Ok(()) => {}
             }
         });
     }
@@ -301,6 +321,10 @@ impl transfer::Reporter for HubReporter {
         loop {
             match self.client.run_progress(&self.run, &report).await {
                 Ok(()) => return Ok(()),
+                Err(ClientError::Refused { status: CANCELLED, .. }) => {
+                    self.cancel.cancel();
+                    return Err(TransferError::Cancelled);
+                }
                 // The hub answered: this attempt isn't the run's any more.
                 Err(ClientError::Refused { status, .. }) if status < 500 => {
                     return Err(TransferError::Superseded);
