@@ -10,7 +10,7 @@
 use crate::protocol::{
     ClaimRequest, CreateGateway, CreatedGateway, ErrorBody, FinishRun, GatewayView, Heartbeat,
     HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeView, RegeneratedKey, RegisterRequest,
-    RegisterResponse, RunProgress, RunView, StartRun, SubmitJob, UpdateSettings,
+    RegisterResponse, RunProgress, RunView, SplitRun, StartRun, SubmitJob, UpdateSettings,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -289,10 +289,18 @@ impl HubClient {
         self.call(Method::POST, &["runs", run, "start"], None, Some(&StartRun { attempt })).await
     }
 
-    /// `POST /api/v1/runs/{run}/progress`.
+    /// `POST /api/v1/runs/{run}/progress`, with a checkpoint when one is given: `Ok` means the
+    /// hub took it for the current attempt.
     pub async fn run_progress(&self, run: &str, progress: &RunProgress) -> Result<(), ClientError> {
         let url = self.url(&["runs", run, "progress"])?;
         self.send(Method::POST, url, Some(progress)).await.map(|_| ())
+    }
+
+    /// `POST /api/v1/runs/{run}/split`: a copy's listing run ends with the parts it found,
+    /// which become queued runs. Refused (409) when the attempt isn't this node's any more.
+    pub async fn split_run(&self, run: &str, split: &SplitRun) -> Result<(), ClientError> {
+        let url = self.url(&["runs", run, "split"])?;
+        self.send(Method::POST, url, Some(split)).await.map(|_| ())
     }
 
     /// `POST /api/v1/runs/{run}/finish`: the attempt's outcome, once.

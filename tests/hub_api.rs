@@ -4,8 +4,9 @@
 //! gateway auth key, heartbeat, claim, assign, report progress, finish — while the admin side
 //! goes through the typed `AdminClient`. Each scenario is one async function taking the
 //! database and runs twice, on SQLite and on PostgreSQL: the registration rules, every status,
-//! the dispatcher lease, the job queue, bad input, a hub restart, and (PostgreSQL only) two hubs
-//! on one database. Every wait is bounded; times are never asserted, only what happens within
+//! the dispatcher lease, the job queue, bad input, a hub restart, copy activities (listing runs,
+//! splits into partition runs, checkpoints across attempts), and (PostgreSQL only) two hubs on
+//! one database. Every wait is bounded; times are never asserted, only what happens within
 //! generous deadlines.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
@@ -19,13 +20,14 @@ use common::process::{Spawned, spawn_gatehouse};
 use gatehouse::cli::client::{AdminClient, ClientError};
 use gatehouse::protocol::{
     Activity, CreateGateway, CreatedGateway, GatewaySettings, GatewayState, GatewayView, HeartbeatResponse,
-    JobSpec, JobView, KeySlot, NodeMetrics, NodeState, NodeView, Role, RunState, RunView, UpdateSettings,
+    JobSpec, JobView, KeySlot, ListedFile, NodeMetrics, NodeState, NodeView, Part, Role, RunState, RunView,
+    UpdateSettings,
 };
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1749,6 +1751,46 @@ fn node_cases(node: &Node, key: &str, admin: &str, run: &str, other_node: &str) 
             Body::Json(json!({"attempt": -1, "succeeded": true, "result": null, "error": null})),
             422,
         ),
+        bad(
+            "splitting an unknown run",
+            M::POST,
+            "/api/v1/runs/nope/split",
+            n,
+            Body::Json(json!({"attempt": 1, "parts": [], "result": {}})),
+            409,
+        ),
+        bad(
+            "splitting a run that is no copy",
+            M::POST,
+            &format!("/api/v1/runs/{run}/split"),
+            n,
+            Body::Json(json!({"attempt": 1, "parts": [], "result": {}})),
+            400,
+        ),
+        bad(
+            "a split with an unknown field",
+            M::POST,
+            &format!("/api/v1/runs/{run}/split"),
+            n,
+            Body::Json(json!({"attempt": 1, "parts": [], "result": {}, "files": 3})),
+            422,
+        ),
+        bad(
+            "a split with an unknown kind of part",
+            M::POST,
+            &format!("/api/v1/runs/{run}/split"),
+            n,
+            Body::Json(json!({"attempt": 1, "parts": [{"kind": "blocks"}], "result": {}})),
+            422,
+        ),
+        bad(
+            "a split without a token",
+            M::POST,
+            &format!("/api/v1/runs/{run}/split"),
+            None,
+            Body::Json(json!({"attempt": 1, "parts": [], "result": {}})),
+            401,
+        ),
         bad("unregistering with a wrong token", M::POST, "/api/v1/unregister", wrong, Body::Empty, 401),
     ]
 }
@@ -2083,4 +2125,325 @@ async fn hammer(admin_a: &AdminClient, admin_b: &AdminClient, via_a: &Node, via_
 #[test]
 fn two_hubs_on_one_postgres_database() {
     on_postgres(two_hubs);
+}
+
+// ==== 8. copy activities ====
+
+impl Node {
+    async fn start(&self, run: &str, attempt: u32) -> Reply {
+        self.call(&format!("/api/v1/runs/{run}/start"), json!({ "attempt": attempt })).await
+    }
+
+    /// A copy's listing run reports the parts it found.
+    async fn split(&self, run: &str, attempt: u32, parts: &[Part], result: &Value) -> Reply {
+        let body = json!({ "attempt": attempt, "parts": parts, "result": result });
+        self.call(&format!("/api/v1/runs/{run}/split"), body).await
+    }
+
+    /// Progress with a checkpoint, as a copy reports before it commits.
+    async fn checkpoint(&self, run: &str, attempt: u32, progress: Value, checkpoint: &Value) -> Reply {
+        let body = json!({ "attempt": attempt, "progress": progress, "checkpoint": checkpoint });
+        self.call(&format!("/api/v1/runs/{run}/progress"), body).await
+    }
+
+    async fn fail(&self, run: &str, attempt: u32, error: &str) -> Reply {
+        let body = json!({ "attempt": attempt, "succeeded": false, "result": null, "error": error });
+        self.call(&format!("/api/v1/runs/{run}/finish"), body).await
+    }
+}
+
+fn copy(name: &str, source: &Value, sink: &Value) -> JobSpec {
+    let activity = json!({ "kind": "copy", "source": source, "sink": sink });
+    JobSpec { name: name.to_owned(), activities: vec![serde_json::from_value(activity).unwrap()] }
+}
+
+/// A folder copied to a folder: no credential needed.
+fn copy_folder(name: &str) -> JobSpec {
+    copy(name, &json!({ "folder": "/data/in" }), &json!({ "url": "file:///data/out/" }))
+}
+
+fn files_part(paths: &[&str], size: u64) -> Part {
+    let files = paths
+        .iter()
+        .map(|path| ListedFile { path: (*path).to_owned(), size, modified_ms: 1_700_000_000_000 })
+        .collect();
+    Part::Files { files }
+}
+
+fn rows_part(index: u32) -> Part {
+    let lower = i64::from(index) * 10;
+    Part::Rows { index, lower: (index > 0).then_some(lower), upper: Some(lower + 10), nulls: index == 0 }
+}
+
+fn job_run(job: &JobView, partition: u32) -> &RunView {
+    job.runs
+        .iter()
+        .find(|r| r.partition == partition)
+        .unwrap_or_else(|| panic!("no partition {partition} in {job:#?}"))
+}
+
+async fn copies(db: Db) {
+    let hub = Hub::start(&db);
+    let admin = hub.admin();
+    // Submissions only: their runs stay queued in a gateway of their own.
+    let submit = create(&admin, "submit").await;
+    let s = hub.api.join_new(&submit.keys.primary, "s").await;
+    let _beats_s = s.beat();
+    copy_submission(&hub, &admin, &s).await;
+
+    let gateway = create(&admin, "copies").await;
+    let d = hub.api.join_new(&gateway.keys.primary, "d").await;
+    let w = hub.api.join_new(&gateway.keys.primary, "w").await;
+    let beats_d = d.beat();
+    wait_for_dispatcher(&admin, "copies", &[&beats_d]).await;
+    let beats_w = w.beat();
+    wait_online(&admin, "copies").await;
+    splitting(&admin, &d, &beats_d, &w).await;
+    copy_job_states(&admin, &d, &beats_d).await;
+    checkpoints(&admin, &d, &beats_d, &w, beats_w).await;
+    large_splits(&admin, &d, &beats_d).await;
+    hub.assert_healthy().await;
+}
+
+#[test]
+fn copies_on_sqlite() {
+    on_sqlite(copies);
+}
+
+#[test]
+fn copies_on_postgres() {
+    on_postgres(copies);
+}
+
+/// A copy is one listing run at first; bad specs and credentials no node has are refused.
+async fn copy_submission(hub: &Hub, admin: &AdminClient, s: &Node) {
+    let spec = copy_folder("one");
+    let job = admin.submit_job("submit", &spec).await.unwrap();
+    assert_eq!((job.state, job.runs.len()), (RunState::Queued, 1));
+    let listing = &job.runs[0];
+    assert_eq!((listing.partition, listing.state, listing.attempt), (0, RunState::Queued, 1));
+    assert_eq!((&listing.part, &listing.checkpoint), (&None, &None));
+    assert_eq!(listing.activity, spec.activities[0]);
+
+    let relative = copy("rel", &json!({ "folder": "exports" }), &json!({ "url": "file:///out/" }));
+    admin_refused(
+        admin.submit_job("submit", &relative).await,
+        400,
+        &["\"exports\" is relative", "absolute path"],
+    );
+    let gs = copy("gs", &json!({ "folder": "/data" }), &json!({ "url": "gs://bucket/p/" }));
+    admin_refused(
+        admin.submit_job("submit", &gs).await,
+        400,
+        &["gs:// are not supported", "s3://bucket/prefix/"],
+    );
+    // The typed client can't even say it; a hand-made request can.
+    let unknown = json!({ "spec": { "name": "j", "activities": [{
+        "kind": "copy", "source": { "folder": "/a", "recursive": true }, "sink": { "url": "file:///b/" }
+    }] } });
+    let reply = hub
+        .api
+        .request(Method::POST, "/api/v1/gateways/submit/jobs", Some(&hub.token), Body::Json(unknown))
+        .await;
+    reply.refused(422, &["unknown field", "recursive"]);
+    let many = JobSpec {
+        name: "many".to_owned(),
+        activities: vec![
+            Activity::Echo { message: "a".to_owned(), partitions: 6000 },
+            Activity::Echo { message: "b".to_owned(), partitions: 5000 },
+        ],
+    };
+    admin_refused(admin.submit_job("submit", &many).await, 400, &["11000 runs", "at most 10000"]);
+
+    let lake = copy(
+        "lake",
+        &json!({ "folder": "/data/in" }),
+        &json!({ "url": "s3://lake/in/", "endpoint": "http://127.0.0.1:9", "credential": "lake" }),
+    );
+    admin_refused(
+        admin.submit_job("submit", &lake).await,
+        400,
+        &["no node of gateway 'submit'", "credential named \"lake\"", "gatehouse node credential set lake"],
+    );
+    let warehouse = copy(
+        "warehouse",
+        &json!({ "postgres": "postgres://reader@db.test/sales", "password_credential": "warehouse", "query": "SELECT 1" }),
+        &json!({ "url": "s3://lake/in/", "credential": "lake" }),
+    );
+    s.set(|r| r.metrics.credential_names = vec!["lake".to_owned()]);
+    eventually("the node's credential names at the hub", async || {
+        let view = view(admin, "submit").await;
+        let names = &node_in(&view, "s").metrics.credential_names;
+        (names == &["lake"]).then_some(()).ok_or(format!("{names:?}"))
+    })
+    .await;
+    let job = admin.submit_job("submit", &lake).await.unwrap();
+    assert_eq!(job.runs.len(), 1);
+    admin_refused(admin.submit_job("submit", &warehouse).await, 400, &["credential named \"warehouse\""]);
+}
+
+/// The listing run's current attempt splits it into queued partition runs, once; nobody else.
+async fn splitting(admin: &AdminClient, d: &Node, beats_d: &Beats, w: &Node) {
+    let epoch = epoch_of(beats_d);
+    let job = admin.submit_job("copies", &copy_folder("files")).await.unwrap();
+    let claimed = d.claimed(epoch, 10, 0).await;
+    assert_eq!(claimed.len(), 1);
+    let listing = &claimed[0];
+    assert_eq!((listing.id.as_str(), &listing.part), (job.runs[0].id.as_str(), &None));
+    let _: RunView = d.assign(&listing.id, 1, epoch, w).await.ok();
+    let started: RunView = w.start(&listing.id, 1).await.ok();
+    assert_eq!((started.state, &started.part), (RunState::Running, &None));
+
+    let parts =
+        [files_part(&["a.csv"], 10), files_part(&["b.csv", "c.csv"], 20), files_part(&["d/e.csv"], 30)];
+    let result = json!({ "files": 4, "bytes": 80 });
+    w.split(&listing.id, 2, &parts, &result).await.refused(409, &["attempt 2", "not this node's"]);
+    d.split(&listing.id, 1, &parts, &result).await.refused(409, &["attempt 1", "not this node's"]);
+    w.split(&listing.id, 1, &[rows_part(0)], &result).await.refused(400, &["rows part", "folder"]);
+    let shown = admin.job(&job.id).await.unwrap();
+    assert_eq!(shown.runs.len(), 1, "a refused split adds no runs: {shown:#?}");
+    assert_eq!((shown.state, shown.runs[0].state), (RunState::Running, RunState::Running));
+
+    w.split(&listing.id, 1, &parts, &result).await.assert_no_content();
+    let shown = admin.job(&job.id).await.unwrap();
+    assert_eq!(shown.state, RunState::Running, "the listing succeeded but its parts wait: {shown:#?}");
+    assert_eq!(shown.runs.iter().map(|r| r.partition).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    let done = job_run(&shown, 0);
+    assert_eq!(
+        (done.state, &done.result, done.node_name.as_deref()),
+        (RunState::Succeeded, &Some(result.clone()), Some("w"))
+    );
+    assert!(done.finished_ms.is_some());
+    for (i, run) in shown.runs.iter().skip(1).enumerate() {
+        assert_eq!((run.state, run.attempt, &run.node_id), (RunState::Queued, 1, &None), "{run:#?}");
+        assert_eq!((run.activity_index, &run.activity), (0, &listing.activity));
+        // Job views leave the (possibly long) file lists out, but show what each part holds.
+        assert_eq!(run.part, None);
+        let files = [1, 2, 1][i];
+        let totals = run.progress.clone().unwrap();
+        assert_eq!(
+            (totals["files_total"].as_u64(), totals["bytes_total"].as_u64()),
+            (Some(files), Some(files * [10, 20, 30][i]))
+        );
+    }
+    w.split(&listing.id, 1, &parts, &result).await.refused(409, &["attempt 1"]);
+    assert_eq!(admin.job(&job.id).await.unwrap().runs.len(), 4, "a second split adds nothing");
+
+    // The node that moves a part gets it with the run.
+    let claimed = d.claimed(epoch, 10, 0).await;
+    let got: BTreeMap<u32, Option<Part>> = claimed.iter().map(|r| (r.partition, r.part.clone())).collect();
+    let sent: BTreeMap<u32, Option<Part>> = (1..).zip(parts.iter().cloned().map(Some)).collect();
+    assert_eq!(got, sent);
+    d.split(&claimed[0].id, 1, &[], &json!({})).await.refused(400, &["partition", "listing run"]);
+    for run in &claimed {
+        let _: RunView = d.finish(&run.id, 1).await.ok();
+    }
+    assert_eq!(admin.job(&job.id).await.unwrap().state, RunState::Succeeded);
+}
+
+/// An empty folder's job is done when it is listed; a listing that fails fails the job.
+async fn copy_job_states(admin: &AdminClient, d: &Node, beats_d: &Beats) {
+    let epoch = epoch_of(beats_d);
+    let empty = admin.submit_job("copies", &copy_folder("empty")).await.unwrap();
+    let run = d.claimed(epoch, 10, 0).await.remove(0);
+    assert_eq!(run.job_id, empty.id);
+    d.split(&run.id, 1, &[], &json!({ "files": 0, "bytes": 0 })).await.assert_no_content();
+    let shown = admin.job(&empty.id).await.unwrap();
+    assert_eq!((shown.state, shown.runs.len()), (RunState::Succeeded, 1));
+
+    let missing = admin.submit_job("copies", &copy_folder("missing")).await.unwrap();
+    let run = d.claimed(epoch, 10, 0).await.remove(0);
+    let _: RunView = d.fail(&run.id, 1, "the folder /data/in is not there on node d").await.ok();
+    let shown = admin.job(&missing.id).await.unwrap();
+    assert_eq!(
+        (shown.state, shown.runs[0].error.as_deref()),
+        (RunState::Failed, Some("the folder /data/in is not there on node d"))
+    );
+}
+
+/// A checkpoint is taken only from the current attempt, and outlives the attempt that made it.
+async fn checkpoints(admin: &AdminClient, d: &Node, beats_d: &Beats, w: &Node, beats_w: Beats) {
+    let epoch = epoch_of(beats_d);
+    let job = admin.submit_job("copies", &copy_folder("resume")).await.unwrap();
+    let listing = d.claimed(epoch, 10, 0).await.remove(0);
+    let part = files_part(&["big.bin"], 1 << 30);
+    d.split(&listing.id, 1, std::slice::from_ref(&part), &json!({ "files": 1, "bytes": 1 << 30 }))
+        .await
+        .assert_no_content();
+    let run = d.claimed(epoch, 10, 0).await.remove(0);
+    assert_eq!((run.job_id.as_str(), &run.checkpoint), (job.id.as_str(), &None));
+    let _: RunView = d.assign(&run.id, 1, epoch, w).await.ok();
+
+    let checkpoint = json!({ "done": [], "bytes_done": 8_388_608, "upload": {
+        "file": 0, "key": "big.bin", "upload_id": "u-1", "sha256": "ab", "part_size": 8_388_608, "parts": ["e-1"]
+    } });
+    let progress =
+        json!({ "bytes_done": 8_388_608, "bytes_total": 1 << 30, "files_total": 1, "bytes_per_second": 4e6 });
+    w.checkpoint(&run.id, 1, progress.clone(), &checkpoint).await.assert_no_content();
+    // Progress alone leaves the checkpoint as it is.
+    w.progress(&run.id, 1, progress.clone()).await.assert_no_content();
+    let shown = admin.job(&job.id).await.unwrap();
+    assert_eq!(job_run(&shown, 1).checkpoint, Some(checkpoint.clone()));
+    assert_eq!(job_run(&shown, 1).progress, Some(progress));
+
+    beats_w.stop().await;
+    let requeued = eventually("the silent worker's copy back in the queue", async || {
+        let shown = admin.job(&job.id).await.unwrap();
+        let run = job_run(&shown, 1).clone();
+        (run.state == RunState::Queued).then(|| run.clone()).ok_or(format!("{run:?}"))
+    })
+    .await;
+    assert_eq!(
+        (requeued.attempt, requeued.progress, requeued.checkpoint),
+        (2, None, Some(checkpoint.clone()))
+    );
+    let stale = json!({ "done": [0], "bytes_done": 1 << 30 });
+    w.checkpoint(&run.id, 1, json!({}), &stale).await.refused(409, &["attempt 1"]);
+    assert_eq!(
+        job_run(&admin.job(&job.id).await.unwrap(), 1).checkpoint,
+        Some(checkpoint.clone()),
+        "a stale checkpoint is not kept"
+    );
+
+    let again = d.claimed(epoch_of(beats_d), 10, 0).await.remove(0);
+    assert_eq!((again.id.as_str(), again.attempt), (run.id.as_str(), 2));
+    assert_eq!((again.checkpoint, again.part), (Some(checkpoint), Some(part)), "the next attempt resumes");
+    let newer = json!({ "done": [0], "bytes_done": 1 << 30 });
+    d.checkpoint(&run.id, 2, json!({ "bytes_done": 1 << 30 }), &newer).await.assert_no_content();
+    let _: RunView = d.finish(&run.id, 2).await.ok();
+    let shown = admin.job(&job.id).await.unwrap();
+    assert_eq!((shown.state, job_run(&shown, 1).checkpoint.clone()), (RunState::Succeeded, Some(newer)));
+}
+
+/// A listing splits into at most 10,000 parts, in one request.
+async fn large_splits(admin: &AdminClient, d: &Node, beats_d: &Beats) {
+    let epoch = epoch_of(beats_d);
+    let query = copy(
+        "ranges",
+        &json!({ "sqlite": "/data/sales.db", "query": "SELECT * FROM orders", "partition_column": "id", "partitions": 10000 }),
+        &json!({ "url": "file:///data/out/" }),
+    );
+    let job = admin.submit_job("copies", &query).await.unwrap();
+    let listing = d.claimed(epoch, 10, 0).await.remove(0);
+    let too_many: Vec<Part> = (0..=10_000).map(rows_part).collect();
+    d.split(&listing.id, 1, &too_many, &json!({ "partitions": 10_001 }))
+        .await
+        .refused(400, &["10001 parts", "at most 10000"]);
+    d.split(&listing.id, 1, &[files_part(&["a"], 1)], &json!({}))
+        .await
+        .refused(400, &["files part", "query"]);
+    assert_eq!(admin.job(&job.id).await.unwrap().runs.len(), 1);
+
+    let parts: Vec<Part> = (0..10_000).map(rows_part).collect();
+    d.split(&listing.id, 1, &parts, &json!({ "partitions": 10_000 })).await.assert_no_content();
+    let shown = admin.job(&job.id).await.unwrap();
+    assert_eq!((shown.state, shown.runs.len()), (RunState::Running, 10_001));
+    assert_eq!(shown.runs.iter().filter(|r| r.state == RunState::Queued).count(), 10_000);
+    assert_eq!(shown.runs.iter().map(|r| r.partition).collect::<BTreeSet<_>>(), (0..=10_000).collect());
+    let some = d.claimed(epoch_of(beats_d), 5, 0).await;
+    assert_eq!(some.len(), 5);
+    for run in &some {
+        let Some(Part::Rows { index, .. }) = run.part else { panic!("a range, not {:?}", run.part) };
+        assert_eq!(index + 1, run.partition, "part i is partition i + 1");
+    }
 }

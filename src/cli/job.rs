@@ -2,9 +2,12 @@
 //! Uses the admin client and conventions of `admin` (token, `--hub`, `--json`, exit codes).
 
 use super::admin::{Connection, EXIT_CODES, Table, emit, emit_json, execute, indent, timestamp_with_age};
-use crate::protocol::{Activity, JobSpec, JobView};
+use crate::encoding::binary_size;
+use crate::hub::progress;
+use crate::protocol::{Activity, JobSpec, JobView, RunState, RunView};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +23,8 @@ pub enum JobCommand {
     /// "partitions": 2}, {"kind": "sleep", "millis": 500}]}.
     #[command(after_help = EXIT_CODES)]
     Submit(SubmitArgs),
-    /// Show a job and each of its activity runs: state, attempt and node.
+    /// Show a job and each of its activity runs: state, attempt and node; for copies also files
+    /// and bytes done of total, rates and errors, with the job's totals on top.
     #[command(after_help = EXIT_CODES)]
     Show(ShowArgs),
     /// List a gateway's recent jobs, newest first.
@@ -136,15 +140,41 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 fn job_text(job: &JobView) -> String {
     let mut out = format!(
-        "Job '{}' (id {})\n  gateway: {}\n  state:   {}\n  created: {}\n\nRuns:\n",
+        "Job '{}' (id {})\n  gateway: {}\n  state:   {}\n  created: {}\n",
         job.name,
         job.id,
         job.gateway_id,
         job.state.as_str(),
         timestamp_with_age(job.created_ms)
     );
+    if let Some(total) = progress::of_job(job) {
+        let _ = writeln!(
+            out,
+            "  copied:  {} of {}, {} of {} files, {}",
+            binary_size(total.bytes_done),
+            binary_size(total.bytes_total),
+            total.files_done,
+            total.files_total,
+            per_second(total.bytes_per_second)
+        );
+    }
+    let (copies, others): (Vec<&RunView>, Vec<&RunView>) =
+        job.runs.iter().partition(|r| progress::is_copy(r));
+    if !others.is_empty() {
+        out.push_str("\nRuns:\n");
+        out.push_str(&indent(&runs_table(&others).render(), "  "));
+    }
+    if !copies.is_empty() {
+        out.push_str("\nCopy runs:\n");
+        out.push_str(&indent(&copy_table(&copies).render(), "  "));
+    }
+    out
+}
+
+/// Runs of the test kinds (sleep, echo): what they reported, in one column.
+fn runs_table(runs: &[&RunView]) -> Table {
     let mut table = Table::new(&["ACTIVITY", "PARTITION", "KIND", "STATE", "ATTEMPT", "NODE", "DETAIL"]);
-    for run in &job.runs {
+    for run in runs {
         let detail = match (&run.error, &run.result, &run.progress) {
             (Some(error), _, _) => error.clone(),
             (None, Some(result), _) => format!("result {result}"),
@@ -157,18 +187,76 @@ fn job_text(job: &JobView) -> String {
             kind(&run.activity).to_owned(),
             run.state.as_str().to_owned(),
             run.attempt.to_string(),
-            run.node_name.clone().unwrap_or_else(|| "-".to_owned()),
+            node(run),
             shorten(&detail),
         ]);
     }
-    out.push_str(&indent(&table.render(), "  "));
-    out
+    table
+}
+
+/// Copy runs: the listing run (partition 0) says what it found, the others how far they are.
+fn copy_table(runs: &[&RunView]) -> Table {
+    let mut table =
+        Table::new(&["ACTIVITY", "PARTITION", "STATE", "ATTEMPT", "NODE", "FILES", "BYTES", "RATE", "ERROR"]);
+    for run in runs {
+        let (partition, files, bytes, rate) = if progress::is_listing(run) {
+            let (files, bytes) = progress::listed(run)
+                .map_or(("-".to_owned(), "-".to_owned()), |(f, b)| (format!("{f} listed"), binary_size(b)));
+            ("0 (listing)".to_owned(), files, bytes, "-".to_owned())
+        } else {
+            let (files, bytes, rate) = progress::of_run(run).map_or_else(
+                || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+                |p| {
+                    (
+                        format!("{}/{}", p.files_done, p.files_total),
+                        format!("{}/{}", binary_size(p.bytes_done), binary_size(p.bytes_total)),
+                        if run.state == RunState::Running {
+                            per_second(p.bytes_per_second)
+                        } else {
+                            "-".to_owned()
+                        },
+                    )
+                },
+            );
+            (run.partition.to_string(), files, bytes, rate)
+        };
+        table.row(vec![
+            run.activity_index.to_string(),
+            partition,
+            run.state.as_str().to_owned(),
+            run.attempt.to_string(),
+            node(run),
+            files,
+            bytes,
+            rate,
+            run.error.as_deref().map_or_else(|| "-".to_owned(), shorten),
+        ]);
+    }
+    table
+}
+
+fn node(run: &RunView) -> String {
+    run.node_name.clone().unwrap_or_else(|| "-".to_owned())
+}
+
+/// A rate in binary units: "12.5 MiB/s".
+fn per_second(bytes_per_second: f64) -> String {
+    // NaN, negative or infinite rates (a node's clock hiccup) read as none.
+    let rate = if bytes_per_second.is_finite() { bytes_per_second.max(0.0) } else { 0.0 };
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "display only; the rate is finite and not negative"
+    )]
+    let rate = rate.round() as u64;
+    format!("{}/s", binary_size(rate))
 }
 
 fn kind(activity: &Activity) -> &'static str {
     match activity {
         Activity::Sleep { .. } => "sleep",
         Activity::Echo { .. } => "echo",
+        Activity::Copy { .. } => "copy",
     }
 }
 
@@ -181,4 +269,66 @@ fn shorten(text: &str) -> String {
     let mut short: String = line.chars().take(DETAIL_CHARS - 1).collect();
     short.push('…');
     short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::progress::fixtures::{copy_run, job_of};
+    use serde_json::json;
+
+    fn lines_with<'a>(text: &'a str, word: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.contains(word)).collect()
+    }
+
+    #[test]
+    fn copy_runs_show_files_bytes_rates_and_errors_under_the_jobs_totals() {
+        let mut listing = copy_run(0, RunState::Succeeded, None);
+        listing.result = Some(json!({"files": 3, "bytes": 3 << 20}));
+        listing.node_name = Some("n1".into());
+        let mut running = copy_run(
+            1,
+            RunState::Running,
+            Some(
+                json!({"bytes_done": 1 << 20, "bytes_total": 2 << 20, "files_done": 1, "files_total": 2, "bytes_per_second": 524_288.0}),
+            ),
+        );
+        running.node_name = Some("n2".into());
+        let mut failed =
+            copy_run(2, RunState::Failed, Some(json!({"bytes_total": 1 << 20, "files_total": 1})));
+        failed.error = Some("the sink refused big.bin: access denied".into());
+        let text = job_text(&job_of(vec![listing, running, failed]));
+        assert!(text.contains("  copied:  1.0 MiB of 3.0 MiB, 1 of 3 files, 512.0 KiB/s\n"), "{text}");
+        assert!(!text.contains("\nRuns:"), "no sleep or echo runs: {text}");
+        let listing = lines_with(&text, "(listing)");
+        assert!(
+            listing.len() == 1 && listing[0].contains("3 listed") && listing[0].contains("3.0 MiB"),
+            "{text}"
+        );
+        let running = lines_with(&text, " n2 ");
+        assert!(
+            running.len() == 1 && running[0].contains("1/2") && running[0].contains("1.0 MiB/2.0 MiB"),
+            "{text}"
+        );
+        assert!(running[0].contains("512.0 KiB/s"), "{text}");
+        assert_eq!(lines_with(&text, "access denied").len(), 1, "{text}");
+    }
+
+    #[test]
+    fn echo_jobs_show_as_before() {
+        let mut echo = copy_run(0, RunState::Succeeded, None);
+        echo.activity = Activity::Echo { message: "hi".into(), partitions: 1 };
+        echo.result = Some(json!({"echo": "hi"}));
+        let text = job_text(&job_of(vec![echo]));
+        assert!(!text.contains("copied:") && !text.contains("Copy runs"), "{text}");
+        assert!(text.contains("\n\nRuns:\n  ACTIVITY  PARTITION  KIND  STATE"), "{text}");
+        assert_eq!(lines_with(&text, "result {\"echo\":\"hi\"}").len(), 1, "{text}");
+    }
+
+    #[test]
+    fn rates_are_never_negative_or_nan() {
+        assert_eq!(per_second(f64::NAN), "0 B/s");
+        assert_eq!(per_second(-5.0), "0 B/s");
+        assert_eq!(per_second(1536.0), "1.5 KiB/s");
+    }
 }

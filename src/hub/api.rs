@@ -1,31 +1,38 @@
 //! The hub's HTTP API (axum): routes, authentication extractors and handlers. Handlers check
 //! input, call `db` and `status`, and shape `protocol` views; they never write SQL.
 
-use super::db::{self, GatewayRow, JobRow, NewNode, NewRun, NodeRow, RunEnd, RunRow, now_ms};
+use super::db::{self, GatewayRow, JobRow, NewNode, NewPart, NewRun, NodeRow, RunEnd, RunRow, Split, now_ms};
 use super::error::ApiError;
 use super::{HubState, auth, page, status};
 use crate::protocol::{
     Activity, AssignRun, AuthKeys, ClaimRequest, CreateGateway, CreatedGateway, FinishRun, GatewaySettings,
-    GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeState, NodeView, Peer,
-    RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView, StartRun,
-    SubmitJob, UpdateSettings,
+    GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeState, NodeView, Part,
+    Peer, RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView, SplitRun,
+    StartRun, SubmitJob, TransferProgress, UpdateSettings,
 };
+use crate::transfer::spec::{self, MAX_PARTITIONS};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{delete, get, patch, post};
-use axum::{Json, Router};
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// Request bodies above this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A progress report may carry a checkpoint: a large upload's stored part ids (S3 allows
+/// 10,000 parts, some 40 bytes of JSON each) and the files done so far.
+const MAX_PROGRESS_BODY_BYTES: usize = 4 << 20;
+/// A split carries the whole listing: up to 10,000 parts of up to 256 files each, about 100
+/// bytes of JSON a file. Only an authenticated node gets this far (the token is checked before
+/// the body is read).
+const MAX_SPLIT_BODY_BYTES: usize = 256 << 20;
 /// Longest a dispatcher's claim may wait for work.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
-/// Partitions one activity may ask for.
-const MAX_PARTITIONS: u32 = 10_000;
 
 /// The whole API; tests can call it in-process.
 pub fn router(state: HubState) -> Router {
@@ -47,7 +54,8 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/dispatch/claim", post(claim))
         .route("/api/v1/runs/{run}/assign", post(assign))
         .route("/api/v1/runs/{run}/start", post(start))
-        .route("/api/v1/runs/{run}/progress", post(progress))
+        .route("/api/v1/runs/{run}/progress", limited(post(progress), MAX_PROGRESS_BODY_BYTES))
+        .route("/api/v1/runs/{run}/split", limited(post(split), MAX_SPLIT_BODY_BYTES))
         .route("/api/v1/runs/{run}/finish", post(finish))
         .fallback(|| async { ApiError::not_found("no such API route; see `gatehouse hub --help`") })
         .method_not_allowed_fallback(|| async {
@@ -56,6 +64,18 @@ pub fn router(state: HubState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
+
+/// A route whose bodies may be larger than [`MAX_BODY_BYTES`]. The route's limit overrides
+/// the router's, and is kept beside it for the 413 sentence.
+fn limited(route: MethodRouter<HubState>, bytes: usize) -> MethodRouter<HubState> {
+    route
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(bytes))
+        .layer(Extension(BodyLimit(bytes)))
+}
+
+/// The body limit of a route that has its own ([`limited`]).
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
 
 // ---- extractors ----
 
@@ -77,10 +97,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
+        let limit = req.extensions().get::<BodyLimit>().map_or(MAX_BODY_BYTES, |l| l.0);
         let body = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+                ApiError::new(status, format!("the request body is larger than {limit} bytes"))
             } else {
                 ApiError::new(status, format!("the request body can't be read: {}", rejection.body_text()))
             }
@@ -94,7 +115,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         }
         match Json::<T>::from_bytes(&body) {
             Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_error(&rejection)),
+            Err(rejection) => Err(json_error(&rejection, limit)),
         }
     }
 }
@@ -112,10 +133,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-fn json_error(rejection: &JsonRejection) -> ApiError {
+fn json_error(rejection: &JsonRejection, limit: usize) -> ApiError {
     let status = rejection.status();
     let error = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is larger than {limit} bytes"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             "send the body as JSON with Content-Type: application/json".to_owned()
         }
@@ -512,6 +533,7 @@ async fn submit_job(
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
     let runs = expand(&spec)?;
+    check_credentials(&state, &gateway, &spec).await?;
     let job = JobRow {
         id: auth::new_id(),
         gateway_id: gateway.id.clone(),
@@ -524,7 +546,8 @@ async fn submit_job(
     Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
 }
 
-/// Splits a job into runs: one per partition of each activity.
+/// Splits a job into runs: one per partition of each activity, one listing run per copy
+/// (which splits into partition runs once it has looked at the source).
 fn expand(spec: &JobSpec) -> Result<Vec<NewRun>, ApiError> {
     if spec.name.trim().is_empty() {
         return Err(ApiError::bad_request("the job needs a name"));
@@ -532,16 +555,33 @@ fn expand(spec: &JobSpec) -> Result<Vec<NewRun>, ApiError> {
     if spec.activities.is_empty() {
         return Err(ApiError::bad_request("the job has no activities; add at least one"));
     }
-    let mut runs = Vec::new();
+    let mut counts = Vec::with_capacity(spec.activities.len());
     for (index, activity) in spec.activities.iter().enumerate() {
         let partitions = match activity {
             Activity::Sleep { partitions, .. } | Activity::Echo { partitions, .. } => *partitions,
+            Activity::Copy { source, sink, .. } => {
+                spec::check(source, sink)
+                    .map_err(|e| ApiError::bad_request(format!("activity {index}: {e}")))?;
+                1
+            }
         };
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(ApiError::bad_request(format!(
                 "activity {index} asks for {partitions} partitions; use 1 to {MAX_PARTITIONS}"
             )));
         }
+        counts.push(partitions);
+    }
+    // Counted before any run is made; the queue order (seq) also leaves room for this many
+    // runs per job and millisecond.
+    let total: u64 = counts.iter().map(|&n| u64::from(n)).sum();
+    if total > u64::from(MAX_PARTITIONS) {
+        return Err(ApiError::bad_request(format!(
+            "the job asks for {total} runs in all; one job may have at most {MAX_PARTITIONS}, so submit its activities as several jobs"
+        )));
+    }
+    let mut runs = Vec::new();
+    for (index, (activity, partitions)) in spec.activities.iter().zip(counts).enumerate() {
         let json = serde_json::to_string(activity).map_err(|e| ApiError::bad_request(e.to_string()))?;
         for partition in 0..partitions {
             runs.push(NewRun {
@@ -553,6 +593,28 @@ fn expand(spec: &JobSpec) -> Result<Vec<NewRun>, ApiError> {
         }
     }
     Ok(runs)
+}
+
+/// Every credential the job's activities name must be held by some node of the gateway (nodes
+/// report the names with each heartbeat), or the job could only fail once it runs.
+async fn check_credentials(state: &HubState, gateway: &GatewayRow, spec: &JobSpec) -> Result<(), ApiError> {
+    let wanted: Vec<&str> = spec.activities.iter().flat_map(spec::credential_names).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let nodes = state.db.nodes(&gateway.id).await?;
+    let held: HashSet<&str> =
+        nodes.iter().flat_map(|n| n.metrics.credential_names.iter().map(String::as_str)).collect();
+    match wanted.into_iter().find(|name| !held.contains(name)) {
+        None => Ok(()),
+        Some(missing) => Err(ApiError::bad_request(format!(
+            "no node of gateway '{}' holds a credential named {missing:?}; set it on a node with: gatehouse node credential set {missing}",
+            gateway.name
+        ))
+        .with_hint(
+            "nodes sync credentials among themselves and tell the hub their names (never values) with each heartbeat, so one set on any node counts within seconds",
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -656,10 +718,87 @@ async fn progress(
     ApiJson(request): ApiJson<RunProgress>,
 ) -> Result<StatusCode, ApiError> {
     let progress = request.progress.to_string();
-    if !state.db.run_progress(&run, i64::from(request.attempt), &node.id, &progress).await? {
+    let checkpoint = request.checkpoint.map(|c| c.to_string());
+    let attempt = i64::from(request.attempt);
+    // The 204 is the node's fence: it commits what the checkpoint covers only after it.
+    if !state.db.run_progress(&run, attempt, &node.id, &progress, checkpoint.as_deref()).await? {
         return Err(stale_run(&run, request.attempt));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A copy's listing run is done: its parts become queued runs, and it succeeds.
+async fn split(
+    State(state): State<HubState>,
+    NodeAuth(node): NodeAuth,
+    ApiPath(run): ApiPath<String>,
+    ApiJson(request): ApiJson<SplitRun>,
+) -> Result<StatusCode, ApiError> {
+    let count = request.parts.len();
+    if count > MAX_PARTITIONS as usize {
+        return Err(ApiError::bad_request(format!(
+            "the listing found {count} parts; a copy splits into at most {MAX_PARTITIONS}"
+        ))
+        .with_hint(
+            "narrow the source with include/exclude globs, or copy its subfolders in separate activities",
+        ));
+    }
+    let Some(row) = state.db.run(&run).await? else { return Err(stale_run(&run, request.attempt)) };
+    let activity: Activity = serde_json::from_str(&row.activity)
+        .map_err(|e| ApiError::from(db::DbError::Corrupt(format!("activity: {e}"))))?;
+    let Activity::Copy { source, .. } = activity else {
+        return Err(ApiError::bad_request(format!(
+            "run {run} is not a copy; only a copy's listing run splits into parts"
+        )));
+    };
+    if row.part.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "run {run} is partition {} of a copy; only its listing run (partition 0) splits",
+            row.partition_index
+        )));
+    }
+    // A folder is copied by files, a query by ranges of rows.
+    let folder = source.folder.is_some();
+    if let Some(index) = request.parts.iter().position(|p| matches!(p, Part::Files { .. }) != folder) {
+        let (found, wanted) = if folder { ("rows", "files") } else { ("files", "rows") };
+        return Err(ApiError::bad_request(format!(
+            "part {index} is a {found} part, but this copy reads a {}; send {wanted} parts",
+            if folder { "folder" } else { "query" }
+        )));
+    }
+    let parts = request
+        .parts
+        .iter()
+        .map(|part| {
+            Ok(NewPart {
+                id: auth::new_id(),
+                part: serde_json::to_string(part).map_err(|e| ApiError::bad_request(e.to_string()))?,
+                progress: totals(part),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let result = request.result.to_string();
+    let split = Split { parts: &parts, result: &result, now_ms: now_ms() };
+    if !state.db.split_run(&run, i64::from(request.attempt), &node.id, &split).await? {
+        return Err(stale_run(&run, request.attempt));
+    }
+    tracing::info!(%run, parts = count, node = %node.name, "copy listed and split into parts");
+    if count > 0 {
+        state.queue_signal.notify_waiters();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a part's run will move, as its progress before it starts, so a job shows its totals
+/// while its parts wait. A query's size is known only once it runs.
+fn totals(part: &Part) -> Option<String> {
+    let Part::Files { files } = part else { return None };
+    let progress = TransferProgress {
+        files_total: u64::try_from(files.len()).unwrap_or(u64::MAX),
+        bytes_total: files.iter().fold(0, |sum: u64, f| sum.saturating_add(f.size)),
+        ..TransferProgress::default()
+    };
+    serde_json::to_string(&progress).ok()
 }
 
 async fn finish(
@@ -745,19 +884,12 @@ async fn gateway_view(
     })
 }
 
-/// A job with its runs; its state is derived from theirs.
+/// A job with its runs (without their parts: see [`db::Db::runs_of_job`]); its state is
+/// derived from theirs.
 pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError> {
     let runs: Vec<RunView> =
         state.db.runs_of_job(&job.id).await?.into_iter().map(run_view).collect::<Result<_, _>>()?;
-    let job_state = if runs.iter().all(|r| r.state == RunState::Succeeded) {
-        RunState::Succeeded
-    } else if runs.iter().all(|r| r.state.is_final()) {
-        RunState::Failed
-    } else if runs.iter().any(|r| matches!(r.state, RunState::Running | RunState::Dispatched)) {
-        RunState::Running
-    } else {
-        RunState::Queued
-    };
+    let job_state = job_state(&runs);
     Ok(JobView {
         id: job.id,
         gateway_id: job.gateway_id,
@@ -766,6 +898,21 @@ pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError
         created_ms: job.created_ms,
         runs,
     })
+}
+
+/// Succeeded when every run did, failed when every run ended and one didn't succeed, running
+/// once any run left the queue (a copy whose listing succeeded and whose parts wait is running,
+/// not done), queued before.
+fn job_state(runs: &[RunView]) -> RunState {
+    if runs.iter().all(|r| r.state == RunState::Succeeded) {
+        RunState::Succeeded
+    } else if runs.iter().all(|r| r.state.is_final()) {
+        RunState::Failed
+    } else if runs.iter().any(|r| r.state != RunState::Queued) {
+        RunState::Running
+    } else {
+        RunState::Queued
+    }
 }
 
 fn run_view(run: RunRow) -> Result<RunView, ApiError> {
@@ -787,6 +934,8 @@ fn run_view(run: RunRow) -> Result<RunView, ApiError> {
         node_id: run.node_id,
         node_name: run.node_name,
         error: run.error,
+        part: run.part.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("part", e))).transpose()?,
+        checkpoint: parse(run.checkpoint, "checkpoint")?,
         queued_ms: run.queued_ms,
         finished_ms: run.finished_ms,
     })
@@ -820,4 +969,29 @@ fn validate_settings(s: &GatewaySettings) -> Result<(), ApiError> {
         None
     };
     problem.map_or(Ok(()), |p| Err(ApiError::bad_request(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::progress::fixtures::copy_run;
+
+    fn state_of(states: &[RunState]) -> RunState {
+        let runs: Vec<RunView> =
+            states.iter().zip(0..).map(|(&state, partition)| copy_run(partition, state, None)).collect();
+        job_state(&runs)
+    }
+
+    #[test]
+    fn a_copy_whose_parts_wait_is_running_and_one_whose_listing_failed_failed() {
+        use RunState::{Failed, Queued, Running, Succeeded};
+        assert_eq!(state_of(&[Queued]), Queued);
+        assert_eq!(state_of(&[Running]), Running);
+        assert_eq!(state_of(&[Succeeded, Queued, Queued]), Running, "listed; its parts wait");
+        assert_eq!(state_of(&[Succeeded]), Succeeded, "an empty folder");
+        assert_eq!(state_of(&[Succeeded, Succeeded, Succeeded]), Succeeded);
+        assert_eq!(state_of(&[Failed]), Failed);
+        assert_eq!(state_of(&[Succeeded, Failed, Succeeded]), Failed);
+        assert_eq!(state_of(&[Succeeded, Failed, Queued]), Running, "failed only once every run ended");
+    }
 }

@@ -36,6 +36,7 @@ pub enum Dialect {
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "dispatched_ms", include_str!("migrations/0002_dispatched_ms.sql")),
+    (3, "copy_parts", include_str!("migrations/0003_copy_parts.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -122,6 +123,11 @@ pub struct RunRow {
     pub error: Option<String>,
     pub queued_ms: i64,
     pub finished_ms: Option<i64>,
+    /// JSON `Part`: the piece of a copy this run moves; `None` for a listing run, for runs of
+    /// other kinds, and in job listings (see [`Db::runs_of_job`]).
+    pub part: Option<String>,
+    /// JSON, the node's: what earlier attempts committed.
+    pub checkpoint: Option<String>,
 }
 
 /// A run to insert with its job.
@@ -130,6 +136,23 @@ pub struct NewRun {
     pub activity_index: i64,
     pub partition_index: i64,
     pub activity: String,
+}
+
+/// A partition run a listing run splits off.
+pub struct NewPart {
+    pub id: String,
+    /// JSON `Part`.
+    pub part: String,
+    /// JSON `TransferProgress` with what is known before it starts (its totals), or `None`.
+    pub progress: Option<String>,
+}
+
+/// How a listing run ended: the parts it found and its result.
+pub struct Split<'a> {
+    pub parts: &'a [NewPart],
+    /// JSON, the listing's summary.
+    pub result: &'a str,
+    pub now_ms: i64,
 }
 
 /// How an attempt ended.
@@ -617,9 +640,10 @@ impl Db {
         rows.iter().map(job_row).collect()
     }
 
+    /// A job's runs in activity and partition order, without their parts (`part` is `None`).
     pub async fn runs_of_job(&self, job_id: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
+            "SELECT {RUN_COLUMNS_NO_PART} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
         )))
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -714,25 +738,94 @@ impl Db {
         row.as_ref().map(run_row).transpose()
     }
 
-    /// Records progress from the node running `attempt`; false if the run isn't its any more.
+    /// Records progress from the node running `attempt`, and its checkpoint when one is given
+    /// (else the stored one stays); false if the run isn't its any more. One conditional
+    /// statement, so a checkpoint is only ever taken from the current attempt: the node commits
+    /// what the checkpoint covers only after this said yes.
     pub async fn run_progress(
         &self,
         run_id: &str,
         attempt: i64,
         node_id: &str,
         progress: &str,
+        checkpoint: Option<&str>,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE runs SET state = 'running', progress = $1 WHERE id = $2 AND attempt = $3 AND node_id = $4 \
-             AND state IN ('dispatched', 'running')",
+            "UPDATE runs SET state = 'running', progress = $1, checkpoint = COALESCE($5, checkpoint) \
+             WHERE id = $2 AND attempt = $3 AND node_id = $4 AND state IN ('dispatched', 'running')",
         )
         .bind(progress)
         .bind(run_id)
         .bind(attempt)
         .bind(node_id)
+        .bind(checkpoint)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends `attempt` of a copy's listing run with the parts it found, in one transaction: the
+    /// listing run succeeds with `split.result`, and each part becomes a queued run (partition
+    /// 1, 2, …) of the same activity, at the listing run's place in the queue. Nothing changes
+    /// and the answer is `false` unless the attempt is still `node_id`'s and unfinished.
+    pub async fn split_run(
+        &self,
+        run_id: &str,
+        attempt: i64,
+        node_id: &str,
+        split: &Split<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        // The fence, and a row lock on PostgreSQL: a second split of the run waits, then finds
+        // it succeeded and changes nothing.
+        let listing = sqlx::query(
+            "UPDATE runs SET state = 'succeeded', result = $1, finished_ms = $2 WHERE id = $3 AND attempt = $4 \
+             AND node_id = $5 AND state IN ('dispatched', 'running') AND part IS NULL \
+             RETURNING job_id, gateway_id, activity_index, activity, seq",
+        )
+        .bind(split.result)
+        .bind(split.now_ms)
+        .bind(run_id)
+        .bind(attempt)
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(listing) = listing else { return Ok(false) };
+        let job_id: String = listing.try_get("job_id")?;
+        let gateway_id: String = listing.try_get("gateway_id")?;
+        let activity_index: i64 = listing.try_get("activity_index")?;
+        let activity: String = listing.try_get("activity")?;
+        let seq: i64 = listing.try_get("seq")?;
+        let mut partition: i64 = 1;
+        for batch in split.parts.chunks(PARTS_PER_INSERT) {
+            // $1…$6 are shared by every row; each row adds its id, partition, part and progress.
+            let rows: Vec<String> = (0..batch.len())
+                .map(|i| {
+                    let n = 7 + 4 * i;
+                    format!("(${n}, $1, $2, $3, ${}, $4, 'queued', 1, $5, $6, ${}, ${})", n + 1, n + 2, n + 3)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO runs (id, job_id, gateway_id, activity_index, partition_index, activity, state, \
+                 attempt, queued_ms, seq, part, progress) VALUES {}",
+                rows.join(", ")
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&job_id)
+                .bind(&gateway_id)
+                .bind(activity_index)
+                .bind(&activity)
+                .bind(split.now_ms)
+                .bind(seq);
+            for part in batch {
+                insert =
+                    insert.bind(&part.id).bind(partition).bind(&part.part).bind(part.progress.as_deref());
+                partition += 1;
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Ends `attempt` of a run, once; `None` if it was already finished or re-queued. One
@@ -789,6 +882,7 @@ impl Db {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
+        // The checkpoint stays: the next attempt resumes from what the lost one committed.
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE runs SET state = 'queued', attempt = attempt + 1, node_id = NULL, node_name = NULL, progress = NULL, \
              dispatched_ms = NULL WHERE {LOST}"
@@ -822,23 +916,44 @@ impl Db {
     }
 }
 
-const RUN_COLUMNS: &str = "id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
-     node_id, node_name, progress, result, error, queued_ms, finished_ms";
+/// The columns every run query returns, as a literal so the claim statements can `concat!` it.
+macro_rules! run_columns {
+    () => {
+        "id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
+         node_id, node_name, progress, result, error, queued_ms, finished_ms, part, checkpoint"
+    };
+}
 
-const CLAIM_SQLITE: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2, dispatched_ms = $6 \
+const RUN_COLUMNS: &str = run_columns!();
+
+/// [`RUN_COLUMNS`] without the part: job views list runs by the thousand, and one part of a
+/// large folder holds hundreds of file names, so only the node that moves it gets it.
+const RUN_COLUMNS_NO_PART: &str = "id, job_id, gateway_id, activity_index, partition_index, activity, state, \
+     attempt, node_id, node_name, progress, result, error, queued_ms, finished_ms, CAST(NULL AS TEXT) AS part, \
+     checkpoint";
+
+/// Partition runs one INSERT adds: 4 binds each plus 6 shared stay under SQLite's oldest
+/// limit of 999 binds, and 10,000 parts take 50 statements, not 10,000.
+const PARTS_PER_INSERT: usize = 200;
+
+const CLAIM_SQLITE: &str = concat!(
+    "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2, dispatched_ms = $6 \
      WHERE id IN (SELECT id FROM runs WHERE gateway_id = $3 AND state = 'queued' ORDER BY seq LIMIT $4) \
      AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.lease_node_id = $1 AND g.lease_epoch = $5 \
      AND g.lease_expires_ms >= $6) \
-     RETURNING id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
-     node_id, node_name, progress, result, error, queued_ms, finished_ms";
+     RETURNING ",
+    run_columns!()
+);
 
-const CLAIM_POSTGRES: &str = "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2, dispatched_ms = $6 \
+const CLAIM_POSTGRES: &str = concat!(
+    "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2, dispatched_ms = $6 \
      WHERE id IN (SELECT id FROM runs WHERE gateway_id = $3 AND state = 'queued' ORDER BY seq LIMIT $4 \
      FOR UPDATE SKIP LOCKED) \
      AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.lease_node_id = $1 AND g.lease_epoch = $5 \
      AND g.lease_expires_ms >= $6) \
-     RETURNING id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
-     node_id, node_name, progress, result, error, queued_ms, finished_ms";
+     RETURNING ",
+    run_columns!()
+);
 
 fn strip_comments(statement: &str) -> &str {
     let mut rest = statement.trim();
@@ -962,6 +1077,8 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
         error: row.try_get("error")?,
         queued_ms: row.try_get("queued_ms")?,
         finished_ms: row.try_get("finished_ms")?,
+        part: row.try_get("part")?,
+        checkpoint: row.try_get("checkpoint")?,
     })
 }
 

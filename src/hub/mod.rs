@@ -10,6 +10,7 @@ pub mod embedded;
 mod error;
 mod nodes_cache;
 mod page;
+pub mod progress;
 mod registration;
 pub mod status;
 pub mod tls;

@@ -1,17 +1,20 @@
 //! The read-only status page at `/`: gateways, their nodes with every metric and status
-//! reason, and recent jobs with the node of each run. Plain HTML, no scripts; it refreshes
-//! itself every few seconds.
+//! reason, and recent jobs with how much their copies moved and the node of each run. Plain
+//! HTML, no scripts; it refreshes itself every few seconds.
 
-use super::HubState;
 use super::api::{all_gateway_views, job_view};
 use super::error::ApiError;
-use crate::protocol::{GatewayView, JobView, NodeView};
+use super::{HubState, progress};
+use crate::encoding::binary_size;
+use crate::protocol::{GatewayView, JobView, NodeView, RunState, RunView};
 use axum::extract::State;
 use axum::response::Html;
 use std::fmt::Write as _;
 
 /// Jobs shown per gateway.
 const RECENT_JOBS: u32 = 10;
+/// Runs listed per job.
+const RUNS_SHOWN: usize = 20;
 
 pub async fn index(State(state): State<HubState>) -> Result<Html<String>, ApiError> {
     let gateways = all_gateway_views(&state).await?;
@@ -99,31 +102,70 @@ fn jobs_table(out: &mut String, jobs: &[JobView]) {
         out.push_str("<p>No jobs yet.</p>");
         return;
     }
-    out.push_str("<table><tr><th>Job</th><th>State</th><th>Runs (node, state, attempt)</th></tr>");
+    out.push_str(
+        "<table><tr><th>Job</th><th>State</th><th>Copied</th><th>Runs (node, state, attempt)</th></tr>",
+    );
     for job in jobs {
-        let runs: Vec<String> = job
-            .runs
-            .iter()
-            .map(|r| {
+        let copied = progress::of_job(job).map_or_else(
+            || "—".to_owned(),
+            |p| {
                 format!(
-                    "#{}.{} {} {:?} (attempt {})",
-                    r.activity_index,
-                    r.partition,
-                    escape(r.node_name.as_deref().unwrap_or("—")),
-                    r.state,
-                    r.attempt
+                    "{} of {}<br>{} of {} files",
+                    binary_size(p.bytes_done),
+                    binary_size(p.bytes_total),
+                    p.files_done,
+                    p.files_total
                 )
-            })
-            .collect();
+            },
+        );
+        // A copy may have thousands of runs: the page shows the first few and counts the rest.
+        let mut runs: Vec<String> = job.runs.iter().take(RUNS_SHOWN).map(run_line).collect();
+        if job.runs.len() > RUNS_SHOWN {
+            runs.push(format!("… {} runs in all: {}", job.runs.len(), state_counts(&job.runs)));
+        }
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:?}</td><td>{copied}</td><td>{}</td></tr>",
             escape(&job.name),
             job.state,
             runs.join("<br>")
         );
     }
     out.push_str("</table>");
+}
+
+fn run_line(r: &RunView) -> String {
+    let moved = progress::of_run(r)
+        .map(|p| format!(" · {} of {}", binary_size(p.bytes_done), binary_size(p.bytes_total)))
+        .unwrap_or_default();
+    format!(
+        "#{}.{} {} {:?} (attempt {}){moved}",
+        r.activity_index,
+        r.partition,
+        escape(r.node_name.as_deref().unwrap_or("—")),
+        r.state,
+        r.attempt
+    )
+}
+
+/// "3 Running, 40 Queued": the states still at work first, then the ended ones.
+fn state_counts(runs: &[RunView]) -> String {
+    let states = [
+        RunState::Running,
+        RunState::Dispatched,
+        RunState::Queued,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Cancelled,
+    ];
+    states
+        .iter()
+        .filter_map(|&state| {
+            let n = runs.iter().filter(|r| r.state == state).count();
+            (n > 0).then(|| format!("{n} {state:?}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn escape(text: &str) -> String {
@@ -149,5 +191,42 @@ mod tests {
     #[test]
     fn names_are_escaped() {
         assert_eq!(escape("<b>&\"x\""), "&lt;b&gt;&amp;&quot;x&quot;");
+    }
+
+    #[test]
+    fn a_copy_job_shows_what_it_moved_and_each_run_its_node_and_bytes() {
+        use crate::hub::progress::fixtures::{copy_run, job_of};
+        let mut listing = copy_run(0, RunState::Succeeded, None);
+        listing.result = Some(serde_json::json!({"files": 3, "bytes": 3 << 20}));
+        let mut running = copy_run(
+            1,
+            RunState::Running,
+            Some(
+                serde_json::json!({"bytes_done": 1 << 20, "bytes_total": 2 << 20, "files_done": 1, "files_total": 2}),
+            ),
+        );
+        running.node_name = Some("<n1>".into());
+        let queued = copy_run(
+            2,
+            RunState::Queued,
+            Some(serde_json::json!({"bytes_total": 1 << 20, "files_total": 1})),
+        );
+        let mut out = String::new();
+        jobs_table(&mut out, &[job_of(vec![listing, running, queued])]);
+        assert!(out.contains("1.0 MiB of 3.0 MiB<br>1 of 3 files"), "{out}");
+        assert!(out.contains("#0.1 &lt;n1&gt; Running (attempt 1) · 1.0 MiB of 2.0 MiB"), "{out}");
+        assert!(out.contains("#0.2 — Queued (attempt 1) · 0 B of 1.0 MiB"), "{out}");
+    }
+
+    #[test]
+    fn a_job_with_many_runs_lists_a_few_and_counts_them_all() {
+        use crate::hub::progress::fixtures::{copy_run, job_of};
+        let runs = (0..50)
+            .map(|p| copy_run(p, if p < 3 { RunState::Running } else { RunState::Queued }, None))
+            .collect();
+        let mut out = String::new();
+        jobs_table(&mut out, &[job_of(runs)]);
+        assert_eq!(out.matches("(attempt 1)").count(), RUNS_SHOWN, "{out}");
+        assert!(out.contains("… 50 runs in all: 3 Running, 47 Queued"), "{out}");
     }
 }
