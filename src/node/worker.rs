@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// What the hub answers (410 Gone) to reports about a run whose job was cancelled.
 const CANCELLED: u16 = 410;
+/// What the hub answers (409 Conflict) to an attempt that isn't the run's current one.
+const STALE: u16 = 409;
 
 /// How long a finished run's report is retried while the hub can't be reached.
 const REPORT_PATIENCE: Duration = Duration::from_secs(300);
@@ -209,7 +211,13 @@ impl Worker {
         match outcome {
             Ok(transfer::Outcome::Split { parts, summary }) => {
                 let split = SplitRun { attempt: run.attempt, parts, result: summary };
-                self.retry(run, "the listing", || self.client.split_run(&run.id, &split)).await;
+                // A listing the hub won't take (too many parts, say) fails the run with its sentence.
+                if let Some(refusal) =
+                    self.retry(run, "the listing", || self.client.split_run(&run.id, &split)).await
+                    && ![STALE, CANCELLED].contains(&refusal.0)
+                {
+                    self.report(run, &finished(run.attempt, Err(refusal.1))).await;
+                }
             }
             Ok(transfer::Outcome::Done(result)) => self.report(run, &finished(run.attempt, Ok(result))).await,
             Err(TransferError::Cancelled) => {
@@ -230,8 +238,9 @@ impl Worker {
         self.retry(run, "the result", || self.client.finish_run(&run.id, finish)).await;
     }
 
-    /// Sends a report until the hub takes or refuses it, retrying while it can't be reached.
-    async fn retry<T, F>(&self, run: &RunView, what: &str, send: impl Fn() -> F)
+    /// Sends a report until the hub takes or refuses it, retrying while it can't be reached;
+    /// returns the refusal (status and sentence), if it was refused.
+    async fn retry<T, F>(&self, run: &RunView, what: &str, send: impl Fn() -> F) -> Option<(u16, String)>
     where
         F: Future<Output = Result<T, ClientError>>,
     {
@@ -239,23 +248,23 @@ impl Worker {
         let mut wait = Duration::from_millis(200);
         loop {
             match send().await {
-                Ok(_) => return,
+                Ok(_) => return None,
                 // A 5xx is the hub failing, not refusing: retried like no answer at all.
                 Err(ClientError::Refused { status, body }) if status < 500 => {
                     tracing::info!(run = %run.id, "the hub didn't take {what}: {}", body.error);
-                    return;
+                    return Some((status, body.error));
                 }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(run = %run.id, "can't report {what} yet, retrying: {e}");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.cancelled() => return,
+                        () = self.shutdown.cancelled() => return None,
                     }
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
                     tracing::error!(run = %run.id, "giving up reporting {what}: {e}");
-                    return;
+                    return None;
                 }
             }
         }

@@ -142,8 +142,13 @@ fn glob_set(globs: &[String]) -> Result<Option<GlobSet>, TransferError> {
 pub fn group(files: Vec<ListedFile>) -> Vec<Vec<ListedFile>> {
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     let min_parts = MIN_PARTS.min(files.len()).max(1);
-    let part_bytes = (total_bytes / min_parts as u64).clamp(1 << 20, PART_BYTES);
-    let part_files = files.len().div_ceil(min_parts).clamp(1, PART_FILES);
+    let max_parts = super::spec::MAX_PARTITIONS as usize;
+    // Huge listings get bigger parts, so they stay within the hub's limit on parts.
+    let part_bytes = (total_bytes / min_parts as u64)
+        .clamp(1 << 20, PART_BYTES)
+        .max(total_bytes.div_ceil(max_parts as u64 / 2).saturating_add(1));
+    let part_files =
+        files.len().div_ceil(min_parts).clamp(1, PART_FILES).max(files.len().div_ceil(max_parts / 2));
     let mut parts: Vec<Vec<ListedFile>> = Vec::new();
     let mut current: Vec<ListedFile> = Vec::new();
     let mut current_bytes = 0;
@@ -181,6 +186,14 @@ mod tests {
         assert!(parts.len() >= MIN_PARTS, "{} parts", parts.len());
         let flattened: Vec<_> = parts.into_iter().flatten().collect();
         assert_eq!(flattened, files, "every file once, in order");
+    }
+
+    #[test]
+    fn a_huge_listing_stays_within_the_hubs_limit_on_parts() {
+        let files: Vec<_> = (0..3_000_000).map(|i| file(&format!("f{i}"), 1000)).collect();
+        let parts = group(files);
+        assert!(parts.len() <= super::super::spec::MAX_PARTITIONS as usize, "{} parts", parts.len());
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 3_000_000);
     }
 
     #[test]
