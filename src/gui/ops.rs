@@ -392,12 +392,12 @@ async fn set_thresholds(store: &Store, thresholds: Thresholds) -> Result<String,
     let client = HubClient::with_proxy(&settings.hub_url, &token, settings.proxy.as_deref())
         .map_err(|e| e.to_string())?;
     let update = UpdateSettings {
-        max_nodes: None,
         policy: Some(thresholds.policy),
         cpu_threshold: Some(thresholds.cpu_percent),
         memory_threshold: Some(thresholds.memory_percent),
         aggregation_minutes: Some(thresholds.aggregation_minutes),
         queue_timeout_seconds: Some(thresholds.queue_timeout_seconds),
+        ..UpdateSettings::default()
     };
     match client.update_settings(&settings.gateway_id, &update).await {
         Ok(view) => Ok(format!(
