@@ -10,7 +10,7 @@
 use crate::protocol::{
     ClaimRequest, CreateGateway, CreatedGateway, ErrorBody, FinishRun, GatewayView, Heartbeat,
     HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeView, RegeneratedKey, RegisterRequest,
-    RegisterResponse, RunProgress, RunView, SplitRun, StartRun, SubmitJob, UpdateSettings,
+    RegisterResponse, RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -211,13 +211,14 @@ impl HubClient {
         self.call_empty(Method::DELETE, &["gateways", gateway]).await
     }
 
-    /// `PATCH /api/v1/gateways/{gateway}/settings`: only the given fields change.
-    pub async fn update_settings(
-        &self,
-        gateway: &str,
-        update: &UpdateSettings,
-    ) -> Result<GatewayView, ClientError> {
-        self.call(Method::PATCH, &["gateways", gateway, "settings"], None, Some(update)).await
+    /// `PATCH /api/v1/gateways/{gateway}/settings`: only the given fields change. Takes an
+    /// `UpdateSettings` or a `SettingsPatch` (which also holds the bandwidth limit).
+    pub async fn update_settings<U>(&self, gateway: &str, update: &U) -> Result<GatewayView, ClientError>
+    where
+        U: Clone + Into<SettingsPatch>,
+    {
+        let patch: SettingsPatch = update.clone().into();
+        self.call(Method::PATCH, &["gateways", gateway, "settings"], None, Some(&patch)).await
     }
 
     /// `GET /api/v1/gateways/{gateway}/keys`: hints and creation times, never full keys.

@@ -39,6 +39,17 @@ pub struct GatewaySettings {
     pub memory_threshold: u8,
     pub aggregation_minutes: u32,
     pub queue_timeout_seconds: u32,
+    /// Megabytes (1,000,000 bytes) per second that the gateway's copies may send in all,
+    /// shared by the nodes copying at the time; 0 turns the limit off. Left out of the JSON
+    /// when off, so nodes that don't know it (their settings refuse unknown fields) still
+    /// read the settings of a gateway without a limit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bandwidth_limit_mbps: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for GatewaySettings {
@@ -50,6 +61,7 @@ impl Default for GatewaySettings {
             memory_threshold: 0,
             aggregation_minutes: 5,
             queue_timeout_seconds: 60,
+            bandwidth_limit_mbps: 0,
         }
     }
 }
@@ -63,7 +75,8 @@ pub struct CreateGateway {
     pub settings: GatewaySettings,
 }
 
-/// `PATCH /api/v1/gateways/{gateway}/settings`: only the fields given change.
+/// `PATCH /api/v1/gateways/{gateway}/settings`: only the fields given change. The same body
+/// may also carry the settings of [`SettingsPatch`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSettings {
@@ -73,6 +86,44 @@ pub struct UpdateSettings {
     pub memory_threshold: Option<u8>,
     pub aggregation_minutes: Option<u32>,
     pub queue_timeout_seconds: Option<u32>,
+}
+
+/// `PATCH /api/v1/gateways/{gateway}/settings` with every setting: [`UpdateSettings`] and the
+/// settings added after it, which it can't take as fields while callers build it field by
+/// field (the window does). One body on the wire; only the fields given change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_threshold: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_threshold: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation_minutes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_seconds: Option<u32>,
+    /// See [`GatewaySettings::bandwidth_limit_mbps`]; changes take effect at each node's next
+    /// heartbeat, also while copies run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit_mbps: Option<u32>,
+}
+
+impl From<UpdateSettings> for SettingsPatch {
+    fn from(u: UpdateSettings) -> Self {
+        SettingsPatch {
+            max_nodes: u.max_nodes,
+            policy: u.policy,
+            cpu_threshold: u.cpu_threshold,
+            memory_threshold: u.memory_threshold,
+            aggregation_minutes: u.aggregation_minutes,
+            queue_timeout_seconds: u.queue_timeout_seconds,
+            bandwidth_limit_mbps: None,
+        }
+    }
 }
 
 /// Node status, computed by the hub. Every status but `Online` comes with a reason.
@@ -196,6 +247,11 @@ pub struct HeartbeatResponse {
     /// The hub's own version.
     #[serde(default)]
     pub hub_version: Option<String>,
+    /// This node's share of the gateway's bandwidth limit: the limit divided by the number of
+    /// nodes holding copy runs (dispatched or running), this node counted even when it holds
+    /// none, so a node about to copy knows its share already. `None` when there is no limit.
+    #[serde(default)]
+    pub bandwidth_bytes_per_second: Option<u64>,
 }
 
 /// A node of the same gateway, as the dispatcher needs to know it to hand out runs.

@@ -235,6 +235,22 @@ fn gateways_keys_and_nodes_are_administered_from_the_command_line() {
     assert_eq!(set["settings"]["max_nodes"], 2);
     assert_eq!(set["settings"]["cpu_threshold"], 80);
     assert_eq!(set["settings"]["policy"], "distribute", "settings not given keep their value");
+    let shown = hub.run(&["hub", "gateway", "show", "east"]).ok();
+    assert!(shown.stdout.contains("bandwidth limit off"), "{shown:#?}");
+    let set =
+        hub.run(&["hub", "gateway", "set", "east", "--bandwidth-limit-mbps", "25", "--json"]).ok().json();
+    assert_eq!(set["settings"]["bandwidth_limit_mbps"], 25);
+    assert_eq!(set["settings"]["max_nodes"], 2, "settings not given keep their value");
+    let set = hub.run(&["hub", "gateway", "set", "east", "--cpu-threshold", "70"]).ok();
+    assert!(
+        set.stdout.contains("CPU threshold 70%") && set.stdout.contains("bandwidth limit 25 MB/s"),
+        "{set:#?}"
+    );
+    let limited = hub.run(&["hub", "gateway", "create", "limited", "--bandwidth-limit-mbps", "8"]).ok();
+    assert!(limited.stdout.contains("bandwidth limit 8 MB/s"), "{limited:#?}");
+    let off =
+        hub.run(&["hub", "gateway", "set", "limited", "--bandwidth-limit-mbps", "0", "--json"]).ok().json();
+    assert_eq!(off["settings"].get("bandwidth_limit_mbps"), None, "off is left out: {off:#}");
 
     // Key show: hints and times, never the full keys.
     let keys = hub.run(&["hub", "key", "show", "east"]).ok();

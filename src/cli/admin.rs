@@ -10,7 +10,7 @@ use crate::encoding::binary_size;
 use crate::hub::db::now_ms;
 use crate::protocol::{
     CreateGateway, GatewaySettings, GatewayState, GatewayView, KeyInfo, KeySlot, NodeView, Policy, Role,
-    UpdateSettings,
+    SettingsPatch,
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
@@ -242,17 +242,23 @@ pub struct SettingsArgs {
     /// How long a run waits for a free node before it fails (default 60).
     #[arg(long, value_name = "S")]
     pub queue_timeout_seconds: Option<u32>,
+    /// Let the gateway's copies send at most MB megabytes (1,000,000 bytes) per second in all,
+    /// shared by the nodes copying at the time; 0 turns the limit off (default 0). A change
+    /// reaches running copies within a heartbeat.
+    #[arg(long, value_name = "MB")]
+    pub bandwidth_limit_mbps: Option<u32>,
 }
 
 impl SettingsArgs {
-    fn update(&self) -> UpdateSettings {
-        UpdateSettings {
+    fn update(&self) -> SettingsPatch {
+        SettingsPatch {
             max_nodes: self.max_nodes,
             policy: self.policy.map(Policy::from),
             cpu_threshold: self.cpu_threshold,
             memory_threshold: self.memory_threshold,
             aggregation_minutes: self.aggregation_minutes,
             queue_timeout_seconds: self.queue_timeout_seconds,
+            bandwidth_limit_mbps: self.bandwidth_limit_mbps,
         }
     }
 
@@ -267,6 +273,7 @@ impl SettingsArgs {
             memory_threshold: u.memory_threshold.unwrap_or(d.memory_threshold),
             aggregation_minutes: u.aggregation_minutes.unwrap_or(d.aggregation_minutes),
             queue_timeout_seconds: u.queue_timeout_seconds.unwrap_or(d.queue_timeout_seconds),
+            bandwidth_limit_mbps: u.bandwidth_limit_mbps.unwrap_or(d.bandwidth_limit_mbps),
         }
     }
 
@@ -278,6 +285,7 @@ impl SettingsArgs {
             && u.memory_threshold.is_none()
             && u.aggregation_minutes.is_none()
             && u.queue_timeout_seconds.is_none()
+            && u.bandwidth_limit_mbps.is_none()
     }
 }
 
@@ -322,7 +330,7 @@ pub fn run_gateway(command: GatewayCommand) -> anyhow::Result<ExitCode> {
         GatewayCommand::Set(args) => {
             if args.settings.is_empty() {
                 anyhow::bail!(
-                    "nothing to change: give at least one of --max-nodes, --policy, --cpu-threshold, --memory-threshold, --aggregation-minutes, --queue-timeout-seconds"
+                    "nothing to change: give at least one of --max-nodes, --policy, --cpu-threshold, --memory-threshold, --aggregation-minutes, --queue-timeout-seconds, --bandwidth-limit-mbps"
                 );
             }
             execute(set(args))
@@ -481,8 +489,12 @@ fn gateway_text(g: &GatewayView) -> String {
 
 fn settings_text(s: &GatewaySettings) -> String {
     let percent = |p: u8| if p == 0 { "off".to_owned() } else { format!("{p}%") };
+    let bandwidth = match s.bandwidth_limit_mbps {
+        0 => "off".to_owned(),
+        mb => format!("{mb} MB/s"),
+    };
     format!(
-        "max nodes {}, policy {}, CPU threshold {}, memory threshold {}, averaged over {} min, queue timeout {} s",
+        "max nodes {}, policy {}, CPU threshold {}, memory threshold {}, averaged over {} min, queue timeout {} s, bandwidth limit {bandwidth}",
         s.max_nodes,
         policy(s.policy),
         percent(s.cpu_threshold),

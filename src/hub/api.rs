@@ -7,8 +7,8 @@ use super::{HubState, auth, page, status};
 use crate::protocol::{
     Activity, AssignRun, AuthKeys, ClaimRequest, CreateGateway, CreatedGateway, FinishRun, GatewaySettings,
     GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeState, NodeView, Part,
-    Peer, RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView, SplitRun,
-    StartRun, SubmitJob, TransferProgress, UpdateSettings,
+    Peer, RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView,
+    SettingsPatch, SplitRun, StartRun, SubmitJob, TransferProgress,
 };
 use crate::transfer::spec::{self, MAX_PARTITIONS};
 use axum::extract::rejection::JsonRejection;
@@ -297,7 +297,7 @@ async fn update_settings(
     State(state): State<HubState>,
     _: Admin,
     ApiPath(gateway): ApiPath<String>,
-    ApiJson(update): ApiJson<UpdateSettings>,
+    ApiJson(update): ApiJson<SettingsPatch>,
 ) -> Result<Json<GatewayView>, ApiError> {
     let mut gateway = find_gateway(&state, &gateway).await?;
     let s = &mut gateway.settings;
@@ -307,6 +307,7 @@ async fn update_settings(
     s.memory_threshold = update.memory_threshold.unwrap_or(s.memory_threshold);
     s.aggregation_minutes = update.aggregation_minutes.unwrap_or(s.aggregation_minutes);
     s.queue_timeout_seconds = update.queue_timeout_seconds.unwrap_or(s.queue_timeout_seconds);
+    s.bandwidth_limit_mbps = update.bandwidth_limit_mbps.unwrap_or(s.bandwidth_limit_mbps);
     validate_settings(&gateway.settings)?;
     state.db.update_settings(&gateway.id, &gateway.settings).await?;
     let nodes = state.db.nodes(&gateway.id).await?;
@@ -480,6 +481,7 @@ async fn heartbeat(
     };
     let role =
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
+    let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id).await?;
     let peers = nodes
         .iter()
         .zip(&computed.nodes)
@@ -513,7 +515,25 @@ async fn heartbeat(
         gateway_reason: computed.reason,
         gateway_version: computed.version,
         hub_version: Some(crate::VERSION.to_owned()),
+        bandwidth_bytes_per_second,
     }))
+}
+
+/// The node's share of the gateway's bandwidth limit: the limit split evenly over the nodes
+/// holding copy runs, the node itself counted even when it holds none yet (the dispatcher may
+/// be handing it one right now). `None` when the gateway has no limit.
+async fn bandwidth_share(
+    state: &HubState,
+    gateway: &GatewayRow,
+    node_id: &str,
+) -> Result<Option<u64>, ApiError> {
+    let limit = u64::from(gateway.settings.bandwidth_limit_mbps) * 1_000_000;
+    if limit == 0 {
+        return Ok(None);
+    }
+    let copying = state.db.copying_nodes(&gateway.id).await?;
+    let sharing = copying.len() + usize::from(!copying.iter().any(|id| id == node_id));
+    Ok(Some(limit / u64::try_from(sharing).unwrap_or(1)))
 }
 
 async fn unregister(State(state): State<HubState>, NodeAuth(node): NodeAuth) -> Result<StatusCode, ApiError> {

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "dispatched_ms", include_str!("migrations/0002_dispatched_ms.sql")),
     (3, "copy_parts", include_str!("migrations/0003_copy_parts.sql")),
+    (4, "bandwidth_limit", include_str!("migrations/0004_bandwidth_limit.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -174,7 +175,7 @@ pub struct LeaseState {
 const GATEWAY_COLUMNS: &str = "id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
      queue_timeout_seconds, encryption, primary_key_hash, primary_key_hint, primary_key_created_ms, \
      secondary_key_hash, secondary_key_hint, secondary_key_created_ms, gateway_secret, lease_node_id, \
-     lease_expires_ms, lease_epoch, created_ms";
+     lease_expires_ms, lease_epoch, created_ms, bandwidth_limit_mbps";
 
 impl Db {
     /// Opens (creating if needed) the database at `url` and applies pending migrations.
@@ -299,8 +300,8 @@ impl Db {
             "INSERT INTO gateways (id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
              queue_timeout_seconds, encryption, primary_key_hash, primary_key_hint, primary_key_created_ms, \
              secondary_key_hash, secondary_key_hint, secondary_key_created_ms, gateway_secret, lease_node_id, \
-             lease_expires_ms, lease_epoch, registrations, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, 0, 0, 0, $17)",
+             lease_expires_ms, lease_epoch, registrations, created_ms, bandwidth_limit_mbps) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, 0, 0, 0, $17, $18)",
         )
         .bind(&g.id)
         .bind(&g.name)
@@ -319,6 +320,7 @@ impl Db {
         .bind(g.secondary_key_created_ms)
         .bind(&g.gateway_secret)
         .bind(g.created_ms)
+        .bind(i64::from(g.settings.bandwidth_limit_mbps))
         .execute(&self.pool)
         .await;
         match result {
@@ -355,7 +357,7 @@ impl Db {
     pub async fn update_settings(&self, id: &str, s: &GatewaySettings) -> Result<()> {
         sqlx::query(
             "UPDATE gateways SET max_nodes = $1, policy = $2, cpu_threshold = $3, memory_threshold = $4, \
-             aggregation_minutes = $5, queue_timeout_seconds = $6 WHERE id = $7",
+             aggregation_minutes = $5, queue_timeout_seconds = $6, bandwidth_limit_mbps = $7 WHERE id = $8",
         )
         .bind(i64::from(s.max_nodes))
         .bind(policy_name(s.policy))
@@ -363,6 +365,7 @@ impl Db {
         .bind(i64::from(s.memory_threshold))
         .bind(i64::from(s.aggregation_minutes))
         .bind(i64::from(s.queue_timeout_seconds))
+        .bind(i64::from(s.bandwidth_limit_mbps))
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -895,6 +898,19 @@ impl Db {
         Ok(done.rows_affected())
     }
 
+    /// The nodes of a gateway that hold copy runs (dispatched or running), each once: they
+    /// share the gateway's bandwidth limit.
+    pub async fn copying_nodes(&self, gateway_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT node_id FROM runs WHERE gateway_id = $1 AND state IN ('dispatched', 'running') \
+             AND node_id IS NOT NULL AND activity LIKE '{COPY_ACTIVITY}%'"
+        )))
+        .bind(gateway_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Ids of the gateways with queued runs, for waking long-polls on other hubs.
     pub async fn queued_count(&self, gateway_id: &str) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE gateway_id = $1 AND state = 'queued'")
@@ -931,6 +947,10 @@ const RUN_COLUMNS: &str = run_columns!();
 const RUN_COLUMNS_NO_PART: &str = "id, job_id, gateway_id, activity_index, partition_index, activity, state, \
      attempt, node_id, node_name, progress, result, error, queued_ms, finished_ms, CAST(NULL AS TEXT) AS part, \
      checkpoint";
+
+/// How a copy activity's JSON starts, as stored in `runs.activity`: serde writes an internally
+/// tagged enum's tag first (a test below holds it to that).
+const COPY_ACTIVITY: &str = r#"{"kind":"copy""#;
 
 /// Partition runs one INSERT adds: 4 binds each plus 6 shared stay under SQLite's oldest
 /// limit of 999 binds, and 10,000 parts take 50 statements, not 10,000.
@@ -1015,6 +1035,7 @@ fn gateway_row(row: &AnyRow) -> Result<GatewayRow> {
             memory_threshold: small(row.try_get("memory_threshold")?, "memory_threshold")?,
             aggregation_minutes: small(row.try_get("aggregation_minutes")?, "aggregation_minutes")?,
             queue_timeout_seconds: small(row.try_get("queue_timeout_seconds")?, "queue_timeout_seconds")?,
+            bandwidth_limit_mbps: small(row.try_get("bandwidth_limit_mbps")?, "bandwidth_limit_mbps")?,
         },
         encryption: row.try_get::<i64, _>("encryption")? != 0,
         primary_key_hash: row.try_get("primary_key_hash")?,
@@ -1095,4 +1116,21 @@ pub fn sqlite_url(path: &std::path::Path) -> String {
         }
     }
     url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Activity;
+
+    #[test]
+    fn a_stored_copy_activity_starts_with_its_kind() {
+        let copy: Activity = serde_json::from_value(serde_json::json!({
+            "kind": "copy", "source": {"folder": "/data"}, "sink": {"url": "file:///out/"}
+        }))
+        .unwrap();
+        assert!(to_json(&copy).starts_with(COPY_ACTIVITY), "{}", to_json(&copy));
+        let echo = Activity::Echo { message: "copy".into(), partitions: 1 };
+        assert!(!to_json(&echo).starts_with(COPY_ACTIVITY));
+    }
 }
