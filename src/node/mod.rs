@@ -588,6 +588,7 @@ async fn heartbeat_loop(
                     tracing::info!(role = ?answer.role, "this node's role changed");
                 }
                 tokio::spawn(sync_credentials(Arc::clone(&shared), answer.peers.clone()));
+                worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
                 status.send_modify(|s| {
                     s.hub_connected = true;
                     s.hub_error = None;

@@ -101,6 +101,12 @@ impl Worker {
         self.limit.load(Ordering::SeqCst)
     }
 
+    /// Sets this node's share of the gateway's bandwidth limit (bytes per second, 0 = none);
+    /// copies under way follow it from their next send.
+    pub fn set_bandwidth(&self, bytes_per_second: u64) {
+        self.copier.bandwidth.set_bytes_per_second(bytes_per_second);
+    }
+
     /// The runs executing now, oldest first.
     pub fn current(&self) -> Vec<CurrentRun> {
         let mut runs: Vec<CurrentRun> =
