@@ -22,11 +22,11 @@ use tokio::task::JoinSet;
 /// least 5 MiB per part but the last).
 pub const PART_SIZE: u64 = 8 << 20;
 /// Small files in flight at once in one run.
-const FILES_IN_FLIGHT: usize = 8;
+const FILES_IN_FLIGHT: usize = 4;
 /// Parts of a large file in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 /// Buffers of every copy on this node together, in MiB.
-const BUDGET_MIB: usize = 64;
+const BUDGET_MIB: usize = 32;
 /// How often progress goes to the hub, and at most how long committed files wait for a checkpoint.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -143,6 +143,8 @@ pub(super) async fn files<R: Reporter>(
         }
         return Err(e);
     }
+    // The new names are durable before the part says it is done.
+    sink.sync_folders(&keys).await?;
     tally.report(ctx.reporter, true).await?;
     let progress = tally.progress();
     Ok(serde_json::json!({

@@ -339,10 +339,7 @@ impl Sink {
         let Inner::Folder { root } = &self.inner else { return Ok(()) };
         let run_tag =
             self.staging_tag.rsplit_once('-').map_or(self.staging_tag.as_str(), |(run, _)| run).to_owned();
-        let mut dirs: Vec<PathBuf> =
-            keys.iter().filter_map(|k| root.join(k).parent().map(Path::to_owned)).collect();
-        dirs.sort();
-        dirs.dedup();
+        let dirs = folders(root, keys);
         let keep = keep.map(|k| root.join(k));
         blocking(move || {
             for dir in dirs {
@@ -356,6 +353,19 @@ impl Sink {
                         std::fs::remove_file(entry.path()).map_err(|e| folder_error(&entry.path(), &e))?;
                     }
                 }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes the names written in the folders of `keys` durable (a folder sink; S3 needs nothing).
+    pub async fn sync_folders(&self, keys: &[String]) -> Result<(), TransferError> {
+        let Inner::Folder { root } = &self.inner else { return Ok(()) };
+        let dirs = folders(root, keys);
+        blocking(move || {
+            for dir in dirs.iter().filter(|d| d.exists()) {
+                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| folder_error(dir, &e))?;
             }
             Ok(())
         })
@@ -446,6 +456,15 @@ impl Sink {
     }
 }
 
+/// The distinct folders the keys are in, under a folder sink's root.
+fn folders(root: &Path, keys: &[String]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        keys.iter().filter_map(|k| root.join(k).parent().map(Path::to_owned)).collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// An error with its sources, one line.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -494,7 +513,7 @@ fn write_staging(staging: &Path, data: &[u8], sha256: &str) -> Result<(), Transf
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(staging)?;
         file.write_all(data)?;
-        file.sync_all()
+        file.sync_data()
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_file(staging);
@@ -505,8 +524,9 @@ fn write_staging(staging: &Path, data: &[u8], sha256: &str) -> Result<(), Transf
 }
 
 /// Moves a complete staging file to its final name: a hard link that fails if the name is
-/// taken (create-only), or a rename over it (overwrite); then the staging name goes and the
-/// folder is synced. `false` when the name was taken.
+/// taken (create-only), or a rename over it (overwrite); then the staging name goes. The
+/// folders are synced once per part ([`Sink::sync_folders`]), not once per file. `false`
+/// when the name was taken.
 fn publish(staging: &Path, target: &Path, overwrite: bool) -> Result<bool, TransferError> {
     let placed = if overwrite {
         std::fs::rename(staging, target).map(|()| true)
@@ -523,9 +543,6 @@ fn publish(staging: &Path, target: &Path, overwrite: bool) -> Result<bool, Trans
     })?;
     if staging.exists() {
         std::fs::remove_file(staging).map_err(|e| folder_error(staging, &e))?;
-    }
-    if let Some(dir) = target.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| folder_error(dir, &e))?;
     }
     Ok(placed)
 }
