@@ -552,6 +552,11 @@ pub struct RunView {
     /// What an earlier attempt committed, so the next one resumes (kept across attempts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<serde_json::Value>,
+    /// How long the run has waited in the queue by the hub's clock (its now − `queued_ms`),
+    /// in claim answers only: the dispatcher measures the queue timeout with it, so a node
+    /// whose clock differs from the hub's measures it right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
 }
 
 /// A job with its runs.

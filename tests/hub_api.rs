@@ -32,7 +32,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long a hub may take to print its address (and token).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -113,9 +113,15 @@ impl Hub {
     /// SIGTERM, which must end the hub by itself, then the same data dir and database again.
     /// Nodes and admin clients made from `self.api` follow it to its new address.
     fn restart(&mut self) {
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// Like `restart`, with the hub down for `down` in between.
+    fn restart_after(&mut self, down: Duration) {
         tokio::task::block_in_place(|| {
             let status = self.process.stop();
             assert!(status.success(), "the hub should exit cleanly on SIGTERM, not with {status}");
+            std::thread::sleep(down);
             let again = Hub::launch(Arc::clone(&self.home), &self.db, Some(self.token.clone()));
             self.process = again.process;
             self.api.set_base(&again.api.base());
@@ -317,6 +323,11 @@ fn registration(name: &str, machine: &str, version: &str, thumbprint: Option<&st
         "peer_address": format!("{name}.test:7071"),
         "encryption_thumbprint": thumbprint,
     })
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock (the hub's too, on loopback).
+fn now_ms() -> i64 {
+    i64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis()).unwrap()
 }
 
 fn new_machine(name: &str) -> String {
@@ -1165,7 +1176,15 @@ async fn every_run_once(admin: &AdminClient, d: &Node, beats_d: &Beats, workers:
             (RunState::Dispatched, 1, Some(d.id.as_str()))
         );
         assert_eq!(run.job_id, job.id);
+        // How long it waited, by the hub's clock (the same machine's here).
+        let waited =
+            run.waited_ms.unwrap_or_else(|| panic!("a claim answer says how long it waited: {run:?}"));
+        assert!(i64::try_from(waited).unwrap() <= now_ms() - run.queued_ms, "{run:?}");
     }
+    assert!(
+        admin.job(&job.id).await.unwrap().runs.iter().all(|r| r.waited_ms.is_none()),
+        "only claim answers say how long a run waited"
+    );
 
     let worker_of = |i: usize| workers[i % 2];
     for (i, run) in claimed.iter().enumerate() {
@@ -1251,7 +1270,11 @@ async fn lost_worker(admin: &AdminClient, d: &Node, beats_d: &Beats, w1: &Node, 
         (run.state == RunState::Queued).then(|| run.clone()).ok_or(format!("{run:?}"))
     })
     .await;
-    assert_eq!((requeued.attempt, requeued.node_id, requeued.progress), (2, None, None));
+    assert_eq!((requeued.attempt, &requeued.node_id, &requeued.progress), (2, &None, &None));
+    assert!(
+        requeued.queued_ms > lost.queued_ms,
+        "back in the queue, its queue time starts again: {requeued:?}"
+    );
     let shown = admin.job(&job.id).await.unwrap();
     let still = run_of(&shown, &kept.id);
     assert_eq!(
@@ -1264,6 +1287,8 @@ async fn lost_worker(admin: &AdminClient, d: &Node, beats_d: &Beats, w1: &Node, 
 
     let again = d.claimed(epoch_of(beats_d), 10, 0).await;
     assert_eq!(again.iter().map(|r| (r.id.as_str(), r.attempt)).collect::<Vec<_>>(), [(lost.id.as_str(), 2)]);
+    let waited = i64::try_from(again[0].waited_ms.unwrap()).unwrap();
+    assert!(waited <= now_ms() - requeued.queued_ms, "it waited since it was re-queued: {:?}", again[0]);
     d.assign(&lost.id, 1, epoch_of(beats_d), w1).await.refused(409, &["attempt 1"]);
     let _: RunView = d.assign(&lost.id, 2, epoch_of(beats_d), w1).await.ok();
     let done: RunView = w1.finish(&lost.id, 2).await.ok();
@@ -2011,6 +2036,91 @@ fn hub_restart_on_sqlite() {
 #[test]
 fn hub_restart_on_postgres() {
     on_postgres(hub_restart);
+}
+
+/// The hub is down for longer than `offline_after` while runs are in flight. Back, it lets the
+/// nodes heartbeat before it calls any of them lost: the nodes that come back keep their
+/// attempts and finish them (a finish retried at once is taken), and only the run of the node
+/// that never came back goes back to the queue, its queue time starting again.
+async fn hub_down_for_a_while(db: Db) {
+    let mut hub = Hub::start(&db);
+    let admin = hub.admin();
+    let gateway = create(&admin, "resume").await;
+    let d = hub.api.join_new(&gateway.keys.primary, "d").await;
+    let w = hub.api.join_new(&gateway.keys.primary, "w").await;
+    let gone = hub.api.join_new(&gateway.keys.primary, "gone").await;
+    let beats_d = d.beat();
+    let (_, epoch) = wait_for_dispatcher(&admin, "resume", &[&beats_d]).await;
+    let beats_w = w.beat();
+    let beats_gone = gone.beat();
+    wait_online(&admin, "resume").await;
+
+    let job = admin.submit_job("resume", &echo("in-flight", 3)).await.unwrap();
+    let runs = d.claimed(epoch, 3, 0).await;
+    assert_eq!(runs.len(), 3);
+    let (on_w, on_d, on_gone) = (&runs[0], &runs[1], &runs[2]);
+    for (run, node) in [(on_w, &w), (on_d, &d), (on_gone, &gone)] {
+        let _: RunView = d.assign(&run.id, 1, epoch, node).await.ok();
+        let _: RunView = node.start(&run.id, 1).await.ok();
+    }
+    beats_gone.stop().await;
+    let heard = (beats_d.log().ok, beats_w.log().ok);
+    // Longer than offline_after (3 s): every node's last heartbeat is old when the hub is back.
+    hub.restart_after(Duration::from_millis(3500));
+    let back = now_ms();
+    let admin = hub.admin();
+    let done: RunView = w.finish(&on_w.id, 1).await.ok();
+    assert_eq!((done.state, done.attempt), (RunState::Succeeded, 1), "a finish retried after the restart");
+    eventually("heartbeats answered by the restarted hub", async || {
+        let now = (beats_d.log().ok, beats_w.log().ok);
+        (now.0 > heard.0 && now.1 > heard.1).then_some(()).ok_or(format!("{now:?}"))
+    })
+    .await;
+
+    let requeued = eventually("the run of the node that never came back, back in the queue", async || {
+        let shown = admin.job(&job.id).await.unwrap();
+        let run = run_of(&shown, &on_gone.id).clone();
+        (run.state == RunState::Queued).then(|| run.clone()).ok_or(format!("{run:?}"))
+    })
+    .await;
+    assert_eq!((requeued.attempt, requeued.node_id.as_deref()), (2, None));
+    assert!(requeued.queued_ms >= back, "its queue time starts when it went back: {requeued:?}");
+    let shown = admin.job(&job.id).await.unwrap();
+    let kept = run_of(&shown, &on_d.id);
+    assert_eq!(
+        (kept.state, kept.attempt, kept.node_name.as_deref()),
+        (RunState::Running, 1, Some("d")),
+        "d heartbeated in time and kept its run: {shown:#?}"
+    );
+    let done: RunView = d.finish(&on_d.id, 1).await.ok();
+    assert_eq!((done.state, done.attempt), (RunState::Succeeded, 1));
+
+    let (holder, epoch) = wait_for_dispatcher(&admin, "resume", &[&beats_d, &beats_w]).await;
+    let holder = if holder == "d" { &d } else { &w };
+    let again = holder.claimed(epoch, 10, 0).await;
+    assert_eq!(
+        again.iter().map(|r| (r.id.as_str(), r.attempt)).collect::<Vec<_>>(),
+        [(on_gone.id.as_str(), 2)]
+    );
+    let waited = i64::try_from(again[0].waited_ms.unwrap()).unwrap();
+    assert!(waited <= now_ms() - requeued.queued_ms, "the queue timeout restarted: {:?}", again[0]);
+    let done: RunView = holder.finish(&on_gone.id, 2).await.ok();
+    assert_eq!(done.state, RunState::Succeeded);
+    let shown = admin.job(&job.id).await.unwrap();
+    assert_eq!(shown.state, RunState::Succeeded);
+    let attempts: Vec<(&str, u32)> = shown.runs.iter().map(|r| (r.id.as_str(), r.attempt)).collect();
+    assert_eq!(attempts, [(on_w.id.as_str(), 1), (on_d.id.as_str(), 1), (on_gone.id.as_str(), 2)]);
+    hub.assert_healthy().await;
+}
+
+#[test]
+fn hub_down_for_a_while_on_sqlite() {
+    on_sqlite(hub_down_for_a_while);
+}
+
+#[test]
+fn hub_down_for_a_while_on_postgres() {
+    on_postgres(hub_down_for_a_while);
 }
 
 // ==== 7. two hubs on one PostgreSQL database ====

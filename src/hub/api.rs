@@ -683,7 +683,11 @@ async fn claim(
         }
         let runs = state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?;
         if !runs.is_empty() {
-            return Ok(Json(runs.into_iter().map(run_view).collect::<Result<_, _>>()?));
+            let views = runs.into_iter().map(|run| {
+                let waited_ms = u64::try_from(now - run.queued_ms).unwrap_or(0);
+                run_view(run).map(|view| RunView { waited_ms: Some(waited_ms), ..view })
+            });
+            return Ok(Json(views.collect::<Result<_, _>>()?));
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -958,6 +962,7 @@ fn run_view(run: RunRow) -> Result<RunView, ApiError> {
         checkpoint: parse(run.checkpoint, "checkpoint")?,
         queued_ms: run.queued_ms,
         finished_ms: run.finished_ms,
+        waited_ms: None,
     })
 }
 

@@ -859,8 +859,8 @@ impl Db {
 
     /// Puts back in the queue every unfinished run whose node has had no heartbeat since
     /// `cutoff_ms` (or no longer exists), and every hand-off made before `handoff_cutoff_ms`
-    /// that no worker started, with its attempt number raised; the lost attempt stays in the
-    /// history. Returns how many runs went back.
+    /// that no worker started, with its attempt number raised and its queue time reset to
+    /// `now_ms`; the lost attempt stays in the history. Returns how many runs went back.
     pub async fn requeue_lost_runs(
         &self,
         cutoff_ms: i64,
@@ -885,13 +885,15 @@ impl Db {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        // The checkpoint stays: the next attempt resumes from what the lost one committed.
+        // The checkpoint stays: the next attempt resumes from what the lost one committed. The
+        // queue timeout starts again (queued_ms), but the run keeps its place in the queue (seq).
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE runs SET state = 'queued', attempt = attempt + 1, node_id = NULL, node_name = NULL, progress = NULL, \
-             dispatched_ms = NULL WHERE {LOST}"
+             dispatched_ms = NULL, queued_ms = $3 WHERE {LOST}"
         )))
         .bind(cutoff_ms)
         .bind(handoff_cutoff_ms)
+        .bind(now_ms)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -33,6 +33,10 @@ pub struct HubConfig {
     pub lease_ttl: Duration,
     /// How often lost runs are looked for.
     pub sweep_interval: Duration,
+    /// How long after this hub process started the sweeper re-queues nothing: a hub that was
+    /// down finds every node's last heartbeat old, and must let the nodes heartbeat again
+    /// (they retry every 0.5 s) before it calls any of them lost.
+    pub sweep_grace: Duration,
     /// A run handed out that no worker has started after the gateway's queue timeout plus
     /// this long goes back to the queue.
     pub handoff_timeout: Duration,
@@ -42,17 +46,24 @@ pub struct HubConfig {
 
 impl HubConfig {
     pub fn new(public_url: impl Into<String>) -> Self {
+        let offline_after = Duration::from_secs(3);
         HubConfig {
             public_url: public_url.into(),
-            offline_after: Duration::from_secs(3),
+            offline_after,
             // Two heartbeats: one lost heartbeat is tolerated, and failover (lease lapse plus
             // the next node's heartbeat) stays under 3 s.
             lease_ttl: Duration::from_secs(2),
             sweep_interval: Duration::from_millis(250),
+            sweep_grace: sweep_grace(offline_after),
             handoff_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
         }
     }
+}
+
+/// The default [`HubConfig::sweep_grace`]: twice `offline_after`, and at least 5 s.
+pub fn sweep_grace(offline_after: Duration) -> Duration {
+    (offline_after * 2).max(Duration::from_secs(5))
 }
 
 /// What every request handler shares.
@@ -105,8 +116,10 @@ pub async fn serve(
     result
 }
 
-/// Puts the runs of nodes that went Offline back in the queue, forever.
+/// Puts the runs of nodes that went Offline back in the queue, forever, once the grace after
+/// this hub's start has passed.
 async fn sweep(state: HubState, shutdown: CancellationToken) {
+    let grace_ends = tokio::time::Instant::now() + state.config.sweep_grace;
     let mut tick = tokio::time::interval(state.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
@@ -117,6 +130,9 @@ async fn sweep(state: HubState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if tokio::time::Instant::now() < grace_ends {
+            continue;
+        }
         let now = db::now_ms();
         match state.db.requeue_lost_runs(now - offline_after, now - handoff_timeout, now).await {
             Ok(0) => {}
@@ -126,5 +142,104 @@ async fn sweep(state: HubState, shutdown: CancellationToken) {
             }
             Err(e) => tracing::warn!("couldn't look for runs of offline nodes: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{GatewaySettings, RunState};
+
+    /// A database with one gateway whose one node holds a dispatched run and never sent a
+    /// heartbeat: a lost run, as far as the sweeper can tell. Returns the run's id.
+    async fn a_lost_run(db: &db::Db) -> String {
+        let now = db::now_ms();
+        let gateway = db::GatewayRow {
+            id: "g".into(),
+            name: "g".into(),
+            settings: GatewaySettings::default(),
+            encryption: false,
+            primary_key_hash: String::new(),
+            primary_key_hint: String::new(),
+            primary_key_created_ms: now,
+            secondary_key_hash: String::new(),
+            secondary_key_hint: String::new(),
+            secondary_key_created_ms: now,
+            gateway_secret: String::new(),
+            lease_node_id: None,
+            lease_expires_ms: 0,
+            lease_epoch: 0,
+            created_ms: now,
+        };
+        db.insert_gateway(&gateway).await.unwrap();
+        let new = db::NewNode {
+            id: "n".into(),
+            name: "n".into(),
+            machine_id: "m".into(),
+            token_hash: String::new(),
+            version: crate::VERSION.into(),
+            peer_address: "127.0.0.1:1".into(),
+            encryption_thumbprint: None,
+            now_ms: now,
+        };
+        db.register_node("g", &new, |_, _, _| Ok::<(), ()>(())).await.unwrap().unwrap();
+        let node = db.node("n").await.unwrap().unwrap();
+        let job = db::JobRow {
+            id: "j".into(),
+            gateway_id: "g".into(),
+            name: "j".into(),
+            spec: "{}".into(),
+            created_ms: now,
+        };
+        let run = db::NewRun {
+            id: "r".into(),
+            activity_index: 0,
+            partition_index: 0,
+            activity: r#"{"kind":"sleep","millis":1,"partitions":1}"#.into(),
+        };
+        db.insert_job(&job, &[run]).await.unwrap();
+        let lease = db.acquire_lease("g", "n", now, Duration::from_secs(60)).await.unwrap();
+        let claimed = db.claim_runs("g", &node, lease.epoch, 1, now).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        "r".to_owned()
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_waits_out_its_grace_after_the_hub_starts_then_requeues_with_a_new_queue_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db::Db::open(&db::sqlite_url(&dir.path().join("hub.db"))).await.unwrap();
+        let run = a_lost_run(&db).await;
+        let queued_first = db.run(&run).await.unwrap().unwrap().queued_ms;
+        let mut config = HubConfig::new("http://127.0.0.1:1");
+        config.offline_after = Duration::from_millis(100);
+        config.sweep_interval = Duration::from_millis(20);
+        config.sweep_grace = Duration::from_millis(800);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let started = db::now_ms();
+        let hub = tokio::spawn(serve(listener, None, db.clone(), config, shutdown.clone()));
+
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let during = db.run(&run).await.unwrap().unwrap();
+        assert_eq!((during.state, during.attempt), (RunState::Dispatched, 1), "re-queued within the grace");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let row = db.run(&run).await.unwrap().unwrap();
+            if row.state == RunState::Queued || tokio::time::Instant::now() > deadline {
+                break row;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!((after.state, after.attempt), (RunState::Queued, 2), "not re-queued after the grace");
+        assert!(after.queued_ms >= started + 800 && after.queued_ms > queued_first, "{after:?}");
+        shutdown.cancel();
+        hub.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_default_grace_is_twice_offline_after_and_at_least_five_seconds() {
+        assert_eq!(HubConfig::new("http://hub").sweep_grace, Duration::from_secs(6));
+        assert_eq!(sweep_grace(Duration::from_secs(1)), Duration::from_secs(5));
     }
 }

@@ -112,6 +112,7 @@ pub(crate) mod fixtures {
             finished_ms: None,
             part: None,
             checkpoint: None,
+            waited_ms: None,
         }
     }
 
