@@ -108,7 +108,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut load = Load::default();
-    let mut waiting: Vec<RunView> = Vec::new();
+    // Each held run with the moment it was queued, on this node's monotonic clock (from the
+    // hub's own count of how long it had waited), so clock skew can't shorten its timeout.
+    let mut waiting: Vec<(RunView, Instant)> = Vec::new();
     let mut last_sampled: Option<u64> = None;
     loop {
         if shutdown.is_cancelled() {
@@ -142,15 +144,15 @@ pub async fn run(
 
         // Runs already held: hand them out, or fail the ones that waited too long.
         let held = std::mem::take(&mut waiting);
-        for run in held {
+        for (run, queued_at) in held {
             order(&mut candidates, settings.policy);
             if hand_off(&shared, &worker, &mut candidates, &run).await {
                 continue;
             }
-            if waited_too_long(&run, settings) {
+            if waited_too_long(queued_at, settings) {
                 fail(&shared, &run, blocking_limit(&candidates)).await;
             } else {
-                waiting.push(run);
+                waiting.push((run, queued_at));
             }
         }
 
@@ -187,9 +189,11 @@ pub async fn run(
             }
         };
         for run in runs {
+            let now = Instant::now();
+            let queued_at = now.checked_sub(Duration::from_millis(run.waited_ms.unwrap_or(0))).unwrap_or(now);
             order(&mut candidates, settings.policy);
             if !hand_off(&shared, &worker, &mut candidates, &run).await {
-                waiting.push(run);
+                waiting.push((run, queued_at));
             }
         }
         if !waiting.is_empty() {
@@ -281,12 +285,10 @@ async fn hand_off(shared: &Shared, worker: &Worker, candidates: &mut [Candidate]
     false
 }
 
-fn waited_too_long(run: &RunView, settings: &GatewaySettings) -> bool {
-    let timeout_ms = i64::from(settings.queue_timeout_seconds) * 1000;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    now_ms - run.queued_ms > timeout_ms
+/// Whether a run queued at `queued_at` (the hub re-queues with a fresh time) has waited past
+/// the gateway's queue timeout.
+fn waited_too_long(queued_at: Instant, settings: &GatewaySettings) -> bool {
+    queued_at.elapsed() > Duration::from_secs(u64::from(settings.queue_timeout_seconds))
 }
 
 /// The limit that kept the most nodes from taking work; ties go to CPU, then memory.

@@ -34,6 +34,21 @@ impl Hub {
         Hub { process, url, token, home_dir: home }
     }
 
+    /// Stops the hub (SIGTERM), leaves it down for `down`, and starts it again on the same
+    /// address and database, as an administrator restarting it would.
+    pub fn restart(&mut self, down: Duration) {
+        self.process.stop();
+        std::thread::sleep(down);
+        let address = self.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let mut process = spawn_gatehouse(
+            &["hub", "serve", "--listen", &address],
+            &[("GATEHOUSE_HOME", self.home_dir.path().to_str().unwrap())],
+        );
+        let url = process.read_line_matching("listening on ", Duration::from_secs(30));
+        assert_eq!(url, self.url, "the hub came back on its address");
+        self.process = process;
+    }
+
     /// Runs an admin command with `--json` and returns its output, asserting success.
     pub fn admin(&self, args: &[&str]) -> serde_json::Value {
         let mut all: Vec<&str> = args.to_vec();
@@ -135,4 +150,48 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A hub, a gateway named `lake` with `distribute`, and `count` running nodes, all Online.
+pub fn gateway(count: usize) -> (Hub, Vec<Node>) {
+    let hub = Hub::start();
+    let key = hub.create_gateway("lake", &["--policy", "distribute"]);
+    let nodes: Vec<Node> = (1..=count).map(|i| Node::start(&key, &format!("n{i}"), &[])).collect();
+    wait_until(Duration::from_secs(30), "every node Online with a dispatcher", || {
+        let list = hub.nodes("lake");
+        list.len() == count
+            && list.iter().all(|n| n["status"] == "Online")
+            && list.iter().filter(|n| n["role"] == "dispatcher").count() == 1
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    (hub, nodes)
+}
+
+/// Submits a job spec to the gateway `lake` with `gatehouse job submit`: the job's id, or
+/// what the CLI printed on stderr.
+pub fn submit(hub: &Hub, spec: &serde_json::Value) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("job.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let output = gatehouse(
+        Path::new("/nonexistent"),
+        &["job", "submit", "lake", file.to_str().unwrap(), "--hub", &hub.url, "--json"],
+        &[("GATEHOUSE_ADMIN_TOKEN", &hub.token)],
+    );
+    if output.status.success() {
+        let job: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        Ok(job["id"].as_str().unwrap().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Waits (bounded) until the job is over; returns it as `gatehouse job show --json` does.
+pub fn wait_over(hub: &Hub, id: &str) -> serde_json::Value {
+    let mut job = serde_json::Value::Null;
+    wait_until(Duration::from_secs(120), "the job to end", || {
+        job = hub.admin(&["job", "show", id]);
+        ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or(""))
+    });
+    job
 }
