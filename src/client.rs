@@ -262,6 +262,12 @@ impl HubClient {
         self.call(Method::GET, &["jobs", job], None, None::<&()>).await
     }
 
+    /// `POST /api/v1/jobs/{job}/cancel`: every run not yet ended is cancelled; the job as it is
+    /// then. Refused (409) when the job has ended already.
+    pub async fn cancel_job(&self, job: &str) -> Result<JobView, ClientError> {
+        self.call(Method::POST, &["jobs", job, "cancel"], None, None::<&()>).await
+    }
+
     // ---- node endpoints (the client holds an auth key to register, else a node token) ----
 
     /// `POST /api/v1/register` with a gateway auth key: the node's own credentials.

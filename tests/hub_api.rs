@@ -1593,6 +1593,18 @@ fn admin_cases(admin: &str, node: &str) -> Vec<Bad> {
             422,
         ),
         bad("an unknown job", M::GET, "/api/v1/jobs/nope", a, Body::Empty, 404),
+        bad("cancelling an unknown job", M::POST, "/api/v1/jobs/nope/cancel", a, Body::Empty, 404),
+        bad("cancelling without a token", M::POST, "/api/v1/jobs/nope/cancel", None, Body::Empty, 401),
+        bad("cancelling with the node token", M::POST, "/api/v1/jobs/nope/cancel", n, Body::Empty, 401),
+        bad("cancelling with GET", M::GET, "/api/v1/jobs/nope/cancel", a, Body::Empty, 405),
+        bad(
+            "a negative bandwidth limit",
+            M::PATCH,
+            "/api/v1/gateways/bad/settings",
+            a,
+            Body::Json(json!({"bandwidth_limit_mbps": -1})),
+            422,
+        ),
         bad("removing an unknown node", M::DELETE, "/api/v1/gateways/bad/nodes/nope", a, Body::Empty, 404),
         bad("deleting an unknown gateway", M::DELETE, "/api/v1/gateways/nope", a, Body::Empty, 404),
         bad("an unknown route", M::GET, "/api/v1/nope", a, Body::Empty, 404),
@@ -2656,4 +2668,97 @@ fn bandwidth_limit_on_sqlite() {
 #[test]
 fn bandwidth_limit_on_postgres() {
     on_postgres(bandwidth_limit);
+}
+
+// ==== 10. cancelling a job ====
+
+async fn job_cancel(db: Db) {
+    let hub = Hub::start(&db);
+    let admin = hub.admin();
+    let gateway = create(&admin, "stop").await;
+    let d = hub.api.join_new(&gateway.keys.primary, "d").await;
+    let w = hub.api.join_new(&gateway.keys.primary, "w").await;
+    let beats_d = d.beat();
+    let (_, epoch) = wait_for_dispatcher(&admin, "stop", &[&beats_d]).await;
+    let _beats_w = w.beat();
+    wait_online(&admin, "stop").await;
+
+    // A copy listed into three parts: one running on w, one handed to d, one still queued.
+    let job = admin.submit_job("stop", &copy_folder("cancel-me")).await.unwrap();
+    let listing = d.claimed(epoch, 10, 0).await.remove(0);
+    let _: RunView = d.assign(&listing.id, 1, epoch, &w).await.ok();
+    let _: RunView = w.start(&listing.id, 1).await.ok();
+    let parts = [files_part(&["a"], 10), files_part(&["b"], 10), files_part(&["c"], 10)];
+    w.split(&listing.id, 1, &parts, &json!({ "files": 3, "bytes": 30 })).await.assert_no_content();
+    let claimed = d.claimed(epoch, 2, 0).await;
+    let (running, handed) = (&claimed[0], &claimed[1]);
+    let _: RunView = d.assign(&running.id, 1, epoch, &w).await.ok();
+    let _: RunView = w.start(&running.id, 1).await.ok();
+    w.checkpoint(&running.id, 1, json!({ "bytes_done": 5 }), &json!({ "done": [] }))
+        .await
+        .assert_no_content();
+
+    let shown = admin.cancel_job(&job.id).await.unwrap();
+    assert_eq!((shown.id.as_str(), shown.state), (job.id.as_str(), RunState::Cancelled));
+    assert_eq!(job_run(&shown, 0).state, RunState::Succeeded, "the listing had ended: it stays as it was");
+    for run in shown.runs.iter().skip(1) {
+        assert_eq!(run.state, RunState::Cancelled, "{run:#?}");
+        assert!(run.finished_ms.is_some(), "{run:#?}");
+    }
+    assert_eq!(run_of(&shown, &running.id).node_name.as_deref(), Some("w"), "who ran it stays shown");
+    let listed = admin.jobs("stop", None).await.unwrap();
+    assert_eq!(listed.iter().find(|j| j.id == job.id).unwrap().state, RunState::Cancelled);
+
+    // Every report about a cancelled run is answered 410 with what to do.
+    let gone: &[&str] = &["job", "was cancelled", "stop this run", "remove what it started"];
+    w.progress(&running.id, 1, json!({ "bytes_done": 6 })).await.refused(410, gone);
+    w.checkpoint(&running.id, 1, json!({}), &json!({ "done": [0] })).await.refused(410, gone);
+    w.finish(&running.id, 1).await.refused(410, gone);
+    w.fail(&running.id, 1, "stopped").await.refused(410, gone);
+    d.start(&handed.id, 1).await.refused(410, gone);
+    d.finish(&handed.id, 1).await.refused(410, gone);
+    // A stale attempt of a cancelled run is told to clean up too: nobody resumes it.
+    w.progress(&running.id, 7, json!({})).await.refused(410, gone);
+    // The ended listing is no one's to report, as before.
+    w.finish(&listing.id, 1).await.refused(409, &["not this node's"]);
+    assert!(d.claimed(epoch_of(&beats_d), 10, 0).await.is_empty(), "the queued part was cancelled too");
+    let after = admin.job(&job.id).await.unwrap();
+    assert_eq!(
+        run_of(&after, &running.id).checkpoint,
+        Some(json!({ "done": [] })),
+        "nothing was taken after"
+    );
+
+    // A listing run cancelled while it lists can't split any more.
+    let listing_job = admin.submit_job("stop", &copy_folder("cancel-listing")).await.unwrap();
+    let listing = d.claimed(epoch_of(&beats_d), 10, 0).await.remove(0);
+    let _: RunView = d.assign(&listing.id, 1, epoch_of(&beats_d), &w).await.ok();
+    let _: RunView = w.start(&listing.id, 1).await.ok();
+    assert_eq!(admin.cancel_job(&listing_job.id).await.unwrap().state, RunState::Cancelled);
+    w.split(&listing.id, 1, &parts, &json!({ "files": 3, "bytes": 30 })).await.refused(410, gone);
+    assert_eq!(admin.job(&listing_job.id).await.unwrap().runs.len(), 1, "a refused split adds no runs");
+
+    // Other jobs are untouched, and their stale attempts still hear 409.
+    let other = admin.submit_job("stop", &echo("other", 1)).await.unwrap();
+    let run = d.claimed(epoch_of(&beats_d), 10, 0).await.remove(0);
+    assert_eq!(run.job_id, other.id);
+    d.finish(&run.id, 2).await.refused(409, &["attempt 2"]);
+    let _: RunView = d.finish(&run.id, 1).await.ok();
+
+    // A job that has ended can't be cancelled; neither can one that doesn't exist.
+    admin_refused(admin.cancel_job(&other.id).await, 409, &["has ended", "succeeded", "nothing to cancel"]);
+    admin_refused(admin.cancel_job(&job.id).await, 409, &["was cancelled already"]);
+    admin_refused(admin.cancel_job("0123456789abcdef").await, 404, &["no job"]);
+    assert_eq!(admin.job(&other.id).await.unwrap().state, RunState::Succeeded);
+    hub.assert_healthy().await;
+}
+
+#[test]
+fn job_cancel_on_sqlite() {
+    on_sqlite(job_cancel);
+}
+
+#[test]
+fn job_cancel_on_postgres() {
+    on_postgres(job_cancel);
 }

@@ -340,6 +340,41 @@ fn jobs_are_submitted_from_a_file_or_stdin_and_followed() {
 }
 
 #[test]
+fn a_job_is_cancelled_from_the_command_line_once() {
+    let hub = Hub::start();
+    hub.run(&["hub", "gateway", "create", "north"]).ok();
+    let spec = r#"{"name": "nap", "activities": [{"kind": "sleep", "millis": 10, "partitions": 3}]}"#;
+    let submit = || {
+        let submitted =
+            hub.run_with(&["job", "submit", "north", "-", "--json"], Some(&hub.token), Some(spec));
+        submitted.ok().json()["id"].as_str().unwrap().to_owned()
+    };
+    let id = submit();
+    let cancelled = hub.run(&["job", "cancel", &id]).ok();
+    assert!(
+        cancelled
+            .stdout
+            .contains(&format!("Cancelled job 'nap' (id {id}): 3 run(s) cancelled, 3 of them waiting")),
+        "{cancelled:#?}"
+    );
+    let shown = hub.run(&["job", "show", &id, "--json"]).ok().json();
+    assert_eq!(shown["state"], "cancelled");
+    assert!(shown["runs"].as_array().unwrap().iter().all(|r| r["state"] == "cancelled"), "{shown:#}");
+    let shown = hub.run(&["job", "show", &id]).ok();
+    assert!(shown.stdout.contains("state:   cancelled"), "{shown:#?}");
+
+    let again = hub.run(&["job", "cancel", &id]).exits(1);
+    assert!(
+        again.stderr.contains("error: job 'nap'") && again.stderr.contains("was cancelled already"),
+        "{again:#?}"
+    );
+    let unknown = hub.run(&["job", "cancel", "0123456789abcdef"]).exits(1);
+    assert!(unknown.stderr.contains("no job"), "{unknown:#?}");
+    let json = hub.run(&["job", "cancel", &submit(), "--json"]).ok().json();
+    assert_eq!(json["state"], "cancelled");
+}
+
+#[test]
 fn the_admin_token_comes_from_the_environment_or_a_file_and_is_checked() {
     let hub = Hub::start();
 

@@ -30,6 +30,10 @@ pub enum JobCommand {
     /// List a gateway's recent jobs, newest first.
     #[command(after_help = EXIT_CODES)]
     List(ListArgs),
+    /// Cancel a job: its runs that haven't ended are cancelled, and the nodes running them stop
+    /// and remove what they started. A job that has ended can't be cancelled (exit 1).
+    #[command(after_help = EXIT_CODES)]
+    Cancel(CancelArgs),
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +48,14 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
+    /// The job's id (as `job submit` and `job list` print it).
+    pub job: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
     /// The job's id (as `job submit` and `job list` print it).
     pub job: String,
     #[command(flatten)]
@@ -70,6 +82,7 @@ pub fn run(command: JobCommand) -> anyhow::Result<ExitCode> {
         }
         JobCommand::Show(args) => execute(show(args)),
         JobCommand::List(args) => execute(list(args)),
+        JobCommand::Cancel(args) => execute(cancel(args)),
     }
 }
 
@@ -136,6 +149,45 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         ]);
     }
     emit(&table.render())
+}
+
+async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    let job = args.connection.client()?.cancel_job(&args.job).await?;
+    if args.connection.json {
+        return emit_json(&job);
+    }
+    emit(&cancelled_text(&job))
+}
+
+/// What a cancel stopped: the runs still waiting, and those nodes held (listed, since nodes
+/// hold only a few at a time; a copy may have thousands waiting).
+fn cancelled_text(job: &JobView) -> String {
+    let cancelled: Vec<&RunView> = job.runs.iter().filter(|r| r.state == RunState::Cancelled).collect();
+    let (held, waiting): (Vec<&RunView>, Vec<&RunView>) =
+        cancelled.iter().partition(|r| r.node_name.is_some());
+    let mut out = format!(
+        "Cancelled job '{}' (id {}): {} run(s) cancelled, {} of them waiting in the queue and {} on nodes.\n",
+        job.name,
+        job.id,
+        cancelled.len(),
+        waiting.len(),
+        held.len()
+    );
+    if !held.is_empty() {
+        out.push_str("The nodes stop these runs at their next report and remove what they started:\n");
+        let mut table = Table::new(&["ACTIVITY", "PARTITION", "KIND", "ATTEMPT", "NODE"]);
+        for run in held {
+            table.row(vec![
+                run.activity_index.to_string(),
+                run.partition.to_string(),
+                kind(&run.activity).to_owned(),
+                run.attempt.to_string(),
+                node(run),
+            ]);
+        }
+        out.push_str(&indent(&table.render(), "  "));
+    }
+    out
 }
 
 fn job_text(job: &JobView) -> String {
@@ -323,6 +375,23 @@ mod tests {
         assert!(!text.contains("copied:") && !text.contains("Copy runs"), "{text}");
         assert!(text.contains("\n\nRuns:\n  ACTIVITY  PARTITION  KIND  STATE"), "{text}");
         assert_eq!(lines_with(&text, "result {\"echo\":\"hi\"}").len(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_cancel_counts_the_runs_that_waited_and_lists_those_nodes_held() {
+        let done = copy_run(0, RunState::Succeeded, None);
+        let mut held = copy_run(1, RunState::Cancelled, None);
+        held.node_name = Some("n2".into());
+        let waiting = copy_run(2, RunState::Cancelled, None);
+        let text = cancelled_text(&job_of(vec![done, held, waiting]));
+        assert!(
+            text.starts_with(
+                "Cancelled job 'nightly' (id j): 2 run(s) cancelled, 1 of them waiting in the queue and 1 on nodes.\n"
+            ),
+            "{text}"
+        );
+        let rows = lines_with(&text, " n2");
+        assert!(rows.len() == 1 && rows[0].contains(" copy "), "{text}");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/gateways/{gateway}/nodes/{node}", delete(remove_node))
         .route("/api/v1/gateways/{gateway}/jobs", post(submit_job).get(list_jobs))
         .route("/api/v1/jobs/{job}", get(show_job))
+        .route("/api/v1/jobs/{job}/cancel", post(cancel_job))
         .route("/api/v1/register", post(register))
         .route("/api/v1/heartbeat", post(heartbeat))
         .route("/api/v1/unregister", post(unregister))
@@ -666,6 +667,31 @@ async fn show_job(
     Ok(Json(job_view(&state, job).await?))
 }
 
+/// Every run of the job that hasn't ended is cancelled; the nodes running them hear so (410)
+/// at their next report, stop, and remove what they started.
+async fn cancel_job(
+    State(state): State<HubState>,
+    _: Admin,
+    ApiPath(job): ApiPath<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.db.job(&job).await?.ok_or_else(|| ApiError::not_found(format!("no job '{job}'")))?;
+    let cancelled = state.db.cancel_job(&job.id, now_ms()).await?;
+    let view = job_view(&state, job).await?;
+    if cancelled.is_empty() {
+        let ended = match view.state {
+            RunState::Cancelled => "was cancelled already",
+            RunState::Failed => "failed",
+            _ => "succeeded",
+        };
+        return Err(ApiError::conflict(format!(
+            "job '{}' (id {}) has ended: it {ended}, so there is nothing to cancel",
+            view.name, view.id
+        )));
+    }
+    tracing::info!(job = %view.id, runs = cancelled.len(), "job cancelled");
+    Ok(Json(view))
+}
+
 async fn claim(
     State(state): State<HubState>,
     NodeAuth(node): NodeAuth,
@@ -731,7 +757,7 @@ async fn start(
 ) -> Result<Json<RunView>, ApiError> {
     match state.db.start_run(&run, i64::from(request.attempt), &worker).await? {
         Some(row) => Ok(Json(run_view(row)?)),
-        None => Err(stale_run(&run, request.attempt)),
+        None => Err(refusal(&state, &run, request.attempt).await?),
     }
 }
 
@@ -746,7 +772,7 @@ async fn progress(
     let attempt = i64::from(request.attempt);
     // The 204 is the node's fence: it commits what the checkpoint covers only after it.
     if !state.db.run_progress(&run, attempt, &node.id, &progress, checkpoint.as_deref()).await? {
-        return Err(stale_run(&run, request.attempt));
+        return Err(refusal(&state, &run, request.attempt).await?);
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -768,6 +794,9 @@ async fn split(
         ));
     }
     let Some(row) = state.db.run(&run).await? else { return Err(stale_run(&run, request.attempt)) };
+    if row.state == RunState::Cancelled {
+        return Err(cancelled(&row.job_id));
+    }
     let activity: Activity = serde_json::from_str(&row.activity)
         .map_err(|e| ApiError::from(db::DbError::Corrupt(format!("activity: {e}"))))?;
     let Activity::Copy { source, .. } = activity else {
@@ -804,7 +833,7 @@ async fn split(
     let result = request.result.to_string();
     let split = Split { parts: &parts, result: &result, now_ms: now_ms() };
     if !state.db.split_run(&run, i64::from(request.attempt), &node.id, &split).await? {
-        return Err(stale_run(&run, request.attempt));
+        return Err(refusal(&state, &run, request.attempt).await?);
     }
     tracing::info!(%run, parts = count, node = %node.name, "copy listed and split into parts");
     if count > 0 {
@@ -841,8 +870,21 @@ async fn finish(
     };
     match state.db.finish_run(&run, i64::from(request.attempt), &node.id, &end).await? {
         Some(row) => Ok(Json(run_view(row)?)),
-        None => Err(stale_run(&run, request.attempt)),
+        None => Err(refusal(&state, &run, request.attempt).await?),
     }
+}
+
+/// Why a node's report about a run was not taken: 410 when the run was cancelled with its job
+/// (the node stops and cleans up), else 409 (another attempt has it, or it ended).
+async fn refusal(state: &HubState, run: &str, attempt: u32) -> Result<ApiError, ApiError> {
+    Ok(match state.db.run_state(run).await? {
+        Some((RunState::Cancelled, job)) => cancelled(&job),
+        _ => stale_run(run, attempt),
+    })
+}
+
+fn cancelled(job: &str) -> ApiError {
+    ApiError::gone(format!("job {job} was cancelled; stop this run and remove what it started"))
 }
 
 fn not_dispatcher(epoch: i64) -> ApiError {
@@ -924,14 +966,18 @@ pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError
     })
 }
 
-/// Succeeded when every run did, failed when every run ended and one didn't succeed, running
-/// once any run left the queue (a copy whose listing succeeded and whose parts wait is running,
-/// not done), queued before.
+/// Succeeded when every run did; once every run ended, cancelled when one was (runs are
+/// cancelled only with their job), else failed; running once any run left the queue (a copy
+/// whose listing succeeded and whose parts wait is running, not done), queued before.
 fn job_state(runs: &[RunView]) -> RunState {
     if runs.iter().all(|r| r.state == RunState::Succeeded) {
         RunState::Succeeded
     } else if runs.iter().all(|r| r.state.is_final()) {
-        RunState::Failed
+        if runs.iter().any(|r| r.state == RunState::Cancelled) {
+            RunState::Cancelled
+        } else {
+            RunState::Failed
+        }
     } else if runs.iter().any(|r| r.state != RunState::Queued) {
         RunState::Running
     } else {
@@ -1009,7 +1055,7 @@ mod tests {
 
     #[test]
     fn a_copy_whose_parts_wait_is_running_and_one_whose_listing_failed_failed() {
-        use RunState::{Failed, Queued, Running, Succeeded};
+        use RunState::{Cancelled, Failed, Queued, Running, Succeeded};
         assert_eq!(state_of(&[Queued]), Queued);
         assert_eq!(state_of(&[Running]), Running);
         assert_eq!(state_of(&[Succeeded, Queued, Queued]), Running, "listed; its parts wait");
@@ -1018,5 +1064,7 @@ mod tests {
         assert_eq!(state_of(&[Failed]), Failed);
         assert_eq!(state_of(&[Succeeded, Failed, Succeeded]), Failed);
         assert_eq!(state_of(&[Succeeded, Failed, Queued]), Running, "failed only once every run ended");
+        assert_eq!(state_of(&[Succeeded, Cancelled, Failed]), Cancelled);
+        assert_eq!(state_of(&[Cancelled]), Cancelled);
     }
 }

@@ -779,6 +779,9 @@ impl Db {
         split: &Split<'_>,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
+        // The job first, as a cancel takes it: a split that commits first has its parts
+        // cancelled with the rest, one that comes second finds its listing run cancelled.
+        self.lock_job(&mut tx, "(SELECT job_id FROM runs WHERE id = $1)", run_id).await?;
         // The fence, and a row lock on PostgreSQL: a second split of the run waits, then finds
         // it succeeded and changes nothing.
         let listing = sqlx::query(
@@ -855,6 +858,60 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(run_row).transpose()
+    }
+
+    /// Cancels every run of the job that hasn't ended, in one transaction: each becomes
+    /// `cancelled` (finished now, its node kept), and its attempt is recorded as cancelled.
+    /// Returns the runs it cancelled (without their parts); none when the job had ended.
+    pub async fn cancel_job(&self, job_id: &str, now_ms: i64) -> Result<Vec<RunRow>> {
+        let mut tx = self.write().await?;
+        self.lock_job(&mut tx, "$1", job_id).await?;
+        sqlx::query(
+            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \
+             SELECT id, attempt, node_id, node_name, 'cancelled', 'the job was cancelled', $2 FROM runs \
+             WHERE job_id = $1 AND state IN ('queued', 'dispatched', 'running') ON CONFLICT (run_id, attempt) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET state = 'cancelled', finished_ms = $2 WHERE job_id = $1 \
+             AND state IN ('queued', 'dispatched', 'running') RETURNING {RUN_COLUMNS_NO_PART}"
+        )))
+        .bind(job_id)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// Takes the row lock of the job `which` names (SQL with `$1` = `value`) on PostgreSQL,
+    /// for the rest of `tx`: cancels and splits of one job take turns. SQLite's write
+    /// transactions take turns anyway.
+    async fn lock_job(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        which: &'static str,
+        value: &str,
+    ) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT id FROM jobs WHERE id = {which} FOR UPDATE")))
+                .bind(value)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A run's state and job, without the rest of it (a part may be large).
+    pub async fn run_state(&self, run_id: &str) -> Result<Option<(RunState, String)>> {
+        let row = sqlx::query("SELECT state, job_id FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((parse_state(&r.try_get::<String, _>(0)?)?, r.try_get(1)?))).transpose()
     }
 
     /// Puts back in the queue every unfinished run whose node has had no heartbeat since

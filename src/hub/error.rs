@@ -44,6 +44,10 @@ impl ApiError {
     pub fn conflict(error: impl Into<String>) -> Self {
         ApiError::new(StatusCode::CONFLICT, error)
     }
+
+    pub fn gone(error: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::GONE, error)
+    }
 }
 
 impl From<DbError> for ApiError {

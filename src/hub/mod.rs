@@ -237,6 +237,30 @@ mod tests {
         hub.await.unwrap().unwrap();
     }
 
+    #[tokio::test]
+    async fn a_cancel_ends_every_open_run_once_and_records_the_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db::Db::open(&db::sqlite_url(&dir.path().join("hub.db"))).await.unwrap();
+        let run = a_lost_run(&db).await;
+        let cancelled = db.cancel_job("j", 1234).await.unwrap();
+        assert_eq!(
+            cancelled.iter().map(|r| (r.id.as_str(), r.state)).collect::<Vec<_>>(),
+            [("r", RunState::Cancelled)]
+        );
+        let row = db.run(&run).await.unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.finished_ms, row.node_name.as_deref()),
+            (RunState::Cancelled, Some(1234), Some("n"))
+        );
+        assert_eq!(db.attempts(&run).await.unwrap(), [(1, Some("n".to_owned()), "cancelled".to_owned())]);
+        assert!(db.cancel_job("j", 5678).await.unwrap().is_empty(), "a second cancel finds nothing open");
+        assert_eq!(
+            db.requeue_lost_runs(i64::MAX, i64::MAX, 9999).await.unwrap(),
+            0,
+            "cancelled runs are never lost"
+        );
+    }
+
     #[test]
     fn the_default_grace_is_twice_offline_after_and_at_least_five_seconds() {
         assert_eq!(HubConfig::new("http://hub").sweep_grace, Duration::from_secs(6));
