@@ -217,6 +217,7 @@ fn thresholds_change_at_the_hub_only_with_its_admin_token() {
         memory_percent: 90,
         aggregation_minutes: 3,
         queue_timeout_seconds: 120,
+        bandwidth_limit_mbps: 25,
     };
 
     // A node registered with an auth key has no admin token: the CLI is the way.
@@ -237,6 +238,7 @@ fn thresholds_change_at_the_hub_only_with_its_admin_token() {
     assert_eq!(settings["aggregation_minutes"], 3);
     assert_eq!(settings["queue_timeout_seconds"], 120);
     assert_eq!(settings["policy"], "distribute");
+    assert_eq!(settings["bandwidth_limit_mbps"], 25);
 
     // The hub's own refusal comes back as its sentence.
     let refused = run(&store, Op::SetThresholds(Thresholds { aggregation_minutes: 0, ..thresholds }));

@@ -10,7 +10,7 @@ use super::service::{CertificateChoice, load_identity};
 use crate::client::{HubClient, parse_proxy};
 use crate::node::NodeStatus;
 use crate::node::store::{NodeSettings, Store};
-use crate::protocol::{Policy, UpdateSettings};
+use crate::protocol::{Policy, SettingsPatch};
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ impl fmt::Debug for Op {
     }
 }
 
-/// The gateway settings the Settings tab edits (the hub's `UpdateSettings`, all given).
+/// The gateway settings the Settings tab edits (the hub's `SettingsPatch`, all given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
     pub policy: Policy,
@@ -102,6 +102,8 @@ pub struct Thresholds {
     pub memory_percent: u8,
     pub aggregation_minutes: u32,
     pub queue_timeout_seconds: u32,
+    /// Megabytes per second for all the gateway's copies together; 0 turns the limit off.
+    pub bandwidth_limit_mbps: u32,
 }
 
 /// Which operation finished (the window shows its answer next to the control that asked).
@@ -391,13 +393,14 @@ async fn set_thresholds(store: &Store, thresholds: Thresholds) -> Result<String,
     let settings = store.settings().map_err(|e| e.to_string())?;
     let client = HubClient::with_proxy(&settings.hub_url, &token, settings.proxy.as_deref())
         .map_err(|e| e.to_string())?;
-    let update = UpdateSettings {
+    let update = SettingsPatch {
         policy: Some(thresholds.policy),
         cpu_threshold: Some(thresholds.cpu_percent),
         memory_threshold: Some(thresholds.memory_percent),
         aggregation_minutes: Some(thresholds.aggregation_minutes),
         queue_timeout_seconds: Some(thresholds.queue_timeout_seconds),
-        ..UpdateSettings::default()
+        bandwidth_limit_mbps: Some(thresholds.bandwidth_limit_mbps),
+        ..SettingsPatch::default()
     };
     match client.update_settings(&settings.gateway_id, &update).await {
         Ok(view) => Ok(format!(

@@ -76,6 +76,7 @@ pub struct ThresholdForm {
     pub memory_percent: String,
     pub aggregation_minutes: String,
     pub queue_timeout_seconds: String,
+    pub bandwidth_limit_mbps: String,
 }
 
 impl ThresholdForm {
@@ -86,6 +87,7 @@ impl ThresholdForm {
             memory_percent: s.memory_threshold.to_string(),
             aggregation_minutes: s.aggregation_minutes.to_string(),
             queue_timeout_seconds: s.queue_timeout_seconds.to_string(),
+            bandwidth_limit_mbps: s.bandwidth_limit_mbps.to_string(),
         }
     }
 
@@ -97,6 +99,7 @@ impl ThresholdForm {
             memory_percent: number(&self.memory_percent, 0, 100, "The memory threshold")?,
             aggregation_minutes: number(&self.aggregation_minutes, 1, 60, "The aggregation time")?,
             queue_timeout_seconds: number(&self.queue_timeout_seconds, 1, 3600, "The queue timeout")?,
+            bandwidth_limit_mbps: number(&self.bandwidth_limit_mbps, 0, 1_000_000, "The bandwidth limit")?,
         })
     }
 }
@@ -536,7 +539,8 @@ fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, serv
     ui.add(
         egui::Label::new(
             "The gateway's dispatcher skips a node above these limits (0 turns a limit off), averaged over \
-             the aggregation time; a run that finds no node waits up to the queue timeout, then fails.",
+             the aggregation time; a run that finds no node waits up to the queue timeout, then fails. \
+             The bandwidth limit is shared by the nodes copying at the time.",
         )
         .wrap(),
     );
@@ -551,6 +555,7 @@ fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, serv
             small_field_ui(ui, "Memory threshold (%)", &mut form.memory_percent);
             small_field_ui(ui, "Aggregation (minutes)", &mut form.aggregation_minutes);
             small_field_ui(ui, "Queue timeout (seconds)", &mut form.queue_timeout_seconds);
+            small_field_ui(ui, "Bandwidth limit (MB/s, 0 = off)", &mut form.bandwidth_limit_mbps);
             let label = ui.label("Policy");
             egui::ComboBox::from_id_salt("policy")
                 .selected_text(policy_name(form.policy))
@@ -591,6 +596,14 @@ fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, serv
                 ("Memory threshold", off(s.memory_threshold)),
                 ("Aggregation", format!("{} minutes", s.aggregation_minutes)),
                 ("Queue timeout", format!("{} seconds", s.queue_timeout_seconds)),
+                (
+                    "Bandwidth limit",
+                    if s.bandwidth_limit_mbps == 0 {
+                        "off".to_owned()
+                    } else {
+                        format!("{} MB/s", s.bandwidth_limit_mbps)
+                    },
+                ),
                 ("Policy", policy_name(s.policy).to_owned()),
             ] {
                 ui.label(name);
