@@ -568,6 +568,10 @@ pub struct JobView {
     pub state: RunState,
     pub created_ms: i64,
     pub runs: Vec<RunView>,
+    /// What the job's copies moved together: bytes and files done of total, and the rate of
+    /// the runs copying now (`hub::progress::of_job`); `None` for a job without copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TransferProgress>,
 }
 
 /// `POST /api/v1/dispatch/claim`: the dispatcher asks for up to `max` queued runs, waiting

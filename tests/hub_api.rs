@@ -1160,6 +1160,7 @@ fn job_queue_on_postgres() {
 async fn every_run_once(admin: &AdminClient, d: &Node, beats_d: &Beats, workers: [&Node; 2]) {
     let job = admin.submit_job("queue", &echo("six", 6)).await.unwrap();
     assert_eq!((job.state, job.runs.len()), (RunState::Queued, 6));
+    assert!(job.progress.is_none(), "a job without copies has no copy progress: {job:?}");
     assert_eq!(job.runs.iter().map(|r| r.partition).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
     assert!(job.runs.iter().all(|r| r.state == RunState::Queued && r.attempt == 1 && r.node_id.is_none()));
 
@@ -2432,9 +2433,17 @@ async fn splitting(admin: &AdminClient, d: &Node, beats_d: &Beats, w: &Node) {
     assert_eq!(shown.runs.len(), 1, "a refused split adds no runs: {shown:#?}");
     assert_eq!((shown.state, shown.runs[0].state), (RunState::Running, RunState::Running));
 
+    assert_eq!(
+        shown.progress.map(|p| (p.bytes_total, p.files_total)),
+        Some((0, 0)),
+        "a copy not listed yet has moved nothing of nothing known"
+    );
+
     w.split(&listing.id, 1, &parts, &result).await.assert_no_content();
     let shown = admin.job(&job.id).await.unwrap();
     assert_eq!(shown.state, RunState::Running, "the listing succeeded but its parts wait: {shown:#?}");
+    let totals = shown.progress.unwrap();
+    assert_eq!((totals.bytes_done, totals.bytes_total, totals.files_done, totals.files_total), (0, 80, 0, 4));
     assert_eq!(shown.runs.iter().map(|r| r.partition).collect::<Vec<_>>(), [0, 1, 2, 3]);
     let done = job_run(&shown, 0);
     assert_eq!(
@@ -2463,10 +2472,22 @@ async fn splitting(admin: &AdminClient, d: &Node, beats_d: &Beats, w: &Node) {
     let sent: BTreeMap<u32, Option<Part>> = (1..).zip(parts.iter().cloned().map(Some)).collect();
     assert_eq!(got, sent);
     d.split(&claimed[0].id, 1, &[], &json!({})).await.refused(400, &["partition", "listing run"]);
-    for run in &claimed {
+    let _: RunView = d.assign(&claimed[1].id, 1, epoch, w).await.ok();
+    let progress = json!({ "bytes_done": 15, "bytes_total": 40, "files_done": 1, "files_total": 2, "bytes_per_second": 5.0 });
+    w.progress(&claimed[1].id, 1, progress).await.assert_no_content();
+    let listed = admin.jobs("copies", Some(500)).await.unwrap();
+    let totals = listed.iter().find(|j| j.id == job.id).unwrap().progress.unwrap();
+    assert_eq!((totals.bytes_done, totals.bytes_total, totals.files_done), (15, 80, 1), "{totals:?}");
+    assert!((totals.bytes_per_second - 5.0).abs() < f64::EPSILON, "{totals:?}");
+    let _: RunView = w.finish(&claimed[1].id, 1).await.ok();
+    for run in claimed.iter().filter(|r| r.id != claimed[1].id) {
         let _: RunView = d.finish(&run.id, 1).await.ok();
     }
-    assert_eq!(admin.job(&job.id).await.unwrap().state, RunState::Succeeded);
+    let shown = admin.job(&job.id).await.unwrap();
+    assert_eq!(shown.state, RunState::Succeeded);
+    let totals = shown.progress.unwrap();
+    assert_eq!((totals.bytes_done, totals.files_done), (80, 4), "{totals:?}");
+    assert!(totals.bytes_per_second.abs() < f64::EPSILON, "nothing copies now: {totals:?}");
 }
 
 /// An empty folder's job is done when it is listed; a listing that fails fails the job.

@@ -199,7 +199,8 @@ fn job_text(job: &JobView) -> String {
         job.state.as_str(),
         timestamp_with_age(job.created_ms)
     );
-    if let Some(total) = progress::of_job(job) {
+    // A hub older than this CLI sends no totals; they are the same sum of its runs.
+    if let Some(total) = job.progress.or_else(|| progress::of_job(job)) {
         let _ = writeln!(
             out,
             "  copied:  {} of {}, {} of {} files, {}",
@@ -327,6 +328,7 @@ fn shorten(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::hub::progress::fixtures::{copy_run, job_of};
+    use crate::protocol::TransferProgress;
     use serde_json::json;
 
     fn lines_with<'a>(text: &'a str, word: &str) -> Vec<&'a str> {
@@ -364,6 +366,21 @@ mod tests {
         );
         assert!(running[0].contains("512.0 KiB/s"), "{text}");
         assert_eq!(lines_with(&text, "access denied").len(), 1, "{text}");
+    }
+
+    #[test]
+    fn the_totals_are_the_hubs() {
+        let mut job = job_of(vec![copy_run(0, RunState::Running, None)]);
+        job.progress = Some(TransferProgress {
+            bytes_done: 1 << 20,
+            bytes_total: 4 << 20,
+            files_done: 2,
+            files_total: 8,
+            bytes_per_second: 1024.0,
+            ..TransferProgress::default()
+        });
+        let text = job_text(&job);
+        assert!(text.contains("  copied:  1.0 MiB of 4.0 MiB, 2 of 8 files, 1.0 KiB/s\n"), "{text}");
     }
 
     #[test]

@@ -950,20 +950,23 @@ async fn gateway_view(
     })
 }
 
-/// A job with its runs (without their parts: see [`db::Db::runs_of_job`]); its state is
-/// derived from theirs.
+/// A job with its runs (without their parts: see [`db::Db::runs_of_job`]); its state and
+/// its copies' progress are derived from theirs.
 pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError> {
     let runs: Vec<RunView> =
         state.db.runs_of_job(&job.id).await?.into_iter().map(run_view).collect::<Result<_, _>>()?;
     let job_state = job_state(&runs);
-    Ok(JobView {
+    let mut view = JobView {
         id: job.id,
         gateway_id: job.gateway_id,
         name: job.name,
         state: job_state,
         created_ms: job.created_ms,
         runs,
-    })
+        progress: None,
+    };
+    view.progress = super::progress::of_job(&view);
+    Ok(view)
 }
 
 /// Succeeded when every run did; once every run ended, cancelled when one was (runs are

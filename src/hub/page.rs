@@ -106,7 +106,7 @@ fn jobs_table(out: &mut String, jobs: &[JobView]) {
         "<table><tr><th>Job</th><th>State</th><th>Copied</th><th>Runs (node, state, attempt)</th></tr>",
     );
     for job in jobs {
-        let copied = progress::of_job(job).map_or_else(
+        let copied = job.progress.map_or_else(
             || "—".to_owned(),
             |p| {
                 format!(

@@ -122,7 +122,17 @@ pub(crate) mod fixtures {
         } else {
             RunState::Running
         };
-        JobView { id: "j".into(), gateway_id: "g".into(), name: "nightly".into(), state, created_ms: 0, runs }
+        let mut job = JobView {
+            id: "j".into(),
+            gateway_id: "g".into(),
+            name: "nightly".into(),
+            state,
+            created_ms: 0,
+            runs,
+            progress: None,
+        };
+        job.progress = super::of_job(&job);
+        job
     }
 }
 
