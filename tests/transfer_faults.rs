@@ -251,3 +251,25 @@ fn a_copy_under_a_bandwidth_limit_takes_at_least_bytes_over_the_limit() {
         "{took:?} for {total} bytes at 20 MB/s (at least {floor:?})"
     );
 }
+
+#[test]
+fn a_cancelled_copy_stops_aborts_its_uploads_and_leaves_nothing_partial() {
+    let setup = setup(2, 8);
+    let id = setup.submit();
+    setup.wait_mid_copy(&id, |_| true);
+    setup.hub.admin(&["job", "cancel", &id]);
+
+    wait_until(Duration::from_secs(60), "every run to stop", || {
+        let job = setup.job(&id);
+        job["state"] == "cancelled" && setup.s3.list_multipart_uploads("").is_empty()
+    });
+    // Runs that were copying noticed within a second or two; give them that, then look again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(setup.s3.list_multipart_uploads("").is_empty(), "no unfinished multipart upload");
+    let objects = setup.s3.list_objects("exports/");
+    assert!(objects.len() < setup.expected.len(), "the copy stopped before the end");
+    for (key, _) in objects {
+        let path = key.strip_prefix("exports/").unwrap();
+        assert!(setup.s3.get_object(&key) == setup.expected[path], "{key} is whole, not partial");
+    }
+}
