@@ -280,6 +280,13 @@ impl HubClient {
         self.call(Method::POST, &["heartbeat"], None, Some(beat)).await
     }
 
+    /// `GET /api/v1/node/jobs[?limit=N]` with the node token: the recent jobs of this node's
+    /// gateway, newest first (20 unless `limit` says, at most 100), without parts.
+    pub async fn node_jobs(&self, limit: Option<u32>) -> Result<Vec<JobView>, ClientError> {
+        let limit = limit.map(|n| ("limit", n.to_string()));
+        self.call(Method::GET, &["node", "jobs"], limit, None::<&()>).await
+    }
+
     /// `POST /api/v1/unregister` with the node token: the node removes itself.
     pub async fn unregister(&self) -> Result<(), ClientError> {
         self.call_empty(Method::POST, &["unregister"]).await

@@ -2783,3 +2783,74 @@ fn job_cancel_on_sqlite() {
 fn job_cancel_on_postgres() {
     on_postgres(job_cancel);
 }
+
+// ==== 11. a node's list of its gateway's jobs ====
+
+fn ids(jobs: &[JobView]) -> Vec<&str> {
+    jobs.iter().map(|j| j.id.as_str()).collect()
+}
+
+/// `GET /api/v1/node/jobs` shows a node its own gateway's recent jobs, as the admin's list
+/// does (newest first, no parts), 20 unless asked, at most 100.
+async fn node_job_lists(db: Db) {
+    let hub = Hub::start(&db);
+    let admin = hub.admin();
+    let west = create(&admin, "west").await;
+    let east = create(&admin, "east").await;
+    let w = hub.api.join_new(&west.keys.primary, "w").await;
+    let e = hub.api.join_new(&east.keys.primary, "e").await;
+    let as_node = |node: &Node| AdminClient::new(&hub.api.base(), &node.token).unwrap();
+    assert!(as_node(&w).node_jobs(None).await.unwrap().is_empty());
+
+    // A copy split into parts: the node's view, like the admin's, leaves the parts out.
+    let beats = w.beat();
+    wait_for_dispatcher(&admin, "west", &[&beats]).await;
+    let copy_job = admin.submit_job("west", &copy_folder("listed")).await.unwrap();
+    let listing = w.claimed(epoch_of(&beats), 1, 0).await.remove(0);
+    let parts = [files_part(&["a.csv"], 10), files_part(&["b.csv"], 20)];
+    w.split(&listing.id, 1, &parts, &json!({ "files": 2, "bytes": 30 })).await.assert_no_content();
+    let seen = as_node(&w).node_jobs(None).await.unwrap();
+    assert_eq!(ids(&seen), [copy_job.id.as_str()]);
+    assert_eq!(seen[0].runs.len(), 3);
+    assert!(seen[0].runs.iter().all(|r| r.part.is_none()), "{seen:#?}");
+    assert_eq!(seen[0].progress.map(|p| (p.bytes_total, p.files_total)), Some((30, 2)));
+    let east_job = admin.submit_job("east", &echo("east-only", 1)).await.unwrap();
+    for n in 0..104 {
+        admin.submit_job("west", &echo(&format!("w{n}"), 1)).await.unwrap();
+    }
+
+    let seen = as_node(&w).node_jobs(None).await.unwrap();
+    assert_eq!(ids(&seen), ids(&admin.jobs("west", Some(20)).await.unwrap()), "20 by default, newest first");
+    let most = as_node(&w).node_jobs(Some(500)).await.unwrap();
+    assert_eq!(ids(&most), ids(&admin.jobs("west", Some(100)).await.unwrap()), "at most 100");
+    let few = as_node(&w).node_jobs(Some(3)).await.unwrap();
+    assert_eq!(ids(&few), ids(&seen[..3]));
+    assert!(!ids(&most).contains(&east_job.id.as_str()), "a node sees only its own gateway's jobs");
+
+    let all = admin.jobs("west", Some(500)).await.unwrap();
+    assert_eq!((all.len(), all.last().map(|j| j.id.as_str())), (105, Some(copy_job.id.as_str())));
+    assert!(!ids(&most).contains(&copy_job.id.as_str()), "the oldest of 105 is left out");
+    let reply = w.api.request(Method::GET, "/api/v1/node/jobs?limit=200", Some(&w.token), Body::Empty).await;
+    assert_eq!(reply.ok::<Vec<Value>>().len(), 100);
+    assert_eq!(ids(&as_node(&e).node_jobs(None).await.unwrap()), [east_job.id.as_str()]);
+
+    // Only a node token will do, and the limit is a number.
+    let path = "/api/v1/node/jobs";
+    hub.api.request(Method::GET, path, Some(&hub.token), Body::Empty).await.refused(401, &["not registered"]);
+    hub.api.request(Method::GET, path, None, Body::Empty).await.refused(401, &["node token"]);
+    admin.delete_gateway("east").await.unwrap();
+    e.api.request(Method::GET, path, Some(&e.token), Body::Empty).await.refused(401, &["not registered"]);
+    let bad = w.api.request(Method::GET, "/api/v1/node/jobs?limit=many", Some(&w.token), Body::Empty).await;
+    bad.refused(400, &["query string"]);
+    hub.assert_healthy().await;
+}
+
+#[test]
+fn node_job_lists_on_sqlite() {
+    on_sqlite(node_job_lists);
+}
+
+#[test]
+fn node_job_lists_on_postgres() {
+    on_postgres(node_job_lists);
+}

@@ -52,6 +52,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/register", post(register))
         .route("/api/v1/heartbeat", post(heartbeat))
         .route("/api/v1/unregister", post(unregister))
+        .route("/api/v1/node/jobs", get(node_jobs))
         .route("/api/v1/dispatch/claim", post(claim))
         .route("/api/v1/runs/{run}/assign", post(assign))
         .route("/api/v1/runs/{run}/start", post(start))
@@ -289,7 +290,12 @@ async fn delete_gateway(
     ApiPath(gateway): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
+    let nodes = state.db.nodes(&gateway.id).await?;
     state.db.delete_gateway(&gateway.id).await?;
+    // Its nodes' tokens stop working here at once, as a removed node's do.
+    for node in &nodes {
+        state.nodes.forget(&node.id);
+    }
     tracing::info!(gateway = %gateway.name, "gateway deleted with its nodes and jobs");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -651,11 +657,26 @@ async fn list_jobs(
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
+    Ok(Json(recent_jobs(&state, &gateway.id, query.limit.unwrap_or(50).min(500)).await?))
+}
+
+/// The recent jobs of the node's own gateway, for the window's Jobs tab: 20 unless the query
+/// says (at most 100), newest first, without parts like every job view.
+async fn node_jobs(
+    State(state): State<HubState>,
+    NodeAuth(node): NodeAuth,
+    ApiQuery(query): ApiQuery<JobsQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    Ok(Json(recent_jobs(&state, &node.gateway_id, query.limit.unwrap_or(20).min(100)).await?))
+}
+
+/// A gateway's newest `limit` jobs as views, newest first (also for the status page).
+pub async fn recent_jobs(state: &HubState, gateway_id: &str, limit: u32) -> Result<Vec<JobView>, ApiError> {
     let mut views = Vec::new();
-    for job in state.db.jobs(&gateway.id, query.limit.unwrap_or(50).min(500)).await? {
-        views.push(job_view(&state, job).await?);
+    for job in state.db.jobs(gateway_id, limit).await? {
+        views.push(job_view(state, job).await?);
     }
-    Ok(Json(views))
+    Ok(views)
 }
 
 async fn show_job(

@@ -2,7 +2,7 @@
 //! reason, and recent jobs with how much their copies moved and the node of each run. Plain
 //! HTML, no scripts; it refreshes itself every few seconds.
 
-use super::api::{all_gateway_views, job_view};
+use super::api::{all_gateway_views, recent_jobs};
 use super::error::ApiError;
 use super::{HubState, progress};
 use crate::encoding::binary_size;
@@ -20,11 +20,7 @@ pub async fn index(State(state): State<HubState>) -> Result<Html<String>, ApiErr
     let gateways = all_gateway_views(&state).await?;
     let mut jobs = Vec::new();
     for gateway in &gateways {
-        let mut views = Vec::new();
-        for job in state.db.jobs(&gateway.id, RECENT_JOBS).await? {
-            views.push(job_view(&state, job).await?);
-        }
-        jobs.push(views);
+        jobs.push(recent_jobs(&state, &gateway.id, RECENT_JOBS).await?);
     }
     Ok(Html(render(&gateways, &jobs)))
 }
