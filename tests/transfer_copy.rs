@@ -7,53 +7,10 @@
 
 mod common;
 
-use common::cluster::{Hub, Node, wait_until};
+use common::cluster::{Hub, gateway, submit, wait_over, wait_until};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-
-/// A hub, a gateway named `lake` with `distribute`, and `count` running nodes, all Online.
-fn gateway(count: usize) -> (Hub, Vec<Node>) {
-    let hub = Hub::start();
-    let key = hub.create_gateway("lake", &["--policy", "distribute"]);
-    let nodes: Vec<Node> = (1..=count).map(|i| Node::start(&key, &format!("n{i}"), &[])).collect();
-    wait_until(Duration::from_secs(30), "every node Online with a dispatcher", || {
-        let list = hub.nodes("lake");
-        list.len() == count
-            && list.iter().all(|n| n["status"] == "Online")
-            && list.iter().filter(|n| n["role"] == "dispatcher").count() == 1
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    (hub, nodes)
-}
-
-/// Submits a job spec, returning the CLI's output (status, stdout JSON or stderr).
-fn submit(hub: &Hub, spec: &serde_json::Value) -> Result<String, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("job.json");
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let output = common::cluster::gatehouse(
-        Path::new("/nonexistent"),
-        &["job", "submit", "lake", file.to_str().unwrap(), "--hub", &hub.url, "--json"],
-        &[("GATEHOUSE_ADMIN_TOKEN", &hub.token)],
-    );
-    if output.status.success() {
-        let job: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        Ok(job["id"].as_str().unwrap().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-/// Waits (bounded) until the job is over; returns it.
-fn wait_over(hub: &Hub, id: &str) -> serde_json::Value {
-    let mut job = serde_json::Value::Null;
-    wait_until(Duration::from_secs(120), "the job to end", || {
-        job = hub.admin(&["job", "show", id]);
-        ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or(""))
-    });
-    job
-}
 
 fn copy_job(source: &Path, sink: &Path, extra: &serde_json::Value) -> serde_json::Value {
     let mut activity = serde_json::json!({

@@ -1,12 +1,13 @@
 //! One part of a SQL copy: a range of the query's rows, exported as CSV or JSON lines into a
-//! spool file on this node (hashed as it is written, so memory stays bounded whatever the
-//! size) and then written to the sink as `part-NNNNN.csv` (or `.jsonl`) exactly like a file.
+//! spool file in this node's temporary folder (so memory stays bounded whatever the size) and
+//! then written to the sink as `part-NNNNN.csv` (or `.jsonl`) exactly like a file, hashed as
+//! the file copy reads it.
 
 use super::sink::Sink;
 use super::spec::DatabaseRef;
 use super::{Context, Reporter, TransferError, copy, credential, sql};
 use crate::protocol::{ListedFile, Part, SqlFormat};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 /// The database a SQL source names, with its password from the node's credentials.
 pub(super) fn open<R>(database: &DatabaseRef, ctx: &Context<'_, R>) -> Result<sql::Database, TransferError> {
@@ -68,13 +69,55 @@ pub(super) async fn rows<R: Reporter>(
         // An earlier attempt committed this part's object; the query needn't run again.
         return Ok(serde_json::json!({ "object": sink.key(&name), "resumed": true }));
     }
-    let spool = tempfile::Builder::new().prefix("gatehouse-export-").tempdir().map_err(|e| {
+    let folder = tempfile::Builder::new().prefix("gatehouse-export-").tempdir().map_err(|e| {
         TransferError::Source(format!("node {} can't make a spool folder for the export: {e}", ctx.node))
     })?;
-    let path = spool.path().join(&name);
+    let path = folder.path().join(&name);
     let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
         TransferError::Source(format!("node {} can't write its spool file {}: {e}", ctx.node, path.display()))
     })?;
+    let rows = tokio::select! {
+        spooled = spool(database, query, format, range, &mut file) => spooled,
+        () = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+    };
+    let rows = rows.map_err(|e| match e {
+        Spooled::Query(e) => TransferError::Sql(e),
+        Spooled::Write(e) => TransferError::Source(format!(
+            "node {} can't write its spool file {}: {e}; free space in its temporary folder",
+            ctx.node,
+            path.display()
+        )),
+    })?;
+    drop(file);
+    let meta = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| TransferError::Source(format!("the spool file {} went away: {e}", path.display())))?;
+    let listed = ListedFile { path: name, size: meta.len(), modified_ms: super::folder::modified_ms(&meta) };
+    let mut result = copy::files(folder.path(), std::slice::from_ref(&listed), sink, overwrite, ctx).await?;
+    if let Some(object) = result.as_object_mut() {
+        object.insert("rows".into(), rows.into());
+        object.insert("object".into(), sink.key(&listed.path).into());
+    }
+    Ok(result)
+}
+
+/// Why spooling an export stopped.
+#[derive(Debug)]
+enum Spooled {
+    /// The query failed.
+    Query(sql::SqlError),
+    /// The spool file couldn't be written (the export then stopped too, for nothing read it).
+    Write(std::io::Error),
+}
+
+/// Exports the rows into `file`; how many there were.
+async fn spool(
+    database: &sql::Database,
+    query: &str,
+    format: SqlFormat,
+    range: Option<&sql::Range>,
+    file: &mut (impl AsyncWrite + Unpin),
+) -> Result<u64, Spooled> {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let export = sql::export(database, query, format, range, sender);
     // The receiver lives in here, so a failed write closes the channel and stops the export.
@@ -85,34 +128,80 @@ pub(super) async fn rows<R: Reporter>(
         }
         file.flush().await
     };
-    let (rows, written) = tokio::select! {
-        both = async { tokio::join!(export, write) } => both,
-        () = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
-    };
-    let rows = rows?;
-    written.map_err(|e| {
-        TransferError::Source(format!(
-            "node {} can't write its spool file {}: {e}; free space in its temporary folder",
-            ctx.node,
-            path.display()
-        ))
-    })?;
-    drop(file);
-    let meta = tokio::fs::metadata(&path)
-        .await
-        .map_err(|e| TransferError::Source(format!("the spool file {} went away: {e}", path.display())))?;
-    let listed = ListedFile { path: name, size: meta.len(), modified_ms: super::folder::modified_ms(&meta) };
-    let mut result = copy::files(spool.path(), std::slice::from_ref(&listed), sink, overwrite, ctx).await?;
-    if let Some(object) = result.as_object_mut() {
-        object.insert("rows".into(), rows.into());
-        object.insert("object".into(), sink.key(&listed.path).into());
-    }
-    Ok(result)
+    let (rows, written) = tokio::join!(export, write);
+    // A failed write first: it is why an export stopped as "cancelled" (nothing read its rows).
+    written.map_err(Spooled::Write)?;
+    rows.map_err(Spooled::Query)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes `room` bytes, then fails like a full disk.
+    struct FullDisk {
+        room: usize,
+    }
+
+    impl AsyncWrite for FullDisk {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.room == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::from_raw_os_error(28)));
+            }
+            let taken = buf.len().min(self.room);
+            self.room -= taken;
+            std::task::Poll::Ready(Ok(taken))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A SQLite file whose `SELECT * FROM t` is about `rows` × 100 bytes of CSV.
+    fn database(rows: u32) -> (tempfile::TempDir, sql::Database) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("t.db");
+        let connection = rusqlite::Connection::open(&path).expect("a SQLite file");
+        connection
+            .execute_batch(&format!(
+                "CREATE TABLE t AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+                 SELECT i, printf('%.90d', i) AS padding FROM n"
+            ))
+            .expect("the table");
+        (dir, sql::Database::Sqlite { path })
+    }
+
+    #[tokio::test]
+    async fn a_spool_file_that_cant_be_written_is_named_as_the_cause_not_the_query() {
+        let (_dir, db) = database(100_000);
+        let mut full = FullDisk { room: 3 << 20 };
+        let error = spool(&db, "SELECT * FROM t", SqlFormat::Csv, None, &mut full).await.expect_err("fails");
+        assert!(matches!(&error, Spooled::Write(e) if e.raw_os_error() == Some(28)), "{error:?}");
+
+        let mut file = Vec::new();
+        assert_eq!(
+            spool(&db, "SELECT * FROM t", SqlFormat::Csv, None, &mut file).await.expect("spooled"),
+            100_000
+        );
+        assert!(file.starts_with(b"i,padding\n1,0000"), "{:?}", String::from_utf8_lossy(&file[..40]));
+        let error = spool(&db, "SELEC 1", SqlFormat::Csv, None, &mut Vec::new()).await.expect_err("fails");
+        assert!(matches!(&error, Spooled::Query(sql::SqlError::Syntax { .. })), "{error:?}");
+    }
 
     fn bounds_of(parts: &[Part]) -> Vec<(Option<i64>, Option<i64>, bool)> {
         parts
