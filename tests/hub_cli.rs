@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -372,6 +374,49 @@ fn a_job_is_cancelled_from_the_command_line_once() {
     assert!(unknown.stderr.contains("no job"), "{unknown:#?}");
     let json = hub.run(&["job", "cancel", &submit(), "--json"]).ok().json();
     assert_eq!(json["state"], "cancelled");
+}
+
+#[test]
+fn job_show_follow_shows_progress_until_the_job_ends_and_exits_with_its_outcome() {
+    use common::cluster::{Node, wait_until};
+    let hub = Hub::start();
+    let created = hub.run(&["hub", "gateway", "create", "live", "--json"]).ok().json();
+    let _node = Node::start(created["keys"]["primary"].as_str().unwrap(), "n1", &[]);
+    wait_until(Duration::from_secs(30), "the node Online as the dispatcher", || {
+        let nodes = hub.run(&["hub", "node", "list", "live", "--json"]).ok().json();
+        nodes[0]["status"] == "Online" && nodes[0]["role"] == "dispatcher"
+    });
+    let submit = |spec: &str| {
+        let submitted = hub.run_with(&["job", "submit", "live", "-", "--json"], Some(&hub.token), Some(spec));
+        submitted.ok().json()["id"].as_str().unwrap().to_owned()
+    };
+
+    let id = submit(r#"{"name": "nap", "activities": [{"kind": "sleep", "millis": 1500, "partitions": 2}]}"#);
+    let followed = hub.run(&["job", "show", &id, "--follow"]).ok();
+    let live: Vec<&str> = followed.stdout.lines().take_while(|l| !l.starts_with("Job 'nap'")).collect();
+    assert!(!live.is_empty(), "a line per change before the table: {followed:#?}");
+    assert!(live.iter().all(|l| l.ends_with("/2 runs ended")), "{followed:#?}");
+    assert!(followed.stdout.contains("state:   succeeded"), "then the final table: {followed:#?}");
+    assert_eq!(followed.stdout.matches(" sleep ").count(), 2, "{followed:#?}");
+    let ended = hub.run(&["job", "cancel", &id]).exits(1);
+    assert!(ended.stderr.contains("has ended: it succeeded"), "{ended:#?}");
+    // An ended job: the table at once.
+    let again = hub.run(&["job", "show", &id, "--follow", "--json"]).ok().json();
+    assert_eq!(again["state"], "succeeded");
+
+    // Cancelled while followed: exit 1, saying so.
+    let id = submit(r#"{"name": "long", "activities": [{"kind": "sleep", "millis": 60000}]}"#);
+    let followed = std::thread::scope(|scope| {
+        let following = scope.spawn(|| hub.run(&["job", "show", &id, "--follow"]));
+        wait_until(Duration::from_secs(20), "the long run running", || {
+            hub.run(&["job", "show", &id, "--json"]).ok().json()["state"] == "running"
+        });
+        hub.run(&["job", "cancel", &id]).ok();
+        following.join().unwrap()
+    });
+    let followed = followed.exits(1);
+    assert!(followed.stdout.contains("state:   cancelled"), "{followed:#?}");
+    assert!(followed.stderr.contains(&format!("error: job 'long' (id {id}) was cancelled")), "{followed:#?}");
 }
 
 #[test]

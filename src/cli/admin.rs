@@ -88,12 +88,19 @@ fn read_roots(path: &std::path::Path) -> anyhow::Result<Vec<rustls::pki_types::C
 /// by the hub is printed here (error, then hint) with exit code 1; every other failure goes
 /// back to `main`, which prints it on one line with exit code 2.
 pub fn execute(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    execute_with_code(async { command.await.map(|()| ExitCode::SUCCESS) })
+}
+
+/// Like [`execute`], for a command that picks its own exit code when it succeeds.
+pub fn execute_with_code(
+    command: impl Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     match runtime.block_on(command) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+        Ok(code) => Ok(code),
         Err(err) => match err.downcast_ref::<ClientError>() {
             Some(ClientError::Refused { body, .. }) => {
                 let text = match &body.hint {

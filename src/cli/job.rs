@@ -1,19 +1,26 @@
 //! `gatehouse job …`: submit jobs to a gateway through the hub and follow their activity runs.
 //! Uses the admin client and conventions of `admin` (token, `--hub`, `--json`, exit codes).
 
-use super::admin::{Connection, EXIT_CODES, Table, emit, emit_json, execute, indent, timestamp_with_age};
+use super::admin::{
+    Connection, EXIT_CODES, Table, emit, emit_json, execute, execute_with_code, indent, timestamp_with_age,
+};
 use crate::encoding::binary_size;
 use crate::hub::progress;
 use crate::protocol::{Activity, JobSpec, JobView, RunState, RunView};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::fmt::Write as _;
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// How much of a run's result or error the table shows.
 const DETAIL_CHARS: usize = 60;
+/// How often `job show --follow` asks the hub.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// Failed runs `--follow` names when the job failed; `--json` has them all.
+const FAILURES_SHOWN: usize = 20;
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -25,6 +32,9 @@ pub enum JobCommand {
     Submit(SubmitArgs),
     /// Show a job and each of its activity runs: state, attempt and node; for copies also files
     /// and bytes done of total, rates and errors, with the job's totals on top.
+    ///
+    /// With --follow, shows its progress live until it ends, then the table; the exit code
+    /// is then 0 if the job succeeded and 1 if it failed or was cancelled.
     #[command(after_help = EXIT_CODES)]
     Show(ShowArgs),
     /// List a gateway's recent jobs, newest first.
@@ -50,6 +60,12 @@ pub struct SubmitArgs {
 pub struct ShowArgs {
     /// The job's id (as `job submit` and `job list` print it).
     pub job: String,
+    /// Follow the job until it ends: a progress bar of bytes (or runs) done, with the rate
+    /// and files, redrawn every half second (a line per change when not on a terminal);
+    /// then the table. Exits 0 if it succeeded, 1 if it failed or was cancelled; Ctrl-C
+    /// stops following, not the job.
+    #[arg(long)]
+    pub follow: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -80,6 +96,7 @@ pub fn run(command: JobCommand) -> anyhow::Result<ExitCode> {
             let spec = read_spec(&args.file)?;
             execute(submit(args, spec))
         }
+        JobCommand::Show(args) if args.follow => execute_with_code(follow(args)),
         JobCommand::Show(args) => execute(show(args)),
         JobCommand::List(args) => execute(list(args)),
         JobCommand::Cancel(args) => execute(cancel(args)),
@@ -124,6 +141,183 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         return emit_json(&job);
     }
     emit(&job_text(&job))
+}
+
+/// `job show --follow`: polls the job until it ends, showing its progress live, then prints
+/// the table; exit 0 if it succeeded, else 1 with the failed runs and their errors.
+async fn follow(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let mut job = client.job(&args.job).await?;
+    let mut live = if args.connection.json {
+        Live::Quiet
+    } else if std::io::stdout().is_terminal() {
+        Live::bar()
+    } else {
+        Live::Lines { last: String::new() }
+    };
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while !job.state.is_final() {
+        live.show(&job);
+        tokio::select! {
+            _ = &mut interrupted => {
+                live.end();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "Stopped following; job {} goes on. See it with: gatehouse job show {}",
+                    job.id,
+                    job.id
+                );
+                return Ok(ExitCode::from(130));
+            }
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        match client.job(&args.job).await {
+            Ok(next) => job = next,
+            // A hub restarting or a network hiccup: keep asking (a refusal ends it).
+            Err(e) if !e.is_refusal() => {
+                live.note(&format!("can't ask the hub right now, still trying: {e}"));
+            }
+            Err(e) => {
+                live.end();
+                return Err(e.into());
+            }
+        }
+    }
+    live.end();
+    if args.connection.json {
+        emit_json(&job)?;
+    } else {
+        emit(&job_text(&job))?;
+    }
+    Ok(match ending(&job) {
+        None => ExitCode::SUCCESS,
+        Some(sentence) => {
+            let _ = std::io::stderr().write_all(sentence.as_bytes());
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// How `--follow` shows a job while it runs.
+enum Live {
+    /// On a terminal: one bar, redrawn in place.
+    Bar(indicatif::ProgressBar),
+    /// Not on a terminal (a pipe, a log, a test): a line whenever what it would say changes.
+    Lines { last: String },
+    /// `--json`: only the final answer.
+    Quiet,
+}
+
+impl Live {
+    fn bar() -> Live {
+        let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stdout());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Live::Bar(bar)
+    }
+
+    fn show(&mut self, job: &JobView) {
+        match self {
+            Live::Bar(bar) => {
+                // Bytes once a copy knows how many; runs before that, and for other activities.
+                let (done, total) = match job.progress.filter(|p| p.bytes_total > 0) {
+                    Some(p) => (p.bytes_done, p.bytes_total),
+                    None => runs_done(job),
+                };
+                bar.set_length(total.max(1));
+                bar.set_position(done.min(total));
+                bar.set_message(live_line(job));
+            }
+            Live::Lines { last } => {
+                let line = live_line(job);
+                if line != *last {
+                    let _ = emit(&format!("{line}\n"));
+                    *last = line;
+                }
+            }
+            Live::Quiet => {}
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        match self {
+            Live::Bar(bar) => bar.println(text),
+            Live::Lines { last } => {
+                let _ = emit(&format!("{text}\n"));
+                last.clear();
+            }
+            Live::Quiet => {}
+        }
+    }
+
+    fn end(&mut self) {
+        if let Live::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// (runs ended, runs in all).
+fn runs_done(job: &JobView) -> (u64, u64) {
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    (count(job.runs.iter().filter(|r| r.state.is_final()).count()), count(job.runs.len()))
+}
+
+/// What `--follow` says about a job that runs: "running: 1.0 MiB of 3.0 MiB, 1 of 3 files,
+/// 512.0 KiB/s; 2/5 runs ended".
+fn live_line(job: &JobView) -> String {
+    let (done, total) = runs_done(job);
+    let copied = job.progress.map_or_else(String::new, |p| {
+        format!(
+            "{} of {}, {} of {} files, {}; ",
+            binary_size(p.bytes_done),
+            binary_size(p.bytes_total),
+            p.files_done,
+            p.files_total,
+            per_second(p.bytes_per_second)
+        )
+    });
+    format!("{}: {copied}{done}/{total} runs ended", job.state.as_str())
+}
+
+/// Why a job that ended didn't succeed, with its failed runs and their errors; `None` when it
+/// succeeded.
+fn ending(job: &JobView) -> Option<String> {
+    let how = match job.state {
+        RunState::Cancelled => "was cancelled",
+        RunState::Failed => "failed",
+        _ => return None,
+    };
+    let failed: Vec<&RunView> = job.runs.iter().filter(|r| r.state == RunState::Failed).collect();
+    let mut out = format!("error: job '{}' (id {}) {how}", job.name, job.id);
+    if failed.is_empty() {
+        out.push_str(".\n");
+        return Some(out);
+    }
+    let _ = writeln!(out, "; {} of its {} runs failed:", failed.len(), job.runs.len());
+    for run in failed.iter().take(FAILURES_SHOWN) {
+        let _ = writeln!(
+            out,
+            "  activity {}, partition {}, attempt {} on {}: {}",
+            run.activity_index,
+            run.partition,
+            run.attempt,
+            node(run),
+            run.error.as_deref().unwrap_or("(no error given)")
+        );
+    }
+    if failed.len() > FAILURES_SHOWN {
+        let _ = writeln!(
+            out,
+            "  … and {} more: gatehouse job show {} --json has them all",
+            failed.len() - FAILURES_SHOWN,
+            job.id
+        );
+    }
+    Some(out)
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
@@ -409,6 +603,39 @@ mod tests {
         );
         let rows = lines_with(&text, " n2");
         assert!(rows.len() == 1 && rows[0].contains(" copy "), "{text}");
+    }
+
+    #[test]
+    fn following_says_how_far_a_job_is_and_why_it_did_not_succeed() {
+        let mut listing = copy_run(0, RunState::Succeeded, None);
+        listing.result = Some(json!({"files": 3, "bytes": 3 << 20}));
+        let running = copy_run(
+            1,
+            RunState::Running,
+            Some(
+                json!({"bytes_done": 1 << 20, "bytes_total": 2 << 20, "files_done": 1, "files_total": 2, "bytes_per_second": 524_288.0}),
+            ),
+        );
+        let job = job_of(vec![listing.clone(), running]);
+        assert_eq!(live_line(&job), "running: 1.0 MiB of 3.0 MiB, 1 of 3 files, 512.0 KiB/s; 1/2 runs ended");
+        assert_eq!(ending(&job), None);
+
+        let mut echo = copy_run(0, RunState::Queued, None);
+        echo.activity = Activity::Echo { message: "hi".into(), partitions: 1 };
+        assert_eq!(live_line(&job_of(vec![echo])), "running: 0/1 runs ended");
+
+        let mut failed = copy_run(2, RunState::Failed, None);
+        failed.error = Some("the sink refused big.bin".into());
+        failed.node_name = Some("n2".into());
+        let mut job = job_of(vec![listing.clone(), failed]);
+        job.state = RunState::Failed;
+        assert_eq!(
+            ending(&job).unwrap(),
+            "error: job 'nightly' (id j) failed; 1 of its 2 runs failed:\n  activity 0, partition 2, attempt 1 on n2: the sink refused big.bin\n"
+        );
+        let mut job = job_of(vec![listing, copy_run(1, RunState::Cancelled, None)]);
+        job.state = RunState::Cancelled;
+        assert_eq!(ending(&job).unwrap(), "error: job 'nightly' (id j) was cancelled.\n");
     }
 
     #[test]
