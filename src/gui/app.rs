@@ -9,7 +9,7 @@ use super::service::{Event, Logging, Request, Service, SetupPage};
 use super::state::State;
 use super::wizard::{self, Wizard};
 use super::worker::{self, Worker};
-use super::{diagnostics, help, home, settings};
+use super::{diagnostics, help, home, jobs, settings};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -18,6 +18,8 @@ use std::path::PathBuf;
 pub enum Tab {
     #[default]
     Home,
+    /// The gateway's recent jobs and where each run ran.
+    Jobs,
     Settings,
     Diagnostics,
     /// The certificate checker on its own, for any file.
@@ -26,11 +28,13 @@ pub enum Tab {
 }
 
 impl Tab {
-    const ALL: [Tab; 5] = [Tab::Home, Tab::Settings, Tab::Diagnostics, Tab::Certificate, Tab::Help];
+    const ALL: [Tab; 6] =
+        [Tab::Home, Tab::Jobs, Tab::Settings, Tab::Diagnostics, Tab::Certificate, Tab::Help];
 
     fn title(self) -> &'static str {
         match self {
             Tab::Home => "Home",
+            Tab::Jobs => "Jobs",
             Tab::Settings => "Settings",
             Tab::Diagnostics => "Diagnostics",
             Tab::Certificate => "Certificate",
@@ -109,6 +113,13 @@ impl ConfigManager {
             }
             self.state.apply(event);
         }
+        // The Jobs tab's list is fetched here, never while drawing: every few seconds while
+        // the tab is open and the service is up, one fetch at a time.
+        let stale = self.state.jobs_fetched.is_none_or(|at| at.elapsed() >= jobs::REFRESH);
+        if self.prefs.tab == Tab::Jobs && self.state.settings.is_some() && stale && !self.state.jobs_pending {
+            self.state.jobs_pending = true;
+            self.send(Request::Jobs);
+        }
         while let Some(event) = self.worker.try_recv() {
             match event {
                 worker::Event::For(worker::Page::Wizard, event) => self.wizard.certificate.apply(event),
@@ -169,6 +180,7 @@ impl ConfigManager {
                     }
                 }
                 Tab::Home => home::home_ui(ui, &self.state, &self.service),
+                Tab::Jobs => jobs::jobs_ui(ui, &self.state),
                 Tab::Settings => {
                     settings::settings_ui(ui, &mut self.settings, &self.state, &self.service, &self.worker);
                 }

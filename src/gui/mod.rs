@@ -12,6 +12,7 @@ mod diagnostics;
 pub mod express;
 mod help;
 mod home;
+pub mod jobs;
 pub mod ops;
 pub mod service;
 mod settings;

@@ -32,6 +32,8 @@ pub enum Request {
     TestConnections,
     /// A settings, credentials, backup or log operation.
     Op(Op),
+    /// The gateway's recent jobs, from the hub (the Jobs tab).
+    Jobs,
 }
 
 /// What the person entered in the manual setup wizard.
@@ -81,6 +83,9 @@ pub enum ServiceState {
     },
 }
 
+/// How many of the gateway's newest jobs the Jobs tab shows.
+const JOBS_SHOWN: u32 = 20;
+
 /// What comes back from the service.
 pub enum Event {
     /// The data dir as found at start: registered settings, or `None` for the wizard.
@@ -101,6 +106,8 @@ pub enum Event {
     Status(Box<NodeStatus>),
     Log(LogLine),
     Tested(Vec<ConnectionTest>),
+    /// The gateway's recent jobs, or why they can't be had.
+    Jobs(Result<Vec<crate::protocol::JobView>, String>),
     /// An [`Op`] finished: a sentence saying what happened, or why it didn't.
     Done {
         op: ops::OpKind,
@@ -305,6 +312,14 @@ impl Backend {
             Request::Stop => self.stop().await,
             Request::TestConnections => self.test_connections(),
             Request::Op(op) => self.op(op).await,
+            Request::Jobs => {
+                let (store, events) = (self.store.clone(), self.events.clone());
+                // Off the request loop: a slow hub mustn't hold up Stop or an operation.
+                tokio::spawn(async move {
+                    let jobs = node::recent_jobs(&store, JOBS_SHOWN).await.map_err(|e| e.to_string());
+                    events.send(Event::Jobs(jobs));
+                });
+            }
         }
     }
 

@@ -40,6 +40,11 @@ pub struct State {
     /// The last connection tests, and whether new ones are under way.
     pub tests: Option<Vec<ConnectionTest>>,
     pub testing: bool,
+    /// The gateway's recent jobs as last fetched (or why not), when, and whether a fetch is
+    /// under way.
+    pub jobs: Option<Result<Vec<crate::protocol::JobView>, String>>,
+    pub jobs_fetched: Option<std::time::Instant>,
+    pub jobs_pending: bool,
 }
 
 impl State {
@@ -74,6 +79,11 @@ impl State {
             Event::Tested(tests) => {
                 self.testing = false;
                 self.tests = Some(tests);
+            }
+            Event::Jobs(jobs) => {
+                self.jobs = Some(jobs);
+                self.jobs_fetched = Some(std::time::Instant::now());
+                self.jobs_pending = false;
             }
             Event::SetupFailed { .. } | Event::Done { .. } => {}
         }

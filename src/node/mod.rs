@@ -633,6 +633,14 @@ async fn heartbeat_loop(
     }
 }
 
+/// The gateway's recent jobs as the hub shows them to this node (the window's Jobs tab).
+pub async fn recent_jobs(store: &Store, limit: u32) -> Result<Vec<crate::protocol::JobView>, NodeError> {
+    let settings = store.settings()?;
+    let secrets = store.secrets()?;
+    let client = HubClient::with_proxy(&settings.hub_url, &secrets.node_token, settings.proxy.as_deref())?;
+    Ok(client.node_jobs(Some(limit)).await?)
+}
+
 /// How long to wait after `failures` heartbeats in a row failed. Every half second at first,
 /// well inside the hub's offline_after, so a hub restart or a blip of a few seconds costs no
 /// run; then slower, up to MAX_BACKOFF, for a hub that stays away. A hub restart never needs a
