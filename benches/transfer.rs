@@ -173,23 +173,8 @@ impl Gateway {
         let spec = serde_json::json!({ "name": "bench", "activities": [
             { "kind": "copy", "source": { "folder": source }, "sink": sink }
         ]});
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), spec.to_string()).unwrap();
-        let job = hub.admin(&["job", "submit", &self.name, file.path().to_str().unwrap()]);
-        let id = job["id"].as_str().unwrap().to_owned();
-        let created = job["created_ms"].as_i64().unwrap();
-        let mut shown = serde_json::Value::Null;
-        wait_until(Duration::from_secs(900), "the copy to end", || {
-            std::thread::sleep(Duration::from_millis(200));
-            shown = hub.admin(&["job", "show", &id]);
-            ["succeeded", "failed", "cancelled"].contains(&shown["state"].as_str().unwrap_or(""))
-        });
-        assert_eq!(shown["state"], "succeeded", "{shown:#}");
-        let finished =
-            shown["runs"].as_array().unwrap().iter().filter_map(|r| r["finished_ms"].as_i64()).max().unwrap();
+        let seconds = run_job(hub, &self.name, &spec);
         check(target, s3, bytes, files);
-        #[allow(clippy::cast_precision_loss, reason = "a rate")]
-        let seconds = (finished - created) as f64 / 1000.0;
         mb_per_second(bytes, seconds)
     }
 }
@@ -348,22 +333,7 @@ fn sql(hub: &Hub, one: &Gateway, work: &Path) {
         "source": { "postgres": url, "query": "SELECT * FROM orders", "format": "csv",
                     "partition_column": "id", "partitions": 4 },
         "sink": { "url": format!("file://{}/", sink.display()) } }]});
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), spec.to_string()).unwrap();
-    let job = hub.admin(&["job", "submit", &one.name, file.path().to_str().unwrap()]);
-    let id = job["id"].as_str().unwrap().to_owned();
-    let created = job["created_ms"].as_i64().unwrap();
-    let mut shown = serde_json::Value::Null;
-    wait_until(Duration::from_secs(900), "the export to end", || {
-        std::thread::sleep(Duration::from_millis(200));
-        shown = hub.admin(&["job", "show", &id]);
-        ["succeeded", "failed"].contains(&shown["state"].as_str().unwrap_or(""))
-    });
-    assert_eq!(shown["state"], "succeeded", "{shown:#}");
-    let finished =
-        shown["runs"].as_array().unwrap().iter().filter_map(|r| r["finished_ms"].as_i64()).max().unwrap();
-    #[allow(clippy::cast_precision_loss, reason = "a time")]
-    let gh_seconds = (finished - created) as f64 / 1000.0;
+    let gh_seconds = run_job(hub, &one.name, &spec);
     let (_, gh_bytes) = folder_totals(&sink);
     println!("\n| export of {ROWS} rows as CSV | seconds | MB | MB/s |\n|---|---|---|---|");
     #[allow(clippy::cast_precision_loss, reason = "sizes to print")]
@@ -380,6 +350,28 @@ fn sql(hub: &Hub, one: &Gateway, work: &Path) {
         "Gatehouse/psql: {:.2} (rate ratio; psql's file has one header, ours one per partition)",
         psql_seconds / gh_seconds
     );
+}
+
+/// Submits `spec` to `gateway` and waits for it to succeed; the seconds from its creation to
+/// its last run's end, by the hub's clock.
+fn run_job(hub: &Hub, gateway: &str, spec: &serde_json::Value) -> f64 {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), spec.to_string()).unwrap();
+    let job = hub.admin(&["job", "submit", gateway, file.path().to_str().unwrap()]);
+    let id = job["id"].as_str().unwrap().to_owned();
+    let created = job["created_ms"].as_i64().unwrap();
+    let mut shown = serde_json::Value::Null;
+    wait_until(Duration::from_secs(900), "the job to end", || {
+        std::thread::sleep(Duration::from_millis(200));
+        shown = hub.admin(&["job", "show", &id]);
+        ["succeeded", "failed", "cancelled"].contains(&shown["state"].as_str().unwrap_or(""))
+    });
+    assert_eq!(shown["state"], "succeeded", "{shown:#}");
+    let finished =
+        shown["runs"].as_array().unwrap().iter().filter_map(|r| r["finished_ms"].as_i64()).max().unwrap();
+    #[allow(clippy::cast_precision_loss, reason = "a time")]
+    let seconds = (finished - created) as f64 / 1000.0;
+    seconds
 }
 
 fn peak_rss(pid: u32) -> String {

@@ -137,7 +137,8 @@ pub async fn execute<R: Reporter>(
             copy::files(&root, files, &sink, *overwrite, ctx).await.map(Outcome::Done)
         }
         (spec::Source::Sql { database, query, format, split }, Part::Rows { index, lower, upper, nulls }) => {
-            let range = split.map(|s| sql::Range { column: s.column, lower: *lower, upper: *upper, nulls: *nulls });
+            let range =
+                split.map(|s| sql::Range { column: s.column, lower: *lower, upper: *upper, nulls: *nulls });
             let database = export::open(&database, ctx)?;
             export::rows(&database, &query, format, range.as_ref(), *index, &sink, *overwrite, ctx)
                 .await
