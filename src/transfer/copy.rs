@@ -226,6 +226,7 @@ async fn copy_small(
     bandwidth: &Bandwidth,
 ) -> Result<Put, TransferError> {
     let _permit = reserve(listed.size).await?;
+    still_a_file(node, path, listed).await?;
     let data = tokio::fs::read(path).await.map_err(|e| unreadable(node, path, &e))?;
     unchanged(path, listed, Some(data.len() as u64)).await?;
     let sha256 = crate::encoding::hex(&sha2::Sha256::digest(&data));
@@ -246,6 +247,7 @@ async fn copy_large<R: Reporter>(
     tally: &mut Tally,
 ) -> Result<Put, TransferError> {
     // The SHA-256 goes with the upload when it starts, so the file is read once before.
+    still_a_file(ctx.node, path, listed).await?;
     let sha256 = hash_file(ctx.node, path).await?;
     unchanged(path, listed, None).await?;
     let resumed = tally.checkpoint.upload.take().filter(|u| u.file == index && u.key == key);
@@ -287,7 +289,9 @@ async fn copy_large<R: Reporter>(
 
     let result = send_parts(path, listed, key, sink, &mut upload, ctx, tally).await;
     if let Err(e) = result {
-        if matches!(e, TransferError::Cancelled) || matches!(e, TransferError::Source(_)) {
+        // Only the attempt that takes over from a superseded one continues the upload; a run
+        // that fails (or a job cancelled) ends it, so no unfinished upload or staging file stays.
+        if !matches!(e, TransferError::Superseded) {
             sink.abort(key, &upload.upload_id).await;
             tally.checkpoint.upload = None;
         }
@@ -325,6 +329,7 @@ async fn send_parts<R: Reporter>(
     ctx: &Context<'_, R>,
     tally: &mut Tally,
 ) -> Result<(), TransferError> {
+    still_a_file(ctx.node, path, listed).await?;
     let mut file = tokio::fs::File::open(path).await.map_err(|e| unreadable(ctx.node, path, &e))?;
     let mut hasher = sha2::Sha256::new();
     let sink_arc = Arc::new(sink.clone());
@@ -401,6 +406,16 @@ async fn hash_file(node: &str, path: &Path) -> Result<String, TransferError> {
     .map_err(|e| TransferError::Source(format!("hashing stopped: {e}")))?
 }
 
+/// Fails unless `path` is still a regular file, as listed: opening a FIFO put in its place
+/// would wait for a writer forever (a symbolic link, which listings skip, is refused too).
+async fn still_a_file(node: &str, path: &Path, listed: &ListedFile) -> Result<(), TransferError> {
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(changed(path, listed)),
+        Err(e) => Err(unreadable(node, path, &e)),
+    }
+}
+
 /// Fails when the file isn't as listed any more (size, modification time, or bytes read).
 async fn unchanged(path: &Path, listed: &ListedFile, read: Option<u64>) -> Result<(), TransferError> {
     let meta = tokio::fs::metadata(path).await.map_err(|_| changed(path, listed))?;
@@ -425,8 +440,14 @@ fn unreadable(node: &str, path: &Path, error: &std::io::Error) -> TransferError 
             path.display()
         ));
     }
-    TransferError::Source(format!(
-        "node {node} can't read {}: {error}; check the file's permissions",
-        path.display()
-    ))
+    let hint = match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "the node's user may not read it: check the file's permissions"
+        }
+        std::io::ErrorKind::IsADirectory => {
+            "it is a folder now, not the file that was listed; run the job again"
+        }
+        _ => "check the disk or share it is on, then run the job again",
+    };
+    TransferError::Source(format!("node {node} can't read {}: {error}; {hint}", path.display()))
 }

