@@ -59,28 +59,27 @@ pub fn of_job(job: &JobView) -> Option<TransferProgress> {
                 found = Some(listing);
             }
             let Some(p) = of_run(run) else { continue };
-            part.bytes_done = part.bytes_done.saturating_add(p.bytes_done);
-            part.bytes_total = part.bytes_total.saturating_add(p.bytes_total);
-            part.files_done = part.files_done.saturating_add(p.files_done);
-            part.files_total = part.files_total.saturating_add(p.files_total);
-            part.bytes_skipped = part.bytes_skipped.saturating_add(p.bytes_skipped);
-            part.bytes_sent = part.bytes_sent.saturating_add(p.bytes_sent);
-            part.bytes_per_second += p.bytes_per_second;
+            add(&mut part, &p);
         }
         if let Some((files, bytes)) = found {
             // A file that grew after the listing makes its run's total the larger one.
             part.files_total = part.files_total.max(files);
             part.bytes_total = part.bytes_total.max(bytes);
         }
-        sum.bytes_done = sum.bytes_done.saturating_add(part.bytes_done);
-        sum.bytes_total = sum.bytes_total.saturating_add(part.bytes_total);
-        sum.files_done = sum.files_done.saturating_add(part.files_done);
-        sum.files_total = sum.files_total.saturating_add(part.files_total);
-        sum.bytes_skipped = sum.bytes_skipped.saturating_add(part.bytes_skipped);
-        sum.bytes_sent = sum.bytes_sent.saturating_add(part.bytes_sent);
-        sum.bytes_per_second += part.bytes_per_second;
+        add(&mut sum, &part);
     }
     Some(sum)
+}
+
+/// Adds `p`'s counts and rate to `sum`.
+fn add(sum: &mut TransferProgress, p: &TransferProgress) {
+    sum.bytes_done = sum.bytes_done.saturating_add(p.bytes_done);
+    sum.bytes_total = sum.bytes_total.saturating_add(p.bytes_total);
+    sum.files_done = sum.files_done.saturating_add(p.files_done);
+    sum.files_total = sum.files_total.saturating_add(p.files_total);
+    sum.bytes_skipped = sum.bytes_skipped.saturating_add(p.bytes_skipped);
+    sum.bytes_sent = sum.bytes_sent.saturating_add(p.bytes_sent);
+    sum.bytes_per_second += p.bytes_per_second;
 }
 
 /// Runs and jobs for the tests of the modules that show progress (this one, the status page,

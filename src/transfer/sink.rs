@@ -155,11 +155,6 @@ impl Sink {
         }
     }
 
-    /// The sink's URL, for sentences.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The final key of `relative` (a `/`-separated path) at this sink.
     pub fn key(&self, relative: &str) -> String {
         format!("{}{relative}", self.prefix)
