@@ -8,9 +8,10 @@
 //! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
 
 use crate::protocol::{
-    ClaimRequest, CreateGateway, CreatedGateway, ErrorBody, FinishRun, GatewayView, Heartbeat,
-    HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeView, RegeneratedKey, RegisterRequest,
-    RegisterResponse, RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob,
+    AuditEntry, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedToken, ErrorBody, FinishRun,
+    GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, JobsQuery, KeyInfo, KeySlot, NodeView,
+    RegeneratedKey, RegisterRequest, RegisterResponse, RunProgress, RunView, SettingsPatch, SplitRun,
+    StartRun, SubmitJob, TokenInfo, TokenKind,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -253,8 +254,64 @@ impl HubClient {
 
     /// `GET /api/v1/gateways/{gateway}/jobs[?limit=N]`, newest first.
     pub async fn jobs(&self, gateway: &str, limit: Option<u32>) -> Result<Vec<JobView>, ClientError> {
-        let limit = limit.map(|n| ("limit", n.to_string()));
-        self.call(Method::GET, &["gateways", gateway, "jobs"], limit, None::<&()>).await
+        self.find_jobs(gateway, &JobsQuery { limit, ..JobsQuery::default() }).await
+    }
+
+    /// `GET /api/v1/gateways/{gateway}/jobs` with filters (state, time range, limit), newest
+    /// first.
+    pub async fn find_jobs(&self, gateway: &str, query: &JobsQuery) -> Result<Vec<JobView>, ClientError> {
+        let mut pairs = Vec::new();
+        if let Some(n) = query.limit {
+            pairs.push(("limit", n.to_string()));
+        }
+        if let Some(state) = query.state {
+            pairs.push(("state", state.as_str().to_owned()));
+        }
+        if let Some(ms) = query.since_ms {
+            pairs.push(("since_ms", ms.to_string()));
+        }
+        if let Some(ms) = query.until_ms {
+            pairs.push(("until_ms", ms.to_string()));
+        }
+        self.call(Method::GET, &["gateways", gateway, "jobs"], Some(&pairs), None::<&()>).await
+    }
+
+    /// `POST /api/v1/jobs/{job}/rerun`: a new job with the runs of this failed or cancelled
+    /// one that didn't succeed. Refused (409) while it runs or when it succeeded.
+    pub async fn rerun_job(&self, job: &str) -> Result<JobView, ClientError> {
+        self.call(Method::POST, &["jobs", job, "rerun"], None, None::<&()>).await
+    }
+
+    /// `POST /api/v1/tokens`: a new token of `kind`, shown once.
+    pub async fn create_token(&self, kind: TokenKind) -> Result<CreatedToken, ClientError> {
+        self.call(Method::POST, &["tokens"], None, Some(&CreateToken { kind })).await
+    }
+
+    /// `GET /api/v1/tokens`: ids, kinds and times, never the tokens.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.call(Method::GET, &["tokens"], None, None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/tokens/{id}`
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["tokens", id]).await
+    }
+
+    /// `GET /api/v1/audit[?gateway=G&limit=N]`: the newest entries of the audit trail, oldest
+    /// first.
+    pub async fn audit(
+        &self,
+        gateway: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditEntry>, ClientError> {
+        let mut pairs = Vec::new();
+        if let Some(g) = gateway {
+            pairs.push(("gateway", g.to_owned()));
+        }
+        if let Some(n) = limit {
+            pairs.push(("limit", n.to_string()));
+        }
+        self.call(Method::GET, &["audit"], Some(&pairs), None::<&()>).await
     }
 
     /// `GET /api/v1/jobs/{job}`, with its runs.
@@ -283,8 +340,8 @@ impl HubClient {
     /// `GET /api/v1/node/jobs[?limit=N]` with the node token: the recent jobs of this node's
     /// gateway, newest first (20 unless `limit` says, at most 100), without parts.
     pub async fn node_jobs(&self, limit: Option<u32>) -> Result<Vec<JobView>, ClientError> {
-        let limit = limit.map(|n| ("limit", n.to_string()));
-        self.call(Method::GET, &["node", "jobs"], limit, None::<&()>).await
+        let limit: Vec<_> = limit.map(|n| ("limit", n.to_string())).into_iter().collect();
+        self.call(Method::GET, &["node", "jobs"], Some(&limit), None::<&()>).await
     }
 
     /// `POST /api/v1/unregister` with the node token: the node removes itself.
@@ -343,12 +400,12 @@ impl HubClient {
         &self,
         method: Method,
         segments: &[&str],
-        query: Option<(&str, String)>,
+        query: Option<&[(&str, String)]>,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let mut url = self.url(segments)?;
-        if let Some((name, value)) = query {
-            url.query_pairs_mut().append_pair(name, &value);
+        for (name, value) in query.unwrap_or_default() {
+            url.query_pairs_mut().append_pair(name, value);
         }
         let (status, text) = self.send(method, url.clone(), body).await?;
         serde_json::from_str(&text).map_err(|e| ClientError::Unexpected {

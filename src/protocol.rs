@@ -545,7 +545,14 @@ pub struct RunView {
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub queued_ms: i64,
+    /// When the current attempt's node started it; `None` while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// Every attempt of the run that was handed to a node, oldest first (the current one
+    /// last), in job views only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptView>,
     /// The piece of a copy this run moves; `None` for the run that lists the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<Part>,
@@ -572,6 +579,127 @@ pub struct JobView {
     /// the runs copying now (`hub::progress::of_job`); `None` for a job without copies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TransferProgress>,
+    /// The job this one re-runs (`gatehouse job rerun`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+}
+
+/// How one attempt of a run went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Handed to a node that hasn't started it yet.
+    Dispatched,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Its node went away (or never started it) and the run went back to the queue: the
+    /// reason says why.
+    Lost,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Dispatched => "dispatched",
+            AttemptOutcome::Running => "running",
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Lost => "lost",
+        }
+    }
+}
+
+/// One attempt of a run: which node had it, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub node_id: Option<String>,
+    pub node_name: Option<String>,
+    /// When the node started it; `None` if it never did.
+    pub started_ms: Option<i64>,
+    /// When it ended; `None` while it runs.
+    pub ended_ms: Option<i64>,
+    pub outcome: AttemptOutcome,
+    /// Why it failed, or why the run was tried again (node lost, hub restart, not started,
+    /// cancelled).
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/gateways/{gateway}/jobs` query: which jobs, newest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    /// How many jobs at most (50 unless given, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Only jobs in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
+    /// Only jobs created at or after this (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
+    /// Only jobs created before this (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+}
+
+/// What a purpose token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Scrape `/metrics`, nothing else.
+    Metrics,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Metrics => "metrics",
+        }
+    }
+}
+
+/// `POST /api/v1/tokens`: make a token for one purpose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub kind: TokenKind,
+}
+
+/// A token just made: shown in full this once (the hub keeps its hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub id: String,
+    pub kind: TokenKind,
+    pub token: String,
+}
+
+/// A token as listed: never the token itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub kind: TokenKind,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+/// One entry of the hub's audit trail: who did what, when. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    pub gateway_id: Option<String>,
+    pub gateway_name: Option<String>,
+    /// `admin` (the admin token) or `node NAME`.
+    pub actor: String,
+    /// What was done, e.g. `gateway.create`, `node.register`, `settings.update`.
+    pub action: String,
+    /// The particulars, in words.
+    pub detail: String,
 }
 
 /// `POST /api/v1/dispatch/claim`: the dispatcher asks for up to `max` queued runs, waiting

@@ -82,6 +82,29 @@ for command in "${!wheels[@]}"; do
   export "GATEHOUSE_${command^^}=$binary"
 done
 
+# The metrics test checks /metrics with Prometheus's own linter, `promtool`. Debian ships it
+# only inside the `prometheus` server package, whose install would also set up a server
+# listening on every address; so the package is downloaded, not installed, and only promtool
+# is taken out of it, into the tools folder.
+promtool_dir="$tools/promtool-debian"
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$promtool_dir/usr/bin/promtool" ]; then
+  echo "Fetching promtool from Debian's prometheus package into $promtool_dir"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  download="$(mktemp -d)"
+  (cd "$download" && { apt-get download prometheus >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq && apt-get download prometheus >/dev/null; }; })
+  partial="$promtool_dir.partial.$$"
+  rm -rf "$partial"
+  dpkg-deb -x "$download"/prometheus_*.deb "$partial"
+  rm -rf "$download"
+  [ -x "$partial/usr/bin/promtool" ] || { echo "error: the prometheus package has no usr/bin/promtool" >&2; exit 2; }
+  rm -rf "$promtool_dir"
+  mv -T "$partial" "$promtool_dir" 2>/dev/null || rm -rf "$partial"
+fi
+[ -x "$promtool_dir/usr/bin/promtool" ] && ln -sfn "$promtool_dir/usr/bin/promtool" "$tools/bin/promtool"
+export PATH="$tools/bin:$PATH"
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast "$@"
 else

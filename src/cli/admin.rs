@@ -10,7 +10,7 @@ use crate::encoding::binary_size;
 use crate::hub::db::now_ms;
 use crate::protocol::{
     CreateGateway, GatewaySettings, GatewayState, GatewayView, KeyInfo, KeySlot, NodeView, Policy, Role,
-    SettingsPatch,
+    SettingsPatch, TokenKind,
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
@@ -357,6 +357,120 @@ pub fn run_node(command: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::List(args) => execute(list_nodes(args)),
         NodeCommand::Remove(args) => execute(remove_node(args)),
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is shown in full this once (the hub keeps its hash).
+    #[command(after_help = EXIT_CODES)]
+    Create(CreateTokenArgs),
+    /// List tokens: id, kind, when made and revoked (never the tokens).
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Revoke a token by id: it stops working at once.
+    #[command(after_help = EXIT_CODES)]
+    Revoke(RevokeTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTokenArgs {
+    /// A token that may scrape /metrics and nothing else (for Prometheus).
+    #[arg(long, required = true)]
+    pub metrics: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeTokenArgs {
+    /// The token's id (as `hub token list` shows it).
+    pub id: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+pub fn run_token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create(args) => execute(create_token(args)),
+        TokenCommand::List(args) => execute(list_tokens(args)),
+        TokenCommand::Revoke(args) => execute(revoke_token(args)),
+    }
+}
+
+async fn create_token(args: CreateTokenArgs) -> anyhow::Result<()> {
+    let created = args.connection.client()?.create_token(TokenKind::Metrics).await?;
+    if args.connection.json {
+        return emit_json(&created);
+    }
+    emit(&format!(
+        "Metrics token {} (shown in full only this once: the hub keeps only its hash):\n  {}\n\nPrometheus sends it as `authorization: {{credentials_file: FILE}}` with this token in FILE.\nRevoke it with: gatehouse hub token revoke {}\n",
+        created.id, created.token, created.id
+    ))
+}
+
+async fn list_tokens(args: ListArgs) -> anyhow::Result<()> {
+    let tokens = args.connection.client()?.tokens().await?;
+    if args.connection.json {
+        return emit_json(&tokens);
+    }
+    if tokens.is_empty() {
+        return emit("No tokens yet; make one with: gatehouse hub token create --metrics\n");
+    }
+    let mut table = Table::new(&["ID", "KIND", "CREATED", "REVOKED"]);
+    for t in &tokens {
+        table.row(vec![
+            t.id.clone(),
+            t.kind.as_str().to_owned(),
+            timestamp(t.created_ms),
+            t.revoked_ms.map_or_else(|| "-".to_owned(), timestamp),
+        ]);
+    }
+    emit(&table.render())
+}
+
+async fn revoke_token(args: RevokeTokenArgs) -> anyhow::Result<()> {
+    args.connection.client()?.revoke_token(&args.id).await?;
+    if args.connection.json {
+        return emit_json(&serde_json::json!({"revoked": args.id}));
+    }
+    emit(&format!("Revoked token {}; it no longer works.\n", args.id))
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this gateway's entries (by name or id; a deleted gateway's too).
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Show the newest N entries (default 100, at most 1,000), oldest first.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+pub fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    execute(audit(args))
+}
+
+async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let entries = args.connection.client()?.audit(args.gateway.as_deref(), args.limit).await?;
+    if args.connection.json {
+        return emit_json(&entries);
+    }
+    if entries.is_empty() {
+        return emit("The audit trail has no entries for this yet.\n");
+    }
+    let mut table = Table::new(&["WHEN", "WHO", "GATEWAY", "WHAT", "DETAIL"]);
+    for entry in &entries {
+        table.row(vec![
+            timestamp(entry.at_ms),
+            entry.actor.clone(),
+            entry.gateway_name.clone().unwrap_or_else(|| "-".to_owned()),
+            entry.action.clone(),
+            entry.detail.clone(),
+        ]);
+    }
+    emit(&table.render())
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<()> {

@@ -21,6 +21,13 @@ pub enum HubCommand {
     /// List and remove a gateway's nodes on a running hub.
     #[command(subcommand, after_help = super::admin::EXIT_CODES)]
     Node(super::admin::NodeCommand),
+    /// Make, list and revoke tokens for one purpose (scraping /metrics).
+    #[command(subcommand, after_help = super::admin::EXIT_CODES)]
+    Token(super::admin::TokenCommand),
+    /// Show the audit trail: who (the admin token, a node, the hub) did what and when —
+    /// gateways and keys, nodes registered and removed, settings, jobs, credential names.
+    #[command(after_help = super::admin::EXIT_CODES)]
+    Audit(super::admin::AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +47,10 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Serve /metrics to anyone who can reach the hub (else a metrics token from
+    /// `gatehouse hub token create --metrics`, or the admin token, is needed).
+    #[arg(long)]
+    pub public_metrics: bool,
 }
 
 pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
@@ -52,6 +63,8 @@ pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
         HubCommand::Gateway(command) => super::admin::run_gateway(command),
         HubCommand::Key(command) => super::admin::run_key(command),
         HubCommand::Node(command) => super::admin::run_node(command),
+        HubCommand::Audit(args) => super::admin::run_audit(args),
+        HubCommand::Token(command) => super::admin::run_token(command),
     }
 }
 
@@ -86,7 +99,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    hub::serve(listener, tls, db, HubConfig::new(public_url), shutdown).await.context("serving the hub")?;
+    let config = HubConfig { public_metrics: args.public_metrics, ..HubConfig::new(public_url) };
+    hub::serve(listener, tls, db, config, shutdown).await.context("serving the hub")?;
     tracing::info!("hub stopped");
     Ok(())
 }

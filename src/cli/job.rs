@@ -2,11 +2,12 @@
 //! Uses the admin client and conventions of `admin` (token, `--hub`, `--json`, exit codes).
 
 use super::admin::{
-    Connection, EXIT_CODES, Table, emit, emit_json, execute, execute_with_code, indent, timestamp_with_age,
+    Connection, EXIT_CODES, Table, emit, emit_json, execute, execute_with_code, indent, timestamp,
+    timestamp_with_age,
 };
 use crate::encoding::binary_size;
 use crate::hub::progress;
-use crate::protocol::{Activity, JobSpec, JobView, RunState, RunView};
+use crate::protocol::{Activity, JobSpec, JobView, JobsQuery, RunState, RunView};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::fmt::Write as _;
@@ -44,6 +45,11 @@ pub enum JobCommand {
     /// and remove what they started. A job that has ended can't be cancelled (exit 1).
     #[command(after_help = EXIT_CODES)]
     Cancel(CancelArgs),
+    /// Start a job that failed or was cancelled again, as a new job of only its runs that
+    /// didn't succeed (a copy's committed partitions are not copied again). A job that
+    /// succeeded or still runs can't be re-run (exit 1).
+    #[command(after_help = EXIT_CODES)]
+    Rerun(CancelArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,8 +91,53 @@ pub struct ListArgs {
     /// Show at most N jobs (the hub allows up to 500; default 50).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+    /// Only jobs in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<StateArg>,
+    /// Only jobs created since this time: RFC 3339 (2026-12-01T08:00:00Z) or an age (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<i64>,
+    /// Only jobs created before this time: RFC 3339 or an age, like --since.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<i64>,
     #[command(flatten)]
     pub connection: Connection,
+}
+
+/// A job's state, for `job list --state`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StateArg {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl From<StateArg> for RunState {
+    fn from(state: StateArg) -> RunState {
+        match state {
+            StateArg::Queued => RunState::Queued,
+            StateArg::Running => RunState::Running,
+            StateArg::Succeeded => RunState::Succeeded,
+            StateArg::Failed => RunState::Failed,
+            StateArg::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
+/// A point in time as ms since the Unix epoch: RFC 3339, or an age before now (`90s`, `30m`,
+/// `2h`, `7d`, `1h 30m`).
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(at) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|e| e.to_string());
+    }
+    let age = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is not a time: use RFC 3339 (2026-12-01T08:00:00Z) or an age such as 30m, 2h or 7d")
+    })?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let at = now.saturating_sub(age);
+    i64::try_from(at.as_millis()).map_err(|e| e.to_string())
 }
 
 pub fn run(command: JobCommand) -> anyhow::Result<ExitCode> {
@@ -100,6 +151,7 @@ pub fn run(command: JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::Show(args) => execute(show(args)),
         JobCommand::List(args) => execute(list(args)),
         JobCommand::Cancel(args) => execute(cancel(args)),
+        JobCommand::Rerun(args) => execute(rerun(args)),
     }
 }
 
@@ -321,15 +373,26 @@ fn ending(job: &JobView) -> Option<String> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let jobs = args.connection.client()?.jobs(&args.gateway, args.limit).await?;
+    let query = JobsQuery {
+        limit: args.limit,
+        state: args.state.map(RunState::from),
+        since_ms: args.since,
+        until_ms: args.until,
+    };
+    let jobs = args.connection.client()?.find_jobs(&args.gateway, &query).await?;
     if args.connection.json {
         return emit_json(&jobs);
     }
     if jobs.is_empty() {
-        return emit(&format!(
-            "No jobs on gateway '{}' yet; submit one with: gatehouse job submit {} FILE\n",
-            args.gateway, args.gateway
-        ));
+        let filtered = args.state.is_some() || args.since.is_some() || args.until.is_some();
+        return emit(&if filtered {
+            format!("No jobs on gateway '{}' match; try without --state, --since or --until\n", args.gateway)
+        } else {
+            format!(
+                "No jobs on gateway '{}' yet; submit one with: gatehouse job submit {} FILE\n",
+                args.gateway, args.gateway
+            )
+        });
     }
     let mut table = Table::new(&["ID", "NAME", "STATE", "RUNS DONE", "CREATED"]);
     for job in &jobs {
@@ -343,6 +406,20 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         ]);
     }
     emit(&table.render())
+}
+
+async fn rerun(args: CancelArgs) -> anyhow::Result<()> {
+    let job = args.connection.client()?.rerun_job(&args.job).await?;
+    if args.connection.json {
+        return emit_json(&job);
+    }
+    emit(&format!(
+        "Re-running job '{}' as job {}: {} run(s) that didn't succeed are queued again.\nFollow it with: gatehouse job show {}\n",
+        job.name,
+        job.id,
+        job.runs.len(),
+        job.id
+    ))
 }
 
 async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
@@ -415,7 +492,33 @@ fn job_text(job: &JobView) -> String {
         out.push_str("\nCopy runs:\n");
         out.push_str(&indent(&copy_table(&copies).render(), "  "));
     }
+    let retried: Vec<&RunView> = job.runs.iter().filter(|r| r.attempts.len() > 1).collect();
+    if !retried.is_empty() {
+        out.push_str("\nRuns tried more than once, every attempt (the others had one, shown above):\n");
+        out.push_str(&indent(&attempts_table(&retried).render(), "  "));
+    }
     out
+}
+
+/// Every attempt of `runs`: the node, when it started and ended, and how it went and why.
+fn attempts_table(runs: &[&RunView]) -> Table {
+    let mut table =
+        Table::new(&["ACTIVITY", "PARTITION", "ATTEMPT", "NODE", "STARTED", "ENDED", "OUTCOME", "REASON"]);
+    for run in runs {
+        for attempt in &run.attempts {
+            table.row(vec![
+                run.activity_index.to_string(),
+                run.partition.to_string(),
+                attempt.attempt.to_string(),
+                attempt.node_name.clone().unwrap_or_else(|| "-".to_owned()),
+                attempt.started_ms.map_or_else(|| "-".to_owned(), timestamp),
+                attempt.ended_ms.map_or_else(|| "-".to_owned(), timestamp),
+                attempt.outcome.as_str().to_owned(),
+                attempt.reason.as_deref().map_or_else(|| "-".to_owned(), shorten),
+            ]);
+        }
+    }
+    table
 }
 
 /// Runs of the test kinds (sleep, echo): what they reported, in one column.

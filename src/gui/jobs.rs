@@ -63,7 +63,14 @@ fn run_row_ui(ui: &mut egui::Ui, run: &RunView) {
     ui.label(what);
     ui.label(run.state.as_str());
     ui.label(run.node_name.as_deref().unwrap_or("–"));
-    ui.label(run.attempt.to_string());
+    match attempts_text(run) {
+        Some(history) => {
+            ui.label(format!("{} ⟲", run.attempt)).on_hover_text(history);
+        }
+        None => {
+            ui.label(run.attempt.to_string());
+        }
+    }
     if let Some(copy) = copy {
         #[allow(clippy::cast_precision_loss, reason = "a progress bar needs no more precision")]
         let done = if copy.bytes_total > 0 { copy.bytes_done as f32 / copy.bytes_total as f32 } else { 1.0 };
@@ -88,7 +95,51 @@ fn run_row_ui(ui: &mut egui::Ui, run: &RunView) {
     ui.end_row();
 }
 
+/// Every attempt of a run tried more than once, a line each (node, outcome, why), for the
+/// attempt column's hover; `None` for a run tried once.
+fn attempts_text(run: &RunView) -> Option<String> {
+    (run.attempts.len() > 1).then(|| {
+        run.attempts
+            .iter()
+            .map(|a| {
+                let node = a.node_name.as_deref().unwrap_or("–");
+                let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                format!("attempt {} on {node} — {}{why}", a.attempt, a.outcome.as_str())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
 /// A copy run's progress, when it reported one.
 fn progress(run: &RunView) -> Option<TransferProgress> {
     run.progress.as_ref().and_then(|p| serde_json::from_value(p.clone()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_tried_twice_tells_each_attempt_on_hover_and_one_tried_once_nothing() {
+        let mut run: RunView = serde_json::from_value(serde_json::json!({
+            "id": "r", "job_id": "j", "activity_index": 0, "partition": 1,
+            "activity": {"kind": "sleep", "millis": 1}, "state": "succeeded", "attempt": 2,
+            "node_id": "b", "node_name": "b", "progress": null, "result": null, "error": null,
+            "queued_ms": 0, "finished_ms": 9,
+            "attempts": [
+                {"attempt": 1, "node_id": "a", "node_name": "a", "started_ms": 1, "ended_ms": 5,
+                 "outcome": "lost", "reason": "node a stopped sending heartbeats"},
+                {"attempt": 2, "node_id": "b", "node_name": "b", "started_ms": 6, "ended_ms": 9,
+                 "outcome": "succeeded", "reason": null}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            attempts_text(&run).as_deref(),
+            Some("attempt 1 on a — lost: node a stopped sending heartbeats\nattempt 2 on b — succeeded")
+        );
+        run.attempts.truncate(1);
+        assert_eq!(attempts_text(&run), None);
+    }
 }

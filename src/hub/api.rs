@@ -1,14 +1,18 @@
 //! The hub's HTTP API (axum): routes, authentication extractors and handlers. Handlers check
 //! input, call `db` and `status`, and shape `protocol` views; they never write SQL.
 
-use super::db::{self, GatewayRow, JobRow, NewNode, NewPart, NewRun, NodeRow, RunEnd, RunRow, Split, now_ms};
+use super::audit::{self, Actor};
+use super::db::{
+    self, GatewayRow, JobFilter, JobRow, NewNode, NewPart, NewRun, NodeRow, RunEnd, RunRow, Split, now_ms,
+};
 use super::error::ApiError;
-use super::{HubState, auth, page, status};
+use super::{HubState, auth, history, page, status};
 use crate::protocol::{
-    Activity, AssignRun, AuthKeys, ClaimRequest, CreateGateway, CreatedGateway, FinishRun, GatewaySettings,
-    GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, KeyInfo, KeySlot, NodeState, NodeView, Part,
-    Peer, RegeneratedKey, RegisterRequest, RegisterResponse, Role, RunProgress, RunState, RunView,
-    SettingsPatch, SplitRun, StartRun, SubmitJob, TransferProgress,
+    Activity, AssignRun, AuditEntry, AuthKeys, ClaimRequest, CreateGateway, CreateToken, CreatedGateway,
+    CreatedToken, FinishRun, GatewaySettings, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView,
+    JobsQuery, KeyInfo, KeySlot, NodeState, NodeView, Part, Peer, RegeneratedKey, RegisterRequest,
+    RegisterResponse, Role, RunProgress, RunState, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob,
+    TokenInfo, TokenKind, TransferProgress,
 };
 use crate::transfer::spec::{self, MAX_PARTITIONS};
 use axum::extract::rejection::JsonRejection;
@@ -49,6 +53,11 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/gateways/{gateway}/jobs", post(submit_job).get(list_jobs))
         .route("/api/v1/jobs/{job}", get(show_job))
         .route("/api/v1/jobs/{job}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{job}/rerun", post(rerun_job))
+        .route("/api/v1/audit", get(show_audit))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{token}", delete(revoke_token))
+        .route("/metrics", get(metrics))
         .route("/api/v1/register", post(register))
         .route("/api/v1/heartbeat", post(heartbeat))
         .route("/api/v1/unregister", post(unregister))
@@ -194,6 +203,42 @@ impl FromRequestParts<HubState> for Admin {
     }
 }
 
+/// The caller may read `/metrics`: the hub serves them publicly (`--public-metrics`), or the
+/// request carries a live metrics token or the admin token.
+pub struct MetricsAuth;
+
+impl FromRequestParts<HubState> for MetricsAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
+        if state.config.public_metrics {
+            return Ok(MetricsAuth);
+        }
+        let refused = || {
+            ApiError::unauthorized("/metrics needs a metrics token (`Authorization: Bearer ghm_…`)").with_hint(
+                "make one with: gatehouse hub token create --metrics (or start the hub with --public-metrics)",
+            )
+        };
+        let token = bearer(parts).ok_or_else(refused)?;
+        if let Some(id) = auth::metrics_token_id(token) {
+            return match state.db.live_token(id).await? {
+                Some((row, hash))
+                    if row.kind == TokenKind::Metrics.as_str() && auth::verify(token, &hash) =>
+                {
+                    Ok(MetricsAuth)
+                }
+                _ => Err(ApiError::unauthorized("the metrics token is not valid (it may have been revoked)")
+                    .with_hint("list tokens with: gatehouse hub token list")),
+            };
+        }
+        let stored = state.db.admin_token_hash().await?.unwrap_or_default();
+        if !stored.is_empty() && auth::verify(token, &stored) {
+            return Ok(MetricsAuth);
+        }
+        Err(refused())
+    }
+}
+
 /// The caller is a registered node, proven by its node token.
 pub struct NodeAuth(pub NodeRow);
 
@@ -256,6 +301,14 @@ async fn create_gateway(
     };
     state.db.insert_gateway(&row).await?;
     tracing::info!(gateway = %row.name, "gateway created");
+    audit::record(
+        &state,
+        Some(&row),
+        Actor::Admin,
+        "gateway.create",
+        format!("gateway '{}' created", row.name),
+    )
+    .await;
     let gateway = gateway_view(&state, &row, Vec::new()).await?;
     Ok((StatusCode::CREATED, Json(CreatedGateway { gateway, keys: AuthKeys { primary, secondary } })))
 }
@@ -297,6 +350,9 @@ async fn delete_gateway(
         state.nodes.forget(&node.id);
     }
     tracing::info!(gateway = %gateway.name, "gateway deleted with its nodes and jobs");
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let detail = format!("gateway '{}' deleted with its nodes ({}) and jobs", gateway.name, names.join(", "));
+    audit::record(&state, Some(&gateway), Actor::Admin, "gateway.delete", detail).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -307,6 +363,7 @@ async fn update_settings(
     ApiJson(update): ApiJson<SettingsPatch>,
 ) -> Result<Json<GatewayView>, ApiError> {
     let mut gateway = find_gateway(&state, &gateway).await?;
+    let before = gateway.settings.clone();
     let s = &mut gateway.settings;
     s.max_nodes = update.max_nodes.unwrap_or(s.max_nodes);
     s.policy = update.policy.unwrap_or(s.policy);
@@ -317,6 +374,10 @@ async fn update_settings(
     s.bandwidth_limit_mbps = update.bandwidth_limit_mbps.unwrap_or(s.bandwidth_limit_mbps);
     validate_settings(&gateway.settings)?;
     state.db.update_settings(&gateway.id, &gateway.settings).await?;
+    let changed = settings_changes(&before, &gateway.settings);
+    if !changed.is_empty() {
+        audit::record(&state, Some(&gateway), Actor::Admin, "settings.update", changed.join(", ")).await;
+    }
     let nodes = state.db.nodes(&gateway.id).await?;
     Ok(Json(gateway_view(&state, &gateway, nodes).await?))
 }
@@ -353,6 +414,8 @@ async fn regenerate_key(
     let key = auth::new_auth_key(&state.config.public_url, &gateway.id);
     state.db.set_key(&gateway.id, slot, &auth::hash(&key), &auth::key_hint(&key)).await?;
     tracing::info!(gateway = %gateway.name, ?slot, "auth key regenerated");
+    let detail = format!("{} auth key regenerated (now {})", slot_name(slot), auth::key_hint(&key));
+    audit::record(&state, Some(&gateway), Actor::Admin, "key.regenerate", detail).await;
     Ok(Json(RegeneratedKey { slot, key }))
 }
 
@@ -380,6 +443,8 @@ async fn remove_node(
     state.db.delete_node(&node.id).await?;
     state.nodes.forget(&node.id);
     tracing::info!(gateway = %gateway.name, node = %node.name, "node removed");
+    let detail = format!("node '{}' removed; its token no longer works", node.name);
+    audit::record(&state, Some(&gateway), Actor::Admin, "node.remove", detail).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -437,6 +502,9 @@ async fn register(
         .await?;
     refusal.map_err(ApiError::from)?;
     tracing::info!(gateway = %gateway.name, node = %name, "node registered");
+    let slot = if primary { "primary" } else { "secondary" };
+    let detail = format!("node '{name}' registered with the {slot} auth key, version {}", new.version);
+    audit::record(&state, Some(&gateway), Actor::Node(name.clone()), "node.register", detail).await;
     Ok((
         StatusCode::CREATED,
         Json(RegisterResponse {
@@ -461,6 +529,14 @@ async fn heartbeat(
         _ => node.peer_address.clone(),
     };
     state.db.heartbeat(&node, &beat.version, &beat.metrics, &peer_address, now, nodes.len() == 1).await?;
+    if let Some(me) = nodes.iter().find(|n| n.id == node.id)
+        && let Some(change) = credential_change(&me.metrics.credential_names, &beat.metrics.credential_names)
+    {
+        let gateway = state.db.gateway(&node.gateway_id).await?;
+        let detail = format!("credentials on node '{}': {change}", node.name);
+        audit::record(&state, gateway.as_ref(), Actor::Node(node.name.clone()), "credentials.change", detail)
+            .await;
+    }
     if let Some(me) = nodes.iter_mut().find(|n| n.id == node.id) {
         me.peer_address = peer_address;
         me.last_heartbeat_ms = Some(now);
@@ -526,6 +602,43 @@ async fn heartbeat(
     }))
 }
 
+/// What changed between the credential names a node held and holds, in words; `None` if
+/// nothing did. Names only: the hub never sees a value.
+fn credential_change(before: &[String], after: &[String]) -> Option<String> {
+    let added: Vec<&str> = after.iter().filter(|n| !before.contains(n)).map(String::as_str).collect();
+    let removed: Vec<&str> = before.iter().filter(|n| !after.contains(n)).map(String::as_str).collect();
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", removed.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The settings that differ between `before` and `after`, as `name: old → new`.
+fn settings_changes(before: &GatewaySettings, after: &GatewaySettings) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+        (serde_json::to_value(before), serde_json::to_value(after))
+    else {
+        return Vec::new();
+    };
+    new.iter()
+        .filter_map(|(name, value)| {
+            let was = old.get(name)?;
+            (was != value).then(|| format!("{name}: {was} → {value}"))
+        })
+        .collect()
+}
+
+fn slot_name(slot: KeySlot) -> &'static str {
+    match slot {
+        KeySlot::Primary => "primary",
+        KeySlot::Secondary => "secondary",
+    }
+}
+
 /// The node's share of the gateway's bandwidth limit: the limit split evenly over the nodes
 /// holding copy runs, the node itself counted even when it holds none yet (the dispatcher may
 /// be handing it one right now). `None` when the gateway has no limit.
@@ -567,10 +680,91 @@ async fn submit_job(
         name: spec.name.trim().to_owned(),
         spec: serde_json::to_string(&spec).map_err(|e| ApiError::bad_request(e.to_string()))?,
         created_ms: now_ms(),
+        rerun_of: None,
     };
     state.db.insert_job(&job, &runs).await?;
     state.queue_signal.notify_waiters();
+    let detail = format!("job '{}' (id {}) submitted with {} runs", job.name, job.id, runs.len());
+    audit::record(&state, Some(&gateway), Actor::Admin, "job.submit", detail).await;
     Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+/// Starts a job that failed or was cancelled again, as a new job: only its runs that didn't
+/// succeed, each from the start (a failed or cancelled run removed what it had begun; files
+/// its parts committed are skipped by the copy's own check, unless it overwrites).
+async fn rerun_job(
+    State(state): State<HubState>,
+    _: Admin,
+    ApiPath(job): ApiPath<String>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let old = state.db.job(&job).await?.ok_or_else(|| ApiError::not_found(format!("no job '{job}'")))?;
+    let old_runs = state.db.runs_of_job_with_parts(&old.id).await?;
+    let states: Vec<RunState> = old_runs.iter().map(|r| r.state).collect();
+    match job_state_of(&states) {
+        RunState::Failed | RunState::Cancelled => {}
+        RunState::Succeeded => {
+            return Err(ApiError::conflict(format!(
+                "job '{}' (id {}) succeeded; there is nothing to run again (submit it anew to copy everything again)",
+                old.name, old.id
+            )));
+        }
+        _ => {
+            return Err(ApiError::conflict(format!(
+                "job '{}' (id {}) is still running; wait for it to end, or cancel it with: gatehouse job cancel {}",
+                old.name, old.id, old.id
+            )));
+        }
+    }
+    let gateway = state
+        .db
+        .gateway(&old.gateway_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the job's gateway was deleted"))?;
+    let spec: JobSpec = serde_json::from_str(&old.spec)
+        .map_err(|e| ApiError::from(db::DbError::Corrupt(format!("job spec: {e}"))))?;
+    check_credentials(&state, &gateway, &spec).await?;
+    let runs: Vec<NewRun> = old_runs
+        .into_iter()
+        .filter(|r| r.state != RunState::Succeeded)
+        .map(|r| NewRun {
+            id: auth::new_id(),
+            activity_index: r.activity_index,
+            partition_index: r.partition_index,
+            activity: r.activity,
+            progress: r.part.as_ref().and(r.progress).and_then(|p| restart_progress(&p)),
+            part: r.part,
+        })
+        .collect();
+    let job = JobRow {
+        id: auth::new_id(),
+        gateway_id: gateway.id.clone(),
+        name: old.name.clone(),
+        spec: old.spec,
+        created_ms: now_ms(),
+        rerun_of: Some(old.id.clone()),
+    };
+    state.db.insert_job(&job, &runs).await?;
+    state.queue_signal.notify_waiters();
+    let detail = format!(
+        "job '{}' (id {}) re-runs the {} runs of job {} that didn't succeed",
+        job.name,
+        job.id,
+        runs.len(),
+        old.id
+    );
+    audit::record(&state, Some(&gateway), Actor::Admin, "job.rerun", detail).await;
+    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+/// A part's progress as a new attempt starts it: its totals, nothing done yet.
+fn restart_progress(progress: &str) -> Option<String> {
+    let p = serde_json::from_str::<TransferProgress>(progress).ok()?;
+    let fresh = TransferProgress {
+        files_total: p.files_total,
+        bytes_total: p.bytes_total,
+        ..TransferProgress::default()
+    };
+    serde_json::to_string(&fresh).ok()
 }
 
 /// Splits a job into runs: one per partition of each activity, one listing run per copy
@@ -616,6 +810,8 @@ fn expand(spec: &JobSpec) -> Result<Vec<NewRun>, ApiError> {
                 activity_index: i64::try_from(index).unwrap_or(i64::MAX),
                 partition_index: i64::from(partition),
                 activity: json.clone(),
+                part: None,
+                progress: None,
             });
         }
     }
@@ -646,7 +842,7 @@ async fn check_credentials(state: &HubState, gateway: &GatewayRow, spec: &JobSpe
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JobsQuery {
+struct LimitQuery {
     limit: Option<u32>,
 }
 
@@ -657,7 +853,7 @@ async fn list_jobs(
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let gateway = find_gateway(&state, &gateway).await?;
-    Ok(Json(recent_jobs(&state, &gateway.id, query.limit.unwrap_or(50).min(500)).await?))
+    Ok(Json(find_jobs(&state, &gateway.id, &query, 50, 500).await?))
 }
 
 /// The recent jobs of the node's own gateway, for the window's Jobs tab: 20 unless the query
@@ -665,15 +861,64 @@ async fn list_jobs(
 async fn node_jobs(
     State(state): State<HubState>,
     NodeAuth(node): NodeAuth,
-    ApiQuery(query): ApiQuery<JobsQuery>,
+    ApiQuery(query): ApiQuery<LimitQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     Ok(Json(recent_jobs(&state, &node.gateway_id, query.limit.unwrap_or(20).min(100)).await?))
 }
 
 /// A gateway's newest `limit` jobs as views, newest first (also for the status page).
 pub async fn recent_jobs(state: &HubState, gateway_id: &str, limit: u32) -> Result<Vec<JobView>, ApiError> {
-    let mut views = Vec::new();
-    for job in state.db.jobs(gateway_id, limit).await? {
+    find_jobs(state, gateway_id, &JobsQuery { limit: Some(limit), ..JobsQuery::default() }, limit, limit)
+        .await
+}
+
+/// Jobs scanned at most for one listing filtered by state, so a filter that matches little
+/// can't make one request read a whole long history.
+const MAX_JOBS_SCANNED: usize = 10_000;
+
+/// The gateway's jobs that `query` asks for, newest first: `default_limit` unless it says (at
+/// most `max_limit`). A state filter pages through the jobs in the time range, looking only at
+/// their runs' states, and builds views of the ones it keeps.
+async fn find_jobs(
+    state: &HubState,
+    gateway_id: &str,
+    query: &JobsQuery,
+    default_limit: u32,
+    max_limit: u32,
+) -> Result<Vec<JobView>, ApiError> {
+    let limit = query.limit.unwrap_or(default_limit).min(max_limit);
+    if let (Some(since), Some(until)) = (query.since_ms, query.until_ms)
+        && since >= until
+    {
+        return Err(ApiError::bad_request("since_ms must be before until_ms"));
+    }
+    let mut filter = JobFilter { since_ms: query.since_ms, until_ms: query.until_ms, before: None, limit };
+    let mut kept = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let page = state.db.jobs(gateway_id, &filter).await?;
+        let Some(last) = page.last() else { break };
+        filter.before = Some((last.created_ms, last.id.clone()));
+        scanned += page.len();
+        let full = page.len() == filter.limit as usize;
+        match query.state {
+            None => kept.extend(page),
+            Some(wanted) => {
+                let ids: Vec<String> = page.iter().map(|j| j.id.clone()).collect();
+                let states = state.db.run_states_of_jobs(&ids).await?;
+                kept.extend(page.into_iter().filter(|j| {
+                    job_state_of(states.get(&j.id).map(Vec::as_slice).unwrap_or_default()) == wanted
+                }));
+            }
+        }
+        if query.state.is_none() || kept.len() >= limit as usize || !full || scanned >= MAX_JOBS_SCANNED {
+            break;
+        }
+        filter.limit = 200;
+    }
+    kept.truncate(limit as usize);
+    let mut views = Vec::with_capacity(kept.len());
+    for job in kept {
         views.push(job_view(state, job).await?);
     }
     Ok(views)
@@ -697,6 +942,12 @@ async fn cancel_job(
 ) -> Result<Json<JobView>, ApiError> {
     let job = state.db.job(&job).await?.ok_or_else(|| ApiError::not_found(format!("no job '{job}'")))?;
     let cancelled = state.db.cancel_job(&job.id, now_ms()).await?;
+    if !cancelled.is_empty() {
+        let gateway = state.db.gateway(&job.gateway_id).await?;
+        let detail =
+            format!("job '{}' (id {}) cancelled: {} runs stopped", job.name, job.id, cancelled.len());
+        audit::record(&state, gateway.as_ref(), Actor::Admin, "job.cancel", detail).await;
+    }
     let view = job_view(&state, job).await?;
     if cancelled.is_empty() {
         let ended = match view.state {
@@ -732,6 +983,8 @@ async fn claim(
         if !runs.is_empty() {
             let views = runs.into_iter().map(|run| {
                 let waited_ms = u64::try_from(now - run.queued_ms).unwrap_or(0);
+                #[allow(clippy::cast_precision_loss, reason = "a latency in seconds")]
+                state.metrics.observe_dispatch(&run.gateway_id, waited_ms as f64 / 1000.0);
                 run_view(run).map(|view| RunView { waited_ms: Some(waited_ms), ..view })
             });
             return Ok(Json(views.collect::<Result<_, _>>()?));
@@ -776,7 +1029,7 @@ async fn start(
     ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<StartRun>,
 ) -> Result<Json<RunView>, ApiError> {
-    match state.db.start_run(&run, i64::from(request.attempt), &worker).await? {
+    match state.db.start_run(&run, i64::from(request.attempt), &worker, now_ms()).await? {
         Some(row) => Ok(Json(run_view(row)?)),
         None => Err(refusal(&state, &run, request.attempt).await?),
     }
@@ -921,6 +1174,111 @@ fn stale_run(run: &str, attempt: u32) -> ApiError {
     .with_hint("drop this attempt; the run is or was handled elsewhere")
 }
 
+// ---- audit trail ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    gateway: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The newest audit entries (100 unless the query says, at most 1,000), oldest first, of one
+/// gateway (by id or name, also one deleted since) or of the whole hub.
+async fn show_audit(
+    State(state): State<HubState>,
+    _: Admin,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let rows = state.db.audit(query.gateway.as_deref(), query.limit.unwrap_or(100).min(1000)).await?;
+    Ok(Json(rows.into_iter().map(audit::view).collect()))
+}
+
+// ---- purpose tokens and metrics ----
+
+async fn create_token(
+    State(state): State<HubState>,
+    _: Admin,
+    ApiJson(request): ApiJson<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let id = auth::new_id();
+    let token = auth::new_metrics_token(&id);
+    let row = db::TokenRow {
+        id: id.clone(),
+        kind: request.kind.as_str().to_owned(),
+        created_ms: now_ms(),
+        revoked_ms: None,
+    };
+    state.db.insert_token(&row, &auth::hash(&token)).await?;
+    audit::record(
+        &state,
+        None,
+        Actor::Admin,
+        "token.create",
+        format!("{} token {id} created", request.kind.as_str()),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(CreatedToken { id, kind: request.kind, token })))
+}
+
+async fn list_tokens(State(state): State<HubState>, _: Admin) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    let rows = state.db.tokens().await?;
+    Ok(Json(
+        rows.into_iter()
+            // Only kinds this hub knows; a newer hub's rows on a shared database are skipped.
+            .filter(|r| r.kind == TokenKind::Metrics.as_str())
+            .map(|r| TokenInfo {
+                id: r.id,
+                kind: TokenKind::Metrics,
+                created_ms: r.created_ms,
+                revoked_ms: r.revoked_ms,
+            })
+            .collect(),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<HubState>,
+    _: Admin,
+    ApiPath(token): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.db.revoke_token(&token, now_ms()).await? {
+        return Err(ApiError::not_found(format!("no live token '{token}'"))
+            .with_hint("list tokens with: gatehouse hub token list"));
+    }
+    audit::record(&state, None, Actor::Admin, "token.revoke", format!("token {token} revoked")).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `/metrics` in the Prometheus text format.
+async fn metrics(
+    State(state): State<HubState>,
+    _: MetricsAuth,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let gateways_rows = state.db.gateways().await?;
+    let lease_epochs = gateways_rows.iter().map(|g| (g.id.clone(), g.lease_epoch)).collect();
+    let gateways = all_gateway_views(&state).await?;
+    let runs = state.db.run_counts().await?;
+    let retries = state.db.retries().await?;
+    let mut copied: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    for (gateway, progress) in state.db.copied_progress().await? {
+        if let Ok(p) = serde_json::from_str::<TransferProgress>(&progress) {
+            let total = copied.entry(gateway).or_default();
+            total.0 = total.0.saturating_add(p.bytes_done);
+            total.1 = total.1.saturating_add(p.files_done);
+        }
+    }
+    let snapshot = super::metrics::Snapshot {
+        gateways: &gateways,
+        runs: &runs,
+        retries: &retries,
+        copied: &copied,
+        lease_epochs: &lease_epochs,
+    };
+    let text = super::metrics::render(&snapshot, &state.metrics);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}
+
 // ---- views and checks ----
 
 async fn find_gateway(state: &HubState, id_or_name: &str) -> Result<GatewayRow, ApiError> {
@@ -974,9 +1332,19 @@ async fn gateway_view(
 /// A job with its runs (without their parts: see [`db::Db::runs_of_job`]); its state and
 /// its copies' progress are derived from theirs.
 pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError> {
-    let runs: Vec<RunView> =
+    let mut runs: Vec<RunView> =
         state.db.runs_of_job(&job.id).await?.into_iter().map(run_view).collect::<Result<_, _>>()?;
-    let job_state = job_state(&runs);
+    let past = state.db.attempts_of_job(&job.id).await?;
+    let mut by_run: std::collections::HashMap<&str, Vec<&db::AttemptRow>> = std::collections::HashMap::new();
+    for attempt in &past {
+        by_run.entry(attempt.run_id.as_str()).or_default().push(attempt);
+    }
+    for run in &mut runs {
+        run.attempts =
+            history::attempts(run, by_run.get(run.id.as_str()).map(Vec::as_slice).unwrap_or_default());
+    }
+    let states: Vec<RunState> = runs.iter().map(|r| r.state).collect();
+    let job_state = job_state_of(&states);
     let mut view = JobView {
         id: job.id,
         gateway_id: job.gateway_id,
@@ -985,6 +1353,7 @@ pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError
         created_ms: job.created_ms,
         runs,
         progress: None,
+        rerun_of: job.rerun_of,
     };
     view.progress = super::progress::of_job(&view);
     Ok(view)
@@ -993,16 +1362,12 @@ pub async fn job_view(state: &HubState, job: JobRow) -> Result<JobView, ApiError
 /// Succeeded when every run did; once every run ended, cancelled when one was (runs are
 /// cancelled only with their job), else failed; running once any run left the queue (a copy
 /// whose listing succeeded and whose parts wait is running, not done), queued before.
-fn job_state(runs: &[RunView]) -> RunState {
-    if runs.iter().all(|r| r.state == RunState::Succeeded) {
+fn job_state_of(runs: &[RunState]) -> RunState {
+    if runs.iter().all(|&r| r == RunState::Succeeded) {
         RunState::Succeeded
-    } else if runs.iter().all(|r| r.state.is_final()) {
-        if runs.iter().any(|r| r.state == RunState::Cancelled) {
-            RunState::Cancelled
-        } else {
-            RunState::Failed
-        }
-    } else if runs.iter().any(|r| r.state != RunState::Queued) {
+    } else if runs.iter().all(|r| r.is_final()) {
+        if runs.contains(&RunState::Cancelled) { RunState::Cancelled } else { RunState::Failed }
+    } else if runs.iter().any(|&r| r != RunState::Queued) {
         RunState::Running
     } else {
         RunState::Queued
@@ -1031,7 +1396,9 @@ fn run_view(run: RunRow) -> Result<RunView, ApiError> {
         part: run.part.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("part", e))).transpose()?,
         checkpoint: parse(run.checkpoint, "checkpoint")?,
         queued_ms: run.queued_ms,
+        started_ms: run.started_ms,
         finished_ms: run.finished_ms,
+        attempts: Vec::new(),
         waited_ms: None,
     })
 }
@@ -1069,12 +1436,8 @@ fn validate_settings(s: &GatewaySettings) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::progress::fixtures::copy_run;
-
     fn state_of(states: &[RunState]) -> RunState {
-        let runs: Vec<RunView> =
-            states.iter().zip(0..).map(|(&state, partition)| copy_run(partition, state, None)).collect();
-        job_state(&runs)
+        job_state_of(states)
     }
 
     #[test]

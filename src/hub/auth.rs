@@ -5,7 +5,8 @@
 //! Formats:
 //! - auth key: `gh1_<base64url(hub_url|gateway_id)>_<43 chars: 32 random bytes, base64url>`,
 //!   self-contained, so a node needs nothing else to find its hub and gateway;
-//! - node token: `ghn_<node_id>_<secret>`; admin token: `gha_<secret>`.
+//! - node token: `ghn_<node_id>_<secret>`; admin token: `gha_<secret>`;
+//! - metrics token: `ghm_<token_id>_<secret>`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -64,8 +65,23 @@ pub fn new_node_token(node_id: &str) -> String {
 
 /// The node id a node token claims to belong to.
 pub fn node_of_token(token: &str) -> Option<&str> {
-    let (node_id, secret) = token.strip_prefix("ghn_")?.split_once('_')?;
-    (secret.len() == SECRET_CHARS && !node_id.is_empty()).then_some(node_id)
+    id_of_token(token, "ghn_")
+}
+
+/// A new metrics token with id `token_id`.
+pub fn new_metrics_token(token_id: &str) -> String {
+    format!("ghm_{token_id}_{}", new_secret())
+}
+
+/// The token id a metrics token claims.
+pub fn metrics_token_id(token: &str) -> Option<&str> {
+    id_of_token(token, "ghm_")
+}
+
+/// The id in a `<prefix><id>_<secret>` token, if it has that shape.
+fn id_of_token<'a>(token: &'a str, prefix: &str) -> Option<&'a str> {
+    let (id, secret) = token.strip_prefix(prefix)?.split_once('_')?;
+    (secret.len() == SECRET_CHARS && !id.is_empty()).then_some(id)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use crate::protocol::{GatewaySettings, KeySlot, NodeMetrics, Policy, RunState};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Storage failures. `Busy`/`Sqlx` are the hub's problem; the others are the caller's.
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "dispatched_ms", include_str!("migrations/0002_dispatched_ms.sql")),
     (3, "copy_parts", include_str!("migrations/0003_copy_parts.sql")),
     (4, "bandwidth_limit", include_str!("migrations/0004_bandwidth_limit.sql")),
+    (5, "history", include_str!("migrations/0005_history.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -104,6 +106,8 @@ pub struct JobRow {
     pub name: String,
     pub spec: String,
     pub created_ms: i64,
+    /// The job this one re-runs (`job rerun`), if any.
+    pub rerun_of: Option<String>,
 }
 
 /// An activity run as stored.
@@ -123,6 +127,8 @@ pub struct RunRow {
     pub result: Option<String>,
     pub error: Option<String>,
     pub queued_ms: i64,
+    /// When the current attempt's node started it; `None` while it waits.
+    pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     /// JSON `Part`: the piece of a copy this run moves; `None` for a listing run, for runs of
     /// other kinds, and in job listings (see [`Db::runs_of_job`]).
@@ -137,6 +143,58 @@ pub struct NewRun {
     pub activity_index: i64,
     pub partition_index: i64,
     pub activity: String,
+    /// JSON `Part` for a partition run of a copy (a re-run job's), else `None`.
+    pub part: Option<String>,
+    /// JSON `TransferProgress` known before it starts (a part's totals), or `None`.
+    pub progress: Option<String>,
+}
+
+/// An attempt of a run that ended without ending the run: lost with its node, or cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub run_id: String,
+    pub attempt: i64,
+    pub node_id: Option<String>,
+    pub node_name: Option<String>,
+    pub started_ms: Option<i64>,
+    pub ended_ms: i64,
+    /// `lost` or `cancelled`.
+    pub outcome: String,
+    /// The sentence that says why.
+    pub error: Option<String>,
+}
+
+/// A token made for one purpose (its hash stays in the database only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    /// `metrics`.
+    pub kind: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+/// Which jobs a listing wants, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs created at or after this (ms since the Unix epoch).
+    pub since_ms: Option<i64>,
+    /// Only jobs created before this.
+    pub until_ms: Option<i64>,
+    /// Only jobs created before this one (its `created_ms`, `id`): the next page.
+    pub before: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub at_ms: i64,
+    pub gateway_id: Option<String>,
+    pub gateway_name: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
 }
 
 /// A partition run a listing run splits off.
@@ -161,6 +219,18 @@ pub struct RunEnd<'a> {
     pub state: RunState,
     pub result: Option<&'a str>,
     pub error: Option<&'a str>,
+    pub now_ms: i64,
+}
+
+/// What the sweeper looks for (ms since the Unix epoch, all by the hub's clock).
+pub struct Sweep {
+    /// Nodes silent since before this are lost.
+    pub cutoff_ms: i64,
+    /// Hand-offs made before this (less the gateway's queue timeout) that no worker started
+    /// are lost.
+    pub handoff_cutoff_ms: i64,
+    /// When this hub started: a node silent since before was cut off by the restart.
+    pub hub_started_ms: i64,
     pub now_ms: i64,
 }
 
@@ -593,60 +663,124 @@ impl Db {
 
     pub async fn insert_job(&self, job: &JobRow, runs: &[NewRun]) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query("INSERT INTO jobs (id, gateway_id, name, spec, created_ms) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&job.id)
-            .bind(&job.gateway_id)
-            .bind(&job.name)
-            .bind(&job.spec)
-            .bind(job.created_ms)
-            .execute(&mut *tx)
-            .await?;
-        for (n, run) in runs.iter().enumerate() {
-            // seq orders the queue: submission time first, then position in the job.
-            let seq = job.created_ms.saturating_mul(1 << 16) + i64::try_from(n).unwrap_or(0);
-            sqlx::query(
-                "INSERT INTO runs (id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
-                 queued_ms, seq) VALUES ($1, $2, $3, $4, $5, $6, 'queued', 1, $7, $8)",
-            )
-            .bind(&run.id)
-            .bind(&job.id)
-            .bind(&job.gateway_id)
-            .bind(run.activity_index)
-            .bind(run.partition_index)
-            .bind(&run.activity)
-            .bind(job.created_ms)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, gateway_id, name, spec, created_ms, rerun_of) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&job.id)
+        .bind(&job.gateway_id)
+        .bind(&job.name)
+        .bind(&job.spec)
+        .bind(job.created_ms)
+        .bind(job.rerun_of.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        // seq orders the queue: submission time first, then position in the job.
+        let base_seq = job.created_ms.saturating_mul(1 << 16);
+        for (batch_index, batch) in runs.chunks(RUNS_PER_INSERT).enumerate() {
+            // $1…$3 are shared by every row; each row adds its id, activity, partition, the
+            // activity's JSON, its part, its progress and its seq.
+            let rows: Vec<String> = (0..batch.len())
+                .map(|i| {
+                    let n = 4 + 7 * i;
+                    format!(
+                        "(${n}, $1, $2, ${}, ${}, ${}, 'queued', 1, $3, ${}, ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 6,
+                        n + 4,
+                        n + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO runs (id, job_id, gateway_id, activity_index, partition_index, activity, state, \
+                 attempt, queued_ms, seq, part, progress) VALUES {}",
+                rows.join(", ")
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&job.id)
+                .bind(&job.gateway_id)
+                .bind(job.created_ms);
+            for (i, run) in batch.iter().enumerate() {
+                let n = i64::try_from(batch_index * RUNS_PER_INSERT + i).unwrap_or(i64::MAX);
+                insert = insert
+                    .bind(&run.id)
+                    .bind(run.activity_index)
+                    .bind(run.partition_index)
+                    .bind(&run.activity)
+                    .bind(run.part.as_deref())
+                    .bind(run.progress.as_deref())
+                    .bind(base_seq.saturating_add(n));
+            }
+            insert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
-        let row = sqlx::query("SELECT id, gateway_id, name, spec, created_ms FROM jobs WHERE id = $1")
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(job_row).transpose()
     }
 
-    /// The newest jobs of a gateway, newest first.
-    pub async fn jobs(&self, gateway_id: &str, limit: u32) -> Result<Vec<JobRow>> {
-        let rows = sqlx::query(
-            "SELECT id, gateway_id, name, spec, created_ms FROM jobs WHERE gateway_id = $1 ORDER BY created_ms DESC, id LIMIT $2",
-        )
+    /// A gateway's jobs that `filter` wants, newest first.
+    pub async fn jobs(&self, gateway_id: &str, filter: &JobFilter) -> Result<Vec<JobRow>> {
+        let (before_ms, before_id) = filter.before.clone().unwrap_or((i64::MAX, String::new()));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE gateway_id = $1 AND created_ms >= $2 AND created_ms < $3 \
+             AND (created_ms < $4 OR (created_ms = $4 AND id > $5)) ORDER BY created_ms DESC, id LIMIT $6"
+        )))
         .bind(gateway_id)
-        .bind(i64::from(limit))
+        .bind(filter.since_ms.unwrap_or(i64::MIN))
+        .bind(filter.until_ms.unwrap_or(i64::MAX))
+        .bind(before_ms)
+        .bind(before_id)
+        .bind(i64::from(filter.limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_row).collect()
+    }
+
+    /// The states of the runs of each job in `job_ids`, for filtering jobs by their state
+    /// without loading their runs.
+    pub async fn run_states_of_jobs(&self, job_ids: &[String]) -> Result<HashMap<String, Vec<RunState>>> {
+        let mut states: HashMap<String, Vec<RunState>> = HashMap::new();
+        for batch in job_ids.chunks(500) {
+            let marks: Vec<String> = (1..=batch.len()).map(|n| format!("${n}")).collect();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT job_id, state FROM runs WHERE job_id IN ({})",
+                marks.join(", ")
+            )));
+            for id in batch {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let state = parse_state(&row.try_get::<String, _>(1)?)?;
+                states.entry(row.try_get(0)?).or_default().push(state);
+            }
+        }
+        Ok(states)
     }
 
     /// A job's runs in activity and partition order, without their parts (`part` is `None`).
     pub async fn runs_of_job(&self, job_id: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS_NO_PART} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
+        )))
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// A job's runs with their parts, for re-running it.
+    pub async fn runs_of_job_with_parts(&self, job_id: &str) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
         )))
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -726,16 +860,23 @@ impl Db {
 
     /// A worker starts a run the dispatcher handed it over the peer channel: the run becomes
     /// the worker's, once. `None` if it isn't waiting for a worker (any more).
-    pub async fn start_run(&self, run_id: &str, attempt: i64, worker: &NodeRow) -> Result<Option<RunRow>> {
+    pub async fn start_run(
+        &self,
+        run_id: &str,
+        attempt: i64,
+        worker: &NodeRow,
+        now_ms: i64,
+    ) -> Result<Option<RunRow>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE runs SET state = 'running', node_id = $1, node_name = $2 WHERE id = $3 AND attempt = $4 \
-             AND gateway_id = $5 AND state = 'dispatched' RETURNING {RUN_COLUMNS}"
+            "UPDATE runs SET state = 'running', node_id = $1, node_name = $2, started_ms = $6 WHERE id = $3 \
+             AND attempt = $4 AND gateway_id = $5 AND state = 'dispatched' RETURNING {RUN_COLUMNS}"
         )))
         .bind(&worker.id)
         .bind(&worker.name)
         .bind(run_id)
         .bind(attempt)
         .bind(&worker.gateway_id)
+        .bind(now_ms)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(run_row).transpose()
@@ -867,9 +1008,9 @@ impl Db {
         let mut tx = self.write().await?;
         self.lock_job(&mut tx, "$1", job_id).await?;
         sqlx::query(
-            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \
-             SELECT id, attempt, node_id, node_name, 'cancelled', 'the job was cancelled', $2 FROM runs \
-             WHERE job_id = $1 AND state IN ('queued', 'dispatched', 'running') ON CONFLICT (run_id, attempt) DO NOTHING",
+            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms, started_ms) \
+             SELECT id, attempt, node_id, node_name, 'cancelled', 'the job was cancelled', $2, started_ms FROM runs \
+             WHERE job_id = $1 AND state IN ('dispatched', 'running') ON CONFLICT (run_id, attempt) DO NOTHING",
         )
         .bind(job_id)
         .bind(now_ms)
@@ -915,42 +1056,49 @@ impl Db {
     }
 
     /// Puts back in the queue every unfinished run whose node has had no heartbeat since
-    /// `cutoff_ms` (or no longer exists), and every hand-off made before `handoff_cutoff_ms`
-    /// that no worker started, with its attempt number raised and its queue time reset to
-    /// `now_ms`; the lost attempt stays in the history. Returns how many runs went back.
-    pub async fn requeue_lost_runs(
-        &self,
-        cutoff_ms: i64,
-        handoff_cutoff_ms: i64,
-        now_ms: i64,
-    ) -> Result<u64> {
+    /// `sweep.cutoff_ms` (or no longer exists), and every hand-off made before
+    /// `sweep.handoff_cutoff_ms` that no worker started, with its attempt number raised and its
+    /// queue time reset to `sweep.now_ms`; the lost attempt stays in the history with the reason.
+    /// Returns how many runs went back.
+    pub async fn requeue_lost_runs(&self, sweep: &Sweep) -> Result<u64> {
         // Lost: its node went silent, or a hand-off that no worker started in time. A
         // dispatcher may hold a run for up to the gateway's queue timeout while no node has
         // room, so a hand-off is only lost after that too.
-        const LOST: &str = "(state IN ('dispatched', 'running') AND (node_id IS NULL OR node_id NOT IN \
-             (SELECT id FROM nodes WHERE last_heartbeat_ms >= $1))) \
-             OR (state = 'dispatched' AND dispatched_ms < $2 - 1000 * \
+        const SILENT: &str = "(state IN ('dispatched', 'running') AND (node_id IS NULL OR node_id NOT IN \
+             (SELECT id FROM nodes WHERE last_heartbeat_ms >= $1)))";
+        const UNSTARTED: &str = "(state = 'dispatched' AND dispatched_ms < $2 - 1000 * \
              (SELECT g.queue_timeout_seconds FROM gateways g WHERE g.id = runs.gateway_id))";
+        // Why, in words: a node silent since before this hub started was probably cut off by
+        // the restart itself (it had the grace to come back and didn't).
+        const WHY: &str = "CASE \
+             WHEN node_id IS NULL THEN 'no node held it' \
+             WHEN node_id NOT IN (SELECT id FROM nodes) THEN 'node ' || COALESCE(node_name, '?') || ' was removed' \
+             WHEN node_id NOT IN (SELECT id FROM nodes WHERE last_heartbeat_ms >= $4) THEN 'the hub restarted and node ' \
+             || COALESCE(node_name, '?') || ' did not send a heartbeat within the grace after it' \
+             WHEN node_id NOT IN (SELECT id FROM nodes WHERE last_heartbeat_ms >= $1) THEN 'node ' \
+             || COALESCE(node_name, '?') || ' stopped sending heartbeats' \
+             ELSE 'node ' || COALESCE(node_name, '?') || ' never started the hand-off within the queue timeout' END";
         let mut tx = self.write().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms) \
-             SELECT id, attempt, node_id, node_name, 'lost', 'the node stopped sending heartbeats, or never started it', $3 \
-             FROM runs WHERE {LOST} ON CONFLICT (run_id, attempt) DO NOTHING"
+            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms, started_ms) \
+             SELECT id, attempt, node_id, node_name, 'lost', {WHY}, $3, started_ms \
+             FROM runs WHERE {SILENT} OR {UNSTARTED} ON CONFLICT (run_id, attempt) DO NOTHING"
         )))
-        .bind(cutoff_ms)
-        .bind(handoff_cutoff_ms)
-        .bind(now_ms)
+        .bind(sweep.cutoff_ms)
+        .bind(sweep.handoff_cutoff_ms)
+        .bind(sweep.now_ms)
+        .bind(sweep.hub_started_ms)
         .execute(&mut *tx)
         .await?;
         // The checkpoint stays: the next attempt resumes from what the lost one committed. The
         // queue timeout starts again (queued_ms), but the run keeps its place in the queue (seq).
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE runs SET state = 'queued', attempt = attempt + 1, node_id = NULL, node_name = NULL, progress = NULL, \
-             dispatched_ms = NULL, queued_ms = $3 WHERE {LOST}"
+             dispatched_ms = NULL, started_ms = NULL, queued_ms = $3 WHERE {SILENT} OR {UNSTARTED}"
         )))
-        .bind(cutoff_ms)
-        .bind(handoff_cutoff_ms)
-        .bind(now_ms)
+        .bind(sweep.cutoff_ms)
+        .bind(sweep.handoff_cutoff_ms)
+        .bind(sweep.now_ms)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -979,15 +1127,155 @@ impl Db {
         Ok(row.try_get(0)?)
     }
 
-    /// Past attempts of a run: (attempt, node name, outcome).
-    pub async fn attempts(&self, run_id: &str) -> Result<Vec<(i64, Option<String>, String)>> {
+    /// The attempts of the job's runs that ended without ending their run (lost or
+    /// cancelled), by run and attempt.
+    pub async fn attempts_of_job(&self, job_id: &str) -> Result<Vec<AttemptRow>> {
         let rows = sqlx::query(
-            "SELECT attempt, node_name, outcome FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+            "SELECT a.run_id, a.attempt, a.node_id, a.node_name, a.started_ms, a.ended_ms, a.outcome, a.error \
+             FROM run_attempts a JOIN runs r ON r.id = a.run_id WHERE r.job_id = $1 ORDER BY a.run_id, a.attempt",
         )
-        .bind(run_id)
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    run_id: r.try_get(0)?,
+                    attempt: r.try_get(1)?,
+                    node_id: r.try_get(2)?,
+                    node_name: r.try_get(3)?,
+                    started_ms: r.try_get(4)?,
+                    ended_ms: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                    error: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- metrics ----
+
+    /// How many runs each gateway has in each state: (gateway id, state, count).
+    pub async fn run_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT gateway_id, state, COUNT(*) FROM runs GROUP BY gateway_id, state ORDER BY 1, 2",
+        )
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
+    /// How many attempts were lost (and tried again) per gateway id.
+    pub async fn retries(&self) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT r.gateway_id, COUNT(*) FROM run_attempts a JOIN runs r ON r.id = a.run_id \
+             WHERE a.outcome = 'lost' GROUP BY r.gateway_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// The final progress (JSON) of every copy partition that succeeded: (gateway id, progress).
+    pub async fn copied_progress(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT gateway_id, progress FROM runs WHERE state = 'succeeded' AND part IS NOT NULL \
+             AND progress IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    // ---- purpose tokens ----
+
+    pub async fn insert_token(&self, token: &TokenRow, token_hash: &str) -> Result<()> {
+        sqlx::query("INSERT INTO tokens (id, kind, token_hash, created_ms) VALUES ($1, $2, $3, $4)")
+            .bind(&token.id)
+            .bind(&token.kind)
+            .bind(token_hash)
+            .bind(token.created_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A token that isn't revoked, with its hash.
+    pub async fn live_token(&self, id: &str) -> Result<Option<(TokenRow, String)>> {
+        let row = sqlx::query(
+            "SELECT id, kind, created_ms, revoked_ms, token_hash FROM tokens WHERE id = $1 AND revoked_ms IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((token_row(&r)?, r.try_get(4)?))).transpose()
+    }
+
+    /// Every token, revoked ones too, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows = sqlx::query("SELECT id, kind, created_ms, revoked_ms FROM tokens ORDER BY created_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_row).collect()
+    }
+
+    /// Revokes a token; false if there is no such live token.
+    pub async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE tokens SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- audit trail ----
+
+    /// Adds one entry to the audit trail.
+    pub async fn record_audit(&self, entry: &AuditRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (id, at_ms, gateway_id, gateway_name, actor, action, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(crate::encoding::random_hex::<16>())
+        .bind(entry.at_ms)
+        .bind(entry.gateway_id.as_deref())
+        .bind(entry.gateway_name.as_deref())
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, oldest first: of the gateway with id or name
+    /// `gateway` as it was then (deleted ones too), or of all.
+    pub async fn audit(&self, gateway: Option<&str>, limit: u32) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, gateway_id, gateway_name, actor, action, detail FROM audit \
+             WHERE CAST($1 AS TEXT) IS NULL OR gateway_id = $1 OR gateway_name = $1 \
+             ORDER BY at_ms DESC, id DESC LIMIT $2",
+        )
+        .bind(gateway)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries = rows
+            .iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    at_ms: r.try_get(0)?,
+                    gateway_id: r.try_get(1)?,
+                    gateway_name: r.try_get(2)?,
+                    actor: r.try_get(3)?,
+                    action: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        entries.reverse();
+        Ok(entries)
     }
 }
 
@@ -995,7 +1283,7 @@ impl Db {
 macro_rules! run_columns {
     () => {
         "id, job_id, gateway_id, activity_index, partition_index, activity, state, attempt, \
-         node_id, node_name, progress, result, error, queued_ms, finished_ms, part, checkpoint"
+         node_id, node_name, progress, result, error, queued_ms, started_ms, finished_ms, part, checkpoint"
     };
 }
 
@@ -1004,7 +1292,8 @@ const RUN_COLUMNS: &str = run_columns!();
 /// [`RUN_COLUMNS`] without the part: job views list runs by the thousand, and one part of a
 /// large folder holds hundreds of file names, so only the node that moves it gets it.
 const RUN_COLUMNS_NO_PART: &str = "id, job_id, gateway_id, activity_index, partition_index, activity, state, \
-     attempt, node_id, node_name, progress, result, error, queued_ms, finished_ms, CAST(NULL AS TEXT) AS part, \
+     attempt, node_id, node_name, progress, result, error, queued_ms, started_ms, finished_ms, \
+     CAST(NULL AS TEXT) AS part, \
      checkpoint";
 
 /// How a copy activity's JSON starts, as stored in `runs.activity`: serde writes an internally
@@ -1014,6 +1303,11 @@ const COPY_ACTIVITY: &str = r#"{"kind":"copy""#;
 /// Partition runs one INSERT adds: 4 binds each plus 6 shared stay under SQLite's oldest
 /// limit of 999 binds, and 10,000 parts take 50 statements, not 10,000.
 const PARTS_PER_INSERT: usize = 200;
+
+/// Runs one INSERT of a new job adds: 7 binds each plus 3 shared stay under 999 binds.
+const RUNS_PER_INSERT: usize = 140;
+
+const JOB_COLUMNS: &str = "id, gateway_id, name, spec, created_ms, rerun_of";
 
 const CLAIM_SQLITE: &str = concat!(
     "UPDATE runs SET state = 'dispatched', node_id = $1, node_name = $2, dispatched_ms = $6 \
@@ -1137,6 +1431,16 @@ fn job_row(row: &AnyRow) -> Result<JobRow> {
         name: row.try_get("name")?,
         spec: row.try_get("spec")?,
         created_ms: row.try_get("created_ms")?,
+        rerun_of: row.try_get("rerun_of")?,
+    })
+}
+
+fn token_row(row: &AnyRow) -> Result<TokenRow> {
+    Ok(TokenRow {
+        id: row.try_get(0)?,
+        kind: row.try_get(1)?,
+        created_ms: row.try_get(2)?,
+        revoked_ms: row.try_get(3)?,
     })
 }
 
@@ -1156,6 +1460,7 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
         result: row.try_get("result")?,
         error: row.try_get("error")?,
         queued_ms: row.try_get("queued_ms")?,
+        started_ms: row.try_get("started_ms")?,
         finished_ms: row.try_get("finished_ms")?,
         part: row.try_get("part")?,
         checkpoint: row.try_get("checkpoint")?,

@@ -4,10 +4,13 @@
 //! PostgreSQL database.
 
 pub mod api;
+mod audit;
 mod auth;
 pub mod db;
 pub mod embedded;
 mod error;
+mod history;
+mod metrics;
 mod nodes_cache;
 mod page;
 pub mod progress;
@@ -42,6 +45,8 @@ pub struct HubConfig {
     pub handoff_timeout: Duration,
     /// How often a waiting claim looks for work that another hub queued.
     pub poll_interval: Duration,
+    /// Serve `/metrics` without a token (`hub serve --public-metrics`).
+    pub public_metrics: bool,
 }
 
 impl HubConfig {
@@ -57,6 +62,7 @@ impl HubConfig {
             sweep_grace: sweep_grace(offline_after),
             handoff_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
+            public_metrics: false,
         }
     }
 }
@@ -75,6 +81,8 @@ pub struct HubState {
     pub queue_signal: Arc<tokio::sync::Notify>,
     /// Nodes authenticated in the last second.
     pub nodes: Arc<nodes_cache::NodesCache>,
+    /// What this hub measures itself for `/metrics`.
+    pub metrics: Arc<metrics::HubMetrics>,
 }
 
 /// Creates the admin token if the database has none; returns it (to show once) if it did.
@@ -101,6 +109,7 @@ pub async fn serve(
         config: Arc::new(config),
         queue_signal: Arc::new(tokio::sync::Notify::new()),
         nodes: Arc::default(),
+        metrics: Arc::default(),
     };
     let sweeper = tokio::spawn(sweep(state.clone(), shutdown.clone()));
     let app = api::router(state);
@@ -120,6 +129,7 @@ pub async fn serve(
 /// this hub's start has passed.
 async fn sweep(state: HubState, shutdown: CancellationToken) {
     let grace_ends = tokio::time::Instant::now() + state.config.sweep_grace;
+    let hub_started_ms = db::now_ms();
     let mut tick = tokio::time::interval(state.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
@@ -134,7 +144,13 @@ async fn sweep(state: HubState, shutdown: CancellationToken) {
             continue;
         }
         let now = db::now_ms();
-        match state.db.requeue_lost_runs(now - offline_after, now - handoff_timeout, now).await {
+        let lost = db::Sweep {
+            cutoff_ms: now - offline_after,
+            handoff_cutoff_ms: now - handoff_timeout,
+            hub_started_ms,
+            now_ms: now,
+        };
+        match state.db.requeue_lost_runs(&lost).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(runs = n, "runs of offline nodes went back to the queue");
@@ -190,12 +206,15 @@ mod tests {
             name: "j".into(),
             spec: "{}".into(),
             created_ms: now,
+            rerun_of: None,
         };
         let run = db::NewRun {
             id: "r".into(),
             activity_index: 0,
             partition_index: 0,
             activity: r#"{"kind":"sleep","millis":1,"partitions":1}"#.into(),
+            part: None,
+            progress: None,
         };
         db.insert_job(&job, &[run]).await.unwrap();
         let lease = db.acquire_lease("g", "n", now, Duration::from_secs(60)).await.unwrap();
@@ -233,6 +252,14 @@ mod tests {
         };
         assert_eq!((after.state, after.attempt), (RunState::Queued, 2), "not re-queued after the grace");
         assert!(after.queued_ms >= started + 800 && after.queued_ms > queued_first, "{after:?}");
+        let history = db.attempts_of_job("j").await.unwrap();
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!((history[0].attempt, history[0].outcome.as_str()), (1, "lost"));
+        assert_eq!(
+            history[0].error.as_deref(),
+            Some("the hub restarted and node n did not send a heartbeat within the grace after it"),
+            "the node was last heard of before this hub started"
+        );
         shutdown.cancel();
         hub.await.unwrap().unwrap();
     }
@@ -252,10 +279,24 @@ mod tests {
             (row.state, row.finished_ms, row.node_name.as_deref()),
             (RunState::Cancelled, Some(1234), Some("n"))
         );
-        assert_eq!(db.attempts(&run).await.unwrap(), [(1, Some("n".to_owned()), "cancelled".to_owned())]);
+        let history = db.attempts_of_job("j").await.unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .map(|a| (a.attempt, a.node_name.as_deref(), a.outcome.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, Some("n"), "cancelled")]
+        );
         assert!(db.cancel_job("j", 5678).await.unwrap().is_empty(), "a second cancel finds nothing open");
         assert_eq!(
-            db.requeue_lost_runs(i64::MAX, i64::MAX, 9999).await.unwrap(),
+            db.requeue_lost_runs(&db::Sweep {
+                cutoff_ms: i64::MAX,
+                handoff_cutoff_ms: i64::MAX,
+                hub_started_ms: 0,
+                now_ms: 9999
+            })
+            .await
+            .unwrap(),
             0,
             "cancelled runs are never lost"
         );

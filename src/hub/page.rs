@@ -134,8 +134,15 @@ fn run_line(r: &RunView) -> String {
     let moved = progress::of_run(r)
         .map(|p| format!(" · {} of {}", binary_size(p.bytes_done), binary_size(p.bytes_total)))
         .unwrap_or_default();
+    // Earlier attempts, each with its node and why the run was tried again.
+    let earlier = r.attempts.iter().filter(|a| a.attempt < r.attempt).fold(String::new(), |mut out, a| {
+        let why = a.reason.as_deref().map(|why| format!(" — {}", escape(why))).unwrap_or_default();
+        let node = escape(a.node_name.as_deref().unwrap_or("—"));
+        let _ = write!(out, "<br>&nbsp;&nbsp;attempt {} on {node}: {}{why}", a.attempt, a.outcome.as_str());
+        out
+    });
     format!(
-        "#{}.{} {} {:?} (attempt {}){moved}",
+        "#{}.{} {} {:?} (attempt {}){moved}{earlier}",
         r.activity_index,
         r.partition,
         escape(r.node_name.as_deref().unwrap_or("—")),
@@ -212,6 +219,38 @@ mod tests {
         assert!(out.contains("1.0 MiB of 3.0 MiB<br>1 of 3 files"), "{out}");
         assert!(out.contains("#0.1 &lt;n1&gt; Running (attempt 1) · 1.0 MiB of 2.0 MiB"), "{out}");
         assert!(out.contains("#0.2 — Queued (attempt 1) · 0 B of 1.0 MiB"), "{out}");
+    }
+
+    #[test]
+    fn a_retried_run_shows_each_earlier_attempt_with_its_node_and_reason() {
+        use crate::hub::progress::fixtures::copy_run;
+        use crate::protocol::{AttemptOutcome, AttemptView};
+        let mut run = copy_run(1, RunState::Running, None);
+        run.attempt = 2;
+        run.node_name = Some("n3".into());
+        let lost = AttemptView {
+            attempt: 1,
+            node_id: None,
+            node_name: Some("n2".into()),
+            started_ms: Some(1),
+            ended_ms: Some(2),
+            outcome: AttemptOutcome::Lost,
+            reason: Some("node n2 stopped sending heartbeats".into()),
+        };
+        let current = AttemptView {
+            attempt: 2,
+            node_name: Some("n3".into()),
+            outcome: AttemptOutcome::Running,
+            reason: None,
+            ..lost.clone()
+        };
+        run.attempts = vec![lost, current];
+        let line = run_line(&run);
+        assert!(line.starts_with("#0.1 n3 Running (attempt 2)"), "{line}");
+        assert!(
+            line.ends_with("<br>&nbsp;&nbsp;attempt 1 on n2: lost — node n2 stopped sending heartbeats"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -108,7 +108,9 @@ pub(crate) mod fixtures {
             result: None,
             error: None,
             queued_ms: 0,
+            started_ms: None,
             finished_ms: None,
+            attempts: Vec::new(),
             part: None,
             checkpoint: None,
             waited_ms: None,
@@ -129,6 +131,7 @@ pub(crate) mod fixtures {
             created_ms: 0,
             runs,
             progress: None,
+            rerun_of: None,
         };
         job.progress = super::of_job(&job);
         job

@@ -1,0 +1,351 @@
+//! Prometheus metrics at `/metrics`, in the text exposition format (version 0.0.4): per node
+//! status, role, CPU, memory, network, runs and credential version; per gateway status, node
+//! count and failovers; runs by state, retries, bytes and files copied, read from the database
+//! at each scrape; and the dispatch latency, a histogram this hub keeps in memory since it
+//! started. Names and units follow the Prometheus conventions (`_ratio`, `_bytes`, `_seconds`,
+//! `_total` on counters).
+
+use crate::protocol::{GatewayState, GatewayView, NodeState, NodeView, Role};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// The dispatch latency buckets, in seconds: from a claim waiting for work to a queue full for
+/// minutes.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// What this hub measures itself, shared by its request handlers.
+#[derive(Default)]
+pub struct HubMetrics {
+    /// Dispatch latency (queued → claimed by the dispatcher) per gateway id.
+    latency: Mutex<HashMap<String, Histogram>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Histogram {
+    /// Observations at or below each of [`LATENCY_BUCKETS`] (not yet cumulative).
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl HubMetrics {
+    /// A run of `gateway_id` was claimed `seconds` after it was queued.
+    pub fn observe_dispatch(&self, gateway_id: &str, seconds: f64) {
+        let mut latency = self.latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let histogram = latency.entry(gateway_id.to_owned()).or_default();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| seconds <= le) {
+            histogram.buckets[i] += 1;
+        }
+        histogram.count += 1;
+        histogram.sum += seconds;
+    }
+
+    fn latency(&self) -> HashMap<String, Histogram> {
+        self.latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// One metric family being written: its samples follow its `# HELP` and `# TYPE` lines.
+pub struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Exposition { text: String::new() }
+    }
+
+    /// Starts a family: `kind` is `gauge`, `counter` or `histogram`.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample of the current family.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (label, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = write!(self.text, "{label}=\"{escaped}\"");
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", number(value));
+    }
+
+    pub fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// A sample value as the format writes it: integers without a fraction, `+Inf`/`-Inf`/`NaN`.
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        format!("{value}")
+    }
+}
+
+/// What a scrape shows, gathered from the database and `status` by the caller.
+pub struct Snapshot<'a> {
+    pub gateways: &'a [GatewayView],
+    /// (gateway id, run state, how many).
+    pub runs: &'a [(String, String, i64)],
+    /// Lost attempts per gateway id.
+    pub retries: &'a HashMap<String, i64>,
+    /// (bytes, files) copied by succeeded copy runs per gateway id.
+    pub copied: &'a HashMap<String, (u64, u64)>,
+    /// The dispatcher lease's epoch per gateway id: it rises by one each time another node
+    /// takes the lease.
+    pub lease_epochs: &'a HashMap<String, i64>,
+}
+
+/// A per-node gauge: its name, help and how to read it off the node.
+type NodeGauge = (&'static str, &'static str, fn(&NodeView) -> f64);
+
+/// The whole exposition for `snapshot` and this hub's own measurements.
+pub fn render(snapshot: &Snapshot<'_>, hub: &HubMetrics) -> String {
+    let mut out = Exposition::new();
+    let name_of: HashMap<&str, &str> =
+        snapshot.gateways.iter().map(|g| (g.id.as_str(), g.name.as_str())).collect();
+    let gateway_name = |id: &str| name_of.get(id).copied().unwrap_or(id).to_owned();
+    gateway_families(&mut out, snapshot);
+    node_families(&mut out, snapshot.gateways);
+    run_families(&mut out, snapshot, &gateway_name);
+    latency_family(&mut out, hub, &gateway_name);
+    out.finish()
+}
+
+fn gateway_families(out: &mut Exposition, snapshot: &Snapshot<'_>) {
+    let gateways = snapshot.gateways;
+    out.family("gatehouse_gateway_status", "gauge", "1 for the gateway's current status, 0 for the others.");
+    for g in gateways {
+        for (state, status) in [
+            (GatewayState::Online, "online"),
+            (GatewayState::Limited, "limited"),
+            (GatewayState::Offline, "offline"),
+            (GatewayState::NeedsRegistration, "needs_registration"),
+        ] {
+            let value = f64::from(u8::from(g.status == state));
+            out.sample("gatehouse_gateway_status", &[("gateway", &g.name), ("status", status)], value);
+        }
+    }
+    out.family("gatehouse_gateway_nodes", "gauge", "Nodes registered in the gateway.");
+    for g in gateways {
+        out.sample("gatehouse_gateway_nodes", &[("gateway", &g.name)], count(g.nodes.len()));
+    }
+    out.family(
+        "gatehouse_dispatcher_failovers_total",
+        "counter",
+        "Times another node took over the gateway's dispatcher lease.",
+    );
+    for g in gateways {
+        let epoch = snapshot.lease_epochs.get(&g.id).copied().unwrap_or(0);
+        out.sample(
+            "gatehouse_dispatcher_failovers_total",
+            &[("gateway", &g.name)],
+            whole((epoch - 1).max(0)),
+        );
+    }
+}
+
+fn node_families(out: &mut Exposition, gateways: &[GatewayView]) {
+    let nodes: Vec<(&str, &NodeView)> =
+        gateways.iter().flat_map(|g| g.nodes.iter().map(move |n| (g.name.as_str(), n))).collect();
+    out.family("gatehouse_node_info", "gauge", "Always 1; the node's version in a label.");
+    for (g, n) in &nodes {
+        out.sample("gatehouse_node_info", &[("gateway", g), ("node", &n.name), ("version", &n.version)], 1.0);
+    }
+    out.family("gatehouse_node_status", "gauge", "1 for the node's current status, 0 for the others.");
+    for (g, n) in &nodes {
+        for state in [
+            NodeState::Online,
+            NodeState::Limited,
+            NodeState::Offline,
+            NodeState::Inactive,
+            NodeState::Upgrading,
+        ] {
+            let status = format!("{state:?}").to_lowercase();
+            let value = f64::from(u8::from(n.status == state));
+            out.sample(
+                "gatehouse_node_status",
+                &[("gateway", g), ("node", &n.name), ("status", &status)],
+                value,
+            );
+        }
+    }
+    out.family(
+        "gatehouse_node_role",
+        "gauge",
+        "1 for the node's current role (dispatcher or worker), 0 for the other.",
+    );
+    for (g, n) in &nodes {
+        for (role, name) in [(Role::Dispatcher, "dispatcher"), (Role::Worker, "worker")] {
+            let value = f64::from(u8::from(n.role == role));
+            out.sample("gatehouse_node_role", &[("gateway", g), ("node", &n.name), ("role", name)], value);
+        }
+    }
+    let per_node: [NodeGauge; 9] = [
+        ("gatehouse_node_cpu_ratio", "CPU in use, 0 to 1, as the node last reported.", |n| {
+            f64::from(n.metrics.cpu_percent) / 100.0
+        }),
+        ("gatehouse_node_memory_available_bytes", "Memory available on the node.", |n| {
+            big(n.metrics.available_memory_bytes)
+        }),
+        ("gatehouse_node_memory_total_bytes", "The node's memory.", |n| big(n.metrics.total_memory_bytes)),
+        (
+            "gatehouse_node_network_receive_bytes_per_second",
+            "Network bytes in per second on the node.",
+            |n| big(n.metrics.network_in_bytes_per_second),
+        ),
+        (
+            "gatehouse_node_network_transmit_bytes_per_second",
+            "Network bytes out per second on the node.",
+            |n| big(n.metrics.network_out_bytes_per_second),
+        ),
+        ("gatehouse_node_runs_running", "Runs executing on the node.", |n| f64::from(n.metrics.runs_running)),
+        ("gatehouse_node_runs_limit", "How many runs the node takes at once.", |n| {
+            f64::from(n.metrics.runs_limit)
+        }),
+        ("gatehouse_node_credential_version", "Version of the credential set the node holds.", |n| {
+            big(n.metrics.credential_version)
+        }),
+        (
+            "gatehouse_node_last_heartbeat_timestamp_seconds",
+            "When the node's last heartbeat arrived (Unix time).",
+            |n| n.last_heartbeat_ms.map_or(0.0, |ms| whole(ms) / 1000.0),
+        ),
+    ];
+    for (name, help, value) in per_node {
+        out.family(name, "gauge", help);
+        for (g, n) in &nodes {
+            out.sample(name, &[("gateway", g), ("node", &n.name)], value(n));
+        }
+    }
+}
+
+fn run_families(out: &mut Exposition, snapshot: &Snapshot<'_>, gateway_name: &dyn Fn(&str) -> String) {
+    let gateways = snapshot.gateways;
+    out.family("gatehouse_runs", "gauge", "Activity runs by state.");
+    for (gateway, state, n) in snapshot.runs {
+        out.sample("gatehouse_runs", &[("gateway", &gateway_name(gateway)), ("state", state)], whole(*n));
+    }
+    out.family(
+        "gatehouse_run_retries_total",
+        "counter",
+        "Attempts that were lost (node gone, hub restart, hand-off not started) and tried again.",
+    );
+    for g in gateways {
+        let n = snapshot.retries.get(&g.id).copied().unwrap_or(0);
+        out.sample("gatehouse_run_retries_total", &[("gateway", &g.name)], whole(n));
+    }
+    out.family("gatehouse_copied_bytes_total", "counter", "Bytes copied by copy runs that succeeded.");
+    for g in gateways {
+        let (bytes, _) = snapshot.copied.get(&g.id).copied().unwrap_or_default();
+        out.sample("gatehouse_copied_bytes_total", &[("gateway", &g.name)], big(bytes));
+    }
+    out.family("gatehouse_copied_files_total", "counter", "Files copied by copy runs that succeeded.");
+    for g in gateways {
+        let (_, files) = snapshot.copied.get(&g.id).copied().unwrap_or_default();
+        out.sample("gatehouse_copied_files_total", &[("gateway", &g.name)], big(files));
+    }
+}
+
+fn latency_family(out: &mut Exposition, hub: &HubMetrics, gateway_name: &dyn Fn(&str) -> String) {
+    out.family(
+        "gatehouse_dispatch_latency_seconds",
+        "histogram",
+        "From a run being queued to the dispatcher claiming it, as this hub saw it since it started.",
+    );
+    let mut latency: Vec<(String, Histogram)> =
+        hub.latency().into_iter().map(|(id, h)| (gateway_name(&id), h)).collect();
+    latency.sort_by(|a, b| a.0.cmp(&b.0));
+    for (gateway, h) in &latency {
+        let mut cumulative = 0;
+        for (le, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+            cumulative += n;
+            let le = format!("{le}");
+            out.sample(
+                "gatehouse_dispatch_latency_seconds_bucket",
+                &[("gateway", gateway), ("le", &le)],
+                big(cumulative),
+            );
+        }
+        out.sample(
+            "gatehouse_dispatch_latency_seconds_bucket",
+            &[("gateway", gateway), ("le", "+Inf")],
+            big(h.count),
+        );
+        out.sample("gatehouse_dispatch_latency_seconds_sum", &[("gateway", gateway)], h.sum);
+        out.sample("gatehouse_dispatch_latency_seconds_count", &[("gateway", gateway)], big(h.count));
+    }
+}
+
+#[allow(clippy::cast_precision_loss, reason = "metric values are floats on the wire")]
+fn big(n: u64) -> f64 {
+    n as f64
+}
+
+#[allow(clippy::cast_precision_loss, reason = "metric values are floats on the wire")]
+fn whole(n: i64) -> f64 {
+    n as f64
+}
+
+fn count(n: usize) -> f64 {
+    big(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_and_help_are_escaped_and_numbers_written_plainly() {
+        let mut out = Exposition::new();
+        out.family("x_total", "counter", "line one\nback\\slash");
+        out.sample("x_total", &[("a", "say \"hi\"\\\n")], 3.0);
+        out.sample("x_total", &[], f64::INFINITY);
+        assert_eq!(
+            out.finish(),
+            "# HELP x_total line one\\nback\\\\slash\n# TYPE x_total counter\nx_total{a=\"say \\\"hi\\\"\\\\\\n\"} 3\nx_total +Inf\n"
+        );
+        assert_eq!(number(0.25), "0.25");
+    }
+
+    #[test]
+    fn the_latency_histogram_is_cumulative_and_counts_everything() {
+        let hub = HubMetrics::default();
+        for seconds in [0.001, 0.2, 0.2, 7.0, 1000.0] {
+            hub.observe_dispatch("g", seconds);
+        }
+        let snapshot = Snapshot {
+            gateways: &[],
+            runs: &[],
+            retries: &HashMap::new(),
+            copied: &HashMap::new(),
+            lease_epochs: &HashMap::new(),
+        };
+        let text = render(&snapshot, &hub);
+        let bucket = |le: &str| {
+            let prefix = format!("gatehouse_dispatch_latency_seconds_bucket{{gateway=\"g\",le=\"{le}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap().to_owned()
+        };
+        assert_eq!(bucket("0.005"), "1");
+        assert_eq!(bucket("0.25"), "3");
+        assert_eq!(bucket("10"), "4");
+        assert_eq!(bucket("300"), "4");
+        assert_eq!(bucket("+Inf"), "5");
+        assert!(text.contains("gatehouse_dispatch_latency_seconds_count{gateway=\"g\"} 5\n"), "{text}");
+        assert!(text.contains("gatehouse_dispatch_latency_seconds_sum{gateway=\"g\"} 1007.401"), "{text}");
+    }
+}
