@@ -653,12 +653,25 @@ pub struct JobsQuery {
 pub enum TokenKind {
     /// Scrape `/metrics`, nothing else.
     Metrics,
+    /// Read the status page, nothing else.
+    Viewer,
 }
 
 impl TokenKind {
+    pub const ALL: [TokenKind; 2] = [TokenKind::Metrics, TokenKind::Viewer];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TokenKind::Metrics => "metrics",
+            TokenKind::Viewer => "viewer",
+        }
+    }
+
+    /// How a token of this kind starts: `ghm_` or `ghv_`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::Metrics => "ghm_",
+            TokenKind::Viewer => "ghv_",
         }
     }
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::cluster::{gateway, submit, wait_over};
+use common::http::{self, Auth};
 use common::process::spawn_gatehouse;
 use serde_json::json;
 use std::collections::HashMap;
@@ -15,17 +16,8 @@ use std::time::Duration;
 
 /// `GET url` with an optional bearer token: (status, body).
 fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
-        let mut request = client.get(url);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    })
+    let answer = http::get(url, token.map_or(Auth::None, Auth::Bearer));
+    (answer.status, answer.body)
 }
 
 /// The samples of an exposition: `name{labels}` → value as written (integers have no fraction).

@@ -361,7 +361,8 @@ pub fn run_node(command: NodeCommand) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Make a token; it is shown in full this once (the hub keeps its hash).
+    /// Make a token for one purpose (--metrics or --viewer); it is shown in full this once (the
+    /// hub keeps its hash).
     #[command(after_help = EXIT_CODES)]
     Create(CreateTokenArgs),
     /// List tokens: id, kind, when made and revoked (never the tokens).
@@ -373,10 +374,14 @@ pub enum TokenCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["metrics", "viewer"])))]
 pub struct CreateTokenArgs {
     /// A token that may scrape /metrics and nothing else (for Prometheus).
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub metrics: bool,
+    /// A token that may read the status page at / and nothing else.
+    #[arg(long)]
+    pub viewer: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -398,12 +403,23 @@ pub fn run_token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn create_token(args: CreateTokenArgs) -> anyhow::Result<()> {
-    let created = args.connection.client()?.create_token(TokenKind::Metrics).await?;
+    let kind = if args.viewer { TokenKind::Viewer } else { TokenKind::Metrics };
+    let created = args.connection.client()?.create_token(kind).await?;
     if args.connection.json {
         return emit_json(&created);
     }
+    let (what, how) = match kind {
+        TokenKind::Metrics => (
+            "Metrics token",
+            "Prometheus sends it as `authorization: {credentials_file: FILE}` with this token in FILE.",
+        ),
+        TokenKind::Viewer => (
+            "Viewer token",
+            "Open the hub's address in a browser and give this token as the password (any user name).",
+        ),
+    };
     emit(&format!(
-        "Metrics token {} (shown in full only this once: the hub keeps only its hash):\n  {}\n\nPrometheus sends it as `authorization: {{credentials_file: FILE}}` with this token in FILE.\nRevoke it with: gatehouse hub token revoke {}\n",
+        "{what} {} (shown in full only this once: the hub keeps only its hash):\n  {}\n\n{how}\nRevoke it with: gatehouse hub token revoke {}\n",
         created.id, created.token, created.id
     ))
 }

@@ -21,7 +21,7 @@ pub enum HubCommand {
     /// List and remove a gateway's nodes on a running hub.
     #[command(subcommand, after_help = super::admin::EXIT_CODES)]
     Node(super::admin::NodeCommand),
-    /// Make, list and revoke tokens for one purpose (scraping /metrics).
+    /// Make, list and revoke tokens for one purpose (scraping /metrics, reading the status page).
     #[command(subcommand, after_help = super::admin::EXIT_CODES)]
     Token(super::admin::TokenCommand),
     /// Show the audit trail: who (the admin token, a node, the hub) did what and when —
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// `gatehouse hub token create --metrics`, or the admin token, is needed).
     #[arg(long)]
     pub public_metrics: bool,
+    /// Serve the status page at / to anyone who can reach the hub (else it asks for the admin
+    /// token or a viewer token from `gatehouse hub token create --viewer`).
+    #[arg(long)]
+    pub public_status: bool,
 }
 
 pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
@@ -99,7 +103,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let config = HubConfig { public_metrics: args.public_metrics, ..HubConfig::new(public_url) };
+    let config = HubConfig {
+        public_metrics: args.public_metrics,
+        public_status: args.public_status,
+        ..HubConfig::new(public_url)
+    };
     hub::serve(listener, tls, db, config, shutdown).await.context("serving the hub")?;
     tracing::info!("hub stopped");
     Ok(())
@@ -126,18 +134,40 @@ pub(super) async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// A database URL without its password, for messages.
+/// A database URL without its passwords, for messages: the one in the user info
+/// (`postgres://hub:PASSWORD@db/gh`) and any `password=`/`sslpassword=` query parameter.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let mut out = match base.find("://") {
+        Some(scheme) => {
+            let rest = &base[scheme + 3..];
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let authority = &rest[..authority_end];
+            match authority.rsplit_once('@').and_then(|(info, host)| Some((info.split_once(':')?.0, host))) {
+                Some((user, host)) => {
+                    format!("{}{user}:***@{host}{}", &base[..scheme + 3], &rest[authority_end..])
+                }
+                None => base.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _))
+                    if ["password", "sslpassword"].contains(&name.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{name}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -149,5 +179,13 @@ mod tests {
         assert_eq!(redact("postgres://hub:s3cret@db:5432/gh"), "postgres://hub:***@db:5432/gh");
         assert_eq!(redact("postgres://hub@db/gh"), "postgres://hub@db/gh");
         assert_eq!(redact("sqlite:///var/lib/hub.db"), "sqlite:///var/lib/hub.db");
+        assert_eq!(
+            redact("postgres://hub@db/gh?sslmode=require&password=s3@cret&Password=x"),
+            "postgres://hub@db/gh?sslmode=require&password=***&Password=***"
+        );
+        assert_eq!(
+            redact("postgres://hub:p@ss@db/gh?application_name=a"),
+            "postgres://hub:***@db/gh?application_name=a"
+        );
     }
 }

@@ -35,6 +35,9 @@ const MAX_PROGRESS_BODY_BYTES: usize = 4 << 20;
 /// bytes of JSON a file. Only an authenticated node gets this far (the token is checked before
 /// the body is read).
 const MAX_SPLIT_BODY_BYTES: usize = 256 << 20;
+/// The most runs one job may have in all, its copies' parts included: a job of many copies
+/// can't fill the hub's database by itself.
+const MAX_RUNS_PER_JOB: i64 = 50_000;
 /// Longest a dispatcher's claim may wait for work.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
 
@@ -138,10 +141,21 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_nul(parts.uri.path(), "URL")?;
         Path::<T>::from_request_parts(parts, state).await.map(|Path(value)| ApiPath(value)).map_err(
             |rejection| ApiError::bad_request(format!("the URL is not valid: {}", rejection.body_text())),
         )
     }
+}
+
+/// A percent-encoded NUL (`%00`) in a URL's path or query: refused like one in a body.
+fn refuse_nul(text: &str, what: &str) -> Result<(), ApiError> {
+    if text.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")) {
+        return Err(ApiError::bad_request(format!(
+            "the {what} contains a NUL character (%00), which no name or id holds"
+        )));
+    }
+    Ok(())
 }
 
 fn json_error(rejection: &JsonRejection, limit: usize) -> ApiError {
@@ -163,6 +177,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_nul(parts.uri.query().unwrap_or_default(), "query string")?;
         Query::<T>::from_request_parts(parts, state).await.map(|Query(value)| ApiQuery(value)).map_err(
             |rejection| {
                 ApiError::bad_request(format!("the query string is not valid: {}", rejection.body_text()))
@@ -203,6 +218,32 @@ impl FromRequestParts<HubState> for Admin {
     }
 }
 
+/// Whether `token` is the hub's admin token (constant-time).
+async fn is_admin_token(state: &HubState, token: &str) -> Result<bool, ApiError> {
+    let stored = state.db.admin_token_hash().await?.unwrap_or_default();
+    Ok(!stored.is_empty() && auth::verify(token, &stored))
+}
+
+/// How a token that isn't the admin token fares for a request that needs `kind`.
+enum PurposeToken {
+    /// A live token of that kind.
+    Valid,
+    /// A purpose token, but revoked, unknown, of another kind or with a wrong secret.
+    Invalid,
+    /// Not shaped like a purpose token at all.
+    NotOne,
+}
+
+async fn purpose_token(state: &HubState, token: &str, kind: TokenKind) -> Result<PurposeToken, ApiError> {
+    let Some((claimed, id)) = auth::purpose_token_id(token) else { return Ok(PurposeToken::NotOne) };
+    Ok(match state.db.live_token(id).await? {
+        Some((row, hash)) if claimed == kind && row.kind == kind.as_str() && auth::verify(token, &hash) => {
+            PurposeToken::Valid
+        }
+        _ => PurposeToken::Invalid,
+    })
+}
+
 /// The caller may read `/metrics`: the hub serves them publicly (`--public-metrics`), or the
 /// request carries a live metrics token or the admin token.
 pub struct MetricsAuth;
@@ -220,23 +261,82 @@ impl FromRequestParts<HubState> for MetricsAuth {
             )
         };
         let token = bearer(parts).ok_or_else(refused)?;
-        if let Some(id) = auth::metrics_token_id(token) {
-            return match state.db.live_token(id).await? {
-                Some((row, hash))
-                    if row.kind == TokenKind::Metrics.as_str() && auth::verify(token, &hash) =>
-                {
-                    Ok(MetricsAuth)
-                }
-                _ => Err(ApiError::unauthorized("the metrics token is not valid (it may have been revoked)")
-                    .with_hint("list tokens with: gatehouse hub token list")),
-            };
+        match purpose_token(state, token, TokenKind::Metrics).await? {
+            PurposeToken::Valid => Ok(MetricsAuth),
+            PurposeToken::Invalid => {
+                Err(ApiError::unauthorized("the metrics token is not valid (it may have been revoked)")
+                    .with_hint("list tokens with: gatehouse hub token list"))
+            }
+            PurposeToken::NotOne if is_admin_token(state, token).await? => Ok(MetricsAuth),
+            PurposeToken::NotOne => Err(refused()),
         }
-        let stored = state.db.admin_token_hash().await?.unwrap_or_default();
-        if !stored.is_empty() && auth::verify(token, &stored) {
-            return Ok(MetricsAuth);
-        }
-        Err(refused())
     }
+}
+
+/// The caller may read the status page: it is public (`--public-status`), or the request
+/// carries the admin token or a live viewer token, as a bearer token or as the password of
+/// HTTP Basic authentication (what a browser's login prompt sends; the user name is ignored).
+pub struct Viewer;
+
+/// The status page's answer to a caller without a valid token: 401 with a Basic challenge, so
+/// a browser asks for the token, and a page that says which tokens work.
+pub struct LoginNeeded(&'static str);
+
+impl axum::response::IntoResponse for LoginNeeded {
+    fn into_response(self) -> axum::response::Response {
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Gatehouse hub: sign in</title></head>\
+             <body><h1>Sign in to the Gatehouse hub</h1><p>{}</p><p>Sign in with the hub's admin token or a \
+             viewer token as the password (any user name). An administrator makes a viewer token with \
+             <code>gatehouse hub token create --viewer</code>.</p></body></html>",
+            self.0
+        );
+        (
+            StatusCode::UNAUTHORIZED,
+            [(axum::http::header::WWW_AUTHENTICATE, "Basic realm=\"Gatehouse hub\", charset=\"UTF-8\"")],
+            axum::response::Html(body),
+        )
+            .into_response()
+    }
+}
+
+impl FromRequestParts<HubState> for Viewer {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse as _;
+        if state.config.public_status {
+            return Ok(Viewer);
+        }
+        let Some(token) = bearer(parts).map(str::to_owned).or_else(|| basic_password(parts)) else {
+            return Err(LoginNeeded("The status page needs a token.").into_response());
+        };
+        let valid = match purpose_token(state, &token, TokenKind::Viewer).await {
+            Ok(PurposeToken::Valid) => true,
+            Ok(PurposeToken::Invalid) => false,
+            Ok(PurposeToken::NotOne) => {
+                is_admin_token(state, &token).await.map_err(axum::response::IntoResponse::into_response)?
+            }
+            Err(e) => return Err(e.into_response()),
+        };
+        if valid {
+            Ok(Viewer)
+        } else {
+            Err(LoginNeeded("That token is not valid here (a viewer token may have been revoked).")
+                .into_response())
+        }
+    }
+}
+
+/// The password of an `Authorization: Basic` header, if it has one.
+fn basic_password(parts: &Parts) -> Option<String> {
+    use base64::Engine as _;
+    let encoded =
+        parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.trim().to_owned())
 }
 
 /// The caller is a registered node, proven by its node token.
@@ -1105,9 +1205,18 @@ async fn split(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let result = request.result.to_string();
-    let split = Split { parts: &parts, result: &result, now_ms: now_ms() };
-    if !state.db.split_run(&run, i64::from(request.attempt), &node.id, &split).await? {
-        return Err(refusal(&state, &run, request.attempt).await?);
+    let split =
+        Split { parts: &parts, result: &result, now_ms: now_ms(), max_runs_per_job: MAX_RUNS_PER_JOB };
+    match state.db.split_run(&run, i64::from(request.attempt), &node.id, &split).await? {
+        db::SplitOutcome::Done => {}
+        db::SplitOutcome::NotCurrent => return Err(refusal(&state, &run, request.attempt).await?),
+        db::SplitOutcome::TooManyRuns { existing } => {
+            return Err(ApiError::bad_request(format!(
+                "the listing found {count} parts, but job {} has {existing} runs already and a job may have at most {MAX_RUNS_PER_JOB}",
+                row.job_id
+            ))
+            .with_hint("split the copies over several jobs, or narrow the sources with include/exclude globs"));
+        }
     }
     tracing::info!(%run, parts = count, node = %node.name, "copy listed and split into parts");
     if count > 0 {
@@ -1202,7 +1311,7 @@ async fn create_token(
     ApiJson(request): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let id = auth::new_id();
-    let token = auth::new_metrics_token(&id);
+    let token = auth::new_purpose_token(request.kind, &id);
     let row = db::TokenRow {
         id: id.clone(),
         kind: request.kind.as_str().to_owned(),
@@ -1226,12 +1335,9 @@ async fn list_tokens(State(state): State<HubState>, _: Admin) -> Result<Json<Vec
     Ok(Json(
         rows.into_iter()
             // Only kinds this hub knows; a newer hub's rows on a shared database are skipped.
-            .filter(|r| r.kind == TokenKind::Metrics.as_str())
-            .map(|r| TokenInfo {
-                id: r.id,
-                kind: TokenKind::Metrics,
-                created_ms: r.created_ms,
-                revoked_ms: r.revoked_ms,
+            .filter_map(|r| {
+                let kind = TokenKind::ALL.into_iter().find(|k| k.as_str() == r.kind)?;
+                Some(TokenInfo { id: r.id, kind, created_ms: r.created_ms, revoked_ms: r.revoked_ms })
             })
             .collect(),
     ))

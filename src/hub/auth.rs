@@ -6,7 +6,7 @@
 //! - auth key: `gh1_<base64url(hub_url|gateway_id)>_<43 chars: 32 random bytes, base64url>`,
 //!   self-contained, so a node needs nothing else to find its hub and gateway;
 //! - node token: `ghn_<node_id>_<secret>`; admin token: `gha_<secret>`;
-//! - metrics token: `ghm_<token_id>_<secret>`.
+//! - purpose tokens: `ghm_<token_id>_<secret>` (metrics), `ghv_<token_id>_<secret>` (viewer).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,6 +14,7 @@ use rand::RngCore as _;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
+use crate::protocol::TokenKind;
 pub use crate::protocol::parse_auth_key;
 
 /// Length of a secret: 32 bytes in base64url without padding.
@@ -68,14 +69,14 @@ pub fn node_of_token(token: &str) -> Option<&str> {
     id_of_token(token, "ghn_")
 }
 
-/// A new metrics token with id `token_id`.
-pub fn new_metrics_token(token_id: &str) -> String {
-    format!("ghm_{token_id}_{}", new_secret())
+/// A new purpose token of `kind` with id `token_id`.
+pub fn new_purpose_token(kind: TokenKind, token_id: &str) -> String {
+    format!("{}{token_id}_{}", kind.prefix(), new_secret())
 }
 
-/// The token id a metrics token claims.
-pub fn metrics_token_id(token: &str) -> Option<&str> {
-    id_of_token(token, "ghm_")
+/// The kind and token id a purpose token claims.
+pub fn purpose_token_id(token: &str) -> Option<(TokenKind, &str)> {
+    TokenKind::ALL.into_iter().find_map(|kind| Some((kind, id_of_token(token, kind.prefix())?)))
 }
 
 /// The id in a `<prefix><id>_<secret>` token, if it has that shape.

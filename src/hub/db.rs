@@ -212,6 +212,20 @@ pub struct Split<'a> {
     /// JSON, the listing's summary.
     pub result: &'a str,
     pub now_ms: i64,
+    /// The most runs the job may have once split.
+    pub max_runs_per_job: i64,
+}
+
+/// What came of a split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitOutcome {
+    Done,
+    /// The attempt isn't the node's (any more), or the run ended.
+    NotCurrent,
+    /// The job has `existing` runs, and the parts would take it over its limit.
+    TooManyRuns {
+        existing: i64,
+    },
 }
 
 /// How an attempt ended.
@@ -911,18 +925,30 @@ impl Db {
     /// Ends `attempt` of a copy's listing run with the parts it found, in one transaction: the
     /// listing run succeeds with `split.result`, and each part becomes a queued run (partition
     /// 1, 2, …) of the same activity, at the listing run's place in the queue. Nothing changes
-    /// and the answer is `false` unless the attempt is still `node_id`'s and unfinished.
+    /// unless the attempt is still `node_id`'s and unfinished, and the job stays within
+    /// `split.max_runs_per_job` runs in all.
     pub async fn split_run(
         &self,
         run_id: &str,
         attempt: i64,
         node_id: &str,
         split: &Split<'_>,
-    ) -> Result<bool> {
+    ) -> Result<SplitOutcome> {
         let mut tx = self.write().await?;
         // The job first, as a cancel takes it: a split that commits first has its parts
         // cancelled with the rest, one that comes second finds its listing run cancelled.
+        // Splits of one job's copies take turns too, so their parts are counted together.
         self.lock_job(&mut tx, "(SELECT job_id FROM runs WHERE id = $1)", run_id).await?;
+        let existing: i64 =
+            sqlx::query("SELECT COUNT(*) FROM runs WHERE job_id = (SELECT job_id FROM runs WHERE id = $1)")
+                .bind(run_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        let adding = i64::try_from(split.parts.len()).unwrap_or(i64::MAX);
+        if existing.saturating_add(adding) > split.max_runs_per_job {
+            return Ok(SplitOutcome::TooManyRuns { existing });
+        }
         // The fence, and a row lock on PostgreSQL: a second split of the run waits, then finds
         // it succeeded and changes nothing.
         let listing = sqlx::query(
@@ -937,7 +963,7 @@ impl Db {
         .bind(node_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(listing) = listing else { return Ok(false) };
+        let Some(listing) = listing else { return Ok(SplitOutcome::NotCurrent) };
         let job_id: String = listing.try_get("job_id")?;
         let gateway_id: String = listing.try_get("gateway_id")?;
         let activity_index: i64 = listing.try_get("activity_index")?;
@@ -972,7 +998,7 @@ impl Db {
             insert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(SplitOutcome::Done)
     }
 
     /// Ends `attempt` of a run, once; `None` if it was already finished or re-queued. One

@@ -47,6 +47,8 @@ pub struct HubConfig {
     pub poll_interval: Duration,
     /// Serve `/metrics` without a token (`hub serve --public-metrics`).
     pub public_metrics: bool,
+    /// Serve the status page at `/` without a token (`hub serve --public-status`).
+    pub public_status: bool,
 }
 
 impl HubConfig {
@@ -63,6 +65,7 @@ impl HubConfig {
             handoff_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
             public_metrics: false,
+            public_status: false,
         }
     }
 }

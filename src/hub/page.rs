@@ -16,7 +16,7 @@ const RECENT_JOBS: u32 = 10;
 /// Runs listed per job.
 const RUNS_SHOWN: usize = 20;
 
-pub async fn index(State(state): State<HubState>) -> Result<Html<String>, ApiError> {
+pub async fn index(State(state): State<HubState>, _: super::api::Viewer) -> Result<Html<String>, ApiError> {
     let gateways = all_gateway_views(&state).await?;
     let mut jobs = Vec::new();
     for gateway in &gateways {

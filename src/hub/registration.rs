@@ -13,8 +13,12 @@ pub enum Refusal {
         "node '{name}' is already registered with gateway '{gateway}'; choose another name (names are never reused while that node exists)"
     )]
     NameTaken { name: String, gateway: String },
-    #[error("this machine is registered with gateway '{gateway}' as '{name}'; unregister it first")]
-    MachineElsewhere { name: String, gateway: String },
+    /// The machine is a node of another gateway. The refusal doesn't say which, or as whom:
+    /// whoever holds this gateway's key has no business learning another gateway's nodes.
+    #[error(
+        "this machine is already a node of another gateway on this hub; run `gatehouse node unregister` on it first (or ask the hub's administrator to remove that node)"
+    )]
+    MachineElsewhere,
     #[error(
         "this machine is already registered with gateway '{gateway}' as '{name}'; unregister it first to register again"
     )]
@@ -49,11 +53,10 @@ pub fn check(
     new: &NewNode,
 ) -> Result<(), Refusal> {
     if let Some((existing, existing_gateway)) = existing {
-        let (name, gateway_name) = (existing.name.clone(), existing_gateway.to_owned());
         return Err(if existing.gateway_id == gateway.id {
-            Refusal::MachineAlreadyHere { name, gateway: gateway_name }
+            Refusal::MachineAlreadyHere { name: existing.name.clone(), gateway: existing_gateway.to_owned() }
         } else {
-            Refusal::MachineElsewhere { name, gateway: gateway_name }
+            Refusal::MachineElsewhere
         });
     }
     if nodes.iter().any(|n| n.name.eq_ignore_ascii_case(&new.name)) {
