@@ -10,6 +10,7 @@ pub mod hub;
 mod job;
 mod logging;
 mod node;
+mod service;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
