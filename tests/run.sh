@@ -17,6 +17,7 @@ declare -A packages=(
   [dpkg-deb]=dpkg            # the package test takes the .deb apart
   [strip]=binutils           # … which cargo-deb strips the binary for
   [systemd-analyze]=systemd  # … verifies its units
+  [man]=man-db               # … whose Documentation= man pages it looks up
   [desktop-file-validate]=desktop-file-utils  # … and its desktop entry
 )
 # Loaded by the window at run time (eframe/glow/winit), not found by `command -v`.
