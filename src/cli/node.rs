@@ -20,6 +20,12 @@ pub enum NodeCommand {
     Register(RegisterArgs),
     /// Run the node service in the foreground (what systemd starts).
     Run,
+    /// Start the node service in the background (through systemd when installed as its unit).
+    Start,
+    /// Stop the running node service (a window's too); its runs drain first.
+    Stop,
+    /// Stop the node service if it runs, then start it.
+    Restart,
     /// Show this node's registration and the status of its last run.
     Status {
         /// Print JSON.
@@ -184,9 +190,15 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             );
         }
         NodeCommand::Run => runtime.block_on(run_service(store))?,
+        NodeCommand::Start => runtime.block_on(super::service::start(&store))?,
+        NodeCommand::Stop => runtime.block_on(super::service::stop(&store))?,
+        NodeCommand::Restart => runtime.block_on(super::service::restart(&store))?,
         NodeCommand::Status { json } => {
             let live = runtime.block_on(live_status(store.dir()));
             status(&store, live, json)?;
+            if !json {
+                super::service::print_process(&runtime, store.dir());
+            }
         }
         NodeCommand::Credential(command) => credential(&store, command)?,
         NodeCommand::LogLevel { level } => {
