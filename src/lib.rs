@@ -10,6 +10,7 @@ pub mod client;
 pub mod encoding;
 pub mod gui;
 pub mod hub;
+pub mod machine;
 pub mod node;
 pub mod paths;
 pub mod protocol;

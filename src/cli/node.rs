@@ -299,7 +299,7 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
                     break;
                 }
                 let json = serde_json::to_vec_pretty(&*handle.status.borrow_and_update())?;
-                if let Err(e) = crate::node::store::write_atomic(&status_path, &json) {
+                if let Err(e) = crate::machine::write_atomic(&status_path, &json) {
                     tracing::warn!("can't write {}: {e}", status_path.display());
                 }
             }

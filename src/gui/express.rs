@@ -126,7 +126,7 @@ pub async fn express_setup(
     let peer_host = options
         .peer_host
         .clone()
-        .unwrap_or_else(|| if embedded { "127.0.0.1".to_owned() } else { crate::node::host_name() });
+        .unwrap_or_else(|| if embedded { "127.0.0.1".to_owned() } else { crate::machine::host_name() });
     match register_with(store, &url, &admin_token, &peer_host, options.peer_port).await {
         // `register` keeps the embedded hub's admin token in the secrets it writes.
         Ok(settings) => {
@@ -246,7 +246,7 @@ async fn register_with(
     peer_port: u16,
 ) -> Result<NodeSettings, ExpressError> {
     let admin = HubClient::new(url, admin_token).map_err(ExpressError::Admin)?;
-    let name = crate::node::host_name();
+    let name = crate::machine::host_name();
     let key = gateway_key(&admin, &name).await?;
     let peer_port = free_peer_port(peer_host, peer_port)?;
     let registration = Registration {

@@ -473,16 +473,16 @@ fn new_file_place(store: &Store, path: &Path, replace: Replace) -> Result<(), St
 /// beside it, then a rename), and says where and how big.
 pub fn export_logs(store: &Store, status: Option<&NodeStatus>, path: &Path) -> Result<String, String> {
     new_file_place(store, path, Replace::Allowed)?;
-    let fail =
-        |action: &str, path: &Path, e: &dyn fmt::Display| format!("can't {action} {}: {e}", path.display());
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.is_empty() {
+    if path.file_name().is_none_or(std::ffi::OsStr::is_empty) {
         return Err(format!("{} is not a file name; choose where to save the zip", path.display()));
     }
-    let temp = dir.join(format!(".{name}.{}.tmp", crate::encoding::random_hex::<6>()));
-    let written = (|| {
-        let file = std::fs::File::create_new(&temp).map_err(|e| fail("create", &temp, &e))?;
+    // The first failure's sentence; the io::Error only carries it out of the closure.
+    let mut failure = None;
+    let mut fail = |action: &str, place: &Path, e: &dyn fmt::Display| {
+        failure.get_or_insert_with(|| format!("can't {action} {}: {e}", place.display()));
+        std::io::Error::other("export failed")
+    };
+    let written = crate::machine::write_atomic_with(path, |file| {
         let mut zip = zip::ZipWriter::new(file);
         let options =
             zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
@@ -497,23 +497,21 @@ pub fn export_logs(store: &Store, status: Option<&NodeStatus>, path: &Path) -> R
         for log in &entries {
             let entry = format!("logs/{}", log.file_name().unwrap_or_default().to_string_lossy());
             let mut source = std::fs::File::open(log).map_err(|e| fail("read", log, &e))?;
-            zip.start_file(entry, options).map_err(|e| fail("write", &temp, &e))?;
+            zip.start_file(entry, options).map_err(|e| fail("write", path, &e))?;
             std::io::copy(&mut source, &mut zip).map_err(|e| fail("read", log, &e))?;
             files += 1;
         }
         // The status of the service in this process, else the last one `node run` left.
         let status_json = match status {
-            Some(status) => serde_json::to_vec_pretty(status).map_err(|e| fail("write", &temp, &e))?,
+            Some(status) => serde_json::to_vec_pretty(status).map_err(|e| fail("write", path, &e))?,
             None => std::fs::read(store.dir().join("status.json")).unwrap_or_else(|_| b"null\n".to_vec()),
         };
-        zip.start_file("status.json", options).map_err(|e| fail("write", &temp, &e))?;
-        zip.write_all(&status_json).map_err(|e| fail("write", &temp, &e))?;
-        let file = zip.finish().map_err(|e| fail("write", &temp, &e))?;
-        file.sync_all().map_err(|e| fail("write", &temp, &e))?;
-        let size = file.metadata().map_err(|e| fail("write", &temp, &e))?.len();
-        std::fs::rename(&temp, path).map_err(|e| fail("write", path, &e))?;
+        zip.start_file("status.json", options).map_err(|e| fail("write", path, &e))?;
+        zip.write_all(&status_json).map_err(|e| fail("write", path, &e))?;
+        let file = zip.finish().map_err(|e| fail("write", path, &e))?;
+        let size = file.metadata().map_err(|e| fail("write", path, &e))?.len();
         Ok((files, size))
-    })();
+    });
     match written {
         Ok((files, size)) => Ok(format!(
             "logs exported to {} ({} and the status, {})",
@@ -525,9 +523,6 @@ pub fn export_logs(store: &Store, status: Option<&NodeStatus>, path: &Path) -> R
             },
             crate::encoding::binary_size(size)
         )),
-        Err(message) => {
-            let _ = std::fs::remove_file(&temp);
-            Err(message)
-        }
+        Err(e) => Err(failure.unwrap_or_else(|| format!("can't write {}: {e}", path.display()))),
     }
 }

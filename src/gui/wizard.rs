@@ -30,7 +30,7 @@ impl Wizard {
             page: SetupPage::Welcome,
             key: String::new(),
             show_key: false,
-            name: crate::node::host_name(),
+            name: crate::machine::host_name(),
             encrypt: false,
             certificate: CertificatePage::default(),
             port: peer_port.to_string(),

@@ -91,7 +91,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         Err(e) => return Err(e.into()),
     }
     let key = crate::protocol::parse_auth_key(&registration.key)?;
-    let host = host_name();
+    let host = crate::machine::host_name();
     let name = registration.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| host.clone());
     let peer_address =
         registration.peer_address.unwrap_or_else(|| format!("{host}:{}", registration.peer_port));
@@ -170,11 +170,6 @@ pub fn disable_encryption(store: &Store) -> Result<(), NodeError> {
     secrets.tls = None;
     store.save_secrets(&secrets)?;
     Ok(())
-}
-
-/// The machine's host name, the default node name.
-pub fn host_name() -> String {
-    sysinfo::System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "gatehouse-node".to_owned())
 }
 
 /// Commands to a running node service.
