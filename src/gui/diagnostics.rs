@@ -4,12 +4,13 @@
 
 use eframe::egui;
 
-use super::ops::{LOG_LEVELS, Op, OpKind};
+use super::ops::{Op, OpKind};
 use super::service::{Request, Service};
 use super::settings::{Answers, answer_ui};
 use super::state::State;
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::node::logs::LogLine;
+use crate::node::ops::LOG_LEVELS;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 

@@ -10,7 +10,8 @@
 //! Credentials entered on any node reach the others through the peer channel
 //! ([`credentials`]).
 //!
-//! Backups of the node's state are sealed with a password ([`backup`]).
+//! Backups of the node's state are sealed with a password ([`backup`]). Every operation a
+//! person starts on the node's settings, from the CLI or the window, is in [`ops`].
 
 pub mod backup;
 pub mod control;
@@ -18,7 +19,9 @@ pub mod credentials;
 mod dispatch;
 pub mod logs;
 pub mod metrics;
+pub mod ops;
 pub mod peer;
+pub mod status_file;
 pub mod store;
 pub mod tls;
 pub mod worker;
@@ -142,34 +145,8 @@ pub async fn unregister(store: &Store) -> Result<NodeSettings, NodeError> {
         Err(e) => return Err(e.into()),
     }
     store.forget_registration()?;
+    status_file::forget(store);
     Ok(settings)
-}
-
-/// Sets the peer channel's port and certificate (`None`: unencrypted). The hub decides at the
-/// next heartbeat whether the gateway accepts the change (only while it has a single node).
-pub fn set_remote_access(
-    store: &Store,
-    port: u16,
-    tls: Option<crate::cert::Identity>,
-) -> Result<(), NodeError> {
-    let mut settings = store.settings()?;
-    let mut secrets = store.secrets()?;
-    settings.peer_port = port;
-    if let Some((host, _)) = settings.peer_address.rsplit_once(':') {
-        settings.peer_address = format!("{host}:{port}");
-    }
-    secrets.tls = tls;
-    store.save_secrets(&secrets)?;
-    store.save_settings(&settings)?;
-    Ok(())
-}
-
-/// Stops encrypting the peer channel.
-pub fn disable_encryption(store: &Store) -> Result<(), NodeError> {
-    let mut secrets = store.secrets()?;
-    secrets.tls = None;
-    store.save_secrets(&secrets)?;
-    Ok(())
 }
 
 /// Commands to a running node service.

@@ -194,6 +194,18 @@ impl Store {
         write_atomic(&path, &seal(&key, &json)).map_err(|reason| self.io("write", &path, reason))
     }
 
+    /// Keeps the admin token of the hub embedded in this data dir in the sealed secrets
+    /// (registered or not), keeping what else is there: the hub stores only its hash.
+    pub fn remember_hub_admin_token(&self, token: &str) -> Result<()> {
+        let mut secrets = match self.secrets() {
+            Ok(secrets) => secrets,
+            Err(StoreError::NotRegistered) => Secrets::default(),
+            Err(e) => return Err(e),
+        };
+        secrets.hub_admin_token = Some(token.to_owned());
+        self.save_secrets(&secrets)
+    }
+
     /// Forgets the registration (settings and secrets); the machine id and key stay, and so
     /// does the admin token of an embedded hub (it belongs to this data dir, not to the
     /// registration).
