@@ -11,7 +11,7 @@ mod common;
 
 use common::cluster::Hub;
 use gatehouse::client::HubClient;
-use gatehouse::gui::express::{
+use gatehouse::host::express::{
     ConfiguredHub, ExpressError, ExpressOptions, express_setup, start_embedded_hub_if_configured,
 };
 use gatehouse::hub::embedded::{self, EmbeddedError};

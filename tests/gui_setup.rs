@@ -90,7 +90,7 @@ fn express_setup_is_refused_with_the_hubs_sentence_when_the_gateway_encrypts() {
     let _first = Node::register(&key, "first", &["--cert", &cert("good.pem"), "--roots", &cert("ca.pem")]);
     let home = tempfile::tempdir().unwrap();
     let defaults = gatehouse::gui::ExpressOptions {
-        hub: Some(gatehouse::gui::express::ConfiguredHub {
+        hub: Some(gatehouse::host::express::ConfiguredHub {
             url: hub.url.clone(),
             admin_token: hub.token.clone(),
         }),

@@ -1,7 +1,7 @@
 //! `gatehouse node …`: register this machine, run the node service headless, show its status,
 //! unregister. The Configuration Manager drives the same `node` library code.
 
-use crate::node::control::{ControlSocket, ControlTarget};
+use crate::host::Host;
 use crate::node::logs::LogFeed;
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::Store;
@@ -221,24 +221,14 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
 
 /// Log lines kept for a control-socket watcher that falls behind.
 const LOG_FEED_LINES: usize = 1024;
+/// How long `node run` waits for the embedded hub to stop after the service.
+const HUB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn run_service(store: Store) -> anyhow::Result<()> {
     let settings = store.settings()?;
     let log_dir = store.dir().join("logs");
     let feed = LogFeed::new(LOG_FEED_LINES);
     let logs = super::logging::init_with_feed(Some(&log_dir), &settings.log_level, Some(&feed));
-    // Before anything else is bound: a second service of this data dir is refused by name
-    // (with the running one's pid), not by a busy peer port.
-    let control = ControlSocket::bind(store.dir()).await?;
-    let shutdown = CancellationToken::new();
-    let set_level = move |level: &str| logs.set_level(level);
-    tokio::spawn(crate::node::logs::follow_level(
-        store.clone(),
-        settings.log_level,
-        set_level,
-        shutdown.clone(),
-    ));
-    tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     // A fake machine for threshold tests, never for real use: say so loudly.
     let metrics: Box<dyn crate::node::metrics::MetricsSource> = match std::env::var("GATEHOUSE_FAKE_METRICS")
     {
@@ -250,29 +240,29 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
         }
         Err(_) => Box::new(SystemMetrics::new()),
     };
-    // A data dir set up by the window's express setup hosts its hub: it runs with the node.
-    let hub = crate::gui::express::start_embedded_hub_if_configured(&store, shutdown.child_token()).await?;
-    if let Some(hub) = &hub {
-        tracing::info!(url = %hub.url, "the embedded hub of this data dir is running");
-    }
-    let service = node::NodeService::new(store.clone(), metrics);
-    let (handle, task) = service.spawn(shutdown.clone()).await?;
-    // The Configuration Manager attaches here; a Stop request cancels `shutdown`.
-    let control = control.serve(ControlTarget::new(&handle, feed), shutdown.clone());
+    let shutdown = CancellationToken::new();
+    let set_level = move |level: &str| logs.set_level(level);
+    tokio::spawn(crate::node::logs::follow_level(
+        store.clone(),
+        settings.log_level,
+        set_level,
+        shutdown.clone(),
+    ));
+    tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
+    // The control socket, then the data dir's embedded hub (express setup), then the service.
+    let mut host = Host::new(store.clone(), shutdown);
+    let running = host.start(metrics, feed).await?;
     {
-        let s = handle.status.borrow();
+        let s = running.handle.status.borrow();
         tracing::info!(node = %s.node_name, gateway = %s.gateway_name, hub = %s.hub_url, "node service started");
     }
     // Kept for `gatehouse node status` while the service runs and after it stopped.
-    let keeper = tokio::spawn(node::status_file::keep(store.clone(), handle.status.clone()));
-    shutdown.cancelled().await;
-    let _ = task.await;
-    // Removes the socket, so the next `node run` or window finds no service here.
-    let _ = control.await;
+    let keeper = tokio::spawn(node::status_file::keep(store.clone(), running.handle.status.clone()));
+    // A signal, or a Stop through the control socket (the Configuration Manager's).
+    running.handle.shutdown.cancelled().await;
+    running.stop().await;
     let _ = keeper.await;
-    if let Some(hub) = hub {
-        let _ = hub.stopped().await;
-    }
+    host.stop(HUB_PATIENCE).await;
     tracing::info!("node service stopped");
     Ok(())
 }

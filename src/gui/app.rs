@@ -4,12 +4,12 @@
 use eframe::egui;
 
 use super::certificate::{self, CertificatePage};
-use super::express::{self, ExpressOptions};
 use super::service::{Event, Logging, Request, Service, SetupPage};
 use super::state::State;
 use super::wizard::{self, Wizard};
 use super::worker::{self, Worker};
 use super::{diagnostics, help, home, jobs, settings};
+use crate::host::express::{self, ExpressOptions};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -650,7 +650,7 @@ fn proxy_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: 
         ui.end_row();
     });
     let typed = Some(page.proxy.trim().to_owned()).filter(|p| !p.is_empty());
-    let problem = typed.as_deref().and_then(|p| crate::client::parse_proxy(p).err());
+    let problem = typed.as_deref().and_then(|p| crate::node::ops::check_proxy(p).err());
     if let Some(problem) = &problem {
         problem_ui(ui, &format!("{problem}."));
     }

@@ -66,6 +66,16 @@ pub enum NodeError {
     PeerPort { address: String, reason: std::io::Error },
 }
 
+impl NodeError {
+    /// The hub's refusal (its error body), when the hub refused.
+    pub fn refusal(&self) -> Option<&crate::protocol::ErrorBody> {
+        match self {
+            NodeError::Hub(ClientError::Refused { body, .. }) => Some(body),
+            _ => None,
+        }
+    }
+}
+
 /// What to register with.
 pub struct Registration {
     /// The gateway auth key (`gh1_…`); it names the hub and the gateway.

@@ -191,6 +191,11 @@ impl fmt::Display for Proxy {
     }
 }
 
+/// Checks a proxy URL as typed, without saving it: why it can't be used, if it can't.
+pub fn check_proxy(proxy: &str) -> Result<(), ClientError> {
+    parse_proxy(proxy).map(drop)
+}
+
 /// Sets the HTTP(S) proxy the node reaches the hub through (blank or `None`: none); a proxy
 /// URL that can't be used is refused. Applies when the service next starts.
 pub fn set_proxy(store: &Store, proxy: Option<&str>) -> Result<Proxy> {
