@@ -1,0 +1,498 @@
+//! The control socket's server: binds `<data dir>/control.sock` (replacing a stale one under
+//! an flock on the data dir, refusing while a live service answers there), accepts only the
+//! socket owner's connections, and serves each request: a watch (hello, status, log lines),
+//! a stop, or the connection tests through the running service.
+
+use super::wire::{
+    ANSWER_TIMEOUT, CONNECTION_TEST_TIMEOUT, ControlError, ControlEvent, ControlRequest, Hello,
+    connect_error, read_event, read_frame, request, socket_path, timed, write_event,
+};
+use crate::node::logs::LogFeed;
+use crate::node::store::Store;
+use crate::node::{NodeCommand, NodeHandle, NodeStatus};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the socket serves: a running service's status, commands and log lines.
+#[derive(Clone)]
+pub struct ControlTarget {
+    pub status: watch::Receiver<NodeStatus>,
+    pub commands: mpsc::UnboundedSender<NodeCommand>,
+    pub logs: LogFeed,
+}
+
+impl ControlTarget {
+    /// The service behind `handle`, with the log lines of `logs`.
+    pub fn new(handle: &NodeHandle, logs: LogFeed) -> Self {
+        ControlTarget { status: handle.status.clone(), commands: handle.commands.clone(), logs }
+    }
+}
+
+/// A bound control socket, not yet served. Binding first lets `node run` refuse a second
+/// service of the same data dir before it touches anything else (such as the peer port).
+pub struct ControlSocket {
+    listener: UnixListener,
+    file: SocketFile,
+    dir: PathBuf,
+    /// Who may connect: the owner of the socket file, i.e. whoever runs this service.
+    owner_uid: u32,
+}
+
+/// Binds `<dir>/control.sock` and serves it until `shutdown` is cancelled; the task removes
+/// the socket when it ends.
+pub async fn serve(
+    dir: &Path,
+    target: ControlTarget,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, ControlError> {
+    Ok(ControlSocket::bind(dir).await?.serve(target, shutdown))
+}
+
+impl ControlSocket {
+    /// Creates the socket, owner-only. A socket nothing listens on any more (its service was
+    /// killed) is replaced; one a live service answers on is left alone and refused with
+    /// [`ControlError::AlreadyRunning`].
+    pub async fn bind(dir: &Path) -> Result<ControlSocket, ControlError> {
+        // The data dir is 0700, so the socket is never reachable by others, even between
+        // bind and chmod below (no umask games: `unsafe` is forbidden here).
+        Store::new(dir).ensure_dir()?;
+        let path = socket_path(dir);
+        // Looking at the socket, removing a stale one and binding are one step for all the
+        // services of this data dir: two that both found the same stale socket would otherwise
+        // each remove what the other had just bound, and both run.
+        let lock = DirLock::acquire(dir).await?;
+        match knock(&path).await? {
+            Knock::Answered(stream) => {
+                // Naming it can take a while; nobody needs to wait for that.
+                drop(lock);
+                let hello = introduce(&path, stream).await?;
+                return Err(ControlError::AlreadyRunning { pid: hello.pid });
+            }
+            Knock::Refused => {
+                tracing::info!(path = %path.display(), "removing a stale control socket (its service is gone)");
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(reason) => return Err(ControlError::Bind { path, reason }),
+                }
+            }
+            Knock::Absent => {}
+        }
+        let listener = match UnixListener::bind(&path) {
+            Ok(listener) => listener,
+            // Something that doesn't take the lock bound it since we looked: name it if it answers.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                drop(lock);
+                return Err(match probe(&path).await? {
+                    Probe::Live(hello) => ControlError::AlreadyRunning { pid: hello.pid },
+                    Probe::Stale | Probe::Absent => ControlError::Bind { path, reason: e },
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(ControlError::PathTooLong { path });
+            }
+            Err(reason) => return Err(ControlError::Bind { path, reason }),
+        };
+        let bound =
+            std::fs::metadata(&path).map_err(|reason| ControlError::Bind { path: path.clone(), reason })?;
+        let file = SocketFile { path: path.clone(), dev: bound.dev(), ino: bound.ino() };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|reason| ControlError::Bind { path, reason })?;
+        drop(lock);
+        Ok(ControlSocket { listener, file, dir: dir.to_owned(), owner_uid: bound.uid() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// Serves the socket on the current runtime until `shutdown` is cancelled (a Stop request
+    /// cancels it too); the socket file is removed when the task ends.
+    pub fn serve(self, target: ControlTarget, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(accept(self, target, shutdown))
+    }
+}
+
+/// The socket file this process bound; removed when dropped, unless another file has taken
+/// its place (so a service never removes another's socket).
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The data dir, locked (`flock`) by the process that is binding or replacing its control
+/// socket; unlocked when dropped, and by the kernel when the process dies.
+struct DirLock {
+    _dir: std::fs::File,
+}
+
+impl DirLock {
+    /// How long another service may hold the lock: a look, a removal and a bind, unless
+    /// connecting to a stuck service takes its full [`ANSWER_TIMEOUT`].
+    const PATIENCE: Duration = Duration::from_secs(2 * ANSWER_TIMEOUT.as_secs());
+
+    async fn acquire(dir: &Path) -> Result<DirLock, ControlError> {
+        let path = socket_path(dir);
+        let file =
+            std::fs::File::open(dir).map_err(|reason| ControlError::Bind { path: path.clone(), reason })?;
+        let deadline = Instant::now() + Self::PATIENCE;
+        loop {
+            let locked = file.try_lock();
+            match locked {
+                Ok(()) => return Ok(DirLock { _dir: file }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ControlError::Busy { dir: dir.to_owned() });
+                }
+                Err(std::fs::TryLockError::Error(reason)) => return Err(ControlError::Bind { path, reason }),
+            }
+        }
+    }
+}
+
+/// What is at the socket path.
+enum Probe {
+    Absent,
+    /// A file nothing listens on.
+    Stale,
+    Live(Hello),
+}
+
+/// What connecting to the socket path found.
+enum Knock {
+    Absent,
+    /// A file nothing listens on.
+    Refused,
+    Answered(UnixStream),
+}
+
+async fn knock(path: &Path) -> Result<Knock, ControlError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, UnixStream::connect(path)).await {
+        Ok(Ok(stream)) => Ok(Knock::Answered(stream)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(Knock::Absent),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Knock::Refused),
+        Ok(Err(reason)) => Err(connect_error(path, reason)),
+        Err(_) => Err(ControlError::Unresponsive {
+            path: path.to_owned(),
+            reason: "connecting took too long".to_owned(),
+        }),
+    }
+}
+
+/// Who listens on `stream`: the [`Hello`] of a watch, or why it isn't a node service.
+async fn introduce(path: &Path, stream: UnixStream) -> Result<Hello, ControlError> {
+    let unresponsive =
+        |e: ControlError| ControlError::Unresponsive { path: path.to_owned(), reason: e.to_string() };
+    let (mut read, _write) = request(stream, ControlRequest::Watch).await.map_err(unresponsive)?;
+    match timed(read_event(&mut read)).await.map_err(unresponsive)? {
+        ControlEvent::Hello(hello) => Ok(hello),
+        other => Err(unresponsive(ControlError::Protocol(format!("it opened with {other:?}")))),
+    }
+}
+
+async fn probe(path: &Path) -> Result<Probe, ControlError> {
+    Ok(match knock(path).await? {
+        Knock::Absent => Probe::Absent,
+        Knock::Refused => Probe::Stale,
+        Knock::Answered(stream) => Probe::Live(introduce(path, stream).await?),
+    })
+}
+
+async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: CancellationToken) {
+    let ControlSocket { listener, file, dir, owner_uid } = socket;
+    let hello = Hello {
+        pid: std::process::id(),
+        version: crate::VERSION.to_owned(),
+        data_dir: dir.display().to_string(),
+    };
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("control socket: accepting failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // The dir is owner-only already; this also keeps out root-owned helpers and anything
+        // that got hold of a descriptor.
+        match stream.peer_cred() {
+            Ok(peer) if peer.uid() == owner_uid => {}
+            Ok(peer) => {
+                tracing::info!(uid = peer.uid(), "control socket: refused a connection from another user");
+                continue;
+            }
+            Err(e) => {
+                tracing::info!("control socket: refused a connection whose user can't be told: {e}");
+                continue;
+            }
+        }
+        connections.spawn(answer(stream, hello.clone(), target.clone(), shutdown.clone()));
+    }
+    drop(listener);
+    drop(file);
+    // Watchers see the shutdown themselves and say Stopping; give them a moment to.
+    connections.close();
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, connections.wait()).await;
+}
+
+/// One connection: read the request, serve it. Failures are the client's business; they are
+/// logged at debug only, since a watcher of the log would otherwise see its own errors.
+async fn answer(stream: UnixStream, hello: Hello, target: ControlTarget, shutdown: CancellationToken) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let frame = tokio::select! {
+        // A client that hasn't asked anything yet doesn't hold up a stopping service.
+        () = shutdown.cancelled() => return,
+        frame = timed(read_frame(&mut read)) => frame,
+    };
+    let request = match frame {
+        Ok(Some(frame)) => serde_json::from_slice::<ControlRequest>(&frame),
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!("control socket: no request: {e}");
+            return;
+        }
+    };
+    let result = match request {
+        Err(e) => {
+            let message = format!("that is not a control request this version knows ({e})");
+            write_event(&mut write, &ControlEvent::Failed { message }).await
+        }
+        Ok(ControlRequest::Watch) => watch(read, write, hello, target, &shutdown).await,
+        Ok(ControlRequest::Stop) => {
+            tracing::info!("stop requested over the control socket");
+            let answered = write_event(&mut write, &ControlEvent::Stopping).await;
+            shutdown.cancel();
+            answered
+        }
+        Ok(ControlRequest::TestConnections) => {
+            let answer = test_through_service(&target).await;
+            write_event(&mut write, &answer).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("control socket: {e}");
+    }
+}
+
+async fn test_through_service(target: &ControlTarget) -> ControlEvent {
+    let (tx, rx) = oneshot::channel();
+    if target.commands.send(NodeCommand::TestConnections(tx)).is_err() {
+        return ControlEvent::Failed { message: "the node service is stopping".to_owned() };
+    }
+    match tokio::time::timeout(CONNECTION_TEST_TIMEOUT + ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(tests)) => ControlEvent::Tested(tests),
+        Ok(Err(_)) => {
+            ControlEvent::Failed { message: "the node service stopped before the tests finished".to_owned() }
+        }
+        Err(_) => ControlEvent::Failed { message: "the connection tests didn't finish in time".to_owned() },
+    }
+}
+
+async fn watch(
+    mut read: BufReader<OwnedReadHalf>,
+    mut write: OwnedWriteHalf,
+    hello: Hello,
+    target: ControlTarget,
+    shutdown: &CancellationToken,
+) -> Result<(), ControlError> {
+    let ControlTarget { mut status, logs, .. } = target;
+    let mut lines = logs.subscribe();
+    let mut lines_open = true;
+    write_event(&mut write, &ControlEvent::Hello(hello)).await?;
+    let now = status.borrow_and_update().clone();
+    write_event(&mut write, &ControlEvent::Status(Box::new(now))).await?;
+    // Clients say nothing after their request; a read only ends when they hang up.
+    let mut ignored = [0_u8; 64];
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => ControlEvent::Stopping,
+            changed = status.changed() => match changed {
+                Ok(()) => ControlEvent::Status(Box::new(status.borrow_and_update().clone())),
+                Err(_) => ControlEvent::Stopping,
+            },
+            line = lines.recv(), if lines_open => match line {
+                Ok(line) => ControlEvent::Log(line),
+                // A slow watcher loses old lines rather than slowing the service.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => {
+                    lines_open = false;
+                    continue;
+                }
+            },
+            read = read.read(&mut ignored) => match read {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+        };
+        let last = event == ControlEvent::Stopping;
+        write_event(&mut write, &event).await?;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::control::ControlClient;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// A service stand-in: a status channel, a command channel answered by a task, a feed.
+    fn target() -> (ControlTarget, watch::Sender<NodeStatus>, LogFeed) {
+        let (status_tx, status) = watch::channel(NodeStatus::default());
+        let (commands, mut commands_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(command) = commands_rx.recv().await {
+                if let NodeCommand::TestConnections(reply) = command {
+                    let _ = reply.send(Vec::new());
+                }
+            }
+        });
+        let logs = LogFeed::new(16);
+        (ControlTarget { status, commands, logs: logs.clone() }, status_tx, logs)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_request_is_answered_with_a_sentence_and_a_second_service_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, _status, _logs) = target();
+        let shutdown = CancellationToken::new();
+        let task = serve(dir.path(), target.clone(), shutdown.clone()).await.unwrap();
+
+        let mut stream = UnixStream::connect(socket_path(dir.path())).await.unwrap();
+        stream.write_all(b"{\"op\":\"dance\"}\n").await.unwrap();
+        let mut read = BufReader::new(stream);
+        match read_event(&mut read).await.unwrap() {
+            ControlEvent::Failed { message } => {
+                assert!(message.contains("not a control request"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let second = serve(dir.path(), target, CancellationToken::new()).await;
+        match second {
+            Err(ControlError::AlreadyRunning { pid }) => assert_eq!(pid, std::process::id()),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a second server bound the same socket"),
+        }
+        assert!(socket_path(dir.path()).exists(), "the refused second server removed the first one's socket");
+
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!(!socket_path(dir.path()).exists());
+    }
+
+    #[tokio::test]
+    async fn a_watcher_gets_status_changes_and_log_lines_then_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, status, logs) = target();
+        let shutdown = CancellationToken::new();
+        let task = serve(dir.path(), target, shutdown.clone()).await.unwrap();
+        let (hello, mut events) =
+            ControlClient::connect(dir.path()).await.unwrap().unwrap().watch().await.unwrap();
+        assert_eq!(hello.pid, std::process::id());
+        assert!(matches!(events.recv().await, Some(ControlEvent::Status(s)) if s.node_name.is_empty()));
+
+        status.send_modify(|s| s.node_name = "n1".to_owned());
+        assert!(matches!(events.recv().await, Some(ControlEvent::Status(s)) if s.node_name == "n1"));
+        let subscriber =
+            tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), logs.layer());
+        tracing::subscriber::with_default(subscriber, || tracing::warn!("disk nearly full"));
+        assert!(matches!(events.recv().await, Some(ControlEvent::Log(l)) if l.message == "disk nearly full"));
+
+        assert!(ControlClient::test_connections(dir.path()).await.unwrap().is_empty());
+        ControlClient::stop(dir.path()).await.unwrap();
+        assert!(shutdown.is_cancelled());
+        assert_eq!(events.recv().await, Some(ControlEvent::Stopping));
+        assert_eq!(events.recv().await, None);
+        task.await.unwrap();
+        assert!(matches!(ControlClient::stop(dir.path()).await, Err(ControlError::NotRunning { .. })));
+    }
+
+    #[test]
+    fn services_racing_for_a_stale_socket_never_both_bind() {
+        // Eight services at once, each round after a kill -9 left the socket behind; the one
+        // that binds serves, so the others can name it. Without the data dir lock some rounds
+        // had two services, each believing the socket was its own.
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(8).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (target, _status, _logs) = target();
+            for round in 0..200 {
+                drop(std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap());
+                let shutdown = CancellationToken::new();
+                let contenders: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (dir, target, shutdown) =
+                            (dir.path().to_owned(), target.clone(), shutdown.clone());
+                        tokio::spawn(async move {
+                            ControlSocket::bind(&dir).await.map(|socket| socket.serve(target, shutdown))
+                        })
+                    })
+                    .collect();
+                let mut serving = Vec::new();
+                for contender in contenders {
+                    match contender.await.unwrap() {
+                        Ok(task) => serving.push(task),
+                        Err(ControlError::AlreadyRunning { pid }) => assert_eq!(pid, std::process::id()),
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                }
+                assert_eq!(
+                    serving.len(),
+                    1,
+                    "round {round}: {} services bound the same socket",
+                    serving.len()
+                );
+                shutdown.cancel();
+                for task in serving {
+                    task.await.unwrap();
+                }
+                assert!(!socket_path(dir.path()).exists(), "round {round}: the socket was left behind");
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_path_too_long_for_a_socket_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        let Err(error) = ControlSocket::bind(&deep).await else {
+            panic!("bound a socket at a path longer than a Unix socket allows");
+        };
+        let text = error.to_string();
+        assert!(text.contains("too long for a Unix socket") && text.contains("GATEHOUSE_HOME"), "{text}");
+        let error = ControlClient::stop(&deep).await.unwrap_err().to_string();
+        assert!(error.contains("too long for a Unix socket"), "{error}");
+    }
+}
