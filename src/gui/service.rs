@@ -554,13 +554,15 @@ pub(crate) fn load_identity(choice: &CertificateChoice) -> Result<crate::cert::I
     }
 }
 
-/// Which wizard page a registration error belongs to.
+/// Which wizard page a registration error belongs to: by the hub's refusal code, never by
+/// its sentence.
 fn setup_page(error: &node::NodeError) -> SetupPage {
+    use crate::protocol::ErrorCode;
     match error {
         node::NodeError::Tls(_) | node::NodeError::PeerPort { .. } => SetupPage::Encryption,
-        _ => match error.refusal().map(|body| body.error.as_str()) {
-            Some(message) if message.contains("choose another name") => SetupPage::Name,
-            Some(message) if message.contains("encrypt") => SetupPage::Encryption,
+        _ => match error.refusal().and_then(|body| body.code) {
+            Some(ErrorCode::NameTaken) => SetupPage::Name,
+            Some(ErrorCode::NeedsEncryption | ErrorCode::EncryptionModeLocked) => SetupPage::Encryption,
             _ => SetupPage::Key,
         },
     }
@@ -593,5 +595,27 @@ async fn forward_logs(
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientError;
+    use crate::protocol::{ErrorBody, ErrorCode};
+
+    fn refused(code: Option<ErrorCode>, sentence: &str) -> node::NodeError {
+        let body = ErrorBody { error: sentence.to_owned(), hint: None, code };
+        node::NodeError::Hub(ClientError::Refused { status: 409, body })
+    }
+
+    #[test]
+    fn the_wizard_page_follows_the_refusal_code_not_the_sentence() {
+        assert_eq!(setup_page(&refused(Some(ErrorCode::NameTaken), "taken")), SetupPage::Name);
+        assert_eq!(setup_page(&refused(Some(ErrorCode::NeedsEncryption), "x")), SetupPage::Encryption);
+        assert_eq!(setup_page(&refused(Some(ErrorCode::EncryptionModeLocked), "x")), SetupPage::Encryption);
+        assert_eq!(setup_page(&refused(Some(ErrorCode::GatewayFull), "x")), SetupPage::Key);
+        // A sentence alone decides nothing.
+        assert_eq!(setup_page(&refused(None, "node 'a' exists; choose another name")), SetupPage::Key);
     }
 }
