@@ -13,6 +13,7 @@ mod help;
 mod home;
 pub mod jobs;
 pub mod ops;
+pub mod outbox;
 pub mod service;
 mod settings;
 pub mod state;

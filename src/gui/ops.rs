@@ -110,6 +110,16 @@ pub enum OpKind {
     ExportLogs,
 }
 
+impl OpKind {
+    /// The tab whose control asks for this kind, where its answer shows.
+    pub fn asked_by(self) -> super::Tab {
+        match self {
+            OpKind::LogLevel | OpKind::ExportLogs => super::Tab::Diagnostics,
+            _ => super::Tab::Settings,
+        }
+    }
+}
+
 impl Op {
     pub fn kind(&self) -> OpKind {
         match self {
