@@ -1,15 +1,19 @@
 //! Gatehouse: a self-hosted data gateway. This library holds every part of the product; the
 //! `gatehouse` binary only parses the command line and hands off to [`cli`].
 //!
-//! Dependencies point one way: `gui → node → transfer`, `node → cert`, `hub → cert`,
-//! `cli → all`. Nothing outside `gui` knows that a GUI exists.
+//! Dependencies point one way: `cli → host → {hub, node}`, `gui → host, node`,
+//! `node → transfer, cert`, `hub → cert`; `hub` and `node` share only [`protocol`] and
+//! neutral helpers ([`machine`]). Nothing outside `gui` (and the CLI's entry point, which
+//! opens the window) knows that a GUI exists. `tests/tidy.rs` checks these arrows.
 
 pub mod cert;
 pub mod cli;
 pub mod client;
 pub mod encoding;
 pub mod gui;
+pub mod host;
 pub mod hub;
+pub mod machine;
 pub mod node;
 pub mod paths;
 pub mod protocol;

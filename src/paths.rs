@@ -18,11 +18,6 @@ pub fn data_dir() -> PathBuf {
 /// Creates the data dir if needed, readable by its owner only.
 pub fn ensure_data_dir() -> std::io::Result<PathBuf> {
     let dir = data_dir();
-    std::fs::create_dir_all(&dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    }
+    crate::machine::owner_only_dir(&dir)?;
     Ok(dir)
 }

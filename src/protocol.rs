@@ -8,12 +8,41 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-/// The error body of every refused request: what went wrong and what to do about it.
+/// The error body of every refused request: what went wrong and what to do about it, and,
+/// for refusals a program may act on, which one it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// The sentence, for people.
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Which refusal this is, for programs (the window picks the wizard page by it); never
+    /// parse `error` for that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+}
+
+/// A refusal a program may act on, next to its sentence in [`ErrorBody`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The node name is taken in the gateway (names are unique and never reused).
+    NameTaken,
+    /// This machine is registered with another gateway.
+    MachineElsewhere,
+    /// This machine is registered with this gateway already.
+    MachineAlreadyHere,
+    /// The node is older than the gateway version.
+    TooOld,
+    /// The gateway has `max_nodes` nodes.
+    GatewayFull,
+    /// The gateway encrypts its peer channel; a node without a certificate can't join.
+    NeedsEncryption,
+    /// The gateway's encryption can change only while it has a single node.
+    EncryptionModeLocked,
+    /// A code this version doesn't know (from a newer hub).
+    #[serde(other)]
+    Unknown,
 }
 
 /// How the dispatcher picks a worker for a run.

@@ -11,7 +11,7 @@ mod common;
 
 use common::cluster::Hub;
 use gatehouse::client::HubClient;
-use gatehouse::gui::express::{
+use gatehouse::host::express::{
     ConfiguredHub, ExpressError, ExpressOptions, express_setup, start_embedded_hub_if_configured,
 };
 use gatehouse::hub::embedded::{self, EmbeddedError};
@@ -49,7 +49,7 @@ fn admin(url: &str, store: &Store) -> HubClient {
 async fn express_setup_registers_with_an_embedded_hub_that_comes_back_on_the_same_address() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path().join("data"));
-    let host = gatehouse::node::host_name();
+    let host = gatehouse::machine::host_name();
     let shutdown = CancellationToken::new();
     let outcome =
         bounded("express setup", express_setup(&store, &loopback(None), shutdown.clone())).await.unwrap();
@@ -135,7 +135,7 @@ async fn a_second_express_setup_on_a_registered_data_dir_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(error, ExpressError::Node(NodeError::AlreadyRegistered { .. })), "{error:?}");
-    let host = gatehouse::node::host_name();
+    let host = gatehouse::machine::host_name();
     assert_eq!(
         error.to_string(),
         format!(
@@ -157,7 +157,7 @@ async fn a_second_express_setup_on_a_registered_data_dir_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_hub_whose_gateway_encrypts_refuses_with_its_own_sentence() {
     let hub = tokio::task::spawn_blocking(Hub::start).await.unwrap();
-    let host = gatehouse::node::host_name();
+    let host = gatehouse::machine::host_name();
     let admin = HubClient::new(&hub.url, &hub.token).unwrap();
     // A gateway encrypts once its first node registered with a certificate (manual setup).
     let request = CreateGateway { name: host.clone(), settings: GatewaySettings::default() };

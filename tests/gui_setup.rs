@@ -52,7 +52,7 @@ fn check_in_wizard(window: &mut Window, (field, value): (&str, &str), file: &str
 fn express_setup_starts_a_hub_registers_and_lands_on_home() {
     let mut window = Window::open(Tab::Home);
     express(&mut window);
-    let host = gatehouse::node::host_name();
+    let host = gatehouse::machine::host_name();
     assert!(window.shows("Service: running"), "Home doesn't say the service runs");
     assert!(window.shows("✔ connected to http://127.0.0.1:"), "Home doesn't show the hub connection");
     assert!(window.harness.query_by_label(&host).is_some(), "the nodes table has no row for {host}");
@@ -83,14 +83,14 @@ fn express_setup_starts_a_hub_registers_and_lands_on_home() {
 #[test]
 fn express_setup_is_refused_with_the_hubs_sentence_when_the_gateway_encrypts() {
     let hub = Hub::start();
-    let gateway = gatehouse::node::host_name();
+    let gateway = gatehouse::machine::host_name();
     let key = hub.create_gateway(&gateway, &[]);
     // Its first node registered with a certificate, so the gateway encrypts.
     let cert = |name: &str| format!("{CERTS}{name}");
     let _first = Node::register(&key, "first", &["--cert", &cert("good.pem"), "--roots", &cert("ca.pem")]);
     let home = tempfile::tempdir().unwrap();
     let defaults = gatehouse::gui::ExpressOptions {
-        hub: Some(gatehouse::gui::express::ConfiguredHub {
+        hub: Some(gatehouse::host::express::ConfiguredHub {
             url: hub.url.clone(),
             admin_token: hub.token.clone(),
         }),

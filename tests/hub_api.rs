@@ -265,6 +265,13 @@ impl Reply {
         assert_eq!(self.status, 204, "{} should succeed with no content: {self:?}", self.request);
     }
 
+    /// The refusal's code (`name_taken`, …), if it has one.
+    #[track_caller]
+    fn code(&self) -> Option<String> {
+        let body: Value = serde_json::from_str(&self.text).unwrap();
+        body.get("code").map(|code| code.as_str().unwrap().to_owned())
+    }
+
     /// A refusal with `status` whose error names each of `words`; returns the error.
     #[track_caller]
     fn refused(&self, status: u16, words: &[&str]) -> String {
@@ -275,7 +282,7 @@ impl Reply {
     }
 }
 
-/// Checks an error body: a JSON object `{"error", "hint"?}` whose error is a sentence.
+/// Checks an error body: a JSON object `{"error", "hint"?, "code"?}` whose error is a sentence.
 #[track_caller]
 fn error_sentence(text: &str, request: &str) -> String {
     let body: Value = serde_json::from_str(text)
@@ -283,7 +290,10 @@ fn error_sentence(text: &str, request: &str) -> String {
     let object =
         body.as_object().unwrap_or_else(|| panic!("{request}: the error body is not an object: {text}"));
     for key in object.keys() {
-        assert!(key == "error" || key == "hint", "{request}: unexpected {key:?} in the error body {text}");
+        assert!(
+            key == "error" || key == "hint" || key == "code",
+            "{request}: unexpected {key:?} in the error body {text}"
+        );
     }
     let error = object.get("error").and_then(Value::as_str).unwrap_or_default();
     assert!(error.trim().contains(' '), "{request}: the error should be a sentence: {text}");
@@ -670,10 +680,12 @@ async fn names_and_machines(
     for name in ["n1", "N1"] {
         let reply = hub.api.register(key, registration(name, "machine-2", VERSION, None)).await;
         reply.refused(409, &["node 'n1'", "already registered", "gateway 'sales'"]);
+        assert_eq!(reply.code().as_deref(), Some("name_taken"));
         assert_unchanged(admin, &before, "a duplicate name").await;
     }
     let reply = hub.api.register(&hr.keys.primary, registration("h1", "machine-1", VERSION, None)).await;
     let error = reply.refused(409, &["machine", "another gateway", "unregister"]);
+    assert_eq!(reply.code().as_deref(), Some("machine_elsewhere"));
     assert!(
         !error.contains("sales") && !error.contains("n1") && !error.contains("'hr'"),
         "a key of one gateway learns nothing of another's nodes: {error}"
@@ -681,6 +693,7 @@ async fn names_and_machines(
     assert_unchanged(admin, &before, "a machine of another gateway").await;
     let reply = hub.api.register(key, registration("n1-again", "machine-1", VERSION, None)).await;
     reply.refused(409, &["machine", "already registered", "gateway 'sales'", "'n1'"]);
+    assert_eq!(reply.code().as_deref(), Some("machine_already_here"));
     assert_unchanged(admin, &before, "the same machine twice").await;
     n1
 }
@@ -693,6 +706,7 @@ async fn versions_and_capacity(hub: &Hub, admin: &AdminClient, sales: &CreatedGa
     let before = snapshot(admin, true).await;
     let reply = hub.api.register(&keys.primary, registration("n3", "machine-3", "0.0.1", None)).await;
     reply.refused(409, &["version 0.0.1", "older", "gateway version 0.1.0"]);
+    assert_eq!(reply.code().as_deref(), Some("too_old"));
     assert_unchanged(admin, &before, "an old version").await;
     let n3 = hub.api.join(&keys.primary, "n3", "machine-3", "0.2.0", None).await;
     assert_eq!(view(admin, "sales").await.version.as_deref(), Some(VERSION), "two of three nodes run 0.1.0");
@@ -701,6 +715,7 @@ async fn versions_and_capacity(hub: &Hub, admin: &AdminClient, sales: &CreatedGa
     let before = snapshot(admin, true).await;
     let reply = hub.api.register(&keys.primary, registration("n5", "machine-5", VERSION, None)).await;
     reply.refused(409, &["already has 4 nodes", "at most 4", "max_nodes"]);
+    assert_eq!(reply.code().as_deref(), Some("gateway_full"));
     assert_unchanged(admin, &before, "a fifth node").await;
 
     let lowered = admin
@@ -730,6 +745,7 @@ async fn encryption_rules(hub: &Hub, admin: &AdminClient) {
     let before = snapshot(admin, true).await;
     let reply = hub.api.register(&secure.keys.primary, registration("e2", "machine-e2", VERSION, None)).await;
     reply.refused(409, &["gateway 'secure'", "encrypts", "express setup"]);
+    assert_eq!(reply.code().as_deref(), Some("needs_encryption"));
     assert_unchanged(admin, &before, "express setup on an encrypting gateway").await;
     hub.api.join(&secure.keys.primary, "e2", "machine-e2", VERSION, Some("AA")).await;
 
@@ -752,6 +768,7 @@ async fn encryption_rules(hub: &Hub, admin: &AdminClient) {
     let before = snapshot(admin, true).await;
     let reply = hub.api.register(key, registration("p2", "machine-p2", VERSION, Some("DD"))).await;
     reply.refused(409, &["gateway 'plain'", "doesn't encrypt", "single node"]);
+    assert_eq!(reply.code().as_deref(), Some("encryption_mode_locked"));
     assert_unchanged(admin, &before, "a certificate on a non-encrypting gateway").await;
     hub.api.join(key, "p2", "machine-p2", VERSION, None).await;
     p1.set(|r| r.metrics.encryption_thumbprint = Some("CC".into()));
@@ -1860,7 +1877,7 @@ async fn bad_input(db: Db) {
         let reply = hub.api.send(case.method, &case.path, case.authorization.as_deref(), case.body).await;
         let body_ok = serde_json::from_str::<Value>(&reply.text).is_ok_and(|body| {
             body.as_object().is_some_and(|o| {
-                o.keys().all(|k| k == "error" || k == "hint")
+                o.keys().all(|k| k == "error" || k == "hint" || k == "code")
                     && o.get("error").and_then(Value::as_str).is_some()
             })
         });

@@ -1,7 +1,8 @@
 //! The node service from the command line, against a real hub on loopback: register (key from
 //! stdin, never argv), run and heartbeat until the hub shows the node Online, status,
 //! unregister; and the clear refusals: already registered, a damaged settings file (left as
-//! it was), an unreachable hub (nothing written).
+//! it was), an unreachable hub (nothing written); and a port change that keeps the peer
+//! channel's certificate.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
@@ -274,4 +275,42 @@ fn a_running_node_logs_to_a_file_and_takes_a_new_level() {
         std::thread::sleep(Duration::from_millis(200));
     }
     run.stop();
+}
+
+#[test]
+fn a_port_change_without_a_certificate_keeps_the_encryption() {
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/certs/");
+    let hub = Hub::start();
+    let key = hub.create_gateway("kept", &[]);
+    let home = tempfile::tempdir().unwrap();
+    let registered = gatehouse(
+        home.path(),
+        &["node", "register", "--key-stdin", "--name", "n1"],
+        Some(&format!("{key}\n")),
+        &[],
+    );
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    let store = gatehouse::node::store::Store::new(home.path());
+    let port = store.settings().unwrap().peer_port.to_string();
+    let (cert, roots) = (format!("{certs}good.pem"), format!("{certs}ca.pem"));
+    let encrypted = gatehouse(
+        home.path(),
+        &["node", "enable-remote-access", "--port", &port, "--cert", &cert, "--roots", &roots],
+        None,
+        &[],
+    );
+    assert!(encrypted.status.success(), "{}", stderr(&encrypted));
+    let thumbprint = store.secrets().unwrap().tls.expect("no certificate after --cert").thumbprint_sha256;
+
+    let moved_to = common::process::free_port();
+    let moved =
+        gatehouse(home.path(), &["node", "enable-remote-access", "--port", &moved_to.to_string()], None, &[]);
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    let said = String::from_utf8_lossy(&moved.stdout);
+    assert!(said.contains(&format!("port {moved_to}")) && said.contains("still encrypted"), "{said}");
+    let settings = store.settings().unwrap();
+    assert_eq!(settings.peer_port, moved_to);
+    assert_eq!(settings.peer_address, format!("127.0.0.1:{moved_to}"));
+    let kept = store.secrets().unwrap().tls.map(|tls| tls.thumbprint_sha256);
+    assert_eq!(kept, Some(thumbprint), "a port change without --cert dropped the certificate");
 }

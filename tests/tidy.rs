@@ -1,8 +1,13 @@
-//! House rules checked mechanically: every source file says what it owns in a `//!` line,
-//! and only the GUI and the CLI (which wires everything) may reach into `crate::gui`.
+//! House rules checked mechanically: every source file says what it owns in a `//!` line; the
+//! dependency arrows of DESIGN.md §1 hold folder by folder (`hub` and `node` share only
+//! neutral helpers, the GUI reaches the hub only through `host`, the certificate checker uses
+//! only pure helpers, only the CLI's entry point opens the window); and the invariants of
+//! ARCHITECTURE.md that text can show (only `hub::db` writes SQL, only `node` writes the
+//! node's files).
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -16,49 +21,197 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn sources() -> Vec<(PathBuf, String)> {
+/// One source file: its path under the package (`src/hub/api.rs`) and its text.
+struct Source {
+    relative: String,
+    text: String,
+}
+
+impl Source {
+    /// The part of the crate the file belongs to: its folder under `src/` (`hub`), or the
+    /// file's own name for a top-level file (`machine`).
+    fn part(&self) -> &str {
+        let inside = self.relative.strip_prefix("src/").unwrap();
+        match inside.split_once('/') {
+            Some((folder, _)) => folder,
+            None => inside.trim_end_matches(".rs"),
+        }
+    }
+
+    /// The code without comments (doc links may name anything).
+    fn code(&self) -> String {
+        self.text.lines().filter(|line| !line.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The parts of the crate this file uses: every `crate::NAME`, also inside
+    /// `use crate::{a, b::c}`.
+    fn uses(&self) -> BTreeSet<String> {
+        let code = self.code();
+        let mut parts = BTreeSet::new();
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            // `gatehouse::crate::` can't occur; `$crate::` in macros would be external.
+            if code[..at].ends_with('$') {
+                continue;
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                for item in group.split(',') {
+                    let name: String =
+                        item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    if !name.is_empty() {
+                        parts.insert(name);
+                    }
+                }
+            } else {
+                let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !name.is_empty() {
+                    parts.insert(name);
+                }
+            }
+        }
+        parts
+    }
+}
+
+fn sources() -> Vec<Source> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    rust_files(&root.join("src"), &mut files);
     assert!(files.len() > 5, "found too few source files: {files:?}");
-    files.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
+    files
+        .into_iter()
+        .map(|path| Source {
+            relative: path.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
+            text: std::fs::read_to_string(&path).unwrap(),
+        })
+        .collect()
 }
 
 #[test]
 fn every_source_file_opens_with_a_module_doc() {
-    for (path, text) in sources() {
+    for source in sources() {
         assert!(
-            text.starts_with("//!"),
+            source.text.starts_with("//!"),
             "{} must start with a `//!` paragraph saying what it owns",
-            path.display()
+            source.relative
+        );
+    }
+}
+
+/// The arrows DESIGN.md §1 forbids, per part: `cli → host → {hub, node}`, `gui → host, node`,
+/// `node → transfer, cert`, `hub → cert`; `hub` and `node` share only `protocol` and neutral
+/// helpers (`machine`, `encoding`, `paths`); nothing but the CLI's entry point opens the GUI.
+/// Departures ARCHITECTURE.md names are allowed: `hub → transfer` (the spec check), `node →
+/// client` (the node's own HTTP client of the hub).
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    ("hub", &["node", "host", "gui", "cli", "client"]),
+    ("node", &["hub", "host", "gui", "cli"]),
+    ("transfer", &["hub", "node", "host", "gui", "cli", "client", "cert"]),
+    ("host", &["gui", "cli"]),
+    ("gui", &["hub", "client", "cli"]),
+    ("client", &["hub", "node", "host", "gui", "cli", "transfer"]),
+    ("protocol", &["hub", "node", "host", "gui", "cli", "client", "transfer"]),
+    ("machine", &["hub", "node", "host", "gui", "cli", "client", "transfer", "cert", "protocol"]),
+];
+
+/// The certificate checker is pure: it may use only these helpers.
+const CERT_MAY_USE: &[&str] = &["cert", "encoding"];
+
+#[test]
+fn the_dependency_arrows_of_the_design_hold() {
+    let mut wrong = Vec::new();
+    for source in sources() {
+        let part = source.part().to_owned();
+        let uses = source.uses();
+        if let Some((_, forbidden)) = FORBIDDEN.iter().find(|(p, _)| *p == part) {
+            for used in uses.iter().filter(|u| forbidden.contains(&u.as_str())) {
+                wrong.push(format!("{} ({part}) uses crate::{used}", source.relative));
+            }
+        }
+        if part == "cert" {
+            for used in uses.iter().filter(|u| !CERT_MAY_USE.contains(&u.as_str())) {
+                wrong.push(format!(
+                    "{} (cert) uses crate::{used}; the checker uses only pure helpers",
+                    source.relative
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "arrows DESIGN.md §1 forbids:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn only_the_gui_and_the_cli_entry_point_know_the_gui() {
+    for source in sources() {
+        if source.part() == "gui" {
+            continue;
+        }
+        let code = source.code();
+        if source.relative != "src/cli/mod.rs" {
+            assert!(!source.uses().contains("gui"), "{} must not use crate::gui", source.relative);
+        }
+        assert!(
+            !code.contains("eframe") && !code.contains("egui"),
+            "{} must not know about the GUI's toolkit",
+            source.relative
         );
     }
 }
 
 #[test]
-fn only_gui_and_cli_use_the_gui() {
-    for (path, text) in sources() {
-        let relative = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().to_string_lossy().into_owned();
-        if relative.starts_with("src/gui/") || relative.starts_with("src/cli/") {
+fn only_hub_db_writes_sql() {
+    for source in sources() {
+        if source.relative == "src/hub/db.rs" {
             continue;
         }
         assert!(
-            !text.contains("crate::gui") && !text.contains("eframe") && !text.contains("egui"),
-            "{relative} must not know about the GUI"
+            !source.code().contains("sqlx::"),
+            "{} reaches into sqlx; SQL belongs in hub::db",
+            source.relative
         );
+    }
+}
+
+#[test]
+fn only_the_node_writes_the_nodes_files() {
+    for source in sources() {
+        if source.part() == "node" {
+            continue;
+        }
+        let code = source.code();
+        for writer in [".save_settings(", ".save_secrets(", ".restore_machine_id(", ".forget_registration("] {
+            assert!(
+                !code.contains(writer),
+                "{} calls {writer}…); changes to a node's files are node operations (src/node/ops.rs)",
+                source.relative
+            );
+        }
     }
 }
 
 #[test]
 fn no_unwrap_outside_tests_in_the_certificate_checker() {
-    for (path, text) in sources() {
-        if !path.to_string_lossy().contains("/src/cert/") {
+    for source in sources() {
+        if source.part() != "cert" {
             continue;
         }
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code = source.text.split("#[cfg(test)]").next().unwrap_or_default();
         assert!(
             !code.contains(".unwrap()") && !code.contains(".expect("),
             "{} unwraps outside its tests",
-            path.display()
+            source.relative
         );
     }
+}
+
+#[test]
+fn the_arrow_check_sees_grouped_and_plain_uses() {
+    let source = Source {
+        relative: "src/hub/x.rs".to_owned(),
+        text: "//! x\n// crate::gui in a comment\nuse crate::{node::Store, protocol};\nfn f() { crate::machine::host_name(); }\n".to_owned(),
+    };
+    assert_eq!(source.part(), "hub");
+    let uses: Vec<String> = source.uses().into_iter().collect();
+    assert_eq!(uses, ["machine", "node", "protocol"]);
 }

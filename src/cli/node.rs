@@ -1,18 +1,15 @@
 //! `gatehouse node …`: register this machine, run the node service headless, show its status,
 //! unregister. The Configuration Manager drives the same `node` library code.
 
-use crate::node::control::{ControlSocket, ControlTarget};
+use crate::host::Host;
 use crate::node::logs::LogFeed;
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::Store;
-use crate::node::{self, NodeStatus, Registration};
+use crate::node::{self, NodeStatus, Registration, ops};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
-
-/// The file `node run` keeps its latest status in, for `node status`.
-const STATUS_FILE: &str = "status.json";
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -202,56 +199,32 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         }
         NodeCommand::Credential(command) => credential(&store, command)?,
         NodeCommand::LogLevel { level } => {
-            let level = level.trim().to_ascii_lowercase();
-            anyhow::ensure!(
-                ["error", "warn", "info", "debug", "trace"].contains(&level.as_str()),
-                "{level:?} is not a log level; use error, warn, info, debug or trace"
-            );
-            let mut settings = store.settings()?;
-            settings.log_level.clone_from(&level);
-            store.save_settings(&settings)?;
-            println!("log level set to {level}; a running node applies it within seconds");
+            let level = ops::set_log_level(&store, &level)?;
+            println!("{level}; a running node applies it within seconds");
         }
         NodeCommand::Backup { out, password } => {
-            crate::node::backup::backup(&store, &out, &password.read()?)?;
-            println!(
-                "backup written to {} (keep the password: without it the file can't be opened)",
-                out.display()
-            );
+            println!("{}", ops::backup(&store, &out, &password.read()?)?);
         }
         NodeCommand::Restore { file, password } => {
-            let settings = crate::node::backup::restore(&store, &file, &password.read()?)?;
-            println!(
-                "restored '{}' of gateway '{}'; start it with: gatehouse node run",
-                settings.node_name, settings.gateway_name
-            );
+            let restored = ops::restore(&store, &file, &password.read()?)?;
+            println!("{restored}; start it with: gatehouse node run");
         }
         NodeCommand::SetConcurrency { limit } => {
-            let mut settings = store.settings()?;
-            settings.concurrency_limit = (limit > 0).then_some(limit);
-            store.save_settings(&settings)?;
-            match settings.concurrency_limit {
-                Some(limit) => println!("this node takes at most {limit} runs at once (from its next start)"),
-                None => println!("this node uses the default concurrency formula (from its next start)"),
-            }
+            let limit = ops::set_concurrency(&store, Some(limit))?;
+            println!("{limit} (from its next start)");
         }
         NodeCommand::EnableRemoteAccess(args) => {
+            // Without --cert the certificate the node has (if any) stays.
             let tls = args.certificate.identity()?;
-            let encrypted = tls.is_some();
-            node::set_remote_access(&store, args.port, tls)?;
-            println!(
-                "peer channel on port {}{}; restart the node service to apply: gatehouse node run",
-                args.port,
-                if encrypted { ", encrypted" } else { "" }
-            );
+            let access = ops::set_remote_access(&store, args.port, tls)?;
+            println!("{access}; restart the node service to apply: gatehouse node run");
         }
         NodeCommand::DisableRemoteAccess => {
-            node::disable_encryption(&store)?;
-            println!("the peer channel is no longer encrypted; restart the node service to apply");
+            let off = ops::disable_encryption(&store)?;
+            println!("{off}; restart the node service to apply");
         }
         NodeCommand::Unregister => {
             let settings = runtime.block_on(node::unregister(&store))?;
-            let _ = std::fs::remove_file(store.dir().join(STATUS_FILE));
             println!("'{}' is no longer a node of gateway '{}'", settings.node_name, settings.gateway_name);
         }
     }
@@ -260,24 +233,14 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
 
 /// Log lines kept for a control-socket watcher that falls behind.
 const LOG_FEED_LINES: usize = 1024;
+/// How long `node run` waits for the embedded hub to stop after the service.
+const HUB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn run_service(store: Store) -> anyhow::Result<()> {
     let settings = store.settings()?;
     let log_dir = store.dir().join("logs");
     let feed = LogFeed::new(LOG_FEED_LINES);
     let logs = super::logging::init_with_feed(Some(&log_dir), &settings.log_level, Some(&feed));
-    // Before anything else is bound: a second service of this data dir is refused by name
-    // (with the running one's pid), not by a busy peer port.
-    let control = ControlSocket::bind(store.dir()).await?;
-    let shutdown = CancellationToken::new();
-    let set_level = move |level: &str| logs.set_level(level);
-    tokio::spawn(crate::node::logs::follow_level(
-        store.clone(),
-        settings.log_level,
-        set_level,
-        shutdown.clone(),
-    ));
-    tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     // A fake machine for threshold tests, never for real use: say so loudly.
     let metrics: Box<dyn crate::node::metrics::MetricsSource> = match std::env::var("GATEHOUSE_FAKE_METRICS")
     {
@@ -289,40 +252,29 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
         }
         Err(_) => Box::new(SystemMetrics::new()),
     };
-    // A data dir set up by the window's express setup hosts its hub: it runs with the node.
-    let hub = crate::gui::express::start_embedded_hub_if_configured(&store, shutdown.child_token()).await?;
-    if let Some(hub) = &hub {
-        tracing::info!(url = %hub.url, "the embedded hub of this data dir is running");
-    }
-    let service = node::NodeService::new(store.clone(), metrics);
-    let (mut handle, task) = service.spawn(shutdown.clone()).await?;
-    // The Configuration Manager attaches here; a Stop request cancels `shutdown`.
-    let control = control.serve(ControlTarget::new(&handle, feed), shutdown.clone());
+    let shutdown = CancellationToken::new();
+    let set_level = move |level: &str| logs.set_level(level);
+    tokio::spawn(crate::node::logs::follow_level(
+        store.clone(),
+        settings.log_level,
+        set_level,
+        shutdown.clone(),
+    ));
+    tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
+    // The control socket, then the data dir's embedded hub (express setup), then the service.
+    let mut host = Host::new(store.clone(), shutdown);
+    let running = host.start(metrics, feed).await?;
     {
-        let s = handle.status.borrow();
+        let s = running.handle.status.borrow();
         tracing::info!(node = %s.node_name, gateway = %s.gateway_name, hub = %s.hub_url, "node service started");
     }
-    let status_path = store.dir().join(STATUS_FILE);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            changed = handle.status.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let json = serde_json::to_vec_pretty(&*handle.status.borrow_and_update())?;
-                if let Err(e) = crate::node::store::write_atomic(&status_path, &json) {
-                    tracing::warn!("can't write {}: {e}", status_path.display());
-                }
-            }
-        }
-    }
-    let _ = task.await;
-    // Removes the socket, so the next `node run` or window finds no service here.
-    let _ = control.await;
-    if let Some(hub) = hub {
-        let _ = hub.stopped().await;
-    }
+    // Kept for `gatehouse node status` while the service runs and after it stopped.
+    let keeper = tokio::spawn(node::status_file::keep(store.clone(), running.handle.status.clone()));
+    // A signal, or a Stop through the control socket (the Configuration Manager's).
+    running.handle.shutdown.cancelled().await;
+    running.stop().await;
+    let _ = keeper.await;
+    host.stop(HUB_PATIENCE).await;
     tracing::info!("node service stopped");
     Ok(())
 }
@@ -348,11 +300,7 @@ async fn live_status(dir: &std::path::Path) -> Option<NodeStatus> {
 fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result<()> {
     let settings = store.settings()?;
     let running = live.is_some();
-    let last: Option<NodeStatus> = live.or_else(|| {
-        std::fs::read(store.dir().join(STATUS_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-    });
+    let last: Option<NodeStatus> = live.or_else(|| node::status_file::last(store));
     if json {
         let value = serde_json::json!({ "registration": settings, "running": running, "last_status": last });
         println!("{}", serde_json::to_string_pretty(&value)?);

@@ -1,15 +1,18 @@
-//! The window as a whole: the wizard until this node is registered, then the tabs. `logic`
-//! drains the service's events into [`State`]; `ui` draws state and sends requests.
+//! The window as a whole: the wizard until this node is registered, then the tabs. `ui` draws
+//! state, and the pages push what they ask for into the [`Outbox`]; `logic` sends it, records
+//! what is pending, drains the service's events into [`State`] and routes each answer to the
+//! page that asked.
 
 use eframe::egui;
 
 use super::certificate::{self, CertificatePage};
-use super::express::{self, ExpressOptions};
+use super::outbox::Outbox;
 use super::service::{Event, Logging, Request, Service, SetupPage};
 use super::state::State;
 use super::wizard::{self, Wizard};
 use super::worker::{self, Worker};
 use super::{diagnostics, help, home, jobs, settings};
+use crate::host::express::{self, ExpressOptions};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -60,6 +63,8 @@ pub struct ConfigManager {
     pub settings: settings::SettingsPage,
     pub diagnostics: diagnostics::DiagnosticsPage,
     service: Service,
+    /// What the pages asked for while drawing, sent by the next `logic()`.
+    outbox: Outbox,
     worker: Worker,
     /// When the real window was created, until its first frame is drawn (then logged).
     created: Option<std::time::Instant>,
@@ -77,6 +82,7 @@ impl ConfigManager {
             settings: settings::SettingsPage::default(),
             diagnostics: diagnostics::DiagnosticsPage::default(),
             service: Service::start(dir, defaults, logging),
+            outbox: Outbox::default(),
             worker: Worker::default(),
             created: None,
         }
@@ -105,10 +111,11 @@ impl ConfigManager {
             match event {
                 Event::SetupFailed { page, ref message } => self.wizard.failed(page, message.clone()),
                 Event::Registered(_) => self.wizard.busy = false,
-                Event::Done { op, ref result } => {
-                    self.settings.done(op, result);
-                    self.diagnostics.done(op, result);
-                }
+                // The answer goes to the tab that asked.
+                Event::Done { op, ref result } => match op.asked_by() {
+                    Tab::Diagnostics => self.diagnostics.done(op, result),
+                    _ => self.settings.done(op, result),
+                },
                 _ => {}
             }
             self.state.apply(event);
@@ -117,8 +124,15 @@ impl ConfigManager {
         // the tab is open and the service is up, one fetch at a time.
         let stale = self.state.jobs_fetched.is_none_or(|at| at.elapsed() >= jobs::REFRESH);
         if self.prefs.tab == Tab::Jobs && self.state.settings.is_some() && stale && !self.state.jobs_pending {
-            self.state.jobs_pending = true;
-            self.send(Request::Jobs);
+            self.outbox.send(Request::Jobs);
+        }
+        // What the Settings tab shows but only the service can read, asked for here too.
+        if self.prefs.tab == Tab::Settings && self.state.settings.is_some() {
+            self.settings.refresh(&self.state, &self.outbox);
+        }
+        for request in self.outbox.drain() {
+            record_pending(&mut self.state, &request);
+            self.service.send(request);
         }
         while let Some(event) = self.worker.try_recv() {
             match event {
@@ -128,6 +142,11 @@ impl ConfigManager {
                 worker::Event::For(worker::Page::Checker, event) => self.certificate.apply(event),
             }
         }
+    }
+
+    /// Whether something the pages asked for waits to be sent (a test can look).
+    pub fn asking(&self) -> bool {
+        !self.outbox.is_empty()
     }
 
     /// Draws the whole window.
@@ -170,25 +189,25 @@ impl ConfigManager {
         egui::CentralPanel::default().show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| match tab {
                 Tab::Home if !registered => {
-                    wizard::wizard_ui(ui, &mut self.wizard, &self.service, &self.worker);
+                    wizard::wizard_ui(ui, &mut self.wizard, &self.outbox, &self.worker);
                     if self.wizard.page == SetupPage::Welcome {
                         // A machine replacing a lost one starts from its backup instead.
                         ui.add_space(14.0);
                         ui.separator();
                         ui.label(egui::RichText::new("Or restore a node from its backup").strong());
-                        settings::restore_ui(ui, &mut self.settings, &self.service, &self.worker);
+                        settings::restore_ui(ui, &mut self.settings, &self.outbox, &self.worker);
                     }
                 }
-                Tab::Home => home::home_ui(ui, &self.state, &self.service),
+                Tab::Home => home::home_ui(ui, &self.state, &self.outbox),
                 Tab::Jobs => jobs::jobs_ui(ui, &self.state),
                 Tab::Settings => {
-                    settings::settings_ui(ui, &mut self.settings, &self.state, &self.service, &self.worker);
+                    settings::settings_ui(ui, &mut self.settings, &self.state, &self.outbox, &self.worker);
                 }
                 Tab::Diagnostics => diagnostics::diagnostics_ui(
                     ui,
                     &mut self.diagnostics,
                     &self.state,
-                    &self.service,
+                    &self.outbox,
                     &self.worker,
                 ),
                 Tab::Certificate => {
@@ -205,6 +224,16 @@ impl ConfigManager {
     }
 }
 
+/// Records in `state` that `request` is under way, so its page shows it (a spinner,
+/// "Testing…") and doesn't ask twice.
+fn record_pending(state: &mut State, request: &Request) {
+    match request {
+        Request::TestConnections => state.testing = true,
+        Request::Jobs => state.jobs_pending = true,
+        _ => {}
+    }
+}
+
 impl eframe::App for ConfigManager {
     fn logic(&mut self, _ctx: &egui::Context, _frame: &mut eframe::Frame) {
         ConfigManager::logic(self);
@@ -212,6 +241,10 @@ impl eframe::App for ConfigManager {
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         ConfigManager::ui(self, ui);
+        // What a page asked for goes out in the next frame's `logic()`: make sure it comes.
+        if self.asking() {
+            ui.ctx().request_repaint();
+        }
         if let Some(created) = self.created.take() {
             // The start-up benchmark waits for this line.
             tracing::info!(
@@ -223,5 +256,21 @@ impl eframe::App for ConfigManager {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, eframe::APP_KEY, &self.prefs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_test_or_a_jobs_fetch_is_pending_until_its_answer_comes() {
+        let mut state = State::default();
+        record_pending(&mut state, &Request::TestConnections);
+        record_pending(&mut state, &Request::Jobs);
+        assert!(state.testing && state.jobs_pending);
+        state.apply(Event::Tested(Vec::new()));
+        state.apply(Event::Jobs(Ok(Vec::new())));
+        assert!(!state.testing && !state.jobs_pending);
     }
 }

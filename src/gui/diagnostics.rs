@@ -4,12 +4,14 @@
 
 use eframe::egui;
 
-use super::ops::{LOG_LEVELS, Op, OpKind};
-use super::service::{Request, Service};
+use super::ops::{Op, OpKind};
+use super::outbox::Outbox;
+use super::service::Request;
 use super::settings::{Answers, answer_ui};
 use super::state::State;
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::node::logs::LogLine;
+use crate::node::ops::LOG_LEVELS;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
@@ -156,7 +158,7 @@ pub fn diagnostics_ui(
     ui: &mut egui::Ui,
     page: &mut DiagnosticsPage,
     state: &State,
-    service: &Service,
+    service: &Outbox,
     worker: &Worker,
 ) {
     ui.heading("Diagnostics");
@@ -170,7 +172,7 @@ pub fn diagnostics_ui(
     export_ui(ui, page, service, worker);
 }
 
-fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service: &Service) {
+fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service: &Outbox) {
     ui.heading("Log");
     ui.horizontal(|ui| {
         let label = ui.label("Level");
@@ -230,7 +232,7 @@ fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service:
     });
 }
 
-fn tests_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
+fn tests_ui(ui: &mut egui::Ui, state: &State, service: &Outbox) {
     ui.heading("Connections");
     ui.label("Times a request to the hub and a handshake with every other node of the gateway.");
     ui.horizontal(|ui| {
@@ -269,7 +271,7 @@ fn tests_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
     });
 }
 
-fn export_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, service: &Service, worker: &Worker) {
+fn export_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, service: &Outbox, worker: &Worker) {
     ui.heading("Log export");
     ui.label("A zip of this node's log files and its current status (no secrets), to send to support.");
     egui::Grid::new("export_logs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
@@ -355,5 +357,62 @@ mod tests {
     fn clock_times_are_utc_with_milliseconds() {
         assert_eq!(clock(0), "00:00:00.000");
         assert_eq!(clock(1_700_000_000_123), "22:13:20.123");
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::service::ServiceState;
+    use egui_kittest::Harness;
+    use egui_kittest::kittest::Queryable as _;
+
+    /// The tab alone, on a hand-made state: no service thread; requests stay in the outbox.
+    struct Alone {
+        page: DiagnosticsPage,
+        state: State,
+        outbox: Outbox,
+        worker: Worker,
+    }
+
+    fn tab(state: State) -> Harness<'static, Alone> {
+        let alone = Alone {
+            page: DiagnosticsPage::default(),
+            state,
+            outbox: Outbox::default(),
+            worker: Worker::default(),
+        };
+        Harness::builder().with_size(egui::vec2(900.0, 700.0)).build_ui_state(
+            |ui, alone: &mut Alone| {
+                diagnostics_ui(ui, &mut alone.page, &alone.state, &alone.outbox, &alone.worker);
+            },
+            alone,
+        )
+    }
+
+    #[test]
+    fn test_connection_is_asked_through_the_outbox_and_testing_shows_while_pending() {
+        let mut harness = tab(State { loaded: true, service: ServiceState::Running, ..State::default() });
+        assert!(harness.query_by_label_contains("Testing").is_none());
+        harness.get_by_label("Test connection").click();
+        harness.step();
+        let asked = harness.state().outbox.drain();
+        assert!(matches!(asked.as_slice(), [Request::TestConnections]), "{} requests", asked.len());
+
+        // What `logic()` records for that request.
+        harness.state_mut().state.testing = true;
+        harness.step();
+        assert!(harness.query_by_label_contains("Testing…").is_some(), "no \"Testing…\" while a test runs");
+    }
+
+    #[test]
+    fn a_stopped_service_offers_no_test() {
+        let mut harness =
+            tab(State { loaded: true, service: ServiceState::Stopped { reason: None }, ..State::default() });
+        harness.step();
+        assert!(harness.query_by_label_contains("isn't running").is_some());
+        harness.get_by_label("Test connection").click();
+        harness.step();
+        assert!(harness.state().outbox.is_empty(), "a disabled button asked for a test");
     }
 }

@@ -4,14 +4,15 @@
 use eframe::egui;
 use egui_plot::{Line, Plot, PlotPoints};
 
-use super::service::{Request, Service, ServiceState};
+use super::outbox::Outbox;
+use super::service::{Request, ServiceState};
 use super::state::{Sample, State};
 use crate::encoding::binary_size;
 use crate::node::NodeStatus;
 use crate::protocol::{NodeMetrics, NodeState, Role};
 
 /// Draws the Home tab.
-pub fn home_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
+pub fn home_ui(ui: &mut egui::Ui, state: &State, service: &Outbox) {
     service_ui(ui, state, service);
     ui.separator();
     let Some(status) = &state.status else {
@@ -33,7 +34,7 @@ pub fn home_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
     runs_ui(ui, status);
 }
 
-fn service_ui(ui: &mut egui::Ui, state: &State, service: &Service) {
+fn service_ui(ui: &mut egui::Ui, state: &State, service: &Outbox) {
     ui.horizontal(|ui| {
         let (text, running) = match &state.service {
             ServiceState::Unregistered => ("Service: not set up".to_owned(), false),

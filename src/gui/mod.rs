@@ -9,20 +9,20 @@ use eframe::egui;
 mod app;
 mod certificate;
 mod diagnostics;
-pub mod express;
 mod help;
 mod home;
 pub mod jobs;
 pub mod ops;
+pub mod outbox;
 pub mod service;
 mod settings;
 pub mod state;
 mod wizard;
 pub mod worker;
 
+pub use crate::host::express::ExpressOptions;
 pub use app::{ConfigManager, GuiPrefs, Tab};
 pub use certificate::{CertificatePage, Outcome};
-pub use express::ExpressOptions;
 pub use service::{Logging, ServiceState, SetupPage};
 pub use worker::{Command, Worker};
 

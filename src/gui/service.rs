@@ -1,19 +1,18 @@
 //! The window's link to the node service: a background thread with its own tokio runtime that
-//! runs the service (and an embedded hub) inside this process, or watches a
-//! `gatehouse node run` that already runs here. The window sends [`Request`]s and drains
+//! runs the service (and an embedded hub) inside this process through a [`Host`], or watches
+//! a `gatehouse node run` that already runs here. The window sends [`Request`]s and drains
 //! [`Event`]s; every event asks egui to repaint, so the window never polls or blocks.
 
 use eframe::egui;
 
-use super::express::ExpressOptions;
 use super::ops::{self, Op};
-use crate::node::control::{
-    ConnectionTest, ControlClient, ControlError, ControlEvent, ControlSocket, ControlTarget,
-};
+use crate::host::express::ExpressOptions;
+use crate::host::{Host, HostError, Running};
+use crate::node::control::{ConnectionTest, ControlClient, ControlError, ControlEvent};
 use crate::node::logs::{LogFeed, LogLine};
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::{NodeSettings, Store};
-use crate::node::{self, NodeCommand, NodeHandle, NodeService, NodeStatus};
+use crate::node::{self, NodeCommand, NodeStatus};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -210,12 +209,6 @@ impl Drop for Service {
 /// How long closing the window waits for the service, then for the hub, to stop.
 const STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The node service running in this process.
-struct InProcess {
-    handle: NodeHandle,
-    task: tokio::task::JoinHandle<()>,
-}
-
 /// The service thread's state.
 struct Backend {
     store: Store,
@@ -223,10 +216,11 @@ struct Backend {
     /// This process's log lines, also served on the control socket.
     feed: Option<LogFeed>,
     events: EventSink,
-    /// Stops everything this process runs (hub, service) when the window closes.
+    /// Stops what the window runs besides the host (log forwarding) when it closes.
     shutdown: CancellationToken,
-    hub: Option<crate::hub::embedded::EmbeddedHub>,
-    node: Option<InProcess>,
+    /// Runs the node service (and the embedded hub) in this process.
+    host: Host,
+    node: Option<Running>,
     /// Set while watching a `gatehouse node run` process (its pid).
     attached: Option<u32>,
     /// Told when the service started as `generation` ends on its own: a watched `node run`
@@ -244,13 +238,15 @@ impl Backend {
         events: EventSink,
         exited: mpsc::UnboundedSender<(u64, Option<String>)>,
     ) -> Self {
+        let shutdown = CancellationToken::new();
+        let store = Store::new(dir);
         Backend {
-            store: Store::new(dir),
+            host: Host::new(store.clone(), shutdown.child_token()),
+            store,
             defaults,
             feed,
             events,
-            shutdown: CancellationToken::new(),
-            hub: None,
+            shutdown,
             node: None,
             attached: None,
             exited,
@@ -287,10 +283,8 @@ impl Backend {
         }
         // The window closed: stop the service, then the hub, each within a bounded time.
         let _ = tokio::time::timeout(STOP_PATIENCE, self.stop_in_process()).await;
+        self.host.stop(STOP_PATIENCE).await;
         self.shutdown.cancel();
-        if let Some(hub) = self.hub.take() {
-            let _ = tokio::time::timeout(STOP_PATIENCE, hub.stopped()).await;
-        }
     }
 
     /// Finds out what the data dir holds and starts (or attaches to) the service.
@@ -367,13 +361,9 @@ impl Backend {
     }
 
     async fn express(&mut self) {
-        match super::express::express_setup(&self.store, &self.defaults, self.shutdown.child_token()).await {
-            Ok(outcome) => {
-                // `None`: express reused the embedded hub this window already runs.
-                if outcome.hub.is_some() {
-                    self.hub = outcome.hub;
-                }
-                self.events.send(Event::Registered(outcome.settings));
+        match self.host.express(&self.defaults).await {
+            Ok(settings) => {
+                self.events.send(Event::Registered(settings));
                 self.start_service().await;
             }
             Err(e) => {
@@ -413,7 +403,7 @@ impl Backend {
     }
 
     /// Attaches to a `node run` process if one runs here, else starts the service in this
-    /// process (after the embedded hub, when this data dir hosts one).
+    /// process (with the embedded hub, when this data dir hosts one).
     async fn start_service(&mut self) {
         if self.node.is_some() || self.attached.is_some() {
             return;
@@ -423,43 +413,22 @@ impl Backend {
         if self.attach().await {
             return;
         }
-        if self.hub.is_none() {
-            match super::express::start_embedded_hub_if_configured(&self.store, self.shutdown.child_token())
-                .await
-            {
-                Ok(hub) => self.hub = hub,
-                Err(e) => {
-                    let reason = Some(format!("the embedded hub didn't start: {e}"));
-                    self.events.send(Event::Service(ServiceState::Stopped { reason }));
-                    return;
-                }
-            }
-        }
+        let feed = self.feed.clone().unwrap_or_else(|| LogFeed::new(1));
         // The control socket first: it refuses when a `node run` started meanwhile, and lets
         // `gatehouse node status` and a second window find this service.
-        let socket = match ControlSocket::bind(self.store.dir()).await {
-            Ok(socket) => socket,
-            Err(ControlError::AlreadyRunning { .. }) if self.attach().await => return,
-            Err(e) => {
-                self.events.send(Event::Service(ServiceState::Stopped { reason: Some(e.to_string()) }));
-                return;
-            }
-        };
-        let service = NodeService::new(self.store.clone(), Box::new(SystemMetrics::new()));
-        match service.spawn(self.shutdown.child_token()).await {
-            Ok((handle, task)) => {
-                let feed = self.feed.clone().unwrap_or_else(|| LogFeed::new(1));
-                socket.serve(ControlTarget::new(&handle, feed), handle.shutdown.clone());
-                tokio::spawn(forward_status(handle.status.clone(), self.events.clone()));
+        match self.host.start(Box::new(SystemMetrics::new()), feed).await {
+            Ok(running) => {
+                tokio::spawn(forward_status(running.handle.status.clone(), self.events.clone()));
                 let (stopped, generation, exited) =
-                    (handle.shutdown.clone(), self.generation, self.exited.clone());
+                    (running.handle.shutdown.clone(), self.generation, self.exited.clone());
                 tokio::spawn(async move {
                     stopped.cancelled().await;
                     let _ = exited.send((generation, None));
                 });
-                self.node = Some(InProcess { handle, task });
+                self.node = Some(running);
                 self.events.send(Event::Service(ServiceState::Running));
             }
+            Err(HostError::Control(ControlError::AlreadyRunning { .. })) if self.attach().await => {}
             Err(e) => {
                 self.events.send(Event::Service(ServiceState::Stopped { reason: Some(e.to_string()) }));
             }
@@ -528,8 +497,7 @@ impl Backend {
 
     async fn stop_in_process(&mut self) {
         if let Some(node) = self.node.take() {
-            node.handle.shutdown.cancel();
-            let _ = node.task.await;
+            node.stop().await;
         }
     }
 
@@ -586,22 +554,17 @@ pub(crate) fn load_identity(choice: &CertificateChoice) -> Result<crate::cert::I
     }
 }
 
-/// Which wizard page a registration error belongs to.
+/// Which wizard page a registration error belongs to: by the hub's refusal code, never by
+/// its sentence.
 fn setup_page(error: &node::NodeError) -> SetupPage {
-    let message = error.to_string();
+    use crate::protocol::ErrorCode;
     match error {
         node::NodeError::Tls(_) | node::NodeError::PeerPort { .. } => SetupPage::Encryption,
-        node::NodeError::Hub(crate::client::ClientError::Refused { status: 409, .. })
-            if message.contains("choose another name") =>
-        {
-            SetupPage::Name
-        }
-        node::NodeError::Hub(crate::client::ClientError::Refused { status: 409, .. })
-            if message.contains("encrypt") =>
-        {
-            SetupPage::Encryption
-        }
-        _ => SetupPage::Key,
+        _ => match error.refusal().and_then(|body| body.code) {
+            Some(ErrorCode::NameTaken) => SetupPage::Name,
+            Some(ErrorCode::NeedsEncryption | ErrorCode::EncryptionModeLocked) => SetupPage::Encryption,
+            _ => SetupPage::Key,
+        },
     }
 }
 
@@ -632,5 +595,27 @@ async fn forward_logs(
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientError;
+    use crate::protocol::{ErrorBody, ErrorCode};
+
+    fn refused(code: Option<ErrorCode>, sentence: &str) -> node::NodeError {
+        let body = ErrorBody { error: sentence.to_owned(), hint: None, code };
+        node::NodeError::Hub(ClientError::Refused { status: 409, body })
+    }
+
+    #[test]
+    fn the_wizard_page_follows_the_refusal_code_not_the_sentence() {
+        assert_eq!(setup_page(&refused(Some(ErrorCode::NameTaken), "taken")), SetupPage::Name);
+        assert_eq!(setup_page(&refused(Some(ErrorCode::NeedsEncryption), "x")), SetupPage::Encryption);
+        assert_eq!(setup_page(&refused(Some(ErrorCode::EncryptionModeLocked), "x")), SetupPage::Encryption);
+        assert_eq!(setup_page(&refused(Some(ErrorCode::GatewayFull), "x")), SetupPage::Key);
+        // A sentence alone decides nothing.
+        assert_eq!(setup_page(&refused(None, "node 'a' exists; choose another name")), SetupPage::Key);
     }
 }

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 
 use super::certificate::{CertificatePage, Outcome as CheckOutcome, report_ui, text_field_ui};
 use super::ops::{Op, OpKind, Thresholds};
-use super::service::{CertificateChoice, Request, Service, ServiceState};
+use super::outbox::Outbox;
+use super::service::{CertificateChoice, Request, ServiceState};
 use super::state::State;
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::cert::Verdict;
@@ -33,7 +34,7 @@ pub struct Answers(HashMap<OpKind, Reply>);
 
 impl Answers {
     /// Sends `op` and marks its kind as waiting.
-    pub(crate) fn send(&mut self, service: &Service, op: Op) {
+    pub(crate) fn send(&mut self, service: &Outbox, op: Op) {
         self.0.insert(op.kind(), Reply::Waiting);
         service.send(Request::Op(op));
     }
@@ -240,8 +241,9 @@ impl SettingsPage {
     }
 
     /// Fills the fields from the node's settings once, and asks for what only the service
-    /// can read (credential names, whether this node holds the hub's admin token).
-    fn refresh(&mut self, state: &State, service: &Service) {
+    /// can read (credential names, whether this node holds the hub's admin token). Called by
+    /// `logic()` while the tab is open, never while drawing.
+    pub(crate) fn refresh(&mut self, state: &State, service: &Outbox) {
         if !self.filled
             && let Some(settings) = &state.settings
         {
@@ -276,10 +278,9 @@ pub fn settings_ui(
     ui: &mut egui::Ui,
     page: &mut SettingsPage,
     state: &State,
-    service: &Service,
+    service: &Outbox,
     worker: &Worker,
 ) {
-    page.refresh(state, service);
     ui.heading("Settings");
     section_ui(ui, "Encryption and remote access", |ui| encryption_ui(ui, page, state, service, worker));
     section_ui(ui, "Concurrency", |ui| concurrency_ui(ui, page, state, service));
@@ -325,7 +326,7 @@ fn encryption_ui(
     ui: &mut egui::Ui,
     page: &mut SettingsPage,
     state: &State,
-    service: &Service,
+    service: &Outbox,
     worker: &Worker,
 ) {
     let thumbprint = state
@@ -404,7 +405,7 @@ fn change_certificate_ui(
     ui: &mut egui::Ui,
     page: &mut SettingsPage,
     state: &State,
-    service: &Service,
+    service: &Outbox,
     worker: &Worker,
 ) {
     ui.group(|ui| {
@@ -477,7 +478,7 @@ fn change_certificate_ui(
     });
 }
 
-fn concurrency_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: &Service) {
+fn concurrency_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: &Outbox) {
     let settings = state.settings.as_ref();
     let status = state.status.as_ref().filter(|s| s.metrics.runs_limit > 0);
     match (status, settings.and_then(|s| s.concurrency_limit)) {
@@ -535,7 +536,7 @@ fn concurrency_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, ser
     answer_ui(ui, page.answers.get(OpKind::Concurrency));
 }
 
-fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: &Service) {
+fn thresholds_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: &Outbox) {
     ui.add(
         egui::Label::new(
             "The gateway's dispatcher skips a node above these limits (0 turns a limit off), averaged over \
@@ -639,7 +640,7 @@ fn small_field_ui(ui: &mut egui::Ui, label: &str, value: &mut String) {
     ui.end_row();
 }
 
-fn proxy_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: &Service) {
+fn proxy_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: &Outbox) {
     let current = state.settings.as_ref().and_then(|s| s.proxy.clone());
     ui.label(match &current {
         Some(proxy) => format!("The node reaches the hub through {proxy}."),
@@ -650,7 +651,7 @@ fn proxy_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: 
         ui.end_row();
     });
     let typed = Some(page.proxy.trim().to_owned()).filter(|p| !p.is_empty());
-    let problem = typed.as_deref().and_then(|p| crate::client::parse_proxy(p).err());
+    let problem = typed.as_deref().and_then(|p| crate::node::ops::check_proxy(p).err());
     if let Some(problem) = &problem {
         problem_ui(ui, &format!("{problem}."));
     }
@@ -661,7 +662,7 @@ fn proxy_ui(ui: &mut egui::Ui, page: &mut SettingsPage, state: &State, service: 
     answer_ui(ui, page.answers.get(OpKind::Proxy));
 }
 
-fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service) {
+fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Outbox) {
     ui.add(
         egui::Label::new(
             "Passwords and keys for data stores. They stay sealed on the gateway's nodes, reach the other \
@@ -731,7 +732,7 @@ fn credentials_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service)
     answer_ui(ui, page.answers.get(OpKind::Credentials));
 }
 
-fn backup_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service, worker: &Worker) {
+fn backup_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Outbox, worker: &Worker) {
     ui.add(
         egui::Label::new(
             "A backup holds this node's registration, tokens, credentials and certificate, sealed with a \
@@ -787,7 +788,7 @@ fn backup_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service, work
 }
 
 /// The restore form; the wizard of an unregistered machine may show it too.
-pub(crate) fn restore_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Service, worker: &Worker) {
+pub(crate) fn restore_ui(ui: &mut egui::Ui, page: &mut SettingsPage, service: &Outbox, worker: &Worker) {
     egui::Grid::new("restore").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
         text_field_ui(ui, "Backup to restore", &mut page.restore.path, "/path/to/node.backup", false);
         if ui.button("Browse…").clicked() {

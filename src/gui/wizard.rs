@@ -4,7 +4,8 @@
 use eframe::egui;
 
 use super::certificate::{self, CertificatePage, Outcome};
-use super::service::{CertificateChoice, ManualSetup, Request, Service, SetupPage};
+use super::outbox::Outbox;
+use super::service::{CertificateChoice, ManualSetup, Request, SetupPage};
 use super::worker::{Command, Page, Worker};
 use crate::cert::Verdict;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ impl Wizard {
             page: SetupPage::Welcome,
             key: String::new(),
             show_key: false,
-            name: crate::node::host_name(),
+            name: crate::machine::host_name(),
             encrypt: false,
             certificate: CertificatePage::default(),
             port: peer_port.to_string(),
@@ -94,7 +95,7 @@ impl Wizard {
 }
 
 /// Draws the wizard.
-pub fn wizard_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Service, worker: &Worker) {
+pub fn wizard_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox, worker: &Worker) {
     ui.heading("Set up this gateway node");
     ui.add_space(8.0);
     match wizard.page {
@@ -105,7 +106,7 @@ pub fn wizard_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Service, work
     }
 }
 
-fn welcome_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Service) {
+fn welcome_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox) {
     ui.label(
         "Express setup makes this machine a gateway in one step: it starts a hub inside this \
          window (unless one is configured with GATEHOUSE_HUB and GATEHOUSE_ADMIN_TOKEN), creates \
@@ -171,7 +172,7 @@ fn name_ui(ui: &mut egui::Ui, wizard: &mut Wizard) {
     nav_ui(ui, wizard, ok, SetupPage::Key, SetupPage::Encryption);
 }
 
-fn encryption_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Service, worker: &Worker) {
+fn encryption_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox, worker: &Worker) {
     ui.label(egui::RichText::new("Step 3 of 3: encryption").strong());
     ui.label(
         "Nodes of a gateway talk to each other on the peer port. With a certificate that \

@@ -145,7 +145,12 @@ pub async fn start(
     let remembered = configured(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     let db_path = dir.join(DB_FILE);
-    owner_only_dir(dir)?;
+    // Owner-only: the hub's database holds every gateway's secret.
+    crate::machine::owner_only_dir(dir).map_err(|reason| EmbeddedError::Io {
+        action: "create",
+        path: dir.to_owned(),
+        reason,
+    })?;
     let database =
         |reason| EmbeddedError::Database { path: db_path.clone(), config: config_path.clone(), reason };
     let db = Db::open(&super::db::sqlite_url(&db_path)).await.map_err(database)?;
@@ -173,8 +178,11 @@ pub async fn start(
         let text = toml::to_string(&EmbeddedConfig { listen: address }).map_err(|e| {
             EmbeddedError::Corrupt { reason: e.to_string(), db: db_path.clone(), path: config_path.clone() }
         })?;
-        crate::node::store::write_atomic(&config_path, text.as_bytes())
-            .map_err(|reason| EmbeddedError::Io { action: "write", path: config_path.clone(), reason })?;
+        crate::machine::write_atomic(&config_path, text.as_bytes()).map_err(|reason| EmbeddedError::Io {
+            action: "write",
+            path: config_path.clone(),
+            reason,
+        })?;
     }
 
     let url = public_url(address);
@@ -182,19 +190,6 @@ pub async fn start(
     let task = tokio::spawn(serve(listener, None, db, HubConfig::new(url.clone()), shutdown.clone()));
     tracing::info!(%address, database = %db_path.display(), "embedded hub started");
     Ok(EmbeddedHub { url, address, admin_token, shutdown, task })
-}
-
-/// Creates the data dir if needed and makes it owner-only: the hub's database holds every
-/// gateway's secret.
-fn owner_only_dir(dir: &Path) -> Result<(), EmbeddedError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dir).map_err(|reason| EmbeddedError::Io {
-        action: "create",
-        path: dir.to_owned(),
-        reason,
-    })?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|reason| EmbeddedError::Io { action: "make owner-only", path: dir.to_owned(), reason })
 }
 
 /// Listens on `wanted`, or on a free port of the same IP if that port is taken.
@@ -218,7 +213,7 @@ async fn bind_or_fallback(wanted: SocketAddr) -> Result<TcpListener, EmbeddedErr
 /// no machine).
 pub fn public_url(address: SocketAddr) -> String {
     if address.ip().is_unspecified() {
-        return format!("http://{}:{}", crate::node::host_name(), address.port());
+        return format!("http://{}:{}", crate::machine::host_name(), address.port());
     }
     format!("http://{address}")
 }

@@ -1,9 +1,10 @@
 //! The hub API's one error type, which is also the HTTP response: a status code and a JSON
-//! `{ "error", "hint" }` a person can act on. Internal failures are logged in full and
-//! answered with a generic 500 that leaks nothing.
+//! `{ "error", "hint", "code" }`: a sentence a person can act on, and for refusals a program
+//! may act on, a [`ErrorCode`] (so no client parses the sentence). Internal failures are
+//! logged in full and answered with a generic 500 that leaks nothing.
 
 use super::db::DbError;
-use crate::protocol::ErrorBody;
+use crate::protocol::{ErrorBody, ErrorCode};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -12,11 +13,19 @@ pub struct ApiError {
     pub status: StatusCode,
     pub error: String,
     pub hint: Option<String>,
+    pub code: Option<ErrorCode>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        ApiError { status, error: error.into(), hint: None }
+        ApiError { status, error: error.into(), hint: None, code: None }
+    }
+
+    /// Names the refusal for programs.
+    #[must_use]
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
+        self.code = Some(code);
+        self
     }
 
     #[must_use]
@@ -65,7 +74,7 @@ impl From<DbError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.error, hint: self.hint };
+        let body = ErrorBody { error: self.error, hint: self.hint, code: self.code };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -1,9 +1,10 @@
 //! The registration rules of DESIGN.md §2, as one pure check over what is stored. Each
-//! refusal is a specific sentence that says what to do.
+//! refusal is a specific sentence that says what to do, with an [`ErrorCode`] on the wire.
 
 use super::db::{GatewayRow, NewNode, NodeRow};
 use super::error::ApiError;
 use super::status::{compare_versions, majority_version};
+use crate::protocol::ErrorCode;
 use std::cmp::Ordering;
 
 /// Why a node may not register.
@@ -39,9 +40,24 @@ pub enum Refusal {
     EncryptionModeLocked { gateway: String },
 }
 
+impl Refusal {
+    /// The code that names this refusal on the wire.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NameTaken { .. } => ErrorCode::NameTaken,
+            Refusal::MachineElsewhere => ErrorCode::MachineElsewhere,
+            Refusal::MachineAlreadyHere { .. } => ErrorCode::MachineAlreadyHere,
+            Refusal::TooOld { .. } => ErrorCode::TooOld,
+            Refusal::Full { .. } => ErrorCode::GatewayFull,
+            Refusal::NeedsEncryption { .. } => ErrorCode::NeedsEncryption,
+            Refusal::EncryptionModeLocked { .. } => ErrorCode::EncryptionModeLocked,
+        }
+    }
+}
+
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
-        ApiError::conflict(refusal.to_string())
+        ApiError::conflict(refusal.to_string()).with_code(refusal.code())
     }
 }
 

@@ -76,7 +76,7 @@ pub fn backup(store: &Store, out: &Path, password: &str) -> Result<(), BackupErr
         sealed: STANDARD.encode(store::seal(&key, &json)),
     };
     let text = serde_json::to_vec_pretty(&header).map_err(|e| BackupError::Kdf(e.to_string()))?;
-    store::write_atomic(out, &text).map_err(|reason| BackupError::Io {
+    crate::machine::write_atomic(out, &text).map_err(|reason| BackupError::Io {
         action: "write",
         path: out.to_owned(),
         reason,

@@ -10,7 +10,8 @@
 //! Credentials entered on any node reach the others through the peer channel
 //! ([`credentials`]).
 //!
-//! Backups of the node's state are sealed with a password ([`backup`]).
+//! Backups of the node's state are sealed with a password ([`backup`]). Every operation a
+//! person starts on the node's settings, from the CLI or the window, is in [`ops`].
 
 pub mod backup;
 pub mod control;
@@ -18,7 +19,9 @@ pub mod credentials;
 mod dispatch;
 pub mod logs;
 pub mod metrics;
+pub mod ops;
 pub mod peer;
+pub mod status_file;
 pub mod store;
 pub mod tls;
 pub mod worker;
@@ -63,6 +66,16 @@ pub enum NodeError {
     PeerPort { address: String, reason: std::io::Error },
 }
 
+impl NodeError {
+    /// The hub's refusal (its error body), when the hub refused.
+    pub fn refusal(&self) -> Option<&crate::protocol::ErrorBody> {
+        match self {
+            NodeError::Hub(ClientError::Refused { body, .. }) => Some(body),
+            _ => None,
+        }
+    }
+}
+
 /// What to register with.
 pub struct Registration {
     /// The gateway auth key (`gh1_…`); it names the hub and the gateway.
@@ -91,7 +104,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         Err(e) => return Err(e.into()),
     }
     let key = crate::protocol::parse_auth_key(&registration.key)?;
-    let host = host_name();
+    let host = crate::machine::host_name();
     let name = registration.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| host.clone());
     let peer_address =
         registration.peer_address.unwrap_or_else(|| format!("{host}:{}", registration.peer_port));
@@ -142,39 +155,8 @@ pub async fn unregister(store: &Store) -> Result<NodeSettings, NodeError> {
         Err(e) => return Err(e.into()),
     }
     store.forget_registration()?;
+    status_file::forget(store);
     Ok(settings)
-}
-
-/// Sets the peer channel's port and certificate (`None`: unencrypted). The hub decides at the
-/// next heartbeat whether the gateway accepts the change (only while it has a single node).
-pub fn set_remote_access(
-    store: &Store,
-    port: u16,
-    tls: Option<crate::cert::Identity>,
-) -> Result<(), NodeError> {
-    let mut settings = store.settings()?;
-    let mut secrets = store.secrets()?;
-    settings.peer_port = port;
-    if let Some((host, _)) = settings.peer_address.rsplit_once(':') {
-        settings.peer_address = format!("{host}:{port}");
-    }
-    secrets.tls = tls;
-    store.save_secrets(&secrets)?;
-    store.save_settings(&settings)?;
-    Ok(())
-}
-
-/// Stops encrypting the peer channel.
-pub fn disable_encryption(store: &Store) -> Result<(), NodeError> {
-    let mut secrets = store.secrets()?;
-    secrets.tls = None;
-    store.save_secrets(&secrets)?;
-    Ok(())
-}
-
-/// The machine's host name, the default node name.
-pub fn host_name() -> String {
-    sysinfo::System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "gatehouse-node".to_owned())
 }
 
 /// Commands to a running node service.

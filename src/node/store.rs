@@ -2,16 +2,16 @@
 //! `secrets.bin` (node token, gateway secret, credentials: sealed with ChaCha20-Poly1305 under
 //! the key in `secret.key`) and `machine.id` (who this machine is, across registrations).
 //!
-//! **Invariant:** every file is written atomically (temp file, fsync, rename, fsync of the
-//! dir) and readable by its owner only; a crash or a refused change never leaves a half file.
+//! **Invariant:** every file is written atomically ([`crate::machine::write_atomic`]) and
+//! readable by its owner only; a crash or a refused change never leaves a half file.
 
+use crate::machine::write_atomic;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 const SETTINGS: &str = "node.toml";
@@ -119,8 +119,7 @@ impl Store {
 
     /// Creates the data dir (owner-only) if needed.
     pub fn ensure_dir(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|reason| self.io("create", &self.dir, reason))?;
-        set_owner_only(&self.dir, 0o700).map_err(|reason| self.io("protect", &self.dir, reason))
+        crate::machine::owner_only_dir(&self.dir).map_err(|reason| self.io("create", &self.dir, reason))
     }
 
     /// This machine's id: made once, kept across registrations.
@@ -195,6 +194,18 @@ impl Store {
         write_atomic(&path, &seal(&key, &json)).map_err(|reason| self.io("write", &path, reason))
     }
 
+    /// Keeps the admin token of the hub embedded in this data dir in the sealed secrets
+    /// (registered or not), keeping what else is there: the hub stores only its hash.
+    pub fn remember_hub_admin_token(&self, token: &str) -> Result<()> {
+        let mut secrets = match self.secrets() {
+            Ok(secrets) => secrets,
+            Err(StoreError::NotRegistered) => Secrets::default(),
+            Err(e) => return Err(e),
+        };
+        secrets.hub_admin_token = Some(token.to_owned());
+        self.save_secrets(&secrets)
+    }
+
     /// Forgets the registration (settings and secrets); the machine id and key stay, and so
     /// does the admin token of an embedded hub (it belongs to this data dir, not to the
     /// registration).
@@ -259,43 +270,6 @@ pub fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
     let (nonce, ciphertext) = sealed.split_at_checked(12)?;
     let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
     cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: SECRETS_AAD }).ok()
-}
-
-/// Writes `bytes` to `path` so that `path` is either the old or the new content, never a mix:
-/// a temp file beside it (owner-only), fsync, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", crate::encoding::random_hex::<6>()));
-    let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        // The rename itself must survive a crash too.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
-}
-
-fn set_owner_only(path: &Path, mode: u32) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (path, mode);
-        Ok(())
-    }
 }
 
 fn one_line(text: &str) -> String {
@@ -403,15 +377,5 @@ pub(crate) mod tests {
         let id = store.machine_id().unwrap();
         assert_eq!(id.len(), 32);
         assert_eq!(store.machine_id().unwrap(), id);
-    }
-
-    #[test]
-    fn atomic_writes_leave_no_temp_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

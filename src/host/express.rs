@@ -1,14 +1,15 @@
 //! Express setup, the wizard's one-click path (DESIGN.md §6): use the configured hub or start
 //! one embedded in this process, create (or reuse) a gateway named after this machine, and
-//! register this node with it, unencrypted. No drawing here: the GUI's background runtime
-//! awaits [`express_setup`] and shows its outcome or its error's sentence.
+//! register this node with it, unencrypted. The window's service thread runs it through
+//! [`super::Host::express`] and shows its outcome or its error's sentence; `gatehouse node run`
+//! starts the embedded hub it left with [`start_embedded_hub_if_configured`].
 //!
 //! **Invariant:** the embedded hub's admin token is kept in the node's sealed secrets from
 //! the moment it is created (the hub keeps only its hash), whatever fails after.
 
 use crate::client::{ClientError, HubClient};
 use crate::hub::embedded::{self, EmbeddedError, EmbeddedHub};
-use crate::node::store::{NodeSettings, Secrets, Store, StoreError};
+use crate::node::store::{NodeSettings, Store, StoreError};
 use crate::node::{NodeError, Registration};
 use crate::protocol::{CreateGateway, KeySlot};
 use std::fmt;
@@ -126,7 +127,7 @@ pub async fn express_setup(
     let peer_host = options
         .peer_host
         .clone()
-        .unwrap_or_else(|| if embedded { "127.0.0.1".to_owned() } else { crate::node::host_name() });
+        .unwrap_or_else(|| if embedded { "127.0.0.1".to_owned() } else { crate::machine::host_name() });
     match register_with(store, &url, &admin_token, &peer_host, options.peer_port).await {
         // `register` keeps the embedded hub's admin token in the secrets it writes.
         Ok(settings) => {
@@ -152,7 +153,7 @@ pub async fn start_embedded_hub_if_configured(
     let hub = embedded::start(store.dir(), address, shutdown).await?;
     // A new database (hub.db removed) made a new admin token: it must not be lost.
     if let Some(token) = &hub.admin_token
-        && let Err(e) = remember_admin_token(store, token)
+        && let Err(e) = store.remember_hub_admin_token(token)
     {
         return Err(stopping(hub, e.into()).await);
     }
@@ -199,7 +200,7 @@ async fn running_embedded_hub(store: &Store) -> Result<Option<(String, String)>,
 /// kept in the secrets since it was created.
 fn embedded_admin_token(store: &Store, hub: &EmbeddedHub) -> Result<String, ExpressError> {
     if let Some(token) = &hub.admin_token {
-        remember_admin_token(store, token)?;
+        store.remember_hub_admin_token(token)?;
         return Ok(token.clone());
     }
     kept_admin_token(store)
@@ -216,17 +217,6 @@ fn kept_admin_token(store: &Store) -> Result<String, ExpressError> {
         db: store.dir().join(embedded::DB_FILE),
         config: store.dir().join(embedded::CONFIG_FILE),
     })
-}
-
-/// Puts the embedded hub's admin token into the sealed secrets, keeping what else is there.
-fn remember_admin_token(store: &Store, token: &str) -> Result<(), StoreError> {
-    let mut secrets = match store.secrets() {
-        Ok(secrets) => secrets,
-        Err(StoreError::NotRegistered) => Secrets::default(),
-        Err(e) => return Err(e),
-    };
-    secrets.hub_admin_token = Some(token.to_owned());
-    store.save_secrets(&secrets)
 }
 
 /// Stops `hub` (so its port is free for a retry) and hands back `error`.
@@ -246,7 +236,7 @@ async fn register_with(
     peer_port: u16,
 ) -> Result<NodeSettings, ExpressError> {
     let admin = HubClient::new(url, admin_token).map_err(ExpressError::Admin)?;
-    let name = crate::node::host_name();
+    let name = crate::machine::host_name();
     let key = gateway_key(&admin, &name).await?;
     let peer_port = free_peer_port(peer_host, peer_port)?;
     let registration = Registration {

@@ -1,0 +1,119 @@
+//! Wires one process that runs a node: its control socket, the hub embedded in its data dir
+//! (when express setup put one there) and the node service, started in that order and
+//! stopped in the reverse one; and express setup ([`express`]), which may start that hub
+//! first. `gatehouse node run` and the Configuration Manager's service thread both run a node
+//! through a [`Host`], so neither knows how the parts fit together.
+//!
+//! **Invariant:** the control socket is bound before anything else: a second service of the
+//! same data dir is refused by name (with the running one's pid) before it touches the hub's
+//! port or the peer port. The hub stops last, so the node's last reports reach it.
+
+pub mod express;
+
+use crate::hub::embedded::EmbeddedHub;
+use crate::node::control::{ControlError, ControlSocket, ControlTarget};
+use crate::node::logs::LogFeed;
+use crate::node::metrics::MetricsSource;
+use crate::node::store::{NodeSettings, Store};
+use crate::node::{NodeError, NodeHandle, NodeService};
+use express::{ExpressError, ExpressOptions};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why the node service didn't start. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The control socket can't be had; [`ControlError::AlreadyRunning`] when another
+    /// service of this data dir runs.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("the embedded hub didn't start: {0}")]
+    Hub(#[from] ExpressError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// One process's node: the data dir, the embedded hub while it runs, and the token that
+/// stops everything the host started.
+pub struct Host {
+    store: Store,
+    shutdown: CancellationToken,
+    hub: Option<EmbeddedHub>,
+}
+
+/// A node service this host started, serving its control socket.
+pub struct Running {
+    pub handle: NodeHandle,
+    task: JoinHandle<()>,
+    control: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the service, then its control socket (which removes the socket file, so the next
+    /// `node run` or window finds no service here), and waits for both.
+    pub async fn stop(self) {
+        self.handle.shutdown.cancel();
+        let _ = self.task.await;
+        let _ = self.control.await;
+    }
+}
+
+impl Host {
+    /// A host for the data dir of `store`; cancelling `shutdown` stops all it starts.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Host { store, shutdown, hub: None }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Registers this machine by express setup ([`express::express_setup`]); the embedded hub
+    /// it started, if any, keeps running with this host.
+    pub async fn express(&mut self, options: &ExpressOptions) -> Result<NodeSettings, ExpressError> {
+        let outcome = express::express_setup(&self.store, options, self.shutdown.child_token()).await?;
+        // `None`: express reused the embedded hub this host already runs.
+        if outcome.hub.is_some() {
+            self.hub = outcome.hub;
+        }
+        Ok(outcome.settings)
+    }
+
+    /// Starts the node service: binds the control socket, starts the data dir's embedded hub
+    /// (if it hosts one and it isn't running yet), spawns the service and serves the socket.
+    /// The service stops on [`Running::stop`], a Stop through the socket, or this host's
+    /// shutdown.
+    pub async fn start(
+        &mut self,
+        metrics: Box<dyn MetricsSource>,
+        logs: LogFeed,
+    ) -> Result<Running, HostError> {
+        let control = ControlSocket::bind(self.store.dir()).await?;
+        if self.hub.is_none() {
+            self.hub =
+                express::start_embedded_hub_if_configured(&self.store, self.shutdown.child_token()).await?;
+            if let Some(hub) = &self.hub {
+                tracing::info!(url = %hub.url, "the embedded hub of this data dir is running");
+            }
+        }
+        let service = NodeService::new(self.store.clone(), metrics);
+        let (handle, task) = service.spawn(self.shutdown.child_token()).await?;
+        // A Stop request through the socket stops this service (not the hub).
+        let control = control.serve(ControlTarget::new(&handle, logs), handle.shutdown.clone());
+        Ok(Running { handle, task, control })
+    }
+
+    /// Stops the embedded hub, if this host runs one, waiting at most `patience`; call it
+    /// after the service stopped.
+    pub async fn stop(&mut self, patience: Duration) {
+        self.shutdown.cancel();
+        if let Some(hub) = self.hub.take() {
+            match tokio::time::timeout(patience, hub.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("the embedded hub stopped with an error: {e}"),
+                Err(_) => tracing::warn!("the embedded hub didn't stop within {patience:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The control socket's client: connects to the service of a data dir (none running is
+//! `None`, not an error), watches it, asks it to stop, or has it run the connection tests.
+
+use super::wire::{
+    ANSWER_TIMEOUT, CONNECTION_TEST_TIMEOUT, ConnectionTest, ControlError, ControlEvent, ControlRequest,
+    Hello, WATCH_BUFFER, connect_error, read_event, request, socket_path, timed,
+};
+use std::path::Path;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// A connection to the control socket of a running node service; one request each.
+pub struct ControlClient {
+    stream: UnixStream,
+}
+
+impl ControlClient {
+    /// Connects to the service of the data dir `dir`; `None` when none runs (no socket, or a
+    /// stale one).
+    pub async fn connect(dir: &Path) -> Result<Option<ControlClient>, ControlError> {
+        let path = socket_path(dir);
+        match tokio::time::timeout(ANSWER_TIMEOUT, UnixStream::connect(&path)).await {
+            Ok(Ok(stream)) => Ok(Some(ControlClient { stream })),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(None)
+            }
+            Ok(Err(reason)) => Err(connect_error(&path, reason)),
+            Err(_) => Err(ControlError::Timeout),
+        }
+    }
+
+    /// Watches the service: who it is, then its status (now and at every change) and its log
+    /// lines. The channel ends, after [`ControlEvent::Stopping`] if the service said so, when
+    /// the service stops or the connection breaks; dropping it hangs up.
+    pub async fn watch(self) -> Result<(Hello, mpsc::Receiver<ControlEvent>), ControlError> {
+        let (mut read, write) = request(self.stream, ControlRequest::Watch).await?;
+        let hello = match timed(read_event(&mut read)).await? {
+            ControlEvent::Hello(hello) => hello,
+            other => return Err(unexpected(&other)),
+        };
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            // Kept open: dropping the write half would tell the service we hung up.
+            let _write = write;
+            loop {
+                let event = tokio::select! {
+                    () = tx.closed() => return,
+                    event = read_event(&mut read) => event,
+                };
+                match event {
+                    Ok(event) => {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(ControlError::Closed) => return,
+                    Err(e) => {
+                        tracing::debug!("control socket: the watch ended: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((hello, rx))
+    }
+
+    /// Asks the service of `dir` to stop; returns once it said it is stopping.
+    pub async fn stop(dir: &Path) -> Result<(), ControlError> {
+        let client = Self::running(dir).await?;
+        let (mut read, _write) = request(client.stream, ControlRequest::Stop).await?;
+        match timed(read_event(&mut read)).await? {
+            ControlEvent::Stopping => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Has the service of `dir` time its connections to the hub and to every peer.
+    pub async fn test_connections(dir: &Path) -> Result<Vec<ConnectionTest>, ControlError> {
+        let client = Self::running(dir).await?;
+        let (mut read, _write) = request(client.stream, ControlRequest::TestConnections).await?;
+        // The tests themselves may take CONNECTION_TEST_TIMEOUT.
+        let answer =
+            tokio::time::timeout(CONNECTION_TEST_TIMEOUT + 2 * ANSWER_TIMEOUT, read_event(&mut read))
+                .await
+                .map_err(|_| ControlError::Timeout)??;
+        match answer {
+            ControlEvent::Tested(tests) => Ok(tests),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn running(dir: &Path) -> Result<ControlClient, ControlError> {
+        Self::connect(dir).await?.ok_or_else(|| ControlError::NotRunning { dir: dir.to_owned() })
+    }
+}
+
+fn unexpected(event: &ControlEvent) -> ControlError {
+    match event {
+        ControlEvent::Failed { message } => ControlError::Failed(message.clone()),
+        ControlEvent::Stopping => ControlError::Closed,
+        other => ControlError::Protocol(format!("unexpected {other:?}")),
+    }
+}
