@@ -237,7 +237,8 @@ fn basic_constraints(
         }
     };
     match ku.map(X509Extension::parsed_extension) {
-        Some(ParsedExtension::KeyUsage(usage)) if usage.key_cert_sign() && !ca => {
+        // In a CA position the missing or false CA:TRUE is already the finding.
+        Some(ParsedExtension::KeyUsage(usage)) if usage.key_cert_sign() && !ca && !is_ca_position => {
             out.push("keyUsage asserts keyCertSign without basicConstraints CA:TRUE (RFC 5280 §4.2.1.3); ask the CA to re-issue it without keyCertSign".to_owned());
         }
         Some(ParsedExtension::KeyUsage(_)) | None => {}

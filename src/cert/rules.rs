@@ -395,7 +395,14 @@ fn profile(
     options: &Options,
     at: OffsetDateTime,
 ) -> Check {
-    let candidates = || options.extra_roots.iter().chain(&bundle.certs);
+    // The anchor's own certificate: from --roots, or a self-issued one in the file (a
+    // cross-signed copy in the file has the anchor's name and key but isn't the root).
+    let self_issued =
+        |der: &&Vec<u8>| parse_cert(der).is_some_and(|c| c.subject().as_raw() == c.issuer().as_raw());
+    // A self-signed leaf trusted as its own root is checked once, as the leaf.
+    let not_leaf = |der: &&Vec<u8>| der.as_slice() != bundle.certs[0].as_slice();
+    let candidates =
+        || options.extra_roots.iter().chain(bundle.certs.iter().filter(self_issued)).filter(not_leaf);
     let (intermediates, root, anchor_only): (Vec<X509Certificate<'_>>, Option<X509Certificate<'_>>, bool) =
         if let Some(path) = path {
             let root = candidates().find(|der| {
@@ -406,7 +413,10 @@ fn profile(
             });
             let intermediates = path.intermediates.iter().filter_map(|der| parse_cert(der)).collect();
             let root = root.and_then(|der| parse_cert(der));
-            let anchor_only = root.is_none();
+            let leaf_is_anchor = path.intermediates.is_empty()
+                && webpki::anchor_from_trusted_cert(&CertificateDer::from(bundle.certs[0].as_slice()))
+                    .is_ok_and(|a| a.subject.as_ref() == path.anchor_subject.as_slice());
+            let anchor_only = root.is_none() && !leaf_is_anchor;
             (intermediates, root, anchor_only)
         } else {
             let mut in_file: Vec<X509Certificate<'_>> =
