@@ -101,6 +101,9 @@ fn unreadable_input_exits_2_with_one_line_and_no_panic() {
         &["--password", "wrong", "good.pfx"],
         &["good.pfx"],
         &["good-encrypted.pem"],
+        &["--password", "secret", "costly-pbkdf2.pem"],
+        &["--password", "secret", "costly-scrypt.pem"],
+        &["--password", "secret", "costly.pfx"],
     ];
     for args in cases {
         let output = check(args);
@@ -112,6 +115,30 @@ fn unreadable_input_exits_2_with_one_line_and_no_panic() {
         assert!(!lower.contains("panicked") && !lower.contains("backtrace"), "{args:?}: {err}");
         assert!(stdout(&output).is_empty(), "{args:?}: no report for unreadable input");
     }
+}
+
+#[test]
+fn dev_zero_ends_at_once_with_exit_2() {
+    let mut child =
+        gatehouse().arg("/dev/zero").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Bounded wait: a checker that read /dev/zero whole would never end.
+    let mut ended = None;
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            ended = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if ended.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(ended.is_some(), "`cert check /dev/zero` did not end within a minute");
+    assert_eq!(code(&output), 2, "{output:?}");
+    let err = stderr(&output);
+    assert!(err.contains("/dev/zero is larger than 4 MiB"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]
@@ -149,7 +176,7 @@ fn json_output_has_exactly_the_documented_keys() {
         assert_eq!(keys, expected, "{file}");
         assert_eq!(report["verdict"], verdict, "{file}");
         let checks = report["checks"].as_array().unwrap();
-        assert_eq!(checks.len(), 13, "{file}: one check per rule");
+        assert_eq!(checks.len(), 14, "{file}: one check per rule");
         for check in checks {
             let mut keys: Vec<&str> = check.as_object().unwrap().keys().map(String::as_str).collect();
             keys.sort_unstable();

@@ -167,6 +167,7 @@ const README_TABLE: &[Row] = &[
     ("good.pem", None, &[]),
     ("good-pkcs1.pem", None, &[]),
     ("good-encrypted.pem", Some("secret"), &[]),
+    ("good-scrypt.pem", Some("secret"), &[]),
     ("good-chain-only.pem", None, &[(Rule::PrivateKey, WARN), (Rule::KeyMatch, SKIP)]),
     ("good.der", None, &[(Rule::PrivateKey, WARN), (Rule::KeyMatch, SKIP), (Rule::Chain, FAIL)]),
     ("good.cer", None, &[(Rule::PrivateKey, WARN), (Rule::KeyMatch, SKIP), (Rule::Chain, FAIL)]),
@@ -198,7 +199,13 @@ const README_TABLE: &[Row] = &[
     (
         "v1.pem",
         None,
-        &[(Rule::Version, FAIL), (Rule::Hostname, FAIL), (Rule::Chain, FAIL), (Rule::San, WARN)],
+        &[
+            (Rule::Version, FAIL),
+            (Rule::Hostname, FAIL),
+            (Rule::Chain, FAIL),
+            (Rule::Profile, FAIL),
+            (Rule::San, WARN),
+        ],
     ),
     ("mismatch.pem", None, &[(Rule::KeyMatch, FAIL)]),
 ];
@@ -779,6 +786,46 @@ fn every_unreadable_fixture_is_a_load_error() {
     assert!(matches!(text, LoadError::NotACertificate), "{text:?}");
     let missing = load_error("does-not-exist.pem", &options);
     assert!(matches!(missing, LoadError::Io { .. }), "{missing:?}");
+}
+
+#[test]
+fn key_derivation_beyond_what_tools_write_is_refused_before_it_starts() {
+    for (file, cost) in [("costly-pbkdf2.pem", "2000000 PBKDF2 iterations"), ("costly-scrypt.pem", "p=64")] {
+        let err = load_error(file, &with_password("secret"));
+        assert!(matches!(err, LoadError::KeyDerivationTooCostly { .. }), "{file}: {err:?}");
+        let text = err.to_string();
+        assert!(text.contains(cost) && text.contains("export the key again"), "{file}: {text}");
+    }
+    let err = load_error("costly.pfx", &with_password("secret"));
+    assert!(matches!(err, LoadError::Pfx(PfxError::Unsupported(_))), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("2000000 key-derivation iterations") && text.contains("export the file again"),
+        "{text}"
+    );
+    // What the tools write by default still opens (good-scrypt.pem is in the README table too).
+    assert_status(&check("good-scrypt.pem", &with_password("secret")), Rule::PrivateKey, Status::Pass);
+}
+
+#[test]
+fn a_file_over_the_size_cap_is_refused_without_reading_it_whole() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cert-size-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.pem");
+    // Sparse: the cap is judged from the size, so nothing is written or read.
+    std::fs::File::create(&big).unwrap().set_len(gatehouse::cert::MAX_FILE_SIZE + 1).unwrap();
+    let err = check_file(&big, &standard()).err();
+    assert!(matches!(err, Some(LoadError::TooLarge { .. })), "{err:?}");
+    let text = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("larger than 4 MiB") && text.contains("choose the"), "{text}");
+    // At the cap it is read, and judged by its contents.
+    std::fs::File::create(&big).unwrap().set_len(gatehouse::cert::MAX_FILE_SIZE).unwrap();
+    assert!(matches!(check_file(&big, &standard()), Err(LoadError::NotACertificate)));
+    std::fs::remove_dir_all(&dir).unwrap();
+    // An endless device is cut off one byte past the cap.
+    let err = check_file(std::path::Path::new("/dev/zero"), &standard()).err();
+    assert!(matches!(err, Some(LoadError::TooLarge { .. })), "{err:?}");
+    assert!(matches!(read_roots(std::path::Path::new("/dev/zero")), Err(LoadError::TooLarge { .. })));
 }
 
 #[test]

@@ -33,9 +33,28 @@ pub enum LoadError {
         "the private key is encrypted with {0}, which can't be read; convert it with `openssl pkcs8 -topk8 -in KEY -out key.pem`"
     )]
     UnsupportedKeyEncryption(String),
+    #[error(
+        "the private key's encryption asks for {cost}, more than the {limit} this checker allows (OpenSSL writes 2,048 PBKDF2 iterations, or scrypt N=16384 r=8 p=1), so a crafted file can't keep it busy; export the key again with your tool's default settings"
+    )]
+    KeyDerivationTooCostly { cost: String, limit: String },
+    #[error(
+        "{} is larger than {} MiB, so it isn't a certificate file (they are a few kilobytes); choose the .pem, .crt, .cer, .der, .pfx or .p12 file",
+        path.display(), limit >> 20
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error(transparent)]
     Pfx(#[from] PfxError),
 }
+
+/// The most PBKDF2 iterations an encrypted key may ask for. Real tools write 2,048 (OpenSSL),
+/// 2,000 (Windows), 10,000 (Java) or, following OWASP, 600,000; a million is a cap well above
+/// those that still ends in about a second.
+pub(super) const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
+/// The most memory an scrypt-encrypted key may ask for (128·r·N bytes): OpenSSL's own default
+/// limit, twice what `openssl pkcs8 -scrypt` writes (N=16384, r=8: 16 MiB).
+pub(super) const MAX_SCRYPT_MEMORY: u64 = 32 << 20;
+/// scrypt's parallelization p multiplies the work; tools write 1.
+pub(super) const MAX_SCRYPT_PARALLELIZATION: u16 = 16;
 
 /// How the file was encoded, for the `format` rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,8 +186,51 @@ fn decrypt_pkcs8(der: &[u8], password: Option<&str>) -> Result<RawKey, LoadError
     let password = password.ok_or(LoadError::EncryptedKeyNeedsPassword)?;
     let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der)
         .map_err(|e| LoadError::BadCertificate(format!("encrypted private key: {e}")))?;
+    check_key_derivation(&info.encryption_algorithm)?;
     let doc = info.decrypt(password).map_err(|_| LoadError::WrongKeyPassword)?;
     Ok(RawKey { encoding: KeyEncoding::Pkcs8, der: doc.as_bytes().to_vec() })
+}
+
+/// Refuses an encrypted key whose key derivation costs more than real tools ever ask for,
+/// before deriving anything, and names schemes that can't be decrypted at all.
+fn check_key_derivation(scheme: &pkcs5::EncryptionScheme<'_>) -> Result<(), LoadError> {
+    use pkcs5::pbes2::Kdf;
+    let params = match scheme {
+        pkcs5::EncryptionScheme::Pbes2(params) => params,
+        pkcs5::EncryptionScheme::Pbes1(_) => {
+            return Err(LoadError::UnsupportedKeyEncryption("PBES1 (DES or RC2 with MD5 or SHA-1)".into()));
+        }
+        _ => return Err(LoadError::UnsupportedKeyEncryption("an unknown password-based scheme".into())),
+    };
+    match &params.kdf {
+        Kdf::Pbkdf2(p) if p.iteration_count > MAX_PBKDF2_ITERATIONS => {
+            Err(LoadError::KeyDerivationTooCostly {
+                cost: format!("{} PBKDF2 iterations", p.iteration_count),
+                limit: format!("{MAX_PBKDF2_ITERATIONS}"),
+            })
+        }
+        Kdf::Scrypt(p) => {
+            let memory = 128u64.saturating_mul(u64::from(p.block_size)).saturating_mul(p.cost_parameter);
+            if memory > MAX_SCRYPT_MEMORY || p.parallelization > MAX_SCRYPT_PARALLELIZATION {
+                Err(LoadError::KeyDerivationTooCostly {
+                    cost: format!(
+                        "scrypt N={} r={} p={} ({} MiB)",
+                        p.cost_parameter,
+                        p.block_size,
+                        p.parallelization,
+                        memory >> 20
+                    ),
+                    limit: format!(
+                        "{} MiB with p up to {MAX_SCRYPT_PARALLELIZATION}",
+                        MAX_SCRYPT_MEMORY >> 20
+                    ),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 fn load_pfx(bytes: &[u8], password: Option<&str>) -> Result<Bundle, LoadError> {

@@ -8,6 +8,7 @@
 mod key;
 mod load;
 mod pkcs12;
+mod profile;
 mod report;
 mod rules;
 
@@ -116,6 +117,24 @@ pub fn read_roots(path: &Path) -> Result<Vec<Vec<u8>>, LoadError> {
     load::load_roots(&read(path)?)
 }
 
+/// The largest file the checker reads: certificate files are kilobytes and a PEM of every
+/// public root is about 200 KiB; anything bigger (or endless, like `/dev/zero`) is a wrong pick.
+pub const MAX_FILE_SIZE: u64 = 4 << 20;
+
+/// Reads at most [`MAX_FILE_SIZE`] bytes: a larger regular file is refused from its size alone,
+/// a device or pipe after one byte more than the limit.
 fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|reason| LoadError::Io { path: path.to_owned(), reason })
+    use std::io::Read as _;
+    let io = |reason| LoadError::Io { path: path.to_owned(), reason };
+    let too_large = || LoadError::TooLarge { path: path.to_owned(), limit: MAX_FILE_SIZE };
+    let file = std::fs::File::open(path).map_err(io)?;
+    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > MAX_FILE_SIZE) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }

@@ -13,6 +13,7 @@ pub enum Rule {
     Version,
     Validity,
     Chain,
+    Profile,
     Hostname,
     ServerAuth,
     PrivateKey,
@@ -25,11 +26,12 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 14] = [
         Rule::Format,
         Rule::Version,
         Rule::Validity,
         Rule::Chain,
+        Rule::Profile,
         Rule::Hostname,
         Rule::ServerAuth,
         Rule::PrivateKey,
@@ -48,6 +50,7 @@ impl Rule {
             Rule::Version => "version",
             Rule::Validity => "validity",
             Rule::Chain => "chain",
+            Rule::Profile => "profile",
             Rule::Hostname => "hostname",
             Rule::ServerAuth => "server_auth",
             Rule::PrivateKey => "private_key",

@@ -6,6 +6,7 @@
 use super::Options;
 use super::key::{self, Curve, KeyType, PrivateKey, PublicKey};
 use super::load::{Bundle, Format, LoadError};
+use super::profile::{self, Member, Position};
 use super::report::{Check, Report, ReportFields, Rule, Status};
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use sha1::Digest as _;
@@ -29,11 +30,14 @@ pub(super) fn run(bundle: &Bundle, options: &Options, at: OffsetDateTime) -> Res
     let sans = san_entries(&leaf);
     let dns_names: Vec<&str> = sans.iter().filter_map(|s| s.strip_prefix("DNS:")).collect();
 
+    let (chain_check, path) = chain(bundle, &leaf, options, at);
+    let profile_check = profile(bundle, &leaf, path.as_ref(), options, at);
     let checks = vec![
         format(bundle),
         version(&leaf),
         validity(&leaf, at, options.at.is_some()),
-        chain(bundle, &leaf, options, at),
+        chain_check,
+        profile_check,
         hostname(leaf_der, &dns_names, &leaf, options.host.as_deref()),
         server_auth(&leaf),
         private_key(bundle, private.as_ref()),
@@ -167,7 +171,20 @@ impl webpki::ExtendedKeyUsageValidator for AnyUsage {
     }
 }
 
-fn chain(bundle: &Bundle, leaf: &X509Certificate<'_>, options: &Options, at: OffsetDateTime) -> Check {
+/// The path webpki chose, copied out of its borrow: the intermediates in path order (DER) and
+/// the trust anchor's subject and key as webpki holds them.
+struct ChainPath {
+    intermediates: Vec<Vec<u8>>,
+    anchor_subject: Vec<u8>,
+    anchor_spki: Vec<u8>,
+}
+
+fn chain(
+    bundle: &Bundle,
+    leaf: &X509Certificate<'_>,
+    options: &Options,
+    at: OffsetDateTime,
+) -> (Check, Option<ChainPath>) {
     let extra_roots: Vec<CertificateDer<'_>> =
         options.extra_roots.iter().map(|der| CertificateDer::from(der.as_slice())).collect();
     let mut anchors: Vec<TrustAnchor<'_>> = Vec::new();
@@ -182,27 +199,31 @@ fn chain(bundle: &Bundle, leaf: &X509Certificate<'_>, options: &Options, at: Off
         }
     }
     if anchors.is_empty() {
-        return fail(
+        let check = fail(
             Rule::Chain,
             "no trusted roots to check against: --no-system-roots was given without a usable --roots file",
         );
+        return (check, None);
     }
     let leaf_der = CertificateDer::from(bundle.certs[0].as_slice());
     let end_entity = match webpki::EndEntityCert::try_from(&leaf_der) {
         Ok(ee) => ee,
         Err(webpki::Error::UnsupportedCertVersion) => {
-            return fail(
+            let check = fail(
                 Rule::Chain,
                 "can't build a chain for a certificate older than X.509 version 3 (see `version`)",
             );
+            return (check, None);
         }
         Err(e) => {
-            return fail(Rule::Chain, format!("the certificate can't be verified ({e:?}); export it again"));
+            let check =
+                fail(Rule::Chain, format!("the certificate can't be verified ({e:?}); export it again"));
+            return (check, None);
         }
     };
     let intermediates: Vec<CertificateDer<'_>> =
         bundle.certs[1..].iter().map(|der| CertificateDer::from(der.as_slice())).collect();
-    let build = |at: OffsetDateTime, server_only: bool| -> Result<String, webpki::Error> {
+    let build = |at: OffsetDateTime, server_only: bool| -> Result<(String, ChainPath), webpki::Error> {
         let (algs, time) = (webpki::ALL_VERIFICATION_ALGS, unix_time(at));
         let path = if server_only {
             end_entity.verify_for_usage(
@@ -223,7 +244,13 @@ fn chain(bundle: &Bundle, leaf: &X509Certificate<'_>, options: &Options, at: Off
         } else {
             format!(" through {}", plural(via, "intermediate", "intermediates"))
         };
-        Ok(format!("chains to the trusted root \"{}\"{through}", anchor_name(path.anchor())))
+        let message = format!("chains to the trusted root \"{}\"{through}", anchor_name(path.anchor()));
+        let chosen = ChainPath {
+            intermediates: path.intermediate_certificates().map(|c| c.der().as_ref().to_vec()).collect(),
+            anchor_subject: path.anchor().subject.as_ref().to_vec(),
+            anchor_spki: path.anchor().subject_public_key_info.as_ref().to_vec(),
+        };
+        Ok((message, chosen))
     };
     let leaf_valid_at = asn1_time(leaf.validity().not_before.timestamp())
         + (asn1_time(leaf.validity().not_after.timestamp())
@@ -235,8 +262,9 @@ fn chain(bundle: &Bundle, leaf: &X509Certificate<'_>, options: &Options, at: Off
         Err(webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. })
             if !leaf_is_valid(leaf, at) =>
         {
-            build(leaf_valid_at, true)
-                .map(|ok| format!("{ok} (the certificate's own dates are checked under `validity`)"))
+            build(leaf_valid_at, true).map(|(ok, path)| {
+                (format!("{ok} (the certificate's own dates are checked under `validity`)"), path)
+            })
         }
         other => other,
     };
@@ -249,17 +277,211 @@ fn chain(bundle: &Bundle, leaf: &X509Certificate<'_>, options: &Options, at: Off
         }
         other => other,
     };
+    chain_outcome(result, bad_roots, bundle, leaf, options)
+}
+
+/// The `chain` check from webpki's answer, and the path it chose for `profile`.
+fn chain_outcome(
+    result: Result<(String, ChainPath), webpki::Error>,
+    bad_roots: usize,
+    bundle: &Bundle,
+    leaf: &X509Certificate<'_>,
+    options: &Options,
+) -> (Check, Option<ChainPath>) {
     match result {
-        Ok(message) if bad_roots > 0 => warn(
-            Rule::Chain,
-            format!(
-                "{message}; {} in --roots could not be used",
-                plural(bad_roots, "certificate", "certificates")
-            ),
-        ),
-        Ok(message) => pass(Rule::Chain, message),
-        Err(e) => fail(Rule::Chain, chain_error(&e, leaf, options)),
+        Ok((message, path)) if bad_roots > 0 => {
+            let check = warn(
+                Rule::Chain,
+                format!(
+                    "{message}; {} in --roots could not be used",
+                    plural(bad_roots, "certificate", "certificates")
+                ),
+            );
+            (check, Some(path))
+        }
+        Ok((message, path)) => (pass(Rule::Chain, message), Some(path)),
+        Err(e) => {
+            let message =
+                webpki_limitation(&e, bundle, options).unwrap_or_else(|| chain_error(&e, leaf, options));
+            (fail(Rule::Chain, message), None)
+        }
     }
+}
+
+/// A chain RFC 5280 allows but rustls-webpki (and so every peer) refuses, recognised from the
+/// certificates when webpki's own error would name the wrong cause.
+fn webpki_limitation(error: &webpki::Error, bundle: &Bundle, options: &Options) -> Option<String> {
+    use webpki::Error as E;
+    const PREFIX: &str =
+        "our TLS stack (rustls-webpki, which the peer channel uses too) can't validate this chain because";
+    let intermediates: Vec<(usize, X509Certificate<'_>)> = bundle.certs[1..]
+        .iter()
+        .enumerate()
+        .filter_map(|(i, der)| X509Certificate::from_der(der).ok().map(|(_, c)| (i + 1, c)))
+        .collect();
+    let roots: Vec<X509Certificate<'_>> = options
+        .extra_roots
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+        .collect();
+    if matches!(error, E::NameConstraintViolation | E::InvalidSignatureForPublicKey | E::UnknownIssuer) {
+        let named = intermediates
+            .iter()
+            .map(|(n, c)| (format!("intermediate {n}"), c))
+            .chain(roots.iter().map(|c| ("the root".to_owned(), c)));
+        for (which, cert) in named {
+            if has_directory_name_constraint(cert) {
+                return Some(format!(
+                    "{PREFIX} {which} \"{}\" constrains directoryName, a kind of name constraint it doesn't support, so it refuses every certificate below that CA; ask your CA for a chain whose name constraints use only DNS names and IP addresses",
+                    cert.subject()
+                ));
+            }
+        }
+    }
+    if matches!(
+        error,
+        E::PathLenConstraintViolated
+            | E::InvalidSignatureForPublicKey
+            | E::UnknownIssuer
+            | E::NameConstraintViolation
+    ) {
+        for (n, cert) in &intermediates {
+            if is_self_issued_not_self_signed(cert) {
+                return Some(format!(
+                    "{PREFIX} intermediate {n} \"{}\" is self-issued (the CA's own name on another key, as in a key rollover), and it doesn't build paths through self-issued certificates the way RFC 5280 does (it counts them toward pathLenConstraint and name constraints); ask your CA for a chain without the self-issued certificate",
+                    cert.subject()
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn has_directory_name_constraint(cert: &X509Certificate<'_>) -> bool {
+    cert.extensions().iter().any(|ext| match ext.parsed_extension() {
+        ParsedExtension::NameConstraints(nc) => nc
+            .permitted_subtrees
+            .iter()
+            .chain(nc.excluded_subtrees.iter())
+            .flatten()
+            .any(|subtree| matches!(subtree.base, GeneralName::DirectoryName(_))),
+        _ => false,
+    })
+}
+
+/// Subject and issuer are the same name but the certificate names another key as its
+/// authority: a CA certifying its new key with its old one, not a root.
+fn is_self_issued_not_self_signed(cert: &X509Certificate<'_>) -> bool {
+    if cert.subject().as_raw() != cert.issuer().as_raw() {
+        return false;
+    }
+    let (mut ski, mut aki) = (None, None);
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0),
+            ParsedExtension::AuthorityKeyIdentifier(id) => aki = id.key_identifier.as_ref().map(|k| k.0),
+            _ => {}
+        }
+    }
+    matches!((ski, aki), (Some(ski), Some(aki)) if ski != aki)
+}
+
+/// The `profile` rule over the path webpki chose or, when it chose none, over the certificates
+/// in the file (and the trusted root that names the last one's issuer).
+fn profile(
+    bundle: &Bundle,
+    leaf: &X509Certificate<'_>,
+    path: Option<&ChainPath>,
+    options: &Options,
+    at: OffsetDateTime,
+) -> Check {
+    // The anchor's own certificate: from --roots, or a self-issued one in the file (a
+    // cross-signed copy in the file has the anchor's name and key but isn't the root).
+    let self_issued =
+        |der: &&Vec<u8>| parse_cert(der).is_some_and(|c| c.subject().as_raw() == c.issuer().as_raw());
+    // A self-signed leaf trusted as its own root is checked once, as the leaf.
+    let not_leaf = |der: &&Vec<u8>| der.as_slice() != bundle.certs[0].as_slice();
+    let candidates =
+        || options.extra_roots.iter().chain(bundle.certs.iter().filter(self_issued)).filter(not_leaf);
+    let (intermediates, root, anchor_only): (Vec<X509Certificate<'_>>, Option<X509Certificate<'_>>, bool) =
+        if let Some(path) = path {
+            let root = candidates().find(|der| {
+                webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice())).is_ok_and(|a| {
+                    a.subject.as_ref() == path.anchor_subject.as_slice()
+                        && a.subject_public_key_info.as_ref() == path.anchor_spki.as_slice()
+                })
+            });
+            let intermediates = path.intermediates.iter().filter_map(|der| parse_cert(der)).collect();
+            let root = root.and_then(|der| parse_cert(der));
+            let leaf_is_anchor = path.intermediates.is_empty()
+                && webpki::anchor_from_trusted_cert(&CertificateDer::from(bundle.certs[0].as_slice()))
+                    .is_ok_and(|a| a.subject.as_ref() == path.anchor_subject.as_slice());
+            let anchor_only = root.is_none() && !leaf_is_anchor;
+            (intermediates, root, anchor_only)
+        } else {
+            let mut in_file: Vec<X509Certificate<'_>> =
+                bundle.certs[1..].iter().filter_map(|der| parse_cert(der)).collect();
+            let file_root = match in_file.last() {
+                Some(last)
+                    if last.subject().as_raw() == last.issuer().as_raw()
+                        && !is_self_issued_not_self_signed(last) =>
+                {
+                    in_file.pop()
+                }
+                _ => None,
+            };
+            let top = in_file.last().unwrap_or(leaf);
+            let trusted_root = || {
+                let issuer = top.issuer().as_raw();
+                options
+                    .extra_roots
+                    .iter()
+                    .filter_map(|der| parse_cert(der))
+                    .find(|root| root.subject().as_raw() == issuer && issuer != top.subject().as_raw())
+            };
+            let root = file_root.or_else(trusted_root);
+            (in_file, root, false)
+        };
+    let mut members = vec![Member { position: Position::Leaf, cert: leaf }];
+    members.extend(
+        intermediates
+            .iter()
+            .enumerate()
+            .map(|(i, cert)| Member { position: Position::Intermediate(i + 1), cert }),
+    );
+    if let Some(root) = &root {
+        members.push(Member { position: Position::Root, cert: root });
+    }
+    let violations = profile::violations(&members, at);
+    if !violations.is_empty() {
+        return fail(Rule::Profile, violations.join("; "));
+    }
+    let mut checked = vec!["the leaf".to_owned()];
+    if !intermediates.is_empty() {
+        checked.push(plural(intermediates.len(), "intermediate", "intermediates"));
+    }
+    if let Some(root) = &root {
+        checked.push(format!(
+            "the root \"{}\"",
+            common_names(root.subject()).next().map_or_else(|| root.subject().to_string(), str::to_owned)
+        ));
+    }
+    let what = match checked.as_slice() {
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        [] => String::new(),
+    };
+    let scope = match (path, anchor_only) {
+        (None, _) => " (no chain was built, see `chain`; these are the certificates in the file)",
+        (Some(_), true) => " (the root is one of the public roots, known by name and key only)",
+        (Some(_), false) => "",
+    };
+    let verb = if checked.len() == 1 { "meets" } else { "meet" };
+    pass(Rule::Profile, format!("{what} {verb} the RFC 5280 and CA/B Forum certificate profile{scope}"))
+}
+
+fn parse_cert(der: &[u8]) -> Option<X509Certificate<'_>> {
+    X509Certificate::from_der(der).ok().map(|(_, cert)| cert)
 }
 
 fn chain_error(error: &webpki::Error, leaf: &X509Certificate<'_>, options: &Options) -> String {

@@ -21,7 +21,8 @@ ORG="Gatehouse Test"
 # Keep the system openssl.cnf out of the picture: every extension is spelled out below.
 export OPENSSL_CONF=/dev/null
 
-find . -mindepth 1 -maxdepth 1 ! -name make.sh ! -name README.md -exec rm -rf -- {} +
+# real/ holds real public chains copied from elsewhere (see real/README.md): inputs, kept.
+find . -mindepth 1 -maxdepth 1 ! -name make.sh ! -name README.md ! -name real -exec rm -rf -- {} +
 
 TMP="$(mktemp -d)"
 trap 'rm -rf -- "$TMP"' EXIT
@@ -124,6 +125,16 @@ cat "$TMP/good.crt" int.pem "$TMP/good.pkcs1.key" >good-pkcs1.pem
 openssl pkcs8 -topk8 -in good.key -v2 aes-256-cbc -passout "pass:$PASS" \
   -out "$TMP/good.enc.key" # PBES2 / PBKDF2-HMAC-SHA256 / AES-256-CBC
 cat "$TMP/good.crt" int.pem "$TMP/good.enc.key" >good-encrypted.pem
+# scrypt as `openssl pkcs8 -scrypt` writes it (N=16384, r=8, p=1: 16 MiB), which the checker reads,
+# and two keys whose key derivation asks for more than any tool writes, which it refuses.
+openssl pkcs8 -topk8 -in good.key -scrypt -passout "pass:$PASS" -out "$TMP/good.scrypt.key"
+cat "$TMP/good.crt" int.pem "$TMP/good.scrypt.key" >good-scrypt.pem
+openssl pkcs8 -topk8 -in good.key -v2 aes-256-cbc -iter 2000000 -passout "pass:$PASS" \
+  -out "$TMP/costly-pbkdf2.key"
+cat "$TMP/good.crt" int.pem "$TMP/costly-pbkdf2.key" >costly-pbkdf2.pem
+openssl pkcs8 -topk8 -in good.key -scrypt -scrypt_N 1024 -scrypt_r 8 -scrypt_p 64 \
+  -passout "pass:$PASS" -out "$TMP/costly-scrypt.key"
+cat "$TMP/good.crt" int.pem "$TMP/costly-scrypt.key" >costly-scrypt.pem
 # Legacy OpenSSL PEM encryption (Proc-Type: 4,ENCRYPTED + DEK-Info), as `genrsa -aes256` wrote.
 openssl pkey -in good.key -traditional -aes256 -passout "pass:$PASS" -out "$TMP/good.legacy.key"
 cat "$TMP/good.crt" int.pem "$TMP/good.legacy.key" >good-legacy-encrypted.pem
@@ -144,6 +155,7 @@ p12 cng-software.pfx "$PASS" -CSP "Microsoft Software Key Storage Provider"
 p12 cng-platform.pfx "$PASS" -CSP "Microsoft Platform Crypto Provider"
 p12 cng-smartcard.pfx "$PASS" -CSP "Microsoft Smart Card Key Storage Provider"
 p12 csp-legacy.pfx "$PASS" -CSP "Microsoft Enhanced RSA and AES Cryptographic Provider"
+p12 costly.pfx "$PASS" -iter 2000000 # twice the checker's cap on key-derivation iterations
 
 # ---------------------------------------------------------------- key types and sizes
 say "key types and sizes (RSA 8192 and 9216 take a while)"
@@ -192,6 +204,202 @@ issue v1 "$TMP/v1.key" "$HOST" "" int.pem int.key # no extensions -> Version 1
 cat "$TMP/v1.crt" int.pem "$TMP/v1.key" >v1.pem
 
 cat "$TMP/good.crt" int.pem "$TMP/mismatch.key" >mismatch.pem
+
+# ---------------------------------------------------------------- profile (RFC 5280, CA/B Forum)
+# One fixture per rule of the checker's `profile` layer (src/cert/profile.rs), each breaking
+# exactly one rule of an otherwise good chain. openssl writes any extension raw with
+# `OID = [critical,]DER:hex`, which covers what its named syntax refuses (empty sequences,
+# mismatched key identifiers), and `openssl ca` sets dates in the past, so no DER is edited.
+say "profile: one fixture per RFC 5280 / CA/B Forum rule"
+
+# xext KIND KEY=VALUE... -> an [ext] section: the good leaf's (KIND=leaf) or a CA's (KIND=ca)
+# extensions, each KEY replaced by its VALUE ("none" drops OpenSSL's default SKI/AKI, an empty
+# VALUE leaves the extension out); other KEYs are appended in order.
+xext() {
+  local kind=$1 kv k v
+  shift
+  declare -A e
+  local order=(basicConstraints keyUsage subjectKeyIdentifier authorityKeyIdentifier)
+  if [[ $kind == leaf ]]; then
+    e=([basicConstraints]="critical, CA:FALSE" [keyUsage]="critical, digitalSignature, keyEncipherment"
+      [subjectKeyIdentifier]=hash [authorityKeyIdentifier]="keyid:always"
+      [subjectAltName]="$SAN1" [extendedKeyUsage]="$EKU")
+    order+=(subjectAltName extendedKeyUsage)
+  else
+    e=([basicConstraints]="critical, CA:TRUE" [keyUsage]="critical, keyCertSign, cRLSign"
+      [subjectKeyIdentifier]=hash [authorityKeyIdentifier]="keyid:always")
+  fi
+  for kv in "$@"; do
+    k=${kv%%=*} v=${kv#*=}
+    [[ -v e[$k] ]] || order+=("$k")
+    e[$k]=$v
+  done
+  echo "[ext]"
+  for k in "${order[@]}"; do
+    [[ -n ${e[$k]} ]] && echo "$k = ${e[$k]}"
+  done
+  return 0
+}
+
+# issue_as NAME KEY SUBJECT EXTFILE CA_CERT CA_KEY -> $TMP/NAME.crt (like `issue`, any subject)
+issue_as() {
+  local name=$1 key=$2 subj=$3 ext=$4 cacert=$5 cakey=$6
+  openssl req -new -key "$key" -subj "$subj" -out "$TMP/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$TMP/$name.csr" -CA "$cacert" -CAkey "$cakey" \
+    -days "$DAYS" -sha256 -extfile "$ext" -extensions ext -out "$TMP/$name.crt" 2>/dev/null
+}
+
+# aki_der_for KEY -> a raw authorityKeyIdentifier value (DER:30:16:80:14:<20 bytes>) holding the
+# key identifier OpenSSL computes for KEY (SHA-1 of the public key bits).
+aki_der_for() {
+  printf '[ext]\nsubjectKeyIdentifier = hash\n' >"$TMP/ski-only.ext"
+  local ski
+  ski=$(openssl req -x509 -new -key "$1" -subj /CN=ski -days 1 -config "$TMP/ski-only.ext" \
+    -extensions ext 2>/dev/null | openssl x509 -noout -ext subjectKeyIdentifier | sed -n '2s/ //gp')
+  echo "DER:30:16:80:14:$ski"
+}
+
+PLEAF_KEY="$TMP/profile-leaf.key"
+rsa_key 2048 "$PLEAF_KEY"
+LEAF_SUBJ="/O=$ORG/CN=$HOST"
+
+# pleaf NAME SUBJECT KEY=VALUE... -> NAME.pem: leaf (from int.pem, those extensions) + int + key
+pleaf() {
+  local name=$1 subj=$2
+  shift 2
+  xext leaf "$@" >"$TMP/$name.ext"
+  issue_as "$name" "$PLEAF_KEY" "$subj" "$TMP/$name.ext" int.pem int.key
+  cat "$TMP/$name.crt" int.pem "$PLEAF_KEY" >"$name.pem"
+}
+pleaf profile-leaf-no-aki "$LEAF_SUBJ" authorityKeyIdentifier=none
+pleaf profile-leaf-aki-critical "$LEAF_SUBJ" "authorityKeyIdentifier=critical, keyid:always"
+pleaf profile-leaf-keycertsign "$LEAF_SUBJ" \
+  "keyUsage=critical, digitalSignature, keyEncipherment, keyCertSign"
+pleaf profile-leaf-san-critical "$LEAF_SUBJ" "subjectAltName=critical, $SAN1"
+pleaf profile-leaf-empty-subject / "subjectAltName=critical, $SAN1" # the good case
+pleaf profile-leaf-empty-subject-san-noncritical / "subjectAltName=$SAN1"
+pleaf profile-leaf-empty-subject-no-san / subjectAltName=
+pleaf profile-leaf-san-underscore "$LEAF_SUBJ" "subjectAltName=$SAN1, DNS:node_2.$DOMAIN"
+pleaf profile-leaf-san-empty-label "$LEAF_SUBJ" "subjectAltName=$SAN1, DNS:node2..$DOMAIN"
+pleaf profile-leaf-name-constraints "$LEAF_SUBJ" "nameConstraints=critical, permitted;DNS:$DOMAIN"
+pleaf profile-leaf-aia-empty "$LEAF_SUBJ" "1.3.6.1.5.5.7.1.1=DER:30:00"
+pleaf profile-leaf-aia-malformed "$LEAF_SUBJ" "1.3.6.1.5.5.7.1.1=DER:30:03:02:01:00"
+pleaf profile-leaf-unknown-critical "$LEAF_SUBJ" "1.3.6.1.4.1.55555.1=critical, DER:05:00"
+
+# pint NAME KEY=VALUE... -> NAME.pem: leaf + intermediate + key, where the intermediate (under
+# ca.pem, pathlen:0 like int.pem) has those extensions and the leaf is good. The leaf's AKI is
+# written raw, so it is right even when the intermediate has no SKI.
+PINT_KEY="$TMP/profile-int.key"
+rsa_key 2048 "$PINT_KEY"
+INT_SUBJ="/O=$ORG/CN=Gatehouse Profile Intermediate CA"
+pint() {
+  local name=$1
+  shift
+  xext ca "basicConstraints=critical, CA:TRUE, pathlen:0" "$@" >"$TMP/$name-int.ext"
+  issue_as "$name-int" "$PINT_KEY" "$INT_SUBJ" "$TMP/$name-int.ext" ca.pem ca.key
+  xext leaf "authorityKeyIdentifier=none" "2.5.29.35=$(aki_der_for "$PINT_KEY")" >"$TMP/$name.ext"
+  issue_as "$name" "$PLEAF_KEY" "$LEAF_SUBJ" "$TMP/$name.ext" "$TMP/$name-int.crt" "$PINT_KEY"
+  cat "$TMP/$name.crt" "$TMP/$name-int.crt" "$PLEAF_KEY" >"$name.pem"
+}
+pint profile-int-good # the good case
+pint profile-int-no-ski subjectKeyIdentifier=none
+pint profile-int-ski-critical "subjectKeyIdentifier=critical, hash"
+pint profile-int-no-aki authorityKeyIdentifier=none
+pint profile-int-aki-issuer "authorityKeyIdentifier=keyid:always, issuer:always"
+pint profile-int-bc-noncritical "basicConstraints=CA:TRUE, pathlen:0"
+pint profile-int-nc-leading-period "nameConstraints=critical, permitted;DNS:.$DOMAIN"
+pint profile-int-nc-empty "2.5.29.30=critical, DER:30:00"
+pint profile-int-pc-noncritical "policyConstraints=requireExplicitPolicy:0"
+
+# proot NAME SUBJECT KEY=VALUE... -> NAME-ca.pem, a root with those extensions, and NAME.pem,
+# a good leaf issued straight by it + key. Check with `--roots NAME-ca.pem`.
+PROOT_KEY="$TMP/profile-root.key"
+rsa_key 2048 "$PROOT_KEY"
+ROOT_SUBJ="/O=$ORG/CN=Gatehouse Profile Root CA"
+proot_leaf() { # proot_leaf NAME -> NAME.pem, the leaf under NAME-ca.pem
+  xext leaf >"$TMP/$1.ext"
+  issue_as "$1" "$PLEAF_KEY" "$LEAF_SUBJ" "$TMP/$1.ext" "$1-ca.pem" "$PROOT_KEY"
+  cat "$TMP/$1.crt" "$PLEAF_KEY" >"$1.pem"
+}
+proot() {
+  local name=$1 subj=$2
+  shift 2
+  xext ca "$@" >"$TMP/$name-ca.ext"
+  openssl req -x509 -new -key "$PROOT_KEY" -subj "$subj" -days "$DAYS" -sha256 \
+    -config "$TMP/$name-ca.ext" -extensions ext -out "$name-ca.pem"
+  proot_leaf "$name"
+}
+proot profile-root-good "$ROOT_SUBJ" # the good case
+proot profile-root-no-bc "$ROOT_SUBJ" basicConstraints=
+proot profile-root-aki-issuer "$ROOT_SUBJ" "authorityKeyIdentifier=keyid:always, issuer:always"
+proot profile-root-aki-mismatch "$ROOT_SUBJ" authorityKeyIdentifier=none \
+  "2.5.29.35=DER:30:16:80:14:11:11:11:11:11:11:11:11:11:11:11:11:11:11:11:11:11:11:11:11"
+proot profile-root-unknown-critical "$ROOT_SUBJ" "1.3.6.1.4.1.55555.1=critical, DER:05:00"
+proot profile-root-empty-subject / # cA=TRUE with an empty subject (so the leaf's issuer is empty)
+
+# A root that expired in 2021 over a current leaf: `openssl ca -selfsign` takes explicit dates.
+cat >"$TMP/ca.cnf" <<CNF
+[ca]
+default_ca = d
+[d]
+database = $TMP/index.txt
+new_certs_dir = $TMP
+rand_serial = yes
+default_md = sha256
+policy = p
+preserve = yes
+unique_subject = no
+email_in_dn = no
+[p]
+organizationName = optional
+commonName = supplied
+CNF
+: >"$TMP/index.txt"
+xext ca >"$TMP/expired-ca.ext"
+openssl req -new -key "$PROOT_KEY" -subj "$ROOT_SUBJ" -out "$TMP/expired-ca.csr" 2>/dev/null
+openssl ca -batch -config "$TMP/ca.cnf" -selfsign -keyfile "$PROOT_KEY" -in "$TMP/expired-ca.csr" \
+  -startdate 20200101000000Z -enddate 20210101000000Z -extfile "$TMP/expired-ca.ext" \
+  -extensions ext -notext -out profile-root-expired-ca.pem 2>/dev/null
+proot_leaf profile-root-expired
+
+# ---------------------------------------------------------------- chains webpki can't build
+say "chains RFC 5280 allows but rustls-webpki refuses"
+# A self-issued intermediate (int.pem's own name, a new key, signed by int.key: a key rollover)
+# between int.pem (pathlen:0) and the leaf. RFC 5280 6.1.4 doesn't count self-issued
+# certificates toward pathLenConstraint, so `openssl verify` accepts the chain; webpki doesn't.
+rsa_key 2048 "$TMP/rollover.key"
+xext ca >"$TMP/rollover.ext"
+issue_as rollover "$TMP/rollover.key" "/O=$ORG/CN=Gatehouse Test Intermediate CA" \
+  "$TMP/rollover.ext" int.pem int.key
+xext leaf >"$TMP/self-issued.ext"
+issue_as self-issued "$PLEAF_KEY" "$LEAF_SUBJ" "$TMP/self-issued.ext" "$TMP/rollover.crt" "$TMP/rollover.key"
+cat "$TMP/self-issued.crt" "$TMP/rollover.crt" int.pem "$PLEAF_KEY" >self-issued-intermediate.pem
+
+# An intermediate whose name constraint is a directoryName (O=Gatehouse Test) the leaf's subject
+# lies inside; webpki supports only dNSName and iPAddress constraints and refuses the others.
+{
+  xext ca "basicConstraints=critical, CA:TRUE, pathlen:0" \
+    "nameConstraints=critical, permitted;dirName:nc_dir"
+  echo "[nc_dir]"
+  echo "O = $ORG"
+} >"$TMP/nc-dirname-int.ext"
+issue_as nc-dirname-int "$PINT_KEY" "$INT_SUBJ" "$TMP/nc-dirname-int.ext" ca.pem ca.key
+xext leaf >"$TMP/nc-dirname.ext"
+issue_as nc-dirname "$PLEAF_KEY" "$LEAF_SUBJ" "$TMP/nc-dirname.ext" "$TMP/nc-dirname-int.crt" "$PINT_KEY"
+cat "$TMP/nc-dirname.crt" "$TMP/nc-dirname-int.crt" "$PLEAF_KEY" >name-constraint-dirname.pem
+
+# ---------------------------------------------------------------- real public chains
+say "real public chains (inputs in real/, see real/README.md)"
+der_chain() { # der_chain OUT DER... -> OUT: those real/ certificates as PEM, in order
+  local out=$1 f
+  shift
+  : >"$out"
+  for f in "$@"; do openssl x509 -inform DER -in "real/$f" >>"$out"; done
+}
+der_chain real-letsencrypt-org.pem letsencrypt_org_valid_{1,2,3,4}.crt
+der_chain real-aws-amazon-com.pem aws_amazon_com_valid_{1,2,3,4}.crt
+openssl x509 -in real/isrg-root-x1.pem -out real-isrg-root-x1.pem
+openssl x509 -in real/amazon-root-ca-1.pem -out real-amazon-root-ca-1.pem
 
 # ---------------------------------------------------------------- unreadable inputs
 say "unreadable inputs"
@@ -258,6 +466,20 @@ done
 if openssl pkcs12 -in good.pfx -passin pass:wrong -nokeys >/dev/null 2>&1; then
   fail "good.pfx opens with a wrong password"
 fi
+
+for f in profile-leaf-empty-subject profile-int-good self-issued-intermediate name-constraint-dirname; do
+  openssl verify -CAfile ca.pem -untrusted "$f.pem" "$f.pem" >/dev/null ||
+    fail "$f.pem does not chain to ca.pem (openssl must accept what RFC 5280 allows)"
+done
+openssl verify -CAfile profile-root-good-ca.pem profile-root-good.pem >/dev/null ||
+  fail "profile-root-good.pem does not chain to its root"
+[[ $(openssl x509 -in profile-root-expired-ca.pem -noout -enddate) == *2021* ]] ||
+  fail "profile-root-expired-ca.pem did not expire in 2021"
+# The real chains at the time rustls-platform-verifier checks them (2026-08-12T10:22:53Z).
+openssl verify -attime 1786530173 -CAfile real-isrg-root-x1.pem -untrusted real-letsencrypt-org.pem \
+  real-letsencrypt-org.pem >/dev/null || fail "real-letsencrypt-org.pem does not verify"
+openssl verify -attime 1786530173 -CAfile real-amazon-root-ca-1.pem -untrusted real-aws-amazon-com.pem \
+  real-aws-amazon-com.pem >/dev/null || fail "real-aws-amazon-com.pem does not verify"
 
 # Fixtures, not secrets: make them readable like everything else in the repository.
 find . -mindepth 1 -maxdepth 1 -type f ! -name make.sh ! -name README.md -exec chmod 644 {} +
