@@ -557,14 +557,19 @@ pub(crate) fn load_identity(choice: &CertificateChoice) -> Result<crate::cert::I
 /// Which wizard page a registration error belongs to: by the hub's refusal code, never by
 /// its sentence.
 fn setup_page(error: &node::NodeError) -> SetupPage {
-    use crate::protocol::ErrorCode;
     match error {
         node::NodeError::Tls(_) | node::NodeError::PeerPort { .. } => SetupPage::Encryption,
-        _ => match error.refusal().and_then(|body| body.code) {
-            Some(ErrorCode::NameTaken) => SetupPage::Name,
-            Some(ErrorCode::NeedsEncryption | ErrorCode::EncryptionModeLocked) => SetupPage::Encryption,
-            _ => SetupPage::Key,
-        },
+        _ => page_of_refusal(error.refusal().and_then(|body| body.code)),
+    }
+}
+
+/// The wizard page of a hub refusal with `code` (none: the key page, where it started).
+fn page_of_refusal(code: Option<crate::protocol::ErrorCode>) -> SetupPage {
+    use crate::protocol::ErrorCode;
+    match code {
+        Some(ErrorCode::NameTaken) => SetupPage::Name,
+        Some(ErrorCode::NeedsEncryption | ErrorCode::EncryptionModeLocked) => SetupPage::Encryption,
+        _ => SetupPage::Key,
     }
 }
 
@@ -601,21 +606,15 @@ async fn forward_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ClientError;
-    use crate::protocol::{ErrorBody, ErrorCode};
-
-    fn refused(code: Option<ErrorCode>, sentence: &str) -> node::NodeError {
-        let body = ErrorBody { error: sentence.to_owned(), hint: None, code };
-        node::NodeError::Hub(ClientError::Refused { status: 409, body })
-    }
+    use crate::protocol::ErrorCode;
 
     #[test]
     fn the_wizard_page_follows_the_refusal_code_not_the_sentence() {
-        assert_eq!(setup_page(&refused(Some(ErrorCode::NameTaken), "taken")), SetupPage::Name);
-        assert_eq!(setup_page(&refused(Some(ErrorCode::NeedsEncryption), "x")), SetupPage::Encryption);
-        assert_eq!(setup_page(&refused(Some(ErrorCode::EncryptionModeLocked), "x")), SetupPage::Encryption);
-        assert_eq!(setup_page(&refused(Some(ErrorCode::GatewayFull), "x")), SetupPage::Key);
-        // A sentence alone decides nothing.
-        assert_eq!(setup_page(&refused(None, "node 'a' exists; choose another name")), SetupPage::Key);
+        assert_eq!(page_of_refusal(Some(ErrorCode::NameTaken)), SetupPage::Name);
+        assert_eq!(page_of_refusal(Some(ErrorCode::NeedsEncryption)), SetupPage::Encryption);
+        assert_eq!(page_of_refusal(Some(ErrorCode::EncryptionModeLocked)), SetupPage::Encryption);
+        assert_eq!(page_of_refusal(Some(ErrorCode::GatewayFull)), SetupPage::Key);
+        // A refusal without a code (an older hub: a sentence alone) decides nothing.
+        assert_eq!(page_of_refusal(None), SetupPage::Key);
     }
 }
