@@ -180,7 +180,7 @@ fn an_unreachable_endpoint_fails_the_run_within_a_minute_naming_the_endpoint() {
     let job = wait_over(&hub, &submit(&hub, &spec).unwrap());
     let took = started.elapsed();
     let errors = failure(&job);
-    assert_says(&errors, &[&endpoint, "can't reach", "check the endpoint URL"]);
+    assert_says(&errors, &["node n1 can't reach", &endpoint, "check the endpoint URL"]);
     assert!(took < Duration::from_secs(60), "the run took {took:?} to fail: {errors:#?}");
 }
 
@@ -193,7 +193,7 @@ fn a_bucket_that_doesnt_exist_fails_the_run_naming_the_bucket() {
     let spec = copy_job(source.path(), &s3_sink("s3://nosuchbucket/exports/", &s3.endpoint()));
 
     let errors = failure(&wait_over(&hub, &submit(&hub, &spec).unwrap()));
-    assert_says(&errors, &["\"nosuchbucket\"", "doesn't exist", &s3.endpoint(), "create it"]);
+    assert_says(&errors, &["node n1", "\"nosuchbucket\"", "doesn't exist", &s3.endpoint(), "create it"]);
     assert!(!s3.bucket_exists("nosuchbucket"), "the copy created the bucket");
     assert_nothing_at(&s3, "");
 }
@@ -209,7 +209,10 @@ fn a_wrong_secret_is_denied_and_a_credential_without_a_colon_is_refused_both_nev
     let spec = copy_job(source.path(), &s3_sink(&url, &s3.endpoint()));
 
     let errors = failure(&wait_over(&hub, &submit(&hub, &spec).unwrap()));
-    assert_says(&errors, &["denied", &url, &s3.endpoint(), "check the keys in the node credential \"lake\""]);
+    assert_says(
+        &errors,
+        &["node n1 was denied", &url, &s3.endpoint(), "check the keys in the node credential \"lake\""],
+    );
     assert_never_shows(&errors, wrong_secret, "the secret");
     assert_nothing_at(&s3, "exports/");
 
@@ -218,7 +221,7 @@ fn a_wrong_secret_is_denied_and_a_credential_without_a_colon_is_refused_both_nev
     let errors = failure(&wait_over(&hub, &submit(&hub, &spec).unwrap()));
     assert_says(
         &errors,
-        &["\"lake\"", "ACCESS_KEY_ID:SECRET_ACCESS_KEY", "gatehouse node credential set lake"],
+        &["\"lake\" on node n1", "ACCESS_KEY_ID:SECRET_ACCESS_KEY", "gatehouse node credential set lake"],
     );
     assert_never_shows(&errors, no_colon, "the credential's value");
     assert_nothing_at(&s3, "exports/");
@@ -292,7 +295,7 @@ fn a_full_disk_at_a_folder_sink_fails_the_run_and_leaves_no_partial_or_staging_f
     let sink = serde_json::json!({ "url": format!("file://{}/", disk.path().display()) });
 
     let errors = failure(&wait_over(&hub, &submit(&hub, &copy_job(source.path(), &sink)).unwrap()));
-    let written = format!("can't write {}/", disk.path().display());
+    let written = format!("node n1 can't write {}/", disk.path().display());
     assert_says(&errors, &[&written, "disk is full", "free space", "run the job again"]);
     assert_never_shows(&errors, ".gh-", "a hidden staging file's name (not the file's)");
     assert_nothing_half_written(disk.path(), &expected);

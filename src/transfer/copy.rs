@@ -5,17 +5,17 @@
 //! budget.
 
 use super::bandwidth::Bandwidth;
+use super::buffers::{self, Chunk};
 use super::checkpoint::Upload;
 use super::sink::{Put, Sink};
 use super::{Checkpoint, Context, Reporter, TransferError, folder};
 use crate::protocol::{ListedFile, TransferProgress};
-use bytes::Bytes;
+use object_store::PutPayload;
 use sha2::Digest as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncReadExt as _;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 /// Files up to this size go in one request; larger ones in parts of this size (S3 wants at
@@ -25,24 +25,8 @@ pub const PART_SIZE: u64 = 8 << 20;
 const FILES_IN_FLIGHT: usize = 4;
 /// Parts of a large file in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
-/// Buffers of every copy on this node together, in MiB.
-const BUDGET_MIB: usize = 32;
 /// How often progress goes to the hub, and at most how long committed files wait for a checkpoint.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The node-wide buffer budget, in MiB permits.
-fn budget() -> &'static Arc<Semaphore> {
-    static BUDGET: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
-    BUDGET.get_or_init(|| Arc::new(Semaphore::new(BUDGET_MIB)))
-}
-
-async fn reserve(bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, TransferError> {
-    let mib = u32::try_from(bytes.div_ceil(1 << 20).clamp(1, BUDGET_MIB as u64)).unwrap_or(1);
-    Arc::clone(budget())
-        .acquire_many_owned(mib)
-        .await
-        .map_err(|_| TransferError::Source("the copy's memory budget is closed".into()))
-}
 
 /// What a part's copy has done so far.
 struct Tally {
@@ -215,7 +199,8 @@ async fn copy_all<R: Reporter>(
     Ok(())
 }
 
-/// One small file: read whole (it fits a request), hashed, written create-only or over.
+/// One small file: read whole into buffers of the budget (it fits a request), hashed as it
+/// is read, written create-only or over.
 async fn copy_small(
     node: &str,
     path: &Path,
@@ -225,16 +210,42 @@ async fn copy_small(
     overwrite: bool,
     bandwidth: &Bandwidth,
 ) -> Result<Put, TransferError> {
-    let _permit = reserve(listed.size).await?;
-    still_a_file(node, path, listed).await?;
-    let data = tokio::fs::read(path).await.map_err(|e| unreadable(node, path, &e))?;
-    unchanged(path, listed, Some(data.len() as u64)).await?;
-    let sha256 = crate::encoding::hex(&sha2::Sha256::digest(&data));
+    let mut chunks = buffers::take(listed.size).await?;
+    let (node_name, source, file_listed) = (node.to_owned(), path.to_owned(), listed.clone());
+    let (chunks, sha256) = source_work(move || {
+        let (file, opened) = open_listed(&node_name, &source, &file_listed)?;
+        let mut hasher = sha2::Sha256::new();
+        let read = read_at(&file, 0, &mut chunks, file_listed.size, |data| hasher.update(data))
+            .map_err(|e| unreadable(&node_name, &source, &e))?;
+        ends_at(&file, read, &node_name, &source, &file_listed)?;
+        unchanged(&source, &file_listed, opened)?;
+        Ok((chunks, crate::encoding::hex(&hasher.finalize())))
+    })
+    .await?;
     bandwidth.consume(listed.size).await;
-    sink.put(key, Bytes::from(data), &sha256, overwrite).await
+    sink.put(key, payload(chunks), &sha256, overwrite).await
+}
+
+/// Buffers as one request body, without a copy.
+fn payload(chunks: Vec<Chunk>) -> PutPayload {
+    chunks.into_iter().filter(|c| !c.is_empty()).map(Chunk::into_bytes).collect()
+}
+
+/// What a first pass over a large file found: its SHA-256 and a CRC of each part, which the
+/// sending pass checks so that a file changed in between fails.
+struct Prehash {
+    sha256: String,
+    crcs: Vec<u64>,
+    opened: Changed,
 }
 
 /// One large file in parts, resuming the upload an earlier attempt checkpointed.
+///
+/// At S3 the SHA-256 goes with the upload when it starts, so the file is read once before
+/// (hashed, and a CRC taken of each part); the sending pass then checks each part's CRC
+/// instead of hashing again. A folder sink gets the SHA-256 while the file is written (it is
+/// stored when the file is published), so the file is read once, unless an object is there
+/// already and must be compared first.
 #[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
 async fn copy_large<R: Reporter>(
     index: usize,
@@ -246,14 +257,21 @@ async fn copy_large<R: Reporter>(
     ctx: &Context<'_, R>,
     tally: &mut Tally,
 ) -> Result<Put, TransferError> {
-    // The SHA-256 goes with the upload when it starts, so the file is read once before.
-    still_a_file(ctx.node, path, listed).await?;
-    let sha256 = hash_file(ctx.node, path).await?;
-    unchanged(path, listed, None).await?;
-    let resumed = tally.checkpoint.upload.take().filter(|u| u.file == index && u.key == key);
-    if let Some(existing) = sink.existing(key).await? {
+    let resumed = tally
+        .checkpoint
+        .upload
+        .take()
+        .filter(|u| u.file == index && u.key == key && u.part_size == PART_SIZE);
+    let existing = sink.existing(key).await?;
+    let prehash = if sink.is_folder() && existing.is_none() {
+        None
+    } else {
+        Some(prehash(ctx.node, path, listed).await?)
+    };
+    if let (Some(existing), Some(prehash)) = (&existing, &prehash) {
+        let sha256 = &prehash.sha256;
         let same = existing.size == listed.size && existing.sha256.as_deref() == Some(sha256.as_str());
-        if same && (!overwrite || resumed.as_ref().is_some_and(|u| u.sha256 == sha256)) {
+        if same && (!overwrite || resumed.as_ref().is_some_and(|u| &u.sha256 == sha256)) {
             if let Some(upload) = &resumed {
                 sink.abort(key, &upload.upload_id).await;
             }
@@ -263,8 +281,11 @@ async fn copy_large<R: Reporter>(
             return Err(sink.differs(key));
         }
     }
+    // An upload goes on only with the content it started with: at S3 the same SHA-256; in a
+    // folder (hashed while written) one that was hashed while written too.
+    let expected = prehash.as_ref().map_or("", |p| p.sha256.as_str());
     let mut upload = match resumed {
-        Some(upload) if upload.sha256 == sha256 && upload.part_size == PART_SIZE => {
+        Some(upload) if upload.sha256 == expected => {
             tracing::info!(%key, stored = upload.parts.iter().flatten().count(), "resuming the upload an earlier attempt started");
             upload
         }
@@ -272,13 +293,13 @@ async fn copy_large<R: Reporter>(
             if let Some(stale) = stale {
                 sink.abort(key, &stale.upload_id).await;
             }
-            let upload_id = sink.create_upload(key, &sha256).await?;
+            let upload_id = sink.create_upload(key, expected).await?;
             let parts = usize::try_from(listed.size.div_ceil(PART_SIZE)).unwrap_or(usize::MAX);
             Upload {
                 file: index,
                 key: key.to_owned(),
                 upload_id,
-                sha256: sha256.clone(),
+                sha256: expected.to_owned(),
                 part_size: PART_SIZE,
                 parts: vec![None; parts],
             }
@@ -287,7 +308,9 @@ async fn copy_large<R: Reporter>(
     tally.checkpoint.upload = Some(upload.clone());
     tally.report(ctx.reporter, true).await?;
 
-    let result = send_parts(path, listed, key, sink, &mut upload, ctx, tally).await;
+    let since = prehash.as_ref().map(|p| p.opened);
+    let crcs = prehash.map(|p| p.crcs);
+    let result = send_parts(path, listed, key, sink, &mut upload, crcs, since, ctx, tally).await;
     if let Err(e) = result {
         // Only the attempt that takes over from a superseded one continues the upload; a run
         // that fails (or a job cancelled) ends it, so no unfinished upload or staging file stays.
@@ -297,6 +320,7 @@ async fn copy_large<R: Reporter>(
         }
         return Err(e);
     }
+    let sha256 = upload.sha256.clone();
     // The fence: the hub takes this checkpoint only from the run's current attempt.
     tally.checkpoint.upload = Some(upload.clone());
     tally.report(ctx.reporter, true).await?;
@@ -319,19 +343,28 @@ async fn copy_large<R: Reporter>(
     }
 }
 
-/// Reads the file in order, re-hashing it, and sends the parts the upload lacks.
+/// Reads the file in order and sends the parts the upload lacks. With `crcs` (the first
+/// pass's), each part read must match its CRC, and parts already stored aren't read again;
+/// without, the file is hashed here and its SHA-256 goes into `upload`.
+#[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
 async fn send_parts<R: Reporter>(
     path: &Path,
     listed: &ListedFile,
     key: &str,
     sink: &Sink,
     upload: &mut Upload,
+    crcs: Option<Vec<u64>>,
+    since: Option<Changed>,
     ctx: &Context<'_, R>,
     tally: &mut Tally,
 ) -> Result<(), TransferError> {
-    still_a_file(ctx.node, path, listed).await?;
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| unreadable(ctx.node, path, &e))?;
-    let mut hasher = sha2::Sha256::new();
+    let (node, source, file_listed) = (ctx.node.to_owned(), path.to_owned(), listed.clone());
+    let (file, opened) = source_work(move || open_listed(&node, &source, &file_listed)).await?;
+    let file = Arc::new(file);
+    // A change since the first pass, if there was one, counts too.
+    let since = since.unwrap_or(opened);
+    let crcs = crcs.map(Arc::new);
+    let mut hasher = crcs.is_none().then(sha2::Sha256::new);
     let sink_arc = Arc::new(sink.clone());
     let mut tasks: JoinSet<(usize, u64, Result<String, TransferError>)> = JoinSet::new();
     let mut interval = tokio::time::interval(REPORT_EVERY);
@@ -339,21 +372,39 @@ async fn send_parts<R: Reporter>(
     let mut next = 0;
     while next < part_count || !tasks.is_empty() {
         if next < part_count && tasks.len() < PARTS_IN_FLIGHT {
-            let permit = reserve(PART_SIZE).await?;
-            let mut buffer = vec![0; usize::try_from(PART_SIZE).unwrap_or(usize::MAX)];
-            let filled =
-                read_full(&mut file, &mut buffer).await.map_err(|e| unreadable(ctx.node, path, &e))?;
-            buffer.truncate(filled);
-            hasher.update(&buffer);
-            let size = filled as u64;
-            if upload.parts[next].is_none() {
+            let stored = upload.parts[next].is_some();
+            if stored && hasher.is_none() {
+                next += 1;
+                continue;
+            }
+            let offset = next as u64 * PART_SIZE;
+            let size = PART_SIZE.min(listed.size.saturating_sub(offset));
+            let mut chunks = buffers::take(size).await?;
+            let (file, crcs, mut part_hasher) = (Arc::clone(&file), crcs.clone(), hasher.take());
+            let (node, source, file_listed, part) =
+                (ctx.node.to_owned(), path.to_owned(), listed.clone(), next);
+            let (chunks, part_hasher) = source_work(move || {
+                let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+                let read = read_at(&file, offset, &mut chunks, size, |data| match &mut part_hasher {
+                    Some(hasher) => hasher.update(data),
+                    None => crc.update(data),
+                })
+                .map_err(|e| unreadable(&node, &source, &e))?;
+                let crc_differs = crcs.as_ref().is_some_and(|c| c.get(part) != Some(&crc.finalize()));
+                if read != size || crc_differs {
+                    return Err(changed(&source, &file_listed));
+                }
+                Ok((chunks, part_hasher))
+            })
+            .await?;
+            hasher = part_hasher;
+            if !stored {
                 let (sink, key, upload_id, index) =
                     (Arc::clone(&sink_arc), key.to_owned(), upload.upload_id.clone(), next);
                 let bandwidth = ctx.bandwidth.clone();
                 tasks.spawn(async move {
-                    let _permit = permit;
                     bandwidth.consume(size).await;
-                    let stored = sink.put_part(&key, &upload_id, index, PART_SIZE, Bytes::from(buffer)).await;
+                    let stored = sink.put_part(&key, &upload_id, index, PART_SIZE, payload(chunks)).await;
                     (index, size, stored)
                 });
             }
@@ -374,55 +425,151 @@ async fn send_parts<R: Reporter>(
         // Every stored part is checkpointed: a take-over sends again only the parts in flight.
         tally.report(ctx.reporter, true).await?;
     }
-    let mut extra = [0u8; 1];
-    let longer = file.read(&mut extra).await.map_err(|e| unreadable(ctx.node, path, &e))? > 0;
-    if longer || crate::encoding::hex(&hasher.finalize()) != upload.sha256 {
-        return Err(changed(path, listed));
+    if let Some(hasher) = hasher {
+        upload.sha256 = crate::encoding::hex(&hasher.finalize());
     }
-    unchanged(path, listed, None).await
-}
-
-async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let n = file.read(&mut buffer[filled..]).await?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    Ok(filled)
-}
-
-async fn hash_file(node: &str, path: &Path) -> Result<String, TransferError> {
-    let (node, path) = (node.to_owned(), path.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&path).map_err(|e| unreadable(&node, &path, &e))?;
-        let mut hasher = sha2::Sha256::new();
-        std::io::copy(&mut file, &mut hasher).map_err(|e| unreadable(&node, &path, &e))?;
-        Ok(crate::encoding::hex(&hasher.finalize()))
+    let (node, source, file_listed) = (ctx.node.to_owned(), path.to_owned(), listed.clone());
+    source_work(move || {
+        ends_at(&file, file_listed.size, &node, &source, &file_listed)?;
+        unchanged(&source, &file_listed, since)
     })
     .await
-    .map_err(|e| TransferError::Source(format!("hashing stopped: {e}")))?
 }
 
-/// Fails unless `path` is still a regular file, as listed: opening a FIFO put in its place
-/// would wait for a writer forever (a symbolic link, which listings skip, is refused too).
-async fn still_a_file(node: &str, path: &Path, listed: &ListedFile) -> Result<(), TransferError> {
-    match tokio::fs::symlink_metadata(path).await {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(changed(path, listed)),
-        Err(e) => Err(unreadable(node, path, &e)),
+/// The first pass over a large file (for an S3 upload, which needs the SHA-256 first).
+async fn prehash(node: &str, path: &Path, listed: &ListedFile) -> Result<Prehash, TransferError> {
+    let mut chunks = buffers::take(buffers::CHUNK as u64).await?;
+    let (node, path, listed) = (node.to_owned(), path.to_owned(), listed.clone());
+    source_work(move || {
+        let (file, opened) = open_listed(&node, &path, &listed)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut crcs = Vec::new();
+        let mut offset = 0;
+        while offset < listed.size {
+            let size = PART_SIZE.min(listed.size - offset);
+            let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+            let mut part_read = 0;
+            while part_read < size {
+                let want = (size - part_read).min(buffers::CHUNK as u64);
+                let read = read_at(&file, offset + part_read, &mut chunks, want, |data| {
+                    hasher.update(data);
+                    crc.update(data);
+                })
+                .map_err(|e| unreadable(&node, &path, &e))?;
+                if read != want {
+                    return Err(changed(&path, &listed));
+                }
+                part_read += read;
+            }
+            crcs.push(crc.finalize());
+            offset += size;
+        }
+        ends_at(&file, listed.size, &node, &path, &listed)?;
+        unchanged(&path, &listed, opened)?;
+        Ok(Prehash { sha256: crate::encoding::hex(&hasher.finalize()), crcs, opened })
+    })
+    .await
+}
+
+/// Reads up to `size` bytes from `offset` into `chunks` (in order, as many as it takes), and
+/// hands each chunk's bytes to `each` as they are read; the bytes read (fewer at the end of
+/// the file).
+fn read_at(
+    file: &std::fs::File,
+    offset: u64,
+    chunks: &mut [Chunk],
+    size: u64,
+    mut each: impl FnMut(&[u8]),
+) -> std::io::Result<u64> {
+    let mut read = 0_u64;
+    for chunk in chunks.iter_mut() {
+        chunk.set_len(0);
+        let want = usize::try_from((size - read).min(buffers::CHUNK as u64)).unwrap_or(0);
+        let mut filled = 0;
+        while filled < want {
+            match file.read_at(&mut chunk.space()[filled..want], offset + read + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        chunk.set_len(filled);
+        each(chunk.as_ref());
+        read += filled as u64;
+        if filled < want || read == size {
+            break;
+        }
+    }
+    Ok(read)
+}
+
+/// Fails unless the file ends at `size` (read that far): a file that grew changed.
+fn ends_at(
+    file: &std::fs::File,
+    size: u64,
+    node: &str,
+    path: &Path,
+    listed: &ListedFile,
+) -> Result<(), TransferError> {
+    let mut extra = [0u8; 1];
+    let more = file.read_at(&mut extra, size).map_err(|e| unreadable(node, path, &e))?;
+    if more > 0 || size != listed.size { Err(changed(path, listed)) } else { Ok(()) }
+}
+
+/// Runs blocking file work (reads, hashing) off the async threads.
+async fn source_work<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
+) -> Result<T, TransferError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TransferError::Source(format!("reading a source file stopped: {e}")))?
+}
+
+/// A file's status-change time (ctime, in nanoseconds): every write, and every change of its
+/// modification time, moves it on, and nobody can set it back, so it tells a file that was
+/// changed and given its old size and modification time again.
+type Changed = i128;
+
+fn changed_at(meta: &std::fs::Metadata) -> Changed {
+    use std::os::unix::fs::MetadataExt as _;
+    i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
+}
+
+/// Opens `path` if it is still the regular file that was listed (size and modification time):
+/// opening a FIFO put in its place would wait for a writer forever (a symbolic link, which
+/// listings skip, is refused too). Also its status-change time now, for [`unchanged`].
+fn open_listed(
+    node: &str,
+    path: &Path,
+    listed: &ListedFile,
+) -> Result<(std::fs::File, Changed), TransferError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(changed(path, listed)),
+        Err(e) => return Err(unreadable(node, path, &e)),
+    }
+    let file = std::fs::File::open(path).map_err(|e| unreadable(node, path, &e))?;
+    let meta = file.metadata().map_err(|e| unreadable(node, path, &e))?;
+    if meta.is_file() && meta.len() == listed.size && folder::modified_ms(&meta) == listed.modified_ms {
+        Ok((file, changed_at(&meta)))
+    } else {
+        Err(changed(path, listed))
     }
 }
 
-/// Fails when the file isn't as listed any more (size, modification time, or bytes read).
-async fn unchanged(path: &Path, listed: &ListedFile, read: Option<u64>) -> Result<(), TransferError> {
-    let meta = tokio::fs::metadata(path).await.map_err(|_| changed(path, listed))?;
-    let same = meta.len() == listed.size
+/// Fails when the file at `path` isn't as listed any more (size and modification time), or
+/// was changed at all since it was opened (`opened`, its status-change time then).
+fn unchanged(path: &Path, listed: &ListedFile, opened: Changed) -> Result<(), TransferError> {
+    let meta = std::fs::metadata(path).map_err(|_| changed(path, listed))?;
+    if meta.len() == listed.size
         && folder::modified_ms(&meta) == listed.modified_ms
-        && read.is_none_or(|n| n == listed.size);
-    if same { Ok(()) } else { Err(changed(path, listed)) }
+        && changed_at(&meta) == opened
+    {
+        Ok(())
+    } else {
+        Err(changed(path, listed))
+    }
 }
 
 fn changed(path: &Path, listed: &ListedFile) -> TransferError {

@@ -1,12 +1,19 @@
-//! One part of a SQL copy: a range of the query's rows, exported as CSV or JSON lines into a
-//! spool file in this node's temporary folder (so memory stays bounded whatever the size) and
-//! then written to the sink as `part-NNNNN.csv` (or `.jsonl`) exactly like a file, hashed as
-//! the file copy reads it.
+//! One part of a SQL copy: a range of the query's rows, exported as CSV or JSON lines to the
+//! sink as `part-NNNNN.csv` (or `.jsonl`), exactly once. At a folder sink the rows stream
+//! straight into the object's staging file, hashed as they are written, and it is published
+//! after the hub's fence. At S3 the object's SHA-256 must go with the upload when it starts,
+//! so the rows are spooled to a file in this node's temporary folder first (memory stays
+//! bounded whatever the size) and then written like a file of a folder copy.
 
-use super::sink::Sink;
+use super::checkpoint::Upload;
+use super::sink::{Put, Sink, Staging};
 use super::spec::DatabaseRef;
-use super::{Context, Reporter, TransferError, copy, credential, sql};
-use crate::protocol::{ListedFile, Part, SqlFormat};
+use super::{Checkpoint, Context, Reporter, TransferError, copy, credential, sql};
+use crate::protocol::{ListedFile, Part, SqlFormat, TransferProgress};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 /// The database a SQL source names, with its password from the node's credentials.
@@ -69,6 +76,9 @@ pub(super) async fn rows<R: Reporter>(
         // An earlier attempt committed this part's object; the query needn't run again.
         return Ok(serde_json::json!({ "object": sink.key(&name), "resumed": true }));
     }
+    if sink.is_folder() {
+        return into_staging(database, query, format, range, &name, sink, overwrite, ctx).await;
+    }
     let folder = tempfile::Builder::new().prefix("gatehouse-export-").tempdir().map_err(|e| {
         TransferError::Source(format!("node {} can't make a spool folder for the export: {e}", ctx.node))
     })?;
@@ -99,6 +109,149 @@ pub(super) async fn rows<R: Reporter>(
         object.insert("object".into(), sink.key(&listed.path).into());
     }
     Ok(result)
+}
+
+/// How often a streaming export tells the hub how far it is.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Exports one range straight into the object's staging file at a folder sink, then
+/// publishes it create-only (or over it) right after the hub took the fence checkpoint.
+#[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+async fn into_staging<R: Reporter>(
+    database: &sql::Database,
+    query: &str,
+    format: SqlFormat,
+    range: Option<&sql::Range>,
+    name: &str,
+    sink: &Sink,
+    overwrite: bool,
+    ctx: &Context<'_, R>,
+) -> Result<serde_json::Value, TransferError> {
+    let started = Instant::now();
+    let key = sink.key(name);
+    let keys = [key.clone()];
+    // An earlier attempt that took the fence and then died may have published it already.
+    if let Some(upload) = ctx.checkpoint.upload.as_ref().filter(|u| u.key == key)
+        && let Some(existing) = sink.existing(&key).await?
+        && existing.sha256.as_deref() == Some(upload.sha256.as_str())
+    {
+        sink.sweep(&keys, None).await?;
+        return Ok(serde_json::json!({ "object": key, "resumed": true }));
+    }
+    sink.sweep(&keys, None).await?;
+    let Some(staging) = sink.stage(&key).await? else {
+        return Err(TransferError::Sink(format!("{key}: only a folder sink takes a streamed export")));
+    };
+    let upload_id = staging.upload_id.clone();
+    let streamed = tokio::select! {
+        streamed = stream_into(database, query, format, range, staging, ctx, started) => streamed,
+        () = ctx.cancel.cancelled() => Err(TransferError::Cancelled),
+    };
+    let (rows, staged) = match streamed {
+        Ok(done) => done,
+        Err(e) => {
+            sink.abort(&key, &upload_id).await;
+            return Err(e);
+        }
+    };
+    let size = staged.size;
+    let sha256 = staged.finish();
+    // The fence: the hub takes this checkpoint only from the run's current attempt.
+    let mut checkpoint = Checkpoint {
+        upload: Some(Upload {
+            file: 0,
+            key: key.clone(),
+            upload_id: upload_id.clone(),
+            sha256: sha256.clone(),
+            part_size: size,
+            parts: Vec::new(),
+        }),
+        ..Checkpoint::default()
+    };
+    let mut report = progress(started, size);
+    if let Err(e) = ctx.reporter.checkpoint(report, &checkpoint).await {
+        sink.abort(&key, &upload_id).await;
+        return Err(e);
+    }
+    let put = match sink.complete(&key, &upload_id, Vec::new(), &sha256, overwrite).await {
+        Ok(put) => put,
+        Err(e) => {
+            sink.abort(&key, &upload_id).await;
+            return Err(e);
+        }
+    };
+    sink.sync_folders(&keys).await?;
+    checkpoint.done.insert(0);
+    checkpoint.bytes_done = size;
+    report.files_done = 1;
+    if put == Put::Same {
+        report.bytes_skipped = size;
+        report.bytes_sent = 0;
+    }
+    ctx.reporter.checkpoint(report, &checkpoint).await?;
+    Ok(serde_json::json!({
+        "files": 1,
+        "bytes": size,
+        "written": u64::from(put == Put::Written),
+        "skipped": u64::from(put == Put::Same),
+        "bytes_sent": report.bytes_sent,
+        "seconds": started.elapsed().as_secs_f64(),
+        "rows": rows,
+        "object": key,
+    }))
+}
+
+/// A streaming export's progress: what is written is all that is known.
+fn progress(started: Instant, bytes: u64) -> TransferProgress {
+    let seconds = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss, reason = "a rate needs no more precision")]
+    let rate = if seconds > 0.0 { bytes as f64 / seconds } else { 0.0 };
+    TransferProgress {
+        bytes_done: bytes,
+        bytes_total: bytes,
+        files_total: 1,
+        bytes_sent: bytes,
+        bytes_per_second: rate,
+        ..TransferProgress::default()
+    }
+}
+
+/// Runs the export into `staging` on a blocking writer, reporting the bytes written every
+/// second; the rows and the written staging file.
+async fn stream_into<R: Reporter>(
+    database: &sql::Database,
+    query: &str,
+    format: SqlFormat,
+    range: Option<&sql::Range>,
+    staging: Staging,
+    ctx: &Context<'_, R>,
+    started: Instant,
+) -> Result<(u64, Staging), TransferError> {
+    let written = Arc::new(AtomicU64::new(0));
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let counter = Arc::clone(&written);
+    // A failed write drops the receiver, which stops the export.
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut staging = staging;
+        while let Some(chunk) = receiver.blocking_recv() {
+            staging.write(&chunk)?;
+            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        Ok::<_, TransferError>(staging)
+    });
+    let work = async { tokio::join!(sql::export(database, query, format, range, sender), writer) };
+    let mut work = std::pin::pin!(work);
+    let mut interval = tokio::time::interval(REPORT_EVERY);
+    interval.tick().await;
+    let (rows, staged) = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            _ = interval.tick() => ctx.reporter.progress(progress(started, written.load(Ordering::Relaxed))),
+        }
+    };
+    // A failed write first: it is why an export stopped as "cancelled" (nothing read its rows).
+    let staged = staged.map_err(|e| TransferError::Sink(format!("writing the export stopped: {e}")))??;
+    Ok((rows?, staged))
 }
 
 /// Why spooling an export stopped.

@@ -7,9 +7,10 @@
 //! Parts: [`spec`] checks what a job asks for, [`folder`] lists folders and groups files into
 //! parts, [`sql`] reads query results, [`sink`] writes objects exactly once, [`copy`] and
 //! [`export`] run one part of each kind, [`checkpoint`] is what an attempt leaves for the next,
-//! [`bandwidth`] paces what a node sends.
+//! [`bandwidth`] paces what a node sends, [`buffers`] is the node's copy memory.
 
 pub mod bandwidth;
+mod buffers;
 pub mod checkpoint;
 mod copy;
 mod export;
@@ -131,7 +132,7 @@ pub async fn execute<R: Reporter>(
         spec::Sink::S3 { credential: name, .. } => Some(credential(ctx, name)?),
         spec::Sink::File { .. } => None,
     };
-    let sink = sink::Sink::open(&sink, sink_credential.as_deref(), ctx.run, ctx.attempt)?;
+    let sink = sink::Sink::open(&sink, sink_credential.as_deref(), ctx.node, ctx.run, ctx.attempt)?;
     match (source, part) {
         (spec::Source::Folder { root, .. }, Part::Files { files }) => {
             copy::files(&root, files, &sink, *overwrite, ctx).await.map(Outcome::Done)

@@ -10,7 +10,6 @@
 //! one without overwriting.
 
 use super::{TransferError, spec};
-use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
@@ -35,6 +34,9 @@ pub struct Sink {
     inner: Inner,
     /// What to call it in sentences: the sink URL.
     name: String,
+    /// The node writing, for sentences: a fault may be this node's alone (its disk, its
+    /// network, its copy of a credential).
+    node: String,
     /// Prepended to every relative key (`exports/`), empty or ending in `/`.
     prefix: String,
     /// Names this attempt's staging files, so the attempt that takes over finds and removes
@@ -74,11 +76,40 @@ pub struct Existing {
     pub sha256: Option<String>,
 }
 
+/// A folder sink's staging file being written in order and hashed as it goes.
+pub struct Staging {
+    file: std::fs::File,
+    /// The staging file relative to the sink's root, for [`Sink::complete`] and [`Sink::abort`].
+    pub upload_id: String,
+    /// The final name, for sentences.
+    target: PathBuf,
+    hasher: sha2::Sha256,
+    /// Bytes written so far.
+    pub size: u64,
+}
+
+impl Staging {
+    /// Appends `data`. A blocking write: call it off the async threads.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
+        self.file.write_all(data).map_err(|e| folder_error(&self.target, &e))?;
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// The SHA-256 (hex) of everything written; [`Sink::complete`] makes it durable.
+    pub fn finish(self) -> String {
+        crate::encoding::hex(&self.hasher.finalize())
+    }
+}
+
 impl Sink {
-    /// Opens `spec` for `run`'s `attempt`; `credential` is the value of the S3 credential.
+    /// Opens `spec` on `node` for `run`'s `attempt`; `credential` is the value of the S3
+    /// credential.
     pub fn open(
         spec: &spec::Sink,
         credential: Option<&str>,
+        node: &str,
         run: &str,
         attempt: u32,
     ) -> Result<Sink, TransferError> {
@@ -86,6 +117,7 @@ impl Sink {
         match spec {
             spec::Sink::File { root } => Ok(Sink {
                 name: format!("file://{}", root.display()),
+                node: node.to_owned(),
                 inner: Inner::Folder { root: root.clone() },
                 prefix: String::new(),
                 staging_tag,
@@ -93,7 +125,7 @@ impl Sink {
             spec::Sink::S3 { bucket, prefix, endpoint, region, credential: credential_name, ca_file } => {
                 let (key_id, secret) = credential.and_then(|c| c.split_once(':')).ok_or_else(|| {
                     TransferError::Sink(format!(
-                        "the credential {credential_name:?} is not ACCESS_KEY_ID:SECRET_ACCESS_KEY; set it again with: gatehouse node credential set {credential_name}"
+                        "the credential {credential_name:?} on node {node} is not ACCESS_KEY_ID:SECRET_ACCESS_KEY; set it again with: gatehouse node credential set {credential_name}"
                     ))
                 })?;
                 let mut options = ClientOptions::new()
@@ -105,7 +137,7 @@ impl Sink {
                 if let Some(ca_file) = ca_file {
                     let pem = std::fs::read(ca_file).map_err(|e| {
                         TransferError::Sink(format!(
-                            "can't read the sink's ca_file {} ({e}); put the PEM file of the endpoint's CA at that path on every node",
+                            "node {node} can't read the sink's ca_file {} ({e}); put the PEM file of the endpoint's CA at that path on every node",
                             ca_file.display()
                         ))
                     })?;
@@ -142,6 +174,7 @@ impl Sink {
                     .map_err(|e| TransferError::Sink(format!("can't use the sink s3://{bucket}/: {e}")))?;
                 Ok(Sink {
                     name: format!("s3://{bucket}/{prefix}"),
+                    node: node.to_owned(),
                     inner: Inner::S3 {
                         store: Arc::new(store),
                         bucket: bucket.clone(),
@@ -153,6 +186,25 @@ impl Sink {
                 })
             }
         }
+    }
+
+    /// Runs blocking file work off the async threads; its sentences ("can't write …") name
+    /// this node, whose disk it is.
+    async fn on_node<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
+    ) -> Result<T, TransferError> {
+        blocking(work).await.map_err(|e| match e {
+            TransferError::Sink(message) if message.starts_with("can't ") => {
+                TransferError::Sink(format!("node {} {message}", self.node))
+            }
+            other => other,
+        })
+    }
+
+    /// Whether this is a folder (`file://`) sink.
+    pub fn is_folder(&self) -> bool {
+        matches!(self.inner, Inner::Folder { .. })
     }
 
     /// The final key of `relative` (a `/`-separated path) at this sink.
@@ -179,7 +231,7 @@ impl Sink {
             }
             Inner::Folder { root } => {
                 let path = root.join(key);
-                blocking(move || match std::fs::metadata(&path) {
+                self.on_node(move || match std::fs::metadata(&path) {
                     Ok(meta) => Ok(Some(Existing { size: meta.len(), sha256: Some(file_sha256(&path)?) })),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(folder_error(&path, &e)),
@@ -193,7 +245,7 @@ impl Sink {
     pub async fn put(
         &self,
         key: &str,
-        data: Bytes,
+        data: PutPayload,
         sha256: &str,
         overwrite: bool,
     ) -> Result<Put, TransferError> {
@@ -202,7 +254,7 @@ impl Sink {
                 let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
                 let options =
                     PutOptions { mode, attributes: sha256_attributes(sha256), ..PutOptions::default() };
-                match store.put_opts(&object_path(key)?, PutPayload::from_bytes(data), options).await {
+                match store.put_opts(&object_path(key)?, data, options).await {
                     Ok(_) => Ok(Put::Written),
                     Err(
                         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
@@ -213,11 +265,12 @@ impl Sink {
             Inner::Folder { root } => {
                 let staging = self.staging_path(root, key, "put")?;
                 let (data, final_path, sha) = (data, root.join(key), sha256.to_owned());
-                let written = blocking(move || {
-                    write_staging(&staging, &final_path, &data, &sha)?;
-                    publish(&staging, &final_path, overwrite)
-                })
-                .await?;
+                let written = self
+                    .on_node(move || {
+                        write_staging(&staging, &final_path, data, &sha)?;
+                        publish(&staging, &final_path, overwrite)
+                    })
+                    .await?;
                 if written { Ok(Put::Written) } else { self.compare(key, sha256).await }
             }
         }
@@ -240,7 +293,7 @@ impl Sink {
                 let staging = self.staging_path(root, key, "upload")?;
                 let id = staging.strip_prefix(root).unwrap_or(&staging).to_string_lossy().into_owned();
                 let target = root.join(key);
-                blocking(move || {
+                self.on_node(move || {
                     if let Some(dir) = staging.parent() {
                         std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
                     }
@@ -252,6 +305,28 @@ impl Sink {
         }
     }
 
+    /// Starts a staging file for `key` at a folder sink, to be written front to back (a
+    /// query's output streams into it) and published with [`Sink::complete`]; `None` at S3,
+    /// where an object's SHA-256 must be known when its upload starts.
+    pub async fn stage(&self, key: &str) -> Result<Option<Staging>, TransferError> {
+        let Inner::Folder { root } = &self.inner else { return Ok(None) };
+        let staging = self.staging_path(root, key, "upload")?;
+        let upload_id = staging.strip_prefix(root).unwrap_or(&staging).to_string_lossy().into_owned();
+        let target = root.join(key);
+        self.on_node(move || {
+            if let Some(dir) = staging.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&staging)
+                .map_err(|e| folder_error(&target, &e))?;
+            Ok(Some(Staging { file, upload_id, target, hasher: sha2::Sha256::new(), size: 0 }))
+        })
+        .await
+    }
+
     /// Stores part `index` (0-based) of an upload; `part_size` places it in a staging file.
     pub async fn put_part(
         &self,
@@ -259,31 +334,38 @@ impl Sink {
         upload_id: &str,
         index: usize,
         part_size: u64,
-        data: Bytes,
+        data: PutPayload,
     ) -> Result<String, TransferError> {
         match &self.inner {
             Inner::S3 { store, .. } => store
-                .put_part(&object_path(key)?, &upload_id.to_owned(), index, PutPayload::from_bytes(data))
+                .put_part(&object_path(key)?, &upload_id.to_owned(), index, data)
                 .await
                 .map(|part| part.content_id)
                 .map_err(|e| self.s3_error(key, &e)),
             Inner::Folder { root } => {
                 let staging = Self::upload_path(root, upload_id)?;
-                let digest = crate::encoding::hex(&sha2::Sha256::digest(&data));
                 // Sentences name the file being written, not its hidden staging name.
                 let target = root.join(key);
-                blocking(move || {
+                let length = data.content_length();
+                self.on_node(move || {
                     let file = std::fs::OpenOptions::new()
                         .write(true)
                         .open(&staging)
                         .map_err(|e| folder_error(&target, &e))?;
-                    let offset = part_size.saturating_mul(index as u64);
-                    file.write_all_at(&data, offset).map_err(|e| folder_error(&target, &e))?;
+                    let mut offset = part_size.saturating_mul(index as u64);
+                    for chunk in &data {
+                        file.write_all_at(chunk, offset).map_err(|e| folder_error(&target, &e))?;
+                        offset += chunk.len() as u64;
+                    }
+                    // The buffers go back to the budget now, not after the disk's wait.
+                    drop(data);
                     // On disk before the checkpoint says so.
                     file.sync_data().map_err(|e| folder_error(&target, &e))
                 })
                 .await?;
-                Ok(digest)
+                // The part's id only says it is stored: the whole file's SHA-256 is computed
+                // from the source as it is read, so a part needs no digest of its own.
+                Ok(format!("{index}:{length}"))
             }
         }
     }
@@ -310,13 +392,15 @@ impl Sink {
             Inner::Folder { root } => {
                 let staging = Self::upload_path(root, upload_id)?;
                 let (final_path, sha) = (root.join(key), sha256.to_owned());
-                let written = blocking(move || {
-                    let file = std::fs::File::open(&staging).map_err(|e| folder_error(&final_path, &e))?;
-                    file.sync_all().map_err(|e| folder_error(&final_path, &e))?;
-                    set_sha256(&staging, &sha);
-                    publish(&staging, &final_path, overwrite)
-                })
-                .await?;
+                let written = self
+                    .on_node(move || {
+                        let file =
+                            std::fs::File::open(&staging).map_err(|e| folder_error(&final_path, &e))?;
+                        file.sync_all().map_err(|e| folder_error(&final_path, &e))?;
+                        set_sha256(&staging, &sha);
+                        publish(&staging, &final_path, overwrite)
+                    })
+                    .await?;
                 if written { Ok(Put::Written) } else { self.compare(key, sha256).await }
             }
         }
@@ -353,7 +437,7 @@ impl Sink {
             self.staging_tag.rsplit_once('-').map_or(self.staging_tag.as_str(), |(run, _)| run).to_owned();
         let dirs = folders(root, keys);
         let keep = keep.map(|k| root.join(k));
-        blocking(move || {
+        self.on_node(move || {
             for dir in dirs {
                 let Ok(entries) = std::fs::read_dir(&dir) else { continue };
                 for entry in entries.flatten() {
@@ -375,7 +459,7 @@ impl Sink {
     pub async fn sync_folders(&self, keys: &[String]) -> Result<(), TransferError> {
         let Inner::Folder { root } = &self.inner else { return Ok(()) };
         let dirs = folders(root, keys);
-        blocking(move || {
+        self.on_node(move || {
             for dir in dirs.iter().filter(|d| d.exists()) {
                 std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| folder_error(dir, &e))?;
             }
@@ -423,11 +507,15 @@ impl Sink {
             return TransferError::Sink(format!("{}: {error}", self.name));
         };
         let detail = error_chain(error);
-        let no_bucket =
-            || format!("the bucket {bucket:?} doesn't exist at {endpoint}; create it, or fix the sink URL");
+        let node = &self.node;
+        let no_bucket = || {
+            format!(
+                "node {node} was told the bucket {bucket:?} doesn't exist at {endpoint}; create it, or fix the sink URL"
+            )
+        };
         let denied = || {
             format!(
-                "access to {} at {endpoint} was denied ({detail}); check the keys in the node credential {credential:?} (set them again with: gatehouse node credential set {credential}) and the bucket's policy",
+                "node {node} was denied access to {} at {endpoint} ({detail}); check the keys in the node credential {credential:?} (set them again with: gatehouse node credential set {credential}) and the bucket's policy",
                 self.name
             )
         };
@@ -439,7 +527,7 @@ impl Sink {
             }
             object_store::Error::NotFound { .. } => {
                 format!(
-                    "writing {key} to {} at {endpoint}: the bucket {bucket:?} or the upload wasn't found ({detail})",
+                    "node {node} writing {key} to {} at {endpoint} was told the bucket {bucket:?} or the upload wasn't found ({detail})",
                     self.name
                 )
             }
@@ -455,21 +543,21 @@ impl Sink {
             }
             // rustls: "invalid peer certificate: UnknownIssuer" (or NotValidForName, Expired, …).
             _ if detail.contains("UnknownIssuer") => format!(
-                "the S3 endpoint {endpoint} presented a certificate that is not trusted: no CA this node trusts signed it ({detail}); set the sink's ca_file to the PEM file of the CA that did (at the same path on every node), or add that CA to the nodes' system roots"
+                "the S3 endpoint {endpoint} presented a certificate that is not trusted: no CA node {node} trusts signed it ({detail}); set the sink's ca_file to the PEM file of the CA that did (at the same path on every node), or add that CA to the nodes' system roots"
             ),
             _ if detail.contains("certificate") => format!(
-                "the S3 endpoint {endpoint} presented a certificate this node can't accept ({detail}); check that the endpoint URL names the host the certificate is for, and that the certificate is current"
+                "the S3 endpoint {endpoint} presented a certificate node {node} can't accept ({detail}); check that the endpoint URL names the host the certificate is for, and that the certificate is current"
             ),
             _ if detail.contains("error sending request")
                 || detail.contains("onnect")
                 || detail.contains("dns") =>
             {
                 format!(
-                    "can't reach the S3 endpoint {endpoint} of {} ({detail}); check the endpoint URL, that the server runs, and the firewall",
+                    "node {node} can't reach the S3 endpoint {endpoint} of {} ({detail}); check the endpoint URL, that the server runs, and the firewall between them",
                     self.name
                 )
             }
-            _ => format!("writing {key} to {} at {endpoint} failed: {detail}", self.name),
+            _ => format!("node {node} failed to write {key} to {} at {endpoint}: {detail}", self.name),
         };
         TransferError::Sink(message)
     }
@@ -526,13 +614,17 @@ fn folder_error(path: &Path, error: &std::io::Error) -> TransferError {
 }
 
 /// Writes `data` to a new staging file and makes it durable; sentences name `target`.
-fn write_staging(staging: &Path, target: &Path, data: &[u8], sha256: &str) -> Result<(), TransferError> {
+fn write_staging(staging: &Path, target: &Path, data: PutPayload, sha256: &str) -> Result<(), TransferError> {
     if let Some(dir) = staging.parent() {
         std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
     }
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(staging)?;
-        file.write_all(data)?;
+        for chunk in &data {
+            file.write_all(chunk)?;
+        }
+        // The buffers go back to the budget now, not after the disk's wait.
+        drop(data);
         file.sync_data()
     };
     if let Err(e) = write() {
