@@ -384,7 +384,9 @@ impl NodeService {
             store: self.store.clone(),
             credentials,
             syncing: std::sync::atomic::AtomicBool::new(false),
-            secrets_seen: Mutex::new(self.store.secrets_modified()),
+            // Not the file's time now: the secrets were read earlier, and a `credential set`
+            // in between would never be noticed. Unknown makes the first sync read the file.
+            secrets_seen: Mutex::new(None),
             unreachable: Mutex::new(BTreeSet::new()),
         });
 
