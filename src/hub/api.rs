@@ -208,8 +208,7 @@ impl FromRequestParts<HubState> for Admin {
                 "send it as `Authorization: Bearer gha_…`; the hub printed it when it first started",
             )
         })?;
-        let stored = state.db.admin_token_hash().await?.unwrap_or_default();
-        if stored.is_empty() || !auth::verify(token, &stored) {
+        if !is_admin_token(state, token).await? {
             return Err(ApiError::unauthorized("the admin token is not valid for this hub").with_hint(
                 "use the token this hub printed at its first start (GATEHOUSE_ADMIN_TOKEN or --token-file)",
             ));
@@ -419,10 +418,15 @@ async fn list_gateways(State(state): State<HubState>, _: Admin) -> Result<Json<V
 
 /// Every gateway with its nodes and statuses (also for the status page).
 pub async fn all_gateway_views(state: &HubState) -> Result<Vec<GatewayView>, ApiError> {
-    let mut views = Vec::new();
-    for gateway in state.db.gateways().await? {
+    gateway_views(state, &state.db.gateways().await?).await
+}
+
+/// The views of `gateways` (rows just read), with their nodes and statuses.
+async fn gateway_views(state: &HubState, gateways: &[GatewayRow]) -> Result<Vec<GatewayView>, ApiError> {
+    let mut views = Vec::with_capacity(gateways.len());
+    for gateway in gateways {
         let nodes = state.db.nodes(&gateway.id).await?;
-        views.push(gateway_view(state, &gateway, nodes).await?);
+        views.push(gateway_view(state, gateway, nodes).await?);
     }
     Ok(views)
 }
@@ -1361,9 +1365,10 @@ async fn metrics(
     State(state): State<HubState>,
     _: MetricsAuth,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
-    let gateways_rows = state.db.gateways().await?;
-    let lease_epochs = gateways_rows.iter().map(|g| (g.id.clone(), g.lease_epoch)).collect();
-    let gateways = all_gateway_views(&state).await?;
+    // One read of the gateways: their lease epochs (failovers) and their views.
+    let rows = state.db.gateways().await?;
+    let lease_epochs = rows.iter().map(|g| (g.id.clone(), g.lease_epoch)).collect();
+    let gateways = gateway_views(&state, &rows).await?;
     let runs = state.db.run_counts().await?;
     let retries = state.db.retries().await?;
     let mut copied: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
