@@ -632,7 +632,6 @@ async fn heartbeat(
         Some(address) if !address.is_empty() => address.to_owned(),
         _ => node.peer_address.clone(),
     };
-    state.db.heartbeat(&node, &beat.version, &beat.metrics, &peer_address, now, nodes.len() == 1).await?;
     if let Some(me) = nodes.iter().find(|n| n.id == node.id)
         && let Some(change) = credential_change(&me.metrics.credential_names, &beat.metrics.credential_names)
     {
@@ -666,6 +665,11 @@ async fn heartbeat(
     } else {
         state.db.lease(&gateway.id, now).await?
     };
+    // The heartbeat is written after the lease is taken, so nobody reads this node Online
+    // before it holds the lease it is about to take (a view of a lone node said "worker").
+    if let Some(me) = nodes.iter().find(|n| n.id == node.id) {
+        state.db.heartbeat(&node, &me.version, &me.metrics, &peer_address, now, nodes.len() == 1).await?;
+    }
     let role =
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
     let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id).await?;
