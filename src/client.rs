@@ -124,6 +124,19 @@ impl HubClient {
         Self::build(base, token, roots, None)
     }
 
+    /// A node's client: through `proxy` when one is given, also trusting the PEM CA
+    /// certificates in `hub_ca` (a hub with a private CA).
+    pub fn for_node(
+        base: &str,
+        token: &str,
+        proxy: Option<&str>,
+        hub_ca: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let proxy = proxy.map(parse_proxy).transpose()?;
+        let roots = hub_ca.map(|pem| pem_roots(pem.as_bytes())).transpose()?.unwrap_or_default();
+        Self::build(base, token, roots, proxy)
+    }
+
     fn build(
         base: &str,
         token: &str,
@@ -285,6 +298,11 @@ impl HubClient {
     /// `POST /api/v1/tokens`: a new token of `kind`, shown once.
     pub async fn create_token(&self, kind: TokenKind) -> Result<CreatedToken, ClientError> {
         self.call(Method::POST, &["tokens"], None, Some(&CreateToken { kind })).await
+    }
+
+    /// `POST /api/v1/admin-token/rotate`: a new admin token; this client's stops working.
+    pub async fn rotate_admin_token(&self) -> Result<crate::protocol::RotatedAdminToken, ClientError> {
+        self.call(Method::POST, &["admin-token", "rotate"], None, None::<&()>).await
     }
 
     /// `GET /api/v1/tokens`: ids, kinds and times, never the tokens.
@@ -495,6 +513,21 @@ pub fn parse_proxy(proxy: &str) -> Result<Url, ClientError> {
 }
 
 /// rustls on ring with the public web roots and `extra` roots.
+/// The certificates in PEM text, as roots to trust besides the public ones (`--hub-ca`);
+/// text holding none is refused.
+pub fn pem_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let roots = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::BadInput(format!("the hub's CA certificate is not valid PEM ({e})")))?;
+    if roots.is_empty() {
+        return Err(ClientError::BadInput(
+            "the hub's CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+        ));
+    }
+    Ok(roots)
+}
+
 fn tls_config(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());

@@ -16,12 +16,88 @@ pub fn host_name() -> String {
 
 /// Creates `dir` (and its parents) if needed and makes it readable by its owner only: data
 /// dirs hold tokens, keys and databases.
+///
+/// Only a folder that is Gatehouse's to lock down is changed: one made here, or one that
+/// exists, belongs to the user running this, and is not a system folder (`/`, `/etc`, `/usr`,
+/// `/var`, `/tmp`, …) or the home folder. Any other is refused, unchanged, with a sentence
+/// naming what to do (it is mostly `GATEHOUSE_HOME` set to the wrong place).
 pub fn owner_only_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => may_lock_down(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)?,
+        Err(e) => return Err(e),
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Folders a data dir must never be: making one of them owner-only would break the machine.
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/local",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+    "/var/cache",
+];
+
+/// Refuses an existing `dir` that isn't Gatehouse's to make owner-only (see [`owner_only_dir`]).
+fn may_lock_down(dir: &Path) -> std::io::Result<()> {
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} {why}; Gatehouse makes its data dir readable by its owner only, so it won't use that folder: set GATEHOUSE_HOME to a folder of Gatehouse's own (e.g. /var/lib/gatehouse, which it creates) and try again",
+                dir.display()
+            ),
+        ))
+    };
+    let real = dir.canonicalize()?;
+    let meta = std::fs::metadata(&real)?;
+    if !meta.is_dir() {
+        return refuse("is not a folder".to_owned());
+    }
+    if SYSTEM_DIRS.iter().any(|system| real == Path::new(system)) {
+        return refuse("is a system folder".to_owned());
+    }
+    let home =
+        std::env::var_os("HOME").filter(|h| !h.is_empty()).and_then(|h| Path::new(&h).canonicalize().ok());
+    if home.is_some_and(|home| home == real) {
+        return refuse("is your home folder".to_owned());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        // The owner of /proc/self is the user this process runs as (Linux).
+        if let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid())
+            && meta.uid() != me
+        {
+            return refuse(format!("belongs to another user (uid {}, not {me})", meta.uid()));
+        }
     }
     Ok(())
 }
@@ -39,29 +115,84 @@ pub fn write_atomic_with<T>(
     path: &Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"));
-    }
-    let temp = dir.join(format!(".{name}.{}.tmp", crate::encoding::random_hex::<6>()));
-    let result = (|| {
+    let mut pending = PendingFile::create(path)?;
+    let written = write(&mut pending.file)?;
+    pending.commit()?;
+    Ok(written)
+}
+
+/// A file of [`write_atomic`]'s kind opened before its content exists: the owner-only temp
+/// file beside `path` is made at once, so a place that can't be written is known before
+/// anything that can't be undone (a token made at the hub, say). Dropped without
+/// [`PendingFile::commit`], the temp file goes and `path` stays as it was.
+pub struct PendingFile {
+    temp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    committed: bool,
+}
+
+impl PendingFile {
+    /// Opens the temp file beside `path` (`.NAME.RANDOM.tmp`, mode 0600, never an existing one).
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let dir = parent_of(path);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"));
+        }
+        let temp = dir.join(format!(".{name}.{}.tmp", crate::encoding::random_hex::<6>()));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        let written = write(&mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        // The rename itself must survive a crash too.
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(written)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
+        let file = options.open(&temp)?;
+        Ok(Self { temp, path: path.to_owned(), file, committed: false })
     }
-    result
+
+    /// Writes `bytes` and commits.
+    pub fn commit_bytes(mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.commit()
+    }
+
+    /// Like [`PendingFile::commit_bytes`], but never replaces a file at `path`: one that is
+    /// there (even made a moment ago) fails the commit with `AlreadyExists`, and stays.
+    pub fn commit_new(mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.file.sync_all()?;
+        // A hard link is made only where no file is: no check-then-rename race.
+        match std::fs::hard_link(&self.temp, &self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
+            // A file system without hard links (FAT on a USB stick): check, then rename.
+            Err(_) if std::fs::symlink_metadata(&self.path).is_ok() => {
+                return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+            }
+            Err(_) => std::fs::rename(&self.temp, &self.path)?,
+        }
+        std::fs::File::open(parent_of(&self.path))?.sync_all()
+    }
+
+    /// Syncs the temp file and renames it over `path` (then syncs the directory).
+    pub fn commit(mut self) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::rename(&self.temp, &self.path)?;
+        self.committed = true;
+        // The rename itself must survive a crash too.
+        std::fs::File::open(parent_of(&self.path))?.sync_all()
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]
@@ -106,6 +237,37 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(std::fs::metadata(&inner).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+    }
+
+    #[test]
+    fn system_folders_and_other_users_folders_are_refused() {
+        // Only the check: a regression must not get to chmod a real system folder.
+        for system in ["/", "/etc", "/usr", "/tmp", "/var/lib"] {
+            let error = may_lock_down(Path::new(system)).unwrap_err();
+            assert!(error.to_string().contains("is a system folder"), "{system}: {error}");
+            assert!(error.to_string().contains("GATEHOUSE_HOME"), "{error}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert!(owner_only_dir(&file).unwrap_err().to_string().contains("is not a folder"));
+        // An existing folder of ours is fine, and made owner-only.
+        owner_only_dir(dir.path()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+            assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+            // Someone else's folder, when we may hand one over (as root): refused, unchanged.
+            if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+                let theirs = dir.path().join("theirs");
+                std::fs::create_dir(&theirs).unwrap();
+                std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+                std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+                let error = owner_only_dir(&theirs).unwrap_err();
+                assert!(error.to_string().contains("belongs to another user"), "{error}");
+                assert_eq!(std::fs::metadata(&theirs).unwrap().permissions().mode() & 0o777, 0o755);
+            }
         }
     }
 }

@@ -712,6 +712,20 @@ pub struct CreateToken {
     pub kind: TokenKind,
 }
 
+/// `POST /api/v1/admin-token/rotate`: the new admin token, shown this once (the old one
+/// stopped working as it was made).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotatedAdminToken {
+    pub token: String,
+}
+
+impl std::fmt::Debug for RotatedAdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatedAdminToken").field("token", &"***").finish()
+    }
+}
+
 /// A token just made: shown in full this once (the hub keeps its hash).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreatedToken {

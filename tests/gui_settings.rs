@@ -365,6 +365,12 @@ fn exported_logs_are_a_zip_of_the_log_files_and_the_status() {
     assert_eq!((status.node_name.as_str(), status.gateway_name.as_str()), ("n1", "sales"));
     // Written through a temp file that is gone now.
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
+    // Owner-only: the logs name hosts, paths and jobs.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&zip_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the log export is mode {mode:o}");
+    }
 
     // A folder that doesn't exist: a sentence, and nothing left behind.
     let nowhere = out.path().join("missing/logs.zip");

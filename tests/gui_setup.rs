@@ -230,7 +230,9 @@ fn the_wizard_restores_a_node_from_its_backup() {
     let hub = Hub::start();
     let key = hub.create_gateway("gw", &[]);
     let node = Node::register(&key, "n1", &[]);
-    let backup = node.home.path().join("n1.backup");
+    // Outside the data dir: a backup is never written into it.
+    let files = tempfile::tempdir().unwrap();
+    let backup = files.path().join("n1.backup");
     let output = common::cluster::gatehouse(
         node.home.path(),
         &["node", "backup", "--out", backup.to_str().unwrap()],

@@ -106,7 +106,7 @@ impl Hub {
             &[("GATEHOUSE_HOME", dir.as_str()), ("GATEHOUSE_LOG", "warn")],
         );
         let base = process.read_line_matching("listening on ", START_TIMEOUT);
-        let token = token.unwrap_or_else(|| process.read_line_matching("admin token: ", START_TIMEOUT));
+        let token = token.unwrap_or_else(|| process.read_admin_token(START_TIMEOUT));
         Hub { process, api: Api::new(&base), token, home, db: db.clone() }
     }
 

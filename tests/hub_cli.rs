@@ -45,7 +45,7 @@ struct Hub {
     child: Child,
     url: String,
     token: String,
-    _home: tempfile::TempDir,
+    home: tempfile::TempDir,
 }
 
 impl Hub {
@@ -75,7 +75,7 @@ impl Hub {
                 }
             }
         });
-        let mut hub = Hub { child, url: String::new(), token: String::new(), _home: home };
+        let mut hub = Hub { child, url: String::new(), token: String::new(), home };
         let deadline = Instant::now() + START_TIMEOUT;
         while hub.url.is_empty() || hub.token.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -84,8 +84,9 @@ impl Hub {
             });
             if let Some(url) = line.strip_prefix("listening on ") {
                 url.trim().clone_into(&mut hub.url);
-            } else if let Some(token) = line.strip_prefix("admin token: ") {
-                token.trim().clone_into(&mut hub.token);
+            } else if let Some(said) = line.strip_prefix("admin token written to ") {
+                let path = said.split(" (").next().unwrap_or_default();
+                std::fs::read_to_string(path).unwrap().trim().clone_into(&mut hub.token);
             }
         }
         assert!(hub.url.contains("://127.0.0.1:"), "unexpected address {}", hub.url);
@@ -554,4 +555,145 @@ fn help_documents_the_exit_codes() {
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+#[test]
+fn the_admin_token_is_in_an_owner_only_file_and_rotates() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = Hub::start();
+    // Written to admin-token in the data dir, owner-only (the harness read it from there).
+    let file = hub.home.path().join("admin-token");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), hub.token);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Into a pipe the new token could never be seen again: refused before the hub is asked.
+    let piped = hub.run(&["hub", "token", "rotate"]).exits(2);
+    assert!(piped.stderr.contains("--token-file"), "{piped:#?}");
+    hub.run(&["hub", "gateway", "list"]).ok();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("token");
+    std::fs::write(&kept, format!("{}\n", hub.token)).unwrap();
+    let token_file = kept.to_str().unwrap();
+    let rotated = hub.run_with(&["hub", "token", "rotate", "--token-file", token_file], None, None).ok();
+    assert!(rotated.stdout.contains("old one no longer works"), "{rotated:#?}");
+    let new = std::fs::read_to_string(&kept).unwrap().trim().to_owned();
+    assert!(new.starts_with("gha_") && new != hub.token, "the file holds {new:?}");
+    assert!(!rotated.stdout.contains(&new) && !rotated.stderr.contains(&new), "{rotated:#?}");
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a temp file was left");
+
+    // The old token stops working at once; the new one works; the audit trail says so.
+    let old = hub.run(&["hub", "gateway", "list"]).exits(1);
+    assert!(old.stderr.contains("the admin token is not valid for this hub"), "{old:#?}");
+    hub.run_with(&["hub", "gateway", "list"], Some(&new), None).ok();
+    let audit = hub.run_with(&["hub", "audit", "--json"], Some(&new), None).ok();
+    assert!(audit.stdout.contains("admin_token.rotate"), "{audit:#?}");
+    assert!(!audit.stdout.contains(&new), "the audit trail holds the token");
+}
+
+#[test]
+fn a_database_password_is_never_shown_and_argv_is_warned_about() {
+    let home = tempfile::tempdir().unwrap();
+    let serve = |args: &[&str], env: Option<&str>| {
+        let mut command = gatehouse();
+        command
+            .args(["hub", "serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("GATEHOUSE_HOME", home.path());
+        if let Some(url) = env {
+            command.env("GATEHOUSE_HUB_DB", url);
+        }
+        run(command, None).exits(2)
+    };
+    let url = "mysql://hub:s3cretpw@db.invalid/gh?password=0therpw";
+    for (how, outcome) in [
+        ("--db", serve(&["--db", url], None)),
+        ("GATEHOUSE_HUB_DB", serve(&[], Some(url))),
+        ("--db-file", {
+            let file = home.path().join("db-url");
+            std::fs::write(&file, format!("{url}\n")).unwrap();
+            serve(&["--db-file", file.to_str().unwrap()], None)
+        }),
+    ] {
+        let said = format!("{}{}", outcome.stdout, outcome.stderr);
+        assert!(!said.contains("s3cretpw") && !said.contains("0therpw"), "{how} showed a password: {said}");
+        assert!(said.contains("unsupported kind of database URL (mysql"), "{how}: {said}");
+        let warned = said.contains("process list");
+        assert_eq!(warned, how == "--db", "{how}: a warning only for a password in argv: {said}");
+    }
+}
+
+/// Runs openssl with `args`, asserting success.
+fn openssl(args: &[&str]) {
+    let made = Command::new("openssl").args(args).stderr(Stdio::null()).stdout(Stdio::null()).status();
+    let made = made.unwrap_or_else(|e| panic!("this test uses openssl (tests/run.sh installs it): {e}"));
+    assert!(made.success(), "openssl {args:?} failed");
+}
+
+#[test]
+fn a_node_trusts_a_hub_with_a_private_ca_with_hub_ca_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let (ca, ca_key) = (file("ca.pem"), file("ca.key"));
+    let ca_args =
+        ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=Gatehouse Test CA"],
+            &ca_args,
+            &["-keyout", &ca_key, "-out", &ca],
+        ]
+        .concat(),
+    );
+    let (cert, key, csr, ext) = (file("hub.pem"), file("hub.key"), file("hub.csr"), file("ext.cnf"));
+    openssl(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", &key, "-out", &csr]].concat());
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-days", "2", "-extfile", &ext, "-out",
+        &cert,
+    ]);
+    let hub = Hub::start_with(&["--tls-cert", &cert, "--tls-key", &key]);
+    assert!(hub.url.starts_with("https://"), "{}", hub.url);
+    let created = hub.run(&["hub", "gateway", "create", "sales", "--hub-ca", &ca, "--json"]).ok();
+    let auth_key = created.json()["keys"]["primary"].as_str().unwrap().to_owned();
+
+    let node = tempfile::tempdir().unwrap();
+    let peer_port = common::process::free_port().to_string();
+    let register = |extra: &[&str]| {
+        let mut command = gatehouse();
+        command
+            .args(["node", "register", "--key-stdin", "--name", "n1", "--peer-address"])
+            .arg(format!("127.0.0.1:{peer_port}"))
+            .args(["--peer-port", &peer_port])
+            .args(extra)
+            .env("GATEHOUSE_HOME", node.path());
+        run(command, Some(&format!("{auth_key}\n")))
+    };
+    let untrusted = register(&[]).exits(2);
+    assert!(untrusted.stderr.contains("--hub-ca"), "{untrusted:#?}");
+    register(&["--hub-ca", &ca]).ok();
+    let settings = std::fs::read_to_string(node.path().join("node.toml")).unwrap();
+    assert!(settings.contains("hub_ca") && settings.contains("BEGIN CERTIFICATE"), "{settings}");
+
+    // `node run` trusts the hub from node.toml alone: its heartbeats arrive.
+    let home = node.path().to_str().unwrap().to_owned();
+    let mut running = common::process::spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", &home)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = hub.run(&["hub", "node", "list", "sales", "--hub-ca", &ca, "--json"]).ok().json();
+        if nodes[0]["last_heartbeat_ms"].is_i64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat over HTTPS within 30 s: {nodes}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    running.stop();
 }

@@ -200,7 +200,8 @@ fn a_backup_restores_elsewhere_and_a_wrong_password_restores_nothing() {
     let registered =
         gatehouse(home.path(), &["node", "register", "--name", "n1"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
     assert!(registered.status.success(), "{}", stderr(&registered));
-    let backup = home.path().join("n1.backup");
+    let files = tempfile::tempdir().unwrap();
+    let backup = files.path().join("n1.backup");
     let made = gatehouse(
         home.path(),
         &["node", "backup", "--out", backup.to_str().unwrap(), "--password-stdin"],
@@ -238,6 +239,86 @@ fn a_backup_restores_elsewhere_and_a_wrong_password_restores_nothing() {
         &[("GATEHOUSE_BACKUP_PASSWORD", "correct horse battery")],
     );
     assert!(stderr(&again).contains("already registered"), "{}", stderr(&again));
+}
+
+#[test]
+fn a_backup_never_replaces_a_file_unless_forced_and_never_lands_in_the_data_dir() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let home = tempfile::tempdir().unwrap();
+    let registered =
+        gatehouse(home.path(), &["node", "register", "--name", "n1"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    let password = [("GATEHOUSE_BACKUP_PASSWORD", "correct horse battery")];
+    let backup = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["node", "backup", "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        gatehouse(home.path(), &args, None, &password)
+    };
+
+    // The node's own files, even with --force (a rename over secrets.bin unregisters it).
+    let secrets = home.path().join("secrets.bin");
+    let before = std::fs::read(&secrets).unwrap();
+    for extra in [&[][..], &["--force"]] {
+        let refused = backup(&secrets, extra);
+        assert_eq!(refused.status.code(), Some(2), "{extra:?}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains("inside the node's data dir"), "{}", stderr(&refused));
+    }
+    assert_eq!(std::fs::read(&secrets).unwrap(), before, "secrets.bin was changed");
+
+    // An existing file (the earlier backup, still needed) stays unless --force.
+    let files = tempfile::tempdir().unwrap();
+    let earlier = files.path().join("n1.backup");
+    std::fs::write(&earlier, "the backup still needed").unwrap();
+    let refused = backup(&earlier, &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("already exists") && stderr(&refused).contains("--force"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(std::fs::read(&earlier).unwrap(), b"the backup still needed");
+    let forced = backup(&earlier, &["--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_ne!(std::fs::read(&earlier).unwrap(), b"the backup still needed");
+
+    // A new file: written owner-only, with no temp file left beside it.
+    let fresh = files.path().join("fresh.backup");
+    let made = backup(&fresh, &[]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_dir(files.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn gatehouse_home_naming_another_users_folder_is_refused_unchanged() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    // Handing a folder to another user takes root; elsewhere the unit test covers the check.
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        return;
+    }
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let parent = tempfile::tempdir().unwrap();
+    let theirs = parent.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let refused =
+        gatehouse(&theirs, &["node", "register", "--name", "n1"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("belongs to another user") && stderr(&refused).contains("GATEHOUSE_HOME"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        std::fs::metadata(&theirs).unwrap().permissions().mode() & 0o777,
+        0o755,
+        "the folder was changed"
+    );
+    assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 65534);
 }
 
 #[test]

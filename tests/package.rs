@@ -402,7 +402,10 @@ fn the_hub_unit_writes_its_admin_token_to_the_file_and_never_prints_it() {
         let mut hub = Hub::start(&argv, &env, dir.path(), "first");
         let url = hub.wait_for_line("listening on ");
         let said = hub.wait_for_line("admin token written to ");
-        assert_eq!(said, format!("{} (admin commands: --token-file)", token_file.display()));
+        assert_eq!(
+            said,
+            format!("{} (owner-only; admin commands read it with --token-file)", token_file.display())
+        );
         let token = read(&token_file).trim().to_owned();
         assert!(token.starts_with("gha_"), "the token file holds {token:?}");
         let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;

@@ -115,7 +115,7 @@ async fn the_hub_runs_on_a_throwaway_cluster_and_stops_on_sigterm() {
     );
     let address = hub.read_line_matching("listening on http://", Duration::from_secs(30));
     assert!(address.starts_with("127.0.0.1:"), "the hub listens on {address}");
-    let token = hub.read_line_matching("admin token: ", Duration::from_secs(10));
+    let token = hub.read_admin_token(Duration::from_secs(10));
     assert!(!token.is_empty());
 
     // The hub's schema went into the cluster, not into a file in its data dir.

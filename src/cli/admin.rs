@@ -75,13 +75,27 @@ fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     }
 }
 
-fn read_roots(path: &std::path::Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    use rustls::pki_types::pem::PemObject as _;
-    let roots = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| anyhow::anyhow!("reading --hub-ca {}: {e}", path.display()))?;
-    anyhow::ensure!(!roots.is_empty(), "--hub-ca {} holds no PEM certificate", path.display());
-    Ok(roots)
+/// The PEM CA certificates of a `--hub-ca` file (admin commands and `node register` alike).
+pub(super) fn read_roots(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let pem = read_hub_ca(path)?;
+    crate::client::pem_roots(pem.as_bytes()).with_context(|| format!("reading --hub-ca {}", path.display()))
+}
+
+/// The text of a `--hub-ca` file, checked to hold PEM certificates (at most 1 MiB).
+pub(super) fn read_hub_ca(path: &std::path::Path) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path).with_context(|| format!("reading --hub-ca {}", path.display()))?.len();
+    anyhow::ensure!(
+        size <= 1 << 20,
+        "--hub-ca {} is larger than 1 MiB; give the PEM CA certificate",
+        path.display()
+    );
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading --hub-ca {}", path.display()))?;
+    crate::client::pem_roots(pem.as_bytes())
+        .with_context(|| format!("reading --hub-ca {}", path.display()))?;
+    Ok(pem)
 }
 
 /// Runs an admin command on a small runtime and applies the exit-code convention: a refusal
@@ -371,6 +385,17 @@ pub enum TokenCommand {
     /// Revoke a token by id: it stops working at once.
     #[command(after_help = EXIT_CODES)]
     Revoke(RevokeTokenArgs),
+    /// Replace the admin token: the one given stops working at once, and the new one is
+    /// written over --token-file (atomically, owner-only), or, without it, shown on the
+    /// terminal this once (never into a pipe). Audited.
+    #[command(after_help = EXIT_CODES)]
+    Rotate(RotateTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateTokenArgs {
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 #[derive(Debug, Args)]
@@ -399,6 +424,7 @@ pub fn run_token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Create(args) => execute(create_token(args)),
         TokenCommand::List(args) => execute(list_tokens(args)),
         TokenCommand::Revoke(args) => execute(revoke_token(args)),
+        TokenCommand::Rotate(args) => execute(rotate_admin_token(args)),
     }
 }
 
@@ -450,6 +476,49 @@ async fn revoke_token(args: RevokeTokenArgs) -> anyhow::Result<()> {
         return emit_json(&serde_json::json!({"revoked": args.id}));
     }
     emit(&format!("Revoked token {}; it no longer works.\n", args.id))
+}
+
+async fn rotate_admin_token(args: RotateTokenArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let connection = &args.connection;
+    let client = connection.client()?;
+    let on_terminal = std::io::stdout().is_terminal();
+    // The file is opened before the hub is asked: a token that can't be saved is never made.
+    let file = match &connection.token_file {
+        Some(path) => Some((path, super::hub::open_token_file(path)?)),
+        None if on_terminal => None,
+        None => anyhow::bail!(
+            "the new admin token is shown only on a terminal, and stdout is not one: give --token-file PATH (the file the current token is in), which is then rewritten with the new token"
+        ),
+    };
+    let token = client.rotate_admin_token().await?.token;
+    let Some((path, pending)) = file else {
+        if connection.json {
+            return emit_json(&serde_json::json!({"token": token}));
+        }
+        return emit(&format!(
+            "New admin token (shown this once; the old one no longer works):\n  {token}\n\nSet GATEHOUSE_ADMIN_TOKEN to it, or keep it in a file for --token-file.\n"
+        ));
+    };
+    if let Err(e) = pending.commit_bytes(format!("{token}\n").as_bytes()) {
+        // Said on stderr: the token goes with it only to a person at a terminal.
+        let shown = if std::io::stderr().is_terminal() {
+            format!("; it is {token}, keep it now")
+        } else {
+            String::new()
+        };
+        anyhow::bail!(
+            "the hub made a new admin token (the old one no longer works), but it couldn't be written into {} ({e}){shown}",
+            path.display()
+        );
+    }
+    if connection.json {
+        return emit_json(&serde_json::json!({"token_file": path}));
+    }
+    emit(&format!(
+        "Admin token replaced: the new one is in {} and the old one no longer works.\n",
+        path.display()
+    ))
 }
 
 #[derive(Debug, Args)]

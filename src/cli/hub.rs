@@ -36,8 +36,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
     /// Database: sqlite://PATH (default: hub.db in the data dir) or postgres://USER@HOST/DB.
-    #[arg(long, env = "GATEHOUSE_HUB_DB", hide_env_values = true)]
+    /// A password here is visible in the process list: give a URL with a password in the
+    /// GATEHOUSE_HUB_DB environment variable or with --db-file instead.
+    #[arg(long, env = "GATEHOUSE_HUB_DB", hide_env_values = true, value_name = "URL")]
     pub db: Option<String>,
+    /// Read the database URL from the first line of this file (keep it owner-only: it may
+    /// hold the database password).
+    #[arg(long, value_name = "PATH", conflicts_with = "db")]
+    pub db_file: Option<std::path::PathBuf>,
     /// The URL nodes use to reach this hub, written into auth keys (default: http(s)://LISTEN).
     #[arg(long)]
     pub public_url: Option<String>,
@@ -55,9 +61,9 @@ pub struct ServeArgs {
     /// token or a viewer token from `gatehouse hub token create --viewer`).
     #[arg(long)]
     pub public_status: bool,
-    /// Write the admin token made at first start into this file (owner-only) instead of
-    /// printing it, e.g. under systemd, whose journal must not hold it. Admin commands read
-    /// it back with --token-file.
+    /// Where the admin token made at first start is written (owner-only; default: admin-token
+    /// in the data dir). It is shown besides only when stdout is a terminal, never into a
+    /// journal or a pipe. Admin commands read it back with --token-file.
     #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<std::path::PathBuf>,
 }
@@ -78,39 +84,46 @@ pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let url = if let Some(url) = args.db {
-        url
-    } else {
-        let dir = crate::paths::ensure_data_dir().context("creating the data dir")?;
-        hub::db::sqlite_url(&dir.join("hub.db"))
+    let url = database_url(&args)?;
+    let token_path = match &args.admin_token_file {
+        Some(path) => path.clone(),
+        None => crate::paths::ensure_data_dir().context("creating the data dir")?.join(ADMIN_TOKEN_FILE),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(hub::tls::server_config(cert, key).context("setting up HTTPS")?),
         _ => None,
     };
-    let db = Db::open(&url).await.with_context(|| format!("opening the hub database {}", redact(&url)))?;
+    let db = Db::open(&url).await.map_err(|e| {
+        anyhow::anyhow!("opening the hub database {}: {}", redact(&url), scrub(&e.to_string(), &url))
+    })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another hub running there?)", args.listen))?;
     let address = listener.local_addr().context("reading the listening address")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = args.public_url.unwrap_or_else(|| format!("{scheme}://{address}"));
-    // Tests and scripts read these two lines; keep their start stable.
+    // Tests and scripts read these lines; keep their start stable.
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {scheme}://{address}")?;
-    if let Some(path) = &args.admin_token_file {
-        // Checked before a token is made: one that can't be saved could never be shown again.
-        let file = TokenFile::open(path)?;
-        match hub::ensure_admin_token(&db).await? {
-            Some(token) => {
-                file.save(&token)?;
-                writeln!(out, "admin token written to {} (admin commands: --token-file)", path.display())?;
+    // Checked before a token is made: one that can't be saved could never be shown again.
+    let file = open_token_file(&token_path)?;
+    match hub::ensure_admin_token(&db).await? {
+        Some(token) => {
+            file.commit_bytes(format!("{token}\n").as_bytes())
+                .with_context(|| format!("writing the admin token into {}", token_path.display()))?;
+            writeln!(
+                out,
+                "admin token written to {} (owner-only; admin commands read it with --token-file)",
+                token_path.display()
+            )?;
+            // Only a person at a terminal sees it; never a journal, a log file or a pipe.
+            if std::io::IsTerminal::is_terminal(&out) {
+                writeln!(out, "admin token: {token}")?;
+                writeln!(out, "(shown this once here; rotate it with: gatehouse hub token rotate)")?;
             }
-            None => file.discard(),
         }
-    } else if let Some(token) = hub::ensure_admin_token(&db).await? {
-        writeln!(out, "admin token: {token}")?;
-        writeln!(out, "(shown once: store it safely; admin commands read it from GATEHOUSE_ADMIN_TOKEN)")?;
+        // The hub had a token already: the file, if any, stays as it was.
+        None => drop(file),
     }
     out.flush()?;
     drop(out);
@@ -128,52 +141,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `--admin-token-file` being written: an owner-only temp file beside it, opened before
-/// the token exists, renamed into place once it holds the token.
-struct TokenFile {
-    temp: std::path::PathBuf,
-    path: std::path::PathBuf,
-    file: std::fs::File,
+/// The admin token's file in the data dir unless `--admin-token-file` names another.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The database URL: `--db-file`, else `--db` / `GATEHOUSE_HUB_DB`, else hub.db in the data dir.
+/// A password in `--db` itself is in the process list, so it is warned about.
+fn database_url(args: &ServeArgs) -> anyhow::Result<String> {
+    if let Some(path) = &args.db_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the database URL from --db-file {}", path.display()))?;
+        return text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned).with_context(|| {
+            format!(
+                "--db-file {} is empty; put the database URL (postgres://…) on its first line",
+                path.display()
+            )
+        });
+    }
+    if let Some(url) = &args.db {
+        let from_argv = std::env::var("GATEHOUSE_HUB_DB").ok().as_deref() != Some(url.as_str());
+        if from_argv && redact(url) != *url {
+            tracing::warn!(
+                "the --db URL holds a password, which every user of this machine can read in the process list; pass it in the GATEHOUSE_HUB_DB environment variable or with --db-file FILE instead"
+            );
+        }
+        return Ok(url.clone());
+    }
+    let dir = crate::paths::ensure_data_dir().context("creating the data dir")?;
+    Ok(hub::db::sqlite_url(&dir.join("hub.db")))
 }
 
-impl TokenFile {
-    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+/// The admin token's file, opened (as an owner-only temp file beside it) before a token
+/// exists: a place that can't be written is refused before a token is made.
+pub(super) fn open_token_file(path: &std::path::Path) -> anyhow::Result<crate::machine::PendingFile> {
+    crate::machine::PendingFile::create(path).with_context(|| {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        let name = path.file_name().with_context(|| {
-            format!("--admin-token-file {} names no file; give a file path", path.display())
-        })?;
-        let temp =
-            dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), crate::encoding::random_hex::<6>()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(&temp).with_context(|| {
-            format!(
-                "can't write the admin token into {} (no token was made): check that {} exists and is writable",
-                path.display(),
-                dir.display()
-            )
-        })?;
-        Ok(Self { temp, path: path.to_owned(), file })
-    }
-
-    fn save(mut self, token: &str) -> anyhow::Result<()> {
-        let result = (|| {
-            writeln!(self.file, "{token}")?;
-            self.file.sync_all()?;
-            std::fs::rename(&self.temp, &self.path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-        result.with_context(|| format!("writing the admin token into {}", self.path.display()))
-    }
-
-    /// The hub had a token already: the file, if any, stays as it was.
-    fn discard(self) {
-        let _ = std::fs::remove_file(&self.temp);
-    }
+        format!(
+            "can't write the admin token into {} (no token was made): check that {} exists and is writable",
+            path.display(),
+            dir.display()
+        )
+    })
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, so requests drain before the process exits.
@@ -233,9 +240,50 @@ fn redact(url: &str) -> String {
     out
 }
 
+/// `text` (an error from the database driver) without `url`'s password, should the driver
+/// have quoted the URL or a part of it.
+fn scrub(text: &str, url: &str) -> String {
+    let mut text = text.replace(url, &redact(url));
+    for password in passwords(url) {
+        if password.len() >= 3 {
+            text = text.replace(&password, "***");
+        }
+    }
+    text
+}
+
+/// The passwords in a database URL: the user info's and any `password=`/`sslpassword=`.
+fn passwords(url: &str) -> Vec<String> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let mut found = Vec::new();
+    if let Some(rest) = base.split_once("://").map(|(_, rest)| rest) {
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        if let Some((info, _)) = authority.rsplit_once('@')
+            && let Some((_, password)) = info.split_once(':')
+        {
+            found.push(password.to_owned());
+        }
+    }
+    for pair in query.unwrap_or_default().split('&') {
+        if let Some((name, value)) = pair.split_once('=')
+            && ["password", "sslpassword"].contains(&name.to_ascii_lowercase().as_str())
+        {
+            found.push(value.to_owned());
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, scrub};
+
+    #[test]
+    fn driver_errors_lose_the_password() {
+        let url = "postgres://hub:s3cret@db:5432/gh?sslpassword=other1";
+        let said = scrub(&format!("error with configuration: {url} (s3cret, other1)"), url);
+        assert!(!said.contains("s3cret") && !said.contains("other1"), "{said}");
+    }
 
     #[test]
     fn database_passwords_are_not_shown() {

@@ -42,11 +42,16 @@ pub enum NodeCommand {
     EnableRemoteAccess(RemoteAccessArgs),
     /// Stop encrypting the peer channel (the whole gateway must agree; see the hub's status).
     DisableRemoteAccess,
-    /// Write this node's state (settings, tokens, credentials, certificate) to an encrypted file.
+    /// Write this node's state (settings, tokens, credentials, certificate) to an encrypted file
+    /// (owner-only, written atomically; never inside the data dir).
     Backup {
-        /// The backup file to write.
+        /// The backup file to write; an existing file is refused (it may be the backup still
+        /// needed) unless --force is given.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Replace a file that is at --out.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         password: BackupPassword,
     },
@@ -159,6 +164,10 @@ pub struct RegisterArgs {
     /// host:port where the other nodes reach this one (default: HOSTNAME:PEER_PORT).
     #[arg(long)]
     pub peer_address: Option<String>,
+    /// Also trust this PEM CA certificate for the hub's HTTPS (a hub with a private CA). It is
+    /// kept in node.toml, so `node run` and the window trust it too.
+    #[arg(long, env = "GATEHOUSE_HUB_CA", value_name = "PEM")]
+    pub hub_ca: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub certificate: CertificateArgs,
 }
@@ -173,12 +182,14 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
                 None => super::stdin_line("the auth key")?.trim().to_owned(),
             };
             let tls = args.certificate.identity()?;
+            let hub_ca = args.hub_ca.as_deref().map(super::admin::read_hub_ca).transpose()?;
             let registration = Registration {
                 key,
                 name: args.name,
                 peer_port: args.peer_port,
                 peer_address: args.peer_address,
                 tls,
+                hub_ca,
             };
             let settings = runtime.block_on(node::register(&store, registration))?;
             println!(
@@ -202,8 +213,19 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             let level = ops::set_log_level(&store, &level)?;
             println!("{level}; a running node applies it within seconds");
         }
-        NodeCommand::Backup { out, password } => {
-            println!("{}", ops::backup(&store, &out, &password.read()?)?);
+        NodeCommand::Backup { out, force, password } => {
+            let out = std::path::absolute(&out)
+                .with_context(|| format!("finding the full path of {}", out.display()))?;
+            // The data dir's own files are refused first, whatever --force says.
+            ops::check_new_file(&store, &out, ops::Replace::Allowed)?;
+            if !force && std::fs::symlink_metadata(&out).is_ok() {
+                anyhow::bail!(
+                    "{} already exists, and a backup doesn't replace a file (it may be the backup still needed); choose a new name, or give --force to replace it",
+                    out.display()
+                );
+            }
+            let replace = if force { ops::Replace::Allowed } else { ops::Replace::Never };
+            println!("{}", ops::backup(&store, &out, &password.read()?, replace)?);
         }
         NodeCommand::Restore { file, password } => {
             let restored = ops::restore(&store, &file, &password.read()?)?;

@@ -235,8 +235,7 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
             let store = store.clone();
             Outcome::answer(
                 blocking(move || {
-                    node_ops::check_new_file(&store, &path, Replace::Never)
-                        .and_then(|()| node_ops::backup(&store, &path, &password))
+                    node_ops::backup(&store, &path, &password, Replace::Never)
                         .map(|done| done.to_string())
                         .map_err(|e| e.to_string())
                 })

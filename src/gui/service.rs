@@ -389,6 +389,7 @@ impl Backend {
             peer_port: setup.port,
             peer_address: self.defaults.peer_host.as_ref().map(|host| format!("{host}:{}", setup.port)),
             tls,
+            hub_ca: None,
         };
         match node::register(&self.store, registration).await {
             Ok(settings) => {

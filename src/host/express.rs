@@ -245,6 +245,7 @@ async fn register_with(
         peer_port,
         peer_address: Some(format!("{peer_host}:{peer_port}")),
         tls: None,
+        hub_ca: None,
     };
     Ok(crate::node::register(store, registration).await?)
 }

@@ -60,6 +60,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/audit", get(show_audit))
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{token}", delete(revoke_token))
+        .route("/api/v1/admin-token/rotate", post(rotate_admin_token))
         .route("/metrics", get(metrics))
         .route("/api/v1/register", post(register))
         .route("/api/v1/heartbeat", post(heartbeat))
@@ -1362,6 +1363,27 @@ async fn revoke_token(
     }
     audit::record(&state, None, Actor::Admin, "token.revoke", format!("token {token} revoked")).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new admin token in place of the caller's: the old one is refused from this write on.
+async fn rotate_admin_token(
+    State(state): State<HubState>,
+    _: Admin,
+) -> Result<Json<crate::protocol::RotatedAdminToken>, ApiError> {
+    let token = auth::new_admin_token();
+    if !state.db.replace_admin_token(&auth::hash(&token)).await? {
+        // The Admin check passed, so the row was there a moment ago.
+        return Err(ApiError::conflict("the hub has no admin token to replace; restart it to make one"));
+    }
+    audit::record(
+        &state,
+        None,
+        Actor::Admin,
+        "admin_token.rotate",
+        "admin token replaced; the old one no longer works".to_owned(),
+    )
+    .await;
+    Ok(Json(crate::protocol::RotatedAdminToken { token }))
 }
 
 /// `/metrics` in the Prometheus text format.

@@ -20,7 +20,8 @@ pub enum DbError {
     Conflict(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://USER@HOST/DB")]
+    /// Only the URL's scheme: the rest may hold a password.
+    #[error("unsupported kind of database URL ({0}…); use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
 }
 
@@ -270,7 +271,8 @@ impl Db {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Dialect::Postgres
         } else {
-            return Err(DbError::UnsupportedUrl(url.to_owned()));
+            let scheme = url.split_once(':').map_or("no scheme", |(scheme, _)| scheme);
+            return Err(DbError::UnsupportedUrl(scheme.chars().take(20).collect()));
         };
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
         let url = match dialect {
@@ -367,6 +369,17 @@ impl Db {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces the admin token's hash: the old token stops working with this write. False if
+    /// the hub has no admin token yet.
+    pub async fn replace_admin_token(&self, token_hash: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE admin_tokens SET token_hash = $1, created_ms = $2 WHERE id = 1")
+            .bind(token_hash)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -55,8 +55,9 @@ struct Contents {
     machine_id: String,
 }
 
-/// Writes a backup of the node in `store` to `out` (owner-only, atomically).
-pub fn backup(store: &Store, out: &Path, password: &str) -> Result<(), BackupError> {
+/// Writes a backup of the node in `store` to `out` (owner-only, atomically); a file there is
+/// replaced only if `replace`, else the write fails and leaves it.
+pub fn backup(store: &Store, out: &Path, password: &str, replace: bool) -> Result<(), BackupError> {
     if password.chars().count() < 8 {
         return Err(BackupError::WeakPassword);
     }
@@ -76,11 +77,11 @@ pub fn backup(store: &Store, out: &Path, password: &str) -> Result<(), BackupErr
         sealed: STANDARD.encode(store::seal(&key, &json)),
     };
     let text = serde_json::to_vec_pretty(&header).map_err(|e| BackupError::Kdf(e.to_string()))?;
-    crate::machine::write_atomic(out, &text).map_err(|reason| BackupError::Io {
-        action: "write",
-        path: out.to_owned(),
-        reason,
-    })
+    let io = |reason| BackupError::Io { action: "write", path: out.to_owned(), reason };
+    if replace {
+        return crate::machine::write_atomic(out, &text).map_err(io);
+    }
+    crate::machine::PendingFile::create(out).and_then(|file| file.commit_new(&text)).map_err(io)
 }
 
 /// Restores the node in `file` into `store`. Refuses a registered store; a wrong password or a
@@ -149,7 +150,7 @@ mod tests {
     fn a_backup_restores_the_node_on_another_data_dir() {
         let (dir, store) = registered();
         let file = dir.path().join("node.backup");
-        backup(&store, &file, "correct horse").unwrap();
+        backup(&store, &file, "correct horse", false).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(
             !text.contains("hunter2") && !text.contains("ghn_n_token"),
@@ -166,7 +167,7 @@ mod tests {
     fn a_wrong_password_restores_nothing() {
         let (dir, store) = registered();
         let file = dir.path().join("node.backup");
-        backup(&store, &file, "correct horse").unwrap();
+        backup(&store, &file, "correct horse", false).unwrap();
         let target = Store::new(dir.path().join("rebuilt"));
         assert!(matches!(restore(&target, &file, "wrong horse"), Err(BackupError::WrongPassword { .. })));
         assert!(!target.is_registered());
@@ -176,7 +177,7 @@ mod tests {
     fn a_registered_node_is_not_overwritten() {
         let (dir, store) = registered();
         let file = dir.path().join("node.backup");
-        backup(&store, &file, "correct horse").unwrap();
+        backup(&store, &file, "correct horse", false).unwrap();
         assert!(matches!(
             restore(&store, &file, "correct horse"),
             Err(BackupError::AlreadyRegistered { .. })
@@ -186,7 +187,10 @@ mod tests {
     #[test]
     fn damaged_files_and_short_passwords_are_refused() {
         let (dir, store) = registered();
-        assert!(matches!(backup(&store, &dir.path().join("b"), "short"), Err(BackupError::WeakPassword)));
+        assert!(matches!(
+            backup(&store, &dir.path().join("b"), "short", false),
+            Err(BackupError::WeakPassword)
+        ));
         let file = dir.path().join("garbage");
         std::fs::write(&file, b"{\"format\": 1}").unwrap();
         let target = Store::new(dir.path().join("rebuilt"));

@@ -88,6 +88,13 @@ pub struct Registration {
     pub peer_address: Option<String>,
     /// The certificate to encrypt the peer channel with (manual setup); `None`: express.
     pub tls: Option<crate::cert::Identity>,
+    /// PEM CA certificates to trust for the hub's HTTPS (a private CA); kept in node.toml.
+    pub hub_ca: Option<String>,
+}
+
+/// The node's client of its hub: with its node token, through its proxy, trusting its hub CA.
+pub fn hub_client(settings: &NodeSettings, token: &str) -> Result<HubClient, ClientError> {
+    HubClient::for_node(&settings.hub_url, token, settings.proxy.as_deref(), settings.hub_ca.as_deref())
 }
 
 /// Registers this machine with the gateway the key names, and stores the result.
@@ -115,7 +122,8 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         peer_address: peer_address.clone(),
         encryption_thumbprint: registration.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
     };
-    let client = HubClient::new(&key.hub_url, registration.key.trim())?;
+    let client =
+        HubClient::for_node(&key.hub_url, registration.key.trim(), None, registration.hub_ca.as_deref())?;
     let answer = client.register(&request).await?;
     let settings = NodeSettings {
         hub_url: key.hub_url,
@@ -128,6 +136,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         concurrency_limit: None,
         log_level: "info".to_owned(),
         proxy: None,
+        hub_ca: registration.hub_ca,
     };
     // Secrets first: settings are what says "registered". The embedded hub's admin token, if
     // this data dir hosts one, belongs to the machine, not the registration: keep it.
@@ -148,7 +157,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
 pub async fn unregister(store: &Store) -> Result<NodeSettings, NodeError> {
     let settings = store.settings()?;
     let secrets = store.secrets()?;
-    let client = HubClient::with_proxy(&settings.hub_url, &secrets.node_token, settings.proxy.as_deref())?;
+    let client = hub_client(&settings, &secrets.node_token)?;
     match client.unregister().await {
         // A 401: already removed by the admin, so nothing is left at the hub to remove.
         Ok(()) | Err(ClientError::Refused { status: 401, .. }) => {}
@@ -353,8 +362,7 @@ impl NodeService {
     ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NodeError> {
         let settings = self.store.settings()?;
         let secrets = self.store.secrets()?;
-        let client =
-            HubClient::with_proxy(&settings.hub_url, &secrets.node_token, settings.proxy.as_deref())?;
+        let client = hub_client(&settings, &secrets.node_token)?;
         let listen = listen_address(&settings);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -621,7 +629,7 @@ async fn heartbeat_loop(
 pub async fn recent_jobs(store: &Store, limit: u32) -> Result<Vec<crate::protocol::JobView>, NodeError> {
     let settings = store.settings()?;
     let secrets = store.secrets()?;
-    let client = HubClient::with_proxy(&settings.hub_url, &secrets.node_token, settings.proxy.as_deref())?;
+    let client = hub_client(&settings, &secrets.node_token)?;
     Ok(client.node_jobs(Some(limit)).await?)
 }
 

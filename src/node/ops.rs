@@ -10,7 +10,7 @@
 
 use super::backup::BackupError;
 use super::store::{NodeSettings, Store, StoreError};
-use crate::client::{ClientError, HubClient, parse_proxy};
+use crate::client::{ClientError, parse_proxy};
 use crate::protocol::{Policy, SettingsPatch};
 use std::fmt;
 use std::io::Write as _;
@@ -271,8 +271,7 @@ pub async fn set_thresholds(store: &Store, thresholds: Thresholds) -> Result<Thr
     }
     let token = admin_token(store)?;
     let settings = store.settings()?;
-    let client =
-        HubClient::with_proxy(&settings.hub_url, &token, settings.proxy.as_deref()).map_err(OpError::Hub)?;
+    let client = super::hub_client(&settings, &token).map_err(OpError::Hub)?;
     let update = SettingsPatch {
         policy: Some(thresholds.policy),
         cpu_threshold: Some(thresholds.cpu_percent),
@@ -301,9 +300,12 @@ impl fmt::Display for BackupWritten {
 }
 
 /// Writes a password-sealed backup of the node's state to `out` (owner-only, atomically).
-/// Slow on purpose (Argon2id): call it off any thread that must stay responsive.
-pub fn backup(store: &Store, out: &Path, password: &str) -> Result<BackupWritten> {
-    super::backup::backup(store, out, password)?;
+/// Refuses what [`check_new_file`] refuses for `replace`: never into the data dir, and over an
+/// existing file only with [`Replace::Allowed`]. Slow on purpose (Argon2id): call it off any
+/// thread that must stay responsive.
+pub fn backup(store: &Store, out: &Path, password: &str, replace: Replace) -> Result<BackupWritten> {
+    check_new_file(store, out, replace)?;
+    super::backup::backup(store, out, password, replace == Replace::Allowed)?;
     Ok(BackupWritten(out.to_owned()))
 }
 
@@ -328,7 +330,8 @@ pub fn restore(store: &Store, file: &Path, password: &str) -> Result<Restored> {
 pub enum Replace {
     /// A backup never replaces a file: it may be the earlier backup, the one still needed.
     Never,
-    /// A log export may replace an earlier export (the save dialog asked).
+    /// A log export may replace an earlier export (the save dialog asked), and `node backup
+    /// --force` an earlier backup.
     Allowed,
 }
 

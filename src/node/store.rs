@@ -60,6 +60,10 @@ pub struct NodeSettings {
     /// `None`: straight to the hub. Left out of the file when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// PEM CA certificates trusted for the hub's HTTPS besides the public roots (`node
+    /// register --hub-ca`: a hub with a private CA). Left out of the file when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_ca: Option<String>,
 }
 
 fn default_peer_port() -> u16 {
@@ -293,6 +297,7 @@ pub(crate) mod tests {
             concurrency_limit: None,
             log_level: "info".into(),
             proxy: None,
+            hub_ca: None,
         }
     }
 

@@ -30,7 +30,7 @@ impl Hub {
             &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
         );
         let url = process.read_line_matching("listening on ", Duration::from_secs(30));
-        let token = process.read_line_matching("admin token: ", Duration::from_secs(10));
+        let token = process.read_admin_token(Duration::from_secs(10));
         Hub { process, url, token, home_dir: home }
     }
 

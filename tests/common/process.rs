@@ -103,6 +103,16 @@ impl Spawned {
         }
     }
 
+    /// The admin token a first-started `hub serve` made: it says where it wrote it (stdout is
+    /// no terminal here, so the token itself is never printed), and the file holds it.
+    pub fn read_admin_token(&mut self, timeout: Duration) -> String {
+        let said = self.read_line_matching("admin token written to ", timeout);
+        let path = said.split(" (").next().unwrap_or_default().to_owned();
+        let token = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading the admin token file {path}: {e}"));
+        token.trim().to_owned()
+    }
+
     /// SIGKILL, then reap. Returns how the process ended.
     pub fn kill9(&mut self) -> ExitStatus {
         let _ = self.child.kill();
