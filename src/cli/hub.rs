@@ -21,7 +21,8 @@ pub enum HubCommand {
     /// List and remove a gateway's nodes on a running hub.
     #[command(subcommand, after_help = super::admin::EXIT_CODES)]
     Node(super::admin::NodeCommand),
-    /// Make, list and revoke tokens for one purpose (scraping /metrics, reading the status page).
+    /// Make, list and revoke tokens for one purpose (scraping /metrics, reading the status page),
+    /// and rotate the admin token.
     #[command(subcommand, after_help = super::admin::EXIT_CODES)]
     Token(super::admin::TokenCommand),
     /// Show the audit trail: who (the admin token, a node, the hub) did what and when —
