@@ -4,6 +4,7 @@
 use eframe::egui;
 
 use super::state::State;
+use super::widgets;
 use crate::protocol::compare_versions;
 use std::cmp::Ordering;
 
@@ -29,17 +30,10 @@ pub fn help_ui(ui: &mut egui::Ui, state: &State) {
     ui.add_space(8.0);
     let status = state.status.as_ref();
     egui::Grid::new("help_grid").num_columns(2).spacing([24.0, 6.0]).show(ui, |ui| {
-        ui.label("This node's version");
-        ui.label(format!("Version {}", crate::VERSION));
-        ui.end_row();
-        ui.label("The gateway's version");
-        ui.label(
-            status.and_then(|s| s.gateway_version.clone()).unwrap_or_else(|| "not known yet".to_owned()),
-        );
-        ui.end_row();
-        ui.label("The hub's version");
-        ui.label(status.and_then(|s| s.hub_version.clone()).unwrap_or_else(|| "not known yet".to_owned()));
-        ui.end_row();
+        let known = |version: Option<&String>| version.cloned().unwrap_or_else(|| "not known yet".to_owned());
+        widgets::row(ui, "This node's version", format!("Version {}", crate::VERSION));
+        widgets::row(ui, "The gateway's version", known(status.and_then(|s| s.gateway_version.as_ref())));
+        widgets::row(ui, "The hub's version", known(status.and_then(|s| s.hub_version.as_ref())));
         ui.label("Updates");
         match update_available(state) {
             Some(newer) => ui.colored_label(

@@ -4,6 +4,7 @@
 
 use super::home::copy_text;
 use super::state::State;
+use super::widgets;
 use crate::protocol::{JobView, RunState, RunView, TransferProgress};
 use eframe::egui;
 use std::time::Duration;
@@ -15,13 +16,10 @@ pub fn jobs_ui(ui: &mut egui::Ui, state: &State) {
     ui.heading("Jobs");
     match &state.jobs {
         None => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("Asking the hub for the gateway's jobs…");
-            });
+            widgets::waiting(ui, "Asking the hub for the gateway's jobs…");
         }
         Some(Err(problem)) => {
-            ui.colored_label(ui.visuals().error_fg_color, format!("Can't list the jobs: {problem}"));
+            widgets::problem(ui, &format!("Can't list the jobs: {problem}"));
         }
         Some(Ok(jobs)) if jobs.is_empty() => {
             ui.label("No jobs yet. Submit one with: gatehouse job submit GATEWAY job.json");

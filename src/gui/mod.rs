@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod service;
 mod settings;
 pub mod state;
+mod widgets;
 mod wizard;
 pub mod worker;
 
