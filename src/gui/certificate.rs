@@ -174,3 +174,55 @@ fn badge_of(status: Status) -> Badge {
         Status::Skip => Badge::Skip,
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::testing::{self, Alone, click, shows, type_into, worker_answer};
+
+    fn checker() -> testing::Page<CertificatePage> {
+        let state = crate::gui::state::State { loaded: true, ..Default::default() };
+        testing::page(CertificatePage::default(), state, |ui, alone: &mut Alone<CertificatePage>| {
+            certificate_ui(ui, &mut alone.page, &alone.worker, Page::Checker);
+        })
+    }
+
+    #[test]
+    fn a_check_goes_to_the_worker_with_what_was_typed_and_its_report_is_drawn() {
+        let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/certs/");
+        let mut harness = checker();
+        click(&mut harness, "Check certificate");
+        assert!(!harness.state().page.checking, "a check started without a file");
+        type_into(&mut harness, "Certificate file", &format!("{certs}good.pem"));
+        type_into(&mut harness, "Host name (optional)", "node1.corp.example");
+        type_into(&mut harness, "Trusted root CA (optional)", &format!("{certs}ca.pem"));
+        let Command::CheckCertificate { path, roots, options } = harness.state().page.check_command() else {
+            panic!("not a check");
+        };
+        assert_eq!(path, PathBuf::from(format!("{certs}good.pem")));
+        assert_eq!(roots, Some(PathBuf::from(format!("{certs}ca.pem"))));
+        assert_eq!(options.host.as_deref(), Some("node1.corp.example"));
+        assert_eq!(options.password, None);
+
+        click(&mut harness, "Check certificate");
+        assert!(shows(&harness, "Checking…"), "no sign of the check");
+        let answer = worker_answer(&harness);
+        harness.state_mut().page.apply(answer);
+        harness.step();
+        assert!(!harness.state().page.checking);
+        assert!(shows(&harness, "Verdict: "), "the report isn't drawn");
+        assert!(shows(&harness, "✔ pass"), "no rule is marked as passed");
+    }
+
+    #[test]
+    fn an_unreadable_file_says_why() {
+        let mut harness = checker();
+        harness
+            .state_mut()
+            .page
+            .apply(Answer::CertificateChecked(Err("the file looks truncated".to_owned())));
+        harness.step();
+        assert!(shows(&harness, "Can't read the file: the file looks truncated"));
+        assert!(!shows(&harness, "Verdict"));
+    }
+}

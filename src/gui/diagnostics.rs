@@ -375,7 +375,7 @@ mod page_tests {
             outbox: Outbox::default(),
             worker: Worker::default(),
         };
-        Harness::builder().with_size(egui::vec2(900.0, 700.0)).build_ui_state(
+        Harness::builder().with_size(egui::vec2(1000.0, 1400.0)).build_ui_state(
             |ui, alone: &mut Alone| {
                 diagnostics_ui(ui, &mut alone.page, &alone.state, &alone.outbox, &alone.worker);
             },
@@ -407,5 +407,37 @@ mod page_tests {
         harness.get_by_label("Test connection").click();
         harness.step();
         assert!(harness.state().outbox.is_empty(), "a disabled button asked for a test");
+    }
+
+    #[test]
+    fn verbose_logging_and_the_export_are_asked_through_the_outbox() {
+        let mut harness = tab(State { settings: Some(crate::gui::testing::settings()), ..State::default() });
+        harness.get_by_label("Verbose logging").click();
+        harness.step();
+        let asked = harness.state().outbox.drain();
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::SetLogLevel(level))] if level == "debug"),
+            "{} requests",
+            asked.len()
+        );
+        // A refusal puts the switch back to what is stored.
+        harness.state_mut().page.done(OpKind::LogLevel, &Err("The log level can't be stored.".to_owned()));
+        harness.step();
+        assert_eq!(harness.state().page.verbose, None);
+        assert!(harness.query_by_label_contains("can't be stored").is_some(), "the refusal isn't shown");
+
+        harness.state_mut().page.export_path = "/tmp/logs.zip".to_owned();
+        harness.step();
+        harness.get_by_label("Export logs").click();
+        harness.step();
+        let asked = harness.state().outbox.drain();
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::ExportLogs(path))] if path == &PathBuf::from("/tmp/logs.zip")),
+            "{} requests",
+            asked.len()
+        );
+        harness.get_by_label("Export logs").click();
+        harness.step();
+        assert!(harness.state().outbox.is_empty(), "exported twice at once");
     }
 }

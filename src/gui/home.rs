@@ -275,3 +275,7 @@ fn role_text(role: Role) -> &'static str {
         Role::Worker => "Worker",
     }
 }
+
+#[cfg(test)]
+#[path = "home_tests.rs"]
+mod page_tests;

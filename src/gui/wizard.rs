@@ -237,3 +237,131 @@ fn error_ui(ui: &mut egui::Ui, error: Option<&str>) {
         widgets::problem(ui, message);
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use egui_kittest::kittest::Queryable as _;
+
+    /// A well-formed key for gateway `g1` of the hub at `http://127.0.0.1:9`.
+    fn key() -> String {
+        format!(
+            "gh1_{}_{}",
+            URL_SAFE_NO_PAD.encode("http://127.0.0.1:9|g1"),
+            URL_SAFE_NO_PAD.encode([7u8; 32])
+        )
+    }
+
+    fn wizard(page: SetupPage) -> testing::Page<Wizard> {
+        let mut wizard = Wizard::new(8060);
+        wizard.page = page;
+        let state = crate::gui::state::State { loaded: true, ..Default::default() };
+        testing::page(wizard, state, |ui, alone: &mut Alone<Wizard>| {
+            wizard_ui(ui, &mut alone.page, &alone.outbox, &alone.worker);
+        })
+    }
+
+    #[test]
+    fn express_setup_is_asked_once_and_shows_while_it_runs() {
+        let mut harness = wizard(SetupPage::Welcome);
+        click(&mut harness, "Express setup");
+        assert!(matches!(sent(&harness).as_slice(), [Request::Express]));
+        assert!(shows(&harness, "Setting up…"), "no sign of the setup");
+        click(&mut harness, "Express setup");
+        click(&mut harness, "Manual setup");
+        assert!(sent(&harness).is_empty(), "asked twice");
+        assert_eq!(harness.state().page.page, SetupPage::Welcome, "left the page while setting up");
+
+        harness
+            .state_mut()
+            .page
+            .failed(SetupPage::Welcome, "The hub refused: the gateway exists.".to_owned());
+        harness.step();
+        assert!(shows(&harness, "The hub refused: the gateway exists."), "the refusal isn't on its page");
+        click(&mut harness, "Manual setup");
+        assert_eq!(harness.state().page.page, SetupPage::Key);
+    }
+
+    #[test]
+    fn the_key_page_goes_on_only_with_a_whole_key_and_names_its_hub() {
+        let mut harness = wizard(SetupPage::Key);
+        assert!(shows(&harness, "Paste the gateway's auth key"));
+        type_into(&mut harness, "Auth key", "gh1_cut");
+        assert!(shows(&harness, "This is not a complete auth key"), "a cut key isn't flagged");
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Key, "Next took a cut key");
+
+        harness.state_mut().page.key = key();
+        harness.step();
+        assert!(shows(&harness, "✔ A key for the hub at http://127.0.0.1:9"));
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Name);
+    }
+
+    #[test]
+    fn the_name_page_needs_a_name() {
+        let mut harness = wizard(SetupPage::Name);
+        harness.state_mut().page.name.clear();
+        harness.step();
+        assert!(shows(&harness, "Enter a name."));
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Name, "Next took an empty name");
+        type_into(&mut harness, "Node name", "n2");
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Encryption);
+        click(&mut harness, "Back");
+        click(&mut harness, "Back");
+        assert_eq!(harness.state().page.page, SetupPage::Key);
+    }
+
+    #[test]
+    fn register_sends_what_was_typed_and_a_refusal_comes_back_to_its_page() {
+        let mut harness = wizard(SetupPage::Encryption);
+        let typed = &mut harness.state_mut().page;
+        typed.key = format!("  {}  ", key());
+        typed.name = " n2 ".to_owned();
+        typed.port = "0".to_owned();
+        harness.step();
+        assert!(shows(&harness, "The port is a number from 1 to 65535."));
+        click(&mut harness, "Register");
+        assert!(sent(&harness).is_empty(), "registered with port 0");
+
+        harness.state_mut().page.port = "9100".to_owned();
+        harness.step();
+        click(&mut harness, "Register");
+        let asked = sent(&harness);
+        let [Request::Register(setup)] = asked.as_slice() else {
+            panic!("{} requests, not Register", asked.len())
+        };
+        assert_eq!((setup.key.as_str(), setup.name.as_str(), setup.port), (key().as_str(), "n2", 9100));
+        assert!(setup.certificate.is_none(), "a certificate without encryption");
+        assert!(shows(&harness, "Registering…"));
+
+        harness.state_mut().page.failed(SetupPage::Name, "A node named n2 is already registered.".to_owned());
+        harness.step();
+        assert_eq!(harness.state().page.page, SetupPage::Name, "the refusal didn't lead to its page");
+        assert!(shows(&harness, "A node named n2 is already registered."));
+    }
+
+    #[test]
+    fn with_encryption_register_waits_for_a_check() {
+        let mut harness = wizard(SetupPage::Encryption);
+        harness.state_mut().page.key = key();
+        click(&mut harness, "Use a certificate (PEM or PFX)");
+        assert!(shows(&harness, "Check the certificate before registering."));
+        type_into(&mut harness, "Certificate file", "/nonexistent/node.pfx");
+        click(&mut harness, "Register");
+        assert!(sent(&harness).is_empty(), "registered with an unchecked certificate");
+        click(&mut harness, "Check certificate");
+        assert!(harness.query_by_label_contains("Checking…").is_some());
+        let answer = testing::worker_answer(&harness);
+        harness.state_mut().page.certificate.apply(answer);
+        harness.step();
+        assert!(shows(&harness, "Can't read the file"));
+        click(&mut harness, "Register");
+        assert!(sent(&harness).is_empty(), "registered with an unreadable certificate");
+    }
+}

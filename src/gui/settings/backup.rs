@@ -134,3 +134,70 @@ impl BackupSection {
         widgets::reply(ui, self.answers.get(OpKind::Restore));
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::service::Request;
+    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+
+    fn section() -> testing::Page<BackupSection> {
+        testing::page(BackupSection::default(), testing::running(), |ui, alone: &mut Alone<BackupSection>| {
+            alone.page.ui(ui, &alone.outbox, &alone.worker);
+        })
+    }
+
+    #[test]
+    fn a_backup_needs_a_long_enough_password_typed_twice_which_leaves_the_fields() {
+        let mut harness = section();
+        type_into(&mut harness, "Backup file", "/tmp/n1.backup");
+        type_into(&mut harness, "Backup password", "short");
+        assert!(shows(&harness, "The password is too short"), "a short password isn't flagged");
+        type_into(&mut harness, "Backup password", "-enough");
+        type_into(&mut harness, "Repeat the password", "short-enougX");
+        assert!(shows(&harness, "The passwords don't match."));
+        click(&mut harness, "Back up");
+        assert!(sent(&harness).is_empty(), "a backup was sent with passwords that don't match");
+
+        harness.state_mut().page.backup.again = "short-enough".to_owned();
+        harness.step();
+        click(&mut harness, "Back up");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::Backup { path, password })]
+                if path == &PathBuf::from("/tmp/n1.backup") && password == "short-enough"),
+            "{} requests",
+            asked.len()
+        );
+        let form = &harness.state().page.backup;
+        assert!(form.password.is_empty() && form.again.is_empty(), "a password stayed in its field");
+        assert!(shows(&harness, "Working…"));
+    }
+
+    #[test]
+    fn a_restore_sends_the_file_and_its_password() {
+        let mut harness = section();
+        type_into(&mut harness, "Backup to restore", "/tmp/n1.backup");
+        click(&mut harness, "Restore");
+        assert!(sent(&harness).is_empty(), "a restore was sent without a password");
+        type_into(&mut harness, "Password of the backup", "short-enough");
+        click(&mut harness, "Restore");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::Restore { path, password })]
+                if path == &PathBuf::from("/tmp/n1.backup") && password == "short-enough"),
+            "{} requests",
+            asked.len()
+        );
+        harness
+            .state_mut()
+            .page
+            .answers
+            .done(OpKind::Restore, &Err("This machine is registered: unregister it first.".to_owned()));
+        harness.step();
+        assert!(
+            shows(&harness, "This machine is registered: unregister it first."),
+            "the refusal isn't shown"
+        );
+    }
+}

@@ -94,3 +94,64 @@ impl ConcurrencySection {
         widgets::reply(ui, self.answers.get(OpKind::Concurrency));
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::service::Request;
+    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+
+    fn section(state: State) -> testing::Page<ConcurrencySection> {
+        testing::page(ConcurrencySection::default(), state, |ui, alone: &mut Alone<ConcurrencySection>| {
+            alone.page.ui(ui, &alone.state, &alone.outbox);
+        })
+    }
+
+    #[test]
+    fn a_typed_limit_is_sent_and_a_bad_one_is_refused_as_typed() {
+        let mut harness = section(testing::running());
+        assert!(shows(&harness, "Current limit: 8 runs at once (the default)."));
+        type_into(&mut harness, "Concurrency limit", "0");
+        assert!(
+            shows(&harness, "The limit must be a whole number from 1 to 10000."),
+            "a bad limit isn't flagged"
+        );
+        click(&mut harness, "Set limit");
+        assert!(sent(&harness).is_empty(), "a bad limit was sent");
+
+        harness.state_mut().page.limit = "3".to_owned();
+        harness.step();
+        click(&mut harness, "Set limit");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::SetConcurrency(Some(3)))]),
+            "{} requests",
+            asked.len()
+        );
+        assert!(shows(&harness, "Working…"), "no sign that the limit is being set");
+        // One change at a time.
+        click(&mut harness, "Use default");
+        assert!(sent(&harness).is_empty(), "a second change was sent while the first ran");
+
+        harness
+            .state_mut()
+            .page
+            .answers
+            .done(OpKind::Concurrency, &Ok("this node takes at most 3 runs".to_owned()));
+        harness.step();
+        assert!(shows(&harness, "this node takes at most 3 runs"), "the answer isn't shown");
+        click(&mut harness, "Use default");
+        assert!(matches!(sent(&harness).as_slice(), [Request::Op(Op::SetConcurrency(None))]));
+        assert!(harness.state().page.limit.is_empty(), "the field still shows the old limit");
+    }
+
+    #[test]
+    fn when_a_limit_applies_depends_on_who_runs_the_service() {
+        let mut state = testing::running();
+        state.service = ServiceState::Attached { pid: 42 };
+        let harness = section(state);
+        assert!(shows(&harness, "once gatehouse node run is restarted"));
+        let harness = section(testing::running());
+        assert!(shows(&harness, "The service restarts to apply a new limit"));
+    }
+}

@@ -117,3 +117,95 @@ impl CredentialsSection {
         });
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::service::Request;
+    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+
+    fn section(names: Option<&[&str]>) -> testing::Page<CredentialsSection> {
+        let page = CredentialsSection {
+            names: names.map(|n| n.iter().map(|&s| s.to_owned()).collect()),
+            ..CredentialsSection::default()
+        };
+        testing::page(page, testing::running(), |ui, alone: &mut Alone<CredentialsSection>| {
+            alone.page.ui(ui, &alone.outbox);
+        })
+    }
+
+    #[test]
+    fn a_credential_is_sent_with_its_value_which_leaves_the_field() {
+        let mut harness = section(Some(&[]));
+        assert!(shows(&harness, "No credentials yet."));
+        type_into(&mut harness, "Credential name", "bad name!");
+        assert!(shows(&harness, "Names are 1 to 128 letters"), "a bad name isn't flagged");
+        type_into(&mut harness, "Credential value", "s3cret");
+        click(&mut harness, "Save credential");
+        assert!(sent(&harness).is_empty(), "a bad name was sent");
+
+        harness.state_mut().page.name = "warehouse".to_owned();
+        harness.step();
+        click(&mut harness, "Save credential");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::SetCredential { name, value })]
+                if name == "warehouse" && value == "s3cret"),
+            "{} requests",
+            asked.len()
+        );
+        assert!(harness.state().page.value.is_empty(), "the value stayed in its field");
+        assert!(!shows(&harness, "s3cret"), "the value is drawn");
+    }
+
+    #[test]
+    fn a_credential_is_deleted_only_after_a_second_click() {
+        let mut harness = section(Some(&["warehouse", "lake"]));
+        click(&mut harness, "Delete warehouse");
+        assert!(sent(&harness).is_empty(), "the first click deleted");
+        click(&mut harness, "Cancel");
+        assert!(!shows(&harness, "Yes, delete warehouse"), "Cancel kept the question");
+        click(&mut harness, "Delete warehouse");
+        click(&mut harness, "Yes, delete warehouse");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::DeleteCredential(name))] if name == "warehouse"),
+            "{} requests",
+            asked.len()
+        );
+        // Until the answer comes, nothing else is deleted.
+        click(&mut harness, "Delete lake");
+        assert!(harness.state().page.confirm_delete.is_none(), "a second deletion began while one ran");
+    }
+
+    #[test]
+    fn the_list_is_asked_for_when_missing_and_again_when_the_version_moves() {
+        let mut harness = section(None);
+        assert!(shows(&harness, "Reading the credentials…"));
+        let outbox = Outbox::default();
+        let mut state = testing::running();
+        let mut page = CredentialsSection::default();
+        page.refresh(&state, &outbox);
+        page.refresh(&state, &outbox);
+        assert!(matches!(outbox.drain().as_slice(), [Request::Op(Op::ListCredentials)]), "not asked once");
+        page.done(OpKind::CredentialList, &Ok("lake\nwarehouse".to_owned()));
+        page.refresh(&state, &outbox);
+        assert!(outbox.is_empty(), "asked again without a change");
+        assert_eq!(page.names.as_deref(), Some(&["lake".to_owned(), "warehouse".to_owned()][..]));
+        state.status.as_mut().unwrap().metrics.credential_version = 2;
+        page.refresh(&state, &outbox);
+        assert!(
+            matches!(outbox.drain().as_slice(), [Request::Op(Op::ListCredentials)]),
+            "a sync wasn't listed"
+        );
+
+        // A failed listing says why instead of "No credentials yet".
+        harness
+            .state_mut()
+            .page
+            .done(OpKind::CredentialList, &Err("The node's secrets can't be read.".to_owned()));
+        harness.step();
+        assert!(shows(&harness, "The node's secrets can't be read."));
+        assert!(!shows(&harness, "No credentials yet."), "a failed listing shows as an empty one");
+    }
+}

@@ -178,3 +178,114 @@ impl EncryptionSection {
         });
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::service::Request;
+    use crate::gui::testing::{self, Alone, click, sent, shows, type_into, worker_answer};
+
+    fn section(state: State) -> testing::Page<EncryptionSection> {
+        let mut page = EncryptionSection::default();
+        if let Some(settings) = &state.settings {
+            page.fill(settings);
+        }
+        testing::page(page, state, |ui, alone: &mut Alone<EncryptionSection>| {
+            alone.page.ui(ui, &alone.state, &alone.outbox, &alone.worker);
+        })
+    }
+
+    #[test]
+    fn a_new_port_is_sent_without_a_certificate_and_the_current_one_is_not() {
+        let mut harness = section(testing::running());
+        assert!(shows(&harness, "Peer port: 8060 (peers reach this node at 127.0.0.1:8060)"));
+        click(&mut harness, "Change port");
+        assert!(sent(&harness).is_empty(), "the port in use was sent again");
+        type_into(&mut harness, "Remote access port", "0");
+        assert!(shows(&harness, "The port must be a whole number from 1 to 65535."));
+        click(&mut harness, "Change port");
+        assert!(sent(&harness).is_empty(), "a bad port was sent");
+
+        harness.state_mut().page.port = "9000".to_owned();
+        harness.step();
+        click(&mut harness, "Change port");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::SetRemoteAccess { port: 9000, certificate: None })]),
+            "{} requests",
+            asked.len()
+        );
+    }
+
+    #[test]
+    fn encryption_can_be_turned_off_only_when_it_is_on() {
+        let mut harness = section(testing::running());
+        assert!(shows(&harness, "Encryption: off."));
+        click(&mut harness, "Turn off encryption");
+        assert!(sent(&harness).is_empty(), "turned off what was off");
+
+        let mut state = testing::running();
+        state.status.as_mut().unwrap().metrics.encryption_thumbprint = Some("AB:CD".to_owned());
+        let mut harness = section(state);
+        assert!(shows(&harness, "SHA-256 thumbprint: AB:CD"));
+        click(&mut harness, "Turn off encryption");
+        assert!(matches!(sent(&harness).as_slice(), [Request::Op(Op::DisableEncryption)]));
+        assert!(shows(&harness, "Working…"));
+        // While it runs, no other change of encryption.
+        click(&mut harness, "Change certificate…");
+        assert!(!harness.state().page.changing_certificate, "the form opened while a change ran");
+    }
+
+    #[test]
+    fn a_certificate_is_used_only_after_a_check_of_the_file_as_it_is_now() {
+        let mut harness = section(testing::running());
+        click(&mut harness, "Change certificate…");
+        click(&mut harness, "Check certificate");
+        assert!(!harness.state().page.certificate.checking, "a check started without a file");
+        type_into(&mut harness, "Certificate file", "/nonexistent/node.pfx");
+        click(&mut harness, "Check certificate");
+        assert!(shows(&harness, "Checking…"), "no sign of the check");
+        let answer = worker_answer(&harness);
+        harness.state_mut().page.apply(answer);
+        harness.step();
+        assert!(shows(&harness, "Can't read the file"), "the checker's answer isn't shown");
+        click(&mut harness, "Use this certificate");
+        assert!(sent(&harness).is_empty(), "an unreadable certificate was sent");
+
+        // An edit after the check makes the report stale.
+        type_into(&mut harness, "PFX password", "x");
+        assert!(shows(&harness, "changed since the check"), "a report vouches for an edited file");
+        // Closing the form drops the password.
+        click(&mut harness, "Change certificate…");
+        assert!(harness.state().page.certificate.password.is_empty(), "the password outlived its form");
+    }
+
+    #[test]
+    fn a_checked_certificate_is_sent_with_the_port_and_its_password_leaves_the_field() {
+        let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/certs/");
+        let mut harness = section(testing::running());
+        click(&mut harness, "Change certificate…");
+        type_into(&mut harness, "Certificate file", &format!("{certs}good.pem"));
+        type_into(&mut harness, "Trusted root CA (optional)", &format!("{certs}ca.pem"));
+        click(&mut harness, "Check certificate");
+        let answer = worker_answer(&harness);
+        harness.state_mut().page.apply(answer);
+        harness.step();
+        assert!(shows(&harness, "Verdict: accepted"), "the report isn't shown");
+        click(&mut harness, "Use this certificate");
+        let asked = sent(&harness);
+        let [Request::Op(Op::SetRemoteAccess { port: 8060, certificate: Some(choice) })] = asked.as_slice()
+        else {
+            panic!("{} requests, not the certificate", asked.len());
+        };
+        assert_eq!(choice.path, PathBuf::from(format!("{certs}good.pem")));
+        assert_eq!(choice.roots, Some(PathBuf::from(format!("{certs}ca.pem"))));
+        assert!(choice.password.is_none());
+        // A used report doesn't vouch for the next change.
+        assert!(harness.state().page.certificate.outcome.is_none());
+        harness.state_mut().page.done(OpKind::Certificate, &Ok("the peer channel is encrypted".to_owned()));
+        harness.step();
+        assert!(!harness.state().page.changing_certificate, "the form stayed open after the change");
+        assert!(shows(&harness, "the peer channel is encrypted"));
+    }
+}

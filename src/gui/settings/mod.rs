@@ -132,3 +132,72 @@ fn number<T: TryFrom<u64>>(text: &str, min: u64, max: u64, what: &str) -> Result
         .and_then(|n| T::try_from(n).ok())
         .ok_or_else(|| format!("{what} must be a whole number from {min} to {max}."))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gui::ops::Op;
+    use crate::gui::service::Request;
+    use crate::gui::testing::{self, Alone, shows};
+    use crate::gui::worker::FilePurpose;
+    use std::path::PathBuf;
+
+    #[test]
+    fn each_answer_reaches_the_section_that_sent_it() {
+        let mut page = SettingsPage::default();
+        let sentence = |s: &str| Ok(s.to_owned());
+        page.done(OpKind::Concurrency, &sentence("limit"));
+        page.done(OpKind::Proxy, &sentence("proxy"));
+        page.done(OpKind::RemotePort, &sentence("port"));
+        page.done(OpKind::Backup, &Err("no room".to_owned()));
+        page.done(OpKind::LogLevel, &sentence("not ours"));
+        assert_eq!(page.concurrency.answers.answer(OpKind::Concurrency), Some(&sentence("limit")));
+        assert_eq!(page.proxy.answers.answer(OpKind::Proxy), Some(&sentence("proxy")));
+        assert_eq!(page.encryption.answers.answer(OpKind::RemotePort), Some(&sentence("port")));
+        assert_eq!(page.answer(OpKind::Backup), Some(&Err("no room".to_owned())));
+        assert!(!page.asked(OpKind::LogLevel), "the Diagnostics tab's answer was kept here");
+        assert!(!page.asked(OpKind::Thresholds));
+
+        page.apply(Answer::FilePicked(FilePurpose::Restore, Some(PathBuf::from("/b/n1.backup"))));
+        page.apply(Answer::FilePicked(FilePurpose::LogExport, Some(PathBuf::from("/logs.zip"))));
+        page.apply(Answer::CertificateFilePicked(Some(PathBuf::from("/c/node.pfx"))));
+        assert_eq!(page.backup.restore.path, "/b/n1.backup");
+        assert!(page.backup.backup.path.is_empty(), "another dialog's file landed in the backup form");
+        assert_eq!(page.encryption.certificate.path, "/c/node.pfx");
+    }
+
+    #[test]
+    fn the_fields_are_filled_once_and_the_service_is_asked_from_logic_not_while_drawing() {
+        let mut state = testing::running();
+        state.settings.as_mut().unwrap().concurrency_limit = Some(5);
+        state.settings.as_mut().unwrap().proxy = Some("http://proxy.corp:3128".to_owned());
+        let mut harness =
+            testing::page(SettingsPage::default(), state, |ui, alone: &mut Alone<SettingsPage>| {
+                settings_ui(ui, &mut alone.page, &alone.state, &alone.outbox, &alone.worker);
+            });
+        assert!(harness.state().outbox.is_empty(), "drawing the tab asked the service for something");
+        assert!(shows(&harness, "Backup and restore") && shows(&harness, "Encryption and remote access"));
+
+        let alone = harness.state_mut();
+        alone.page.refresh(&alone.state, &alone.outbox);
+        let asked = alone.outbox.drain();
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::CheckAdminToken), Request::Op(Op::ListCredentials)]),
+            "{} requests",
+            asked.len()
+        );
+        assert_eq!(
+            (
+                alone.page.concurrency.limit.as_str(),
+                alone.page.proxy.proxy.as_str(),
+                alone.page.encryption.port.as_str()
+            ),
+            ("5", "http://proxy.corp:3128", "8060")
+        );
+        // What is typed afterwards stays.
+        alone.page.concurrency.limit = "7".to_owned();
+        alone.page.refresh(&alone.state, &alone.outbox);
+        assert_eq!(alone.page.concurrency.limit, "7");
+        assert!(alone.outbox.is_empty(), "asked twice");
+    }
+}

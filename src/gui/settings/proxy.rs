@@ -49,3 +49,53 @@ impl ProxySection {
         widgets::reply(ui, self.answers.get(OpKind::Proxy));
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::service::Request;
+    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+
+    fn section(state: State) -> testing::Page<ProxySection> {
+        testing::page(ProxySection::default(), state, |ui, alone: &mut Alone<ProxySection>| {
+            alone.page.ui(ui, &alone.state, &alone.outbox);
+        })
+    }
+
+    #[test]
+    fn a_usable_proxy_is_sent_and_a_bad_one_is_flagged_as_typed() {
+        let mut harness = section(testing::running());
+        assert!(shows(&harness, "The node reaches the hub directly."));
+        type_into(&mut harness, "Proxy URL", "proxy.corp:3128");
+        assert!(shows(&harness, "not a usable proxy URL"), "a bad proxy isn't flagged");
+        click(&mut harness, "Save proxy");
+        assert!(sent(&harness).is_empty(), "a bad proxy was sent");
+
+        harness.state_mut().page.proxy = "http://proxy.corp:3128".to_owned();
+        harness.step();
+        click(&mut harness, "Save proxy");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::SetProxy(Some(p)))] if p == "http://proxy.corp:3128"),
+            "{} requests",
+            asked.len()
+        );
+    }
+
+    #[test]
+    fn the_proxy_in_use_is_not_sent_again() {
+        let mut state = testing::running();
+        state.settings.as_mut().unwrap().proxy = Some("http://proxy.corp:3128".to_owned());
+        let mut harness = section(state);
+        assert!(shows(&harness, "through http://proxy.corp:3128"));
+        harness.state_mut().page.proxy = "http://proxy.corp:3128".to_owned();
+        harness.step();
+        click(&mut harness, "Save proxy");
+        assert!(sent(&harness).is_empty(), "the proxy in use was sent again");
+        // Emptied: no proxy any more.
+        harness.state_mut().page.proxy.clear();
+        harness.step();
+        click(&mut harness, "Save proxy");
+        assert!(matches!(sent(&harness).as_slice(), [Request::Op(Op::SetProxy(None))]));
+    }
+}

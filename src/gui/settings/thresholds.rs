@@ -178,3 +178,82 @@ fn policy_name(policy: Policy) -> &'static str {
         Policy::Distribute => "distribute (random available node)",
     }
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::service::Request;
+    use crate::gui::testing::{self, Alone, click, sent, shows};
+    use egui_kittest::kittest::Queryable as _;
+
+    fn section(admin: Option<bool>, state: State) -> testing::Page<ThresholdsSection> {
+        let mut page = ThresholdsSection { admin, ..ThresholdsSection::default() };
+        page.refresh(&state, &Outbox::default());
+        testing::page(page, state, |ui, alone: &mut Alone<ThresholdsSection>| {
+            alone.page.ui(ui, &alone.state, &alone.outbox);
+        })
+    }
+
+    #[test]
+    fn an_admin_node_sends_the_thresholds_once_they_are_valid() {
+        let mut harness = section(Some(true), testing::running());
+        harness.state_mut().page.form.as_mut().unwrap().cpu_percent = "101".to_owned();
+        harness.step();
+        assert!(shows(&harness, "The CPU threshold must be a whole number from 0 to 100."));
+        click(&mut harness, "Save thresholds");
+        assert!(sent(&harness).is_empty(), "a bad threshold was sent");
+
+        let form = harness.state_mut().page.form.as_mut().unwrap();
+        form.cpu_percent = "90".to_owned();
+        form.bandwidth_limit_mbps = "50".to_owned();
+        harness.step();
+        click(&mut harness, "Save thresholds");
+        let asked = sent(&harness);
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::SetThresholds(t))]
+                if t.cpu_percent == 90 && t.bandwidth_limit_mbps == 50
+                    && t.memory_percent == GatewaySettings::default().memory_threshold),
+            "{} requests",
+            asked.len()
+        );
+        click(&mut harness, "Save thresholds");
+        assert!(sent(&harness).is_empty(), "saved twice while the first save ran");
+
+        // Back to what the gateway has.
+        click(&mut harness, "Show the gateway's values");
+        let form = harness.state().page.form.clone().unwrap();
+        assert_eq!(form, ThresholdForm::from_settings(&GatewaySettings::default()));
+    }
+
+    #[test]
+    fn another_node_shows_the_values_and_the_command_that_changes_them() {
+        let mut state = testing::running();
+        state.status.as_mut().unwrap().settings.cpu_threshold = 85;
+        state.status.as_mut().unwrap().settings.queue_timeout_seconds = 77;
+        let harness = section(Some(false), state);
+        assert!(!shows(&harness, "Save thresholds"), "a node without the admin token may edit");
+        assert!(harness.query_by_label("85 %").is_some() && shows(&harness, "77 seconds"));
+        // The memory threshold and the bandwidth limit are 0.
+        assert_eq!(harness.query_all_by_label("off").count(), 2, "a limit of 0 isn't shown as off");
+        assert!(shows(&harness, "gatehouse hub gateway set gw --hub http://127.0.0.1:9"));
+    }
+
+    #[test]
+    fn nothing_is_shown_before_the_hub_answered_and_the_token_is_asked_once() {
+        let mut state = testing::running();
+        state.status.as_mut().unwrap().last_heartbeat = None;
+        let harness = section(Some(true), state);
+        assert!(shows(&harness, "Shown once the node service reaches the hub."));
+        assert!(harness.state().page.form.is_none(), "a form from a status without a heartbeat");
+
+        let outbox = Outbox::default();
+        let mut page = ThresholdsSection::default();
+        page.refresh(&testing::running(), &outbox);
+        page.refresh(&testing::running(), &outbox);
+        assert!(matches!(outbox.drain().as_slice(), [Request::Op(Op::CheckAdminToken)]), "not asked once");
+        page.done(OpKind::AdminToken, &Err("no admin token".to_owned()));
+        page.refresh(&testing::running(), &outbox);
+        assert_eq!(page.admin, Some(false));
+        assert!(outbox.is_empty(), "asked again after the answer");
+    }
+}
