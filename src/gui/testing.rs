@@ -7,6 +7,7 @@ use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 
+use super::ops::Op;
 use super::outbox::Outbox;
 use super::service::{Request, ServiceState};
 use super::state::State;
@@ -56,6 +57,18 @@ pub fn type_into<P>(harness: &mut Page<P>, label: &str, text: &str) {
 /// What the page asked for since the last look, oldest first.
 pub fn sent<P>(harness: &Page<P>) -> Vec<Request> {
     harness.state().outbox.drain()
+}
+
+/// The one operation the page asked for since the last look; fails when it asked for
+/// nothing, for several things, or for something else.
+pub fn asked_op<P>(harness: &Page<P>) -> Op {
+    let mut asked = sent(harness);
+    match (asked.pop(), asked.len()) {
+        (Some(Request::Op(op)), 0) => op,
+        (None, _) => panic!("the page asked for nothing"),
+        (Some(_), 0) => panic!("the page asked for something other than an operation"),
+        (Some(_), more) => panic!("the page asked for {} things", more + 1),
+    }
 }
 
 /// Whether a widget whose label contains `text` is drawn.

@@ -138,8 +138,7 @@ impl BackupSection {
 #[cfg(test)]
 mod page_tests {
     use super::*;
-    use crate::gui::service::Request;
-    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+    use crate::gui::testing::{self, Alone, asked_op, click, sent, shows, type_into};
 
     fn section() -> testing::Page<BackupSection> {
         testing::page(BackupSection::default(), testing::running(), |ui, alone: &mut Alone<BackupSection>| {
@@ -162,12 +161,11 @@ mod page_tests {
         harness.state_mut().page.backup.again = "short-enough".to_owned();
         harness.step();
         click(&mut harness, "Back up");
-        let asked = sent(&harness);
+        let op = asked_op(&harness);
         assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::Backup { path, password })]
+            matches!(&op, Op::Backup { path, password }
                 if path == &PathBuf::from("/tmp/n1.backup") && password == "short-enough"),
-            "{} requests",
-            asked.len()
+            "{op:?}"
         );
         let form = &harness.state().page.backup;
         assert!(form.password.is_empty() && form.again.is_empty(), "a password stayed in its field");
@@ -182,12 +180,11 @@ mod page_tests {
         assert!(sent(&harness).is_empty(), "a restore was sent without a password");
         type_into(&mut harness, "Password of the backup", "short-enough");
         click(&mut harness, "Restore");
-        let asked = sent(&harness);
+        let op = asked_op(&harness);
         assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::Restore { path, password })]
+            matches!(&op, Op::Restore { path, password }
                 if path == &PathBuf::from("/tmp/n1.backup") && password == "short-enough"),
-            "{} requests",
-            asked.len()
+            "{op:?}"
         );
         harness
             .state_mut()

@@ -98,8 +98,7 @@ impl ConcurrencySection {
 #[cfg(test)]
 mod page_tests {
     use super::*;
-    use crate::gui::service::Request;
-    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+    use crate::gui::testing::{self, Alone, asked_op, click, sent, shows, type_into};
 
     fn section(state: State) -> testing::Page<ConcurrencySection> {
         testing::page(ConcurrencySection::default(), state, |ui, alone: &mut Alone<ConcurrencySection>| {
@@ -122,12 +121,8 @@ mod page_tests {
         harness.state_mut().page.limit = "3".to_owned();
         harness.step();
         click(&mut harness, "Set limit");
-        let asked = sent(&harness);
-        assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::SetConcurrency(Some(3)))]),
-            "{} requests",
-            asked.len()
-        );
+        let op = asked_op(&harness);
+        assert!(matches!(&op, Op::SetConcurrency(Some(3))), "{op:?}");
         assert!(shows(&harness, "Working…"), "no sign that the limit is being set");
         // One change at a time.
         click(&mut harness, "Use default");
@@ -141,7 +136,7 @@ mod page_tests {
         harness.step();
         assert!(shows(&harness, "this node takes at most 3 runs"), "the answer isn't shown");
         click(&mut harness, "Use default");
-        assert!(matches!(sent(&harness).as_slice(), [Request::Op(Op::SetConcurrency(None))]));
+        assert!(matches!(asked_op(&harness), Op::SetConcurrency(None)));
         assert!(harness.state().page.limit.is_empty(), "the field still shows the old limit");
     }
 

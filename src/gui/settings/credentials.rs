@@ -122,7 +122,7 @@ impl CredentialsSection {
 mod page_tests {
     use super::*;
     use crate::gui::service::Request;
-    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+    use crate::gui::testing::{self, Alone, asked_op, click, sent, shows, type_into};
 
     fn section(names: Option<&[&str]>) -> testing::Page<CredentialsSection> {
         let page = CredentialsSection {
@@ -147,12 +147,11 @@ mod page_tests {
         harness.state_mut().page.name = "warehouse".to_owned();
         harness.step();
         click(&mut harness, "Save credential");
-        let asked = sent(&harness);
+        let op = asked_op(&harness);
         assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::SetCredential { name, value })]
+            matches!(&op, Op::SetCredential { name, value }
                 if name == "warehouse" && value == "s3cret"),
-            "{} requests",
-            asked.len()
+            "{op:?}"
         );
         assert!(harness.state().page.value.is_empty(), "the value stayed in its field");
         assert!(!shows(&harness, "s3cret"), "the value is drawn");
@@ -167,12 +166,8 @@ mod page_tests {
         assert!(!shows(&harness, "Yes, delete warehouse"), "Cancel kept the question");
         click(&mut harness, "Delete warehouse");
         click(&mut harness, "Yes, delete warehouse");
-        let asked = sent(&harness);
-        assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::DeleteCredential(name))] if name == "warehouse"),
-            "{} requests",
-            asked.len()
-        );
+        let op = asked_op(&harness);
+        assert!(matches!(&op, Op::DeleteCredential(name) if name == "warehouse"), "{op:?}");
         // Until the answer comes, nothing else is deleted.
         click(&mut harness, "Delete lake");
         assert!(harness.state().page.confirm_delete.is_none(), "a second deletion began while one ran");

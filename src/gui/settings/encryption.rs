@@ -182,8 +182,7 @@ impl EncryptionSection {
 #[cfg(test)]
 mod page_tests {
     use super::*;
-    use crate::gui::service::Request;
-    use crate::gui::testing::{self, Alone, click, sent, shows, type_into, worker_answer};
+    use crate::gui::testing::{self, Alone, asked_op, click, sent, shows, type_into, worker_answer};
 
     fn section(state: State) -> testing::Page<EncryptionSection> {
         let mut page = EncryptionSection::default();
@@ -209,12 +208,8 @@ mod page_tests {
         harness.state_mut().page.port = "9000".to_owned();
         harness.step();
         click(&mut harness, "Change port");
-        let asked = sent(&harness);
-        assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::SetRemoteAccess { port: 9000, certificate: None })]),
-            "{} requests",
-            asked.len()
-        );
+        let op = asked_op(&harness);
+        assert!(matches!(&op, Op::SetRemoteAccess { port: 9000, certificate: None }), "{op:?}");
     }
 
     #[test]
@@ -229,7 +224,7 @@ mod page_tests {
         let mut harness = section(state);
         assert!(shows(&harness, "SHA-256 thumbprint: AB:CD"));
         click(&mut harness, "Turn off encryption");
-        assert!(matches!(sent(&harness).as_slice(), [Request::Op(Op::DisableEncryption)]));
+        assert!(matches!(asked_op(&harness), Op::DisableEncryption));
         assert!(shows(&harness, "Working…"));
         // While it runs, no other change of encryption.
         click(&mut harness, "Change certificate…");
@@ -273,10 +268,8 @@ mod page_tests {
         harness.step();
         assert!(shows(&harness, "Verdict: accepted"), "the report isn't shown");
         click(&mut harness, "Use this certificate");
-        let asked = sent(&harness);
-        let [Request::Op(Op::SetRemoteAccess { port: 8060, certificate: Some(choice) })] = asked.as_slice()
-        else {
-            panic!("{} requests, not the certificate", asked.len());
+        let Op::SetRemoteAccess { port: 8060, certificate: Some(choice) } = asked_op(&harness) else {
+            panic!("not the certificate with the node's port");
         };
         assert_eq!(choice.path, PathBuf::from(format!("{certs}good.pem")));
         assert_eq!(choice.roots, Some(PathBuf::from(format!("{certs}ca.pem"))));

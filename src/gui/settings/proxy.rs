@@ -53,8 +53,7 @@ impl ProxySection {
 #[cfg(test)]
 mod page_tests {
     use super::*;
-    use crate::gui::service::Request;
-    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+    use crate::gui::testing::{self, Alone, asked_op, click, sent, shows, type_into};
 
     fn section(state: State) -> testing::Page<ProxySection> {
         testing::page(ProxySection::default(), state, |ui, alone: &mut Alone<ProxySection>| {
@@ -74,12 +73,8 @@ mod page_tests {
         harness.state_mut().page.proxy = "http://proxy.corp:3128".to_owned();
         harness.step();
         click(&mut harness, "Save proxy");
-        let asked = sent(&harness);
-        assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::SetProxy(Some(p)))] if p == "http://proxy.corp:3128"),
-            "{} requests",
-            asked.len()
-        );
+        let op = asked_op(&harness);
+        assert!(matches!(&op, Op::SetProxy(Some(p)) if p == "http://proxy.corp:3128"), "{op:?}");
     }
 
     #[test]
@@ -96,6 +91,6 @@ mod page_tests {
         harness.state_mut().page.proxy.clear();
         harness.step();
         click(&mut harness, "Save proxy");
-        assert!(matches!(sent(&harness).as_slice(), [Request::Op(Op::SetProxy(None))]));
+        assert!(matches!(asked_op(&harness), Op::SetProxy(None)));
     }
 }

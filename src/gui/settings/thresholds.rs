@@ -183,7 +183,7 @@ fn policy_name(policy: Policy) -> &'static str {
 mod page_tests {
     use super::*;
     use crate::gui::service::Request;
-    use crate::gui::testing::{self, Alone, click, sent, shows};
+    use crate::gui::testing::{self, Alone, asked_op, click, sent, shows};
     use egui_kittest::kittest::Queryable as _;
 
     fn section(admin: Option<bool>, state: State) -> testing::Page<ThresholdsSection> {
@@ -208,13 +208,12 @@ mod page_tests {
         form.bandwidth_limit_mbps = "50".to_owned();
         harness.step();
         click(&mut harness, "Save thresholds");
-        let asked = sent(&harness);
+        let op = asked_op(&harness);
         assert!(
-            matches!(asked.as_slice(), [Request::Op(Op::SetThresholds(t))]
+            matches!(&op, Op::SetThresholds(t)
                 if t.cpu_percent == 90 && t.bandwidth_limit_mbps == 50
                     && t.memory_percent == GatewaySettings::default().memory_threshold),
-            "{} requests",
-            asked.len()
+            "{op:?}"
         );
         click(&mut harness, "Save thresholds");
         assert!(sent(&harness).is_empty(), "saved twice while the first save ran");
