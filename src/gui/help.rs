@@ -63,3 +63,29 @@ pub fn help_ui(ui: &mut egui::Ui, state: &State) {
         ui.end_row();
     });
 }
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::testing::{self, Alone, shows};
+
+    fn tab(state: State) -> testing::Page<()> {
+        testing::page((), state, |ui, alone: &mut Alone<()>| help_ui(ui, &alone.state))
+    }
+
+    #[test]
+    fn a_newer_version_in_the_gateway_asks_for_an_update() {
+        let mut state = testing::running();
+        state.status.as_mut().unwrap().hub_version = Some("999.0.0".to_owned());
+        let harness = tab(state);
+        assert!(shows(&harness, "Version 999.0.0 runs in this gateway; update this node to it."));
+        assert!(shows(&harness, "not known yet"), "an unknown gateway version isn't said to be unknown");
+
+        let mut state = testing::running();
+        state.status.as_mut().unwrap().hub_version = Some(crate::VERSION.to_owned());
+        let harness = tab(state);
+        assert!(shows(&harness, "This node runs the newest version in its gateway."));
+        let harness = tab(State { status: None, ..testing::running() });
+        assert!(shows(&harness, "Known once the node reaches the hub."));
+    }
+}
