@@ -407,30 +407,28 @@ fn the_settings_tab_sets_a_limit_adds_a_credential_and_refuses_a_bad_proxy() {
     assert!(window.shows("Encryption: off"), "the encryption state is not shown");
     assert!(window.shows(&format!("max(2, min(4 × {} cores", std::thread::available_parallelism().unwrap())));
     // Not an express node: thresholds are read-only, with the CLI command.
-    window.wait_for("the admin token check", LIMIT, |app| app.settings.admin.is_some());
+    window.wait_for("the admin token check", LIMIT, |app| app.settings.thresholds.admin.is_some());
     assert!(window.shows("gatehouse hub gateway set tabs"), "the CLI command is not shown");
     assert!(!window.shows("Save thresholds"), "thresholds are editable");
 
     window.type_into("Concurrency limit", "3");
     click(&mut window, "Set limit");
-    window.wait_for("the limit to be saved", LIMIT, |app| {
-        app.settings.answers.answer(OpKind::Concurrency).is_some()
-    });
+    window.wait_for("the limit to be saved", LIMIT, |app| app.settings.answer(OpKind::Concurrency).is_some());
     assert!(window.shows("this node takes at most 3 runs at once"), "the answer is not shown");
     assert_eq!(Store::new(&home).settings().unwrap().concurrency_limit, Some(3));
     window.wait_for("the service to restart with the new limit", LIMIT, |app| {
         app.state.status.as_ref().is_some_and(|s| s.metrics.runs_limit == 3)
     });
 
-    window.wait_for("the credential list", LIMIT, |app| app.settings.credentials.is_some());
+    window.wait_for("the credential list", LIMIT, |app| app.settings.credentials.names.is_some());
     assert!(window.shows("No credentials yet."));
     let value = "s3cret-in-a-field";
     window.type_into("Credential name", "warehouse");
     window.type_into("Credential value", value);
     click(&mut window, "Save credential");
-    assert!(window.harness.state().settings.credential_value.is_empty(), "the value field was not cleared");
+    assert!(window.harness.state().settings.credentials.value.is_empty(), "the value field was not cleared");
     window.wait_for("the credential to be listed", LIMIT, |app| {
-        app.settings.credentials.as_ref().is_some_and(|names| names == &["warehouse"])
+        app.settings.credentials.names.as_ref().is_some_and(|names| names == &["warehouse"])
     });
     assert!(window.shows("Delete warehouse"), "the new credential has no row");
     assert!(!window.shows(value), "the value is shown");
@@ -441,7 +439,7 @@ fn the_settings_tab_sets_a_limit_adds_a_credential_and_refuses_a_bad_proxy() {
     window.type_into("Proxy URL", "proxy.corp:3128");
     assert!(window.shows("not a usable proxy URL"), "a bad proxy is not flagged as typed");
     click(&mut window, "Save proxy");
-    assert!(!window.harness.state().settings.answers.contains(OpKind::Proxy), "a bad proxy was sent");
+    assert!(!window.harness.state().settings.asked(OpKind::Proxy), "a bad proxy was sent");
     assert_eq!(Store::new(&home).settings().unwrap().proxy, None);
 }
 
@@ -483,7 +481,7 @@ fn a_rejected_certificate_cant_be_used_and_a_good_one_turns_encryption_on_and_of
     let mut window = window_on_a_node(&hub, "secure", Tab::Settings);
     let store = Store::new(window.dir.clone());
     let checked = |app: &gatehouse::gui::ConfigManager| {
-        !app.settings.certificate.checking && app.settings.certificate.outcome.is_some()
+        !app.settings.encryption.certificate.checking && app.settings.encryption.certificate.outcome.is_some()
     };
 
     click(&mut window, "Change certificate…");
@@ -494,13 +492,10 @@ fn a_rejected_certificate_cant_be_used_and_a_good_one_turns_encryption_on_and_of
     assert!(window.shows("Verdict: rejected"), "the report is not shown");
     assert!(window.shows("The checker rejects this certificate"));
     click(&mut window, "Use this certificate");
-    assert!(
-        !window.harness.state().settings.answers.contains(OpKind::Certificate),
-        "a rejected certificate was sent"
-    );
+    assert!(!window.harness.state().settings.asked(OpKind::Certificate), "a rejected certificate was sent");
     assert!(store.secrets().unwrap().tls.is_none());
 
-    window.harness.state_mut().settings.certificate.path.clear();
+    window.harness.state_mut().settings.encryption.certificate.path.clear();
     window.type_into("Certificate file", &format!("{certs}good.pem"));
     // The old report doesn't vouch for the new file.
     assert!(window.shows("changed since the check"));
@@ -509,9 +504,9 @@ fn a_rejected_certificate_cant_be_used_and_a_good_one_turns_encryption_on_and_of
     assert!(window.shows("Verdict: accepted"), "the report is not shown");
     click(&mut window, "Use this certificate");
     window.wait_for("the certificate to be taken", LIMIT, |app| {
-        app.settings.answers.answer(OpKind::Certificate).is_some()
+        app.settings.answer(OpKind::Certificate).is_some()
     });
-    let answer = window.harness.state().settings.answers.answer(OpKind::Certificate).cloned().unwrap();
+    let answer = window.harness.state().settings.answer(OpKind::Certificate).cloned().unwrap();
     assert!(answer.as_ref().is_ok_and(|s| s.contains("encrypted with the new certificate")), "{answer:?}");
     let thumbprint = store.secrets().unwrap().tls.unwrap().thumbprint_sha256;
     window.wait_for("the restarted service to report the certificate", LIMIT, |app| {
@@ -590,22 +585,20 @@ fn the_pfx_password_leaves_the_settings_form_once_used_or_abandoned() {
     window.type_into("Trusted root CA (optional)", &format!("{certs}ca.pem"));
     click(&mut window, "Check certificate");
     window.wait_for("the check of node.pfx", LIMIT, |app| {
-        !app.settings.certificate.checking && app.settings.certificate.outcome.is_some()
+        !app.settings.encryption.certificate.checking && app.settings.encryption.certificate.outcome.is_some()
     });
     assert!(window.shows("Verdict: accepted"), "the report is not shown");
     std::fs::remove_file(&pfx).unwrap();
     click(&mut window, "Use this certificate");
     assert!(
-        window.harness.state().settings.certificate.password.is_empty(),
+        window.harness.state().settings.encryption.certificate.password.is_empty(),
         "the password stayed in its field"
     );
-    window.wait_for("the change to fail", LIMIT, |app| {
-        app.settings.answers.answer(OpKind::Certificate).is_some()
-    });
-    let answer = window.harness.state().settings.answers.answer(OpKind::Certificate).cloned().unwrap();
+    window.wait_for("the change to fail", LIMIT, |app| app.settings.answer(OpKind::Certificate).is_some());
+    let answer = window.harness.state().settings.answer(OpKind::Certificate).cloned().unwrap();
     assert!(answer.is_err(), "a missing file was used: {answer:?}");
     assert!(
-        window.harness.state().settings.certificate.password.is_empty(),
+        window.harness.state().settings.encryption.certificate.password.is_empty(),
         "a failed change kept the password"
     );
     assert!(store.secrets().unwrap().tls.is_none());
@@ -616,7 +609,7 @@ fn the_pfx_password_leaves_the_settings_form_once_used_or_abandoned() {
     window.type_into("PFX password", "secret");
     click(&mut window, "Change certificate…");
     assert!(
-        window.harness.state().settings.certificate.password.is_empty(),
+        window.harness.state().settings.encryption.certificate.password.is_empty(),
         "a closed form kept the password"
     );
 }
@@ -628,9 +621,8 @@ fn credentials_that_cant_be_read_say_why_not_that_there_are_none() {
     std::fs::write(node.home.path().join("secrets.bin"), b"not sealed by this machine").unwrap();
     let mut window = Window::open_in(node.home, Tab::Settings);
 
-    window.wait_for("the credential list", LIMIT, |app| {
-        app.settings.answers.answer(OpKind::CredentialList).is_some()
-    });
+    window
+        .wait_for("the credential list", LIMIT, |app| app.settings.answer(OpKind::CredentialList).is_some());
     assert!(window.shows("can't be opened"), "the reason is not shown");
     assert!(!window.shows("No credentials yet."), "an unreadable list is shown as empty");
 }
@@ -679,9 +671,7 @@ fn a_stopped_service_is_not_said_to_restart_for_a_new_limit() {
 
     window.type_into("Concurrency limit", "3");
     click(&mut window, "Set limit");
-    window.wait_for("the limit to be saved", LIMIT, |app| {
-        app.settings.answers.answer(OpKind::Concurrency).is_some()
-    });
+    window.wait_for("the limit to be saved", LIMIT, |app| app.settings.answer(OpKind::Concurrency).is_some());
     assert!(
         window
             .shows("this node takes at most 3 runs at once; the node service applies it when it next starts")

@@ -11,7 +11,7 @@ use super::service::{Event, Logging, Request, Service, SetupPage};
 use super::state::State;
 use super::wizard::{self, Wizard};
 use super::worker::{self, Worker};
-use super::{diagnostics, help, home, jobs, settings};
+use super::{diagnostics, help, home, jobs, settings, widgets};
 use crate::host::express::{self, ExpressOptions};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -154,12 +154,7 @@ impl ConfigManager {
         self.service.set_repaint(ui.ctx());
         self.worker.set_repaint(ui.ctx());
         if !self.state.loaded {
-            egui::CentralPanel::default().show(ui, |ui| {
-                ui.horizontal(|ui| {
-                    ui.spinner();
-                    ui.label("Starting…");
-                });
-            });
+            egui::CentralPanel::default().show(ui, |ui| widgets::waiting(ui, "Starting…"));
             return;
         }
         let registered = self.state.settings.is_some();
@@ -195,7 +190,7 @@ impl ConfigManager {
                         ui.add_space(14.0);
                         ui.separator();
                         ui.label(egui::RichText::new("Or restore a node from its backup").strong());
-                        settings::restore_ui(ui, &mut self.settings, &self.outbox, &self.worker);
+                        self.settings.backup.restore_ui(ui, &self.outbox, &self.worker);
                     }
                 }
                 Tab::Home => home::home_ui(ui, &self.state, &self.outbox),

@@ -4,6 +4,7 @@
 
 use eframe::egui;
 
+use super::widgets::{self, Badge};
 use super::worker::{Answer, Command, Page, Worker};
 use crate::cert::{Options, Report, Status, Verdict};
 use std::path::PathBuf;
@@ -69,59 +70,77 @@ pub fn certificate_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Wo
          PEM (.pem, .crt), DER (.cer, .der) and PFX (.pfx, .p12) files are accepted.",
     );
     ui.add_space(8.0);
-    egui::Grid::new("certificate_inputs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
-        let _ = text_field_ui(ui, "Certificate file", &mut page.path, "/path/to/node.pfx", false);
-        if ui.button("Browse…").clicked() {
-            worker.send(from, Command::PickCertificateFile);
-        }
-        ui.end_row();
-        let _ = text_field_ui(ui, "PFX password", &mut page.password, "", true);
-        ui.end_row();
-        let _ = text_field_ui(ui, "Host name (optional)", &mut page.host, "node1.corp.example", false);
-        ui.end_row();
-        let _ = text_field_ui(
-            ui,
-            "Trusted root CA (optional)",
-            &mut page.roots,
-            "PEM file of your own root CA",
-            false,
-        );
-        ui.end_row();
-    });
+    inputs_ui(ui, "certificate_inputs", page, worker, from, true);
     ui.add_space(6.0);
+    check_ui(ui, page, worker, from);
+    ui.add_space(10.0);
+    if let Some(outcome) = &page.outcome {
+        outcome_ui(ui, outcome);
+    }
+}
+
+/// The file (with Browse…), its PFX password, the host name when `host`, and the private
+/// roots, in a grid; true when the file, the password or the roots were edited.
+pub(crate) fn inputs_ui(
+    ui: &mut egui::Ui,
+    id: &str,
+    page: &mut CertificatePage,
+    worker: &Worker,
+    from: Page,
+    host: bool,
+) -> bool {
+    egui::Grid::new(id)
+        .num_columns(3)
+        .spacing([8.0, 6.0])
+        .show(ui, |ui| {
+            let (path, browse) =
+                widgets::file_field(ui, "Certificate file", &mut page.path, "/path/to/node.pfx");
+            if browse {
+                worker.send(from, Command::PickCertificateFile);
+            }
+            ui.end_row();
+            let password = widgets::text_field(ui, "PFX password", &mut page.password, "", true);
+            ui.end_row();
+            if host {
+                widgets::text_field(ui, "Host name (optional)", &mut page.host, "node1.corp.example", false);
+                ui.end_row();
+            }
+            let roots = widgets::text_field(
+                ui,
+                "Trusted root CA (optional)",
+                &mut page.roots,
+                "PEM file of your own root CA",
+                false,
+            );
+            ui.end_row();
+            path.changed() || password.changed() || roots.changed()
+        })
+        .inner
+}
+
+/// "Check certificate" (once a file is named), "Checking…" while the worker checks; true
+/// when it was clicked (the check is on its way).
+pub(crate) fn check_ui(ui: &mut egui::Ui, page: &mut CertificatePage, worker: &Worker, from: Page) -> bool {
     ui.horizontal(|ui| {
-        let ready = !page.path.trim().is_empty() && !page.checking;
-        if ui.add_enabled(ready, egui::Button::new("Check certificate")).clicked() {
+        let ready = !page.path.trim().is_empty();
+        let pending = page.checking.then_some("Checking…");
+        let clicked = widgets::pending_button(ui, ready, "Check certificate", pending);
+        if clicked {
             page.checking = true;
             page.outcome = None;
             worker.send(from, page.check_command());
         }
-        if page.checking {
-            ui.spinner();
-            ui.label("Checking…");
-        }
-    });
-    ui.add_space(10.0);
-    match &page.outcome {
-        None => {}
-        Some(Outcome::Unreadable(reason)) => {
-            ui.colored_label(ui.visuals().error_fg_color, format!("Can't read the file: {reason}"));
-        }
-        Some(Outcome::Report(report)) => report_ui(ui, report),
-    }
+        clicked
+    })
+    .inner
 }
 
-/// A label and its single-line field, tied together for screen readers (and tests).
-pub(crate) fn text_field_ui(
-    ui: &mut egui::Ui,
-    label: &str,
-    value: &mut String,
-    hint: &str,
-    password: bool,
-) -> egui::Response {
-    let label = ui.label(label);
-    let field = egui::TextEdit::singleline(value).password(password).hint_text(hint);
-    ui.add_sized([420.0, 22.0], field).labelled_by(label.id)
+/// What the last check found: the report, or why the file couldn't be read.
+pub(crate) fn outcome_ui(ui: &mut egui::Ui, outcome: &Outcome) {
+    match outcome {
+        Outcome::Unreadable(reason) => widgets::problem(ui, &format!("Can't read the file: {reason}")),
+        Outcome::Report(report) => report_ui(ui, report),
+    }
 }
 
 /// The report, rule by rule, with a mark and colour per status.
@@ -139,21 +158,71 @@ pub fn report_ui(ui: &mut egui::Ui, report: &Report) {
     ui.add_space(6.0);
     egui::Grid::new("certificate_checks").num_columns(3).striped(true).spacing([10.0, 4.0]).show(ui, |ui| {
         for check in &report.checks {
-            let (mark, color) = status_mark(ui, check.status);
-            ui.colored_label(color, format!("{mark} {}", check.status));
+            widgets::badge(ui, badge_of(check.status), check.status.as_str());
             ui.label(check.rule.id());
-            ui.add(egui::Label::new(&check.message).wrap());
+            widgets::paragraph(ui, &check.message);
             ui.end_row();
         }
     });
 }
 
-fn status_mark(ui: &egui::Ui, status: Status) -> (&'static str, egui::Color32) {
-    let visuals = ui.visuals();
+fn badge_of(status: Status) -> Badge {
     match status {
-        Status::Pass => ("✔", egui::Color32::from_rgb(0x2e, 0x9d, 0x4a)),
-        Status::Warn => ("⚠", visuals.warn_fg_color),
-        Status::Fail => ("✖", visuals.error_fg_color),
-        Status::Skip => ("–", visuals.weak_text_color()),
+        Status::Pass => Badge::Ok,
+        Status::Warn => Badge::Warn,
+        Status::Fail => Badge::Fail,
+        Status::Skip => Badge::Skip,
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::testing::{self, Alone, click, shows, type_into, worker_answer};
+
+    fn checker() -> testing::Page<CertificatePage> {
+        let state = crate::gui::state::State { loaded: true, ..Default::default() };
+        testing::page(CertificatePage::default(), state, |ui, alone: &mut Alone<CertificatePage>| {
+            certificate_ui(ui, &mut alone.page, &alone.worker, Page::Checker);
+        })
+    }
+
+    #[test]
+    fn a_check_goes_to_the_worker_with_what_was_typed_and_its_report_is_drawn() {
+        let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/certs/");
+        let mut harness = checker();
+        click(&mut harness, "Check certificate");
+        assert!(!harness.state().page.checking, "a check started without a file");
+        type_into(&mut harness, "Certificate file", &format!("{certs}good.pem"));
+        type_into(&mut harness, "Host name (optional)", "node1.corp.example");
+        type_into(&mut harness, "Trusted root CA (optional)", &format!("{certs}ca.pem"));
+        let Command::CheckCertificate { path, roots, options } = harness.state().page.check_command() else {
+            panic!("not a check");
+        };
+        assert_eq!(path, PathBuf::from(format!("{certs}good.pem")));
+        assert_eq!(roots, Some(PathBuf::from(format!("{certs}ca.pem"))));
+        assert_eq!(options.host.as_deref(), Some("node1.corp.example"));
+        assert_eq!(options.password, None);
+
+        click(&mut harness, "Check certificate");
+        assert!(shows(&harness, "Checking…"), "no sign of the check");
+        let answer = worker_answer(&harness);
+        harness.state_mut().page.apply(answer);
+        harness.step();
+        assert!(!harness.state().page.checking);
+        assert!(shows(&harness, "Verdict: "), "the report isn't drawn");
+        assert!(shows(&harness, "✔ pass"), "no rule is marked as passed");
+    }
+
+    #[test]
+    fn an_unreadable_file_says_why() {
+        let mut harness = checker();
+        harness
+            .state_mut()
+            .page
+            .apply(Answer::CertificateChecked(Err("the file looks truncated".to_owned())));
+        harness.step();
+        assert!(shows(&harness, "Can't read the file: the file looks truncated"));
+        assert!(!shows(&harness, "Verdict"));
     }
 }

@@ -5,10 +5,10 @@
 use eframe::egui;
 
 use super::ops::{Op, OpKind};
-use super::outbox::Outbox;
+use super::outbox::{Answers, Outbox};
 use super::service::Request;
-use super::settings::{Answers, answer_ui};
 use super::state::State;
+use super::widgets::{self, Badge};
 use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::node::logs::LogLine;
 use crate::node::ops::LOG_LEVELS;
@@ -185,12 +185,8 @@ fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service:
             })
             .response
             .labelled_by(label.id);
-        let label = ui.label("Filter");
-        ui.add_sized(
-            [220.0, 22.0],
-            egui::TextEdit::singleline(&mut page.filter).hint_text("text in the message"),
-        )
-        .labelled_by(label.id);
+        let filter = egui::TextEdit::singleline(&mut page.filter).hint_text("text in the message");
+        widgets::field(ui, "Filter", filter, 220.0);
         let stored =
             state.settings.as_ref().is_some_and(|s| matches!(s.log_level.as_str(), "debug" | "trace"));
         let mut verbose = page.verbose.unwrap_or(stored);
@@ -201,7 +197,7 @@ fn log_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, state: &State, service:
             page.answers.send(service, Op::SetLogLevel(level.to_owned()));
         }
     });
-    answer_ui(ui, page.answers.get(OpKind::LogLevel));
+    widgets::reply(ui, page.answers.get(OpKind::LogLevel));
     let filter = page.filter.trim().to_lowercase();
     let rows = page.shown.rows(&state.logs, page.level, &filter);
     ui.label(format!("{} of {} lines (times in UTC)", rows.len(), state.logs.len()));
@@ -236,13 +232,11 @@ fn tests_ui(ui: &mut egui::Ui, state: &State, service: &Outbox) {
     ui.heading("Connections");
     ui.label("Times a request to the hub and a handshake with every other node of the gateway.");
     ui.horizontal(|ui| {
-        if ui.add_enabled(state.running() && !state.testing, egui::Button::new("Test connection")).clicked() {
+        let pending = state.testing.then_some("Testing…");
+        if widgets::pending_button(ui, state.running(), "Test connection", pending) {
             service.send(Request::TestConnections);
         }
-        if state.testing {
-            ui.spinner();
-            ui.label("Testing…");
-        } else if !state.running() {
+        if !state.testing && !state.running() {
             ui.label("The node service isn't running.");
         }
     });
@@ -260,12 +254,12 @@ fn tests_ui(ui: &mut egui::Ui, state: &State, service: &Outbox) {
             ui.label(&test.target);
             ui.monospace(&test.address);
             if test.ok {
-                ui.colored_label(egui::Color32::from_rgb(0x2e, 0x9d, 0x4a), "✔ ok");
+                widgets::badge(ui, Badge::Ok, "ok");
             } else {
-                ui.colored_label(ui.visuals().error_fg_color, "✖ failed");
+                widgets::badge(ui, Badge::Fail, "failed");
             }
             ui.label(format!("{} ms", test.millis));
-            ui.add(egui::Label::new(&test.message).wrap());
+            widgets::paragraph(ui, &test.message);
             ui.end_row();
         }
     });
@@ -275,19 +269,18 @@ fn export_ui(ui: &mut egui::Ui, page: &mut DiagnosticsPage, service: &Outbox, wo
     ui.heading("Log export");
     ui.label("A zip of this node's log files and its current status (no secrets), to send to support.");
     egui::Grid::new("export_logs").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
-        let label = ui.label("Export to");
-        ui.add_sized([420.0, 22.0], egui::TextEdit::singleline(&mut page.export_path)).labelled_by(label.id);
-        if ui.button("Browse…").clicked() {
+        let (_, browse) = widgets::file_field(ui, "Export to", &mut page.export_path, "");
+        if browse {
             worker.send(Page::Diagnostics, Command::PickFile(FilePurpose::LogExport));
         }
         ui.end_row();
     });
     let ready = !page.export_path.trim().is_empty() && !page.answers.waiting(OpKind::ExportLogs);
-    if ui.add_enabled(ready, egui::Button::new("Export logs")).clicked() {
+    if widgets::button(ui, ready, "Export logs") {
         let path = PathBuf::from(page.export_path.trim());
         page.answers.send(service, Op::ExportLogs(path));
     }
-    answer_ui(ui, page.answers.get(OpKind::ExportLogs));
+    widgets::reply(ui, page.answers.get(OpKind::ExportLogs));
 }
 
 #[cfg(test)]
@@ -382,7 +375,7 @@ mod page_tests {
             outbox: Outbox::default(),
             worker: Worker::default(),
         };
-        Harness::builder().with_size(egui::vec2(900.0, 700.0)).build_ui_state(
+        Harness::builder().with_size(egui::vec2(1000.0, 1400.0)).build_ui_state(
             |ui, alone: &mut Alone| {
                 diagnostics_ui(ui, &mut alone.page, &alone.state, &alone.outbox, &alone.worker);
             },
@@ -414,5 +407,37 @@ mod page_tests {
         harness.get_by_label("Test connection").click();
         harness.step();
         assert!(harness.state().outbox.is_empty(), "a disabled button asked for a test");
+    }
+
+    #[test]
+    fn verbose_logging_and_the_export_are_asked_through_the_outbox() {
+        let mut harness = tab(State { settings: Some(crate::gui::testing::settings()), ..State::default() });
+        harness.get_by_label("Verbose logging").click();
+        harness.step();
+        let asked = harness.state().outbox.drain();
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::SetLogLevel(level))] if level == "debug"),
+            "{} requests",
+            asked.len()
+        );
+        // A refusal puts the switch back to what is stored.
+        harness.state_mut().page.done(OpKind::LogLevel, &Err("The log level can't be stored.".to_owned()));
+        harness.step();
+        assert_eq!(harness.state().page.verbose, None);
+        assert!(harness.query_by_label_contains("can't be stored").is_some(), "the refusal isn't shown");
+
+        harness.state_mut().page.export_path = "/tmp/logs.zip".to_owned();
+        harness.step();
+        harness.get_by_label("Export logs").click();
+        harness.step();
+        let asked = harness.state().outbox.drain();
+        assert!(
+            matches!(asked.as_slice(), [Request::Op(Op::ExportLogs(path))] if path == &PathBuf::from("/tmp/logs.zip")),
+            "{} requests",
+            asked.len()
+        );
+        harness.get_by_label("Export logs").click();
+        harness.step();
+        assert!(harness.state().outbox.is_empty(), "exported twice at once");
     }
 }

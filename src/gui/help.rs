@@ -4,6 +4,7 @@
 use eframe::egui;
 
 use super::state::State;
+use super::widgets;
 use crate::protocol::compare_versions;
 use std::cmp::Ordering;
 
@@ -29,17 +30,10 @@ pub fn help_ui(ui: &mut egui::Ui, state: &State) {
     ui.add_space(8.0);
     let status = state.status.as_ref();
     egui::Grid::new("help_grid").num_columns(2).spacing([24.0, 6.0]).show(ui, |ui| {
-        ui.label("This node's version");
-        ui.label(format!("Version {}", crate::VERSION));
-        ui.end_row();
-        ui.label("The gateway's version");
-        ui.label(
-            status.and_then(|s| s.gateway_version.clone()).unwrap_or_else(|| "not known yet".to_owned()),
-        );
-        ui.end_row();
-        ui.label("The hub's version");
-        ui.label(status.and_then(|s| s.hub_version.clone()).unwrap_or_else(|| "not known yet".to_owned()));
-        ui.end_row();
+        let known = |version: Option<&String>| version.cloned().unwrap_or_else(|| "not known yet".to_owned());
+        widgets::row(ui, "This node's version", format!("Version {}", crate::VERSION));
+        widgets::row(ui, "The gateway's version", known(status.and_then(|s| s.gateway_version.as_ref())));
+        widgets::row(ui, "The hub's version", known(status.and_then(|s| s.hub_version.as_ref())));
         ui.label("Updates");
         match update_available(state) {
             Some(newer) => ui.colored_label(
@@ -68,4 +62,30 @@ pub fn help_ui(ui: &mut egui::Ui, state: &State) {
         ui.monospace("gatehouse --help");
         ui.end_row();
     });
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::testing::{self, Alone, shows};
+
+    fn tab(state: State) -> testing::Page<()> {
+        testing::page((), state, |ui, alone: &mut Alone<()>| help_ui(ui, &alone.state))
+    }
+
+    #[test]
+    fn a_newer_version_in_the_gateway_asks_for_an_update() {
+        let mut state = testing::running();
+        state.status.as_mut().unwrap().hub_version = Some("999.0.0".to_owned());
+        let harness = tab(state);
+        assert!(shows(&harness, "Version 999.0.0 runs in this gateway; update this node to it."));
+        assert!(shows(&harness, "not known yet"), "an unknown gateway version isn't said to be unknown");
+
+        let mut state = testing::running();
+        state.status.as_mut().unwrap().hub_version = Some(crate::VERSION.to_owned());
+        let harness = tab(state);
+        assert!(shows(&harness, "This node runs the newest version in its gateway."));
+        let harness = tab(State { status: None, ..testing::running() });
+        assert!(shows(&harness, "Known once the node reaches the hub."));
+    }
 }

@@ -7,6 +7,7 @@ use egui_plot::{Line, Plot, PlotPoints};
 use super::outbox::Outbox;
 use super::service::{Request, ServiceState};
 use super::state::{Sample, State};
+use super::widgets;
 use crate::encoding::binary_size;
 use crate::node::NodeStatus;
 use crate::protocol::{NodeMetrics, NodeState, Role};
@@ -60,7 +61,7 @@ fn service_ui(ui: &mut egui::Ui, state: &State, service: &Outbox) {
         }
     });
     if let ServiceState::Stopped { reason: Some(reason) } = &state.service {
-        ui.colored_label(ui.visuals().error_fg_color, reason);
+        widgets::problem(ui, reason);
     }
 }
 
@@ -274,3 +275,7 @@ fn role_text(role: Role) -> &'static str {
         Role::Worker => "Worker",
     }
 }
+
+#[cfg(test)]
+#[path = "home_tests.rs"]
+mod page_tests;

@@ -4,6 +4,7 @@
 
 use super::home::copy_text;
 use super::state::State;
+use super::widgets;
 use crate::protocol::{JobView, RunState, RunView, TransferProgress};
 use eframe::egui;
 use std::time::Duration;
@@ -15,13 +16,10 @@ pub fn jobs_ui(ui: &mut egui::Ui, state: &State) {
     ui.heading("Jobs");
     match &state.jobs {
         None => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("Asking the hub for the gateway's jobs…");
-            });
+            widgets::waiting(ui, "Asking the hub for the gateway's jobs…");
         }
         Some(Err(problem)) => {
-            ui.colored_label(ui.visuals().error_fg_color, format!("Can't list the jobs: {problem}"));
+            widgets::problem(ui, &format!("Can't list the jobs: {problem}"));
         }
         Some(Ok(jobs)) if jobs.is_empty() => {
             ui.label("No jobs yet. Submit one with: gatehouse job submit GATEWAY job.json");
@@ -141,5 +139,70 @@ mod tests {
         );
         run.attempts.truncate(1);
         assert_eq!(attempts_text(&run), None);
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::testing::{self, Alone, shows};
+    use egui_kittest::kittest::Queryable as _;
+
+    fn tab(jobs: Option<Result<Vec<JobView>, String>>) -> testing::Page<()> {
+        let state = State { jobs, ..testing::running() };
+        testing::page((), state, |ui, alone: &mut Alone<()>| jobs_ui(ui, &alone.state))
+    }
+
+    fn job(id: &str, state: &str, runs: &serde_json::Value) -> JobView {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "gateway_id": "g1", "name": format!("nightly-{id}"), "state": state,
+            "created_ms": 0, "runs": runs,
+        }))
+        .unwrap()
+    }
+
+    fn run(
+        partition: u32,
+        state: &str,
+        node: &str,
+        error: Option<&str>,
+        progress: &serde_json::Value,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "id": format!("r{partition}"), "job_id": "j", "activity_index": 0, "partition": partition,
+            "activity": {"kind": "sleep", "millis": 1}, "state": state, "attempt": 1,
+            "node_id": node, "node_name": node, "progress": progress, "result": null, "error": error,
+            "queued_ms": 0, "finished_ms": null, "attempts": [],
+        })
+    }
+
+    #[test]
+    fn before_an_answer_after_a_failure_and_with_no_jobs_the_tab_says_so() {
+        assert!(shows(&tab(None), "Asking the hub for the gateway's jobs…"));
+        let harness = tab(Some(Err("the hub can't be reached".to_owned())));
+        assert!(shows(&harness, "Can't list the jobs: the hub can't be reached"));
+        assert!(shows(&tab(Some(Ok(Vec::new()))), "No jobs yet."));
+    }
+
+    #[test]
+    fn each_run_shows_its_node_progress_and_error() {
+        let copy = serde_json::json!({
+            "bytes_done": 1_048_576, "bytes_total": 4_194_304, "files_done": 1, "files_total": 4,
+            "bytes_per_second": 1_048_576.0,
+        });
+        let jobs = vec![job(
+            "j1",
+            "running",
+            &serde_json::json!([
+                run(1, "running", "n1", None, &copy),
+                run(2, "failed", "n2", Some("the bucket refused the upload"), &serde_json::Value::Null),
+            ]),
+        )];
+        let harness = tab(Some(Ok(jobs)));
+        assert!(shows(&harness, "nightly-j1 — running (j1)"), "the job's title isn't drawn");
+        for text in ["activity 0 part 1", "n1", "n2", "the bucket refused the upload", "1.0 MiB/s"] {
+            assert!(harness.query_by_label_contains(text).is_some(), "{text:?} isn't drawn");
+        }
+        assert!(shows(&harness, "1.0 MiB of 4.0 MiB"), "the run's progress isn't drawn");
     }
 }

@@ -17,6 +17,9 @@ pub mod outbox;
 pub mod service;
 mod settings;
 pub mod state;
+#[cfg(test)]
+mod testing;
+mod widgets;
 mod wizard;
 pub mod worker;
 

@@ -6,7 +6,8 @@ use eframe::egui;
 use super::certificate::{self, CertificatePage, Outcome};
 use super::outbox::Outbox;
 use super::service::{CertificateChoice, ManualSetup, Request, SetupPage};
-use super::worker::{Command, Page, Worker};
+use super::widgets;
+use super::worker::{Page, Worker};
 use crate::cert::Verdict;
 use std::path::PathBuf;
 
@@ -114,14 +115,10 @@ fn welcome_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox) {
     );
     ui.add_space(6.0);
     ui.horizontal(|ui| {
-        if ui.add_enabled(!wizard.busy, egui::Button::new("Express setup")).clicked() {
+        if widgets::pending_button(ui, true, "Express setup", wizard.busy.then_some("Setting up…")) {
             wizard.busy = true;
             wizard.error = None;
             service.send(Request::Express);
-        }
-        if wizard.busy {
-            ui.spinner();
-            ui.label("Setting up…");
         }
     });
     error_ui(ui, wizard.error_on(SetupPage::Welcome));
@@ -130,7 +127,7 @@ fn welcome_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox) {
         "Manual setup joins a gateway that already exists: you need its auth key, and its \
          certificate if the gateway encrypts traffic between its nodes.",
     );
-    if ui.add_enabled(!wizard.busy, egui::Button::new("Manual setup")).clicked() {
+    if widgets::button(ui, !wizard.busy, "Manual setup") {
         wizard.error = None;
         wizard.page = SetupPage::Key;
     }
@@ -140,16 +137,19 @@ fn key_ui(ui: &mut egui::Ui, wizard: &mut Wizard) {
     ui.label(egui::RichText::new("Step 1 of 3: auth key").strong());
     ui.label("Paste one of the gateway's two auth keys. It names the hub and the gateway.");
     ui.horizontal(|ui| {
-        let label = ui.label("Auth key");
         let field = egui::TextEdit::singleline(&mut wizard.key).password(!wizard.show_key).hint_text("gh1_…");
-        ui.add_sized([460.0, 22.0], field).labelled_by(label.id);
+        widgets::field(ui, "Auth key", field, 460.0);
         ui.checkbox(&mut wizard.show_key, "Show key");
     });
     let check = wizard.key_check();
     match &check {
-        Ok(hub) => ui.label(format!("✔ {hub}")),
-        Err(problem) => ui.colored_label(ui.visuals().warn_fg_color, problem),
-    };
+        Ok(hub) => {
+            ui.label(format!("✔ {hub}"));
+        }
+        Err(problem) => {
+            widgets::warning(ui, problem);
+        }
+    }
     error_ui(ui, wizard.error_on(SetupPage::Key));
     nav_ui(ui, wizard, check.is_ok(), SetupPage::Welcome, SetupPage::Name);
 }
@@ -161,12 +161,11 @@ fn name_ui(ui: &mut egui::Ui, wizard: &mut Wizard) {
          later (to rename, unregister and register again).",
     );
     ui.horizontal(|ui| {
-        let label = ui.label("Node name");
-        ui.add_sized([320.0, 22.0], egui::TextEdit::singleline(&mut wizard.name)).labelled_by(label.id);
+        widgets::field(ui, "Node name", egui::TextEdit::singleline(&mut wizard.name), 320.0);
     });
     let ok = !wizard.name.trim().is_empty();
     if !ok {
-        ui.colored_label(ui.visuals().warn_fg_color, "Enter a name.");
+        widgets::warning(ui, "Enter a name.");
     }
     error_ui(ui, wizard.error_on(SetupPage::Name));
     nav_ui(ui, wizard, ok, SetupPage::Key, SetupPage::Encryption);
@@ -181,74 +180,41 @@ fn encryption_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox, worke
     ui.radio_value(&mut wizard.encrypt, false, "Skip (no encryption)");
     ui.radio_value(&mut wizard.encrypt, true, "Use a certificate (PEM or PFX)");
     if wizard.encrypt {
-        egui::Grid::new("wizard_certificate").num_columns(3).spacing([8.0, 6.0]).show(ui, |ui| {
-            certificate::text_field_ui(
-                ui,
-                "Certificate file",
-                &mut wizard.certificate.path,
-                "/path/to/node.pfx",
-                false,
-            );
-            if ui.button("Browse…").clicked() {
-                worker.send(Page::Wizard, Command::PickCertificateFile);
-            }
-            ui.end_row();
-            certificate::text_field_ui(ui, "PFX password", &mut wizard.certificate.password, "", true);
-            ui.end_row();
-            certificate::text_field_ui(
-                ui,
-                "Trusted root CA (optional)",
-                &mut wizard.certificate.roots,
-                "PEM file of your own root CA",
-                false,
-            );
-            ui.end_row();
-        });
-        ui.horizontal(|ui| {
-            let ready = !wizard.certificate.path.trim().is_empty() && !wizard.certificate.checking;
-            if ui.add_enabled(ready, egui::Button::new("Check certificate")).clicked() {
-                wizard.certificate.checking = true;
-                wizard.certificate.outcome = None;
-                worker.send(Page::Wizard, wizard.certificate.check_command());
-            }
-            if wizard.certificate.checking {
-                ui.spinner();
-                ui.label("Checking…");
-            }
-        });
+        certificate::inputs_ui(
+            ui,
+            "wizard_certificate",
+            &mut wizard.certificate,
+            worker,
+            Page::Wizard,
+            false,
+        );
+        certificate::check_ui(ui, &mut wizard.certificate, worker, Page::Wizard);
         match &wizard.certificate.outcome {
             None => {
                 ui.label("Check the certificate before registering.");
             }
-            Some(Outcome::Unreadable(reason)) => {
-                ui.colored_label(ui.visuals().error_fg_color, format!("Can't read the file: {reason}"));
-            }
-            Some(Outcome::Report(report)) => certificate::report_ui(ui, report),
+            Some(outcome) => certificate::outcome_ui(ui, outcome),
         }
     }
     ui.horizontal(|ui| {
-        let label = ui.label("Peer port");
-        ui.add_sized([80.0, 22.0], egui::TextEdit::singleline(&mut wizard.port)).labelled_by(label.id);
+        widgets::field(ui, "Peer port", egui::TextEdit::singleline(&mut wizard.port), 80.0);
     });
     if let Err(problem) = wizard.port_check() {
-        ui.colored_label(ui.visuals().warn_fg_color, problem);
+        widgets::warning(ui, &problem);
     }
     error_ui(ui, wizard.error_on(SetupPage::Encryption));
     ui.add_space(8.0);
     ui.horizontal(|ui| {
-        if ui.add_enabled(!wizard.busy, egui::Button::new("Back")).clicked() {
+        if widgets::button(ui, !wizard.busy, "Back") {
             wizard.page = SetupPage::Name;
         }
-        if ui.add_enabled(wizard.ready_to_register(), egui::Button::new("Register")).clicked()
+        let pending = wizard.busy.then_some("Registering…");
+        if widgets::pending_button(ui, wizard.ready_to_register(), "Register", pending)
             && let Some(setup) = wizard.manual_setup()
         {
             wizard.busy = true;
             wizard.error = None;
             service.send(Request::Register(Box::new(setup)));
-        }
-        if wizard.busy {
-            ui.spinner();
-            ui.label("Registering…");
         }
     });
 }
@@ -260,7 +226,7 @@ fn nav_ui(ui: &mut egui::Ui, wizard: &mut Wizard, next_ok: bool, back: SetupPage
         if ui.button("Back").clicked() {
             wizard.page = back;
         }
-        if ui.add_enabled(next_ok, egui::Button::new("Next")).clicked() {
+        if widgets::button(ui, next_ok, "Next") {
             wizard.page = next;
         }
     });
@@ -268,6 +234,134 @@ fn nav_ui(ui: &mut egui::Ui, wizard: &mut Wizard, next_ok: bool, back: SetupPage
 
 fn error_ui(ui: &mut egui::Ui, error: Option<&str>) {
     if let Some(message) = error {
-        ui.add(egui::Label::new(egui::RichText::new(message).color(ui.visuals().error_fg_color)).wrap());
+        widgets::problem(ui, message);
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+    use crate::gui::testing::{self, Alone, click, sent, shows, type_into};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use egui_kittest::kittest::Queryable as _;
+
+    /// A well-formed key for gateway `g1` of the hub at `http://127.0.0.1:9`.
+    fn key() -> String {
+        format!(
+            "gh1_{}_{}",
+            URL_SAFE_NO_PAD.encode("http://127.0.0.1:9|g1"),
+            URL_SAFE_NO_PAD.encode([7u8; 32])
+        )
+    }
+
+    fn wizard(page: SetupPage) -> testing::Page<Wizard> {
+        let mut wizard = Wizard::new(8060);
+        wizard.page = page;
+        let state = crate::gui::state::State { loaded: true, ..Default::default() };
+        testing::page(wizard, state, |ui, alone: &mut Alone<Wizard>| {
+            wizard_ui(ui, &mut alone.page, &alone.outbox, &alone.worker);
+        })
+    }
+
+    #[test]
+    fn express_setup_is_asked_once_and_shows_while_it_runs() {
+        let mut harness = wizard(SetupPage::Welcome);
+        click(&mut harness, "Express setup");
+        assert!(matches!(sent(&harness).as_slice(), [Request::Express]));
+        assert!(shows(&harness, "Setting up…"), "no sign of the setup");
+        click(&mut harness, "Express setup");
+        click(&mut harness, "Manual setup");
+        assert!(sent(&harness).is_empty(), "asked twice");
+        assert_eq!(harness.state().page.page, SetupPage::Welcome, "left the page while setting up");
+
+        harness
+            .state_mut()
+            .page
+            .failed(SetupPage::Welcome, "The hub refused: the gateway exists.".to_owned());
+        harness.step();
+        assert!(shows(&harness, "The hub refused: the gateway exists."), "the refusal isn't on its page");
+        click(&mut harness, "Manual setup");
+        assert_eq!(harness.state().page.page, SetupPage::Key);
+    }
+
+    #[test]
+    fn the_key_page_goes_on_only_with_a_whole_key_and_names_its_hub() {
+        let mut harness = wizard(SetupPage::Key);
+        assert!(shows(&harness, "Paste the gateway's auth key"));
+        type_into(&mut harness, "Auth key", "gh1_cut");
+        assert!(shows(&harness, "This is not a complete auth key"), "a cut key isn't flagged");
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Key, "Next took a cut key");
+
+        harness.state_mut().page.key = key();
+        harness.step();
+        assert!(shows(&harness, "✔ A key for the hub at http://127.0.0.1:9"));
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Name);
+    }
+
+    #[test]
+    fn the_name_page_needs_a_name() {
+        let mut harness = wizard(SetupPage::Name);
+        harness.state_mut().page.name.clear();
+        harness.step();
+        assert!(shows(&harness, "Enter a name."));
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Name, "Next took an empty name");
+        type_into(&mut harness, "Node name", "n2");
+        click(&mut harness, "Next");
+        assert_eq!(harness.state().page.page, SetupPage::Encryption);
+        click(&mut harness, "Back");
+        click(&mut harness, "Back");
+        assert_eq!(harness.state().page.page, SetupPage::Key);
+    }
+
+    #[test]
+    fn register_sends_what_was_typed_and_a_refusal_comes_back_to_its_page() {
+        let mut harness = wizard(SetupPage::Encryption);
+        let typed = &mut harness.state_mut().page;
+        typed.key = format!("  {}  ", key());
+        typed.name = " n2 ".to_owned();
+        typed.port = "0".to_owned();
+        harness.step();
+        assert!(shows(&harness, "The port is a number from 1 to 65535."));
+        click(&mut harness, "Register");
+        assert!(sent(&harness).is_empty(), "registered with port 0");
+
+        harness.state_mut().page.port = "9100".to_owned();
+        harness.step();
+        click(&mut harness, "Register");
+        let asked = sent(&harness);
+        let [Request::Register(setup)] = asked.as_slice() else {
+            panic!("{} requests, not Register", asked.len())
+        };
+        assert_eq!((setup.key.as_str(), setup.name.as_str(), setup.port), (key().as_str(), "n2", 9100));
+        assert!(setup.certificate.is_none(), "a certificate without encryption");
+        assert!(shows(&harness, "Registering…"));
+
+        harness.state_mut().page.failed(SetupPage::Name, "A node named n2 is already registered.".to_owned());
+        harness.step();
+        assert_eq!(harness.state().page.page, SetupPage::Name, "the refusal didn't lead to its page");
+        assert!(shows(&harness, "A node named n2 is already registered."));
+    }
+
+    #[test]
+    fn with_encryption_register_waits_for_a_check() {
+        let mut harness = wizard(SetupPage::Encryption);
+        harness.state_mut().page.key = key();
+        click(&mut harness, "Use a certificate (PEM or PFX)");
+        assert!(shows(&harness, "Check the certificate before registering."));
+        type_into(&mut harness, "Certificate file", "/nonexistent/node.pfx");
+        click(&mut harness, "Register");
+        assert!(sent(&harness).is_empty(), "registered with an unchecked certificate");
+        click(&mut harness, "Check certificate");
+        assert!(harness.query_by_label_contains("Checking…").is_some());
+        let answer = testing::worker_answer(&harness);
+        harness.state_mut().page.certificate.apply(answer);
+        harness.step();
+        assert!(shows(&harness, "Can't read the file"));
+        click(&mut harness, "Register");
+        assert!(sent(&harness).is_empty(), "registered with an unreadable certificate");
     }
 }

@@ -1,0 +1,48 @@
+//! Page tests of the Home tab (kept beside `home.rs`, whose drawing other work changes):
+//! Start and Stop through the outbox, and what the summary says of the hub.
+
+use super::home_ui;
+use crate::gui::service::{Request, ServiceState};
+use crate::gui::state::State;
+use crate::gui::testing::{self, Alone, click, sent, shows};
+
+fn tab(state: State) -> testing::Page<()> {
+    testing::page((), state, |ui, alone: &mut Alone<()>| home_ui(ui, &alone.state, &alone.outbox))
+}
+
+#[test]
+fn start_and_stop_are_asked_through_the_outbox_and_not_while_the_service_changes() {
+    let stopped = State {
+        service: ServiceState::Stopped { reason: Some("port 8060 is taken by another program".to_owned()) },
+        status: None,
+        ..testing::running()
+    };
+    let mut harness = tab(stopped);
+    assert!(shows(&harness, "Service: stopped"));
+    assert!(shows(&harness, "port 8060 is taken by another program"), "why it stopped isn't shown");
+    assert!(shows(&harness, "Node 'n1' of gateway 'gw' (hub http://127.0.0.1:9)."));
+    click(&mut harness, "Start");
+    assert!(matches!(sent(&harness).as_slice(), [Request::Start]));
+
+    harness.state_mut().state.service = ServiceState::Starting;
+    harness.step();
+    click(&mut harness, "Start");
+    assert!(sent(&harness).is_empty(), "Start was asked for while the service starts");
+
+    harness.state_mut().state = testing::running();
+    harness.step();
+    assert!(shows(&harness, "Service: running"));
+    click(&mut harness, "Stop");
+    assert!(matches!(sent(&harness).as_slice(), [Request::Stop]));
+}
+
+#[test]
+fn the_summary_says_why_the_hub_is_not_reached() {
+    let mut state = testing::running();
+    let status = state.status.as_mut().unwrap();
+    status.hub_connected = false;
+    status.hub_error = Some("connection refused".to_owned());
+    let harness = tab(state);
+    assert!(shows(&harness, "not connected: connection refused"), "the hub's error isn't shown");
+    assert!(shows(&harness, "No run is executing here right now."));
+}
