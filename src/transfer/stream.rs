@@ -105,7 +105,7 @@ struct Streaming<'a, 'c, R> {
     hasher: sha2::Sha256,
     /// Bytes streamed so far.
     size: u64,
-    /// The part being filled, out of the node's budget.
+    /// The part being filled (a part's worth of the node's budget, filled in order).
     part: Vec<Chunk>,
     part_len: u64,
     /// The multipart upload, once the output is larger than a part.
@@ -131,19 +131,22 @@ impl<R: Reporter> Streaming<'_, '_, R> {
         }
     }
 
-    /// Copies `data` into the part being filled, sending it when full.
+    /// Copies `data` into the part being filled, sending it when full. A part's buffers are
+    /// taken from the budget all at once, so exports waiting for buffers hold none: several
+    /// of them can't each hold part of the budget and wait for the rest.
     async fn take(&mut self, mut data: &[u8]) -> Result<(), TransferError> {
         self.hasher.update(data);
         self.size += data.len() as u64;
         while !data.is_empty() {
-            if self.part.last().is_none_or(|c| c.as_ref().len() == buffers::CHUNK) {
-                let chunk = buffers::take(buffers::CHUNK as u64).await?;
-                self.part.extend(chunk);
+            if self.part.is_empty() {
+                self.part = buffers::take(PART_SIZE).await?;
             }
-            let Some(chunk) = self.part.last_mut() else { continue };
-            let filled = chunk.as_ref().len();
-            let room = (buffers::CHUNK - filled).min(usize::try_from(PART_SIZE - self.part_len).unwrap_or(0));
-            let n = room.min(data.len());
+            let at = usize::try_from(self.part_len).unwrap_or(usize::MAX);
+            let (index, filled) = (at / buffers::CHUNK, at % buffers::CHUNK);
+            let Some(chunk) = self.part.get_mut(index) else {
+                return Err(TransferError::Sink("an export part outgrew its buffers".into()));
+            };
+            let n = (buffers::CHUNK - filled).min(data.len());
             chunk.space()[filled..filled + n].copy_from_slice(&data[..n]);
             chunk.set_len(filled + n);
             self.part_len += n as u64;
