@@ -47,10 +47,12 @@ pub(super) async fn to_s3<R: Reporter>(
         && existing.size == fenced.size
     {
         // Completed by an attempt that took the fence, maybe before it gave the object its
-        // SHA-256.
-        let done = match existing.sha256 {
-            Some(sha256) => sha256 == fenced.sha256,
-            None => attach(sink, key, &fenced.sha256).await,
+        // SHA-256 (an object of the fenced size without one is taken for that attempt's).
+        let done = if let Some(sha256) = existing.sha256 {
+            sha256 == fenced.sha256
+        } else {
+            attach(sink, key, &fenced.sha256).await;
+            true
         };
         if done {
             return Ok(serde_json::json!({ "object": key, "resumed": true }));
@@ -298,16 +300,12 @@ impl<R: Reporter> Streaming<'_, '_, R> {
     }
 }
 
-/// Gives the object its SHA-256; whether it has it now. A server that can't (or an object
+/// Gives the object its SHA-256, logging a failure. A server that can't (or an object
 /// over 5 GiB, which S3 won't copy in one request) keeps the object without it, which
 /// costs a later `overwrite: false` run a "differs" instead of a skip, not data.
-async fn attach(sink: &Sink, key: &str, sha256: &str) -> bool {
-    match sink.attach_sha256(key, sha256).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(%key, "the exported object is complete but its SHA-256 couldn't be stored with it: {e}");
-            false
-        }
+async fn attach(sink: &Sink, key: &str, sha256: &str) {
+    if let Err(e) = sink.attach_sha256(key, sha256).await {
+        tracing::warn!(%key, "the exported object is complete but its SHA-256 couldn't be stored with it: {e}");
     }
 }
 
