@@ -17,6 +17,7 @@
 mod common;
 
 use common::cluster::{Hub, Node, gateway, submit, wait_over, wait_until};
+use common::data::bytes;
 use common::s3::SeaweedFs;
 use gatehouse::protocol::{Activity, CopySink, CopySource, ListedFile, Part, TransferProgress};
 use gatehouse::transfer::{self, Checkpoint, Outcome, Reporter, TransferError};
@@ -30,19 +31,6 @@ use std::time::{Duration, Instant};
 const LARGE: usize = 12 << 20;
 
 // ---- sources and sinks ----
-
-/// Bytes that differ from file to file and from part to part.
-fn bytes(seed: u32, size: usize) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state.to_le_bytes()[0]
-        })
-        .collect()
-}
 
 /// A source folder with two small files and one large one; returns them by relative path.
 fn make_source(root: &Path) -> BTreeMap<String, Vec<u8>> {

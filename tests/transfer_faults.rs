@@ -10,6 +10,7 @@
 mod common;
 
 use common::cluster::{Hub, Node, wait_until};
+use common::data::bytes;
 use common::s3::SeaweedFs;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,31 +20,24 @@ use std::time::{Duration, Instant};
 const LARGE: usize = 26 << 20;
 
 /// Source files: many small ones and a few large ones; returns them by relative path.
-fn make_source(root: &Path) -> BTreeMap<String, Vec<u8>> {
+fn small_and_large() -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
-    let mut state: u32 = 0x1234_5678;
-    let mut bytes = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                state.to_le_bytes()[0]
-            })
-            .collect()
-    };
     for i in 0..120 {
-        files.insert(format!("small/{:02}/f{i:03}.csv", i % 6), bytes(64 << 10));
+        files.insert(format!("small/{:02}/f{i:03}.csv", i % 6), bytes(i, 64 << 10));
     }
     for i in 0..3 {
-        files.insert(format!("large/l{i}.bin"), bytes(LARGE));
+        files.insert(format!("large/l{i}.bin"), bytes(1000 + i, LARGE));
     }
-    for (path, content) in &files {
+    files
+}
+
+/// Writes `files` under `root`.
+fn write_source(root: &Path, files: &BTreeMap<String, Vec<u8>>) {
+    for (path, content) in files {
         let full = root.join(path);
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         std::fs::write(full, content).unwrap();
     }
-    files
 }
 
 struct Setup {
@@ -57,6 +51,11 @@ struct Setup {
 /// A hub (on a fixed address, so it can restart), a gateway `lake` with `distribute` and the
 /// bandwidth limit, `count` nodes holding the S3 credential, and the source.
 fn setup(count: usize, mbps: u32) -> Setup {
+    setup_with(count, mbps, small_and_large())
+}
+
+/// [`setup`] with the source `files`.
+fn setup_with(count: usize, mbps: u32, files: BTreeMap<String, Vec<u8>>) -> Setup {
     let s3 = SeaweedFs::start();
     let hub = Hub::start();
     let key = hub.create_gateway("lake", &["--policy", "distribute"]);
@@ -73,8 +72,8 @@ fn setup(count: usize, mbps: u32) -> Setup {
     });
     std::thread::sleep(Duration::from_millis(1500));
     let source = tempfile::tempdir().unwrap();
-    let expected = make_source(source.path());
-    Setup { s3, hub, nodes, source, expected }
+    write_source(source.path(), &files);
+    Setup { s3, hub, nodes, source, expected: files }
 }
 
 impl Setup {
@@ -272,4 +271,45 @@ fn a_cancelled_copy_stops_aborts_its_uploads_and_leaves_nothing_partial() {
         let path = key.strip_prefix("exports/").unwrap();
         assert!(setup.s3.get_object(&key) == setup.expected[path], "{key} is whole, not partial");
     }
+}
+
+/// The leak the checkpoint can't see: a worker that created a multipart upload and was killed
+/// before the hub heard of it (the hub was away, so the checkpoint naming the upload never
+/// landed). The attempt that takes over must find that upload at the server and abort it.
+#[test]
+fn an_upload_the_hub_never_heard_of_is_aborted_by_the_attempt_that_takes_over() {
+    let files: BTreeMap<String, Vec<u8>> = [("big/one.bin".to_owned(), bytes(7, LARGE))].into();
+    let mut setup = setup_with(2, 0, files);
+    // The S3 server paused: the part's run starts and then waits on its first request.
+    let weed = setup.s3.pid().to_string();
+    signal(&weed, "STOP");
+    let id = setup.submit();
+    let mut worker = String::new();
+    wait_until(Duration::from_secs(60), "the part's run to start on a node", || {
+        let job = setup.job(&id);
+        job["runs"].as_array().unwrap().iter().any(|run| {
+            let started = run["partition"] != 0 && run["state"] == "running";
+            if started {
+                run["node_name"].as_str().unwrap_or("").clone_into(&mut worker);
+            }
+            started
+        })
+    });
+    // The hub away, the server back: the worker creates its upload and can't checkpoint it.
+    setup.hub.stop();
+    signal(&weed, "CONT");
+    wait_until(Duration::from_secs(60), "the worker to start its multipart upload", || {
+        !setup.s3.list_multipart_uploads("").is_empty()
+    });
+    setup.node(&worker).process.as_mut().unwrap().kill9();
+    setup.hub.start_again();
+
+    let job = setup.wait_succeeded(&id);
+    setup.assert_sink_is_exact();
+    assert!(!taken_over(&job).is_empty(), "another attempt finished the part: {job:#}");
+}
+
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{signal}"), pid]).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
 }

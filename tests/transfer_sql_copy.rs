@@ -326,6 +326,45 @@ fn an_unpartitioned_postgresql_query_copied_to_s3_as_json_lines_is_one_object_of
     assert!(s3.list_multipart_uploads("").is_empty(), "no unfinished multipart upload");
 }
 
+/// An export to S3 streams: bytes are reported while the query still runs (held open here by a
+/// lock the test holds, which its last row waits for), and nothing is under the object's name
+/// until it is complete.
+#[test]
+fn a_postgresql_export_to_s3_reports_progress_while_its_query_runs_and_shows_nothing_until_done() {
+    let warehouse = Warehouse::start();
+    let s3 = SeaweedFs::start();
+    let (hub, nodes) = gateway(1);
+    set_credentials(&hub, &nodes[0], &[("warehouse", PASSWORD), ("lake", &s3.credential())]);
+    let hold = "CREATE FUNCTION gate() RETURNS text LANGUAGE plpgsql AS $$ \
+                BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN 'opened'; END $$; \
+                SELECT pg_advisory_lock(4242)";
+    warehouse.runtime.block_on(warehouse.client.batch_execute(hold)).unwrap();
+    let query = "SELECT * FROM orders UNION ALL SELECT NULL, gate(), NULL, NULL, NULL, NULL, NULL";
+    let source = json!({
+        "postgres": warehouse.reader_url(), "password_credential": "warehouse", "query": query, "format": "csv",
+    });
+
+    let id = submit(&hub, &copy_job(&source, &s3_sink(&s3, "gated/"))).unwrap();
+    wait_until(Duration::from_secs(60), "progress of the part while its query waits", || {
+        let job = hub.admin(&["job", "show", &id]);
+        part_runs(&job)
+            .iter()
+            .any(|r| r["state"] == "running" && r["progress"]["bytes_done"].as_u64() > Some(0))
+    });
+    assert!(s3.list_objects("gated/").is_empty(), "nothing under the prefix before the query ends");
+    warehouse.runtime.block_on(warehouse.client.batch_execute("SELECT pg_advisory_unlock(4242)")).unwrap();
+
+    let job = wait_over(&hub, &id);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let objects = objects_with_checksums(&s3, "gated/");
+    assert_eq!(objects.keys().cloned().collect::<Vec<_>>(), part_names(1, "csv"), "one object");
+    let (_, rows) = header_and_rows(std::str::from_utf8(&objects["part-00000.csv"]).unwrap());
+    let (_, expected) = header_and_rows(&warehouse.copy_csv(query));
+    assert_eq!(rows.len(), usize::try_from(ORDERS).unwrap() + 1, "every row and the gate's");
+    assert!(sorted(rows) == sorted(expected), "the object holds the query's rows");
+    assert!(s3.list_multipart_uploads("").is_empty(), "no unfinished multipart upload");
+}
+
 /// A SQLite file with `readings` (ids 1…`count` with every 50th NULL, awkward text).
 fn sqlite_readings(path: &Path, count: i64) -> Vec<Vec<Option<String>>> {
     let connection = rusqlite::Connection::open(path).unwrap();

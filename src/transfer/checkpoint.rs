@@ -26,8 +26,13 @@ pub struct Upload {
     /// The object key it will become.
     pub key: String,
     pub upload_id: String,
-    /// SHA-256 (hex) of the whole content, as stored with the object.
+    /// SHA-256 (hex) of the whole content, as stored with the object; empty while a streamed
+    /// export's upload is under way (it is known at the end).
     pub sha256: String,
+    /// The whole content's size, where the upload began before it was known (a streamed
+    /// export's, set at its fence); 0 otherwise.
+    #[serde(default)]
+    pub size: u64,
     pub part_size: u64,
     /// The part ids of the parts stored so far, by part number (0-based); `None` for a part
     /// that wasn't.
@@ -65,6 +70,7 @@ mod tests {
                 key: "a/b.bin".into(),
                 upload_id: "u1".into(),
                 sha256: "00".into(),
+                size: 0,
                 part_size: 8,
                 parts: vec![Some("e1".into()), None],
             }),

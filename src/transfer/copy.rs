@@ -116,7 +116,12 @@ pub(super) async fn files<R: Reporter>(
     tally.progress.files_done = tally.checkpoint.done.len() as u64;
     let keys: Vec<String> = files.iter().map(|f| sink.key(&f.path)).collect();
     let resumed = tally.checkpoint.upload.clone();
-    sink.sweep(&keys, resumed.as_ref().map(|u| u.upload_id.as_str())).await?;
+    let keep = resumed.as_ref().map(|u| u.upload_id.as_str());
+    sink.sweep(&keys, keep).await?;
+    // Uploads earlier attempts began for the large files, the checkpointed one but kept.
+    let large: Vec<String> =
+        files.iter().zip(&keys).filter(|(f, _)| f.size > PART_SIZE).map(|(_, k)| k.clone()).collect();
+    sink.sweep_uploads(&large, keep).await;
 
     let result = copy_all(root, files, &keys, sink, overwrite, ctx, &mut tally).await;
     if let Err(e) = result {
@@ -300,6 +305,7 @@ async fn copy_large<R: Reporter>(
                 key: key.to_owned(),
                 upload_id,
                 sha256: expected.to_owned(),
+                size: listed.size,
                 part_size: PART_SIZE,
                 parts: vec![None; parts],
             }

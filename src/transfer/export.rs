@@ -1,20 +1,17 @@
 //! One part of a SQL copy: a range of the query's rows, exported as CSV or JSON lines to the
 //! sink as `part-NNNNN.csv` (or `.jsonl`), exactly once. At a folder sink the rows stream
 //! straight into the object's staging file, hashed as they are written, and it is published
-//! after the hub's fence. At S3 the object's SHA-256 must go with the upload when it starts,
-//! so the rows are spooled to a file in this node's temporary folder first (memory stays
-//! bounded whatever the size) and then written like a file of a folder copy.
+//! after the hub's fence. At S3 they stream into a multipart upload ([`super::stream`]).
 
 use super::checkpoint::Upload;
 use super::sink::{Put, Sink, Staging};
 use super::spec::DatabaseRef;
-use super::{Checkpoint, Context, Reporter, TransferError, copy, credential, sql};
-use crate::protocol::{ListedFile, Part, SqlFormat, TransferProgress};
+use super::{Checkpoint, Context, Reporter, TransferError, credential, sql, stream};
+use crate::protocol::{Part, SqlFormat, TransferProgress};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 /// The database a SQL source names, with its password from the node's credentials.
 pub(super) fn open<R>(database: &DatabaseRef, ctx: &Context<'_, R>) -> Result<sql::Database, TransferError> {
@@ -79,36 +76,7 @@ pub(super) async fn rows<R: Reporter>(
     if sink.is_folder() {
         return into_staging(database, query, format, range, &name, sink, overwrite, ctx).await;
     }
-    let folder = tempfile::Builder::new().prefix("gatehouse-export-").tempdir().map_err(|e| {
-        TransferError::Source(format!("node {} can't make a spool folder for the export: {e}", ctx.node))
-    })?;
-    let path = folder.path().join(&name);
-    let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
-        TransferError::Source(format!("node {} can't write its spool file {}: {e}", ctx.node, path.display()))
-    })?;
-    let rows = tokio::select! {
-        spooled = spool(database, query, format, range, &mut file) => spooled,
-        () = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
-    };
-    let rows = rows.map_err(|e| match e {
-        Spooled::Query(e) => TransferError::Sql(e),
-        Spooled::Write(e) => TransferError::Source(format!(
-            "node {} can't write its spool file {}: {e}; free space in its temporary folder",
-            ctx.node,
-            path.display()
-        )),
-    })?;
-    drop(file);
-    let meta = tokio::fs::metadata(&path)
-        .await
-        .map_err(|e| TransferError::Source(format!("the spool file {} went away: {e}", path.display())))?;
-    let listed = ListedFile { path: name, size: meta.len(), modified_ms: super::folder::modified_ms(&meta) };
-    let mut result = copy::files(folder.path(), std::slice::from_ref(&listed), sink, overwrite, ctx).await?;
-    if let Some(object) = result.as_object_mut() {
-        object.insert("rows".into(), rows.into());
-        object.insert("object".into(), sink.key(&listed.path).into());
-    }
-    Ok(result)
+    stream::to_s3(database, query, format, range, &sink.key(&name), sink, overwrite, ctx).await
 }
 
 /// How often a streaming export tells the hub how far it is.
@@ -163,6 +131,7 @@ async fn into_staging<R: Reporter>(
             key: key.clone(),
             upload_id: upload_id.clone(),
             sha256: sha256.clone(),
+            size,
             part_size: size,
             parts: Vec::new(),
         }),
@@ -254,107 +223,9 @@ async fn stream_into<R: Reporter>(
     Ok((rows?, staged))
 }
 
-/// Why spooling an export stopped.
-#[derive(Debug)]
-enum Spooled {
-    /// The query failed.
-    Query(sql::SqlError),
-    /// The spool file couldn't be written (the export then stopped too, for nothing read it).
-    Write(std::io::Error),
-}
-
-/// Exports the rows into `file`; how many there were.
-async fn spool(
-    database: &sql::Database,
-    query: &str,
-    format: SqlFormat,
-    range: Option<&sql::Range>,
-    file: &mut (impl AsyncWrite + Unpin),
-) -> Result<u64, Spooled> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let export = sql::export(database, query, format, range, sender);
-    // The receiver lives in here, so a failed write closes the channel and stops the export.
-    let write = async {
-        let mut receiver = receiver;
-        while let Some(chunk) = receiver.recv().await {
-            file.write_all(&chunk).await?;
-        }
-        file.flush().await
-    };
-    let (rows, written) = tokio::join!(export, write);
-    // A failed write first: it is why an export stopped as "cancelled" (nothing read its rows).
-    written.map_err(Spooled::Write)?;
-    rows.map_err(Spooled::Query)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Takes `room` bytes, then fails like a full disk.
-    struct FullDisk {
-        room: usize,
-    }
-
-    impl AsyncWrite for FullDisk {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            if self.room == 0 {
-                return std::task::Poll::Ready(Err(std::io::Error::from_raw_os_error(28)));
-            }
-            let taken = buf.len().min(self.room);
-            self.room -= taken;
-            std::task::Poll::Ready(Ok(taken))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    /// A SQLite file whose `SELECT * FROM t` is about `rows` × 100 bytes of CSV.
-    fn database(rows: u32) -> (tempfile::TempDir, sql::Database) {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let path = dir.path().join("t.db");
-        let connection = rusqlite::Connection::open(&path).expect("a SQLite file");
-        connection
-            .execute_batch(&format!(
-                "CREATE TABLE t AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
-                 SELECT i, printf('%.90d', i) AS padding FROM n"
-            ))
-            .expect("the table");
-        (dir, sql::Database::Sqlite { path })
-    }
-
-    #[tokio::test]
-    async fn a_spool_file_that_cant_be_written_is_named_as_the_cause_not_the_query() {
-        let (_dir, db) = database(100_000);
-        let mut full = FullDisk { room: 3 << 20 };
-        let error = spool(&db, "SELECT * FROM t", SqlFormat::Csv, None, &mut full).await.expect_err("fails");
-        assert!(matches!(&error, Spooled::Write(e) if e.raw_os_error() == Some(28)), "{error:?}");
-
-        let mut file = Vec::new();
-        assert_eq!(
-            spool(&db, "SELECT * FROM t", SqlFormat::Csv, None, &mut file).await.expect("spooled"),
-            100_000
-        );
-        assert!(file.starts_with(b"i,padding\n1,0000"), "{:?}", String::from_utf8_lossy(&file[..40]));
-        let error = spool(&db, "SELEC 1", SqlFormat::Csv, None, &mut Vec::new()).await.expect_err("fails");
-        assert!(matches!(&error, Spooled::Query(sql::SqlError::Syntax { .. })), "{error:?}");
-    }
 
     fn bounds_of(parts: &[Part]) -> Vec<(Option<i64>, Option<i64>, bool)> {
         parts

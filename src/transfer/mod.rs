@@ -6,18 +6,23 @@
 //!
 //! Parts: [`spec`] checks what a job asks for, [`folder`] lists folders and groups files into
 //! parts, [`sql`] reads query results, [`sink`] writes objects exactly once, [`copy`] and
-//! [`export`] run one part of each kind, [`checkpoint`] is what an attempt leaves for the next,
-//! [`bandwidth`] paces what a node sends, [`buffers`] is the node's copy memory.
+//! [`export`] run one part of each kind ([`stream`] a SQL part into S3), [`checkpoint`] is what an attempt leaves for the next,
+//! [`bandwidth`] paces what a node sends, [`buffers`] is the node's copy memory, [`digest`]
+//! keeps S3 requests from hashing again what a copy hashed, [`s3calls`] makes the S3 calls
+//! `object_store` doesn't.
 
 pub mod bandwidth;
 mod buffers;
 pub mod checkpoint;
 mod copy;
+mod digest;
 mod export;
 pub mod folder;
+mod s3calls;
 pub mod sink;
 pub mod spec;
 pub mod sql;
+mod stream;
 
 pub use checkpoint::Checkpoint;
 

@@ -42,6 +42,8 @@ pub struct Sink {
     /// Names this attempt's staging files, so the attempt that takes over finds and removes
     /// what a dead one left.
     staging_tag: String,
+    /// The run's attempt writing: from the second on, what earlier ones left is looked for.
+    attempt: u32,
 }
 
 #[derive(Clone)]
@@ -53,10 +55,39 @@ enum Inner {
         endpoint: String,
         /// The node credential that holds its keys, for sentences.
         credential: String,
+        /// The calls `store` can't make.
+        calls: super::s3calls::S3Calls,
     },
     Folder {
         root: PathBuf,
+        /// The folders this attempt made or found, so each file needn't ask again.
+        folders: Folders,
     },
+}
+
+/// Folders known to exist under a folder sink: a part's files each skip the mkdir and stat
+/// that `create_dir_all` costs once their folder is known. A folder removed meanwhile is
+/// made again when a file can't be created in it.
+#[derive(Clone, Default)]
+struct Folders(Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>);
+
+impl Folders {
+    fn ensure(&self, dir: &Path) -> std::io::Result<()> {
+        if self.0.lock().is_ok_and(|known| known.contains(dir)) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir)?;
+        if let Ok(mut known) = self.0.lock() {
+            known.insert(dir.to_owned());
+        }
+        Ok(())
+    }
+
+    fn forget(&self, dir: &Path) {
+        if let Ok(mut known) = self.0.lock() {
+            known.remove(dir);
+        }
+    }
 }
 
 /// What a write found at the sink.
@@ -118,9 +149,10 @@ impl Sink {
             spec::Sink::File { root } => Ok(Sink {
                 name: format!("file://{}", root.display()),
                 node: node.to_owned(),
-                inner: Inner::Folder { root: root.clone() },
+                inner: Inner::Folder { root: root.clone(), folders: Folders::default() },
                 prefix: String::new(),
                 staging_tag,
+                attempt,
             }),
             spec::Sink::S3 { bucket, prefix, endpoint, region, credential: credential_name, ca_file } => {
                 let (key_id, secret) = credential.and_then(|c| c.split_once(':')).ok_or_else(|| {
@@ -163,26 +195,38 @@ impl Sink {
                     .with_region(region)
                     .with_access_key_id(key_id)
                     .with_secret_access_key(secret)
-                    .with_client_options(options)
+                    .with_client_options(options.clone())
+                    .with_crypto_provider(super::digest::provider())
                     .with_retry(retry)
                     .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
                 if let Some(endpoint) = endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }
-                let store = builder
-                    .build()
-                    .map_err(|e| TransferError::Sink(format!("can't use the sink s3://{bucket}/: {e}")))?;
+                let store =
+                    Arc::new(builder.build().map_err(|e| {
+                        TransferError::Sink(format!("can't use the sink s3://{bucket}/: {e}"))
+                    })?);
+                let calls = super::s3calls::S3Calls::new(
+                    Arc::clone(&store),
+                    &options,
+                    endpoint.as_deref(),
+                    bucket,
+                    region,
+                )
+                .map_err(|e| TransferError::Sink(format!("can't use the sink s3://{bucket}/: {e}")))?;
                 Ok(Sink {
                     name: format!("s3://{bucket}/{prefix}"),
                     node: node.to_owned(),
                     inner: Inner::S3 {
-                        store: Arc::new(store),
+                        store,
                         bucket: bucket.clone(),
                         endpoint: endpoint.clone().unwrap_or_else(|| format!("AWS S3 in {region}")),
                         credential: credential_name.clone(),
+                        calls,
                     },
                     prefix: prefix.clone(),
                     staging_tag,
+                    attempt,
                 })
             }
         }
@@ -229,7 +273,7 @@ impl Sink {
                     Err(e) => Err(self.s3_error(key, &e)),
                 }
             }
-            Inner::Folder { root } => {
+            Inner::Folder { root, .. } => {
                 let path = root.join(key);
                 self.on_node(move || match std::fs::metadata(&path) {
                     Ok(meta) => Ok(Some(Existing { size: meta.len(), sha256: Some(file_sha256(&path)?) })),
@@ -254,7 +298,16 @@ impl Sink {
                 let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
                 let options =
                     PutOptions { mode, attributes: sha256_attributes(sha256), ..PutOptions::default() };
-                match store.put_opts(&object_path(key)?, data, options).await {
+                let path = object_path(key)?;
+                // The body's SHA-256 is the object's, computed while it was read: not again.
+                let written = match digest_bytes(sha256) {
+                    Some(digest) => {
+                        let body = data.clone();
+                        super::digest::known(&body, digest, store.put_opts(&path, data, options)).await
+                    }
+                    None => store.put_opts(&path, data, options).await,
+                };
+                match written {
                     Ok(_) => Ok(Put::Written),
                     Err(
                         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
@@ -262,12 +315,13 @@ impl Sink {
                     Err(e) => Err(self.s3_error(key, &e)),
                 }
             }
-            Inner::Folder { root } => {
+            Inner::Folder { root, folders } => {
                 let staging = self.staging_path(root, key, "put")?;
-                let (data, final_path, sha) = (data, root.join(key), sha256.to_owned());
+                let (data, final_path, sha, folders) =
+                    (data, root.join(key), sha256.to_owned(), folders.clone());
                 let written = self
                     .on_node(move || {
-                        write_staging(&staging, &final_path, data, &sha)?;
+                        write_staging(&staging, &final_path, data, &sha, &folders)?;
                         publish(&staging, &final_path, overwrite)
                     })
                     .await?;
@@ -277,19 +331,20 @@ impl Sink {
     }
 
     /// Starts a large object's upload; nothing is visible under `key` until [`Self::complete`].
+    /// At S3 `sha256` goes with it; empty when it isn't known yet ([`Self::attach_sha256`]).
     pub async fn create_upload(&self, key: &str, sha256: &str) -> Result<String, TransferError> {
         match &self.inner {
             Inner::S3 { store, .. } => {
-                let options = PutMultipartOptions {
-                    attributes: sha256_attributes(sha256),
-                    ..PutMultipartOptions::default()
-                };
+                // A streamed export learns its SHA-256 only at the end: see attach_sha256.
+                let attributes =
+                    if sha256.is_empty() { Attributes::new() } else { sha256_attributes(sha256) };
+                let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
                 store
                     .create_multipart_opts(&object_path(key)?, options)
                     .await
                     .map_err(|e| self.s3_error(key, &e))
             }
-            Inner::Folder { root } => {
+            Inner::Folder { root, .. } => {
                 let staging = self.staging_path(root, key, "upload")?;
                 let id = staging.strip_prefix(root).unwrap_or(&staging).to_string_lossy().into_owned();
                 let target = root.join(key);
@@ -309,7 +364,7 @@ impl Sink {
     /// query's output streams into it) and published with [`Sink::complete`]; `None` at S3,
     /// where an object's SHA-256 must be known when its upload starts.
     pub async fn stage(&self, key: &str) -> Result<Option<Staging>, TransferError> {
-        let Inner::Folder { root } = &self.inner else { return Ok(None) };
+        let Inner::Folder { root, .. } = &self.inner else { return Ok(None) };
         let staging = self.staging_path(root, key, "upload")?;
         let upload_id = staging.strip_prefix(root).unwrap_or(&staging).to_string_lossy().into_owned();
         let target = root.join(key);
@@ -342,7 +397,7 @@ impl Sink {
                 .await
                 .map(|part| part.content_id)
                 .map_err(|e| self.s3_error(key, &e)),
-            Inner::Folder { root } => {
+            Inner::Folder { root, .. } => {
                 let staging = Self::upload_path(root, upload_id)?;
                 // Sentences name the file being written, not its hidden staging name.
                 let target = root.join(key);
@@ -389,7 +444,7 @@ impl Sink {
                     .map(|_| Put::Written)
                     .map_err(|e| self.s3_error(key, &e))
             }
-            Inner::Folder { root } => {
+            Inner::Folder { root, .. } => {
                 let staging = Self::upload_path(root, upload_id)?;
                 let (final_path, sha) = (root.join(key), sha256.to_owned());
                 let written = self
@@ -397,7 +452,7 @@ impl Sink {
                         let file =
                             std::fs::File::open(&staging).map_err(|e| folder_error(&final_path, &e))?;
                         file.sync_all().map_err(|e| folder_error(&final_path, &e))?;
-                        set_sha256(&staging, &sha);
+                        set_sha256_of(&file, &staging, &sha);
                         publish(&staging, &final_path, overwrite)
                     })
                     .await?;
@@ -416,7 +471,7 @@ impl Sink {
                 }
                 Err(e) => Err(e.to_string()),
             },
-            Inner::Folder { root } => match Self::upload_path(root, upload_id) {
+            Inner::Folder { root, .. } => match Self::upload_path(root, upload_id) {
                 Ok(staging) => match std::fs::remove_file(&staging) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
                     _ => Ok(()),
@@ -432,7 +487,7 @@ impl Sink {
     /// Removes staging files that earlier attempts of this run left in the folders of `keys`
     /// (a folder sink only; S3 uploads are tracked in checkpoints), except `keep`.
     pub async fn sweep(&self, keys: &[String], keep: Option<&str>) -> Result<(), TransferError> {
-        let Inner::Folder { root } = &self.inner else { return Ok(()) };
+        let Inner::Folder { root, .. } = &self.inner else { return Ok(()) };
         let run_tag =
             self.staging_tag.rsplit_once('-').map_or(self.staging_tag.as_str(), |(run, _)| run).to_owned();
         let dirs = folders(root, keys);
@@ -455,9 +510,44 @@ impl Sink {
         .await
     }
 
+    /// Stores `sha256` with the S3 object at `key`, written without it because its upload
+    /// began before its content was known (a streamed export): a copy onto itself with the
+    /// metadata, which leaves its content and name as they are. Nothing to do at a folder.
+    pub async fn attach_sha256(&self, key: &str, sha256: &str) -> Result<(), String> {
+        let Inner::S3 { calls, bucket, .. } = &self.inner else { return Ok(()) };
+        calls.set_sha256(bucket, key, sha256).await
+    }
+
+    /// Aborts the multipart uploads open under `keys` at S3, except `keep`: what earlier
+    /// attempts of this run left, checkpointed or not (one killed between creating an upload
+    /// and checkpointing it leaves an upload the hub never heard of). Only an attempt after
+    /// the first looks, and only under the keys its part writes in parts; one writer per key
+    /// is assumed (an upload another job had open under the same key is aborted too, and that
+    /// job's run fails saying so). Failures are only logged: a leftover upload is invisible.
+    /// A folder sink's leftovers are staging files, which [`Self::sweep`] removes.
+    pub async fn sweep_uploads(&self, keys: &[String], keep: Option<&str>) {
+        let Inner::S3 { calls, .. } = &self.inner else { return };
+        if self.attempt <= 1 {
+            return;
+        }
+        for key in keys {
+            match calls.open_uploads(key).await {
+                Ok(ids) => {
+                    for id in ids.iter().filter(|id| Some(id.as_str()) != keep) {
+                        tracing::info!(%key, upload = %id, "aborting an upload an earlier attempt left");
+                        self.abort(key, id).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%key, "can't list the uploads an earlier attempt may have left: {e}");
+                }
+            }
+        }
+    }
+
     /// Makes the names written in the folders of `keys` durable (a folder sink; S3 needs nothing).
     pub async fn sync_folders(&self, keys: &[String]) -> Result<(), TransferError> {
-        let Inner::Folder { root } = &self.inner else { return Ok(()) };
+        let Inner::Folder { root, .. } = &self.inner else { return Ok(()) };
         let dirs = folders(root, keys);
         self.on_node(move || {
             for dir in dirs.iter().filter(|d| d.exists()) {
@@ -591,6 +681,18 @@ fn object_path(key: &str) -> Result<ObjectPath, TransferError> {
     ObjectPath::parse(key).map_err(|e| TransferError::Sink(format!("{key:?} can't be an object key: {e}")))
 }
 
+/// A hex SHA-256 as its 32 bytes.
+fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(digest)
+}
+
 fn sha256_attributes(sha256: &str) -> Attributes {
     Attributes::from_iter([(Attribute::Metadata(SHA256_KEY.into()), AttributeValue::from(sha256.to_owned()))])
 }
@@ -614,25 +716,44 @@ fn folder_error(path: &Path, error: &std::io::Error) -> TransferError {
 }
 
 /// Writes `data` to a new staging file and makes it durable; sentences name `target`.
-fn write_staging(staging: &Path, target: &Path, data: PutPayload, sha256: &str) -> Result<(), TransferError> {
-    if let Some(dir) = staging.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| folder_error(dir, &e))?;
-    }
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(staging)?;
+fn write_staging(
+    staging: &Path,
+    target: &Path,
+    data: PutPayload,
+    sha256: &str,
+    folders: &Folders,
+) -> Result<(), TransferError> {
+    let dir = staging.parent().unwrap_or(Path::new("/"));
+    folders.ensure(dir).map_err(|e| folder_error(dir, &e))?;
+    let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(staging);
+    let file = match create() {
+        // Its folder went away since it was made: make it again.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            folders.forget(dir);
+            folders.ensure(dir).map_err(|e| folder_error(dir, &e))?;
+            create()
+        }
+        other => other,
+    };
+    let write = |mut file: std::fs::File| -> std::io::Result<std::fs::File> {
         for chunk in &data {
             file.write_all(chunk)?;
         }
         // The buffers go back to the budget now, not after the disk's wait.
         drop(data);
-        file.sync_data()
+        file.sync_data()?;
+        Ok(file)
     };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(staging);
-        return Err(folder_error(target, &e));
+    match file.and_then(write) {
+        Ok(file) => {
+            set_sha256_of(&file, staging, sha256);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(staging);
+            Err(folder_error(target, &e))
+        }
     }
-    set_sha256(staging, sha256);
-    Ok(())
 }
 
 /// Moves a complete staging file to its final name: a hard link that fails if the name is
@@ -653,7 +774,8 @@ fn publish(staging: &Path, target: &Path, overwrite: bool) -> Result<bool, Trans
         let _ = std::fs::remove_file(staging);
         folder_error(target, &e)
     })?;
-    if staging.exists() {
+    // A rename took the staging name with it; a link (made or refused) leaves it.
+    if !overwrite {
         std::fs::remove_file(staging).map_err(|e| folder_error(staging, &e))?;
     }
     Ok(placed)
@@ -662,10 +784,11 @@ fn publish(staging: &Path, target: &Path, overwrite: bool) -> Result<bool, Trans
 /// Keeps the SHA-256 with the file where the file system allows extended attributes (with the
 /// size and modification time it belongs to, so a file changed later isn't trusted); where it
 /// doesn't, [`file_sha256`] computes it again when it is needed.
-fn set_sha256(path: &Path, sha256: &str) {
-    let Ok(meta) = std::fs::metadata(path) else { return };
+fn set_sha256_of(file: &std::fs::File, path: &Path, sha256: &str) {
+    use xattr::FileExt as _;
+    let Ok(meta) = file.metadata() else { return };
     let value = format!("{sha256}:{}:{}", meta.len(), super::folder::modified_ms(&meta));
-    if let Err(e) = xattr::set(path, SHA256_XATTR, value.as_bytes()) {
+    if let Err(e) = file.set_xattr(SHA256_XATTR, value.as_bytes()) {
         tracing::debug!(path = %path.display(), "no extended attribute for the checksum: {e}");
     }
 }

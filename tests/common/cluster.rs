@@ -37,8 +37,18 @@ impl Hub {
     /// Stops the hub (SIGTERM), leaves it down for `down`, and starts it again on the same
     /// address and database, as an administrator restarting it would.
     pub fn restart(&mut self, down: Duration) {
-        self.process.stop();
+        self.stop();
         std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Stops the hub (SIGTERM); [`Hub::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts a stopped hub again on the same address and database.
+    pub fn start_again(&mut self) {
         let address = self.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let mut process = spawn_gatehouse(
             &["hub", "serve", "--listen", &address],

@@ -1,9 +1,11 @@
-//! Helpers shared by the integration tests: a throwaway PostgreSQL cluster (`postgres`), a
+//! Helpers shared by the integration tests: pseudo-random test data (`data`), a throwaway PostgreSQL cluster (`postgres`), a
 //! throwaway S3 server and rclone (`s3`), the real `gatehouse` binary as a child process
 //! (`process`) and plain HTTP requests to it (`http`). Every test binary compiles its own copy of this module and uses only part of it.
 
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod cluster;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod data;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod http;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
