@@ -8,10 +8,10 @@
 //! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
 
 use crate::protocol::{
-    AuditEntry, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedToken, ErrorBody, FinishRun,
-    GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, JobsQuery, KeyInfo, KeySlot, NodeView,
-    RegeneratedKey, RegisterRequest, RegisterResponse, RunProgress, RunView, SettingsPatch, SplitRun,
-    StartRun, SubmitJob, TokenInfo, TokenKind,
+    AuditEntry, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey, CreatedToken,
+    ErrorBody, FinishRun, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, JobsQuery,
+    JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NodeView, RegeneratedKey, RegisterRequest, RegisterResponse,
+    RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo, TokenKind,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -247,6 +247,25 @@ impl HubClient {
             KeySlot::Secondary => "secondary",
         };
         self.call(Method::POST, &["gateways", gateway, "keys", slot, "regenerate"], None, None::<&()>).await
+    }
+
+    /// `POST /api/v1/gateways/{gateway}/join-keys`: a key for adding nodes, shown once.
+    pub async fn create_join_key(
+        &self,
+        gateway: &str,
+        request: &NewJoinKey,
+    ) -> Result<CreatedJoinKey, ClientError> {
+        self.call(Method::POST, &["gateways", gateway, "join-keys"], None, Some(request)).await
+    }
+
+    /// `GET /api/v1/gateways/{gateway}/join-keys`: the keys made for adding nodes, newest first.
+    pub async fn join_keys(&self, gateway: &str) -> Result<Vec<JoinKeyInfo>, ClientError> {
+        self.call(Method::GET, &["gateways", gateway, "join-keys"], None, None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/gateways/{gateway}/join-keys/{id}`
+    pub async fn revoke_join_key(&self, gateway: &str, id: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["gateways", gateway, "join-keys", id]).await
     }
 
     /// `GET /api/v1/gateways/{gateway}/nodes`

@@ -1,5 +1,5 @@
-//! Small encodings every part needs: hex for ids, hashes and thumbprints, random ids, and
-//! byte counts as people read them.
+//! Small encodings every part needs: hex for ids, hashes and thumbprints, random ids, byte
+//! counts and times as people read them.
 
 use rand::RngCore as _;
 use std::fmt::Write as _;
@@ -17,6 +17,14 @@ pub fn random_hex<const N: usize>() -> String {
     let mut bytes = [0u8; N];
     rand::rng().fill_bytes(&mut bytes);
     hex(&bytes)
+}
+
+/// Milliseconds since 1970 as an RFC 3339 UTC time, to the second.
+pub fn utc_timestamp(ms: i64) -> String {
+    let formatted = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+    formatted.unwrap_or_else(|| format!("{ms} ms after 1970"))
 }
 
 /// A byte count in binary units: "512 B", "3.2 GiB".

@@ -365,6 +365,42 @@ pub struct RegeneratedKey {
     pub key: String,
 }
 
+/// What `POST /api/v1/gateways/{gateway}/join-keys` makes: an auth key for adding nodes that
+/// expires, and with `once` registers a single node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJoinKey {
+    #[serde(default)]
+    pub once: bool,
+    /// How long the key stays valid unused, in seconds (default 30 minutes).
+    #[serde(default)]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// A key made for adding nodes, as the admin sees it after it was shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinKeyInfo {
+    pub id: String,
+    /// The key's public start and the first characters of its secret, ending in `…`.
+    pub hint: String,
+    pub once: bool,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// How many nodes registered with it.
+    pub used_count: u64,
+    pub last_used_ms: Option<i64>,
+    /// The node that registered with it last.
+    pub last_used_by: Option<String>,
+}
+
+/// A key made for adding nodes, with the key itself: shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedJoinKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub info: JoinKeyInfo,
+}
+
 /// Which of the two auth keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

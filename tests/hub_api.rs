@@ -20,8 +20,8 @@ use common::process::{Spawned, spawn_gatehouse};
 use gatehouse::cli::client::{AdminClient, ClientError};
 use gatehouse::protocol::{
     Activity, CreateGateway, CreatedGateway, GatewaySettings, GatewayState, GatewayView, HeartbeatResponse,
-    JobSpec, JobView, KeySlot, ListedFile, NodeMetrics, NodeState, NodeView, Part, Role, RunState, RunView,
-    SettingsPatch, UpdateSettings,
+    JobSpec, JobView, KeySlot, ListedFile, NewJoinKey, NodeMetrics, NodeState, NodeView, Part, Role,
+    RunState, RunView, SettingsPatch, UpdateSettings,
 };
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -643,6 +643,7 @@ async fn registration_rules(db: Db) {
     versions_and_capacity(&hub, &admin, &sales, &n1).await;
     encryption_rules(&hub, &admin).await;
     auth_keys_and_removal(&hub, &admin, &hr).await;
+    keys_for_adding_nodes(&hub, &admin).await;
     concurrent_registrations(&hub, &admin).await;
     hub.assert_healthy().await;
 }
@@ -847,6 +848,81 @@ async fn auth_keys_and_removal(hub: &Hub, admin: &AdminClient, hr: &CreatedGatew
     assert_eq!(names, ["k4", "k1"]);
     admin_refused(admin.remove_node("keys", "k3").await, 404, &["no node 'k3'"]);
     assert_eq!(k4.try_heartbeat().await.status, 200);
+}
+
+/// Keys made for adding nodes: a one-time key registers one node (also when eight use it at
+/// once), an expired key is refused with when it expired, a revoked one like any wrong key; a
+/// reusable key counts its uses; none of this touches the gateway's standing keys.
+async fn keys_for_adding_nodes(hub: &Hub, admin: &AdminClient) {
+    let join = create(admin, "join").await;
+    let once = NewJoinKey { once: true, expires_in_seconds: None };
+    let made = admin.create_join_key("join", &once).await.unwrap();
+    assert!(made.key.starts_with("gh1_") && made.info.once);
+    let lifetime = made.info.expires_ms - made.info.created_ms;
+    assert_eq!(lifetime, 30 * 60 * 1000, "a key made without a lifetime lasts 30 minutes");
+    hub.api.join_new(&made.key, "j1").await;
+    let body = registration("j2", &new_machine("j2"), VERSION, None);
+    hub.api.register(&made.key, body.clone()).await.refused(401, &["one-time", "already used", "'j1'"]);
+
+    // Eight at once with a fresh one-time key: one gets in.
+    let race = admin.create_join_key("join", &once).await.unwrap();
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (api, key) = (hub.api.clone(), race.key.clone());
+        let name = format!("r{i}");
+        attempts.spawn(async move {
+            api.register(&key, registration(&name, &new_machine(&name), VERSION, None)).await
+        });
+    }
+    let mut accepted = 0;
+    while let Some(reply) = attempts.join_next().await {
+        let reply = reply.unwrap();
+        if reply.status == 201 {
+            accepted += 1;
+        } else {
+            assert!(matches!(reply.status, 401 | 409), "{reply:?}");
+        }
+    }
+    assert_eq!(accepted, 1, "a one-time key used eight times at once");
+
+    // A reusable key that expires: counted while it lives, then refused saying when it expired.
+    let short = NewJoinKey { once: false, expires_in_seconds: Some(2) };
+    let reusable = admin.create_join_key("join", &short).await.unwrap();
+    hub.api.join_new(&reusable.key, "j3").await;
+    let listed = admin.join_keys("join").await.unwrap();
+    let entry = listed.iter().find(|k| k.id == reusable.info.id).unwrap();
+    assert_eq!((entry.used_count, entry.last_used_by.as_deref()), (1, Some("j3")));
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&reusable.key[reusable.key.len() - 43..]));
+    let deadline = Instant::now() + WAIT;
+    while now_ms() <= reusable.info.expires_ms {
+        assert!(Instant::now() < deadline, "the key never expired");
+        tokio::time::sleep(POLL).await;
+    }
+    hub.api.register(&reusable.key, body.clone()).await.refused(401, &["expired"]);
+
+    // Revoked: like a key the gateway never had; unknown ids and bad lifetimes are refused.
+    let revoked = admin
+        .create_join_key("join", &NewJoinKey { once: false, expires_in_seconds: Some(600) })
+        .await
+        .unwrap();
+    admin.revoke_join_key("join", &revoked.info.id).await.unwrap();
+    hub.api.register(&revoked.key, body.clone()).await.refused(401, &["not valid for this gateway"]);
+    admin_refused(admin.revoke_join_key("join", &revoked.info.id).await, 404, &["no key"]);
+    for seconds in [0, 31 * 24 * 3600] {
+        let bad = NewJoinKey { once: true, expires_in_seconds: Some(seconds) };
+        admin_refused(admin.create_join_key("join", &bad).await, 400, &["30 days"]);
+    }
+    // The standing keys still register; the audit trail names each key by id, never the key.
+    hub.api.join_new(&join.keys.primary, "j4").await;
+    let audit = admin.audit(Some("join"), None).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "key.create").count(), 4, "{actions:?}");
+    assert!(actions.contains(&"key.revoke"), "{actions:?}");
+    let text = serde_json::to_string(&audit).unwrap();
+    for key in [&made.key, &race.key, &reusable.key, &revoked.key] {
+        assert!(!text.contains(&key[key.len() - 43..]), "a key's secret in the audit trail");
+    }
+    assert!(text.contains(&format!("with the auth key {}", made.info.id)), "{text}");
 }
 
 /// Registrations at the same moment still keep the rules: a name once, at most `max_nodes`.

@@ -275,6 +275,25 @@ fn gateways_keys_and_nodes_are_administered_from_the_command_line() {
     let hint = hints[0]["hint"].as_str().unwrap().trim_end_matches('…');
     assert!(new_key.starts_with(hint) && !primary.starts_with(hint), "{hints:#?}");
 
+    // Keys for adding nodes: made (shown once), listed by id and start only, revoked.
+    let made = hub.run(&["hub", "key", "create", "east", "--once", "--expires", "10m", "--json"]).ok().json();
+    let (id, key) = (made["id"].as_str().unwrap(), made["key"].as_str().unwrap());
+    assert!(key.starts_with("gh1_") && made["once"] == true, "{made:#}");
+    assert_eq!(made["expires_ms"].as_i64().unwrap() - made["created_ms"].as_i64().unwrap(), 600_000);
+    let listed = hub.run(&["hub", "key", "list", "east"]).ok();
+    assert!(listed.stdout.contains(id) && listed.stdout.contains("once"), "{listed:#?}");
+    assert!(!listed.stdout.contains(key), "a made key shown again: {listed:#?}");
+    let human = hub.run(&["hub", "key", "create", "east"]).ok();
+    assert!(human.stdout.contains("shown only this once") && human.stdout.contains("gh1_"), "{human:#?}");
+    assert!(human.stdout.contains("gatehouse node register"), "{human:#?}");
+    hub.run(&["hub", "key", "revoke", "east", id]).ok();
+    let after = hub.run(&["hub", "key", "list", "east", "--json"]).ok().json();
+    assert_eq!(after.as_array().unwrap().len(), 1, "the revoked key is gone, the other stays: {after:#}");
+    let unparsable = hub.run(&["hub", "key", "create", "east", "--expires", "soon"]).exits(2);
+    assert!(unparsable.stderr.contains("not a duration"), "{unparsable:#?}");
+    let too_long = hub.run(&["hub", "key", "create", "east", "--expires", "40d"]).exits(1);
+    assert!(too_long.stderr.contains("30 days") && too_long.stderr.contains("hint: "), "{too_long:#?}");
+
     let nodes = hub.run(&["hub", "node", "list", "east"]).ok();
     assert!(nodes.stdout.contains("no nodes yet"), "{nodes:#?}");
     assert_eq!(hub.run(&["hub", "node", "list", "east", "--json"]).ok().json(), serde_json::json!([]));

@@ -9,12 +9,13 @@ use crate::client::{AdminClient, ClientError};
 use crate::encoding::binary_size;
 use crate::hub::db::now_ms;
 use crate::protocol::{
-    CreateGateway, GatewaySettings, GatewayState, GatewayView, KeyInfo, KeySlot, NodeView, Policy, Role,
-    SettingsPatch, TokenKind,
+    CreateGateway, GatewaySettings, GatewayState, GatewayView, KeyInfo, KeySlot, NewJoinKey, NodeView,
+    Policy, Role, SettingsPatch, TokenKind,
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -175,6 +176,47 @@ pub enum KeyCommand {
     /// key stops registering nodes; nodes already registered keep working.
     #[command(after_help = EXIT_CODES)]
     Regenerate(RegenerateArgs),
+    /// Make an extra auth key for adding nodes, that expires (30 minutes unless --expires), and
+    /// with --once registers a single node. Printed only this once.
+    #[command(after_help = EXIT_CODES)]
+    Create(CreateKeyArgs),
+    /// List the auth keys made with `hub key create`: start, uses, expiry, the nodes that used
+    /// them (expired ones stay listed for a week).
+    #[command(after_help = EXIT_CODES)]
+    List(GatewayArgs),
+    /// Revoke an auth key made with `hub key create` (its id is in `hub key list`). Nodes
+    /// registered with it keep working.
+    #[command(after_help = EXIT_CODES)]
+    Revoke(RevokeKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateKeyArgs {
+    /// The gateway's name or id.
+    pub gateway: String,
+    /// The key registers one node, then no more.
+    #[arg(long)]
+    pub once: bool,
+    /// How long the key stays valid: up to 30d, e.g. 30m, 2h, 7d.
+    #[arg(long, default_value = "30m", value_parser = parse_lifetime, value_name = "DURATION")]
+    pub expires: std::time::Duration,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeKeyArgs {
+    /// The gateway's name or id.
+    pub gateway: String,
+    /// The key's id, as `hub key list` shows it.
+    pub id: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 30m, 2h or 7d"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +405,9 @@ pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeyCommand::Show(args) => execute(show_keys(args)),
         KeyCommand::Regenerate(args) => execute(regenerate(args)),
+        KeyCommand::Create(args) => execute(create_key(args)),
+        KeyCommand::List(args) => execute(list_join_keys(args)),
+        KeyCommand::Revoke(args) => execute(revoke_key(args)),
     }
 }
 
@@ -643,7 +688,69 @@ async fn show_keys(args: GatewayArgs) -> anyhow::Result<()> {
     out.push_str(&indent(&table.render(), "  "));
     out.push_str("To get a full key, make a new one (the old one then stops registering nodes; registered nodes keep working):\n");
     out.push_str(&indent(&format!("gatehouse hub key regenerate {} primary|secondary", args.gateway), "  "));
+    let _ = writeln!(
+        out,
+        "Keys made for adding nodes (gatehouse hub key create) are listed by: gatehouse hub key list {}",
+        args.gateway
+    );
     emit(&out)
+}
+
+async fn list_join_keys(args: GatewayArgs) -> anyhow::Result<()> {
+    let made = args.connection.client()?.join_keys(&args.gateway).await?;
+    if args.connection.json {
+        return emit_json(&made);
+    }
+    let gateway = &args.gateway;
+    if made.is_empty() {
+        return emit(&format!(
+            "Gateway '{gateway}' has no keys made for adding nodes. Make one with: gatehouse hub key create {gateway} --once\n"
+        ));
+    }
+    let mut out = format!(
+        "Keys made for adding nodes to gateway '{gateway}' (newest first; the hub keeps only their hashes; revoke with: gatehouse hub key revoke {gateway} ID):\n"
+    );
+    let mut table = Table::new(&["ID", "START", "USES", "EXPIRES", "USED"]);
+    let now = now_ms();
+    for key in &made {
+        let lasts = if key.once { "once" } else { "until it expires" };
+        let expires = if key.expires_ms <= now {
+            format!("expired {}", timestamp(key.expires_ms))
+        } else {
+            timestamp(key.expires_ms)
+        };
+        let registered = match (&key.last_used_by, key.last_used_ms) {
+            (Some(node), Some(at)) => format!("{} × (last: {node}, {})", key.used_count, age(at)),
+            _ => "never".to_owned(),
+        };
+        table.row(vec![key.id.clone(), key.hint.clone(), lasts.to_owned(), expires, registered]);
+    }
+    out.push_str(&indent(&table.render(), "  "));
+    emit(&out)
+}
+
+async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {
+    let request = NewJoinKey { once: args.once, expires_in_seconds: Some(args.expires.as_secs()) };
+    let made = args.connection.client()?.create_join_key(&args.gateway, &request).await?;
+    if args.connection.json {
+        return emit_json(&made);
+    }
+    let uses = if made.info.once { "registers one node" } else { "registers nodes" };
+    emit(&format!(
+        "New auth key {} of gateway '{}' (shown only this once; copy it now). It {uses} until {}:\n  {}\nOn the new node's machine: gatehouse node register --key-stdin --name NAME\n",
+        made.info.id,
+        args.gateway,
+        timestamp(made.info.expires_ms),
+        made.key
+    ))
+}
+
+async fn revoke_key(args: RevokeKeyArgs) -> anyhow::Result<()> {
+    args.connection.client()?.revoke_join_key(&args.gateway, &args.id).await?;
+    emit(&format!(
+        "Revoked auth key {} of gateway '{}': it registers no more nodes; nodes registered with it keep working.\n",
+        args.id, args.gateway
+    ))
 }
 
 async fn regenerate(args: RegenerateArgs) -> anyhow::Result<()> {
@@ -848,10 +955,7 @@ pub fn age(ms: i64) -> String {
 
 /// `ms` as an RFC 3339 UTC time (to the second).
 pub fn timestamp(ms: i64) -> String {
-    let formatted = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
-    formatted.unwrap_or_else(|| format!("{ms} ms after 1970"))
+    crate::encoding::utc_timestamp(ms)
 }
 
 pub fn timestamp_with_age(ms: i64) -> String {

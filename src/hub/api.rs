@@ -26,6 +26,8 @@ use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 use std::time::Duration;
 
+mod join_keys;
+
 /// Request bodies above this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A progress report may carry a checkpoint: a large upload's stored part ids (S3 allows
@@ -51,6 +53,8 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/gateways/{gateway}/settings", patch(update_settings))
         .route("/api/v1/gateways/{gateway}/keys", get(show_keys))
         .route("/api/v1/gateways/{gateway}/keys/{slot}/regenerate", post(regenerate_key))
+        .route("/api/v1/gateways/{gateway}/join-keys", post(join_keys::create).get(join_keys::list))
+        .route("/api/v1/gateways/{gateway}/join-keys/{key}", delete(join_keys::revoke))
         .route("/api/v1/gateways/{gateway}/nodes", get(list_nodes))
         .route("/api/v1/gateways/{gateway}/nodes/{node}", delete(remove_node))
         .route("/api/v1/gateways/{gateway}/jobs", post(submit_job).get(list_jobs))
@@ -579,9 +583,11 @@ async fn register(
     // Check both slots every time, so timing doesn't tell which one matched.
     let primary = auth::verify(key, &gateway.primary_key_hash);
     let secondary = auth::verify(key, &gateway.secondary_key_hash);
-    if !(primary | secondary) {
-        return Err(invalid_key());
-    }
+    let join_key = if primary | secondary {
+        None
+    } else {
+        Some(join_keys::usable(&state, &gateway, key).await?.ok_or_else(invalid_key)?)
+    };
     let name = request.name.trim().to_owned();
     validate_name(&name, "node")?;
     if request.machine_id.trim().is_empty() || request.version.trim().is_empty() {
@@ -601,14 +607,18 @@ async fn register(
     };
     let refusal = state
         .db
-        .register_node(&gateway.id, &new, |gateway, nodes, existing| {
+        .register_node(&gateway.id, &new, join_key.as_deref(), |gateway, nodes, existing| {
             super::registration::check(gateway, nodes, existing, &new)
         })
         .await?;
     refusal.map_err(ApiError::from)?;
     tracing::info!(gateway = %gateway.name, node = %name, "node registered");
-    let slot = if primary { "primary" } else { "secondary" };
-    let detail = format!("node '{name}' registered with the {slot} auth key, version {}", new.version);
+    let slot = match (&join_key, primary) {
+        (Some(id), _) => format!("auth key {id}"),
+        (None, true) => "primary auth key".to_owned(),
+        (None, false) => "secondary auth key".to_owned(),
+    };
+    let detail = format!("node '{name}' registered with the {slot}, version {}", new.version);
     audit::record(&state, Some(&gateway), Actor::Node(name.clone()), "node.register", detail).await;
     Ok((
         StatusCode::CREATED,

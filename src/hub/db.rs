@@ -5,7 +5,7 @@
 //! **Invariant:** only this module writes SQL. Every multi-step change is one transaction;
 //! queue and lease changes are single conditional statements, so two hubs can't both win.
 
-use crate::protocol::{GatewaySettings, KeySlot, NodeMetrics, Policy, RunState};
+use crate::protocol::{GatewaySettings, JoinKeyInfo, KeySlot, NodeMetrics, Policy, RunState};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
 use std::collections::HashMap;
@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "copy_parts", include_str!("migrations/0003_copy_parts.sql")),
     (4, "bandwidth_limit", include_str!("migrations/0004_bandwidth_limit.sql")),
     (5, "history", include_str!("migrations/0005_history.sql")),
+    (6, "join_keys", include_str!("migrations/0006_join_keys.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -256,6 +257,9 @@ pub struct LeaseState {
     /// When the current lease lapses unless renewed (ms since the Unix epoch).
     pub expires_ms: i64,
 }
+
+/// Keys for adding nodes stay listed this long after they expire.
+const JOIN_KEYS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 const GATEWAY_COLUMNS: &str = "id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
      queue_timeout_seconds, encryption, primary_key_hash, primary_key_hint, primary_key_created_ms, \
@@ -515,6 +519,7 @@ impl Db {
         &self,
         gateway_id: &str,
         new: &NewNode,
+        join_key: Option<&str>,
         rules: impl FnOnce(&GatewayRow, &[NodeRow], Option<(&NodeRow, &str)>) -> Result<(), E>,
     ) -> Result<Result<(), E>> {
         let mut tx = self.write().await?;
@@ -553,6 +558,26 @@ impl Db {
         let existing = existing.as_ref().map(|(node, gateway)| (node, gateway.as_str()));
         if let Err(refusal) = rules(&gateway, &nodes, existing) {
             return Ok(Err(refusal));
+        }
+        // A key made for adding nodes is taken in the same transaction, so a one-time key
+        // registers one node even when two use it at once.
+        if let Some(key_id) = join_key {
+            let claimed = sqlx::query(
+                "UPDATE join_keys SET used_count = used_count + 1, last_used_ms = $1, last_used_by = $2 \
+                 WHERE id = $3 AND gateway_id = $4 AND expires_ms > $1 AND (once = 0 OR used_count = 0)",
+            )
+            .bind(new.now_ms)
+            .bind(&new.name)
+            .bind(key_id)
+            .bind(gateway_id)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() != 1 {
+                return Err(DbError::Conflict(
+                    "this auth key was used up or expired a moment ago; make a new one with: gatehouse hub key create"
+                        .to_owned(),
+                ));
+            }
         }
         let order: i64 = sqlx::query(
             "UPDATE gateways SET registrations = registrations + 1 WHERE id = $1 RETURNING registrations",
@@ -1268,6 +1293,69 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    // ---- keys made for adding nodes ----
+
+    /// Stores a new key for adding nodes; drops the gateway's keys that expired over a week ago.
+    pub async fn insert_join_key(&self, gateway_id: &str, key: &JoinKeyInfo, key_hash: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM join_keys WHERE gateway_id = $1 AND expires_ms < $2")
+            .bind(gateway_id)
+            .bind(key.created_ms - JOIN_KEYS_KEPT_MS)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO join_keys (id, gateway_id, key_hash, hint, once, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.id)
+        .bind(gateway_id)
+        .bind(key_hash)
+        .bind(&key.hint)
+        .bind(i64::from(key.once))
+        .bind(key.created_ms)
+        .bind(key.expires_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A gateway's keys for adding nodes, newest first (used and expired ones too, for a week).
+    pub async fn join_keys(&self, gateway_id: &str) -> Result<Vec<JoinKeyInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, hint, once, created_ms, expires_ms, used_count, last_used_ms, last_used_by \
+             FROM join_keys WHERE gateway_id = $1 ORDER BY created_ms DESC, id",
+        )
+        .bind(gateway_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(join_key_row).collect()
+    }
+
+    /// The key for adding nodes of `gateway_id` whose hash is `key_hash`, if any. (A lookup by
+    /// the hash of a 256-bit secret tells a timing observer nothing about the secret.)
+    pub async fn join_key_by_hash(&self, gateway_id: &str, key_hash: &str) -> Result<Option<JoinKeyInfo>> {
+        let row = sqlx::query(
+            "SELECT id, hint, once, created_ms, expires_ms, used_count, last_used_ms, last_used_by \
+             FROM join_keys WHERE gateway_id = $1 AND key_hash = $2",
+        )
+        .bind(gateway_id)
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(join_key_row).transpose()
+    }
+
+    /// Deletes a key for adding nodes; false if the gateway has no such key.
+    pub async fn delete_join_key(&self, gateway_id: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM join_keys WHERE gateway_id = $1 AND id = $2")
+            .bind(gateway_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     // ---- audit trail ----
 
     /// Adds one entry to the audit trail.
@@ -1373,6 +1461,21 @@ fn strip_comments(statement: &str) -> &str {
         rest = rest.split_once('\n').map_or("", |(_, after)| after).trim();
     }
     rest
+}
+
+fn join_key_row(row: &AnyRow) -> Result<JoinKeyInfo> {
+    let once: i64 = row.try_get("once")?;
+    let used_count: i64 = row.try_get("used_count")?;
+    Ok(JoinKeyInfo {
+        id: row.try_get("id")?,
+        hint: row.try_get("hint")?,
+        once: once != 0,
+        created_ms: row.try_get("created_ms")?,
+        expires_ms: row.try_get("expires_ms")?,
+        used_count: u64::try_from(used_count).unwrap_or(0),
+        last_used_ms: row.try_get("last_used_ms")?,
+        last_used_by: row.try_get("last_used_by")?,
+    })
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {

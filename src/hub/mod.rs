@@ -201,7 +201,7 @@ mod tests {
             encryption_thumbprint: None,
             now_ms: now,
         };
-        db.register_node("g", &new, |_, _, _| Ok::<(), ()>(())).await.unwrap().unwrap();
+        db.register_node("g", &new, None, |_, _, _| Ok::<(), ()>(())).await.unwrap().unwrap();
         let node = db.node("n").await.unwrap().unwrap();
         let job = db::JobRow {
             id: "j".into(),
