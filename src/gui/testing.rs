@@ -102,6 +102,7 @@ pub fn settings() -> NodeSettings {
         concurrency_limit: None,
         log_level: "info".to_owned(),
         proxy: None,
+        hub_ca: None,
     }
 }
 
