@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills the child when the test ends, however it ends.
-struct Killed(Child);
+/// Kills the child when the test ends, however it ends; `.1` is where its stderr goes.
+struct Killed(Child, std::path::PathBuf);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -43,7 +43,8 @@ fn wait_for_window(display: &str, app: &mut Killed) {
             return;
         }
         if let Some(status) = app.0.try_wait().unwrap() {
-            panic!("the binary exited ({status}) before its window appeared");
+            let stderr = std::fs::read_to_string(&app.1).unwrap_or_default();
+            panic!("the binary exited ({status}) before its window appeared:\n{stderr}");
         }
         assert!(Instant::now() < deadline, "no window titled {title:?} appeared in 60 s");
         std::thread::sleep(Duration::from_millis(200));
@@ -78,12 +79,13 @@ fn open_window(display: &str, args: &[&str], home: &Path, env: &[(&str, &Path)])
         .env("HOME", home)
         .env("XDG_RUNTIME_DIR", home)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(Stdio::null());
     for (name, value) in env {
         command.env(name, value);
     }
-    Killed(command.spawn().unwrap())
+    let log = home.join("window-stderr.log");
+    command.stderr(std::fs::File::create(&log).unwrap());
+    Killed(command.spawn().unwrap(), log)
 }
 
 #[test]

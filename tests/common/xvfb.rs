@@ -1,10 +1,9 @@
-//! A virtual X display for tests and the GUI benchmark: Xvfb on the first free display
-//! number, killed on drop.
+//! A virtual X display for tests and the GUI benchmark: Xvfb on a display number it picks,
+//! killed on drop.
 
-use std::path::{Path, PathBuf};
+use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long Xvfb may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -16,48 +15,32 @@ pub struct Xvfb {
 }
 
 impl Xvfb {
-    /// Starts Xvfb on the first free display number and waits (bounded) for its socket. Other
-    /// tests and runs on this machine may start servers at the same moment: a number is ours
-    /// only once its lock file names our Xvfb; if another server won it, try the next one.
+    /// Starts Xvfb and waits (bounded) until it accepts clients. Xvfb picks a free display
+    /// number itself and writes it to `-displayfd` only once it listens: a socket file can
+    /// exist a moment before that (a window started then couldn't connect), and picking a
+    /// number here would race other tests and runs starting servers at the same moment.
     pub fn start() -> Xvfb {
-        // Within this process, one caller at a time picks a number.
-        static PICKING: Mutex<()> = Mutex::new(());
-        let _picking = PICKING.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken = |n: u32| {
-            Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        };
-        for number in (90..200).filter(|&n| !taken(n)) {
-            let display = format!(":{number}");
-            let process = Command::new("Xvfb")
-                .args([display.as_str(), "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("can't start Xvfb ({e}); `bash tests/run.sh` installs it"));
-            let mut xvfb = Xvfb { process, display };
-            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-            let lock = format!("/tmp/.X{number}-lock");
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                if xvfb.process.try_wait().unwrap().is_some() {
-                    break; // another server took the number first
-                }
-                let owner =
-                    std::fs::read_to_string(&lock).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
-                if socket.exists() && owner == Some(xvfb.process.id()) {
-                    return xvfb;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "Xvfb {} did not start within {START_TIMEOUT:?}",
-                    xvfb.display
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let mut process = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("can't start Xvfb ({e}); `bash tests/run.sh` installs it"));
+        let stdout = process.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut xvfb = Xvfb { process, display: String::new() };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) if line.trim().parse::<u32>().is_ok() => xvfb.display = format!(":{}", line.trim()),
+            Ok(line) => panic!("Xvfb didn't start (it said {line:?})"),
+            Err(_) => panic!("Xvfb did not start within {START_TIMEOUT:?}"),
         }
-        panic!("no free X display number in :90–:199");
+        xvfb
     }
 }
 
