@@ -626,7 +626,8 @@ async fn heartbeat(
     NodeAuth(node): NodeAuth,
     ApiJson(beat): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let now = now_ms();
+    // The database's clock on PostgreSQL: every hub on it agrees on leases and Offline.
+    let now = state.db.clock_ms().await?;
     let mut nodes = state.db.nodes(&node.gateway_id).await?;
     let peer_address = match beat.peer_address.as_deref().map(str::trim) {
         Some(address) if !address.is_empty() => address.to_owned(),
@@ -668,7 +669,7 @@ async fn heartbeat(
     // The heartbeat is written after the lease is taken, so nobody reads this node Online
     // before it holds the lease it is about to take (a view of a lone node said "worker").
     if let Some(me) = nodes.iter().find(|n| n.id == node.id) {
-        state.db.heartbeat(&node, &me.version, &me.metrics, &peer_address, now, nodes.len() == 1).await?;
+        state.db.heartbeat(&node, &me.version, &me.metrics, &me.peer_address, now, nodes.len() == 1).await?;
     }
     let role =
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
@@ -1079,15 +1080,27 @@ async fn claim(
 ) -> Result<Json<Vec<RunView>>, ApiError> {
     let max = request.max.clamp(1, 256);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_CLAIM_WAIT);
+    // A node may keep only a few claims waiting; one that answers at once isn't counted.
+    let _waiting = match request.wait_ms {
+        0 => None,
+        _ => Some(state.long_polls.enter(&node.id).ok_or_else(too_many_waits)?),
+    };
+    let mut first = true;
     loop {
         // Registered before the claim, so a submission between the claim and the wait wakes us.
         let signal = state.queue_signal.notified();
-        let now = now_ms();
+        let now = state.db.clock_ms().await?;
         let lease = state.db.lease(&node.gateway_id, now).await?;
         if lease.holder.as_deref() != Some(node.id.as_str()) || lease.epoch != request.lease_epoch {
             return Err(not_dispatcher(lease.epoch));
         }
-        let runs = state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?;
+        // While waiting, only reads: the claim (a write) runs when there is something to take.
+        let runs = if first || state.db.has_queued_runs(&node.gateway_id).await? {
+            state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?
+        } else {
+            Vec::new()
+        };
+        first = false;
         if !runs.is_empty() {
             let views = runs.into_iter().map(|run| {
                 let waited_ms = u64::try_from(now - run.queued_ms).unwrap_or(0);
@@ -1112,7 +1125,7 @@ async fn assign(
     ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<AssignRun>,
 ) -> Result<Json<RunView>, ApiError> {
-    let now = now_ms();
+    let now = state.db.clock_ms().await?;
     let attempt = i64::from(request.attempt);
     let assigned =
         state.db.assign_run(&run, attempt, &dispatcher, request.lease_epoch, &request.node_id, now).await?;
@@ -1278,6 +1291,16 @@ fn cancelled(job: &str) -> ApiError {
     ApiError::gone(format!("job {job} was cancelled; stop this run and remove what it started"))
 }
 
+fn too_many_waits() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "this node already has {} claims waiting on this hub; wait for one to answer before sending another",
+            super::long_polls::MAX_PER_NODE
+        ),
+    )
+}
+
 fn not_dispatcher(epoch: i64) -> ApiError {
     ApiError::conflict(format!(
         "this node does not hold the dispatcher lease (epoch {epoch}); keep sending heartbeats and dispatch when it is the dispatcher"
@@ -1408,7 +1431,7 @@ async fn gateway_view(
     gateway: &GatewayRow,
     nodes: Vec<NodeRow>,
 ) -> Result<GatewayView, ApiError> {
-    let now = now_ms();
+    let now = state.db.clock_ms().await?;
     let computed = status::gateway_status(gateway, &nodes, now, state.config.offline_after);
     let lease = state.db.lease(&gateway.id, now).await?;
     let nodes = nodes
