@@ -654,3 +654,43 @@ fn two_hubs_on_one_postgres_with_disagreeing_clocks_agree_on_the_lease_and_who_i
     assert_healthy(&b, &addr_b);
     let _ = (a.stop(), b.stop());
 }
+
+#[test]
+fn connections_beyond_the_cap_wait_until_one_closes() {
+    let home = tempfile::tempdir().unwrap();
+    let mut hub = spawn_gatehouse(
+        &["hub", "serve", "--listen", "127.0.0.1:0", "--max-connections", "20"],
+        &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
+    );
+    let addr = address(&hub.read_line_matching("listening on ", Duration::from_secs(30)));
+    let token = hub.read_line_matching("admin token: ", Duration::from_secs(10));
+    // Twenty requests whose bodies never come hold every place (for up to the body bound).
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "POST /api/v1/gateways HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    let mut waiting = TcpStream::connect(&addr).unwrap();
+    waiting
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    waiting.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answer = Vec::new();
+    let early = waiting.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "the 21st connection was served while 20 were open: {early:?} {answer:?}");
+
+    // One place frees up: the waiting connection is served.
+    drop(held.pop());
+    waiting.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    let _ = waiting.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "the waiting connection got {answer:?}");
+    drop(held);
+    assert_healthy(&hub, &addr);
+}

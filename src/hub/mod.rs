@@ -16,7 +16,7 @@ mod nodes_cache;
 mod page;
 pub mod progress;
 mod registration;
-mod server;
+pub mod server;
 pub mod status;
 pub mod tls;
 
@@ -51,6 +51,8 @@ pub struct HubConfig {
     pub public_metrics: bool,
     /// Serve the status page at `/` without a token (`hub serve --public-status`).
     pub public_status: bool,
+    /// Open connections at most; more wait until one closes (`hub serve --max-connections`).
+    pub max_connections: usize,
 }
 
 impl HubConfig {
@@ -68,6 +70,7 @@ impl HubConfig {
             poll_interval: Duration::from_millis(100),
             public_metrics: false,
             public_status: false,
+            max_connections: server::MAX_CONNECTIONS,
         }
     }
 }
@@ -122,7 +125,8 @@ pub async fn serve(
         long_polls: Arc::default(),
     };
     let sweeper = tokio::spawn(sweep(state.clone(), shutdown.clone()));
-    let result = server::run(listener, tls, api::router(state), shutdown.clone()).await;
+    let max_connections = state.config.max_connections;
+    let result = server::run(listener, tls, api::router(state), max_connections, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
     result

@@ -20,9 +20,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Open connections beyond this wait in the listen backlog until one closes. Far above what
-/// four nodes (a heartbeat, a claim and a few reports each) and some admins need, and below
-/// the file limit the systemd unit sets (`LimitNOFILE`).
+/// The default cap on open connections (`hub serve --max-connections`); more wait in the
+/// listen backlog until one closes. Far above what four nodes (a heartbeat, a claim and a few
+/// reports each) and some admins need, and below the file limit the systemd unit sets
+/// (`LimitNOFILE`).
 pub const MAX_CONNECTIONS: usize = 2048;
 /// A client has this long to send a request's headers, counted from when the hub is ready to
 /// read them: a new connection that sends nothing and a keep-alive connection left idle are
@@ -46,17 +47,19 @@ enum BodyError {
     Read(axum::Error),
 }
 
-/// Serves `app` on `listener` (HTTPS when `tls` is given) until `shutdown` is cancelled, then
-/// lets requests in flight finish (for a bounded time).
+/// Serves `app` on `listener` (HTTPS when `tls` is given), with at most `max_connections`
+/// open, until `shutdown` is cancelled, then lets requests in flight finish (for a bounded
+/// time).
 pub async fn run(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
+    max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = app.layer(axum::middleware::map_request(bound_body));
     let acceptor = tls.map(TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let connections = TaskTracker::new();
     loop {
         let slot = tokio::select! {
