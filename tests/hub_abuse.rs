@@ -1,9 +1,11 @@
 //! The hub under abuse from loopback, as real processes: a thousand idle connections and a few
 //! that trickle their headers (the hub closes them, and heartbeats and a job get through
-//! meanwhile), one node token opening many waiting claims (refused beyond the limit), a
-//! seeded fuzz of random and mutated requests (never a 500, the hub stays up, nothing stored
-//! changes on a refusal), and two hubs on one PostgreSQL whose process clocks disagree (the
-//! lease and Offline follow the database's clock). Requests are written by hand over TCP, so
+//! meanwhile), connections beyond `--max-connections` (they wait for a place), one node token
+//! opening many waiting claims (refused beyond the limit), a waiting claim beside another
+//! process's SQLite write lock (it only reads), a seeded fuzz of random and mutated requests
+//! (never a 500, the hub stays up, nothing stored changes on a refusal), and two hubs on one
+//! PostgreSQL whose process clocks disagree (the lease and Offline follow the database's
+//! clock). Requests are written by hand over TCP, so
 //! any method, header or body can be sent. Every wait is bounded; no time is asserted.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
@@ -693,4 +695,24 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
     assert!(answer.starts_with("HTTP/1.1 200"), "the waiting connection got {answer:?}");
     drop(held);
     assert_healthy(&hub, &addr);
+}
+
+#[test]
+fn a_waiting_claim_only_reads_the_database() {
+    let hub = Hub::start();
+    let addr = address(&hub.url);
+    let key = hub.create_gateway("lake", &[]);
+    let node = SimNode::register(&addr, &key, "n1");
+    let epoch = node.heartbeat(&addr).json()["lease_epoch"].as_i64().unwrap();
+    // Another process holds SQLite's write lock: a claim that wrote while it waits would stall
+    // on it and fail; one that reads goes on (WAL lets readers beside a writer).
+    let db = rusqlite::Connection::open(hub.home().join("hub.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Within the lease's 2 s, so it is still this node's at the end of the wait.
+    let body = json!({ "lease_epoch": epoch, "max": 1, "wait_ms": 1000 });
+    let claim = call(&addr, "POST", "/api/v1/dispatch/claim", &node.token, &body);
+    db.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(claim.status, 200, "{claim:?}");
+    assert_eq!(claim.json(), json!([]));
+    assert_healthy(&hub.process, &addr);
 }

@@ -1085,7 +1085,6 @@ async fn claim(
         0 => None,
         _ => Some(state.long_polls.enter(&node.id).ok_or_else(too_many_waits)?),
     };
-    let mut first = true;
     loop {
         // Registered before the claim, so a submission between the claim and the wait wakes us.
         let signal = state.queue_signal.notified();
@@ -1094,13 +1093,12 @@ async fn claim(
         if lease.holder.as_deref() != Some(node.id.as_str()) || lease.epoch != request.lease_epoch {
             return Err(not_dispatcher(lease.epoch));
         }
-        // While waiting, only reads: the claim (a write) runs when there is something to take.
-        let runs = if first || state.db.has_queued_runs(&node.gateway_id).await? {
+        // Reads only while there is nothing to take: the claim (a write) runs when there is.
+        let runs = if state.db.has_queued_runs(&node.gateway_id).await? {
             state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?
         } else {
             Vec::new()
         };
-        first = false;
         if !runs.is_empty() {
             let views = runs.into_iter().map(|run| {
                 let waited_ms = u64::try_from(now - run.queued_ms).unwrap_or(0);
