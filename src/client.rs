@@ -26,6 +26,8 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections to the hub are dropped after this (below the hub's 10 s header deadline).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of an unexpected answer an error message quotes.
 const QUOTE_CHARS: usize = 120;
 
@@ -177,6 +179,9 @@ impl HubClient {
             .tls_backend_preconfigured(tls_config(roots)?)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            // The hub closes a connection that sends no request for 10 s; forgetting ours
+            // sooner keeps a request from going out on one the hub is closing.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
         if let Some(proxy) = proxy {
             let bad_proxy = |e: reqwest::Error| ClientError::BadProxy {

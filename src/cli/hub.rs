@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// journal or a pipe. Admin commands read it back with --token-file.
     #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// Keep at most this many connections open; more wait until one closes (a connection
+    /// that sends no request for 10 s is closed).
+    #[arg(long, default_value_t = hub::server::MAX_CONNECTIONS, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    pub max_connections: usize,
 }
 
 pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
@@ -135,6 +139,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = HubConfig {
         public_metrics: args.public_metrics,
         public_status: args.public_status,
+        max_connections: args.max_connections,
         ..HubConfig::new(public_url)
     };
     hub::serve(listener, tls, db, config, shutdown).await.context("serving the hub")?;

@@ -637,7 +637,8 @@ async fn heartbeat(
     NodeAuth(node): NodeAuth,
     ApiJson(beat): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let now = now_ms();
+    // The database's clock on PostgreSQL: every hub on it agrees on leases and Offline.
+    let now = state.db.clock_ms().await?;
     let mut nodes = state.db.nodes(&node.gateway_id).await?;
     let peer_address = match beat.peer_address.as_deref().map(str::trim) {
         Some(address) if !address.is_empty() => address.to_owned(),
@@ -1090,15 +1091,25 @@ async fn claim(
 ) -> Result<Json<Vec<RunView>>, ApiError> {
     let max = request.max.clamp(1, 256);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_CLAIM_WAIT);
+    // A node may keep only a few claims waiting; one that answers at once isn't counted.
+    let _waiting = match request.wait_ms {
+        0 => None,
+        _ => Some(state.long_polls.enter(&node.id).ok_or_else(too_many_waits)?),
+    };
     loop {
         // Registered before the claim, so a submission between the claim and the wait wakes us.
         let signal = state.queue_signal.notified();
-        let now = now_ms();
+        let now = state.db.clock_ms().await?;
         let lease = state.db.lease(&node.gateway_id, now).await?;
         if lease.holder.as_deref() != Some(node.id.as_str()) || lease.epoch != request.lease_epoch {
             return Err(not_dispatcher(lease.epoch));
         }
-        let runs = state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?;
+        // Reads only while there is nothing to take: the claim (a write) runs when there is.
+        let runs = if state.db.has_queued_runs(&node.gateway_id).await? {
+            state.db.claim_runs(&node.gateway_id, &node, request.lease_epoch, max, now).await?
+        } else {
+            Vec::new()
+        };
         if !runs.is_empty() {
             let views = runs.into_iter().map(|run| {
                 let waited_ms = u64::try_from(now - run.queued_ms).unwrap_or(0);
@@ -1123,7 +1134,7 @@ async fn assign(
     ApiPath(run): ApiPath<String>,
     ApiJson(request): ApiJson<AssignRun>,
 ) -> Result<Json<RunView>, ApiError> {
-    let now = now_ms();
+    let now = state.db.clock_ms().await?;
     let attempt = i64::from(request.attempt);
     let assigned =
         state.db.assign_run(&run, attempt, &dispatcher, request.lease_epoch, &request.node_id, now).await?;
@@ -1289,6 +1300,16 @@ fn cancelled(job: &str) -> ApiError {
     ApiError::gone(format!("job {job} was cancelled; stop this run and remove what it started"))
 }
 
+fn too_many_waits() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "this node already has {} claims waiting on this hub; wait for one to answer before sending another",
+            super::long_polls::MAX_PER_NODE
+        ),
+    )
+}
+
 fn not_dispatcher(epoch: i64) -> ApiError {
     ApiError::conflict(format!(
         "this node does not hold the dispatcher lease (epoch {epoch}); keep sending heartbeats and dispatch when it is the dispatcher"
@@ -1440,7 +1461,7 @@ async fn gateway_view(
     gateway: &GatewayRow,
     nodes: Vec<NodeRow>,
 ) -> Result<GatewayView, ApiError> {
-    let now = now_ms();
+    let now = state.db.clock_ms().await?;
     let computed = status::gateway_status(gateway, &nodes, now, state.config.offline_after);
     let lease = state.db.lease(&gateway.id, now).await?;
     let nodes = nodes

@@ -238,7 +238,7 @@ pub struct RunEnd<'a> {
     pub now_ms: i64,
 }
 
-/// What the sweeper looks for (ms since the Unix epoch, all by the hub's clock).
+/// What the sweeper looks for (ms since the Unix epoch, all by [`Db::clock_ms`]).
 pub struct Sweep {
     /// Nodes silent since before this are lost.
     pub cutoff_ms: i64,
@@ -696,6 +696,32 @@ impl Db {
         .execute(&self.pool)
         .await?;
         self.lease(gateway_id, now_ms).await
+    }
+
+    /// Milliseconds since the Unix epoch by the one clock every hub on this database shares,
+    /// for leases and offline checks: the database server's on PostgreSQL (hubs on several
+    /// machines may disagree by seconds, and a lease would flap between them), this process's
+    /// on SQLite (one hub process at a time).
+    pub async fn clock_ms(&self) -> Result<i64> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(now_ms()),
+            Dialect::Postgres => {
+                let row = sqlx::query("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(row.try_get(0)?)
+            }
+        }
+    }
+
+    /// Whether the gateway has a queued run: a read, so a waiting claim can look often
+    /// without taking the write lock.
+    pub async fn has_queued_runs(&self, gateway_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM runs WHERE gateway_id = $1 AND state = 'queued' LIMIT 1")
+            .bind(gateway_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Who holds the lease now (`None` when it has lapsed).
@@ -1482,9 +1508,23 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// This process's clock, in ms since the Unix epoch. `GATEHOUSE_FAKE_CLOCK_SKEW_MS=N` moves
+/// it by N ms (a machine whose clock is off, for tests of hubs sharing one PostgreSQL only:
+/// a test can't set a real clock), announced loudly.
 pub fn now_ms() -> i64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX).saturating_add(fake_skew_ms())
+}
+
+fn fake_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        let skew = std::env::var("GATEHOUSE_FAKE_CLOCK_SKEW_MS").ok().and_then(|v| v.trim().parse().ok());
+        if let Some(skew) = skew {
+            tracing::warn!(skew_ms = skew, "FAKE clock skew: this process's clock is moved; for tests only");
+        }
+        skew.unwrap_or(0)
+    })
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

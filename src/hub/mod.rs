@@ -10,11 +10,13 @@ pub mod db;
 pub mod embedded;
 mod error;
 mod history;
+mod long_polls;
 mod metrics;
 mod nodes_cache;
 mod page;
 pub mod progress;
 mod registration;
+pub mod server;
 pub mod status;
 pub mod tls;
 
@@ -49,6 +51,8 @@ pub struct HubConfig {
     pub public_metrics: bool,
     /// Serve the status page at `/` without a token (`hub serve --public-status`).
     pub public_status: bool,
+    /// Open connections at most; more wait until one closes (`hub serve --max-connections`).
+    pub max_connections: usize,
 }
 
 impl HubConfig {
@@ -66,6 +70,7 @@ impl HubConfig {
             poll_interval: Duration::from_millis(100),
             public_metrics: false,
             public_status: false,
+            max_connections: server::MAX_CONNECTIONS,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct HubState {
     pub nodes: Arc<nodes_cache::NodesCache>,
     /// What this hub measures itself for `/metrics`.
     pub metrics: Arc<metrics::HubMetrics>,
+    /// Claims waiting on this hub, per node.
+    pub long_polls: Arc<long_polls::LongPolls>,
 }
 
 /// Creates the admin token if the database has none; returns it (to show once) if it did.
@@ -107,22 +114,19 @@ pub async fn serve(
     config: HubConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Reads this process's clock once, so a fake skew (tests only) is in the log from the start.
+    let _ = db::now_ms();
     let state = HubState {
         db,
         config: Arc::new(config),
         queue_signal: Arc::new(tokio::sync::Notify::new()),
         nodes: Arc::default(),
         metrics: Arc::default(),
+        long_polls: Arc::default(),
     };
     let sweeper = tokio::spawn(sweep(state.clone(), shutdown.clone()));
-    let app = api::router(state);
-    let stopped = shutdown.clone().cancelled_owned();
-    let result = match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
-        Some(config) => {
-            axum::serve(tls::TlsListener::new(listener, config)?, app).with_graceful_shutdown(stopped).await
-        }
-    };
+    let max_connections = state.config.max_connections;
+    let result = server::run(listener, tls, api::router(state), max_connections, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
     result
@@ -132,7 +136,7 @@ pub async fn serve(
 /// this hub's start has passed.
 async fn sweep(state: HubState, shutdown: CancellationToken) {
     let grace_ends = tokio::time::Instant::now() + state.config.sweep_grace;
-    let hub_started_ms = db::now_ms();
+    let hub_started_ms = state.db.clock_ms().await.unwrap_or_else(|_| db::now_ms());
     let mut tick = tokio::time::interval(state.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
@@ -146,7 +150,13 @@ async fn sweep(state: HubState, shutdown: CancellationToken) {
         if tokio::time::Instant::now() < grace_ends {
             continue;
         }
-        let now = db::now_ms();
+        let now = match state.db.clock_ms().await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!("couldn't look for runs of offline nodes: {e}");
+                continue;
+            }
+        };
         let lost = db::Sweep {
             cutoff_ms: now - offline_after,
             handoff_cutoff_ms: now - handoff_timeout,
