@@ -1,0 +1,277 @@
+//! Per-node identities on the peer channel, attacked with real processes on loopback: a node
+//! removed at the hub (its data dir, or an old copy of it) gets nothing from the others; the
+//! hub's database holds nothing that opens a credential; a data dir registered by an older
+//! version (shared gateway secret, no key pair) migrates on start and talks to its peers;
+//! 1,000 idle connections to the peer ports don't stop a job.
+
+#![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
+
+mod common;
+
+use common::cluster::{self, Hub, Node, gatehouse, wait_until};
+use gatehouse::node::peer::{self, Member, PeerRequest, PeerResponse};
+use gatehouse::node::store::{Secrets, Store};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const VALUE: &str = "s3cr3t-warehouse-password";
+
+fn names(node: &Node) -> String {
+    String::from_utf8_lossy(&gatehouse(node.home.path(), &["node", "credential", "list"], &[]).stdout)
+        .into_owned()
+}
+
+fn secrets(dir: &Path) -> Secrets {
+    Store::new(dir).secrets().unwrap()
+}
+
+fn contains(bytes: &[u8], needle: &str) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Asks the node at `address` (whose data dir is `target`) with the identity kept in `caller`.
+fn ask(caller: &Path, target: &Path, address: &str, request: &PeerRequest) -> Result<PeerResponse, String> {
+    let key = secrets(caller).peer_key.unwrap();
+    let target_key = secrets(target).peer_key.unwrap();
+    let node_id = Store::new(target).settings().unwrap().node_id;
+    let member = Member::new(&node_id, address, target_key.public()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+        peer::ask(stream, &key, &member, request).await.map_err(|e| e.to_string())
+    })
+}
+
+fn fake_run() -> PeerRequest {
+    let run = serde_json::json!({
+        "id": "r-forged", "job_id": "j-forged", "activity_index": 0, "partition": 0,
+        "activity": { "kind": "echo", "message": "rewritten" }, "state": "dispatched", "attempt": 1,
+        "node_id": null, "node_name": null, "progress": null, "result": null, "error": null,
+        "queued_ms": 0, "finished_ms": null,
+    });
+    PeerRequest::Run { run: Box::new(serde_json::from_value(run).unwrap()) }
+}
+
+/// Copies the regular files of a data dir (as a backup of it would keep them).
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap().filter_map(Result::ok) {
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_removed_node_gets_no_credentials_and_hands_out_no_runs() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("ids", &[]);
+    let n1 = Node::start(&key, "n1", &[]);
+    let mut n2 = Node::start(&key, "n2", &[]);
+    wait_until(Duration::from_secs(30), "two nodes Online", || {
+        hub.nodes("ids").iter().filter(|n| n["status"] == "Online").count() == 2
+    });
+    let old_copy = tempfile::tempdir().unwrap();
+    copy_dir(n2.home.path(), old_copy.path());
+
+    n1.set_credential("warehouse", VALUE);
+    wait_until(Duration::from_secs(30), "n2 to have the credential", || names(&n2).contains("warehouse"));
+    // While it is a member, n2's identity opens n1's peer channel (so the refusals below are
+    // the removal's doing, not a broken client).
+    let mut answer = Err(String::new());
+    wait_until(Duration::from_secs(10), "n1 to answer n2", || {
+        answer = ask(n2.home.path(), n1.home.path(), &n1.peer_address, &PeerRequest::Credentials);
+        answer.is_ok()
+    });
+    assert!(matches!(answer, Ok(PeerResponse::Credentials { set }) if set.entries.contains_key("warehouse")));
+    assert_eq!(
+        ask(n2.home.path(), n1.home.path(), &n1.peer_address, &fake_run()),
+        Ok(PeerResponse::Accepted)
+    );
+
+    hub.admin(&["hub", "node", "remove", "ids", "n2"]);
+    n2.process.take().unwrap().stop();
+    // Within a heartbeat or two n1's roster no longer has n2.
+    wait_until(Duration::from_secs(10), "n1 to refuse the removed node", || {
+        ask(n2.home.path(), n1.home.path(), &n1.peer_address, &PeerRequest::Ping).is_err()
+    });
+    for (what, dir) in [("its data dir", n2.home.path()), ("an old copy of its data dir", old_copy.path())] {
+        let credentials = ask(dir, n1.home.path(), &n1.peer_address, &PeerRequest::Credentials);
+        assert!(credentials.is_err(), "the removed node's {what} fetched credentials: {credentials:?}");
+        let run = ask(dir, n1.home.path(), &n1.peer_address, &fake_run());
+        assert!(run.is_err(), "the removed node's {what} handed over a run: {run:?}");
+    }
+}
+
+#[test]
+fn the_hubs_database_holds_nothing_that_opens_a_credential() {
+    let (hub, nodes) = cluster::gateway(2);
+    nodes[0].set_credential("warehouse", VALUE);
+    wait_until(Duration::from_secs(30), "n2 to have the credential", || {
+        names(&nodes[1]).contains("warehouse")
+    });
+    for entry in std::fs::read_dir(hub.home()).unwrap().filter_map(Result::ok) {
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        assert!(!contains(&bytes, VALUE), "{} holds the credential", entry.path().display());
+        // No node's private key either: the hub knows public keys only.
+        for node in &nodes {
+            let key = secrets(node.home.path()).peer_key.unwrap();
+            let private = serde_json::to_value(&key).unwrap()["private"].as_str().unwrap().to_owned();
+            assert!(!contains(&bytes, &private), "{} holds a node's private key", entry.path().display());
+        }
+    }
+    // No shared gateway secret is stored, so no key can be derived from one.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let columns: Vec<String> = runtime.block_on(async {
+        use sqlx::Row as _;
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=ro", hub.home().join("hub.db").display());
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let rows =
+            sqlx::query("SELECT name FROM pragma_table_info('gateways')").fetch_all(&pool).await.unwrap();
+        rows.iter().map(|row| row.try_get::<String, _>("name").unwrap()).collect()
+    });
+    assert!(columns.contains(&"name".to_owned()), "{columns:?}");
+    assert!(!columns.iter().any(|c| c.contains("secret")), "the hub stores a gateway secret: {columns:?}");
+}
+
+#[test]
+fn a_data_dir_of_an_older_version_migrates_on_start_and_talks_to_its_peers() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("old", &[]);
+    let n1 = Node::start(&key, "n1", &[]);
+
+    // Register "n2" as an older version did: no public key sent, a gateway secret kept.
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::new(home.path());
+    let port = common::process::free_port();
+    let peer_address = format!("127.0.0.1:{port}");
+    let request = gatehouse::protocol::RegisterRequest {
+        name: "n2".to_owned(),
+        machine_id: store.machine_id().unwrap(),
+        version: gatehouse::VERSION.to_owned(),
+        peer_address: peer_address.clone(),
+        encryption_thumbprint: None,
+        public_key: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answer = runtime.block_on(async {
+        gatehouse::client::HubClient::new(&hub.url, &key).unwrap().register(&request).await.unwrap()
+    });
+    store
+        .save_settings(&gatehouse::node::store::NodeSettings {
+            hub_url: hub.url.clone(),
+            gateway_id: answer.gateway_id,
+            gateway_name: answer.gateway_name,
+            node_id: answer.node_id,
+            node_name: "n2".to_owned(),
+            peer_port: port,
+            peer_address: peer_address.clone(),
+            concurrency_limit: None,
+            log_level: "info".to_owned(),
+            proxy: None,
+        })
+        .unwrap();
+    // Make the sealing key, then seal the secrets as an older version wrote them.
+    store.save_secrets(&Secrets::default()).unwrap();
+    let sealing_key: [u8; 32] = std::fs::read(home.path().join("secret.key")).unwrap().try_into().unwrap();
+    let old = serde_json::json!({
+        "node_token": answer.node_token,
+        "gateway_secret": "an-old-shared-gateway-secret",
+        "credentials": {},
+        "credential_version": 0,
+        "tls": null,
+    });
+    let sealed = gatehouse::node::store::seal(&sealing_key, old.to_string().as_bytes());
+    std::fs::write(home.path().join("secrets.bin"), sealed).unwrap();
+    assert!(secrets(home.path()).peer_key.is_none());
+
+    let mut n2 = Node { name: "n2".to_owned(), home, peer_address, process: None };
+    n2.run(&[]);
+    wait_until(Duration::from_secs(30), "the migrated node Online", || {
+        hub.nodes("old").iter().filter(|n| n["status"] == "Online").count() == 2
+    });
+    let migrated = secrets(n2.home.path());
+    assert!(migrated.peer_key.is_some(), "no key pair was made on start");
+    let json = gatehouse::node::store::open(
+        &sealing_key,
+        &std::fs::read(n2.home.path().join("secrets.bin")).unwrap(),
+    )
+    .unwrap();
+    assert!(!contains(&json, "an-old-shared-gateway-secret"), "the gateway secret was kept");
+
+    // Both ways over the peer channel: a credential from n1 reaches n2, one from n2 reaches n1.
+    n1.set_credential("warehouse", VALUE);
+    wait_until(Duration::from_secs(30), "n2 to get n1's credential", || names(&n2).contains("warehouse"));
+    n2.set_credential("lake", "another-secret");
+    wait_until(Duration::from_secs(30), "n1 to get n2's credential", || names(&n1).contains("lake"));
+}
+
+#[test]
+fn a_thousand_idle_connections_to_the_peer_ports_dont_stop_a_job() {
+    let (hub, nodes) = cluster::gateway(2);
+    // Few file descriptors, as on a small machine: connections held without limit exhaust them.
+    for node in &nodes {
+        let pid = node.process.as_ref().unwrap().pid().to_string();
+        let limited =
+            std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=400:400"]).status();
+        assert!(limited.unwrap().success(), "prlimit failed");
+    }
+    let targets: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.peer_address.parse().unwrap()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = std::thread::spawn({
+        let stop = Arc::clone(&stop);
+        move || idle_flood(&targets, 1000, &stop)
+    });
+
+    let spec = serde_json::json!({ "name": "under-attack", "activities": [
+        { "kind": "sleep", "millis": 200, "partitions": 6 },
+    ]});
+    let id = cluster::submit(&hub, &spec).unwrap();
+    let job = cluster::wait_over(&hub, &id);
+    stop.store(true, Ordering::SeqCst);
+    let opened = attacker.join().unwrap();
+    assert!(opened >= 1000, "the attacker opened only {opened} connections");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // The refusals were logged, but not one line per connection.
+    for node in &nodes {
+        let log = node.process.as_ref().unwrap().stderr();
+        let lines = log.lines().filter(|l| l.contains("peer channel: refused a connection")).count();
+        assert!(lines < 50, "{} logged {lines} refusals one by one", node.name);
+    }
+}
+
+/// Keeps `count` idle connections (from 127.0.0.2, sending nothing) open to each target until
+/// `stop`, reopening those the node closes; returns how many it opened in all.
+fn idle_flood(targets: &[std::net::SocketAddr], count: usize, stop: &AtomicBool) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let connect = |target: std::net::SocketAddr| async move {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind("127.0.0.2:0".parse().ok()?).ok()?;
+            tokio::time::timeout(Duration::from_secs(1), socket.connect(target)).await.ok()?.ok()
+        };
+        let mut opened = 0;
+        let mut held: Vec<(std::net::SocketAddr, Option<tokio::net::TcpStream>)> =
+            targets.iter().flat_map(|t| std::iter::repeat_n(*t, count)).map(|t| (t, None)).collect();
+        // Bounded: the job's own wait ends the test within its limit.
+        for _ in 0..600 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            for (target, stream) in &mut held {
+                let closed = stream.as_ref().is_none_or(|s| {
+                    let mut byte = [0u8; 1];
+                    !matches!(s.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                });
+                if closed {
+                    *stream = connect(*target).await;
+                    opened += usize::from(stream.is_some());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        opened
+    })
+}
