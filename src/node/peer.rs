@@ -435,16 +435,16 @@ mod tests {
         // Flip one bit of the ciphertext, as an attacker on an unencrypted network could.
         frame[3] ^= 0x01;
         write_raw(&mut server_near, &frame).await.unwrap();
-        let mut served = accepting.await.unwrap().unwrap();
-        assert!(matches!(served.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
+        let mut answering = accepting.await.unwrap().unwrap();
+        assert!(matches!(answering.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
 
         // A frame made up from nothing fares no better.
         let (mut session, mut client_far, mut server_near, accepting) = relayed(&client, &server).await;
         session.send(&PeerRequest::Ping).await.unwrap();
         let genuine = raw(&mut client_far).await;
         write_raw(&mut server_near, &vec![0x42; genuine.len()]).await.unwrap();
-        let mut served = accepting.await.unwrap().unwrap();
-        assert!(matches!(served.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
+        let mut answering = accepting.await.unwrap().unwrap();
+        assert!(matches!(answering.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
     }
 
     #[tokio::test]
@@ -456,9 +456,9 @@ mod tests {
         let first = raw(&mut client_far).await;
         write_raw(&mut server_near, &first).await.unwrap();
         write_raw(&mut server_near, &first).await.unwrap();
-        let mut served = accepting.await.unwrap().unwrap();
-        assert!(matches!(served.recv::<PeerRequest>().await, Ok(PeerRequest::Ping)));
-        assert!(matches!(served.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
+        let mut answering = accepting.await.unwrap().unwrap();
+        assert!(matches!(answering.recv::<PeerRequest>().await, Ok(PeerRequest::Ping)));
+        assert!(matches!(answering.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
 
         // Reordered: the second frame delivered first fails to open.
         let (mut session, mut client_far, mut server_near, accepting) = relayed(&client, &server).await;
@@ -467,8 +467,8 @@ mod tests {
         let (one, two) = (raw(&mut client_far).await, raw(&mut client_far).await);
         write_raw(&mut server_near, &two).await.unwrap();
         write_raw(&mut server_near, &one).await.unwrap();
-        let mut served = accepting.await.unwrap().unwrap();
-        assert!(matches!(served.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
+        let mut answering = accepting.await.unwrap().unwrap();
+        assert!(matches!(answering.recv::<PeerRequest>().await, Err(PeerError::Noise(_))));
     }
 
     #[tokio::test]
@@ -512,12 +512,12 @@ mod tests {
 
         // Replay both of its frames on a new connection: the handshake answer is fresh, so the
         // recorded request doesn't open, and nothing is handed out.
-        let mut replay = tokio::net::TcpStream::connect(address).await.unwrap();
-        write_raw(&mut replay, &hello).await.unwrap();
-        let _fresh = raw(&mut replay).await;
-        write_raw(&mut replay, &request).await.unwrap();
+        let mut again = tokio::net::TcpStream::connect(address).await.unwrap();
+        write_raw(&mut again, &hello).await.unwrap();
+        let _fresh = raw(&mut again).await;
+        write_raw(&mut again, &request).await.unwrap();
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, replay.read_to_end(&mut rest)).await;
+        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, again.read_to_end(&mut rest)).await;
         assert!(rest.is_empty(), "the replayed request got an answer");
         let results = serving.await.unwrap();
         assert!(results[0].is_ok());
@@ -548,7 +548,7 @@ mod tests {
         });
         session.send(&long).await.unwrap();
         let _ends = relay.await.unwrap();
-        let mut served = accepting.await.unwrap().unwrap();
-        assert_eq!(served.recv::<String>().await.unwrap(), long);
+        let mut answering = accepting.await.unwrap().unwrap();
+        assert_eq!(answering.recv::<String>().await.unwrap(), long);
     }
 }

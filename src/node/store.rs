@@ -104,7 +104,7 @@ impl fmt::Debug for Secrets {
             .field("credential_version", &self.credential_version)
             .field("tls", &self.tls)
             .field("hub_admin_token", &self.hub_admin_token.as_ref().map(|_| "***"))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
