@@ -13,7 +13,7 @@ use gatehouse::node::peer::{self, Member, PeerRequest, PeerResponse};
 use gatehouse::node::store::{Secrets, Store};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 const VALUE: &str = "s3cr3t-warehouse-password";
@@ -220,20 +220,40 @@ fn a_thousand_idle_connections_to_the_peer_ports_dont_stop_a_job() {
     }
     let targets: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.peer_address.parse().unwrap()).collect();
     let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
     let attacker = std::thread::spawn({
-        let stop = Arc::clone(&stop);
-        move || idle_flood(&targets, 1000, &stop)
+        let (stop, opened) = (Arc::clone(&stop), Arc::clone(&opened));
+        move || idle_flood(&targets, 1000, &stop, &opened)
     });
+    wait_until(Duration::from_secs(60), "the attacker to open 2,000 connections", || {
+        opened.load(Ordering::SeqCst) >= 2000
+    });
+    // What the flood holds of each node: a few handshake slots, not a socket per connection.
+    for node in &nodes {
+        let fds = format!("/proc/{}/fd", node.process.as_ref().unwrap().pid());
+        let most = (0..10)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(200));
+                std::fs::read_dir(&fds).unwrap().count()
+            })
+            .max()
+            .unwrap();
+        assert!(most < 150, "{} holds {most} file descriptors under the flood", node.name);
+    }
 
+    // Enough runs that each node gets some when both can be reached (`distribute` shuffles).
     let spec = serde_json::json!({ "name": "under-attack", "activities": [
-        { "kind": "sleep", "millis": 200, "partitions": 6 },
+        { "kind": "sleep", "millis": 200, "partitions": 20 },
     ]});
     let id = cluster::submit(&hub, &spec).unwrap();
     let job = cluster::wait_over(&hub, &id);
     stop.store(true, Ordering::SeqCst);
-    let opened = attacker.join().unwrap();
-    assert!(opened >= 1000, "the attacker opened only {opened} connections");
+    attacker.join().unwrap();
     assert_eq!(job["state"], "succeeded", "{job}");
+    // Hand-offs over the attacked peer ports went on: both nodes ran some of the runs.
+    let ran: std::collections::BTreeSet<&str> =
+        job["runs"].as_array().unwrap().iter().filter_map(|r| r["node_name"].as_str()).collect();
+    assert_eq!(ran.len(), 2, "the runs went to {ran:?} only: a peer port didn't take hand-offs");
     // The refusals were logged, but not one line per connection.
     for node in &nodes {
         let log = node.process.as_ref().unwrap().stderr();
@@ -243,8 +263,8 @@ fn a_thousand_idle_connections_to_the_peer_ports_dont_stop_a_job() {
 }
 
 /// Keeps `count` idle connections (from 127.0.0.2, sending nothing) open to each target until
-/// `stop`, reopening those the node closes; returns how many it opened in all.
-fn idle_flood(targets: &[std::net::SocketAddr], count: usize, stop: &AtomicBool) -> usize {
+/// `stop`, reopening those the node closes; counts in `opened` how many it opened in all.
+fn idle_flood(targets: &[std::net::SocketAddr], count: usize, stop: &AtomicBool, opened: &AtomicUsize) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let connect = |target: std::net::SocketAddr| async move {
@@ -252,7 +272,6 @@ fn idle_flood(targets: &[std::net::SocketAddr], count: usize, stop: &AtomicBool)
             socket.bind("127.0.0.2:0".parse().ok()?).ok()?;
             tokio::time::timeout(Duration::from_secs(1), socket.connect(target)).await.ok()?.ok()
         };
-        let mut opened = 0;
         let mut held: Vec<(std::net::SocketAddr, Option<tokio::net::TcpStream>)> =
             targets.iter().flat_map(|t| std::iter::repeat_n(*t, count)).map(|t| (t, None)).collect();
         // Bounded: the job's own wait ends the test within its limit.
@@ -267,11 +286,10 @@ fn idle_flood(targets: &[std::net::SocketAddr], count: usize, stop: &AtomicBool)
                 });
                 if closed {
                     *stream = connect(*target).await;
-                    opened += usize::from(stream.is_some());
+                    opened.fetch_add(usize::from(stream.is_some()), Ordering::SeqCst);
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        opened
-    })
+    });
 }
