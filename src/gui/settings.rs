@@ -340,7 +340,9 @@ fn encryption_ui(
             ui.label(format!("SHA-256 thumbprint: {thumbprint}"));
         }
         Some(None) => {
-            ui.label("Encryption: off. Nodes talk to each other over plain TCP (they still authenticate).");
+            ui.label(
+                "Encryption: off (no certificate). Nodes still authenticate each other by their own keys and encrypt every frame; a certificate adds your own trust on top.",
+            );
         }
         None => {
             ui.label("Encryption: shown once the node service reports.");
