@@ -293,3 +293,58 @@ fn idle_flood(targets: &[std::net::SocketAddr], count: usize, stop: &AtomicBool,
         }
     });
 }
+
+#[test]
+fn the_hub_takes_a_nodes_first_key_and_never_another() {
+    use gatehouse::client::{ClientError, HubClient};
+    use gatehouse::protocol::{Heartbeat, NodeMetrics, RegisterRequest};
+    let hub = Hub::start();
+    let key = hub.create_gateway("keys", &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let registering = HubClient::new(&hub.url, &key).unwrap();
+        let request = |name: &str, public_key: Option<String>| RegisterRequest {
+            name: name.to_owned(),
+            machine_id: format!("machine-{name}"),
+            version: gatehouse::VERSION.to_owned(),
+            peer_address: "127.0.0.1:9".to_owned(),
+            encryption_thumbprint: None,
+            public_key,
+        };
+        let bad = registering.register(&request("bad", Some("not a key".to_owned()))).await;
+        assert!(matches!(bad, Err(ClientError::Refused { status: 400, .. })), "{bad:?}");
+
+        // A node of an older version registers without a key, then announces one.
+        let answer = registering.register(&request("old", None)).await.unwrap();
+        let node = HubClient::new(&hub.url, &answer.node_token).unwrap();
+        let beat = |public_key: &str| Heartbeat {
+            version: gatehouse::VERSION.to_owned(),
+            metrics: NodeMetrics::default(),
+            peer_address: None,
+            public_key: Some(public_key.to_owned()),
+        };
+        let first = peer::StaticKey::generate().unwrap();
+        let other = peer::StaticKey::generate().unwrap();
+        node.heartbeat(&beat(first.public())).await.unwrap();
+        node.heartbeat(&beat(first.public())).await.unwrap();
+        let taken = node.heartbeat(&beat(other.public())).await;
+        match taken {
+            Err(ClientError::Refused { status: 409, body }) => {
+                assert!(body.error.contains("another peer-channel key"), "{}", body.error);
+                assert!(body.hint.unwrap_or_default().contains("hub node remove"));
+            }
+            other => panic!("a second key was taken: {other:?}"),
+        }
+        // The roster another node gets carries the first key.
+        let peer_answer =
+            registering.register(&request("new", Some(other.public().to_owned()))).await.unwrap();
+        let roster = HubClient::new(&hub.url, &peer_answer.node_token)
+            .unwrap()
+            .heartbeat(&beat(other.public()))
+            .await
+            .unwrap()
+            .peers;
+        let old = roster.iter().find(|p| p.name == "old").unwrap();
+        assert_eq!(old.public_key, first.public());
+    });
+}
