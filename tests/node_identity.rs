@@ -2,7 +2,8 @@
 //! removed at the hub (its data dir, or an old copy of it) gets nothing from the others; the
 //! hub's database holds nothing that opens a credential; a data dir registered by an older
 //! version (shared gateway secret, no key pair) migrates on start and talks to its peers;
-//! 1,000 idle connections to the peer ports don't stop a job.
+//! 1,000 idle connections to the peer ports don't stop a job; a worker runs the hub's copy of
+//! a run, never the one a peer handed it.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
@@ -347,4 +348,77 @@ fn the_hub_takes_a_nodes_first_key_and_never_another() {
         let old = roster.iter().find(|p| p.name == "old").unwrap();
         assert_eq!(old.public_key, first.public());
     });
+}
+
+#[test]
+fn a_worker_runs_the_hubs_copy_of_a_run_not_the_one_it_was_handed() {
+    use gatehouse::client::HubClient;
+    use gatehouse::protocol::{ClaimRequest, Heartbeat, NodeMetrics, RegisterRequest};
+    let hub = Hub::start();
+    let key = hub.create_gateway("lake", &[]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // The test plays the dispatcher "d", a genuine member of the gateway with its own key, and
+    // rewrites the activity of a run it hands over.
+    let d_key = peer::StaticKey::generate().unwrap();
+    let d = runtime.block_on(async {
+        let request = RegisterRequest {
+            name: "d".to_owned(),
+            machine_id: "machine-d".to_owned(),
+            version: gatehouse::VERSION.to_owned(),
+            peer_address: "127.0.0.1:9".to_owned(),
+            encryption_thumbprint: None,
+            public_key: Some(d_key.public().to_owned()),
+        };
+        let answer = HubClient::new(&hub.url, &key).unwrap().register(&request).await.unwrap();
+        HubClient::new(&hub.url, &answer.node_token).unwrap()
+    });
+    let beat = Heartbeat {
+        version: gatehouse::VERSION.to_owned(),
+        metrics: NodeMetrics { runs_limit: 4, ..NodeMetrics::default() },
+        peer_address: None,
+        public_key: Some(d_key.public().to_owned()),
+    };
+    let epoch = runtime.block_on(d.heartbeat(&beat)).unwrap().lease_epoch;
+    let stop = Arc::new(AtomicBool::new(false));
+    let beating = runtime.spawn({
+        let (d, beat, stop) = (d.clone(), beat.clone(), Arc::clone(&stop));
+        async move {
+            // Bounded: the test is over well before.
+            for _ in 0..600 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let _ = d.heartbeat(&beat).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    let n1 = Node::start(&key, "n1", &[]);
+    wait_until(Duration::from_secs(30), "n1 Online as a worker", || {
+        hub.nodes("lake")
+            .iter()
+            .any(|n| n["name"] == "n1" && n["status"] == "Online" && n["role"] == "worker")
+    });
+
+    let spec =
+        serde_json::json!({ "name": "genuine", "activities": [{ "kind": "echo", "message": "genuine" }]});
+    let id = cluster::submit(&hub, &spec).unwrap();
+    let claim = ClaimRequest { lease_epoch: epoch, max: 1, wait_ms: 5000 };
+    let runs = runtime.block_on(d.claim(&claim)).unwrap();
+    let mut run = serde_json::to_value(&runs[0]).unwrap();
+    run["activity"]["message"] = serde_json::json!("rewritten");
+    let handed = PeerRequest::Run { run: Box::new(serde_json::from_value(run).unwrap()) };
+    let n1_key = secrets(n1.home.path()).peer_key.unwrap();
+    let n1_id = Store::new(n1.home.path()).settings().unwrap().node_id;
+    let member = Member::new(&n1_id, &n1.peer_address, n1_key.public()).unwrap();
+    let answer = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&n1.peer_address).await.unwrap();
+        peer::ask(stream, &d_key, &member, &handed).await
+    });
+    assert!(matches!(answer, Ok(PeerResponse::Accepted)), "{answer:?}");
+    let job = cluster::wait_over(&hub, &id);
+    stop.store(true, Ordering::SeqCst);
+    runtime.block_on(beating).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["runs"][0]["result"]["echo"], "genuine", "the worker ran the rewritten activity: {job}");
 }
