@@ -268,6 +268,7 @@ async fn gateway_with_nodes(hub: &Hub, label: &str, count: usize) -> (String, Ar
             version: VERSION.to_owned(),
             peer_address: format!("127.0.0.1:{}", 7100 + index),
             encryption_thumbprint: None,
+            public_key: None,
         };
         let answer: RegisterResponse = api
             .post(&created.keys.primary, "/api/v1/register", &request)
@@ -308,8 +309,12 @@ fn start_heartbeats(node: Arc<Node>, first_after: Duration, stop: CancellationTo
     let failures = Arc::new(AtomicU32::new(0));
     let failed = Arc::clone(&failures);
     tokio::spawn(async move {
-        let body =
-            Heartbeat { version: VERSION.to_owned(), metrics: NodeMetrics::default(), peer_address: None };
+        let body = Heartbeat {
+            version: VERSION.to_owned(),
+            metrics: NodeMetrics::default(),
+            peer_address: None,
+            public_key: None,
+        };
         let mut next = tokio::time::Instant::now() + first_after;
         let mut paused = false;
         let mut last_ok = None;

@@ -223,6 +223,10 @@ pub struct RegisterRequest {
     pub peer_address: String,
     /// SHA-256 thumbprint of the certificate when the node encrypts its peer channel.
     pub encryption_thumbprint: Option<String>,
+    /// The node's own X25519 public key for the peer channel (base64), made for this
+    /// registration; the private key never leaves the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// The answer to a registration: the node's own credentials.
@@ -233,8 +237,6 @@ pub struct RegisterResponse {
     pub gateway_name: String,
     /// Authenticates this node to the hub from now on. Shown once; store it encrypted.
     pub node_token: String,
-    /// Peers authenticate each other with it on the peer channel.
-    pub gateway_secret: String,
 }
 
 /// `POST /api/v1/heartbeat`, authenticated with the node token.
@@ -246,6 +248,10 @@ pub struct Heartbeat {
     /// Where peers reach this node now, when it changed since registration (a new port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_address: Option<String>,
+    /// The node's peer-channel public key (base64), sent with every beat, so a node registered
+    /// by an older version announces the key it made on upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// What the hub tells a node on each heartbeat.
@@ -261,7 +267,8 @@ pub struct HeartbeatResponse {
     pub status: NodeState,
     pub reason: Option<String>,
     pub settings: GatewaySettings,
-    /// The other nodes of the gateway, for the peer channel.
+    /// The other nodes of the gateway, for the peer channel: the roster a node authenticates
+    /// its peers against (a node removed at the hub is gone from it).
     pub peers: Vec<Peer>,
     /// This node's own place in registration order (for the `primary` policy).
     pub registered_order: i64,
@@ -302,6 +309,11 @@ pub struct Peer {
     pub role: Role,
     /// Its metrics at its last heartbeat (load, limits, credential version).
     pub metrics: NodeMetrics,
+    /// Its X25519 public key for the peer channel (base64): peers pin it when they connect and
+    /// accept only keys of the roster. Empty for a node of an older version that hasn't
+    /// announced one yet (it can't be reached or connect until it does).
+    #[serde(default)]
+    pub public_key: String,
 }
 
 /// One node as the admin API and the status page show it.

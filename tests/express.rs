@@ -168,6 +168,7 @@ async fn a_configured_hub_whose_gateway_encrypts_refuses_with_its_own_sentence()
         version: gatehouse::VERSION.to_owned(),
         peer_address: "127.0.0.1:9".to_owned(),
         encryption_thumbprint: Some("AB".repeat(32)),
+        public_key: None,
     };
     HubClient::new(&hub.url, &created.keys.primary).unwrap().register(&first).await.unwrap();
     assert!(admin.gateway(&host).await.unwrap().encryption, "the gateway doesn't encrypt");

@@ -224,7 +224,9 @@ pub enum NodeCommand {
     /// List a gateway's nodes with their status, role and metrics.
     #[command(after_help = EXIT_CODES)]
     List(GatewayArgs),
-    /// Remove a node from its gateway (e.g. a replaced machine), so it leaves no ghost node.
+    /// Remove a node from its gateway (e.g. a replaced machine), so it leaves no ghost node. Its
+    /// key drops out of every peer's roster at their next heartbeat: it is shut out of the peer
+    /// channel, whoever holds a copy of its data dir.
     #[command(after_help = EXIT_CODES)]
     Remove(RemoveNodeArgs),
 }

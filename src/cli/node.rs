@@ -40,10 +40,11 @@ pub enum NodeCommand {
     /// Let peers reach this node on PORT; with --cert, encrypt the peer channel with that
     /// certificate (checked first; a rejected certificate is refused with its report).
     EnableRemoteAccess(RemoteAccessArgs),
-    /// Stop encrypting the peer channel (the whole gateway must agree; see the hub's status).
+    /// Stop wrapping the peer channel in TLS with the certificate; frames stay encrypted and
+    /// authenticated with the nodes' own keys (the whole gateway must agree; see the hub's status).
     DisableRemoteAccess,
-    /// Write this node's state (settings, tokens, credentials, certificate) to an encrypted file
-    /// (owner-only, written atomically; never inside the data dir).
+    /// Write this node's state (settings, tokens, key pair, credentials, certificate) to an
+    /// encrypted file (owner-only, written atomically; never inside the data dir).
     Backup {
         /// The backup file to write; an existing file is refused (it may be the backup still
         /// needed) unless --force is given.

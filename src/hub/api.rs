@@ -397,7 +397,6 @@ async fn create_gateway(
         secondary_key_hash: auth::hash(&secondary),
         secondary_key_hint: auth::key_hint(&secondary),
         secondary_key_created_ms: now,
-        gateway_secret: auth::new_secret(),
         lease_node_id: None,
         lease_expires_ms: 0,
         lease_epoch: 0,
@@ -603,6 +602,7 @@ async fn register(
         version: request.version.trim().to_owned(),
         peer_address: request.peer_address.trim().to_owned(),
         encryption_thumbprint: request.encryption_thumbprint.clone(),
+        public_key: public_key(request.public_key.as_deref())?.unwrap_or_default(),
         now_ms: now_ms(),
     };
     let refusal = state
@@ -627,9 +627,44 @@ async fn register(
             gateway_id: gateway.id,
             gateway_name: gateway.name,
             node_token: token,
-            gateway_secret: gateway.gateway_secret,
         }),
     ))
+}
+
+/// A node's peer-channel public key as sent (base64 of 32 bytes), checked; `None` when not sent.
+fn public_key(sent: Option<&str>) -> Result<Option<String>, ApiError> {
+    use base64::Engine as _;
+    let Some(key) = sent.map(str::trim).filter(|k| !k.is_empty()) else { return Ok(None) };
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(bytes) if bytes.len() == 32 => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::bad_request("public_key must be a base64 X25519 public key (32 bytes)")),
+    }
+}
+
+/// A node registered by an older version announces the key pair it made on upgrade; the hub
+/// takes the first one it hears and never replaces it, so a stolen node token alone can't
+/// take over the node's place in its peers' rosters.
+async fn announce_key(
+    state: &HubState,
+    node: &NodeRow,
+    stored: &mut String,
+    key: String,
+) -> Result<(), ApiError> {
+    if !stored.is_empty() || !state.db.set_node_public_key(&node.id, &key).await? {
+        return Err(ApiError::conflict(format!(
+            "node '{}' announced another peer-channel key than the one the hub has for it (was its data dir restored from an old backup?)",
+            node.name
+        ))
+        .with_hint(format!(
+            "remove it with: gatehouse hub node remove GATEWAY {}, then register the node again (gatehouse node unregister, gatehouse node register)",
+            node.name
+        )));
+    }
+    let gateway = state.db.gateway(&node.gateway_id).await?;
+    let detail = format!("node '{}' announced its peer-channel key", node.name);
+    audit::record(state, gateway.as_ref(), Actor::Node(node.name.clone()), "node.key", detail).await;
+    *stored = key;
+    Ok(())
 }
 
 async fn heartbeat(
@@ -651,6 +686,12 @@ async fn heartbeat(
         let detail = format!("credentials on node '{}': {change}", node.name);
         audit::record(&state, gateway.as_ref(), Actor::Node(node.name.clone()), "credentials.change", detail)
             .await;
+    }
+    if let Some(key) = public_key(beat.public_key.as_deref())?
+        && let Some(me) = nodes.iter_mut().find(|n| n.id == node.id)
+        && me.public_key != key
+    {
+        announce_key(&state, &node, &mut me.public_key, key).await?;
     }
     if let Some(me) = nodes.iter_mut().find(|n| n.id == node.id) {
         me.peer_address = peer_address;
@@ -703,6 +744,7 @@ async fn heartbeat(
                 Role::Worker
             },
             metrics: n.metrics.clone(),
+            public_key: n.public_key.clone(),
         })
         .collect();
     Ok(Json(HeartbeatResponse {

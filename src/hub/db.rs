@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "bandwidth_limit", include_str!("migrations/0004_bandwidth_limit.sql")),
     (5, "history", include_str!("migrations/0005_history.sql")),
     (6, "join_keys", include_str!("migrations/0006_join_keys.sql")),
+    (7, "node_keys", include_str!("migrations/0007_node_keys.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -64,7 +65,6 @@ pub struct GatewayRow {
     pub secondary_key_hash: String,
     pub secondary_key_hint: String,
     pub secondary_key_created_ms: i64,
-    pub gateway_secret: String,
     pub lease_node_id: Option<String>,
     pub lease_expires_ms: i64,
     pub lease_epoch: i64,
@@ -82,6 +82,9 @@ pub struct NodeRow {
     pub version: String,
     pub peer_address: String,
     pub encryption_thumbprint: Option<String>,
+    /// Its X25519 public key for the peer channel (base64); empty until a node of an older
+    /// version announces one.
+    pub public_key: String,
     pub registered_order: i64,
     pub registered_ms: i64,
     pub last_heartbeat_ms: Option<i64>,
@@ -97,6 +100,7 @@ pub struct NewNode {
     pub version: String,
     pub peer_address: String,
     pub encryption_thumbprint: Option<String>,
+    pub public_key: String,
     pub now_ms: i64,
 }
 
@@ -263,7 +267,7 @@ const JOIN_KEYS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 const GATEWAY_COLUMNS: &str = "id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
      queue_timeout_seconds, encryption, primary_key_hash, primary_key_hint, primary_key_created_ms, \
-     secondary_key_hash, secondary_key_hint, secondary_key_created_ms, gateway_secret, lease_node_id, \
+     secondary_key_hash, secondary_key_hint, secondary_key_created_ms, lease_node_id, \
      lease_expires_ms, lease_epoch, created_ms, bandwidth_limit_mbps";
 
 impl Db {
@@ -400,9 +404,9 @@ impl Db {
         let result = sqlx::query(
             "INSERT INTO gateways (id, name, max_nodes, policy, cpu_threshold, memory_threshold, aggregation_minutes, \
              queue_timeout_seconds, encryption, primary_key_hash, primary_key_hint, primary_key_created_ms, \
-             secondary_key_hash, secondary_key_hint, secondary_key_created_ms, gateway_secret, lease_node_id, \
+             secondary_key_hash, secondary_key_hint, secondary_key_created_ms, lease_node_id, \
              lease_expires_ms, lease_epoch, registrations, created_ms, bandwidth_limit_mbps) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, 0, 0, 0, $17, $18)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, 0, 0, 0, $16, $17)",
         )
         .bind(&g.id)
         .bind(&g.name)
@@ -419,7 +423,6 @@ impl Db {
         .bind(&g.secondary_key_hash)
         .bind(&g.secondary_key_hint)
         .bind(g.secondary_key_created_ms)
-        .bind(&g.gateway_secret)
         .bind(g.created_ms)
         .bind(i64::from(g.settings.bandwidth_limit_mbps))
         .execute(&self.pool)
@@ -491,7 +494,7 @@ impl Db {
 
     pub async fn nodes(&self, gateway_id: &str) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query(
-            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, \
+            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, public_key, \
              registered_order, registered_ms, last_heartbeat_ms, metrics FROM nodes WHERE gateway_id = $1 \
              ORDER BY registered_order",
         )
@@ -503,7 +506,7 @@ impl Db {
 
     pub async fn node(&self, id: &str) -> Result<Option<NodeRow>> {
         let row = sqlx::query(
-            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, \
+            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, public_key, \
              registered_order, registered_ms, last_heartbeat_ms, metrics FROM nodes WHERE id = $1",
         )
         .bind(id)
@@ -535,7 +538,7 @@ impl Db {
         };
         let gateway = gateway_row(&gateway)?;
         let nodes: Vec<NodeRow> = sqlx::query(
-            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, \
+            "SELECT id, gateway_id, name, machine_id, token_hash, version, peer_address, encryption_thumbprint, public_key, \
              registered_order, registered_ms, last_heartbeat_ms, metrics FROM nodes WHERE gateway_id = $1 \
              ORDER BY registered_order",
         )
@@ -547,7 +550,7 @@ impl Db {
         .collect::<Result<_>>()?;
         let existing = sqlx::query(
             "SELECT n.id, n.gateway_id, n.name, n.machine_id, n.token_hash, n.version, n.peer_address, \
-             n.encryption_thumbprint, n.registered_order, n.registered_ms, n.last_heartbeat_ms, n.metrics, \
+             n.encryption_thumbprint, n.public_key, n.registered_order, n.registered_ms, n.last_heartbeat_ms, n.metrics, \
              g.name AS gateway_name FROM nodes n JOIN gateways g ON g.id = n.gateway_id WHERE n.machine_id = $1",
         )
         .bind(&new.machine_id)
@@ -596,8 +599,8 @@ impl Db {
         }
         let inserted = sqlx::query(
             "INSERT INTO nodes (id, gateway_id, name, machine_id, token_hash, version, peer_address, \
-             encryption_thumbprint, registered_order, registered_ms, last_heartbeat_ms, metrics) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11)",
+             encryption_thumbprint, public_key, registered_order, registered_ms, last_heartbeat_ms, metrics) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12)",
         )
         .bind(&new.id)
         .bind(gateway_id)
@@ -607,6 +610,7 @@ impl Db {
         .bind(&new.version)
         .bind(&new.peer_address)
         .bind(new.encryption_thumbprint.as_deref())
+        .bind(&new.public_key)
         .bind(order)
         .bind(new.now_ms)
         .bind(to_json(&NodeMetrics::default()))
@@ -672,6 +676,20 @@ impl Db {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records the peer-channel public key a node announced, only if it has none yet (a node
+    /// registered by an older version): a key, once known, is never replaced. Returns whether
+    /// it was stored.
+    pub async fn set_node_public_key(&self, node_id: &str, public_key: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("UPDATE nodes SET public_key = $1 WHERE id = $2 AND public_key = ''")
+            .bind(public_key)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Takes or renews the dispatcher lease for `node_id` if it is free, lapsed or already
@@ -1579,7 +1597,6 @@ fn gateway_row(row: &AnyRow) -> Result<GatewayRow> {
         secondary_key_hash: row.try_get("secondary_key_hash")?,
         secondary_key_hint: row.try_get("secondary_key_hint")?,
         secondary_key_created_ms: row.try_get("secondary_key_created_ms")?,
-        gateway_secret: row.try_get("gateway_secret")?,
         lease_node_id: row.try_get("lease_node_id")?,
         lease_expires_ms: row.try_get("lease_expires_ms")?,
         lease_epoch: row.try_get("lease_epoch")?,
@@ -1598,6 +1615,7 @@ fn node_row(row: &AnyRow) -> Result<NodeRow> {
         version: row.try_get("version")?,
         peer_address: row.try_get("peer_address")?,
         encryption_thumbprint: row.try_get("encryption_thumbprint")?,
+        public_key: row.try_get("public_key")?,
         registered_order: row.try_get("registered_order")?,
         registered_ms: row.try_get("registered_ms")?,
         last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,

@@ -194,7 +194,6 @@ mod tests {
             secondary_key_hash: String::new(),
             secondary_key_hint: String::new(),
             secondary_key_created_ms: now,
-            gateway_secret: String::new(),
             lease_node_id: None,
             lease_expires_ms: 0,
             lease_epoch: 0,
@@ -209,6 +208,7 @@ mod tests {
             version: crate::VERSION.into(),
             peer_address: "127.0.0.1:1".into(),
             encryption_thumbprint: None,
+            public_key: String::new(),
             now_ms: now,
         };
         db.register_node("g", &new, None, |_, _, _| Ok::<(), ()>(())).await.unwrap().unwrap();

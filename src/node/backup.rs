@@ -1,4 +1,4 @@
-//! Backups of a node's state (settings, machine id, secrets: node token, gateway secret,
+//! Backups of a node's state (settings, machine id, secrets: node token, peer-channel key pair,
 //! credentials, certificate), so a machine can be rebuilt or replaced without registering
 //! again. The file is sealed with ChaCha20-Poly1305 under a key derived from the backup
 //! password with Argon2id; its header says how, so later versions can still read it.

@@ -1,11 +1,11 @@
 //! Data-store credentials (database passwords, object-store keys): entered on a node, kept
 //! sealed in its secrets file, never sent to the hub. Every node reports its credential
 //! version with its heartbeat; a node behind the highest version it sees among its peers
-//! fetches that peer's set over the peer channel, sealed once more under a key derived from
-//! the gateway secret, so even the unencrypted (express) channel never carries them in clear.
+//! fetches that peer's set over the peer channel, inside its Noise session (encrypted to the
+//! receiving node's own key), so even the unencrypted (express) channel never carries them in
+//! clear, and nothing the hub holds opens them.
 
-use super::store::{self, Store, StoreError};
-use sha2::Digest as _;
+use super::store::{Store, StoreError};
 use std::collections::BTreeMap;
 
 /// A node's credentials and their version.
@@ -88,28 +88,6 @@ pub fn adopt(store: &Store, set: &CredentialSet) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-/// Seals a set for the peer channel with a key derived from the gateway secret.
-pub fn seal_for_peers(gateway_secret: &str, set: &CredentialSet) -> String {
-    use base64::Engine as _;
-    let json = serde_json::to_vec(set).unwrap_or_default();
-    base64::engine::general_purpose::STANDARD.encode(store::seal(&transport_key(gateway_secret), &json))
-}
-
-/// Opens a set sealed by a peer of the same gateway.
-pub fn open_from_peer(gateway_secret: &str, sealed: &str) -> Option<CredentialSet> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
-    let json = store::open(&transport_key(gateway_secret), &bytes)?;
-    serde_json::from_slice(&json).ok()
-}
-
-fn transport_key(gateway_secret: &str) -> [u8; 32] {
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(b"gatehouse credential transport v1");
-    hasher.update(gateway_secret.as_bytes());
-    hasher.finalize().into()
-}
-
 fn validate(name: &str) -> Result<(), CredentialError> {
     let ok = (1..=128).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
@@ -151,15 +129,5 @@ mod tests {
             CredentialSet { version: version + 1, entries: BTreeMap::from([("b".into(), "2".into())]) };
         assert!(adopt(&store, &newer).unwrap());
         assert_eq!(load(&store).unwrap(), newer);
-    }
-
-    #[test]
-    fn sets_cross_the_wire_sealed_and_only_for_the_same_gateway() {
-        let set = CredentialSet { version: 7, entries: BTreeMap::from([("db".into(), "hunter2".into())]) };
-        let sealed = seal_for_peers("gateway-secret", &set);
-        assert!(!sealed.contains("hunter2"));
-        assert_eq!(open_from_peer("gateway-secret", &sealed), Some(set.clone()));
-        assert_eq!(open_from_peer("another-secret", &sealed), None);
-        assert!(!format!("{set:?}").contains("hunter2"));
     }
 }

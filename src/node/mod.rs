@@ -7,6 +7,9 @@
 //! While it holds the gateway's lease it is also the dispatcher ([`dispatch`]): it claims runs
 //! and hands them to workers ([`worker`], itself included) over the [`peer`] channel.
 //!
+//! Each node has its own key pair for the peer channel; the hub hands every node the roster of
+//! its gateway (ids, addresses, public keys) with each heartbeat answer, and peers accept only
+//! each other's keys from it ([`peer`]; [`guard`] keeps the port standing under abuse).
 //! Credentials entered on any node reach the others through the peer channel
 //! ([`credentials`]).
 //!
@@ -17,6 +20,7 @@ pub mod backup;
 pub mod control;
 pub mod credentials;
 mod dispatch;
+mod guard;
 pub mod logs;
 pub mod metrics;
 pub mod ops;
@@ -64,6 +68,8 @@ pub enum NodeError {
         "can't listen on {address} for the peer channel ({reason}); is another node using that port? Register with another --peer-port"
     )]
     PeerPort { address: String, reason: std::io::Error },
+    #[error("can't make this node's key pair for the peer channel: {0}")]
+    PeerKey(#[from] peer::PeerError),
 }
 
 impl NodeError {
@@ -115,12 +121,15 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
     let name = registration.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| host.clone());
     let peer_address =
         registration.peer_address.unwrap_or_else(|| format!("{host}:{}", registration.peer_port));
+    // A fresh identity for every registration: only its public half goes to the hub.
+    let peer_key = peer::StaticKey::generate()?;
     let request = RegisterRequest {
         name: name.trim().to_owned(),
         machine_id: store.machine_id()?,
         version: crate::VERSION.to_owned(),
         peer_address: peer_address.clone(),
         encryption_thumbprint: registration.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
+        public_key: Some(peer_key.public().to_owned()),
     };
     let client =
         HubClient::for_node(&key.hub_url, registration.key.trim(), None, registration.hub_ca.as_deref())?;
@@ -143,7 +152,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
     let hub_admin_token = store.secrets().ok().and_then(|s| s.hub_admin_token);
     store.save_secrets(&Secrets {
         node_token: answer.node_token,
-        gateway_secret: answer.gateway_secret,
+        peer_key: Some(peer_key),
         tls: registration.tls,
         hub_admin_token,
         ..Secrets::default()
@@ -219,6 +228,11 @@ pub(crate) struct Shared {
     /// Set when the gateway encrypts its peer channel.
     pub tls: Option<tls::PeerTls>,
     pub store: Store,
+    /// This node's own key pair for the peer channel.
+    pub key: peer::StaticKey,
+    /// The gateway's other nodes as the last heartbeat answer listed them: the only keys the
+    /// peer channel accepts and calls. std Mutex: never held across .await.
+    roster: Mutex<Vec<peer::Member>>,
     /// This node's credentials as last read or fetched. std Mutex: never held across .await.
     credentials: Mutex<credentials::CredentialSet>,
     /// A credential fetch is under way (one at a time).
@@ -241,6 +255,20 @@ impl Shared {
     pub fn reachable(&self, peer: &str) {
         if let Ok(mut set) = self.unreachable.lock() {
             set.remove(peer);
+        }
+    }
+
+    fn roster(&self) -> Vec<peer::Member> {
+        self.roster.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn set_roster(&self, peers: &[Peer]) {
+        let members = peers
+            .iter()
+            .filter_map(|p| peer::Member::new(&p.node_id, &p.peer_address, &p.public_key))
+            .collect();
+        if let Ok(mut roster) = self.roster.lock() {
+            *roster = members;
         }
     }
 
@@ -312,21 +340,14 @@ async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
         .filter(|p| p.metrics.credential_version > shared.credential_version());
     if let Some(peer) = newest {
         match ask_peer(&shared, &peer.peer_address, &peer::PeerRequest::Credentials).await {
-            Ok(peer::PeerResponse::Credentials { sealed }) => {
-                match credentials::open_from_peer(&shared.secrets.gateway_secret, &sealed) {
-                    Some(set) => match credentials::adopt(&shared.store, &set) {
-                        Ok(true) => {
-                            tracing::info!(version = set.version, from = %peer.name, "credentials synced");
-                            shared.set_credentials(set);
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!("can't store the synced credentials: {e}"),
-                    },
-                    None => {
-                        tracing::warn!(from = %peer.name, "credentials from a peer didn't open; is it in this gateway?");
-                    }
+            Ok(peer::PeerResponse::Credentials { set }) => match credentials::adopt(&shared.store, &set) {
+                Ok(true) => {
+                    tracing::info!(version = set.version, from = %peer.name, "credentials synced");
+                    shared.set_credentials(set);
                 }
-            }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("can't store the synced credentials: {e}"),
+            },
             Ok(other) => {
                 tracing::warn!(from = %peer.name, "unexpected answer to a credential request: {other:?}");
             }
@@ -361,7 +382,8 @@ impl NodeService {
         shutdown: CancellationToken,
     ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NodeError> {
         let settings = self.store.settings()?;
-        let secrets = self.store.secrets()?;
+        let mut secrets = self.store.secrets()?;
+        let key = peer_key(&self.store, &mut secrets)?;
         let client = hub_client(&settings, &secrets.node_token)?;
         let listen = listen_address(&settings);
         let listener = tokio::net::TcpListener::bind(listen)
@@ -390,6 +412,8 @@ impl NodeService {
             client,
             tls,
             store: self.store.clone(),
+            key,
+            roster: Mutex::new(Vec::new()),
             credentials,
             syncing: std::sync::atomic::AtomicBool::new(false),
             // Not the file's time now: the secrets were read earlier, and a `credential set`
@@ -444,13 +468,16 @@ fn listen_address(settings: &NodeSettings) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], settings.peer_port)))
 }
 
-/// Answers peers: authenticated hand-offs of runs, and pings.
+/// Answers peers: authenticated hand-offs of runs, pings and credential requests. Each
+/// connection must finish its handshakes within [`peer::HANDSHAKE_TIMEOUT`] while holding one
+/// of the [`guard`]'s slots; beyond the cap it is closed at once.
 async fn serve_peers(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     worker: worker::Worker,
     shutdown: CancellationToken,
 ) {
+    let guard = guard::Guard::default();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -464,24 +491,31 @@ async fn serve_peers(
                 continue;
             }
         };
+        let Some(slot) = guard.admit(address.ip()) else {
+            drop(stream);
+            guard.refused(address.ip(), &"too many connections are in their handshake; closed at once");
+            continue;
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%address, "peer channel: can't set TCP_NODELAY: {e}");
         }
-        let (shared, worker) = (Arc::clone(&shared), worker.clone());
+        let (shared, worker, guard) = (Arc::clone(&shared), worker.clone(), guard.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer_peer(stream, &shared, worker).await {
-                tracing::info!(%address, "peer channel: refused a connection: {e}");
+            if let Err(e) = answer_peer(stream, &shared, worker, slot).await {
+                guard.refused(address.ip(), &e);
             }
         });
     }
 }
 
 /// One peer connection: TLS first when the gateway encrypts (plaintext is refused), then the
-/// authenticated request.
+/// Noise handshake against the current roster, both within the handshake deadline and holding
+/// `slot`; then the request.
 async fn answer_peer(
     stream: tokio::net::TcpStream,
     shared: &Shared,
     worker: worker::Worker,
+    slot: guard::Slot,
 ) -> Result<(), peer::PeerError> {
     let handle = |_, request| {
         let worker = worker.clone();
@@ -489,30 +523,50 @@ async fn answer_peer(
             match request {
                 peer::PeerRequest::Ping => peer::PeerResponse::Pong,
                 peer::PeerRequest::Run { run } => worker.offer(*run),
-                peer::PeerRequest::Credentials => peer::PeerResponse::Credentials {
-                    sealed: credentials::seal_for_peers(
-                        &shared.secrets.gateway_secret,
-                        &shared.credentials(),
-                    ),
-                },
+                peer::PeerRequest::Credentials => {
+                    peer::PeerResponse::Credentials { set: shared.credentials() }
+                }
             }
         }
     };
-    let (secret, me) = (&shared.secrets.gateway_secret, &shared.settings.node_id);
+    let roster = shared.roster();
     match &shared.tls {
         None => {
-            let mut stream = stream;
-            peer::answer(&mut stream, secret, me, handle).await?;
-        }
-        Some(tls) => {
-            let handshake = tls.acceptor.accept(stream);
-            let mut stream = tokio::time::timeout(peer::EXCHANGE_TIMEOUT, handshake)
+            let handshake = peer::accept(stream, &shared.key, &roster);
+            let session = tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, handshake)
                 .await
                 .map_err(|_| peer::PeerError::Timeout)??;
-            peer::answer(&mut stream, secret, me, handle).await?;
+            drop(slot);
+            session.answer(handle).await?;
+        }
+        Some(tls) => {
+            let handshake = async {
+                let stream = tls.acceptor.accept(stream).await?;
+                peer::accept(stream, &shared.key, &roster).await
+            };
+            let session = tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| peer::PeerError::Timeout)??;
+            drop(slot);
+            session.answer(handle).await?;
         }
     }
     Ok(())
+}
+
+/// This node's key pair for the peer channel. A data dir registered by an older version has
+/// none: one is made and kept now, and the next heartbeat announces it (the upgrade path).
+fn peer_key(store: &Store, secrets: &mut Secrets) -> Result<peer::StaticKey, NodeError> {
+    if let Some(key) = &secrets.peer_key {
+        return Ok(key.clone());
+    }
+    let key = peer::StaticKey::generate()?;
+    secrets.peer_key = Some(key.clone());
+    store.save_secrets(secrets)?;
+    tracing::info!(
+        "made this node's key pair for the peer channel; the hub learns it with the next heartbeat"
+    );
+    Ok(key)
 }
 
 async fn heartbeat_loop(
@@ -563,6 +617,7 @@ async fn heartbeat_loop(
             version: crate::VERSION.to_owned(),
             metrics: metrics.clone(),
             peer_address: Some(shared.settings.peer_address.clone()),
+            public_key: Some(shared.key.public().to_owned()),
         };
         match shared.client.heartbeat(&beat).await {
             Ok(answer) => {
@@ -579,6 +634,7 @@ async fn heartbeat_loop(
                 if answer.role != status.borrow().role {
                     tracing::info!(role = ?answer.role, "this node's role changed");
                 }
+                shared.set_roster(&answer.peers);
                 tokio::spawn(sync_credentials(Arc::clone(&shared), answer.peers.clone()));
                 worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
                 status.send_modify(|s| {
@@ -656,30 +712,30 @@ pub fn unix_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Connects to a peer (over TLS when the gateway encrypts), authenticates, asks `request`.
+/// Connects to the peer at `address` (over TLS when the gateway encrypts), pinning the key the
+/// roster has for it, authenticates, asks `request`.
 pub(crate) async fn ask_peer(
     shared: &Shared,
     address: &str,
     request: &peer::PeerRequest,
 ) -> Result<peer::PeerResponse, peer::PeerError> {
     let timeout = |_: tokio::time::error::Elapsed| peer::PeerError::Timeout;
+    let member = shared
+        .roster()
+        .into_iter()
+        .find(|m| m.address == address)
+        .ok_or_else(|| peer::PeerError::NoKey(address.to_owned()))?;
     let stream = tokio::time::timeout(peer::EXCHANGE_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(timeout)??;
     // Small request/answer frames: don't let Nagle and delayed ACKs add ~40 ms to each.
     stream.set_nodelay(true)?;
-    let (secret, me) = (&shared.secrets.gateway_secret, &shared.settings.node_id);
-    let (_, response) = match &shared.tls {
-        None => {
-            let mut stream = stream;
-            peer::ask(&mut stream, secret, me, request).await?
-        }
+    match &shared.tls {
+        None => peer::ask(stream, &shared.key, &member, request).await,
         Some(tls) => {
             let handshake = tls.connector.connect(tls::server_name(address), stream);
-            let mut stream =
-                tokio::time::timeout(peer::EXCHANGE_TIMEOUT, handshake).await.map_err(timeout)??;
-            peer::ask(&mut stream, secret, me, request).await?
+            let stream = tokio::time::timeout(peer::EXCHANGE_TIMEOUT, handshake).await.map_err(timeout)??;
+            peer::ask(stream, &shared.key, &member, request).await
         }
-    };
-    Ok(response)
+    }
 }

@@ -1,5 +1,5 @@
 //! The node's state on disk, in its data dir: `node.toml` (settings, no secrets),
-//! `secrets.bin` (node token, gateway secret, credentials: sealed with ChaCha20-Poly1305 under
+//! `secrets.bin` (node token, peer-channel key pair, credentials: sealed with ChaCha20-Poly1305 under
 //! the key in `secret.key`) and `machine.id` (who this machine is, across registrations).
 //!
 //! **Invariant:** every file is written atomically ([`crate::machine::write_atomic`]) and
@@ -79,7 +79,13 @@ fn default_log_level() -> String {
 #[serde(default, deny_unknown_fields)]
 pub struct Secrets {
     pub node_token: String,
-    pub gateway_secret: String,
+    /// This node's own key pair for the peer channel; `None` in a data dir registered by an
+    /// older version, until the node makes one on its next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_key: Option<super::peer::StaticKey>,
+    /// The shared gateway secret older versions kept here: read and dropped, never written.
+    #[serde(default, rename = "gateway_secret", skip_serializing)]
+    pub dropped_gateway_secret: Dropped,
     /// Data-store credentials by name.
     pub credentials: BTreeMap<String, String>,
     pub credential_version: u64,
@@ -97,12 +103,22 @@ impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Secrets")
             .field("node_token", &"***")
-            .field("gateway_secret", &"***")
+            .field("peer_key", &self.peer_key)
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .field("credential_version", &self.credential_version)
             .field("tls", &self.tls)
             .field("hub_admin_token", &self.hub_admin_token.as_ref().map(|_| "***"))
-            .finish()
+            .finish_non_exhaustive()
+    }
+}
+
+/// A field older versions wrote, read whatever it holds and dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped;
+
+impl<'de> Deserialize<'de> for Dropped {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Dropped)
     }
 }
 
@@ -373,6 +389,31 @@ pub(crate) mod tests {
         assert!(matches!(store.secrets(), Err(StoreError::Unsealable { .. })));
         assert!(open(&[7; 32], &seal(&[8; 32], b"x")).is_none());
         assert_eq!(open(&[7; 32], &seal(&[7; 32], b"x")).as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn secrets_of_an_older_version_open_and_drop_the_gateway_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        // What versions with a shared gateway secret wrote.
+        let old = serde_json::json!({
+            "node_token": "ghn_x_secret",
+            "gateway_secret": "the-old-shared-secret",
+            "credentials": { "warehouse": "p@ss" },
+            "credential_version": 3,
+            "tls": null,
+        });
+        let key = store.key(true).unwrap();
+        write_atomic(&dir.path().join(SECRETS), &seal(&key, old.to_string().as_bytes())).unwrap();
+        let mut secrets = store.secrets().unwrap();
+        assert_eq!(secrets.node_token, "ghn_x_secret");
+        assert_eq!(secrets.credential_version, 3);
+        assert!(secrets.peer_key.is_none());
+        secrets.peer_key = Some(crate::node::peer::StaticKey::generate().unwrap());
+        store.save_secrets(&secrets).unwrap();
+        let json = open(&key, &std::fs::read(dir.path().join(SECRETS)).unwrap()).unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("the-old-shared-secret"));
+        assert_eq!(store.secrets().unwrap(), secrets);
     }
 
     #[test]

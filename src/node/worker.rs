@@ -157,15 +157,21 @@ impl Worker {
         PeerResponse::Accepted
     }
 
-    async fn execute(&self, run: RunView) {
-        match self.client.start_run(&run.id, run.attempt).await {
-            Ok(_) => {}
-            Err(e) => {
-                // Already taken, or handed back to the queue: someone else has it.
-                tracing::info!(run = %run.id, attempt = run.attempt, "not starting the run: {e}");
+    async fn execute(&self, offered: RunView) {
+        // What runs is the hub's copy of the run, never the one the peer sent: the hand-off
+        // only names the run and its attempt.
+        let run = match self.client.start_run(&offered.id, offered.attempt).await {
+            Ok(started) if started.id == offered.id && started.attempt == offered.attempt => started,
+            Ok(started) => {
+                tracing::warn!(run = %offered.id, attempt = offered.attempt, "the hub started another run or attempt ({} attempt {}) than the one handed over; not running it", started.id, started.attempt);
                 return;
             }
-        }
+            Err(e) => {
+                // Already taken, or handed back to the queue: someone else has it.
+                tracing::info!(run = %offered.id, attempt = offered.attempt, "not starting the run: {e}");
+                return;
+            }
+        };
         self.track(&run, true);
         if matches!(run.activity, Activity::Copy { .. }) {
             self.copy(&run).await;

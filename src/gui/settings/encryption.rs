@@ -66,7 +66,7 @@ impl EncryptionSection {
             }
             Some(None) => {
                 ui.label(
-                    "Encryption: off. Nodes talk to each other over plain TCP (they still authenticate).",
+                    "Encryption: off (no certificate). Nodes still authenticate each other by their own keys and encrypt every frame; a certificate adds your own trust on top.",
                 );
             }
             None => {
@@ -215,7 +215,7 @@ mod page_tests {
     #[test]
     fn encryption_can_be_turned_off_only_when_it_is_on() {
         let mut harness = section(testing::running());
-        assert!(shows(&harness, "Encryption: off."));
+        assert!(shows(&harness, "Encryption: off (no certificate)"));
         click(&mut harness, "Turn off encryption");
         assert!(sent(&harness).is_empty(), "turned off what was off");
 
