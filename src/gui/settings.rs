@@ -146,9 +146,9 @@ pub struct SettingsPage {
     /// Whether this node holds the hub's admin token (`None`: not asked yet).
     pub admin: Option<bool>,
     pub proxy: String,
-    /// The credential names as last listed, and the version they were listed at.
+    /// The credential names as last listed, and the digest of the set they were listed from.
     pub credentials: Option<Vec<String>>,
-    listed_version: Option<u64>,
+    listed_digest: Option<String>,
     pub credential_name: String,
     pub credential_value: String,
     /// A credential whose deletion waits for a second click.
@@ -175,7 +175,7 @@ impl Default for SettingsPage {
             admin: None,
             proxy: String::new(),
             credentials: None,
-            listed_version: None,
+            listed_digest: None,
             credential_name: String::new(),
             credential_value: String::new(),
             confirm_delete: None,
@@ -261,10 +261,10 @@ impl SettingsPage {
         if self.admin.is_none() && !self.answers.waiting(OpKind::AdminToken) {
             self.answers.send(service, Op::CheckAdminToken);
         }
-        // Credentials synced from a peer raise the version: list them again then too.
-        let version = state.status.as_ref().map(|s| s.metrics.credential_version);
-        if version.is_some() && version != self.listed_version {
-            self.listed_version = version;
+        // Credentials synced from a peer change the digest: list them again then too.
+        let digest = state.status.as_ref().and_then(|s| s.metrics.credential_digest.clone());
+        if digest.is_some() && digest != self.listed_digest {
+            self.listed_digest = digest;
             self.credentials = None;
         }
         if self.credentials.is_none() && !self.answers.waiting(OpKind::CredentialList) {

@@ -668,7 +668,7 @@ async fn heartbeat(
     // The heartbeat is written after the lease is taken, so nobody reads this node Online
     // before it holds the lease it is about to take (a view of a lone node said "worker").
     if let Some(me) = nodes.iter().find(|n| n.id == node.id) {
-        state.db.heartbeat(&node, &me.version, &me.metrics, &peer_address, now, nodes.len() == 1).await?;
+        state.db.heartbeat(&node, &me.version, &me.metrics, &me.peer_address, now, nodes.len() == 1).await?;
     }
     let role =
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
@@ -1441,6 +1441,8 @@ async fn gateway_view(
         version: computed.version,
         encryption: gateway.encryption,
         nodes,
+        credentials_in_sync: computed.credentials_in_sync,
+        credentials: computed.credentials,
     })
 }
 
