@@ -103,7 +103,7 @@ pub fn gateway_credentials(nodes: &[NodeCredentials<'_>], now_ms: u64) -> Vec<Ga
                 let node_name = node.name.to_owned();
                 match (map.get(name), newest) {
                     (Some(s), _) if too_far_ahead(s.version, now_ms) => {
-                        credential.nodes_ahead.push(node_name)
+                        credential.nodes_ahead.push(node_name);
                     }
                     (Some(s), Some(n)) if rank(s) == rank(n) => credential.nodes_current.push(node_name),
                     // Newer than any online node's (an offline node's last word): not behind.

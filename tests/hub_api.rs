@@ -925,40 +925,19 @@ async fn expect_status(
     view
 }
 
-async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
-    let health = create(admin, "health").await;
-    let x = hub.api.join_new(&health.keys.primary, "x").await;
-    let y = hub.api.join_new(&health.keys.primary, "y").await;
-    let z = hub.api.join_new(&health.keys.primary, "z").await;
-    let all = [&x, &y, &z];
-    let online = |subject| expect_status(admin, "health", &all, subject, NodeState::Online, &[]);
-    let shown = online(&x).await;
-    assert_eq!(shown.version.as_deref(), Some(VERSION));
-
-    x.set(|r| r.metrics.unreachable_peers = vec!["y".into()]);
-    expect_status(admin, "health", &all, &x, NodeState::Limited, &["peer port unreachable", "y"]).await;
-    x.set(|r| r.metrics.unreachable_peers = vec!["y".into(), "z".into()]);
-    expect_status(admin, "health", &all, &x, NodeState::Inactive, &["can't reach any other node", "y", "z"])
-        .await;
-    x.reset();
-    online(&x).await;
-
-    y.set(|r| r.metrics.hub_errors = 3);
-    expect_status(admin, "health", &all, &y, NodeState::Limited, &["3 failed requests to the hub"]).await;
-    y.reset();
-    online(&y).await;
-
-    // Per credential, the newest version an online node holds is the reference; a node
-    // behind is named with the credential. Heartbeats of the shape from before
-    // per-credential versions (one version for the whole set, and its names) still count,
-    // and compare equal to the new shape holding the same.
+/// Per credential, the newest version an online node holds is the reference; a node behind
+/// is named with the credential. Heartbeats of the shape from before per-credential versions
+/// (one version for the whole set, and its names) still count, and compare equal to the new
+/// shape holding the same.
+async fn credentials_per_name(admin: &AdminClient, all: &[&Node; 3]) {
+    let online = |subject| expect_status(admin, "health", all, subject, NodeState::Online, &[]);
     let legacy = |version: u64| {
         move |r: &mut Report| {
             r.metrics.credential_names = vec!["db".into()];
             r.metrics.credential_version = version;
         }
     };
-    let shown = online(&z).await;
+    let shown = online(all[2]).await;
     let dispatcher = all.iter().find(|n| dispatchers(&shown).contains(&n.name.as_str())).unwrap();
     dispatcher.set(legacy(9));
     dispatcher.heartbeat().await;
@@ -966,7 +945,7 @@ async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
         expect_status(
             admin,
             "health",
-            &all,
+            all,
             node,
             NodeState::Limited,
             &["credentials out of sync: behind on db"],
@@ -978,7 +957,7 @@ async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
         node.set(legacy(9));
     }
     worker.set(legacy(7));
-    let shown = expect_status(admin, "health", &all, worker, NodeState::Limited, &["behind on db"]).await;
+    let shown = expect_status(admin, "health", all, worker, NodeState::Limited, &["behind on db"]).await;
     assert!(!shown.credentials_in_sync);
     assert_eq!(shown.credentials.len(), 1, "{shown:#?}");
     assert_eq!(
@@ -1014,6 +993,32 @@ async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
         node.reset();
     }
     online(worker).await;
+}
+
+async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
+    let health = create(admin, "health").await;
+    let x = hub.api.join_new(&health.keys.primary, "x").await;
+    let y = hub.api.join_new(&health.keys.primary, "y").await;
+    let z = hub.api.join_new(&health.keys.primary, "z").await;
+    let all = [&x, &y, &z];
+    let online = |subject| expect_status(admin, "health", &all, subject, NodeState::Online, &[]);
+    let shown = online(&x).await;
+    assert_eq!(shown.version.as_deref(), Some(VERSION));
+
+    x.set(|r| r.metrics.unreachable_peers = vec!["y".into()]);
+    expect_status(admin, "health", &all, &x, NodeState::Limited, &["peer port unreachable", "y"]).await;
+    x.set(|r| r.metrics.unreachable_peers = vec!["y".into(), "z".into()]);
+    expect_status(admin, "health", &all, &x, NodeState::Inactive, &["can't reach any other node", "y", "z"])
+        .await;
+    x.reset();
+    online(&x).await;
+
+    y.set(|r| r.metrics.hub_errors = 3);
+    expect_status(admin, "health", &all, &y, NodeState::Limited, &["3 failed requests to the hub"]).await;
+    y.reset();
+    online(&y).await;
+
+    credentials_per_name(admin, &all).await;
 
     z.set(|r| r.version = "0.2.0".into());
     let shown = expect_status(

@@ -189,11 +189,19 @@ fn a_version_far_ahead_of_the_clock_is_refused_with_a_log_line_and_the_rest_sync
             .find(|n| n["name"] == "ahead")
             .map(|n| n["reason"].to_string());
         view["credentials_in_sync"] == false
+            && credential(&view, "fine")["nodes_behind"] == serde_json::json!([])
             && frozen["nodes_ahead"] == serde_json::json!(["ahead"])
             && frozen["nodes_behind"] == serde_json::json!([])
             && reason.is_some_and(|r| r.contains("frozen is ahead of the clock"))
     });
-    // Refused once, logged once, however many heartbeats went by meanwhile.
+    // Refused once, logged once, however many heartbeats (and sync rounds) go by.
+    let beat = |view: &serde_json::Value| {
+        view["nodes"].as_array().unwrap().iter().map(|n| n["last_heartbeat_ms"].as_i64().unwrap_or(0)).min()
+    };
+    let seen = beat(&gateway_view(&hub)).unwrap();
+    wait_until(Duration::from_secs(30), "three more heartbeats of every node", || {
+        beat(&gateway_view(&hub)).unwrap() > seen + 2_500
+    });
     for node in [&n1, &n2] {
         let log = node.process.as_ref().unwrap().stderr();
         let lines = log.lines().filter(|l| l.contains("refused credential \"frozen\"")).count();

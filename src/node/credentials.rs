@@ -319,7 +319,7 @@ mod tests {
         let mut merge = value.clone();
         assert_eq!(merge.merge(&tombstone, NOW).changed, ["db"]);
         assert_eq!(merge.value("db"), None);
-        assert_eq!(merge.stamps(NOW)[0].deleted, true);
+        assert!(merge.stamps(NOW)[0].deleted);
     }
 
     #[test]

@@ -254,8 +254,7 @@ impl Shared {
         let first = self
             .refused
             .lock()
-            .map(|mut seen| seen.insert((peer.to_owned(), name.to_owned(), version)))
-            .unwrap_or(true);
+            .map_or(true, |mut seen| seen.insert((peer.to_owned(), name.to_owned(), version)));
         if first {
             tracing::warn!(
                 from = %peer,
@@ -265,6 +264,17 @@ impl Shared {
                 credentials::CLOCK_ALLOWANCE_MS / 60_000
             );
         }
+    }
+
+    /// What the heartbeat says of this node's credentials: every name with its version (and
+    /// the digest of that list), the names with a value, the newest version.
+    fn report_credentials(&self, metrics: &mut NodeMetrics) {
+        let held = self.credentials();
+        let stamps = held.stamps(unix_millis());
+        metrics.credential_version = held.newest_version();
+        metrics.credential_names = held.live().map(|(name, _)| name.clone()).collect();
+        metrics.credential_digest = Some(crate::credential_sync::digest(&stamps));
+        metrics.credentials = stamps;
     }
 
     fn set_credentials(&self, set: credentials::CredentialSet) {
@@ -581,9 +591,7 @@ async fn heartbeat_loop(
             },
         }
         let sample = service.metrics.sample();
-        let held = shared.credentials();
-        let stamps = held.stamps(unix_millis());
-        let metrics = NodeMetrics {
+        let mut metrics = NodeMetrics {
             available_memory_bytes: sample.available_memory_bytes,
             total_memory_bytes: sample.total_memory_bytes,
             cpu_percent: sample.cpu_percent,
@@ -591,15 +599,12 @@ async fn heartbeat_loop(
             network_out_bytes_per_second: sample.network_out_bytes_per_second,
             runs_running: worker.running(),
             runs_limit: worker.limit(),
-            credential_version: held.newest_version(),
-            credential_names: held.live().map(|(name, _)| name.clone()).collect(),
-            credential_digest: Some(crate::credential_sync::digest(&stamps)),
-            credentials: stamps,
             unreachable_peers: shared.unreachable_peers(),
             encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
             hub_errors,
             ..NodeMetrics::default()
         };
+        shared.report_credentials(&mut metrics);
         let beat = Heartbeat {
             version: crate::VERSION.to_owned(),
             metrics: metrics.clone(),
