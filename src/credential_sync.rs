@@ -64,11 +64,13 @@ pub struct NodeCredentials<'a> {
     pub metrics: &'a NodeMetrics,
 }
 
-/// Every online node reports the same credentials.
-pub fn in_sync(nodes: &[NodeCredentials<'_>]) -> bool {
+/// Every online node reports the same credentials, and no node (an offline one by its last
+/// report) is behind or ahead on one of `credentials` ([`gateway_credentials`]).
+pub fn in_sync(nodes: &[NodeCredentials<'_>], credentials: &[GatewayCredential]) -> bool {
     let mut online = nodes.iter().filter(|n| n.online).map(|n| stamps(n.metrics));
     let first = online.next();
     online.all(|s| Some(&s) == first.as_ref())
+        && credentials.iter().all(|c| c.nodes_behind.is_empty() && c.nodes_ahead.is_empty())
 }
 
 /// Every credential an online node holds, by name: the newest version among the online
@@ -186,8 +188,8 @@ mod tests {
         let b = metrics(vec![stamp("db", NOW - 5)]);
         let c = metrics(vec![stamp("db", NOW), stamp("lake", NOW + 3 * CLOCK_ALLOWANCE_MS)]);
         let nodes = [node("a", &a), node("b", &b), node("c", &c)];
-        assert!(!in_sync(&nodes));
         let list = gateway_credentials(&nodes, NOW);
+        assert!(!in_sync(&nodes, &list));
         assert_eq!(list[0].name, "db");
         assert_eq!(
             (list[0].nodes_current.clone(), list[0].nodes_behind.clone()),
@@ -202,14 +204,21 @@ mod tests {
     }
 
     #[test]
-    fn only_online_nodes_decide_and_equal_sets_are_in_sync() {
+    fn only_online_nodes_decide_and_an_offline_node_behind_is_named() {
         let a = metrics(vec![stamp("db", NOW)]);
+        let offline = |metrics| NodeCredentials { name: "c", online: false, metrics };
+        let caught_up = [node("a", &a), node("b", &a), offline(&a)];
+        assert!(in_sync(&caught_up, &gateway_credentials(&caught_up, NOW)));
         let old = metrics(vec![]);
-        let nodes =
-            [node("a", &a), node("b", &a), NodeCredentials { name: "c", online: false, metrics: &old }];
-        assert!(in_sync(&nodes));
+        let nodes = [node("a", &a), node("b", &a), offline(&old)];
         let list = gateway_credentials(&nodes, NOW);
+        assert_eq!(list[0].nodes_current, ["a", "b"]);
         assert_eq!(list[0].nodes_behind, ["c"], "an offline node is behind by its last report");
+        assert!(!in_sync(&nodes, &list));
+        // An offline node's newer entry is no reference (it may never come back).
+        let newer = metrics(vec![stamp("db", NOW + 1)]);
+        let nodes = [node("a", &a), offline(&newer)];
+        assert_eq!(gateway_credentials(&nodes, NOW)[0].version, Some(NOW));
     }
 
     #[test]

@@ -383,7 +383,8 @@ pub struct GatewayView {
     pub version: Option<String>,
     pub encryption: bool,
     pub nodes: Vec<NodeView>,
-    /// Every online node reports the same credentials (names, versions, deletions).
+    /// Every online node reports the same credentials (names, versions, deletions), and no
+    /// node (an offline one by its last report) is behind on one.
     #[serde(default)]
     pub credentials_in_sync: bool,
     /// Each credential with the nodes that hold its newest version and those behind.

@@ -133,8 +133,12 @@ fn edits_on_two_nodes_both_survive_and_a_node_that_was_away_shows_behind_until_i
     n1.command(&["node", "credential", "delete", "warehouse"]);
     wait_until(Duration::from_secs(30), "the deletion to reach n2", || !held(&n2).contains_key("warehouse"));
     wait_until(Duration::from_secs(30), "the hub to name n3 behind on warehouse", || {
-        let warehouse = credential(&gateway_view(&hub), "warehouse");
-        warehouse["deleted"] == true && warehouse["nodes_behind"] == serde_json::json!(["n3"])
+        let view = gateway_view(&hub);
+        let warehouse = credential(&view, "warehouse");
+        view["credentials_in_sync"] == false
+            && warehouse["deleted"] == true
+            && warehouse["nodes_behind"] == serde_json::json!(["n3"])
+            && warehouse["nodes_current"] == serde_json::json!(["n1", "n2"])
     });
     assert!(held(&n3).contains_key("warehouse"));
     n3.run(&[]);

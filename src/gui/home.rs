@@ -131,8 +131,8 @@ fn nodes_ui(ui: &mut egui::Ui, status: &NodeStatus) {
             metrics: r.metrics,
         })
         .collect();
-    let in_sync = credential_sync::in_sync(&holders);
     let credentials = credential_sync::gateway_credentials(&holders, crate::node::unix_millis());
+    let in_sync = credential_sync::in_sync(&holders, &credentials);
     let headers = [
         "Name",
         "Status",
@@ -298,5 +298,30 @@ fn role_text(role: Role) -> &'static str {
     match role {
         Role::Dispatcher => "Dispatcher",
         Role::Worker => "Worker",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credential_text;
+    use crate::protocol::GatewayCredential;
+
+    #[test]
+    fn the_credentials_column_names_what_a_node_is_behind_on() {
+        let lake = GatewayCredential {
+            name: "lake".into(),
+            version: Some(5),
+            origin: "a".into(),
+            deleted: false,
+            nodes_current: vec!["a".into()],
+            nodes_behind: vec!["b".into()],
+            nodes_ahead: vec!["c".into()],
+        };
+        let list = [lake];
+        assert_eq!(credential_text(&list, false, "b", true), "Behind on lake");
+        assert_eq!(credential_text(&list, false, "c", true), "Ahead of the clock: lake");
+        assert_eq!(credential_text(&list, false, "a", true), "Up to date; others are behind");
+        assert_eq!(credential_text(&[], true, "a", true), "In sync");
+        assert_eq!(credential_text(&[], true, "d", false), "Unknown (offline)");
     }
 }

@@ -46,8 +46,8 @@ pub fn gateway_status(
         .iter()
         .map(|n| NodeCredentials { name: &n.name, online: online(n), metrics: &n.metrics })
         .collect();
-    let credentials_in_sync = credential_sync::in_sync(&holders);
     let credentials = credential_sync::gateway_credentials(&holders, u64::try_from(now_ms).unwrap_or(0));
+    let credentials_in_sync = credential_sync::in_sync(&holders, &credentials);
 
     let statuses: Vec<NodeStatus> = nodes
         .iter()
