@@ -3,12 +3,14 @@
 //!
 //! Dependencies point one way: `cli → host → {hub, node}`, `gui → host, node`,
 //! `node → transfer, cert`, `hub → cert`; `hub` and `node` share only [`protocol`] and
-//! neutral helpers ([`machine`]). Nothing outside `gui` (and the CLI's entry point, which
-//! opens the window) knows that a GUI exists. `tests/tidy.rs` checks these arrows.
+//! neutral helpers ([`machine`], [`credential_sync`]). Nothing outside `gui` (and the CLI's
+//! entry point, which opens the window) knows that a GUI exists. `tests/tidy.rs` checks these
+//! arrows.
 
 pub mod cert;
 pub mod cli;
 pub mod client;
+pub mod credential_sync;
 pub mod encoding;
 pub mod gui;
 pub mod host;

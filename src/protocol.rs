@@ -195,6 +195,8 @@ pub struct NodeMetrics {
     pub network_out_bytes_per_second: u64,
     pub runs_running: u32,
     pub runs_limit: u32,
+    /// The newest version among its credentials (a node older than per-credential versions
+    /// reports the one version of its whole set here, and no `credentials`).
     pub credential_version: u64,
     /// SHA-256 thumbprint of the peer-channel certificate; `None` when encryption is off.
     pub encryption_thumbprint: Option<String>,
@@ -207,6 +209,54 @@ pub struct NodeMetrics {
     /// Names of the data-store credentials it holds (never values), so the hub can refuse a
     /// job naming a credential no node has.
     pub credential_names: Vec<String>,
+    /// Every credential it holds, deletions too, with its version, sorted by name (never a
+    /// value), so peers and the hub see who is behind on what.
+    pub credentials: Vec<CredentialStamp>,
+    /// SHA-256 (hex) of `credentials` ([`crate::credential_sync::digest`]); `None` from a node
+    /// older than per-credential versions.
+    pub credential_digest: Option<String>,
+}
+
+/// One credential a node holds, as it reports it: name, version and who wrote it, never
+/// the value. Versions are milliseconds since the Unix epoch (or one more than the previous
+/// version of the name, if that was later).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialStamp {
+    pub name: String,
+    pub version: u64,
+    /// The node the version was written on (empty for a set from before per-credential
+    /// versions); it breaks a tie between two writes with the same version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
+    /// A deletion, kept (as a tombstone) so every node deletes it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// One credential across a gateway's nodes, as the hub's gateway view shows it (what
+/// `credential list --gateway G` needs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayCredential {
+    pub name: String,
+    /// The newest version an online node holds (within the clock allowance); `None` when the
+    /// only versions are ahead of the clock.
+    pub version: Option<u64>,
+    /// Where that version was written.
+    #[serde(default)]
+    pub origin: String,
+    /// That version is a deletion.
+    #[serde(default)]
+    pub deleted: bool,
+    /// Nodes holding that version.
+    #[serde(default)]
+    pub nodes_current: Vec<String>,
+    /// Nodes holding an older version or none (an offline node by its last report).
+    #[serde(default)]
+    pub nodes_behind: Vec<String>,
+    /// Nodes holding a version beyond the clock plus the allowance, which their peers refuse.
+    #[serde(default)]
+    pub nodes_ahead: Vec<String>,
 }
 
 /// `POST /api/v1/register`, authenticated with a gateway auth key.
@@ -345,6 +395,13 @@ pub struct GatewayView {
     pub version: Option<String>,
     pub encryption: bool,
     pub nodes: Vec<NodeView>,
+    /// Every online node reports the same credentials (names, versions, deletions), and no
+    /// node (an offline one by its last report) is behind on one.
+    #[serde(default)]
+    pub credentials_in_sync: bool,
+    /// Each credential with the nodes that hold its newest version and those behind.
+    #[serde(default)]
+    pub credentials: Vec<GatewayCredential>,
 }
 
 /// Both auth keys of a gateway, in full (only when the gateway is created).

@@ -162,7 +162,7 @@ fn credentials_are_added_listed_and_deleted_by_name_and_never_stored_in_clear() 
     assert!(ok(&outcome).contains("warehouse") && !ok(&outcome).contains(value));
     run(&store, Op::SetCredential { name: "lake".into(), value: "key".into() });
     assert_eq!(ok(&run(&store, Op::ListCredentials)), "lake\nwarehouse");
-    assert_eq!(gatehouse::node::credentials::load(&store).unwrap().entries["warehouse"], value);
+    assert_eq!(gatehouse::node::credentials::load(&store).unwrap().value("warehouse"), Some(value));
     for file in ["node.toml", "secrets.bin"] {
         assert!(!contains(&read(&node.home.path().join(file)), value), "{file} holds the value in clear");
     }

@@ -1001,6 +1001,76 @@ async fn expect_status(
     view
 }
 
+/// Per credential, the newest version an online node holds is the reference; a node behind
+/// is named with the credential. Heartbeats of the shape from before per-credential versions
+/// (one version for the whole set, and its names) still count, and compare equal to the new
+/// shape holding the same.
+async fn credentials_per_name(admin: &AdminClient, all: &[&Node; 3]) {
+    let online = |subject| expect_status(admin, "health", all, subject, NodeState::Online, &[]);
+    let legacy = |version: u64| {
+        move |r: &mut Report| {
+            r.metrics.credential_names = vec!["db".into()];
+            r.metrics.credential_version = version;
+        }
+    };
+    let shown = online(all[2]).await;
+    let dispatcher = all.iter().find(|n| dispatchers(&shown).contains(&n.name.as_str())).unwrap();
+    dispatcher.set(legacy(9));
+    dispatcher.heartbeat().await;
+    for node in all.iter().filter(|n| n.id != dispatcher.id) {
+        expect_status(
+            admin,
+            "health",
+            all,
+            node,
+            NodeState::Limited,
+            &["credentials out of sync: behind on db"],
+        )
+        .await;
+    }
+    let worker = all.iter().find(|n| n.id != dispatcher.id).unwrap();
+    for node in all {
+        node.set(legacy(9));
+    }
+    worker.set(legacy(7));
+    let shown = expect_status(admin, "health", all, worker, NodeState::Limited, &["behind on db"]).await;
+    assert!(!shown.credentials_in_sync);
+    assert_eq!(shown.credentials.len(), 1, "{shown:#?}");
+    assert_eq!(
+        (shown.credentials[0].version, &shown.credentials[0].nodes_behind),
+        (Some(9), &vec![worker.name.clone()])
+    );
+    // The very shape a node not yet upgraded sends (no per-credential fields) is accepted.
+    let old_shape = json!({"version": VERSION, "metrics": {
+        "runs_limit": 4, "credential_version": 7, "credential_names": ["db"],
+        "unreachable_peers": [], "hub_errors": 0, "upgrading": false
+    }});
+    let answer: HeartbeatResponse = worker
+        .api
+        .request(Method::POST, "/api/v1/heartbeat", Some(&worker.token), Body::Json(old_shape))
+        .await
+        .ok();
+    assert_eq!(answer.status, NodeState::Limited);
+    assert_reason(answer.reason.as_deref(), &["behind on db"]);
+    worker.set(|r| {
+        let stamps = vec![gatehouse::protocol::CredentialStamp {
+            name: "db".into(),
+            version: 9,
+            origin: String::new(),
+            deleted: false,
+        }];
+        r.metrics.credential_digest = Some(gatehouse::credential_sync::digest(&stamps));
+        r.metrics.credentials = stamps;
+    });
+    let shown = online(worker).await;
+    assert!(shown.credentials_in_sync, "{shown:#?}");
+    assert_eq!(shown.credentials[0].nodes_current.len(), 3);
+    for node in all {
+        node.reset();
+    }
+    online(worker).await;
+}
+
 async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
     let health = create(admin, "health").await;
     let x = hub.api.join_new(&health.keys.primary, "x").await;
@@ -1024,21 +1094,7 @@ async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
     y.reset();
     online(&y).await;
 
-    // Credentials follow the dispatcher, even against the majority: the two others are out
-    // of sync when only the dispatcher has moved on.
-    let shown = online(&z).await;
-    let dispatcher = all.iter().find(|n| dispatchers(&shown).contains(&n.name.as_str())).unwrap();
-    dispatcher.set(|r| r.metrics.credential_version = 9);
-    dispatcher.heartbeat().await;
-    for node in all.iter().filter(|n| n.id != dispatcher.id) {
-        expect_status(admin, "health", &all, node, NodeState::Limited, &["credentials out of sync"]).await;
-    }
-    let worker = all.iter().find(|n| n.id != dispatcher.id).unwrap();
-    dispatcher.reset();
-    worker.set(|r| r.metrics.credential_version = 7);
-    expect_status(admin, "health", &all, worker, NodeState::Limited, &["credentials out of sync"]).await;
-    worker.reset();
-    online(worker).await;
+    credentials_per_name(admin, &all).await;
 
     z.set(|r| r.version = "0.2.0".into());
     let shown = expect_status(

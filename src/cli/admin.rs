@@ -790,7 +790,7 @@ async fn remove_node(args: RemoveNodeArgs) -> anyhow::Result<()> {
 
 fn gateway_text(g: &GatewayView) -> String {
     format!(
-        "Gateway '{}' (id {})\n  status:     {}\n  version:    {}\n  encryption: {}\n  nodes:      {} of at most {}\n  settings:   {}\n",
+        "Gateway '{}' (id {})\n  status:     {}\n  version:    {}\n  encryption: {}\n  nodes:      {} of at most {}\n  settings:   {}\n  credentials: {}\n",
         g.name,
         g.id,
         with_reason(gateway_state(g.status), g.reason.as_deref()),
@@ -799,7 +799,34 @@ fn gateway_text(g: &GatewayView) -> String {
         g.nodes.len(),
         g.settings.max_nodes,
         settings_text(&g.settings),
+        credentials_text(g),
     )
+}
+
+/// "in sync", or per credential who is behind or ahead of the clock (names, never values).
+fn credentials_text(g: &GatewayView) -> String {
+    if g.credentials_in_sync {
+        return format!(
+            "in sync ({} on every online node)",
+            g.credentials.iter().filter(|c| !c.deleted).count()
+        );
+    }
+    let lines: Vec<String> = g
+        .credentials
+        .iter()
+        .filter(|c| !c.nodes_behind.is_empty() || !c.nodes_ahead.is_empty())
+        .map(|c| {
+            let mut parts = Vec::new();
+            if !c.nodes_behind.is_empty() {
+                parts.push(format!("{} behind", c.nodes_behind.join(", ")));
+            }
+            if !c.nodes_ahead.is_empty() {
+                parts.push(format!("{} ahead of the clock", c.nodes_ahead.join(", ")));
+            }
+            format!("{}: {}", c.name, parts.join("; "))
+        })
+        .collect();
+    format!("out of sync\n    {}", lines.join("\n    "))
 }
 
 fn settings_text(s: &GatewaySettings) -> String {

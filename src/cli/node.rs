@@ -98,7 +98,8 @@ pub enum CredentialCommand {
     /// Set a credential; the value is read from the first line of standard input (never an
     /// argument, so it can't show in the process list or shell history).
     Set { name: String },
-    /// List credential names (never values) and the set's version.
+    /// List credential names (never values), each with its version and the node it was set
+    /// on; deletions are listed too (kept 30 days so every node learns of them).
     List,
     /// Delete a credential.
     Delete { name: String },
@@ -364,9 +365,12 @@ fn credential(store: &Store, command: CredentialCommand) -> anyhow::Result<()> {
         }
         CredentialCommand::List => {
             let set = credentials::load(store)?;
-            println!("version {}", set.version);
-            for name in set.entries.keys() {
-                println!("{name}");
+            let now = crate::node::unix_millis();
+            for stamp in set.stamps(now) {
+                let origin =
+                    if stamp.origin.is_empty() { String::new() } else { format!(" on {}", stamp.origin) };
+                let what = if stamp.deleted { "deleted" } else { "set" };
+                println!("{}\tversion {} ({what}{origin})", stamp.name, stamp.version);
             }
         }
         CredentialCommand::Delete { name } => {

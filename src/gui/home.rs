@@ -8,6 +8,7 @@ use super::outbox::Outbox;
 use super::service::{Request, ServiceState};
 use super::state::{Sample, State};
 use super::widgets;
+use crate::credential_sync::{self, NodeCredentials};
 use crate::encoding::binary_size;
 use crate::node::NodeStatus;
 use crate::protocol::{NodeMetrics, NodeState, Role};
@@ -123,12 +124,16 @@ fn nodes_ui(ui: &mut egui::Ui, status: &NodeStatus) {
         role: p.role,
         metrics: &p.metrics,
     }));
-    let newest_credentials = rows
+    let holders: Vec<NodeCredentials<'_>> = rows
         .iter()
-        .filter(|r| matches!(r.state, Some(NodeState::Online | NodeState::Limited)))
-        .map(|r| r.metrics.credential_version)
-        .max()
-        .unwrap_or(0);
+        .map(|r| NodeCredentials {
+            name: r.name,
+            online: r.state.is_some_and(|s| s != NodeState::Offline),
+            metrics: r.metrics,
+        })
+        .collect();
+    let credentials = credential_sync::gateway_credentials(&holders, crate::node::unix_millis());
+    let in_sync = credential_sync::in_sync(&holders, &credentials);
     let headers = [
         "Name",
         "Status",
@@ -164,15 +169,36 @@ fn nodes_ui(ui: &mut egui::Ui, status: &NodeStatus) {
                 ));
                 ui.label(format!("{} / {}", m.runs_running, m.runs_limit));
                 ui.label(role_text(row.role));
-                ui.label(if m.credential_version == newest_credentials {
-                    format!("In sync (v{})", m.credential_version)
-                } else {
-                    format!("Out of sync (v{} of v{newest_credentials})", m.credential_version)
-                });
+                let online = row.state.is_some_and(|s| s != NodeState::Offline);
+                ui.label(credential_text(&credentials, in_sync, row.name, online));
                 ui.end_row();
             }
         },
     );
+}
+
+/// A node's credential state: in sync (every online node holds the same), or which
+/// credentials it is behind on or holds with a version ahead of the clock.
+fn credential_text(
+    credentials: &[crate::protocol::GatewayCredential],
+    in_sync: bool,
+    node: &str,
+    online: bool,
+) -> String {
+    let (behind, ahead) = credential_sync::standing(credentials, node);
+    let mut parts = Vec::new();
+    if !behind.is_empty() {
+        parts.push(format!("Behind on {}", behind.join(", ")));
+    }
+    if !ahead.is_empty() {
+        parts.push(format!("Ahead of the clock: {}", ahead.join(", ")));
+    }
+    match (parts.is_empty(), online, in_sync) {
+        (false, _, _) => parts.join("; "),
+        (true, false, _) => "Unknown (offline)".to_owned(),
+        (true, true, true) => "In sync".to_owned(),
+        (true, true, false) => "Up to date; others are behind".to_owned(),
+    }
 }
 
 fn plots_ui(ui: &mut egui::Ui, state: &State) {
@@ -279,3 +305,28 @@ fn role_text(role: Role) -> &'static str {
 #[cfg(test)]
 #[path = "home_tests.rs"]
 mod page_tests;
+
+#[cfg(test)]
+mod credential_tests {
+    use super::credential_text;
+    use crate::protocol::GatewayCredential;
+
+    #[test]
+    fn the_credentials_column_names_what_a_node_is_behind_on() {
+        let lake = GatewayCredential {
+            name: "lake".into(),
+            version: Some(5),
+            origin: "a".into(),
+            deleted: false,
+            nodes_current: vec!["a".into()],
+            nodes_behind: vec!["b".into()],
+            nodes_ahead: vec!["c".into()],
+        };
+        let list = [lake];
+        assert_eq!(credential_text(&list, false, "b", true), "Behind on lake");
+        assert_eq!(credential_text(&list, false, "c", true), "Ahead of the clock: lake");
+        assert_eq!(credential_text(&list, false, "a", true), "Up to date; others are behind");
+        assert_eq!(credential_text(&[], true, "a", true), "In sync");
+        assert_eq!(credential_text(&[], true, "d", false), "Unknown (offline)");
+    }
+}

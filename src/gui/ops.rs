@@ -216,7 +216,7 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
         Op::SetProxy(proxy) => changed(node_ops::set_proxy(store, proxy.as_deref()).map(|d| d.to_string())),
         Op::ListCredentials => Outcome::answer(
             crate::node::credentials::load(store)
-                .map(|set| set.entries.into_keys().collect::<Vec<_>>().join("\n"))
+                .map(|set| set.live().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join("\n"))
                 .map_err(|e| e.to_string()),
         ),
         Op::SetCredential { name, value } => Outcome::answer(

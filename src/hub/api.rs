@@ -1536,6 +1536,8 @@ async fn gateway_view(
         version: computed.version,
         encryption: gateway.encryption,
         nodes,
+        credentials_in_sync: computed.credentials_in_sync,
+        credentials: computed.credentials,
     })
 }
 

@@ -217,7 +217,7 @@ fn node_families(out: &mut Exposition, gateways: &[GatewayView]) {
         ("gatehouse_node_runs_limit", "How many runs the node takes at once.", |n| {
             f64::from(n.metrics.runs_limit)
         }),
-        ("gatehouse_node_credential_version", "Version of the credential set the node holds.", |n| {
+        ("gatehouse_node_credential_version", "Newest version among the credentials the node holds.", |n| {
             big(n.metrics.credential_version)
         }),
         (

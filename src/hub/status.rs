@@ -2,8 +2,9 @@
 //! versions, thumbprints) and the clock. Pure functions: no I/O, easy to test.
 
 use super::db::{GatewayRow, NodeRow};
+use crate::credential_sync::{self, NodeCredentials};
 pub use crate::protocol::compare_versions;
-use crate::protocol::{GatewayState, NodeState};
+use crate::protocol::{GatewayCredential, GatewayState, NodeState};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -21,11 +22,16 @@ pub struct GatewayStatus {
     pub reason: Option<String>,
     pub version: Option<String>,
     pub nodes: Vec<NodeStatus>,
+    /// Every online node reports the same credentials.
+    pub credentials_in_sync: bool,
+    /// Each credential with who holds its newest version and who is behind or ahead.
+    pub credentials: Vec<GatewayCredential>,
 }
 
-/// Computes every status of one gateway at `now_ms`.
+/// Computes every status of one gateway at `now_ms` (the gateway's row is not needed since
+/// credentials stopped following the dispatcher; kept so callers read the same).
 pub fn gateway_status(
-    gateway: &GatewayRow,
+    _gateway: &GatewayRow,
     nodes: &[NodeRow],
     now_ms: i64,
     offline_after: Duration,
@@ -35,13 +41,13 @@ pub fn gateway_status(
     let online = |n: &NodeRow| n.last_heartbeat_ms.is_some_and(|t| now_ms - t <= offline_after_ms);
     let alive: Vec<&NodeRow> = nodes.iter().filter(|n| online(n)).collect();
     let majority_thumbprint = majority(alive.iter().map(|n| n.encryption_thumbprint.clone()));
-    // Credentials flow from the dispatcher; without one, the majority is the reference.
-    let reference_credentials = gateway
-        .lease_node_id
-        .as_ref()
-        .and_then(|id| alive.iter().find(|n| &n.id == id))
-        .map(|n| n.metrics.credential_version)
-        .or_else(|| majority(alive.iter().map(|n| n.metrics.credential_version)));
+    // Per credential, the newest version an online node holds is the reference.
+    let holders: Vec<NodeCredentials<'_>> = nodes
+        .iter()
+        .map(|n| NodeCredentials { name: &n.name, online: online(n), metrics: &n.metrics })
+        .collect();
+    let credentials = credential_sync::gateway_credentials(&holders, u64::try_from(now_ms).unwrap_or(0));
+    let credentials_in_sync = credential_sync::in_sync(&holders, &credentials);
 
     let statuses: Vec<NodeStatus> = nodes
         .iter()
@@ -81,8 +87,10 @@ pub fn gateway_status(
             if node.metrics.hub_errors > 0 {
                 problems.push(format!("{} failed requests to the hub", node.metrics.hub_errors));
             }
-            if reference_credentials.is_some_and(|v| v != node.metrics.credential_version) {
-                problems.push("credentials out of sync".to_owned());
+            if !credentials_in_sync
+                && let Some(problem) = credential_sync::node_problem(&credentials, &node.name)
+            {
+                problems.push(problem);
             }
             if let Some(v) = &version
                 && v != &node.version
@@ -113,7 +121,7 @@ pub fn gateway_status(
             .collect();
         (GatewayState::Limited, Some(not_online.join(", ")))
     };
-    GatewayStatus { state, reason, version, nodes: statuses }
+    GatewayStatus { state, reason, version, nodes: statuses, credentials_in_sync, credentials }
 }
 
 fn status(state: NodeState, reason: String) -> NodeStatus {
@@ -266,16 +274,36 @@ mod tests {
     }
 
     #[test]
-    fn credentials_out_of_sync_with_the_dispatcher_limit_a_node() {
-        let mut g = gateway();
-        g.lease_node_id = Some("a".into());
+    fn a_node_behind_on_a_credential_is_limited_and_named_with_it() {
+        let stamp = |name: &str, version| crate::protocol::CredentialStamp {
+            name: name.into(),
+            version,
+            origin: "a".into(),
+            deleted: false,
+        };
+        let holding = |stamps: Vec<crate::protocol::CredentialStamp>| NodeMetrics {
+            credential_digest: Some(credential_sync::digest(&stamps)),
+            credentials: stamps,
+            ..NodeMetrics::default()
+        };
+        let now = u64::try_from(NOW).unwrap();
         let mut a = node("a", Some(0));
-        a.metrics.credential_version = 5;
+        a.metrics = holding(vec![stamp("db", now - 5), stamp("lake", now - 1)]);
         let mut b = node("b", Some(0));
-        b.metrics.credential_version = 4;
-        let status = gateway_status(&g, &[a, b], NOW, OFFLINE_AFTER);
+        b.metrics = holding(vec![stamp("db", now - 5)]);
+        // One far ahead of the clock is no reference: a is not behind on it.
+        let mut c = node("c", Some(0));
+        c.metrics = holding(vec![stamp("db", u64::MAX), stamp("lake", now - 1)]);
+        let status = gateway_status(&gateway(), &[a.clone(), b, c], NOW, OFFLINE_AFTER);
+        assert!(!status.credentials_in_sync);
+        assert_eq!(status.nodes[0].state, NodeState::Online);
         assert_eq!(status.nodes[1].state, NodeState::Limited);
-        assert_eq!(status.nodes[1].reason.as_deref(), Some("credentials out of sync"));
+        assert_eq!(status.nodes[1].reason.as_deref(), Some("credentials out of sync: behind on lake"));
+        assert!(status.nodes[2].reason.as_deref().unwrap().contains("db is ahead of the clock"));
+        assert_eq!(status.credentials[1].nodes_behind, ["b"]);
+        // Once every online node holds the same, all is in sync.
+        let status = gateway_status(&gateway(), &[a.clone(), a], NOW, OFFLINE_AFTER);
+        assert!(status.credentials_in_sync);
     }
 
     #[test]

@@ -141,7 +141,14 @@ mod tests {
         let settings = NodeSettings { concurrency_limit: Some(3), ..crate::node::store::tests::settings() };
         store.save_settings(&settings).unwrap();
         let mut secrets = Secrets { node_token: "ghn_n_token".into(), ..Secrets::default() };
-        secrets.credentials.insert("db".into(), "hunter2".into());
+        secrets.credentials.insert(
+            "db".into(),
+            crate::node::store::Credential {
+                version: 1,
+                origin: String::new(),
+                value: Some("hunter2".into()),
+            },
+        );
         store.save_secrets(&secrets).unwrap();
         (dir, store)
     }

@@ -31,9 +31,11 @@ pub mod tls;
 pub mod worker;
 
 use crate::client::{ClientError, HubClient};
-use crate::protocol::{GatewaySettings, Heartbeat, NodeMetrics, NodeState, Peer, RegisterRequest, Role};
+use crate::protocol::{
+    CredentialStamp, GatewaySettings, Heartbeat, NodeMetrics, NodeState, Peer, RegisterRequest, Role,
+};
 use metrics::MetricsSource;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -237,6 +239,9 @@ pub(crate) struct Shared {
     credentials: Mutex<credentials::CredentialSet>,
     /// A credential fetch is under way (one at a time).
     syncing: std::sync::atomic::AtomicBool,
+    /// Credentials (peer, name, version) refused for a version ahead of the clock, so each
+    /// is logged once.
+    refused: Mutex<BTreeSet<(String, String, u64)>>,
     /// When the secrets file last changed as far as we know, so it is re-read (and decrypted)
     /// only after `gatehouse node credential …` touched it, not every second.
     secrets_seen: Mutex<Option<SystemTime>>,
@@ -280,8 +285,33 @@ impl Shared {
         self.credentials.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
-    fn credential_version(&self) -> u64 {
-        self.credentials.lock().map_or(0, |c| c.version)
+    /// Logs a credential refused for a version ahead of the clock, once per peer, name and
+    /// version (never the value).
+    fn refused(&self, peer: &str, name: &str, version: u64) {
+        let first = self
+            .refused
+            .lock()
+            .map_or(true, |mut seen| seen.insert((peer.to_owned(), name.to_owned(), version)));
+        if first {
+            tracing::warn!(
+                from = %peer,
+                credential = %name,
+                version,
+                "refused credential {name:?} from {peer}: its version is more than {} minutes ahead of this node's clock; set it again on {peer} (or fix that machine's clock)",
+                credentials::CLOCK_ALLOWANCE_MS / 60_000
+            );
+        }
+    }
+
+    /// What the heartbeat says of this node's credentials: every name with its version (and
+    /// the digest of that list), the names with a value, the newest version.
+    fn report_credentials(&self, metrics: &mut NodeMetrics) {
+        let held = self.credentials();
+        let stamps = held.stamps(unix_millis());
+        metrics.credential_version = held.newest_version();
+        metrics.credential_names = held.live().map(|(name, _)| name.clone()).collect();
+        metrics.credential_digest = Some(crate::credential_sync::digest(&stamps));
+        metrics.credentials = stamps;
     }
 
     fn set_credentials(&self, set: credentials::CredentialSet) {
@@ -317,7 +347,8 @@ async fn ping_peers(shared: Arc<Shared>, status: watch::Receiver<NodeStatus>, sh
 }
 
 /// Picks up credentials changed on disk (`gatehouse node credential set` while running), and
-/// fetches a newer set from the peer that has the highest version.
+/// merges the set of every peer that reports other credentials than this node, one of them
+/// newer than this node's (a version ahead of the clock doesn't count: it is refused).
 async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
     use std::sync::atomic::Ordering;
     if shared.syncing.swap(true, Ordering::SeqCst) {
@@ -328,33 +359,59 @@ async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
         shared.secrets_seen.lock().map(|mut seen| modified != std::mem::replace(&mut *seen, modified));
     if changed.unwrap_or(true)
         && let Ok(on_disk) = credentials::load(&shared.store)
-        && on_disk.version > shared.credential_version()
+        && on_disk != shared.credentials()
     {
-        tracing::info!(version = on_disk.version, "credentials changed on this node");
+        tracing::info!(newest = on_disk.newest_version(), "credentials changed on this node");
         shared.set_credentials(on_disk);
     }
-    let newest = peers
-        .iter()
-        .filter(|p| matches!(p.status, NodeState::Online | NodeState::Limited))
-        .max_by_key(|p| p.metrics.credential_version)
-        .filter(|p| p.metrics.credential_version > shared.credential_version());
-    if let Some(peer) = newest {
-        match ask_peer(&shared, &peer.peer_address, &peer::PeerRequest::Credentials).await {
-            Ok(peer::PeerResponse::Credentials { set }) => match credentials::adopt(&shared.store, &set) {
-                Ok(true) => {
-                    tracing::info!(version = set.version, from = %peer.name, "credentials synced");
-                    shared.set_credentials(set);
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!("can't store the synced credentials: {e}"),
-            },
-            Ok(other) => {
-                tracing::warn!(from = %peer.name, "unexpected answer to a credential request: {other:?}");
+    for peer in peers.iter().filter(|p| matches!(p.status, NodeState::Online | NodeState::Limited)) {
+        let now = unix_millis();
+        let mine = shared.credentials().stamps(now);
+        let theirs = crate::credential_sync::stamps(&peer.metrics);
+        if crate::credential_sync::digest(&theirs) == crate::credential_sync::digest(&mine) {
+            continue;
+        }
+        let mine: BTreeMap<&str, &CredentialStamp> = mine.iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut newer = false;
+        for stamp in &theirs {
+            let rank = crate::credential_sync::rank;
+            if mine.get(stamp.name.as_str()).is_some_and(|ours| rank(ours) >= rank(stamp)) {
+                continue;
             }
-            Err(e) => tracing::warn!(from = %peer.name, "can't fetch credentials: {e}"),
+            if crate::credential_sync::too_far_ahead(stamp.version, now) {
+                shared.refused(&peer.name, &stamp.name, stamp.version);
+            } else {
+                newer = true;
+            }
+        }
+        if newer {
+            fetch_credentials(&shared, peer).await;
         }
     }
     shared.syncing.store(false, Ordering::SeqCst);
+}
+
+/// Fetches a peer's set and merges it into this node's.
+async fn fetch_credentials(shared: &Shared, peer: &Peer) {
+    match ask_peer(shared, &peer.peer_address, &peer::PeerRequest::Credentials).await {
+        Ok(peer::PeerResponse::Credentials { set }) => match credentials::merge(&shared.store, &set) {
+            Ok((held, merged)) => {
+                for (name, version) in &merged.refused {
+                    shared.refused(&peer.name, name, *version);
+                }
+                if !merged.changed.is_empty() {
+                    let names = merged.changed.join(", ");
+                    tracing::info!(from = %peer.name, "credentials synced: {names}");
+                }
+                shared.set_credentials(held);
+            }
+            Err(e) => tracing::warn!("can't store the synced credentials: {e}"),
+        },
+        Ok(other) => {
+            tracing::warn!(from = %peer.name, "unexpected answer to a credential request: {other:?}");
+        }
+        Err(e) => tracing::warn!(from = %peer.name, "can't fetch credentials: {e}"),
+    }
 }
 
 /// A running node service, as its owner sees it.
@@ -402,10 +459,7 @@ impl NodeService {
         let (status_tx, status) = watch::channel(initial);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let tls = secrets.tls.as_ref().map(tls::PeerTls::new).transpose()?;
-        let credentials = Mutex::new(credentials::CredentialSet {
-            version: secrets.credential_version,
-            entries: secrets.credentials.clone(),
-        });
+        let credentials = Mutex::new(credentials::CredentialSet { entries: secrets.credentials.clone() });
         let shared = Arc::new(Shared {
             settings,
             secrets,
@@ -416,6 +470,7 @@ impl NodeService {
             roster: Mutex::new(Vec::new()),
             credentials,
             syncing: std::sync::atomic::AtomicBool::new(false),
+            refused: Mutex::new(BTreeSet::new()),
             // Not the file's time now: the secrets were read earlier, and a `credential set`
             // in between would never be noticed. Unknown makes the first sync read the file.
             secrets_seen: Mutex::new(None),
@@ -428,7 +483,7 @@ impl NodeService {
             limit,
             worker::Copier {
                 node_name: shared.settings.node_name.clone(),
-                credentials: Arc::new(move |name: &str| lookup.credentials().entries.get(name).cloned()),
+                credentials: Arc::new(move |name: &str| lookup.credentials().value(name).map(str::to_owned)),
                 bandwidth: crate::transfer::bandwidth::Bandwidth::default(),
             },
             shutdown.clone(),
@@ -598,7 +653,7 @@ async fn heartbeat_loop(
             },
         }
         let sample = service.metrics.sample();
-        let metrics = NodeMetrics {
+        let mut metrics = NodeMetrics {
             available_memory_bytes: sample.available_memory_bytes,
             total_memory_bytes: sample.total_memory_bytes,
             cpu_percent: sample.cpu_percent,
@@ -606,13 +661,12 @@ async fn heartbeat_loop(
             network_out_bytes_per_second: sample.network_out_bytes_per_second,
             runs_running: worker.running(),
             runs_limit: worker.limit(),
-            credential_version: shared.credential_version(),
-            credential_names: shared.credentials().entries.into_keys().collect(),
             unreachable_peers: shared.unreachable_peers(),
             encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
             hub_errors,
             ..NodeMetrics::default()
         };
+        shared.report_credentials(&mut metrics);
         let beat = Heartbeat {
             version: crate::VERSION.to_owned(),
             metrics: metrics.clone(),

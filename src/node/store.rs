@@ -74,21 +74,61 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 
+/// One data-store credential: its version, the node it was written on, and its value, or
+/// none for a deletion (a tombstone, kept so the other nodes delete it too). Never logged:
+/// `Debug` leaves the value out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("version", &self.version)
+            .field("origin", &self.origin)
+            .field("deleted", &self.value.is_none())
+            .finish()
+    }
+}
+
+/// A credential as files before per-credential versions kept it (the bare value, at the
+/// set's one version), or as now.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StoredCredential {
+    Value(String),
+    Entry(Credential),
+}
+
+impl StoredCredential {
+    /// The credential, a bare value taking the set's old one `version`.
+    pub(crate) fn upgrade(self, version: u64) -> Credential {
+        match self {
+            StoredCredential::Value(value) => {
+                Credential { version, origin: String::new(), value: Some(value) }
+            }
+            StoredCredential::Entry(credential) => credential,
+        }
+    }
+}
+
 /// What a node must keep secret. Never logged: `Debug` shows only names.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "SecretsFile")]
 pub struct Secrets {
     pub node_token: String,
     /// This node's own key pair for the peer channel; `None` in a data dir registered by an
     /// older version, until the node makes one on its next start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_key: Option<super::peer::StaticKey>,
-    /// The shared gateway secret older versions kept here: read and dropped, never written.
-    #[serde(default, rename = "gateway_secret", skip_serializing)]
-    pub dropped_gateway_secret: Dropped,
-    /// Data-store credentials by name.
-    pub credentials: BTreeMap<String, String>,
-    pub credential_version: u64,
+    /// Data-store credentials (and deletions of them) by name.
+    pub credentials: BTreeMap<String, Credential>,
     /// The certificate and key the peer channel is encrypted with; `None`: not encrypted.
     pub tls: Option<crate::cert::Identity>,
     /// The admin token of the hub embedded in this data dir (express setup), if it hosts one:
@@ -99,13 +139,41 @@ pub struct Secrets {
     pub hub_admin_token: Option<String>,
 }
 
+/// `secrets.bin` as read: also the shape from before per-credential versions (bare values
+/// and one `credential_version` for the whole set), which loads as entries of that version.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SecretsFile {
+    node_token: String,
+    peer_key: Option<super::peer::StaticKey>,
+    /// The shared gateway secret older versions kept here: read and dropped, never written.
+    #[serde(rename = "gateway_secret")]
+    _gateway_secret: Dropped,
+    credentials: BTreeMap<String, StoredCredential>,
+    credential_version: u64,
+    tls: Option<crate::cert::Identity>,
+    hub_admin_token: Option<String>,
+}
+
+impl From<SecretsFile> for Secrets {
+    fn from(file: SecretsFile) -> Self {
+        let version = file.credential_version;
+        Secrets {
+            node_token: file.node_token,
+            peer_key: file.peer_key,
+            credentials: file.credentials.into_iter().map(|(name, c)| (name, c.upgrade(version))).collect(),
+            tls: file.tls,
+            hub_admin_token: file.hub_admin_token,
+        }
+    }
+}
+
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Secrets")
             .field("node_token", &"***")
             .field("peer_key", &self.peer_key)
-            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
-            .field("credential_version", &self.credential_version)
+            .field("credentials", &self.credentials)
             .field("tls", &self.tls)
             .field("hub_admin_token", &self.hub_admin_token.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
@@ -324,7 +392,10 @@ pub(crate) mod tests {
         assert!(matches!(store.settings(), Err(StoreError::NotRegistered)));
         store.save_settings(&settings()).unwrap();
         let mut secrets = Secrets { node_token: "ghn_x_secret".into(), ..Secrets::default() };
-        secrets.credentials.insert("warehouse".into(), "p@ss".into());
+        secrets.credentials.insert(
+            "warehouse".into(),
+            Credential { version: 1, origin: "node1".into(), value: Some("p@ss".into()) },
+        );
         store.save_secrets(&secrets).unwrap();
         assert_eq!(store.settings().unwrap(), settings());
         assert_eq!(store.secrets().unwrap(), secrets);
@@ -363,6 +434,23 @@ pub(crate) mod tests {
         store.save_secrets(&Secrets::default()).unwrap();
         store.forget_registration().unwrap();
         assert!(matches!(store.secrets(), Err(StoreError::NotRegistered)));
+    }
+
+    #[test]
+    fn secrets_from_before_per_credential_versions_load_with_the_set_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.save_secrets(&Secrets::default()).unwrap();
+        let old = br#"{"node_token":"t","gateway_secret":"g","credentials":{"db":"p@ss","lake":"k:s"},"credential_version":42,"tls":null}"#;
+        write_atomic(&dir.path().join(SECRETS), &seal(&store.key(false).unwrap(), old)).unwrap();
+        let secrets = store.secrets().unwrap();
+        let db = &secrets.credentials["db"];
+        assert_eq!((db.version, db.value.as_deref(), db.origin.as_str()), (42, Some("p@ss"), ""));
+        assert_eq!(secrets.credentials["lake"].version, 42);
+        assert!(!format!("{secrets:?}").contains("p@ss"));
+        // Written back in the new shape, it reads the same.
+        store.save_secrets(&secrets).unwrap();
+        assert_eq!(store.secrets().unwrap(), secrets);
     }
 
     #[test]
@@ -407,7 +495,7 @@ pub(crate) mod tests {
         write_atomic(&dir.path().join(SECRETS), &seal(&key, old.to_string().as_bytes())).unwrap();
         let mut secrets = store.secrets().unwrap();
         assert_eq!(secrets.node_token, "ghn_x_secret");
-        assert_eq!(secrets.credential_version, 3);
+        assert_eq!(secrets.credentials["warehouse"].version, 3);
         assert!(secrets.peer_key.is_none());
         secrets.peer_key = Some(crate::node::peer::StaticKey::generate().unwrap());
         store.save_secrets(&secrets).unwrap();

@@ -14,8 +14,8 @@ use crate::gui::widgets;
 pub struct CredentialsSection {
     /// The credential names as last listed (`None`: to be listed).
     pub names: Option<Vec<String>>,
-    /// The credentials' version the names were listed at.
-    listed_version: Option<u64>,
+    /// The digest of the credential set the names were listed from.
+    listed_digest: Option<String>,
     pub name: String,
     pub value: String,
     /// A credential whose deletion waits for a second click.
@@ -40,11 +40,12 @@ impl CredentialsSection {
         self.answers.done(op, result);
     }
 
-    /// Asks for the list when there is none, or when the credentials' version moved.
+    /// Asks for the list when there is none, or when the credential set changed (synced from
+    /// a peer, say): its digest moved.
     pub(super) fn refresh(&mut self, state: &State, outbox: &Outbox) {
-        let version = state.status.as_ref().map(|s| s.metrics.credential_version);
-        if version.is_some() && version != self.listed_version {
-            self.listed_version = version;
+        let digest = state.status.as_ref().and_then(|s| s.metrics.credential_digest.clone());
+        if digest.is_some() && digest != self.listed_digest {
+            self.listed_digest = digest;
             self.names = None;
         }
         if self.names.is_none() && !self.answers.waiting(OpKind::CredentialList) {
@@ -187,7 +188,7 @@ mod page_tests {
         page.refresh(&state, &outbox);
         assert!(outbox.is_empty(), "asked again without a change");
         assert_eq!(page.names.as_deref(), Some(&["lake".to_owned(), "warehouse".to_owned()][..]));
-        state.status.as_mut().unwrap().metrics.credential_version = 2;
+        state.status.as_mut().unwrap().metrics.credential_digest = Some("changed".to_owned());
         page.refresh(&state, &outbox);
         assert!(
             matches!(outbox.drain().as_slice(), [Request::Op(Op::ListCredentials)]),
