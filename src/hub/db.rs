@@ -565,22 +565,7 @@ impl Db {
         // A key made for adding nodes is taken in the same transaction, so a one-time key
         // registers one node even when two use it at once.
         if let Some(key_id) = join_key {
-            let claimed = sqlx::query(
-                "UPDATE join_keys SET used_count = used_count + 1, last_used_ms = $1, last_used_by = $2 \
-                 WHERE id = $3 AND gateway_id = $4 AND expires_ms > $1 AND (once = 0 OR used_count = 0)",
-            )
-            .bind(new.now_ms)
-            .bind(&new.name)
-            .bind(key_id)
-            .bind(gateway_id)
-            .execute(&mut *tx)
-            .await?;
-            if claimed.rows_affected() != 1 {
-                return Err(DbError::Conflict(
-                    "this auth key was used up or expired a moment ago; make a new one with: gatehouse hub key create"
-                        .to_owned(),
-                ));
-            }
+            claim_join_key(&mut tx, gateway_id, key_id, new).await?;
         }
         let order: i64 = sqlx::query(
             "UPDATE gateways SET registrations = registrations + 1 WHERE id = $1 RETURNING registrations",
@@ -1505,6 +1490,34 @@ fn strip_comments(statement: &str) -> &str {
         rest = rest.split_once('\n').map_or("", |(_, after)| after).trim();
     }
     rest
+}
+
+/// Counts a registration with a key made for adding nodes, in the registration's transaction;
+/// a conflict if the key was used up or expired meanwhile.
+async fn claim_join_key(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    gateway_id: &str,
+    key_id: &str,
+    new: &NewNode,
+) -> Result<()> {
+    let claimed = sqlx::query(
+        "UPDATE join_keys SET used_count = used_count + 1, last_used_ms = $1, last_used_by = $2 \
+         WHERE id = $3 AND gateway_id = $4 AND expires_ms > $1 AND (once = 0 OR used_count = 0)",
+    )
+    .bind(new.now_ms)
+    .bind(&new.name)
+    .bind(key_id)
+    .bind(gateway_id)
+    .execute(&mut **tx)
+    .await?;
+    if claimed.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(DbError::Conflict(
+            "this auth key was used up or expired a moment ago; make a new one with: gatehouse hub key create"
+                .to_owned(),
+        ))
+    }
 }
 
 fn join_key_row(row: &AnyRow) -> Result<JoinKeyInfo> {

@@ -38,7 +38,7 @@ impl Xvfb {
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) if line.trim().parse::<u32>().is_ok() => xvfb.display = format!(":{}", line.trim()),
             Ok(line) => panic!("Xvfb didn't start (it said {line:?})"),
-            Err(_) => panic!("Xvfb did not start within {START_TIMEOUT:?}"),
+            Err(e) => panic!("Xvfb did not start within {START_TIMEOUT:?} ({e})"),
         }
         xvfb
     }
