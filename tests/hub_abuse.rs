@@ -610,7 +610,7 @@ fn two_hubs_on_one_postgres_with_disagreeing_clocks_agree_on_the_lease_and_who_i
         &[("GATEHOUSE_HOME", home_a.path().to_str().unwrap())],
     );
     let url_a = a.read_line_matching("listening on ", Duration::from_secs(30));
-    let token = a.read_line_matching("admin token: ", Duration::from_secs(10));
+    let token = a.read_admin_token(Duration::from_secs(10));
     // Hub B's machine clock is a minute ahead: by it, every lease hub A gave has lapsed.
     let mut b = spawn_gatehouse(
         &["hub", "serve", "--listen", "127.0.0.1:0", "--db", &url],
@@ -665,7 +665,7 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
         &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
     );
     let addr = address(&hub.read_line_matching("listening on ", Duration::from_secs(30)));
-    let token = hub.read_line_matching("admin token: ", Duration::from_secs(10));
+    let token = hub.read_admin_token(Duration::from_secs(10));
     // Twenty requests whose bodies never come hold every place (for up to the body bound).
     let mut held: Vec<TcpStream> = (0..20)
         .map(|_| {
