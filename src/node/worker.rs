@@ -21,6 +21,10 @@ const STALE: u16 = 409;
 
 /// How long a finished run's report is retried while the hub can't be reached.
 const REPORT_PATIENCE: Duration = Duration::from_secs(300);
+/// How long a copy waits for a credential this node doesn't hold yet before it fails naming
+/// it: a node that just started or joined gets its peers' credentials within a heartbeat or
+/// two (its peers take it into their rosters at their next heartbeat).
+const CREDENTIAL_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs activities for this node; cheap to clone.
 #[derive(Clone)]
@@ -210,6 +214,18 @@ impl Worker {
             bandwidth: self.copier.bandwidth.clone(),
             checkpoint: Checkpoint::from_value(run.checkpoint.as_ref()),
         };
+        let deadline = tokio::time::Instant::now() + CREDENTIAL_SYNC_WAIT;
+        while transfer::spec::credential_names(&run.activity)
+            .iter()
+            .any(|name| (self.copier.credentials)(name).is_none())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = cancel.cancelled() => break,
+                () = self.shutdown.cancelled() => return,
+            }
+        }
         let copying = async {
             match &run.part {
                 None => transfer::plan(&run.activity, &ctx).await,

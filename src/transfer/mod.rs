@@ -23,6 +23,7 @@ pub mod sink;
 pub mod spec;
 pub mod sql;
 mod stream;
+pub mod xml;
 
 pub use checkpoint::Checkpoint;
 

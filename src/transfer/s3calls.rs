@@ -4,6 +4,7 @@
 //! checkpoint; and copying an object onto itself with new metadata, which gives a streamed
 //! export (whose SHA-256 is known only at its end) its `sha256`.
 
+use super::xml::{element, elements, unescape};
 use object_store::aws::{AmazonS3, AwsAuthorizer};
 use object_store::client::{HttpClient, HttpConnector as _, HttpRequestBody};
 use object_store::{ClientOptions, client::ReqwestConnector};
@@ -41,27 +42,32 @@ impl S3Calls {
         Ok(S3Calls { client, store, bucket_url: format!("{base}/{bucket}"), region: region.to_owned() })
     }
 
-    /// Sets the object `key`'s metadata `sha256` (replacing its other metadata), by copying it
-    /// onto itself: its content and name stay as they are.
-    pub async fn set_sha256(&self, bucket: &str, key: &str, sha256: &str) -> Result<(), String> {
+    /// Signs `request` (with an empty body) with the sink's credential and sends it: the
+    /// answer's status and body.
+    async fn send(&self, request: http::request::Builder) -> Result<(http::StatusCode, String), String> {
         let credential = self.store.credentials().get_credential().await.map_err(|e| e.to_string())?;
-        let path: Vec<String> = key.split('/').map(encode).collect();
-        let path = path.join("/");
-        let mut request = http::Request::builder()
-            .method(http::Method::PUT)
-            .uri(format!("{}/{path}", self.bucket_url))
-            .header("x-amz-copy-source", format!("/{bucket}/{path}"))
-            .header("x-amz-metadata-directive", "REPLACE")
-            .header("x-amz-meta-sha256", sha256)
-            .body(HttpRequestBody::empty())
-            .map_err(|e| e.to_string())?;
+        let mut request = request.body(HttpRequestBody::empty()).map_err(|e| e.to_string())?;
         AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
             .map_err(|e| e.to_string())?;
         let response = self.client.execute(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
         let body = response.into_body().bytes().await.map_err(|e| e.to_string())?;
-        let xml = String::from_utf8_lossy(&body);
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Sets the object `key`'s metadata `sha256` (replacing its other metadata), by copying it
+    /// onto itself: its content and name stay as they are.
+    pub async fn set_sha256(&self, bucket: &str, key: &str, sha256: &str) -> Result<(), String> {
+        let path: Vec<String> = key.split('/').map(encode).collect();
+        let path = path.join("/");
+        let request = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(format!("{}/{path}", self.bucket_url))
+            .header("x-amz-copy-source", format!("/{bucket}/{path}"))
+            .header("x-amz-metadata-directive", "REPLACE")
+            .header("x-amz-meta-sha256", sha256);
+        let (status, xml) = self.send(request).await?;
         // A copy can fail after a 200 has been sent: the body then holds an <Error>.
         if !status.is_success() || xml.contains("<Error>") {
             return Err(format!("CopyObject answered {status}: {}", xml.trim()));
@@ -71,7 +77,6 @@ impl S3Calls {
 
     /// The ids of the uploads open under exactly `key`.
     pub async fn open_uploads(&self, key: &str) -> Result<Vec<String>, String> {
-        let credential = self.store.credentials().get_credential().await.map_err(|e| e.to_string())?;
         let mut ids = Vec::new();
         let mut markers: Option<(String, String)> = None;
         for _ in 0..MAX_PAGES {
@@ -84,18 +89,10 @@ impl S3Calls {
                     encode(id_marker)
                 );
             }
-            let mut request = http::Request::builder()
+            let request = http::Request::builder()
                 .method(http::Method::GET)
-                .uri(format!("{}?{query}", self.bucket_url))
-                .body(HttpRequestBody::empty())
-                .map_err(|e| e.to_string())?;
-            AwsAuthorizer::new(&credential, "s3", &self.region)
-                .try_authorize(&mut request, None)
-                .map_err(|e| e.to_string())?;
-            let response = self.client.execute(request).await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = response.into_body().bytes().await.map_err(|e| e.to_string())?;
-            let xml = String::from_utf8_lossy(&body);
+                .uri(format!("{}?{query}", self.bucket_url));
+            let (status, xml) = self.send(request).await?;
             if !status.is_success() {
                 return Err(format!("ListMultipartUploads answered {status}: {}", xml.trim()));
             }
@@ -131,58 +128,6 @@ fn encode(text: &str) -> String {
             let _ = write!(out, "%{byte:02X}");
         }
     }
-    out
-}
-
-/// The texts of every `<name>…</name>` in `xml`, in order.
-fn elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
-    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
-    let mut found = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find(&open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(&close) else { break };
-        found.push(&after[..end]);
-        rest = &after[end + close.len()..];
-    }
-    found
-}
-
-fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
-    elements(xml, name).into_iter().next()
-}
-
-/// XML's five predefined entities and numeric references.
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        let after = &rest[amp..];
-        let Some(semi) = after.find(';') else { break };
-        let entity = &after[1..semi];
-        let decoded = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ => entity
-                .strip_prefix("#x")
-                .map(|hex| u32::from_str_radix(hex, 16))
-                .or_else(|| entity.strip_prefix('#').map(str::parse::<u32>))
-                .and_then(Result::ok)
-                .and_then(char::from_u32),
-        };
-        if let Some(c) = decoded {
-            out.push(c);
-            rest = &after[semi + 1..];
-        } else {
-            out.push('&');
-            rest = &after[1..];
-        }
-    }
-    out.push_str(rest);
     out
 }
 

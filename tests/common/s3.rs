@@ -14,6 +14,7 @@
 //! would take at fixed numbers (8181, 9101, or the next free) are turned off; a start that
 //! still loses a port is retried.
 
+use gatehouse::transfer::xml::{element, elements, unescape};
 use hmac::{Hmac, Mac as _};
 use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
@@ -1117,63 +1118,6 @@ fn hex(bytes: &[u8]) -> String {
 
 fn random_text(length: usize) -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(length).map(char::from).collect()
-}
-
-// ---- the little XML S3 answers with ----
-
-/// The text inside each `<tag>…</tag>` (not nested in itself), in order.
-fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut found = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find(&open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(&close) else { break };
-        found.push(&after[..end]);
-        rest = &after[end + close.len()..];
-    }
-    found
-}
-
-/// The text inside the first `<tag>…</tag>`.
-fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    elements(xml, tag).into_iter().next()
-}
-
-/// XML text with its entities (`&amp;`, `&#233;`, `&#x1F600;`, …) replaced.
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find('&') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        let decoded = after.find(';').and_then(|end| {
-            let entity = &after[..end];
-            let character = match entity {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                _ => entity
-                    .strip_prefix("#x")
-                    .map(|hex| u32::from_str_radix(hex, 16))
-                    .or_else(|| entity.strip_prefix('#').map(str::parse))
-                    .and_then(Result::ok)
-                    .and_then(char::from_u32),
-            }?;
-            Some((character, end))
-        });
-        if let Some((character, end)) = decoded {
-            out.push(character);
-            rest = &after[end + 1..];
-        } else {
-            out.push('&');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 // ---- /proc ----
