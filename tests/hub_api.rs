@@ -866,23 +866,11 @@ async fn keys_for_adding_nodes(hub: &Hub, admin: &AdminClient) {
 
     // Eight at once with a fresh one-time key: one gets in.
     let race = admin.create_join_key("join", &once).await.unwrap();
-    let mut attempts = tokio::task::JoinSet::new();
-    for i in 0..8 {
-        let (api, key) = (hub.api.clone(), race.key.clone());
-        let name = format!("r{i}");
-        attempts.spawn(async move {
-            api.register(&key, registration(&name, &new_machine(&name), VERSION, None)).await
-        });
-    }
-    let mut accepted = 0;
-    while let Some(reply) = attempts.join_next().await {
-        let reply = reply.unwrap();
-        if reply.status == 201 {
-            accepted += 1;
-        } else {
-            assert!(matches!(reply.status, 401 | 409), "{reply:?}");
-        }
-    }
+    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let accepted = register_at_once(hub, &race.key, &names, |reply| {
+        assert!(matches!(reply.status, 401 | 409), "{reply:?}");
+    })
+    .await;
     assert_eq!(accepted, 1, "a one-time key used eight times at once");
 
     // A reusable key that expires: counted while it lives, then refused saying when it expired.
@@ -925,26 +913,36 @@ async fn keys_for_adding_nodes(hub: &Hub, admin: &AdminClient) {
     assert!(text.contains(&format!("with the auth key {}", made.info.id)), "{text}");
 }
 
+/// Registers a node of each of `names` with `key`, all at the same moment; how many were
+/// accepted. Each refusal goes to `refused`.
+async fn register_at_once(hub: &Hub, key: &str, names: &[String], refused: impl Fn(&Reply)) -> usize {
+    let mut attempts = tokio::task::JoinSet::new();
+    for name in names {
+        let (api, key) = (hub.api.clone(), key.to_owned());
+        let body = registration(name, &new_machine(name), VERSION, None);
+        attempts.spawn(async move { api.register(&key, body).await });
+    }
+    let mut accepted = 0;
+    while let Some(reply) = attempts.join_next().await {
+        let reply = reply.unwrap();
+        if reply.status == 201 {
+            accepted += 1;
+        } else {
+            refused(&reply);
+        }
+    }
+    accepted
+}
+
 /// Registrations at the same moment still keep the rules: a name once, at most `max_nodes`.
 async fn concurrent_registrations(hub: &Hub, admin: &AdminClient) {
     let crowd = create(admin, "crowd").await;
     let at_once = async |names: [&str; 8]| {
-        let mut attempts = tokio::task::JoinSet::new();
-        for name in names {
-            let (api, key) = (hub.api.clone(), crowd.keys.primary.clone());
-            let body = registration(name, &new_machine(name), VERSION, None);
-            attempts.spawn(async move { api.register(&key, body).await });
-        }
-        let mut accepted = 0;
-        while let Some(reply) = attempts.join_next().await {
-            let reply = reply.unwrap();
-            if reply.status == 201 {
-                accepted += 1;
-            } else {
-                reply.refused(409, &[]);
-            }
-        }
-        accepted
+        let names = names.map(str::to_owned);
+        register_at_once(hub, &crowd.keys.primary, &names, |reply| {
+            reply.refused(409, &[]);
+        })
+        .await
     };
     assert_eq!(at_once(["same"; 8]).await, 1, "one name, registered eight times at once");
     assert_eq!(at_once(["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"]).await, 3, "room for three more");
