@@ -44,6 +44,17 @@ fn gatehouse(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str
     child.wait_with_output().unwrap()
 }
 
+/// A data dir with a node registered (`node register` plus `extra`) with a new gateway
+/// `sales` of `hub`.
+fn registered_node(hub: &Hub, extra: &[&str]) -> tempfile::TempDir {
+    let key = hub.create_gateway("sales", &[]);
+    let home = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = ["node", "register"].iter().chain(extra).copied().collect();
+    let registered = gatehouse(home.path(), &args, None, &[("GATEHOUSE_AUTH_KEY", &key)]);
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    home
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -170,10 +181,7 @@ fn a_damaged_settings_file_is_named_and_left_alone() {
 #[test]
 fn a_running_node_keeps_retrying_when_the_hub_goes_away() {
     let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let home = tempfile::tempdir().unwrap();
-    let registered = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
-    assert!(registered.status.success(), "{}", stderr(&registered));
+    let home = registered_node(&hub, &[]);
     drop(hub);
     let mut run = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -195,11 +203,7 @@ fn a_running_node_keeps_retrying_when_the_hub_goes_away() {
 #[test]
 fn a_backup_restores_elsewhere_and_a_wrong_password_restores_nothing() {
     let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let home = tempfile::tempdir().unwrap();
-    let registered =
-        gatehouse(home.path(), &["node", "register", "--name", "n1"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
-    assert!(registered.status.success(), "{}", stderr(&registered));
+    let home = registered_node(&hub, &["--name", "n1"]);
     let files = tempfile::tempdir().unwrap();
     let backup = files.path().join("n1.backup");
     let made = gatehouse(
@@ -245,11 +249,7 @@ fn a_backup_restores_elsewhere_and_a_wrong_password_restores_nothing() {
 fn a_backup_never_replaces_a_file_unless_forced_and_never_lands_in_the_data_dir() {
     use std::os::unix::fs::PermissionsExt as _;
     let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let home = tempfile::tempdir().unwrap();
-    let registered =
-        gatehouse(home.path(), &["node", "register", "--name", "n1"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
-    assert!(registered.status.success(), "{}", stderr(&registered));
+    let home = registered_node(&hub, &["--name", "n1"]);
     let password = [("GATEHOUSE_BACKUP_PASSWORD", "correct horse battery")];
     let backup = |out: &Path, extra: &[&str]| {
         let mut args = vec!["node", "backup", "--out", out.to_str().unwrap()];
@@ -324,10 +324,7 @@ fn gatehouse_home_naming_another_users_folder_is_refused_unchanged() {
 #[test]
 fn a_running_node_logs_to_a_file_and_takes_a_new_level() {
     let hub = Hub::start();
-    let key = hub.create_gateway("sales", &[]);
-    let home = tempfile::tempdir().unwrap();
-    let registered = gatehouse(home.path(), &["node", "register"], None, &[("GATEHOUSE_AUTH_KEY", &key)]);
-    assert!(registered.status.success(), "{}", stderr(&registered));
+    let home = registered_node(&hub, &[]);
     let mut run = spawn_gatehouse(&["node", "run"], &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
     let logs = home.path().join("logs");
     let log_text = || {

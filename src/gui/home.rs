@@ -305,28 +305,3 @@ fn role_text(role: Role) -> &'static str {
 #[cfg(test)]
 #[path = "home_tests.rs"]
 mod page_tests;
-
-#[cfg(test)]
-mod credential_tests {
-    use super::credential_text;
-    use crate::protocol::GatewayCredential;
-
-    #[test]
-    fn the_credentials_column_names_what_a_node_is_behind_on() {
-        let lake = GatewayCredential {
-            name: "lake".into(),
-            version: Some(5),
-            origin: "a".into(),
-            deleted: false,
-            nodes_current: vec!["a".into()],
-            nodes_behind: vec!["b".into()],
-            nodes_ahead: vec!["c".into()],
-        };
-        let list = [lake];
-        assert_eq!(credential_text(&list, false, "b", true), "Behind on lake");
-        assert_eq!(credential_text(&list, false, "c", true), "Ahead of the clock: lake");
-        assert_eq!(credential_text(&list, false, "a", true), "Up to date; others are behind");
-        assert_eq!(credential_text(&[], true, "a", true), "In sync");
-        assert_eq!(credential_text(&[], true, "d", false), "Unknown (offline)");
-    }
-}

@@ -1,10 +1,12 @@
 //! Page tests of the Home tab (kept beside `home.rs`, whose drawing other work changes):
-//! Start and Stop through the outbox, and what the summary says of the hub.
+//! Start and Stop through the outbox, what the summary says of the hub, and the credentials
+//! column's words.
 
-use super::home_ui;
+use super::{credential_text, home_ui};
 use crate::gui::service::{Request, ServiceState};
 use crate::gui::state::State;
 use crate::gui::testing::{self, Alone, click, sent, shows};
+use crate::protocol::GatewayCredential;
 
 fn tab(state: State) -> testing::Page<()> {
     testing::page((), state, |ui, alone: &mut Alone<()>| home_ui(ui, &alone.state, &alone.outbox))
@@ -45,4 +47,23 @@ fn the_summary_says_why_the_hub_is_not_reached() {
     let harness = tab(state);
     assert!(shows(&harness, "not connected: connection refused"), "the hub's error isn't shown");
     assert!(shows(&harness, "No run is executing here right now."));
+}
+
+#[test]
+fn the_credentials_column_names_what_a_node_is_behind_on() {
+    let lake = GatewayCredential {
+        name: "lake".into(),
+        version: Some(5),
+        origin: "a".into(),
+        deleted: false,
+        nodes_current: vec!["a".into()],
+        nodes_behind: vec!["b".into()],
+        nodes_ahead: vec!["c".into()],
+    };
+    let list = [lake];
+    assert_eq!(credential_text(&list, false, "b", true), "Behind on lake");
+    assert_eq!(credential_text(&list, false, "c", true), "Ahead of the clock: lake");
+    assert_eq!(credential_text(&list, false, "a", true), "Up to date; others are behind");
+    assert_eq!(credential_text(&[], true, "a", true), "In sync");
+    assert_eq!(credential_text(&[], true, "d", false), "Unknown (offline)");
 }
