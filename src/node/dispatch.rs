@@ -4,12 +4,13 @@
 //! concurrency limit, over the gateway's CPU or memory threshold (averaged over the
 //! aggregation window), or can't be reached. A run no node can take waits here up to the
 //! gateway's queue timeout, then fails with the one sentence that says which limit stopped it.
+//! A copy goes first to the nodes holding the newest version of every credential it names.
 
 use super::peer::{PeerRequest, PeerResponse};
 use super::worker::Worker;
 use super::{NodeStatus, Shared};
 use crate::protocol::{
-    ClaimRequest, FinishRun, GatewaySettings, NodeMetrics, NodeState, Policy, Role, RunView,
+    ClaimRequest, CredentialStamp, FinishRun, GatewaySettings, NodeMetrics, NodeState, Policy, Role, RunView,
 };
 use rand::seq::SliceRandom as _;
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +60,12 @@ struct Candidate {
     free: u32,
     /// Why it can't take work now, if it can't.
     blocked: Option<Limit>,
+    /// The version of each credential it reported holding (deletions too), by name.
+    credentials: HashMap<String, u64>,
+}
+
+fn versions(stamps: &[CredentialStamp]) -> HashMap<String, u64> {
+    stamps.iter().map(|s| (s.name.clone(), s.version)).collect()
 }
 
 /// CPU and memory readings per node over the aggregation window.
@@ -227,6 +234,7 @@ fn candidates(status: &NodeStatus, shared: &Shared, worker: &Worker, load: &Load
         order: status.registered_order,
         free: own_free,
         blocked: blocked(&shared.settings.node_name, own_free),
+        credentials: versions(&status.metrics.credentials),
     }];
     all.extend(status.peers.iter().filter(|p| reporting(p)).map(|p| {
         let free = p.metrics.runs_limit.saturating_sub(p.metrics.runs_running);
@@ -236,6 +244,7 @@ fn candidates(status: &NodeStatus, shared: &Shared, worker: &Worker, load: &Load
             order: p.registered_order,
             free,
             blocked: blocked(&p.name, free),
+            credentials: versions(&p.metrics.credentials),
         }
     }));
     all
@@ -248,8 +257,24 @@ fn order(candidates: &mut [Candidate], policy: Policy) {
     }
 }
 
-/// Offers `run` to each candidate with room, in order, until one takes it.
+/// Puts the candidates behind on a credential `needed` names (an older version than another
+/// candidate's, or none) after the others, keeping the policy's order within each group: a
+/// node that just started, or was down while a credential changed, gets such a run only when
+/// no node that holds the credential has room (and then waits for it, see `worker`).
+fn current_first(candidates: &mut [Candidate], needed: &[&str]) {
+    if needed.is_empty() {
+        return;
+    }
+    let held = |c: &Candidate, name: &str| c.credentials.get(name).copied().unwrap_or(0);
+    let newest: Vec<u64> =
+        needed.iter().map(|name| candidates.iter().map(|c| held(c, name)).max().unwrap_or(0)).collect();
+    candidates.sort_by_key(|c| needed.iter().zip(&newest).any(|(name, newest)| held(c, name) < *newest));
+}
+
+/// Offers `run` to each candidate with room, in order (the current holders of its credentials
+/// first), until one takes it.
 async fn hand_off(shared: &Shared, worker: &Worker, candidates: &mut [Candidate], run: &RunView) -> bool {
+    current_first(candidates, &crate::transfer::spec::credential_names(&run.activity));
     for candidate in candidates.iter_mut().filter(|c| c.blocked.is_none()) {
         let answer = match &candidate.address {
             None => Ok(worker.offer(run.clone())),
@@ -319,7 +344,39 @@ mod tests {
     use super::*;
 
     fn candidate(blocked: Option<Limit>) -> Candidate {
-        Candidate { name: String::new(), address: None, order: 0, free: 0, blocked }
+        Candidate {
+            name: String::new(),
+            address: None,
+            order: 0,
+            free: 0,
+            blocked,
+            credentials: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn nodes_behind_on_a_needed_credential_come_last_in_the_policy_order() {
+        let node = |name: &str, held: &[(&str, u64)]| Candidate {
+            name: name.to_owned(),
+            credentials: held.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+            ..candidate(None)
+        };
+        let mut candidates = vec![
+            node("old", &[("lake", 1), ("db", 5)]),
+            node("new-a", &[("lake", 2), ("db", 5)]),
+            node("none", &[]),
+            node("new-b", &[("lake", 2), ("db", 5), ("other", 9)]),
+        ];
+        let names = |c: &[Candidate]| c.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        current_first(&mut candidates, &["lake", "db"]);
+        assert_eq!(names(&candidates), ["new-a", "new-b", "old", "none"]);
+        // A credential nobody is ahead on keeps every node in place, as does a run needing none.
+        let before = names(&candidates);
+        current_first(&mut candidates, &["db"]);
+        current_first(&mut candidates, &[]);
+        assert_eq!(names(&candidates), before);
+        current_first(&mut candidates, &["other"]);
+        assert_eq!(names(&candidates)[0], "new-b");
     }
 
     #[test]

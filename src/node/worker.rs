@@ -23,7 +23,8 @@ const STALE: u16 = 409;
 const REPORT_PATIENCE: Duration = Duration::from_secs(300);
 /// How long a copy waits for a credential this node doesn't hold yet before it fails naming
 /// it: a node that just started or joined gets its peers' credentials within a heartbeat or
-/// two (its peers take it into their rosters at their next heartbeat).
+/// two (its peers take it into their rosters at their next heartbeat). The dispatcher hands
+/// such a run to a node behind on its credentials only when no current node has room.
 const CREDENTIAL_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs activities for this node; cheap to clone.
