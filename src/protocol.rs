@@ -515,6 +515,18 @@ pub enum Activity {
     },
 }
 
+impl Activity {
+    /// The runs the hub makes of the activity at submit: the test kinds' `partitions`, one
+    /// listing run for a copy (which splits into its parts once it has looked at the source).
+    /// The hub checks the count against `transfer::spec::MAX_PARTITIONS`.
+    pub fn runs_at_submit(&self) -> u32 {
+        match self {
+            Activity::Sleep { partitions, .. } | Activity::Echo { partitions, .. } => *partitions,
+            Activity::Copy { .. } => 1,
+        }
+    }
+}
+
 /// Where a copy reads: exactly one of `folder`, `postgres` or `sqlite` (checked by
 /// `transfer::spec`, which says what to use instead).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! neutral helpers, the GUI reaches the hub only through `host`, the certificate checker uses
 //! only pure helpers, only the CLI's entry point opens the window); and the invariants of
 //! ARCHITECTURE.md that text can show (only `hub::db` writes SQL, only `node` writes the
-//! node's files).
+//! node's files, the hub's `api.rs` is the router alone over its resource modules).
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
@@ -156,6 +156,40 @@ fn only_the_gui_and_the_cli_entry_point_know_the_gui() {
             "{} must not know about the GUI's toolkit",
             source.relative
         );
+    }
+}
+
+/// The hub's API is split by resource: `src/hub/api.rs` is the router alone (handlers live in
+/// `src/hub/api/<resource>.rs`), and the rest of the hub reaches the API only through
+/// `api::router`, so nothing the API's handlers use depends back on them (the status page is
+/// one of the API's resources, not a sibling the router and the handlers both know).
+#[test]
+fn the_hub_api_is_a_router_over_resource_modules() {
+    let sources = sources();
+    let api = sources.iter().find(|s| s.relative == "src/hub/api.rs").unwrap();
+    let code = api.code();
+    let functions: Vec<&str> = code.lines().map(str::trim).filter(|l| l.contains("fn ")).collect();
+    assert_eq!(
+        functions,
+        ["pub fn router(state: HubState) -> Router {"],
+        "src/hub/api.rs holds only the router; put handlers in src/hub/api/<resource>.rs"
+    );
+    for source in &sources {
+        if source.part() != "hub" || source.relative.starts_with("src/hub/api") {
+            continue;
+        }
+        let code = source.code();
+        for (at, _) in code.match_indices("api::") {
+            let before = code[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            assert!(
+                code[at..].starts_with("api::router("),
+                "{} uses hub::api beyond api::router; what several parts of the hub need belongs outside the API",
+                source.relative
+            );
+        }
     }
 }
 

@@ -13,7 +13,6 @@ mod history;
 mod long_polls;
 mod metrics;
 mod nodes_cache;
-mod page;
 pub mod progress;
 mod registration;
 pub mod server;

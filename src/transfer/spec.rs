@@ -62,6 +62,13 @@ pub fn check(source: &CopySource, sink: &CopySink) -> Result<(Source, Sink), Spe
     Ok((check_source(source)?, check_sink(sink)?))
 }
 
+/// Checks what an activity of the job spec means, as the hub does at submit: a copy's source
+/// and sink; the test kinds have nothing to check.
+pub fn check_activity(activity: &Activity) -> Result<(), SpecError> {
+    let Activity::Copy { source, sink, .. } = activity else { return Ok(()) };
+    check(source, sink).map(|_| ())
+}
+
 /// The node credentials an activity needs, by name (none for the test kinds).
 pub fn credential_names(activity: &Activity) -> Vec<&str> {
     let Activity::Copy { source, sink, .. } = activity else { return Vec::new() };

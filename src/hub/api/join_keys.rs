@@ -2,7 +2,9 @@
 //! and a one-time key registers a single node. Handlers to make, list and revoke them, and the
 //! check registration makes when a key is neither of the gateway's two standing keys.
 
-use super::{Admin, ApiJson, ApiPath, find_gateway};
+use super::access::Admin;
+use super::extract::{ApiJson, ApiPath};
+use super::gateways::find_gateway;
 use crate::hub::audit::{self, Actor};
 use crate::hub::db::{GatewayRow, now_ms};
 use crate::hub::error::ApiError;

@@ -2,10 +2,12 @@
 //! reason, and recent jobs with how much their copies moved and the node of each run. Plain
 //! HTML, no scripts; it refreshes itself every few seconds.
 
-use super::api::{all_gateway_views, recent_jobs};
-use super::error::ApiError;
-use super::{HubState, progress};
+use super::access::Viewer;
+use super::gateways::all_gateway_views;
+use super::jobs::recent_jobs;
 use crate::encoding::binary_size;
+use crate::hub::error::ApiError;
+use crate::hub::{HubState, progress};
 use crate::protocol::{GatewayView, JobView, NodeView, RunState, RunView};
 use axum::extract::State;
 use axum::response::Html;
@@ -16,7 +18,7 @@ const RECENT_JOBS: u32 = 10;
 /// Runs listed per job.
 const RUNS_SHOWN: usize = 20;
 
-pub async fn index(State(state): State<HubState>, _: super::api::Viewer) -> Result<Html<String>, ApiError> {
+pub async fn index(State(state): State<HubState>, _: Viewer) -> Result<Html<String>, ApiError> {
     let gateways = all_gateway_views(&state).await?;
     let mut jobs = Vec::new();
     for gateway in &gateways {
