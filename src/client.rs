@@ -8,7 +8,7 @@
 //! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
 
 use crate::protocol::{
-    AuditEntry, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey, CreatedToken,
+    AuditEntry, CertPin, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey, CreatedToken,
     ErrorBody, FinishRun, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, JobsQuery,
     JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NodeView, RegeneratedKey, RegisterRequest, RegisterResponse,
     RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo, TokenKind,
@@ -56,6 +56,11 @@ pub enum ClientError {
         "can't make a secure connection to the hub at {url} ({reason}); check that it serves HTTPS there, and if its certificate comes from a private CA or is self-signed, trust it with --hub-ca PEM (or GATEHOUSE_HUB_CA)"
     )]
     Tls { url: String, reason: String },
+    /// The hub's certificate is not the one the auth key (or node.toml's `hub_pin`) names.
+    #[error(
+        "the hub at {url} showed a certificate whose SHA-256 fingerprint is not the one in the auth key, so nothing was sent to it; the key was made by another hub (or before the hub made a new certificate), or something else answered in its place. Make a new key on the gateway's machine (Add a node) and paste it unchanged"
+    )]
+    PinMismatch { url: String },
     /// The hub answered with an error: it refused the request (4xx) or failed at it (5xx).
     #[error("{}", body.error)]
     Refused { status: u16, body: ErrorBody },
@@ -88,6 +93,8 @@ pub struct HubClient {
     base: Url,
     token: HeaderValue,
     http: reqwest::Client,
+    /// The hub's certificate is checked by its fingerprint, not by a CA.
+    pinned: bool,
 }
 
 /// The admin's view of the same client.
@@ -106,14 +113,20 @@ impl HubClient {
     /// A client for the hub at `base` (e.g. `http://127.0.0.1:7070`), trusting the public web
     /// roots for HTTPS.
     pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
-        Self::build(base, token, Vec::new(), None)
+        Self::build(base, token, Trust::Roots(Vec::new()), None)
+    }
+
+    /// Like [`HubClient::new`], but the hub's HTTPS certificate must be the one whose SHA-256
+    /// fingerprint is `pin` (an embedded hub's own certificate), whoever signed it.
+    pub fn pinned(base: &str, token: &str, pin: CertPin) -> Result<Self, ClientError> {
+        Self::build(base, token, Trust::Pin(pin), None)
     }
 
     /// Like [`HubClient::new`], reaching the hub through the HTTP(S) proxy `proxy` when one is
     /// given (see [`parse_proxy`]). A hub on this machine is always reached directly.
     pub fn with_proxy(base: &str, token: &str, proxy: Option<&str>) -> Result<Self, ClientError> {
         let proxy = proxy.map(parse_proxy).transpose()?;
-        Self::build(base, token, Vec::new(), proxy)
+        Self::build(base, token, Trust::Roots(Vec::new()), proxy)
     }
 
     /// Like [`HubClient::new`], also trusting `roots` for HTTPS (a private CA, or the hub's
@@ -123,28 +136,28 @@ impl HubClient {
         token: &str,
         roots: Vec<CertificateDer<'static>>,
     ) -> Result<Self, ClientError> {
-        Self::build(base, token, roots, None)
+        Self::build(base, token, Trust::Roots(roots), None)
     }
 
     /// A node's client: through `proxy` when one is given, also trusting the PEM CA
-    /// certificates in `hub_ca` (a hub with a private CA).
+    /// certificates in `hub_ca` (a hub with a private CA), or, with `hub_pin`, only the hub
+    /// certificate of that fingerprint (an embedded hub's own certificate).
     pub fn for_node(
         base: &str,
         token: &str,
         proxy: Option<&str>,
         hub_ca: Option<&str>,
+        hub_pin: Option<CertPin>,
     ) -> Result<Self, ClientError> {
         let proxy = proxy.map(parse_proxy).transpose()?;
-        let roots = hub_ca.map(|pem| pem_roots(pem.as_bytes())).transpose()?.unwrap_or_default();
-        Self::build(base, token, roots, proxy)
+        let trust = match hub_pin {
+            Some(pin) => Trust::Pin(pin),
+            None => Trust::Roots(hub_ca.map(|pem| pem_roots(pem.as_bytes())).transpose()?.unwrap_or_default()),
+        };
+        Self::build(base, token, trust, proxy)
     }
 
-    fn build(
-        base: &str,
-        token: &str,
-        roots: Vec<CertificateDer<'static>>,
-        proxy: Option<Url>,
-    ) -> Result<Self, ClientError> {
+    fn build(base: &str, token: &str, trust: Trust, proxy: Option<Url>) -> Result<Self, ClientError> {
         let bad_url = |reason: &str| ClientError::BadUrl { url: base.to_owned(), reason: reason.to_owned() };
         let mut url = Url::parse(base.trim()).map_err(|e| bad_url(&e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -176,7 +189,7 @@ impl HubClient {
         })?;
         header.set_sensitive(true);
         let mut builder = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(roots)?)
+            .tls_backend_preconfigured(tls_config(&trust)?)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // The hub closes a connection that sends no request for 10 s; forgetting ours
@@ -194,7 +207,8 @@ impl HubClient {
                 builder.proxy(reqwest::Proxy::all(proxy.clone()).map_err(bad_proxy)?.no_proxy(no_proxy));
         }
         let http = builder.build().map_err(|e| ClientError::Setup(root_cause(&e)))?;
-        Ok(HubClient { base: url, token: header, http })
+        let pinned = matches!(trust, Trust::Pin(_));
+        Ok(HubClient { base: url, token: header, http, pinned })
     }
 
     /// The hub's base URL.
@@ -496,6 +510,9 @@ impl HubClient {
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
         let url = self.base.as_str().trim_end_matches('/').to_owned();
         if let Some(tls) = tls_cause(e) {
+            if self.pinned && matches!(tls, rustls::Error::InvalidCertificate(_)) {
+                return ClientError::PinMismatch { url };
+            }
             return ClientError::Tls { url, reason: tls.to_string() };
         }
         let reason = if e.is_timeout() { "no answer in time".to_owned() } else { root_cause(e) };
@@ -552,21 +569,88 @@ pub fn pem_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ClientError
     Ok(roots)
 }
 
-fn tls_config(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in extra {
-        roots
-            .add(cert)
-            .map_err(|e| ClientError::Setup(format!("an extra root certificate is unusable: {e}")))?;
-    }
+/// How the hub's HTTPS certificate is trusted.
+enum Trust {
+    /// Signed by a public web root or one of these.
+    Roots(Vec<CertificateDer<'static>>),
+    /// Exactly the certificate of this fingerprint.
+    Pin(CertPin),
+}
+
+fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let config = match trust {
+        Trust::Roots(extra) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for cert in extra {
+                roots.add(cert.clone()).map_err(|e| {
+                    ClientError::Setup(format!("an extra root certificate is unusable: {e}"))
+                })?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Pin(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider }))
+            .with_no_client_auth(),
+    };
     Ok(config)
+}
+
+/// Trusts exactly the server certificate whose SHA-256 is the pin (compared in constant
+/// time), whoever issued it and whatever names it holds: the pin came with the auth key, from
+/// the hub itself. The handshake's signature is still checked against that certificate's key,
+/// so only the holder of its private key can pass.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: CertPin,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let seen: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
+        if bool::from(seen.ct_eq(&self.pin.0)) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The innermost cause of an error: "Connection refused (os error 111)" rather than

@@ -12,6 +12,15 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The bytes of hex digits (either case, no separators); `None` for anything else.
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    text.as_bytes().chunks(2).map(|pair| Some((digit(pair[0])? << 4) | digit(pair[1])?)).collect()
+}
+
 /// `N` random bytes as lower-case hex (`2 × N` characters).
 pub fn random_hex<const N: usize>() -> String {
     let mut bytes = [0u8; N];

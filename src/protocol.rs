@@ -940,10 +940,20 @@ pub const SECRET_CHARS: usize = 43;
 
 /// What an auth key says about itself: `gh1_<base64url(hub_url|gateway_id)>_<secret>`, so a
 /// node needs nothing but the key to find its hub. The secret part is checked by the hub.
+///
+/// A key made by a hub that serves HTTPS with a certificate it made for itself (an embedded
+/// hub open to the network) also carries that certificate's SHA-256 fingerprint after a dot:
+/// `gh1_…_<secret>.<base64url(sha256)>`. The pin is not part of the secret: the node sends
+/// [`AuthKey::key`] to the hub, and verifies the hub's certificate by the pin. Keys without a
+/// pin read as before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthKey {
     pub hub_url: String,
     pub gateway_id: String,
+    /// The key without its pin: what the hub checks.
+    pub key: String,
+    /// The fingerprint of the hub's certificate, when the key carries one.
+    pub pin: Option<CertPin>,
 }
 
 /// Why a string is not an auth key.
@@ -953,9 +963,16 @@ pub struct AuthKey {
 )]
 pub struct MalformedKey;
 
-/// Reads the public part of an auth key. The secret part is checked against the stored hash.
+/// Reads the public part of an auth key (and its pin, if it carries one). The secret part is
+/// checked against the stored hash.
 pub fn parse_auth_key(key: &str) -> Result<AuthKey, MalformedKey> {
-    let body = key.trim().strip_prefix("gh1_").ok_or(MalformedKey)?;
+    let key = key.trim();
+    // base64url has no '.', so a dot can only start the pin.
+    let (plain, pin) = match key.rsplit_once('.') {
+        Some((plain, pin)) => (plain, Some(CertPin::from_key_part(pin).ok_or(MalformedKey)?)),
+        None => (key, None),
+    };
+    let body = plain.strip_prefix("gh1_").ok_or(MalformedKey)?;
     // base64url may itself contain '_', so split by the secret's fixed length, not by '_'.
     let split = body.len().checked_sub(SECRET_CHARS + 1).ok_or(MalformedKey)?;
     let (public, secret) = (body.get(..split).ok_or(MalformedKey)?, body.get(split..).ok_or(MalformedKey)?);
@@ -969,7 +986,83 @@ pub fn parse_auth_key(key: &str) -> Result<AuthKey, MalformedKey> {
     if hub_url.is_empty() || gateway_id.is_empty() {
         return Err(MalformedKey);
     }
-    Ok(AuthKey { hub_url: hub_url.to_owned(), gateway_id: gateway_id.to_owned() })
+    Ok(AuthKey { hub_url: hub_url.to_owned(), gateway_id: gateway_id.to_owned(), key: plain.to_owned(), pin })
+}
+
+/// `key` (without a pin) carrying `pin`: what a hub with a certificate it made for itself
+/// hands out.
+pub fn pinned_auth_key(key: &str, pin: &CertPin) -> String {
+    format!("{key}.{}", URL_SAFE_NO_PAD.encode(pin.0))
+}
+
+/// The SHA-256 fingerprint of a hub's certificate (of its DER), which a node compares with
+/// what the hub shows instead of checking it against a CA. Written as 64 lowercase hex digits
+/// (`hub_pin` in node.toml).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CertPin(pub [u8; 32]);
+
+impl TryFrom<String> for CertPin {
+    type Error = MalformedPin;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        CertPin::parse(&text)
+    }
+}
+
+impl From<CertPin> for String {
+    fn from(pin: CertPin) -> Self {
+        pin.hex()
+    }
+}
+
+/// Why a string is not a certificate fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this is not a SHA-256 certificate fingerprint (64 hex digits, colons allowed); copy it from the gateway's Add a node, or from: openssl x509 -noout -fingerprint -sha256"
+)]
+pub struct MalformedPin;
+
+impl CertPin {
+    /// Reads 64 hex digits, in either case, optionally in pairs split by colons and after
+    /// `sha256:` (as `openssl x509 -fingerprint -sha256` prints them).
+    pub fn parse(text: &str) -> Result<Self, MalformedPin> {
+        let text = text.trim();
+        let text = match text.get(..7) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => text.get(7..).unwrap_or_default(),
+            _ => text,
+        };
+        let digits: String = text.chars().filter(|c| *c != ':').collect();
+        let bytes = crate::encoding::hex_decode(&digits).ok_or(MalformedPin)?;
+        Ok(CertPin(bytes.try_into().map_err(|_| MalformedPin)?))
+    }
+
+    fn from_key_part(part: &str) -> Option<Self> {
+        URL_SAFE_NO_PAD.decode(part).ok()?.try_into().ok().map(CertPin)
+    }
+
+    /// 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        crate::encoding::hex(&self.0)
+    }
+}
+
+impl std::fmt::Display for CertPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl std::fmt::Debug for CertPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CertPin({})", self.hex())
+    }
+}
+
+impl std::str::FromStr for CertPin {
+    type Err = MalformedPin;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CertPin::parse(s)
+    }
 }
 
 /// Compares dotted versions numerically (`1.10.0` > `1.9.3`); non-numeric parts as text.

@@ -214,7 +214,7 @@ pub struct RevokeKeyArgs {
     pub connection: Connection,
 }
 
-fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text)
         .map_err(|_| format!("{text:?} is not a duration; write e.g. 30m, 2h or 7d"))
 }

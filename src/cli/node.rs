@@ -66,6 +66,46 @@ pub enum NodeCommand {
     /// Data-store credentials: kept sealed on the nodes, synced between them, never sent to the hub.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Make a one-time auth key for adding a node to this node's gateway (with the hub's admin
+    /// token this node holds: express setup's), and print it with the steps for the other
+    /// machine. Without an admin token, it prints what the hub's admin runs instead.
+    AddNodeKey {
+        /// How long the key stays valid unused: up to 30d, e.g. 30m, 2h.
+        #[arg(long, default_value = "30m", value_parser = super::admin::parse_lifetime, value_name = "DURATION")]
+        expires: std::time::Duration,
+        /// Print JSON (key, hub_url, pin, gateway, expires_ms).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who can reach this data dir's embedded hub (express setup's): `network` listens on the
+    /// machine's address over HTTPS with a certificate it makes for itself, so nodes of other
+    /// machines can join; `local` goes back to this machine only. This node follows the hub;
+    /// a running node service is stopped and started again.
+    HubAccess {
+        #[arg(value_enum)]
+        to: HubAccessChoice,
+        /// The address to listen on with `network`: IP or IP:PORT (default: the machine's
+        /// address on its network, on the hub's port).
+        #[arg(long, value_name = "IP[:PORT]", value_parser = parse_address)]
+        address: Option<std::net::SocketAddr>,
+    },
+}
+
+/// `node hub-access`'s choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HubAccessChoice {
+    /// Other machines too (HTTPS).
+    Network,
+    /// This machine only (HTTP on loopback).
+    Local,
+}
+
+/// `IP:PORT`, or an `IP` alone (port 0: the hub keeps its port).
+fn parse_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    text.parse::<std::net::SocketAddr>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 0)))
+        .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
 }
 
 /// The password of a backup file.
@@ -247,12 +287,74 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             let off = ops::disable_encryption(&store)?;
             println!("{off}; restart the node service to apply");
         }
+        NodeCommand::AddNodeKey { expires, json } => {
+            return add_node_key(&runtime, &store, expires, json);
+        }
+        NodeCommand::HubAccess { to, address } => {
+            if address.is_some() && to == HubAccessChoice::Local {
+                anyhow::bail!("--address goes with `network`; `local` always listens on 127.0.0.1");
+            }
+            let access = match to {
+                HubAccessChoice::Network => crate::hub::embedded::Access::Network(address),
+                HubAccessChoice::Local => crate::hub::embedded::Access::Local,
+            };
+            runtime.block_on(hub_access(&store, access))?;
+        }
         NodeCommand::Unregister => {
             let settings = runtime.block_on(node::unregister(&store))?;
             println!("'{}' is no longer a node of gateway '{}'", settings.node_name, settings.gateway_name);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `node add-node-key`: the key and the steps, or why there is none (exit 1).
+fn add_node_key(
+    runtime: &tokio::runtime::Runtime,
+    store: &Store,
+    expires: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::node::add_node::{self, AddNode};
+    match runtime.block_on(add_node::add_node_key(store, Some(expires)))? {
+        AddNode::Key(key) if json => {
+            let value = serde_json::json!({
+                "key": key.key,
+                "gateway": key.gateway,
+                "hub_url": key.hub_url,
+                "pin": key.pin.map(|p| p.hex()),
+                "expires_ms": key.expires_ms,
+            });
+            println!("{value}");
+        }
+        AddNode::Key(key) => print!("{key}"),
+        AddNode::Full(sentence) => {
+            eprintln!("{sentence}");
+            return Ok(ExitCode::FAILURE);
+        }
+        AddNode::AskTheAdmin { command } => {
+            eprintln!(
+                "this node doesn't hold its hub's admin token, so it can't make a key; on the hub admin's machine run: {command}"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `node hub-access`: a running service is stopped, the hub moved, the service started again.
+async fn hub_access(store: &Store, access: crate::hub::embedded::Access) -> anyhow::Result<()> {
+    let was_running = super::service::running(store.dir()).await.is_some();
+    if was_running {
+        super::service::stop(store).await?;
+    }
+    let changed = crate::host::hub_access::set_hub_access(store, access);
+    // Started again whatever happened: a refused move changed nothing.
+    if was_running {
+        super::service::start(store).await?;
+    }
+    println!("{}", changed?);
+    Ok(())
 }
 
 /// Log lines kept for a control-socket watcher that falls behind.

@@ -7,6 +7,8 @@ use eframe::egui;
 
 use super::ops::{self, Op};
 use crate::host::express::ExpressOptions;
+use crate::host::hub_access::{Access, Reach};
+use crate::node::add_node::AddNode;
 use crate::host::{Host, HostError, Running};
 use crate::node::control::{ConnectionTest, ControlClient, ControlError, ControlEvent};
 use crate::node::logs::{LogFeed, LogLine};
@@ -33,6 +35,10 @@ pub enum Request {
     Op(Op),
     /// The gateway's recent jobs, from the hub (the Jobs tab).
     Jobs,
+    /// A fresh one-time key for adding a node (Add a node).
+    AddNodeKey,
+    /// Open the embedded hub to other machines, or back to this one.
+    HubAccess(Access),
 }
 
 /// What the person entered in the manual setup wizard.
@@ -112,6 +118,12 @@ pub enum Event {
         op: ops::OpKind,
         result: Result<String, String>,
     },
+    /// Add a node's answer: a key and its steps, the limit's sentence, the admin's command.
+    AddNode(Result<AddNode, String>),
+    /// Where the data dir's embedded hub is reached (`None`: it hosts none).
+    HubReach(Option<Reach>),
+    /// The embedded hub moved (its sentence), or why not.
+    HubAccess(Result<String, String>),
 }
 
 /// This process's logging, as the window's service thread needs it: the feed of lines for
@@ -291,6 +303,7 @@ impl Backend {
     async fn load(&mut self) {
         let settings = self.store.settings().ok();
         self.events.send(Event::Loaded { data_dir: self.store.dir().to_owned(), settings: settings.clone() });
+        self.events.send(Event::HubReach(crate::host::hub_access::reach(&self.store)));
         if settings.is_some() {
             self.start_service().await;
         } else {
@@ -314,6 +327,43 @@ impl Backend {
                     events.send(Event::Jobs(jobs));
                 });
             }
+            Request::AddNodeKey => {
+                let (store, events) = (self.store.clone(), self.events.clone());
+                tokio::spawn(async move {
+                    let made = node::add_node::add_node_key(&store, None).await.map_err(|e| e.to_string());
+                    events.send(Event::AddNode(made));
+                });
+            }
+            Request::HubAccess(access) => self.hub_access(access).await,
+        }
+    }
+
+    /// Moves the embedded hub: the service (and the hub) this window runs stop, the hub moves,
+    /// the node follows it, and both start again. A `node run` process holds the hub itself.
+    async fn hub_access(&mut self, access: Access) {
+        if let Some(pid) = self.attached {
+            let command = match access {
+                Access::Local => "gatehouse node hub-access local",
+                Access::Network(_) => "gatehouse node hub-access network",
+            };
+            self.events.send(Event::HubAccess(Err(format!(
+                "the embedded hub runs in the node service of process {pid}, which this window only watches; move it from a terminal: {command}"
+            ))));
+            return;
+        }
+        let was_running = self.node.is_some();
+        if was_running {
+            self.events.send(Event::Service(ServiceState::Stopping));
+            self.stop_in_process().await;
+        }
+        let moved = self.host.set_hub_access(access).await;
+        self.events.send(Event::HubReach(crate::host::hub_access::reach(&self.store)));
+        if let Ok(settings) = self.store.settings() {
+            self.events.send(Event::Settings(settings));
+        }
+        self.events.send(Event::HubAccess(moved.map(|m| m.to_string()).map_err(|e| e.to_string())));
+        if was_running {
+            self.start_service().await;
         }
     }
 
@@ -363,6 +413,7 @@ impl Backend {
     async fn express(&mut self) {
         match self.host.express(&self.defaults).await {
             Ok(settings) => {
+                self.events.send(Event::HubReach(crate::host::hub_access::reach(&self.store)));
                 self.events.send(Event::Registered(settings));
                 self.start_service().await;
             }

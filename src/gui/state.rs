@@ -3,7 +3,9 @@
 //! lines. Drawing reads it; nothing else writes it.
 
 use super::service::{Event, ServiceState};
+use crate::host::hub_access::Reach;
 use crate::node::NodeStatus;
+use crate::node::add_node::AddNode;
 use crate::node::control::ConnectionTest;
 use crate::node::logs::LogLine;
 use crate::node::store::NodeSettings;
@@ -45,6 +47,15 @@ pub struct State {
     pub jobs: Option<Result<Vec<crate::protocol::JobView>, String>>,
     pub jobs_fetched: Option<std::time::Instant>,
     pub jobs_pending: bool,
+    /// Add a node: the last answer (a key, the limit's sentence, the admin's command, or why
+    /// none), and whether one is asked for.
+    pub add_node: Option<Result<AddNode, String>>,
+    pub add_node_pending: bool,
+    /// Where this data dir's embedded hub is reached (`None`: it hosts none), the answer to
+    /// the last move, and whether a move is under way.
+    pub hub_reach: Option<Reach>,
+    pub hub_access: Option<Result<String, String>>,
+    pub hub_access_pending: bool,
 }
 
 impl State {
@@ -84,6 +95,15 @@ impl State {
                 self.jobs = Some(jobs);
                 self.jobs_fetched = Some(std::time::Instant::now());
                 self.jobs_pending = false;
+            }
+            Event::AddNode(answer) => {
+                self.add_node = Some(answer);
+                self.add_node_pending = false;
+            }
+            Event::HubReach(reach) => self.hub_reach = reach,
+            Event::HubAccess(answer) => {
+                self.hub_access = Some(answer);
+                self.hub_access_pending = false;
             }
             Event::SetupFailed { .. } | Event::Done { .. } => {}
         }

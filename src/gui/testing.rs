@@ -103,6 +103,7 @@ pub fn settings() -> NodeSettings {
         log_level: "info".to_owned(),
         proxy: None,
         hub_ca: None,
+        hub_pin: None,
     }
 }
 

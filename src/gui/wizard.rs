@@ -57,7 +57,15 @@ impl Wizard {
         if self.key.trim().is_empty() {
             return Err("Paste the gateway's auth key (it starts with gh1_).".to_owned());
         }
-        crate::protocol::parse_auth_key(&self.key).map(|key| format!("A key for the hub at {}", key.hub_url)).map_err(
+        crate::protocol::parse_auth_key(&self.key)
+            .map(|key| match key.pin {
+                Some(pin) => format!(
+                    "A key for the hub at {}, trusted by its certificate's fingerprint (SHA-256 {pin})",
+                    key.hub_url
+                ),
+                None => format!("A key for the hub at {}", key.hub_url),
+            })
+            .map_err(
             |_| "This is not a complete auth key: copy it again from the hub (gatehouse hub key show, or where the gateway was created).".to_owned(),
         )
     }

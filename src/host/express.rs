@@ -49,8 +49,9 @@ pub struct ExpressOptions {
     pub hub_listen: SocketAddr,
     /// The peer port asked for first; a taken one falls back to a free port (0: any).
     pub peer_port: u16,
-    /// The host other nodes reach this one at; `None`: `127.0.0.1` with the embedded hub (it
-    /// listens on loopback, so no other machine joins it), else the host name.
+    /// The host other nodes reach this one at; `None`: with the embedded hub, `127.0.0.1`
+    /// while it listens on loopback (no other machine joins it) or its network address once
+    /// it is open to other machines; else the host name.
     pub peer_host: Option<String>,
 }
 
@@ -127,7 +128,7 @@ pub async fn express_setup(
     let peer_host = options
         .peer_host
         .clone()
-        .unwrap_or_else(|| if embedded { "127.0.0.1".to_owned() } else { crate::machine::host_name() });
+        .map_or_else(|| default_peer_host(store, embedded), Ok)?;
     match register_with(store, &url, &admin_token, &peer_host, options.peer_port).await {
         // `register` keeps the embedded hub's admin token in the secrets it writes.
         Ok(settings) => {
@@ -139,6 +140,18 @@ pub async fn express_setup(
             None => e,
         }),
     }
+}
+
+/// Where other nodes reach this one unless told: with the embedded hub, where they reach the
+/// hub (loopback while it listens only there, else its network address); else the host name.
+fn default_peer_host(store: &Store, embedded: bool) -> Result<String, ExpressError> {
+    if !embedded {
+        return Ok(crate::machine::host_name());
+    }
+    Ok(match embedded::reach(store.dir())? {
+        Some(reach) if reach.is_network() => reach.address.ip().to_string(),
+        _ => "127.0.0.1".to_owned(),
+    })
 }
 
 /// Starts the hub embedded in the node's data dir, if it hosts one (after an express setup),
@@ -184,12 +197,12 @@ async fn embedded_hub(
 /// The URL and admin token of this data dir's embedded hub when it is already serving (the
 /// window started it, then the node was unregistered); `None` when it isn't.
 async fn running_embedded_hub(store: &Store) -> Result<Option<(String, String)>, ExpressError> {
-    let Some(address) = embedded::configured(store.dir())? else {
+    let Some(reach) = embedded::reach(store.dir())? else {
         return Ok(None);
     };
-    let url = embedded::public_url(address);
+    let url = reach.url;
     // Any token will do for the health check, which sends none.
-    let answers = HubClient::new(&url, "health").map_err(ExpressError::Admin)?.healthy().await;
+    let answers = embedded_client(&url, "health", reach.pin)?.healthy().await;
     if !matches!(answers, Ok(true)) {
         return Ok(None);
     }
@@ -227,6 +240,15 @@ async fn stopping(hub: EmbeddedHub, error: ExpressError) -> ExpressError {
     error
 }
 
+/// A client of the embedded hub at `url`: by its certificate's fingerprint over HTTPS.
+fn embedded_client(url: &str, token: &str, pin: Option<crate::protocol::CertPin>) -> Result<HubClient, ExpressError> {
+    match pin {
+        Some(pin) => HubClient::pinned(url, token, pin),
+        None => HubClient::new(url, token),
+    }
+    .map_err(ExpressError::Admin)
+}
+
 /// Creates or reuses the gateway named after this machine and registers this node with it.
 async fn register_with(
     store: &Store,
@@ -235,7 +257,8 @@ async fn register_with(
     peer_host: &str,
     peer_port: u16,
 ) -> Result<NodeSettings, ExpressError> {
-    let admin = HubClient::new(url, admin_token).map_err(ExpressError::Admin)?;
+    let pin = embedded::reach(store.dir())?.filter(|reach| reach.url == url).and_then(|reach| reach.pin);
+    let admin = embedded_client(url, admin_token, pin)?;
     let name = crate::machine::host_name();
     let key = gateway_key(&admin, &name).await?;
     let peer_port = free_peer_port(peer_host, peer_port)?;

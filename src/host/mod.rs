@@ -9,6 +9,7 @@
 //! port or the peer port. The hub stops last, so the node's last reports reach it.
 
 pub mod express;
+pub mod hub_access;
 
 use crate::hub::embedded::EmbeddedHub;
 use crate::node::control::{ControlError, ControlSocket, ControlTarget};
@@ -102,6 +103,21 @@ impl Host {
         // A Stop request through the socket stops this service (not the hub).
         let control = control.serve(ControlTarget::new(&handle, logs), handle.shutdown.clone());
         Ok(Running { handle, task, control })
+    }
+
+    /// Moves the embedded hub to `access` ([`hub_access::set_hub_access`]): stops it if this
+    /// host runs it; the next [`Host::start`] starts it where it listens now. Call it while
+    /// the node service is stopped.
+    pub async fn set_hub_access(
+        &mut self,
+        access: crate::hub::embedded::Access,
+    ) -> Result<hub_access::HubAccessChanged, hub_access::HubAccessError> {
+        if let Some(hub) = self.hub.take()
+            && let Err(e) = hub.stop().await
+        {
+            tracing::warn!("the embedded hub stopped with an error: {e}");
+        }
+        hub_access::set_hub_access(&self.store, access)
     }
 
     /// Stops the embedded hub, if this host runs one, waiting at most `patience`; call it

@@ -98,8 +98,34 @@ mod tests {
             let parsed = parse_auth_key(&key).unwrap();
             assert_eq!(
                 parsed,
-                AuthKey { hub_url: "http://127.0.0.1:7070".into(), gateway_id: "gw_1".into() }
+                AuthKey {
+                    hub_url: "http://127.0.0.1:7070".into(),
+                    gateway_id: "gw_1".into(),
+                    key: key.clone(),
+                    pin: None
+                }
             );
+            // With a pin: the same key to send, and the pin.
+            let pin = crate::protocol::CertPin([7; 32]);
+            let pinned = crate::protocol::pinned_auth_key(&key, &pin);
+            assert_eq!(parse_auth_key(&pinned).unwrap(), AuthKey { pin: Some(pin), ..parsed });
+        }
+    }
+
+    #[test]
+    fn a_pin_reads_as_hex_with_or_without_colons_and_nothing_else() {
+        use crate::protocol::{CertPin, MalformedPin};
+        let hex = "ab".repeat(32);
+        let pin = CertPin::parse(&hex).unwrap();
+        assert_eq!(pin.hex(), hex);
+        let openssl = format!("SHA256:{}", vec!["AB"; 32].join(":"));
+        assert_eq!(CertPin::parse(&openssl), Ok(pin));
+        for bad in ["", "ab", &"ab".repeat(31), &"zz".repeat(32), &"ab".repeat(33)] {
+            assert_eq!(CertPin::parse(bad), Err(MalformedPin), "{bad:?}");
+        }
+        let key = new_auth_key("http://hub", "g1");
+        for bad in [format!("{key}."), format!("{key}.abc"), format!("{key}.{hex}")] {
+            assert_eq!(parse_auth_key(&bad), Err(MalformedKey), "{bad:?}");
         }
     }
 

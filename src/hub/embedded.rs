@@ -2,12 +2,21 @@
 //! SQLite at `<data dir>/hub.db`, and the address it listens on remembered in
 //! `<data dir>/hub.toml`. It serves exactly what `gatehouse hub serve` serves.
 //!
+//! It listens on loopback over plain HTTP, until [`set_access`] (the window's "Open to other
+//! machines", `gatehouse node hub-access network`) opens it to the network: then it listens on
+//! the machine's address over HTTPS, with a certificate it makes for itself (its key
+//! owner-only in the data dir), and the keys it makes for adding nodes carry the
+//! certificate's SHA-256 fingerprint, so joining nodes trust it without a CA.
+//!
 //! **Invariant:** once `hub.toml` exists the hub only ever listens on the address written
 //! there: the auth keys it handed out name that address, so moving silently would strand
-//! every node registered with it.
+//! every node registered with it. Only [`set_access`], asked for by the administrator, moves
+//! it (and the caller re-points the local node).
 
 use super::db::{Db, DbError};
 use super::{HubConfig, ensure_admin_token, serve};
+use crate::protocol::CertPin;
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::ErrorKind;
@@ -21,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 pub const CONFIG_FILE: &str = "hub.toml";
 /// The embedded hub's SQLite database in the data dir.
 pub const DB_FILE: &str = "hub.db";
+/// The certificate the hub made for itself, when it listens on the network (PEM).
+pub const CERT_FILE: &str = "hub-cert.pem";
+/// Its private key (PEM, owner-only).
+pub const KEY_FILE: &str = "hub-key.pem";
 /// Where an embedded hub listens on its first start unless told otherwise: loopback only,
 /// so no other machine can reach it.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -48,6 +61,18 @@ pub enum EmbeddedError {
     RememberedAddress { address: SocketAddr, config: PathBuf, reason: std::io::Error },
     #[error("can't listen on {address} for the embedded hub ({reason}); choose another address")]
     Listen { address: SocketAddr, reason: std::io::Error },
+    #[error("can't make the embedded hub's certificate for {address} ({reason})")]
+    Certificate { address: SocketAddr, reason: String },
+    #[error(
+        "the embedded hub's certificate can't be used ({reason}); switch it to local access and back to the network to make a new one (nodes on other machines then need a new key)"
+    )]
+    Tls { reason: String },
+    #[error(
+        "can't tell this machine's network address ({reason}); give it: gatehouse node hub-access network --address IP"
+    )]
+    NoNetworkAddress { reason: String },
+    #[error("this data dir hosts no embedded hub (express setup makes one); nothing was changed")]
+    NoEmbeddedHub,
     #[error(
         "{} is already the database of another hub (it has an admin token, but there is no {}: gatehouse hub serve keeps its database in the data dir too), so the embedded hub won't take it over; to use that hub, set GATEHOUSE_HUB and GATEHOUSE_ADMIN_TOKEN or use manual setup with one of its auth keys; for a new embedded hub, stop that hub and move {} out of the data dir",
         db.display(), config.display(), db.display()
@@ -61,6 +86,36 @@ pub enum EmbeddedError {
 struct EmbeddedConfig {
     /// The address the hub listens on, and that its auth keys name.
     listen: SocketAddr,
+    /// Over HTTPS with the certificate it made ([`CERT_FILE`]); left out when plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    https: bool,
+}
+
+/// Who can reach the embedded hub: [`set_access`]'s choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// This machine only: plain HTTP on loopback.
+    Local,
+    /// Other machines too: HTTPS on this address (`None`: the machine's address, on the
+    /// port the hub has now). A port of 0 keeps the hub's port.
+    Network(Option<SocketAddr>),
+}
+
+/// Where the embedded hub of a data dir is reached, as `hub.toml` (and its certificate) say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub address: SocketAddr,
+    /// `http://…` on loopback, `https://…` on the network.
+    pub url: String,
+    /// The SHA-256 fingerprint of its certificate, over HTTPS.
+    pub pin: Option<CertPin>,
+}
+
+impl Reach {
+    /// Reached from other machines.
+    pub fn is_network(&self) -> bool {
+        self.pin.is_some()
+    }
 }
 
 /// A running embedded hub. It stops when the `shutdown` token it was started with is
@@ -69,6 +124,8 @@ pub struct EmbeddedHub {
     /// The URL nodes reach it at (written into its auth keys).
     pub url: String,
     pub address: SocketAddr,
+    /// The fingerprint of its certificate, when it serves HTTPS (on the network).
+    pub pin: Option<CertPin>,
     /// The admin token, only when it was created by this start (the caller must keep it:
     /// the hub stores only its hash).
     pub admin_token: Option<String>,
@@ -111,6 +168,17 @@ impl EmbeddedHub {
 
 /// The address the embedded hub of `dir` listens on; `None` if `dir` hosts no embedded hub.
 pub fn configured(dir: &Path) -> Result<Option<SocketAddr>, EmbeddedError> {
+    Ok(read_config(dir)?.map(|config| config.listen))
+}
+
+/// Where the embedded hub of `dir` is reached; `None` if `dir` hosts no embedded hub.
+pub fn reach(dir: &Path) -> Result<Option<Reach>, EmbeddedError> {
+    let Some(config) = read_config(dir)? else { return Ok(None) };
+    let pin = if config.https { Some(certificate(dir)?.1) } else { None };
+    Ok(Some(Reach { address: config.listen, url: url(config.listen, config.https), pin }))
+}
+
+fn read_config(dir: &Path) -> Result<Option<EmbeddedConfig>, EmbeddedError> {
     let path = dir.join(CONFIG_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -129,7 +197,18 @@ pub fn configured(dir: &Path) -> Result<Option<SocketAddr>, EmbeddedError> {
             path,
         });
     }
-    Ok(Some(config.listen))
+    Ok(Some(config))
+}
+
+/// The hub's certificate (DER) and its fingerprint.
+fn certificate(dir: &Path) -> Result<(CertificateDer<'static>, CertPin), EmbeddedError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use sha2::Digest as _;
+    let path = dir.join(CERT_FILE);
+    let cert = CertificateDer::from_pem_file(&path)
+        .map_err(|e| EmbeddedError::Tls { reason: format!("{}: {e}", path.display()) })?;
+    let pin = CertPin(sha2::Sha256::digest(cert.as_ref()).into());
+    Ok((cert, pin))
 }
 
 /// Starts the embedded hub of `dir` on this tokio runtime.
@@ -142,7 +221,16 @@ pub async fn start(
     listen: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<EmbeddedHub, EmbeddedError> {
-    let remembered = configured(dir)?;
+    let remembered = read_config(dir)?;
+    let https = remembered.as_ref().is_some_and(|config| config.https);
+    let tls = if https {
+        let config = super::tls::server_config(&dir.join(CERT_FILE), &dir.join(KEY_FILE))
+            .map_err(|e| EmbeddedError::Tls { reason: e.to_string() })?;
+        Some((config, certificate(dir)?.1))
+    } else {
+        None
+    };
+    let remembered = remembered.map(|config| config.listen);
     let config_path = dir.join(CONFIG_FILE);
     let db_path = dir.join(DB_FILE);
     // Owner-only: the hub's database holds every gateway's secret.
@@ -175,21 +263,99 @@ pub async fn start(
         if admin_token.is_none() {
             return Err(EmbeddedError::OtherHub { db: db_path, config: config_path });
         }
-        let text = toml::to_string(&EmbeddedConfig { listen: address }).map_err(|e| {
-            EmbeddedError::Corrupt { reason: e.to_string(), db: db_path.clone(), path: config_path.clone() }
-        })?;
-        crate::machine::write_atomic(&config_path, text.as_bytes()).map_err(|reason| EmbeddedError::Io {
-            action: "write",
-            path: config_path.clone(),
-            reason,
-        })?;
+        write_config(dir, &EmbeddedConfig { listen: address, https: false })?;
     }
 
-    let url = public_url(address);
+    let url = url(address, https);
     let shutdown = shutdown.child_token();
-    let task = tokio::spawn(serve(listener, None, db, HubConfig::new(url.clone()), shutdown.clone()));
-    tracing::info!(%address, database = %db_path.display(), "embedded hub started");
-    Ok(EmbeddedHub { url, address, admin_token, shutdown, task })
+    let (tls, pin) = tls.map_or((None, None), |(config, pin)| (Some(config), Some(pin)));
+    let config = HubConfig { pin, ..HubConfig::new(url.clone()) };
+    let task = tokio::spawn(serve(listener, tls, db, config, shutdown.clone()));
+    tracing::info!(%address, https, database = %db_path.display(), "embedded hub started");
+    Ok(EmbeddedHub { url, address, pin, admin_token, shutdown, task })
+}
+
+fn write_config(dir: &Path, config: &EmbeddedConfig) -> Result<(), EmbeddedError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = toml::to_string(config).map_err(|e| EmbeddedError::Corrupt {
+        reason: e.to_string(),
+        db: dir.join(DB_FILE),
+        path: path.clone(),
+    })?;
+    crate::machine::write_atomic(&path, text.as_bytes()).map_err(|reason| EmbeddedError::Io {
+        action: "write",
+        path,
+        reason,
+    })
+}
+
+/// Moves the (stopped) embedded hub of `dir`: onto loopback over HTTP, or onto the network
+/// over HTTPS with a certificate made now for that address (SAN: its IP; the key owner-only).
+/// The port stays unless the address names another. The new address is checked free first,
+/// so a refused move leaves everything as it was. The caller re-points the local node at
+/// the answer (its URL and pin); keys made before the move name the old address.
+pub fn set_access(dir: &Path, access: Access) -> Result<Reach, EmbeddedError> {
+    let current = read_config(dir)?.ok_or(EmbeddedError::NoEmbeddedHub)?;
+    let port = |wanted: u16| if wanted == 0 { current.listen.port() } else { wanted };
+    let (address, https) = match access {
+        Access::Local => (SocketAddr::new(DEFAULT_LISTEN.ip(), current.listen.port()), false),
+        Access::Network(Some(given)) => (SocketAddr::new(given.ip(), port(given.port())), true),
+        Access::Network(None) => (SocketAddr::new(network_ip()?, current.listen.port()), true),
+    };
+    if https && address.ip().is_unspecified() {
+        return Err(EmbeddedError::Listen {
+            address,
+            reason: std::io::Error::other("a certificate names one address, not every interface"),
+        });
+    }
+    if address != current.listen {
+        std::net::TcpListener::bind(address).map_err(|reason| EmbeddedError::Listen { address, reason })?;
+    }
+    let unchanged = current.https == https && current.listen.ip() == address.ip();
+    if https && !(unchanged && dir.join(CERT_FILE).is_file() && dir.join(KEY_FILE).is_file()) {
+        make_certificate(dir, address)?;
+    }
+    write_config(dir, &EmbeddedConfig { listen: address, https })?;
+    tracing::info!(%address, https, "the embedded hub moved");
+    reach(dir)?.ok_or(EmbeddedError::NoEmbeddedHub)
+}
+
+/// Makes the hub's self-signed certificate for `address` (ECDSA P-256, 10 years) and writes
+/// it and its key (owner-only) into `dir`.
+fn make_certificate(dir: &Path, address: SocketAddr) -> Result<(), EmbeddedError> {
+    let failed = |reason: rcgen::Error| EmbeddedError::Certificate { address, reason: reason.to_string() };
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(vec![address.ip().to_string()]).map_err(failed)?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("Gatehouse hub {}", address.ip()));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(3650);
+    let cert = params.self_signed(&key).map_err(failed)?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        crate::machine::write_atomic(&path, text.as_bytes()).map_err(|reason| EmbeddedError::Io {
+            action: "write",
+            path,
+            reason,
+        })
+    };
+    // The key first: a certificate without its key would be unusable.
+    write(KEY_FILE, &key.serialize_pem())?;
+    write(CERT_FILE, &cert.pem())
+}
+
+/// This machine's address on its network: the one its default route leaves from (a UDP
+/// socket "connected" to a documentation address sends nothing, but picks the interface).
+fn network_ip() -> Result<std::net::IpAddr, EmbeddedError> {
+    let none = |reason: std::io::Error| EmbeddedError::NoNetworkAddress { reason: reason.to_string() };
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).map_err(none)?;
+    socket.connect((std::net::Ipv4Addr::new(192, 0, 2, 1), 9)).map_err(none)?;
+    let ip = socket.local_addr().map_err(none)?.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        return Err(EmbeddedError::NoNetworkAddress { reason: "it has only loopback".to_owned() });
+    }
+    Ok(ip)
 }
 
 /// Listens on `wanted`, or on a free port of the same IP if that port is taken.
@@ -212,10 +378,16 @@ async fn bind_or_fallback(wanted: SocketAddr) -> Result<TcpListener, EmbeddedErr
 /// the address itself, or the host name when it listens on every interface (`0.0.0.0` names
 /// no machine).
 pub fn public_url(address: SocketAddr) -> String {
+    url(address, false)
+}
+
+/// [`public_url`], over HTTPS when `https`.
+pub fn url(address: SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
     if address.ip().is_unspecified() {
-        return format!("http://{}:{}", crate::machine::host_name(), address.port());
+        return format!("{scheme}://{}:{}", crate::machine::host_name(), address.port());
     }
-    format!("http://{address}")
+    format!("{scheme}://{address}")
 }
 
 #[cfg(test)]

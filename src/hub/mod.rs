@@ -52,6 +52,10 @@ pub struct HubConfig {
     pub public_status: bool,
     /// Open connections at most; more wait until one closes (`hub serve --max-connections`).
     pub max_connections: usize,
+    /// The SHA-256 fingerprint of the certificate this hub made for itself (an embedded hub
+    /// open to the network): the keys for adding nodes it makes carry it, so a joining node
+    /// trusts the certificate without a CA.
+    pub pin: Option<crate::protocol::CertPin>,
 }
 
 impl HubConfig {
@@ -70,6 +74,7 @@ impl HubConfig {
             public_metrics: false,
             public_status: false,
             max_connections: server::MAX_CONNECTIONS,
+            pin: None,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! Backups of the node's state are sealed with a password ([`backup`]). Every operation a
 //! person starts on the node's settings, from the CLI or the window, is in [`ops`].
 
+pub mod add_node;
 pub mod backup;
 pub mod control;
 pub mod credentials;
@@ -102,7 +103,13 @@ pub struct Registration {
 
 /// The node's client of its hub: with its node token, through its proxy, trusting its hub CA.
 pub fn hub_client(settings: &NodeSettings, token: &str) -> Result<HubClient, ClientError> {
-    HubClient::for_node(&settings.hub_url, token, settings.proxy.as_deref(), settings.hub_ca.as_deref())
+    HubClient::for_node(
+        &settings.hub_url,
+        token,
+        settings.proxy.as_deref(),
+        settings.hub_ca.as_deref(),
+        settings.hub_pin,
+    )
 }
 
 /// Registers this machine with the gateway the key names, and stores the result.
@@ -133,8 +140,8 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         encryption_thumbprint: registration.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
         public_key: Some(peer_key.public().to_owned()),
     };
-    let client =
-        HubClient::for_node(&key.hub_url, registration.key.trim(), None, registration.hub_ca.as_deref())?;
+    // The key without its pin goes to the hub; the pin checks who the hub is.
+    let client = HubClient::for_node(&key.hub_url, &key.key, None, registration.hub_ca.as_deref(), key.pin)?;
     let answer = client.register(&request).await?;
     let settings = NodeSettings {
         hub_url: key.hub_url,
@@ -148,6 +155,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         log_level: "info".to_owned(),
         proxy: None,
         hub_ca: registration.hub_ca,
+        hub_pin: key.pin,
     };
     // Secrets first: settings are what says "registered". The embedded hub's admin token, if
     // this data dir hosts one, belongs to the machine, not the registration: keep it.

@@ -64,6 +64,11 @@ pub struct NodeSettings {
     /// register --hub-ca`: a hub with a private CA). Left out of the file when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_ca: Option<String>,
+    /// The SHA-256 fingerprint of the hub's own certificate (from the auth key of a hub that
+    /// made its certificate itself): the hub's HTTPS is trusted by it instead of a CA. Left
+    /// out of the file when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_pin: Option<crate::protocol::CertPin>,
 }
 
 fn default_peer_port() -> u16 {
@@ -382,6 +387,7 @@ pub(crate) mod tests {
             log_level: "info".into(),
             proxy: None,
             hub_ca: None,
+            hub_pin: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The Settings tab, a module a section: encryption and remote access, concurrency, the
-//! gateway's thresholds, the proxy, credentials, backup and restore. Each section owns what is
+//! gateway's thresholds, the proxy, credentials, backup and restore, adding a node. Each section owns what is
 //! typed into it and the answers to what it sent, and draws itself from [`State`], pushing
 //! [`Op`](super::ops::Op)s into the [`Outbox`]; this module routes each answer to the section
 //! whose operation it was, and asks (from `logic()`, never while drawing) for what the
@@ -8,6 +8,7 @@
 //! Nothing here reads files or the network: certificate checks and file dialogs go to the
 //! [`Worker`], everything else to the service thread.
 
+mod add_node;
 mod backup;
 mod concurrency;
 mod credentials;
@@ -15,6 +16,7 @@ mod encryption;
 mod proxy;
 mod thresholds;
 
+pub use add_node::AddNodeSection;
 pub use backup::BackupSection;
 pub use concurrency::ConcurrencySection;
 pub use credentials::CredentialsSection;
@@ -39,6 +41,7 @@ pub struct SettingsPage {
     pub proxy: ProxySection,
     pub credentials: CredentialsSection,
     pub backup: BackupSection,
+    pub add_node: AddNodeSection,
     /// The form fields were filled from the node's settings.
     filled: bool,
 }
@@ -121,6 +124,7 @@ pub fn settings_ui(
     widgets::section(ui, "Proxy", |ui| page.proxy.ui(ui, state, outbox));
     widgets::section(ui, "Credentials", |ui| page.credentials.ui(ui, outbox));
     widgets::section(ui, "Backup and restore", |ui| page.backup.ui(ui, outbox, worker));
+    widgets::section(ui, "Add a node", |ui| page.add_node.ui(ui, state, outbox));
 }
 
 /// A whole number in `min..=max`, or a sentence naming `what`.

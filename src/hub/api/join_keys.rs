@@ -8,6 +8,7 @@ use super::gateways::find_gateway;
 use crate::hub::audit::{self, Actor};
 use crate::hub::db::{GatewayRow, now_ms};
 use crate::hub::error::ApiError;
+use crate::hub::registration::Refusal;
 use crate::hub::{HubState, auth};
 use crate::protocol::{CreatedJoinKey, JoinKeyInfo, NewJoinKey};
 use axum::Json;
@@ -33,6 +34,14 @@ pub(super) async fn create(
         .with_hint("for a key that never expires, use the gateway's own: gatehouse hub key regenerate"));
     }
     let gateway = find_gateway(&state, &gateway).await?;
+    // A key for a gateway that can take no node would only be refused when used: say so now,
+    // with the registration's own sentence and code.
+    let count = state.db.nodes(&gateway.id).await?.len();
+    if count >= usize::try_from(gateway.settings.max_nodes).unwrap_or(usize::MAX) {
+        let full = Refusal::Full { gateway: gateway.name.clone(), count, max: gateway.settings.max_nodes };
+        return Err(ApiError::from(full)
+            .with_hint(format!("remove a node first: gatehouse hub node remove {} NODE", gateway.name)));
+    }
     let key = auth::new_auth_key(&state.config.public_url, &gateway.id);
     let created_ms = now_ms();
     let info = JoinKeyInfo {
@@ -49,6 +58,11 @@ pub(super) async fn create(
     let uses = if info.once { "one-time" } else { "reusable" };
     let detail = format!("{uses} auth key {} created ({}), valid {lifetime} s", info.id, info.hint);
     audit::record(&state, Some(&gateway), Actor::Admin, "key.create", detail).await;
+    // The pin rides along outside the secret (the hash is of the key without it).
+    let key = match &state.config.pin {
+        Some(pin) => crate::protocol::pinned_auth_key(&key, pin),
+        None => key,
+    };
     Ok((StatusCode::CREATED, Json(CreatedJoinKey { key, info })))
 }
 

@@ -29,6 +29,8 @@ pub(super) async fn register(
         ApiError::unauthorized("registration needs a gateway auth key (`Authorization: Bearer gh1_…`)")
     })?;
     let parsed = auth::parse_auth_key(key).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    // A key's pin (the hub's certificate) is not part of what is checked.
+    let key = parsed.key.as_str();
     let invalid_key = || {
         ApiError::unauthorized("the auth key is not valid for this gateway (it may have been regenerated)")
             .with_hint("copy a current key from the hub admin: gatehouse hub key regenerate")
