@@ -107,7 +107,7 @@ impl fmt::Display for NodeKey {
 }
 
 /// What a key of a hub on loopback means for another machine.
-pub const LOCAL_ONLY: &str = "This gateway's hub listens on this machine only, so another machine can't use the key yet: open it to other machines first (Settings → Add a node, or: gatehouse node hub-access network).";
+pub const LOCAL_ONLY: &str = "This gateway's hub listens on this machine only, so another machine can't use the key yet: open it to other machines first (Settings, Add a node: Open to other machines; or: gatehouse node hub-access network).";
 
 /// Makes a one-time key for adding a node to this node's gateway, valid `lifetime` (30
 /// minutes unless said), through the hub's admin token this node holds.
