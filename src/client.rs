@@ -8,10 +8,11 @@
 //! any extra roots the caller hands in (for a hub with its own CA or a self-signed certificate).
 
 use crate::protocol::{
-    AuditEntry, CertPin, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey, CreatedToken,
-    ErrorBody, FinishRun, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, JobsQuery,
-    JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NodeView, RegeneratedKey, RegisterRequest, RegisterResponse,
-    RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo, TokenKind,
+    AuditEntry, CertPin, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey,
+    CreatedToken, ErrorBody, FinishRun, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView,
+    JobsQuery, JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NodeView, RegeneratedKey, RegisterRequest,
+    RegisterResponse, RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo,
+    TokenKind,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -113,20 +114,20 @@ impl HubClient {
     /// A client for the hub at `base` (e.g. `http://127.0.0.1:7070`), trusting the public web
     /// roots for HTTPS.
     pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
-        Self::build(base, token, Trust::Roots(Vec::new()), None)
+        Self::build(base, token, &Trust::Roots(Vec::new()), None)
     }
 
     /// Like [`HubClient::new`], but the hub's HTTPS certificate must be the one whose SHA-256
     /// fingerprint is `pin` (an embedded hub's own certificate), whoever signed it.
     pub fn pinned(base: &str, token: &str, pin: CertPin) -> Result<Self, ClientError> {
-        Self::build(base, token, Trust::Pin(pin), None)
+        Self::build(base, token, &Trust::Pin(pin), None)
     }
 
     /// Like [`HubClient::new`], reaching the hub through the HTTP(S) proxy `proxy` when one is
     /// given (see [`parse_proxy`]). A hub on this machine is always reached directly.
     pub fn with_proxy(base: &str, token: &str, proxy: Option<&str>) -> Result<Self, ClientError> {
         let proxy = proxy.map(parse_proxy).transpose()?;
-        Self::build(base, token, Trust::Roots(Vec::new()), proxy)
+        Self::build(base, token, &Trust::Roots(Vec::new()), proxy)
     }
 
     /// Like [`HubClient::new`], also trusting `roots` for HTTPS (a private CA, or the hub's
@@ -136,7 +137,7 @@ impl HubClient {
         token: &str,
         roots: Vec<CertificateDer<'static>>,
     ) -> Result<Self, ClientError> {
-        Self::build(base, token, Trust::Roots(roots), None)
+        Self::build(base, token, &Trust::Roots(roots), None)
     }
 
     /// A node's client: through `proxy` when one is given, also trusting the PEM CA
@@ -152,12 +153,14 @@ impl HubClient {
         let proxy = proxy.map(parse_proxy).transpose()?;
         let trust = match hub_pin {
             Some(pin) => Trust::Pin(pin),
-            None => Trust::Roots(hub_ca.map(|pem| pem_roots(pem.as_bytes())).transpose()?.unwrap_or_default()),
+            None => {
+                Trust::Roots(hub_ca.map(|pem| pem_roots(pem.as_bytes())).transpose()?.unwrap_or_default())
+            }
         };
-        Self::build(base, token, trust, proxy)
+        Self::build(base, token, &trust, proxy)
     }
 
-    fn build(base: &str, token: &str, trust: Trust, proxy: Option<Url>) -> Result<Self, ClientError> {
+    fn build(base: &str, token: &str, trust: &Trust, proxy: Option<Url>) -> Result<Self, ClientError> {
         let bad_url = |reason: &str| ClientError::BadUrl { url: base.to_owned(), reason: reason.to_owned() };
         let mut url = Url::parse(base.trim()).map_err(|e| bad_url(&e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -189,7 +192,7 @@ impl HubClient {
         })?;
         header.set_sensitive(true);
         let mut builder = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(&trust)?)
+            .tls_backend_preconfigured(tls_config(trust)?)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // The hub closes a connection that sends no request for 10 s; forgetting ours
@@ -587,9 +590,9 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             for cert in extra {
-                roots.add(cert.clone()).map_err(|e| {
-                    ClientError::Setup(format!("an extra root certificate is unusable: {e}"))
-                })?;
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| ClientError::Setup(format!("an extra root certificate is unusable: {e}")))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -636,7 +639,12 @@ impl rustls::client::danger::ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -645,7 +653,12 @@ impl rustls::client::danger::ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

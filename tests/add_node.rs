@@ -24,9 +24,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn online_at(app: &ConfigManager, url: &str) -> bool {
-    app.state.status.as_ref().is_some_and(|s| {
-        s.hub_connected && s.state == Some(NodeState::Online) && s.hub_url == url
-    })
+    app.state
+        .status
+        .as_ref()
+        .is_some_and(|s| s.hub_connected && s.state == Some(NodeState::Online) && s.hub_url == url)
 }
 
 /// `gatehouse node register` in a fresh data dir with `key` in the environment, as the steps
@@ -92,13 +93,13 @@ fn the_window_opens_its_hub_and_a_second_machine_joins_with_its_pinned_one_time_
     window.harness.get_by_label("Network address").scroll_to_me();
     window.type_into("Network address", &format!("127.0.0.1:{port}"));
     click(&mut window, "Open to other machines");
-    window.wait_for("the hub to move", LIMIT, |app| app.state.hub_access.is_some());
-    let moved = window.harness.state().state.hub_access.clone().unwrap();
+    window.wait_for("the hub to move", LIMIT, |app| app.state.add_node.moved.is_some());
+    let moved = window.harness.state().state.add_node.moved.clone().unwrap();
     assert!(moved.is_ok(), "the hub didn't move: {moved:?}");
     let url = format!("https://127.0.0.1:{port}");
     window.wait_for("the node to be Online at the moved hub", LIMIT, |app| online_at(app, &url));
     assert!(window.shows("for other machines too"));
-    let reach = window.harness.state().state.hub_reach.clone().unwrap();
+    let reach = window.harness.state().state.add_node.reach.clone().unwrap();
     let pin = reach.pin.expect("the hub on the network has no certificate pin");
     assert_eq!(reach.url, url);
     let toml = std::fs::read_to_string(dir.join("hub.toml")).unwrap();
@@ -113,8 +114,8 @@ fn the_window_opens_its_hub_and_a_second_machine_joins_with_its_pinned_one_time_
 
     // Add a node: a one-time key carrying the fingerprint, and the steps.
     click(&mut window, "Make a key for a new node");
-    window.wait_for("the key", LIMIT, |app| app.state.add_node.is_some());
-    let key = match window.harness.state().state.add_node.clone() {
+    window.wait_for("the key", LIMIT, |app| app.state.add_node.answer.is_some());
+    let key = match window.harness.state().state.add_node.answer.clone() {
         Some(Ok(AddNode::Key(key))) => key,
         other => panic!("Add a node gave no key: {other:?}"),
     };
@@ -156,11 +157,16 @@ fn the_window_opens_its_hub_and_a_second_machine_joins_with_its_pinned_one_time_
     let (_d, output) = register(fourth["key"].as_str().unwrap(), "d");
     assert!(output.status.success(), "the fourth node: {}", stderr(&output));
     click(&mut window, "Make a key for a new node");
-    window.wait_for("the limit", LIMIT, |app| matches!(app.state.add_node, Some(Ok(AddNode::Full(_)))));
+    window
+        .wait_for("the limit", LIMIT, |app| matches!(app.state.add_node.answer, Some(Ok(AddNode::Full(_)))));
     assert!(window.shows("already has 4 nodes (at most 4)"), "the window doesn't show the limit");
     assert!(window.harness.query_by_label_contains("New node's key").is_none(), "a key is still shown");
     let output = gatehouse(&dir, &["node", "add-node-key"], &[]);
-    assert!(!output.status.success() && stderr(&output).contains("already has 4 nodes"), "{}", stderr(&output));
+    assert!(
+        !output.status.success() && stderr(&output).contains("already has 4 nodes"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// `node hub-access` on a data dir express setup left: the stopped hub moves onto "the

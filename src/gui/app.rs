@@ -225,8 +225,8 @@ fn record_pending(state: &mut State, request: &Request) {
     match request {
         Request::TestConnections => state.testing = true,
         Request::Jobs => state.jobs_pending = true,
-        Request::AddNodeKey => state.add_node_pending = true,
-        Request::HubAccess(_) => state.hub_access_pending = true,
+        Request::AddNodeKey => state.add_node.asking = true,
+        Request::HubAccess(_) => state.add_node.moving = true,
         _ => {}
     }
 }

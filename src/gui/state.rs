@@ -47,15 +47,22 @@ pub struct State {
     pub jobs: Option<Result<Vec<crate::protocol::JobView>, String>>,
     pub jobs_fetched: Option<std::time::Instant>,
     pub jobs_pending: bool,
-    /// Add a node: the last answer (a key, the limit's sentence, the admin's command, or why
-    /// none), and whether one is asked for.
-    pub add_node: Option<Result<AddNode, String>>,
-    pub add_node_pending: bool,
+    /// Add a node's answers (Settings).
+    pub add_node: AddNodeState,
+}
+
+/// What Settings' Add a node shows.
+#[derive(Default)]
+pub struct AddNodeState {
+    /// The last answer (a key, the limit's sentence, the admin's command, or why none), and
+    /// whether one is asked for.
+    pub answer: Option<Result<AddNode, String>>,
+    pub asking: bool,
     /// Where this data dir's embedded hub is reached (`None`: it hosts none), the answer to
     /// the last move, and whether a move is under way.
-    pub hub_reach: Option<Reach>,
-    pub hub_access: Option<Result<String, String>>,
-    pub hub_access_pending: bool,
+    pub reach: Option<Reach>,
+    pub moved: Option<Result<String, String>>,
+    pub moving: bool,
 }
 
 impl State {
@@ -97,13 +104,13 @@ impl State {
                 self.jobs_pending = false;
             }
             Event::AddNode(answer) => {
-                self.add_node = Some(answer);
-                self.add_node_pending = false;
+                self.add_node.answer = Some(answer);
+                self.add_node.asking = false;
             }
-            Event::HubReach(reach) => self.hub_reach = reach,
+            Event::HubReach(reach) => self.add_node.reach = reach,
             Event::HubAccess(answer) => {
-                self.hub_access = Some(answer);
-                self.hub_access_pending = false;
+                self.add_node.moved = Some(answer);
+                self.add_node.moving = false;
             }
             Event::SetupFailed { .. } | Event::Done { .. } => {}
         }

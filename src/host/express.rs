@@ -125,10 +125,7 @@ pub async fn express_setup(
         None => embedded_hub(store, options.hub_listen, shutdown).await?,
     };
     let embedded = options.hub.is_none();
-    let peer_host = options
-        .peer_host
-        .clone()
-        .map_or_else(|| default_peer_host(store, embedded), Ok)?;
+    let peer_host = options.peer_host.clone().map_or_else(|| default_peer_host(store, embedded), Ok)?;
     match register_with(store, &url, &admin_token, &peer_host, options.peer_port).await {
         // `register` keeps the embedded hub's admin token in the secrets it writes.
         Ok(settings) => {
@@ -241,7 +238,11 @@ async fn stopping(hub: EmbeddedHub, error: ExpressError) -> ExpressError {
 }
 
 /// A client of the embedded hub at `url`: by its certificate's fingerprint over HTTPS.
-fn embedded_client(url: &str, token: &str, pin: Option<crate::protocol::CertPin>) -> Result<HubClient, ExpressError> {
+fn embedded_client(
+    url: &str,
+    token: &str,
+    pin: Option<crate::protocol::CertPin>,
+) -> Result<HubClient, ExpressError> {
     match pin {
         Some(pin) => HubClient::pinned(url, token, pin),
         None => HubClient::new(url, token),

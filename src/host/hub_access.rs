@@ -18,7 +18,9 @@ pub enum HubAccessError {
     Embedded(#[from] EmbeddedError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the embedded hub moved to {url}, but this node's settings couldn't follow ({reason}); switch again to retry")]
+    #[error(
+        "the embedded hub moved to {url}, but this node's settings couldn't follow ({reason}); switch again to retry"
+    )]
     Follow { url: String, reason: OpError },
 }
 

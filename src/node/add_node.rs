@@ -58,10 +58,15 @@ impl fmt::Debug for NodeKey {
 impl NodeKey {
     /// The hub listens on loopback only, so no other machine can use the key.
     pub fn hub_is_local(&self) -> bool {
-        reqwest::Url::parse(&self.hub_url).ok().and_then(|u| u.host_str().map(str::to_owned)).is_some_and(|host| {
-            host == "localhost"
-                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        })
+        reqwest::Url::parse(&self.hub_url).ok().and_then(|u| u.host_str().map(str::to_owned)).is_some_and(
+            |host| {
+                host == "localhost"
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            },
+        )
     }
 
     /// The one-line command for the other machine (the key in the environment, not in argv).
@@ -127,7 +132,8 @@ pub async fn add_node_key(store: &Store, lifetime: Option<Duration>) -> Result<A
     let request = NewJoinKey { once: true, expires_in_seconds: Some(lifetime.as_secs().max(1)) };
     match client.create_join_key(&settings.gateway_id, &request).await {
         Ok(made) => {
-            let parsed = crate::protocol::parse_auth_key(&made.key).map_err(|e| OpError::Place(e.to_string()))?;
+            let parsed =
+                crate::protocol::parse_auth_key(&made.key).map_err(|e| OpError::Place(e.to_string()))?;
             Ok(AddNode::Key(NodeKey {
                 key: made.key,
                 gateway: settings.gateway_name,
@@ -170,13 +176,14 @@ pub fn follow_hub(
     host: std::net::IpAddr,
 ) -> Result<FollowedHub, OpError> {
     let mut settings = store.settings()?;
-    settings.hub_url = hub_url.to_owned();
+    hub_url.clone_into(&mut settings.hub_url);
     settings.hub_pin = pin;
     settings.hub_ca = None;
     if let Some((old, port)) = settings.peer_address.rsplit_once(':')
         && old.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
     {
-        settings.peer_address = std::net::SocketAddr::new(host, port.parse().unwrap_or(settings.peer_port)).to_string();
+        settings.peer_address =
+            std::net::SocketAddr::new(host, port.parse().unwrap_or(settings.peer_port)).to_string();
     }
     store.save_settings(&settings)?;
     Ok(FollowedHub { hub_url: settings.hub_url, peer_address: settings.peer_address })

@@ -6,10 +6,10 @@
 
 use eframe::egui;
 
+use crate::gui::outbox::Outbox;
 use crate::gui::service::Request;
 use crate::gui::state::State;
 use crate::gui::widgets;
-use crate::gui::outbox::Outbox;
 use crate::host::hub_access::Access;
 use crate::node::add_node::{AddNode, LOCAL_ONLY, NodeKey};
 
@@ -23,17 +23,17 @@ impl AddNodeSection {
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &State, outbox: &Outbox) {
         self.hub_ui(ui, state, outbox);
         ui.add_space(8.0);
-        let pending = state.add_node_pending.then_some("Asking the hub for a key…");
+        let pending = state.add_node.asking.then_some("Asking the hub for a key…");
         if widgets::pending_button(ui, state.running(), "Make a key for a new node", pending) {
             outbox.send(Request::AddNodeKey);
         }
         if !state.running() {
             widgets::warning(ui, "Start the node service first: the key comes from the hub through it.");
         }
-        match &state.add_node {
+        match &state.add_node.answer {
             None => {}
             Some(Ok(AddNode::Key(key))) => key_ui(ui, key),
-            Some(Ok(AddNode::Full(sentence))) => widgets::problem(ui, sentence),
+            Some(Ok(AddNode::Full(sentence)) | Err(sentence)) => widgets::problem(ui, sentence),
             Some(Ok(AddNode::AskTheAdmin { command })) => {
                 widgets::paragraph(
                     ui,
@@ -41,18 +41,20 @@ impl AddNodeSection {
                 );
                 copyable(ui, "Command for the hub's admin", command);
             }
-            Some(Err(sentence)) => widgets::problem(ui, sentence),
         }
     }
 
     /// Where the embedded hub listens, and the switch that moves it.
     fn hub_ui(&mut self, ui: &mut egui::Ui, state: &State, outbox: &Outbox) {
-        let Some(reach) = &state.hub_reach else {
+        let Some(reach) = &state.add_node.reach else {
             let hub = state.settings.as_ref().map_or("", |s| s.hub_url.as_str());
-            widgets::paragraph(ui, &format!("This node's hub runs elsewhere ({hub}); new nodes join it there."));
+            widgets::paragraph(
+                ui,
+                &format!("This node's hub runs elsewhere ({hub}); new nodes join it there."),
+            );
             return;
         };
-        let pending = state.hub_access_pending.then_some("Moving the hub…");
+        let pending = state.add_node.moving.then_some("Moving the hub…");
         if let Some(pin) = &reach.pin {
             widgets::paragraph(
                 ui,
@@ -92,7 +94,7 @@ impl AddNodeSection {
                 outbox.send(Request::HubAccess(Access::Network(address)));
             }
         }
-        match &state.hub_access {
+        match &state.add_node.moved {
             Some(Ok(sentence)) => widgets::paragraph(ui, sentence),
             Some(Err(sentence)) => widgets::problem(ui, sentence),
             None => {}
@@ -154,19 +156,23 @@ mod page_tests {
     }
 
     fn local_hub() -> Reach {
-        Reach { address: "127.0.0.1:7070".parse().unwrap(), url: "http://127.0.0.1:7070".to_owned(), pin: None }
+        Reach {
+            address: "127.0.0.1:7070".parse().unwrap(),
+            url: "http://127.0.0.1:7070".to_owned(),
+            pin: None,
+        }
     }
 
     #[test]
     fn add_a_node_asks_the_service_then_shows_the_key_and_the_steps() {
         let mut state = testing::running();
-        state.hub_reach = Some(local_hub());
+        state.add_node.reach = Some(local_hub());
         let mut harness = section(state);
         assert!(shows(&harness, "for this machine only"));
         click(&mut harness, "Make a key for a new node");
         assert!(matches!(sent(&harness).as_slice(), [Request::AddNodeKey]), "the key wasn't asked for");
         // The window records it pending (app.rs) until the service's answer comes.
-        harness.state_mut().state.add_node_pending = true;
+        harness.state_mut().state.add_node.asking = true;
         harness.step();
         assert!(shows(&harness, "Asking the hub for a key…"));
 
@@ -178,8 +184,8 @@ mod page_tests {
             expires_ms: 0,
         };
         let state = &mut harness.state_mut().state;
-        state.add_node_pending = false;
-        state.add_node = Some(Ok(AddNode::Key(key)));
+        state.add_node.asking = false;
+        state.add_node.answer = Some(Ok(AddNode::Key(key)));
         harness.run_steps(2);
         assert!(shows(&harness, "A one-time key for a new node of gateway 'gw'"));
         assert!(harness.query_by_label("New node's key").is_some(), "the key isn't in a field to copy");
@@ -194,14 +200,15 @@ mod page_tests {
     fn a_full_gateway_shows_the_limit_and_no_admin_token_shows_the_command() {
         let mut state = testing::running();
         let limit = "gateway 'gw' already has 4 nodes (at most 4); remove a node or raise max_nodes";
-        state.add_node = Some(Ok(AddNode::Full(limit.to_owned())));
+        state.add_node.answer = Some(Ok(AddNode::Full(limit.to_owned())));
         let mut harness = section(state);
         assert!(shows(&harness, limit));
         assert!(harness.query_by_label("New node's key").is_none(), "a full gateway shows a key");
         assert!(shows(&harness, "hub runs elsewhere"), "a node without an embedded hub offers to move it");
 
         let command = "gatehouse hub key create gw --once --expires 30m".to_owned();
-        harness.state_mut().state.add_node = Some(Ok(AddNode::AskTheAdmin { command: command.clone() }));
+        harness.state_mut().state.add_node.answer =
+            Some(Ok(AddNode::AskTheAdmin { command: command.clone() }));
         harness.run_steps(2);
         assert!(shows(&harness, "doesn't hold its hub's admin token"));
         assert!(harness.query_by_label("Command for the hub's admin").is_some());
@@ -210,7 +217,7 @@ mod page_tests {
     #[test]
     fn opening_the_hub_sends_the_typed_address_and_a_bad_one_is_flagged() {
         let mut state = testing::running();
-        state.hub_reach = Some(local_hub());
+        state.add_node.reach = Some(local_hub());
         let mut harness = section(state);
         type_into(&mut harness, "Network address", "not an address");
         assert!(shows(&harness, "is not an IP address"));
@@ -228,7 +235,7 @@ mod page_tests {
 
         // On the network: the fingerprint, and the way back.
         let pin = CertPin([0xef; 32]);
-        harness.state_mut().state.hub_reach = Some(Reach {
+        harness.state_mut().state.add_node.reach = Some(Reach {
             address: "127.0.0.1:7443".parse().unwrap(),
             url: "https://127.0.0.1:7443".to_owned(),
             pin: Some(pin),
