@@ -564,8 +564,9 @@ async fn serve_peers(
 }
 
 /// One peer connection: TLS first when the gateway encrypts (plaintext is refused), then the
-/// Noise handshake against the current roster, both within the handshake deadline and holding
-/// `slot`; then the request.
+/// Noise handshake against the current roster and the request's first frame (which a replayed
+/// hello can't make), all within the handshake deadline and holding `slot`; then the rest of
+/// the request and the answer.
 async fn answer_peer(
     stream: tokio::net::TcpStream,
     shared: &Shared,
@@ -587,7 +588,7 @@ async fn answer_peer(
     let roster = shared.roster();
     match &shared.tls {
         None => {
-            let handshake = peer::accept(stream, &shared.key, &roster);
+            let handshake = peer::accept_request(stream, &shared.key, &roster);
             let session = tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, handshake)
                 .await
                 .map_err(|_| peer::PeerError::Timeout)??;
@@ -597,7 +598,7 @@ async fn answer_peer(
         Some(tls) => {
             let handshake = async {
                 let stream = tls.acceptor.accept(stream).await?;
-                peer::accept(stream, &shared.key, &roster).await
+                peer::accept_request(stream, &shared.key, &roster).await
             };
             let session = tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, handshake)
                 .await
