@@ -139,6 +139,23 @@ async fn sweep(state: HubState, shutdown: CancellationToken) {
     let hub_started_ms = state.db.clock_ms().await.unwrap_or_else(|_| db::now_ms());
     let mut tick = tokio::time::interval(state.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// A node's first heartbeat after its process started: whatever runs the hub has it holding
+/// were lost with the process before (killed or crashed, and back before it was Offline), so
+/// they go back to the queue now rather than wait for a sweep that would never come.
+pub(crate) async fn requeue_runs_of_restarted(
+    state: &HubState,
+    node_id: &str,
+    node_name: &str,
+    now_ms: i64,
+) -> Result<(), db::DbError> {
+    let requeued = state.db.requeue_runs_of_restarted_node(node_id, now_ms).await?;
+    if requeued > 0 {
+        tracing::info!(node = node_name, runs = requeued, "runs of a restarted node went back to the queue");
+        state.queue_signal.notify_waiters();
+    }
+    Ok(())
+}
+
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
     let (offline_after, handoff_timeout) =
         (millis(state.config.offline_after), millis(state.config.handoff_timeout));

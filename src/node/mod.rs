@@ -653,6 +653,9 @@ async fn heartbeat_loop(
                 }
             },
         }
+    // Until the hub answers a heartbeat of this process, it may still think this node holds
+    // runs a process before it (killed, crashed) had: this says they went with it.
+    let mut first_beat = true;
         let sample = service.metrics.sample();
         let mut metrics = NodeMetrics {
             available_memory_bytes: sample.available_memory_bytes,
@@ -691,9 +694,11 @@ async fn heartbeat_loop(
                 }
                 shared.set_roster(&answer.peers);
                 tokio::spawn(sync_credentials(Arc::clone(&shared), answer.peers.clone()));
+            restarted: first_beat,
                 worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
                 status.send_modify(|s| {
                     s.hub_connected = true;
+                first_beat = false;
                     s.hub_error = None;
                     s.role = answer.role;
                     s.state = Some(answer.status);
