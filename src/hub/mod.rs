@@ -53,6 +53,9 @@ pub struct HubConfig {
     pub public_status: bool,
     /// Open connections at most; more wait until one closes (`hub serve --max-connections`).
     pub max_connections: usize,
+    /// Open connections from one client address at most; more are closed at once
+    /// (`hub serve --max-connections-per-address`, default a quarter of `max_connections`).
+    pub max_connections_per_address: usize,
 }
 
 impl HubConfig {
@@ -71,6 +74,7 @@ impl HubConfig {
             public_metrics: false,
             public_status: false,
             max_connections: server::MAX_CONNECTIONS,
+            max_connections_per_address: server::per_address_default(server::MAX_CONNECTIONS),
         }
     }
 }
@@ -125,20 +129,16 @@ pub async fn serve(
         long_polls: Arc::default(),
     };
     let sweeper = tokio::spawn(sweep(state.clone(), shutdown.clone()));
-    let max_connections = state.config.max_connections;
-    let result = server::run(listener, tls, api::router(state), max_connections, shutdown.clone()).await;
+    let limits = server::Limits {
+        max_connections: state.config.max_connections,
+        per_address: state.config.max_connections_per_address,
+    };
+    let result = server::run(listener, tls, api::router(state), limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
     result
 }
 
-/// Puts the runs of nodes that went Offline back in the queue, forever, once the grace after
-/// this hub's start has passed.
-async fn sweep(state: HubState, shutdown: CancellationToken) {
-    let grace_ends = tokio::time::Instant::now() + state.config.sweep_grace;
-    let hub_started_ms = state.db.clock_ms().await.unwrap_or_else(|_| db::now_ms());
-    let mut tick = tokio::time::interval(state.config.sweep_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 /// A node's first heartbeat after its process started: whatever runs the hub has it holding
 /// were lost with the process before (killed or crashed, and back before it was Offline), so
 /// they go back to the queue now rather than wait for a sweep that would never come.
@@ -156,6 +156,13 @@ pub(crate) async fn requeue_runs_of_restarted(
     Ok(())
 }
 
+/// Puts the runs of nodes that went Offline back in the queue, forever, once the grace after
+/// this hub's start has passed.
+async fn sweep(state: HubState, shutdown: CancellationToken) {
+    let grace_ends = tokio::time::Instant::now() + state.config.sweep_grace;
+    let hub_started_ms = state.db.clock_ms().await.unwrap_or_else(|_| db::now_ms());
+    let mut tick = tokio::time::interval(state.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
     let (offline_after, handoff_timeout) =
         (millis(state.config.offline_after), millis(state.config.handoff_timeout));
