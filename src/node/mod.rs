@@ -72,6 +72,8 @@ pub enum NodeError {
     PeerPort { address: String, reason: std::io::Error },
     #[error("can't make this node's key pair for the peer channel: {0}")]
     PeerKey(#[from] peer::PeerError),
+    #[error("the hub's CA file {}: {reason}", path.display())]
+    HubCa { path: std::path::PathBuf, reason: String },
 }
 
 impl NodeError {
@@ -98,6 +100,23 @@ pub struct Registration {
     pub tls: Option<crate::cert::Identity>,
     /// PEM CA certificates to trust for the hub's HTTPS (a private CA); kept in node.toml.
     pub hub_ca: Option<String>,
+}
+
+/// The largest hub CA file read: a PEM bundle of a few CA certificates is far smaller.
+const MAX_HUB_CA_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file of CA certificates to trust for the hub's HTTPS (a private CA), for
+/// [`Registration::hub_ca`]: it must hold at least one certificate, and at most 1 MiB.
+pub fn read_hub_ca(path: &std::path::Path) -> Result<String, NodeError> {
+    let failed = |reason: String| NodeError::HubCa { path: path.to_owned(), reason };
+    let size = std::fs::metadata(path).map_err(|e| failed(format!("can't be read ({e})")))?.len();
+    if size > MAX_HUB_CA_BYTES {
+        return Err(failed("is larger than 1 MiB; give the PEM CA certificate".to_owned()));
+    }
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| failed(format!("can't be read as PEM text ({e})")))?;
+    crate::client::pem_roots(pem.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    Ok(pem)
 }
 
 /// The node's client of its hub: with its node token, through its proxy, trusting its hub CA.
@@ -635,6 +654,9 @@ async fn heartbeat_loop(
 ) {
     let mut hub_errors: u32 = 0;
     let mut wait: Duration;
+    // Until the hub answers a heartbeat of this process, it may still think this node holds
+    // runs a process before it (killed, crashed) had: this says they went with it.
+    let mut first_beat = true;
     // A deadline, not a sleep per turn: commands that don't beat must not delay the next beat.
     let mut next_beat = tokio::time::Instant::now();
     loop {
@@ -653,9 +675,6 @@ async fn heartbeat_loop(
                 }
             },
         }
-    // Until the hub answers a heartbeat of this process, it may still think this node holds
-    // runs a process before it (killed, crashed) had: this says they went with it.
-    let mut first_beat = true;
         let sample = service.metrics.sample();
         let mut metrics = NodeMetrics {
             available_memory_bytes: sample.available_memory_bytes,
@@ -676,9 +695,11 @@ async fn heartbeat_loop(
             metrics: metrics.clone(),
             peer_address: Some(shared.settings.peer_address.clone()),
             public_key: Some(shared.key.public().to_owned()),
+            restarted: first_beat,
         };
         match shared.client.heartbeat(&beat).await {
             Ok(answer) => {
+                first_beat = false;
                 if hub_errors > 0 {
                     tracing::info!("the hub answers again after {hub_errors} failed attempts");
                 }
@@ -694,11 +715,9 @@ async fn heartbeat_loop(
                 }
                 shared.set_roster(&answer.peers);
                 tokio::spawn(sync_credentials(Arc::clone(&shared), answer.peers.clone()));
-            restarted: first_beat,
                 worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
                 status.send_modify(|s| {
                     s.hub_connected = true;
-                first_beat = false;
                     s.hub_error = None;
                     s.role = answer.role;
                     s.state = Some(answer.status);
