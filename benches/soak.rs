@@ -163,7 +163,8 @@ impl Api {
         let mut all: Vec<JobView> = Vec::new();
         let mut until_ms: Option<i64> = None;
         loop {
-            let query = JobsQuery { limit: Some(500), since_ms: Some(since_ms), until_ms, ..JobsQuery::default() };
+            let query =
+                JobsQuery { limit: Some(500), since_ms: Some(since_ms), until_ms, ..JobsQuery::default() };
             let query = serde_urlencoded(&query);
             let page: Vec<JobView> = self
                 .get(&format!("/api/v1/gateways/{GATEWAY}/jobs?{query}"))
@@ -319,7 +320,11 @@ fn chaos_loop(
         });
         println!(
             "  {what}: {}",
-            if recovered { format!("whole again after {}", seconds(back.elapsed())) } else { "NOT whole again".to_owned() }
+            if recovered {
+                format!("whole again after {}", seconds(back.elapsed()))
+            } else {
+                "NOT whole again".to_owned()
+            }
         );
         match (recovered, what.starts_with("hub")) {
             (true, true) => blows.hubs_back += 1,
@@ -436,7 +441,8 @@ fn check_job(f: &mut Figures, s: &Submitted, job: &JobView) {
         f.problems.push(format!("job {}: {missing} runs missing", s.name));
     }
     for run in &job.runs {
-        let succeeded_attempts = run.attempts.iter().filter(|a| a.outcome == AttemptOutcome::Succeeded).count();
+        let succeeded_attempts =
+            run.attempts.iter().filter(|a| a.outcome == AttemptOutcome::Succeeded).count();
         if succeeded_attempts > 1 {
             f.runs_duplicated += 1;
             f.problems.push(format!("run {} of {}: {succeeded_attempts} attempts succeeded", run.id, s.name));
@@ -494,7 +500,9 @@ fn unix_ms() -> i64 {
 fn report_logs(hub: &cluster::Hub, nodes: &[cluster::Node]) {
     let mut panics = 0;
     for (who, log) in std::iter::once(("hub".to_owned(), hub.process.stderr())).chain(
-        nodes.iter().map(|n| (n.name.clone(), n.process.as_ref().map(process::Spawned::stderr).unwrap_or_default())),
+        nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.process.as_ref().map(process::Spawned::stderr).unwrap_or_default())),
     ) {
         let panicked: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
         panics += panicked.len();
@@ -521,14 +529,12 @@ fn print_figures(
         "jobs submitted: taken / taken (answer lost) / not",
         format!("{} / {} / {}", f.jobs_taken, f.jobs_taken_unanswered, f.jobs_refused),
     );
-    let refusals: BTreeMap<String, usize> = submitted.iter().filter_map(|s| s.refused.clone()).fold(
-        BTreeMap::new(),
-        |mut m, r| {
+    let refusals: BTreeMap<String, usize> =
+        submitted.iter().filter_map(|s| s.refused.clone()).fold(BTreeMap::new(), |mut m, r| {
             let short: String = r.chars().take(70).collect();
             *m.entry(short).or_default() += 1;
             m
-        },
-    );
+        });
     for (why, n) in refusals.iter().take(4) {
         row(&format!("  not taken ×{n}"), why.clone());
     }
@@ -540,10 +546,19 @@ fn print_figures(
     row("node kills -9: survived / made", format!("{} / {}", blows.nodes_back, blows.node_kills));
     row(
         "hub restarts: survived / made (SIGTERM + kill -9)",
-        format!("{} / {} ({} + {})", blows.hubs_back, blows.hub_restarts + blows.hub_kills, blows.hub_restarts, blows.hub_kills),
+        format!(
+            "{} / {} ({} + {})",
+            blows.hubs_back,
+            blows.hub_restarts + blows.hub_kills,
+            blows.hub_restarts,
+            blows.hub_kills
+        ),
     );
     row("dispatch latency p50 / p90 / p99 (ms)", quantiles(&f.dispatch));
-    row("dispatch latency max", f.dispatch.last().map_or_else(String::new, |d| format!("{} ms", d.as_millis())));
+    row(
+        "dispatch latency max",
+        f.dispatch.last().map_or_else(String::new, |d| format!("{} ms", d.as_millis())),
+    );
     row(
         "chaos over → every job over",
         if drained { seconds(drain_time) } else { format!("not within {}", seconds(DRAIN_TIMEOUT)) },

@@ -665,7 +665,16 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
     let home = tempfile::tempdir().unwrap();
     let mut hub = spawn_gatehouse(
         // All from 127.0.0.1: the per-address cap (a quarter by default) is lifted to the overall one.
-        &["hub", "serve", "--listen", "127.0.0.1:0", "--max-connections", "20", "--max-connections-per-address", "20"],
+        &[
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "20",
+            "--max-connections-per-address",
+            "20",
+        ],
         &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
     );
     let addr = address(&hub.read_line_matching("listening on ", Duration::from_secs(30)));
@@ -705,7 +714,16 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
 fn connections_beyond_one_addresss_cap_are_closed_at_once_until_one_of_its_own_closes() {
     let home = tempfile::tempdir().unwrap();
     let mut hub = spawn_gatehouse(
-        &["hub", "serve", "--listen", "127.0.0.1:0", "--max-connections", "40", "--max-connections-per-address", "5"],
+        &[
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "40",
+            "--max-connections-per-address",
+            "5",
+        ],
         &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
     );
     let addr = address(&hub.read_line_matching("listening on ", Duration::from_secs(30)));

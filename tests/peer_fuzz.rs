@@ -228,7 +228,10 @@ fn plan(rng: &mut StdRng, target: &Target) -> (&'static str, Plan) {
         1 => {
             let claimed: u16 = rng.random_range(257..=u16::MAX);
             let tail = rng.random_range(0..64);
-            ("oversized length", Plan::Raw([claimed.to_be_bytes().to_vec(), random_bytes(rng, tail)].concat()))
+            (
+                "oversized length",
+                Plan::Raw([claimed.to_be_bytes().to_vec(), random_bytes(rng, tail)].concat()),
+            )
         }
         2 => ("one byte of a length", Plan::Raw(vec![rng.random()])),
         3 => ("empty frames", Plan::Raw([0u8, 0].repeat(rng.random_range(1..6)))),
@@ -349,7 +352,8 @@ fn authenticated(rng: &mut StdRng, recorded: &Recorded) -> (&'static str, Plan) 
 async fn run_case(target: &Target, what: &str, plan: Plan, rng: &mut StdRng) -> Result<bool, String> {
     let (mut stream, handshook) = match plan {
         Plan::Raw(bytes) => {
-            let mut stream = TcpStream::connect(&target.address).await.map_err(|e| format!("connect: {e}"))?;
+            let mut stream =
+                TcpStream::connect(&target.address).await.map_err(|e| format!("connect: {e}"))?;
             // The node may close before reading everything: that is fine.
             let _ = stream.write_all(&bytes).await;
             (stream, false)
@@ -490,7 +494,12 @@ fn member_ping(caller: &Node, target: &Node) -> Result<PeerResponse, String> {
 fn assert_alive_and_calm(nodes: &mut [Node], when: &str) {
     for node in nodes {
         let process = node.process.as_mut().unwrap();
-        assert!(process.child.try_wait().unwrap().is_none(), "{} died {when}: {}", node.name, process.stderr());
+        assert!(
+            process.child.try_wait().unwrap().is_none(),
+            "{} died {when}: {}",
+            node.name,
+            process.stderr()
+        );
         let log = process.stderr();
         assert!(!log.contains("panicked"), "{} panicked {when}:\n{log}", node.name);
     }
@@ -498,18 +507,23 @@ fn assert_alive_and_calm(nodes: &mut [Node], when: &str) {
 
 #[test]
 fn random_and_mutated_frames_get_nothing_and_break_nothing() {
-    let seed = std::env::var("GATEHOUSE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed =
+        std::env::var("GATEHOUSE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("peer fuzz seed {seed} (GATEHOUSE_FUZZ_SEED={seed} replays it)");
     let (hub, mut nodes) = cluster::gateway(2);
     nodes[0].set_credential("warehouse", VALUE);
     wait_until(Duration::from_secs(30), "both nodes to report the same credentials", || {
         let list = hub.nodes("lake");
-        let digests: Vec<&serde_json::Value> = list.iter().map(|n| &n["metrics"]["credential_digest"]).collect();
+        let digests: Vec<&serde_json::Value> =
+            list.iter().map(|n| &n["metrics"]["credential_digest"]).collect();
         let names = String::from_utf8_lossy(
             &gatehouse(nodes[1].home.path(), &["node", "credential", "list"], &[]).stdout,
         )
         .into_owned();
-        names.contains("warehouse") && digests.len() == 2 && digests[0].is_string() && digests[0] == digests[1]
+        names.contains("warehouse")
+            && digests.len() == 2
+            && digests[0].is_string()
+            && digests[0] == digests[1]
     });
     let before = stored(&hub, &nodes);
 
@@ -558,7 +572,11 @@ fn random_and_mutated_frames_get_nothing_and_break_nothing() {
     for (target, node) in targets.iter().zip(&nodes) {
         let most = replay_flood(target, node_pid(node));
         eprintln!("{} held at most {most} file descriptors under {REPLAY_FLOOD} replayed hellos", node.name);
-        assert!(most < 150, "{} held {most} file descriptors under {REPLAY_FLOOD} replayed hellos", node.name);
+        assert!(
+            most < 150,
+            "{} held {most} file descriptors under {REPLAY_FLOOD} replayed hellos",
+            node.name
+        );
     }
 
     // Both nodes still answer each other's authenticated pings: Online at the hub (a node

@@ -137,8 +137,10 @@ pub async fn run(
     let app = app.layer(axum::middleware::map_request(bound_body));
     let acceptor = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let addresses =
-        Arc::new(PerAddress { cap: limits.per_address.max(1), state: Mutex::new(PerAddressState::default()) });
+    let addresses = Arc::new(PerAddress {
+        cap: limits.per_address.max(1),
+        state: Mutex::new(PerAddressState::default()),
+    });
     let connections = TaskTracker::new();
     loop {
         let slot = tokio::select! {

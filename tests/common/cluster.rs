@@ -59,7 +59,8 @@ impl Hub {
         let address = self.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let mut args = vec!["hub", "serve", "--listen", &address];
         args.extend(self.extra.iter().map(String::as_str));
-        let mut process = spawn_gatehouse(&args, &[("GATEHOUSE_HOME", self.home_dir.path().to_str().unwrap())]);
+        let mut process =
+            spawn_gatehouse(&args, &[("GATEHOUSE_HOME", self.home_dir.path().to_str().unwrap())]);
         let url = process.read_line_matching("listening on ", Duration::from_secs(30));
         assert_eq!(url, self.url, "the hub came back on its address");
         self.process = process;
