@@ -209,12 +209,15 @@ fn not_a_request(rng: &mut StdRng) -> Vec<u8> {
     choices[rng.random_range(0..choices.len())].clone()
 }
 
+/// Builds what a case sends after a genuine handshake, from the session's transport state.
+type AfterHandshake = Box<dyn FnOnce(&mut snow::TransportState, &mut StdRng) -> Vec<u8> + Send>;
+
 /// What one case sends before the test stops sending.
 enum Plan {
     /// Bytes sent on a fresh connection, no handshake of the test's own.
     Raw(Vec<u8>),
     /// A genuine handshake first, then these bytes (built from its transport state).
-    AfterHandshake(Box<dyn FnOnce(&mut snow::TransportState, &mut StdRng) -> Vec<u8> + Send>),
+    AfterHandshake(AfterHandshake),
 }
 
 fn plan(rng: &mut StdRng, target: &Target) -> (&'static str, Plan) {

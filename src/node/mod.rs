@@ -644,6 +644,31 @@ fn peer_key(store: &Store, secrets: &mut Secrets) -> Result<peer::StaticKey, Nod
     Ok(key)
 }
 
+/// What this node reports with a heartbeat.
+fn measure(
+    service: &mut NodeService,
+    shared: &Shared,
+    worker: &worker::Worker,
+    hub_errors: u32,
+) -> NodeMetrics {
+    let sample = service.metrics.sample();
+    let mut metrics = NodeMetrics {
+        available_memory_bytes: sample.available_memory_bytes,
+        total_memory_bytes: sample.total_memory_bytes,
+        cpu_percent: sample.cpu_percent,
+        network_in_bytes_per_second: sample.network_in_bytes_per_second,
+        network_out_bytes_per_second: sample.network_out_bytes_per_second,
+        runs_running: worker.running(),
+        runs_limit: worker.limit(),
+        unreachable_peers: shared.unreachable_peers(),
+        encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
+        hub_errors,
+        ..NodeMetrics::default()
+    };
+    shared.report_credentials(&mut metrics);
+    metrics
+}
+
 async fn heartbeat_loop(
     mut service: NodeService,
     shared: Arc<Shared>,
@@ -654,9 +679,7 @@ async fn heartbeat_loop(
 ) {
     let mut hub_errors: u32 = 0;
     let mut wait: Duration;
-    // Until the hub answers a heartbeat of this process, it may still think this node holds
-    // runs a process before it (killed, crashed) had: this says they went with it.
-    let mut first_beat = true;
+    let mut first_beat = true; // Heartbeat::restarted, until a beat is answered
     // A deadline, not a sleep per turn: commands that don't beat must not delay the next beat.
     let mut next_beat = tokio::time::Instant::now();
     loop {
@@ -675,21 +698,7 @@ async fn heartbeat_loop(
                 }
             },
         }
-        let sample = service.metrics.sample();
-        let mut metrics = NodeMetrics {
-            available_memory_bytes: sample.available_memory_bytes,
-            total_memory_bytes: sample.total_memory_bytes,
-            cpu_percent: sample.cpu_percent,
-            network_in_bytes_per_second: sample.network_in_bytes_per_second,
-            network_out_bytes_per_second: sample.network_out_bytes_per_second,
-            runs_running: worker.running(),
-            runs_limit: worker.limit(),
-            unreachable_peers: shared.unreachable_peers(),
-            encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
-            hub_errors,
-            ..NodeMetrics::default()
-        };
-        shared.report_credentials(&mut metrics);
+        let metrics = measure(&mut service, &shared, &worker, hub_errors);
         let beat = Heartbeat {
             version: crate::VERSION.to_owned(),
             metrics: metrics.clone(),
