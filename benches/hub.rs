@@ -314,6 +314,7 @@ fn start_heartbeats(node: Arc<Node>, first_after: Duration, stop: CancellationTo
             metrics: NodeMetrics::default(),
             peer_address: None,
             public_key: None,
+            restarted: false,
         };
         let mut next = tokio::time::Instant::now() + first_after;
         let mut paused = false;

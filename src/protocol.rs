@@ -302,6 +302,12 @@ pub struct Heartbeat {
     /// by an older version announces the key it made on upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// The first heartbeat of this node process (sent until one is answered): runs the hub
+    /// thinks this node was handed or runs were lost with the process before it (killed or
+    /// crashed, then started again before the hub saw it Offline), and go back to the queue.
+    /// Left out when false, so a node's other beats stay readable by an older hub.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restarted: bool,
 }
 
 /// What the hub tells a node on each heartbeat.

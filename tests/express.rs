@@ -356,3 +356,61 @@ fn node_run_starts_the_embedded_hub_of_an_express_data_dir() {
         "the embedded hub still holds {address} after node run stopped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kept_admin_token_rotates_from_the_node_and_a_stale_copy_says_what_to_do() {
+    use gatehouse::node::ops::{self, OpError};
+    use gatehouse::protocol::TokenKind;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path().join("data"));
+    let shutdown = CancellationToken::new();
+    let outcome =
+        bounded("express setup", express_setup(&store, &loopback(None), shutdown.clone())).await.unwrap();
+    let hub = outcome.hub.expect("express setup started no embedded hub");
+    let first = store.secrets().unwrap().hub_admin_token.unwrap();
+
+    // Viewer and metrics tokens through the kept admin token: made, listed, revoked.
+    let made = bounded("a viewer token", ops::create_hub_token(&store, TokenKind::Viewer)).await.unwrap();
+    assert!(made.to_string().contains(&made.0.token), "the new token isn't shown: {made}");
+    assert!(!format!("{made:?}").contains(&made.0.token), "the token is in Debug output");
+    let listed = bounded("the tokens", ops::hub_tokens(&store)).await.unwrap();
+    assert!(listed.0.iter().any(|t| t.id == made.0.id && t.revoked_ms.is_none()), "{listed:?}");
+    bounded("revoking", ops::revoke_hub_token(&store, &made.0.id)).await.unwrap();
+    let listed = bounded("the tokens", ops::hub_tokens(&store)).await.unwrap();
+    assert!(listed.0.iter().any(|t| t.id == made.0.id && t.revoked_ms.is_some()), "{listed:?}");
+
+    // Rotated from the node: the sealed copy follows, the old token stops working.
+    bounded("rotating", ops::rotate_hub_admin_token(&store)).await.unwrap();
+    let second = store.secrets().unwrap().hub_admin_token.unwrap();
+    assert_ne!(second, first, "the sealed copy wasn't replaced");
+    let old = HubClient::new(&hub.url, &first).unwrap().tokens().await;
+    assert!(matches!(old, Err(gatehouse::client::ClientError::Refused { status: 401, .. })), "{old:?}");
+    bounded("the tokens with the new one", ops::hub_tokens(&store)).await.unwrap();
+
+    // Rotated elsewhere (as `gatehouse hub token rotate` does): the node's copy is stale, and
+    // it says so, and what to do, instead of a bare 401.
+    let elsewhere = HubClient::new(&hub.url, &second).unwrap().rotate_admin_token().await.unwrap().token;
+    let stale = bounded("the tokens with a stale copy", ops::hub_tokens(&store)).await.unwrap_err();
+    assert!(matches!(stale, OpError::StaleAdminToken), "{stale}");
+    assert!(stale.to_string().contains("gatehouse node hub-token set"), "{stale}");
+    let thresholds = ops::Thresholds {
+        policy: gatehouse::protocol::Policy::Distribute,
+        cpu_percent: 90,
+        memory_percent: 90,
+        aggregation_minutes: 5,
+        queue_timeout_seconds: 60,
+        bandwidth_limit_mbps: 0,
+    };
+    let refused = bounded("thresholds with a stale copy", ops::set_thresholds(&store, thresholds)).await;
+    assert!(matches!(refused, Err(OpError::StaleAdminToken)), "{refused:?}");
+
+    // Given the current one (checked with the hub first), the node works again.
+    let wrong = bounded("a wrong token", ops::set_hub_admin_token(&store, "not-the-token")).await;
+    assert!(matches!(wrong, Err(OpError::NotTheAdminToken)), "{wrong:?}");
+    assert_eq!(store.secrets().unwrap().hub_admin_token.as_deref(), Some(second.as_str()));
+    bounded("the current token", ops::set_hub_admin_token(&store, &format!(" {elsewhere}\n"))).await.unwrap();
+    assert_eq!(store.secrets().unwrap().hub_admin_token.as_deref(), Some(elsewhere.as_str()));
+    bounded("the tokens again", ops::hub_tokens(&store)).await.unwrap();
+    shutdown.cancel();
+    bounded("the hub to stop", hub.stopped()).await.unwrap();
+}

@@ -1,7 +1,8 @@
 //! The hub under abuse from loopback, as real processes: a thousand idle connections and a few
 //! that trickle their headers (the hub closes them, and heartbeats and a job get through
-//! meanwhile), connections beyond `--max-connections` (they wait for a place), one node token
-//! opening many waiting claims (refused beyond the limit), a waiting claim beside another
+//! meanwhile), connections beyond `--max-connections` (they wait for a place) and beyond
+//! `--max-connections-per-address` (closed at once, until one of that address's closes), one
+//! node token opening many waiting claims (refused beyond the limit), a waiting claim beside another
 //! process's SQLite write lock (it only reads), a seeded fuzz of random and mutated requests
 //! (never a 500, the hub stays up, nothing stored changes on a refusal), and two hubs on one
 //! PostgreSQL whose process clocks disagree (the lease and Offline follow the database's
@@ -170,7 +171,9 @@ fn closed_by_hub(stream: &mut TcpStream, limit: Instant) -> bool {
 
 #[test]
 fn a_thousand_idle_connections_and_trickled_headers_neither_stop_heartbeats_nor_stay_open() {
-    let (hub, _nodes) = cluster::gateway(2);
+    // Here the attacker shares the nodes' address (127.0.0.1), as it wouldn't on a network:
+    // the per-address cap would shut the nodes out with it, so it is lifted to the overall one.
+    let (hub, _nodes) = cluster::gateway_with(2, &["--max-connections-per-address", "2048"]);
     let addr = address(&hub.url);
 
     let mut idle: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(&addr).unwrap()).collect();
@@ -661,7 +664,17 @@ fn two_hubs_on_one_postgres_with_disagreeing_clocks_agree_on_the_lease_and_who_i
 fn connections_beyond_the_cap_wait_until_one_closes() {
     let home = tempfile::tempdir().unwrap();
     let mut hub = spawn_gatehouse(
-        &["hub", "serve", "--listen", "127.0.0.1:0", "--max-connections", "20"],
+        // All from 127.0.0.1: the per-address cap (a quarter by default) is lifted to the overall one.
+        &[
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "20",
+            "--max-connections-per-address",
+            "20",
+        ],
         &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
     );
     let addr = address(&hub.read_line_matching("listening on ", Duration::from_secs(30)));
@@ -694,6 +707,61 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "the waiting connection got {answer:?}");
     drop(held);
+    assert_healthy(&hub, &addr);
+}
+
+#[test]
+fn connections_beyond_one_addresss_cap_are_closed_at_once_until_one_of_its_own_closes() {
+    let home = tempfile::tempdir().unwrap();
+    let mut hub = spawn_gatehouse(
+        &[
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "40",
+            "--max-connections-per-address",
+            "5",
+        ],
+        &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
+    );
+    let addr = address(&hub.read_line_matching("listening on ", Duration::from_secs(30)));
+    let _token = hub.read_admin_token(Duration::from_secs(10));
+    // Five connections that never send a request hold this address's places (the overall cap
+    // has room for 35 more)…
+    let mut held: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    // …so a sixth from the same address is closed at once, without an answer, where one
+    // beyond the overall cap would wait for a place.
+    let mut refused = TcpStream::connect(&addr).unwrap();
+    let _ = refused
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes());
+    refused.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut answer = Vec::new();
+    let ended = refused.read_to_end(&mut answer);
+    let waited = ended
+        .as_ref()
+        .is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    assert!(!waited, "the sixth connection was kept open (waiting for a place)");
+    assert!(answer.is_empty(), "the sixth connection was served: {}", String::from_utf8_lossy(&answer));
+
+    // One of the five closes: the address has a place again.
+    drop(held.pop());
+    let mut health = send(&addr, "GET", "/healthz", &[], b"");
+    for _ in 0..50 {
+        if health.status == 200 {
+            break;
+        }
+        // The hub may not have seen the close yet.
+        std::thread::sleep(Duration::from_millis(100));
+        health = send(&addr, "GET", "/healthz", &[], b"");
+    }
+    assert_eq!(health.status, 200, "{health:?}");
+    drop(held);
+    // The log reaches us through a pipe read on another thread: wait for it (bounded).
+    cluster::wait_until(Duration::from_secs(10), "the refusal in the hub's log", || {
+        hub.stderr().contains("--max-connections-per-address")
+    });
     assert_healthy(&hub, &addr);
 }
 

@@ -1,7 +1,8 @@
 //! Three real `gatehouse node run` processes and a real hub on loopback: one node becomes the
 //! dispatcher and hands runs to all three over the peer channel; `distribute` spreads them,
 //! `primary` fills the first node first; kill -9 of the dispatcher mid-job loses and
-//! duplicates nothing. Every wait is bounded.
+//! duplicates nothing; a node killed and started again at once gives back the run it had.
+//! Every wait is bounded.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
@@ -112,4 +113,32 @@ fn killing_the_dispatcher_loses_and_duplicates_no_run() {
         runs.iter().any(|r| r["attempt"].as_u64().unwrap() > 1),
         "no run was re-queued from the killed node"
     );
+}
+
+#[test]
+fn a_node_killed_and_started_again_before_it_goes_offline_gives_back_its_runs() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let mut node = Node::start(&key, "n1", &[]);
+    wait_until(Duration::from_secs(30), "n1 Online", || {
+        hub.nodes("sales").iter().any(|n| n["status"] == "Online")
+    });
+    // A run far longer than the test waits, so it still runs when its node dies.
+    let id = submit(&hub, 600_000, 1);
+    wait_until(Duration::from_secs(20), "the run to be running", || {
+        hub.admin(&["job", "show", &id])["runs"][0]["state"] == "running"
+    });
+    // Killed and back at once: the hub never sees it Offline, so no sweep gives the run back.
+    node.process.as_mut().unwrap().kill9();
+    node.run(&[]);
+    let mut job = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the run to go back to the queue and start again", || {
+        job = hub.admin(&["job", "show", &id]);
+        job["runs"][0]["attempt"] == 2 && job["runs"][0]["state"] == "running"
+    });
+    let attempts = job["runs"][0]["attempts"].as_array().unwrap();
+    let lost = attempts.iter().find(|a| a["attempt"] == 1).unwrap();
+    assert_eq!(lost["outcome"], "lost", "{job}");
+    assert!(lost["reason"].as_str().unwrap().contains("n1 restarted"), "{job}");
+    hub.admin(&["job", "cancel", &id]);
 }

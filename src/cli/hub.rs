@@ -71,6 +71,11 @@ pub struct ServeArgs {
     /// that sends no request for 10 s is closed).
     #[arg(long, default_value_t = hub::server::MAX_CONNECTIONS, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
     pub max_connections: usize,
+    /// Keep at most this many connections open from one client address; more are closed at
+    /// once (default: a quarter of --max-connections). Nodes behind one address (one machine,
+    /// one NAT) share it.
+    #[arg(long, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    pub max_connections_per_address: Option<usize>,
 }
 
 pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
@@ -140,6 +145,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_metrics: args.public_metrics,
         public_status: args.public_status,
         max_connections: args.max_connections,
+        max_connections_per_address: args
+            .max_connections_per_address
+            .unwrap_or_else(|| hub::server::per_address_default(args.max_connections)),
         ..HubConfig::new(public_url)
     };
     hub::serve(listener, tls, db, config, shutdown).await.context("serving the hub")?;

@@ -89,6 +89,20 @@ pub enum NodeCommand {
         #[arg(long, value_name = "IP[:PORT]", value_parser = parse_address)]
         address: Option<std::net::SocketAddr>,
     },
+    /// The hub's admin token this node keeps (express setup with the hub in this data dir):
+    /// rotate it from here, or give it the current one after a rotation elsewhere.
+    #[command(subcommand)]
+    HubToken(HubTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubTokenCommand {
+    /// Replace the hub's admin token with the one this node keeps; the new one is kept here
+    /// (sealed, never shown), the old one stops working everywhere.
+    Rotate,
+    /// Keep this admin token in place of the one this node has (after `gatehouse hub token
+    /// rotate`); it is read from the first line of standard input and checked with the hub.
+    Set,
 }
 
 /// `node hub-access`'s choice.
@@ -251,6 +265,16 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             }
         }
         NodeCommand::Credential(command) => credential(&store, command)?,
+        NodeCommand::HubToken(HubTokenCommand::Rotate) => {
+            println!("{}", runtime.block_on(ops::rotate_hub_admin_token(&store))?);
+        }
+        NodeCommand::HubToken(HubTokenCommand::Set) => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("The hub's admin token (shown as you type; pipe it in to avoid that): ");
+            }
+            let token = super::stdin_line("the admin token")?;
+            println!("{}", runtime.block_on(ops::set_hub_admin_token(&store, &token))?);
+        }
         NodeCommand::LogLevel { level } => {
             let level = ops::set_log_level(&store, &level)?;
             println!("{level}; a running node applies it within seconds");

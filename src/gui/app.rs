@@ -136,7 +136,7 @@ impl ConfigManager {
         }
         while let Some(event) = self.worker.try_recv() {
             match event {
-                worker::Event::For(worker::Page::Wizard, event) => self.wizard.certificate.apply(event),
+                worker::Event::For(worker::Page::Wizard, event) => self.wizard.apply(event),
                 worker::Event::For(worker::Page::Settings, event) => self.settings.apply(event),
                 worker::Event::For(worker::Page::Diagnostics, event) => self.diagnostics.apply(event),
                 worker::Event::For(worker::Page::Checker, event) => self.certificate.apply(event),

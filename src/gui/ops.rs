@@ -11,6 +11,7 @@ use super::service::{CertificateChoice, load_identity};
 use crate::node::NodeStatus;
 use crate::node::ops::{self as node_ops, OpError, Replace};
 use crate::node::store::Store;
+use crate::protocol::{TokenInfo, TokenKind};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -32,6 +33,15 @@ pub enum Op {
     SetThresholds(Thresholds),
     /// Whether this node holds the hub's admin token, so the window may offer thresholds.
     CheckAdminToken,
+    /// The hub's viewer and metrics tokens (with the admin token this node holds), one per
+    /// line: [`token_line`].
+    ListHubTokens,
+    /// A new viewer or metrics token at the hub; the answer shows it this once.
+    CreateHubToken(TokenKind),
+    /// Revoke a viewer or metrics token by id.
+    RevokeHubToken(String),
+    /// Replace the hub's admin token; this node keeps the new one.
+    RotateAdminToken,
     /// The HTTP(S) proxy to reach the hub through; `None`: none.
     SetProxy(Option<String>),
     /// The credential names, one per line (never values).
@@ -72,6 +82,10 @@ impl fmt::Debug for Op {
             Op::SetConcurrency(limit) => f.debug_tuple("SetConcurrency").field(limit).finish(),
             Op::SetThresholds(thresholds) => f.debug_tuple("SetThresholds").field(thresholds).finish(),
             Op::CheckAdminToken => f.write_str("CheckAdminToken"),
+            Op::ListHubTokens => f.write_str("ListHubTokens"),
+            Op::CreateHubToken(kind) => f.debug_tuple("CreateHubToken").field(kind).finish(),
+            Op::RevokeHubToken(id) => f.debug_tuple("RevokeHubToken").field(id).finish(),
+            Op::RotateAdminToken => f.write_str("RotateAdminToken"),
             Op::SetProxy(proxy) => f.debug_tuple("SetProxy").field(proxy).finish(),
             Op::ListCredentials => f.write_str("ListCredentials"),
             Op::SetCredential { name, .. } => {
@@ -99,6 +113,10 @@ pub enum OpKind {
     Concurrency,
     Thresholds,
     AdminToken,
+    /// The answer is the tokens, one [`token_line`] a line.
+    HubTokenList,
+    /// A hub token made or revoked, or the admin token rotated.
+    HubTokens,
     Proxy,
     /// The answer is the names, one per line (names can't hold line breaks).
     CredentialList,
@@ -128,6 +146,8 @@ impl Op {
             Op::SetConcurrency(_) => OpKind::Concurrency,
             Op::SetThresholds(_) => OpKind::Thresholds,
             Op::CheckAdminToken => OpKind::AdminToken,
+            Op::ListHubTokens => OpKind::HubTokenList,
+            Op::CreateHubToken(_) | Op::RevokeHubToken(_) | Op::RotateAdminToken => OpKind::HubTokens,
             Op::SetProxy(_) => OpKind::Proxy,
             Op::ListCredentials => OpKind::CredentialList,
             Op::SetCredential { .. } | Op::DeleteCredential(_) => OpKind::Credentials,
@@ -213,6 +233,16 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
         Op::CheckAdminToken => {
             answer(node_ops::admin_token(store).map(|_| "this node holds the hub's admin token".to_owned()))
         }
+        Op::ListHubTokens => answer(
+            node_ops::hub_tokens(store)
+                .await
+                .map(|tokens| tokens.0.iter().map(token_line).collect::<Vec<_>>().join("\n")),
+        ),
+        Op::CreateHubToken(kind) => {
+            answer(node_ops::create_hub_token(store, kind).await.map(|d| d.to_string()))
+        }
+        Op::RevokeHubToken(id) => answer(node_ops::revoke_hub_token(store, &id).await.map(|d| d.to_string())),
+        Op::RotateAdminToken => answer(node_ops::rotate_hub_admin_token(store).await.map(|d| d.to_string())),
         Op::SetProxy(proxy) => changed(node_ops::set_proxy(store, proxy.as_deref()).map(|d| d.to_string())),
         Op::ListCredentials => Outcome::answer(
             crate::node::credentials::load(store)
@@ -267,6 +297,18 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
             )
         }
     }
+}
+
+/// One hub token as the list answer carries it: id, kind, when made and when revoked (empty
+/// if not), tab-separated (none of them holds a tab).
+pub fn token_line(token: &TokenInfo) -> String {
+    let revoked = token.revoked_ms.map(crate::encoding::utc_timestamp).unwrap_or_default();
+    format!(
+        "{}\t{}\t{}\t{revoked}",
+        token.id,
+        token.kind.as_str(),
+        crate::encoding::utc_timestamp(token.created_ms)
+    )
 }
 
 /// Runs file-heavy or CPU-heavy work off the runtime's worker threads.

@@ -48,6 +48,9 @@ pub struct ManualSetup {
     /// `None`: no encryption.
     pub certificate: Option<CertificateChoice>,
     pub port: u16,
+    /// A PEM file of the CA that signed the hub's HTTPS certificate (a private CA); `None`:
+    /// the system's roots.
+    pub hub_ca: Option<PathBuf>,
 }
 
 /// A certificate file and its password (PFX); the password stays in memory only.
@@ -434,13 +437,20 @@ impl Backend {
                 }
             },
         };
+        let hub_ca = match setup.hub_ca.as_deref().map(node::read_hub_ca).transpose() {
+            Ok(hub_ca) => hub_ca,
+            Err(e) => {
+                self.events.send(Event::SetupFailed { page: SetupPage::Key, message: e.to_string() });
+                return;
+            }
+        };
         let registration = node::Registration {
             key: setup.key,
             name: Some(setup.name),
             peer_port: setup.port,
             peer_address: self.defaults.peer_host.as_ref().map(|host| format!("{host}:{}", setup.port)),
             tls,
-            hub_ca: None,
+            hub_ca,
         };
         match node::register(&self.store, registration).await {
             Ok(settings) => {

@@ -7,7 +7,7 @@ use super::certificate::{self, CertificatePage, Outcome};
 use super::outbox::Outbox;
 use super::service::{CertificateChoice, ManualSetup, Request, SetupPage};
 use super::widgets;
-use super::worker::{Page, Worker};
+use super::worker::{Answer, Command, FilePurpose, Page, Worker};
 use crate::cert::Verdict;
 use std::path::PathBuf;
 
@@ -20,6 +20,9 @@ pub struct Wizard {
     pub encrypt: bool,
     pub certificate: CertificatePage,
     pub port: String,
+    /// A PEM file of the hub's private CA, for a hub whose HTTPS certificate the system
+    /// doesn't trust (empty: none).
+    pub hub_ca: String,
     /// Setup was sent and no answer came yet.
     pub busy: bool,
     /// The last error, on the page it belongs to.
@@ -36,8 +39,18 @@ impl Wizard {
             encrypt: false,
             certificate: CertificatePage::default(),
             port: peer_port.to_string(),
+            hub_ca: String::new(),
             busy: false,
             error: None,
+        }
+    }
+
+    /// Takes in a finished background answer: the hub CA file chosen, else the certificate's.
+    pub fn apply(&mut self, answer: Answer) {
+        match answer {
+            Answer::FilePicked(FilePurpose::HubCa, Some(path)) => self.hub_ca = path.display().to_string(),
+            Answer::FilePicked(FilePurpose::HubCa, None) => {}
+            other => self.certificate.apply(other),
         }
     }
 
@@ -99,6 +112,7 @@ impl Wizard {
             name: self.name.trim().to_owned(),
             certificate,
             port,
+            hub_ca: Some(self.hub_ca.trim()).filter(|p| !p.is_empty()).map(PathBuf::from),
         })
     }
 }
@@ -109,7 +123,7 @@ pub fn wizard_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox, worke
     ui.add_space(8.0);
     match wizard.page {
         SetupPage::Welcome => welcome_ui(ui, wizard, service),
-        SetupPage::Key => key_ui(ui, wizard),
+        SetupPage::Key => key_ui(ui, wizard, worker),
         SetupPage::Name => name_ui(ui, wizard),
         SetupPage::Encryption => encryption_ui(ui, wizard, service, worker),
     }
@@ -141,7 +155,7 @@ fn welcome_ui(ui: &mut egui::Ui, wizard: &mut Wizard, service: &Outbox) {
     }
 }
 
-fn key_ui(ui: &mut egui::Ui, wizard: &mut Wizard) {
+fn key_ui(ui: &mut egui::Ui, wizard: &mut Wizard, worker: &Worker) {
     ui.label(egui::RichText::new("Step 1 of 3: auth key").strong());
     ui.label("Paste one of the gateway's two auth keys. It names the hub and the gateway.");
     ui.horizontal(|ui| {
@@ -157,6 +171,16 @@ fn key_ui(ui: &mut egui::Ui, wizard: &mut Wizard) {
         Err(problem) => {
             widgets::warning(ui, problem);
         }
+    }
+    ui.add_space(6.0);
+    ui.label(
+        "Only for a hub whose HTTPS certificate comes from a private CA (one this computer doesn't \
+         trust): its CA certificate, as a PEM file. The node keeps it.",
+    );
+    let choose = ui
+        .horizontal(|ui| widgets::file_field(ui, "Hub CA file", &mut wizard.hub_ca, "/etc/ssl/our-ca.pem").1);
+    if choose.inner {
+        worker.send(Page::Wizard, Command::PickFile(FilePurpose::HubCa));
     }
     error_ui(ui, wizard.error_on(SetupPage::Key));
     nav_ui(ui, wizard, check.is_ok(), SetupPage::Welcome, SetupPage::Name);
@@ -346,12 +370,41 @@ mod page_tests {
         };
         assert_eq!((setup.key.as_str(), setup.name.as_str(), setup.port), (key().as_str(), "n2", 9100));
         assert!(setup.certificate.is_none(), "a certificate without encryption");
+        assert!(setup.hub_ca.is_none(), "a hub CA nobody gave");
         assert!(shows(&harness, "Registering…"));
 
         harness.state_mut().page.failed(SetupPage::Name, "A node named n2 is already registered.".to_owned());
         harness.step();
         assert_eq!(harness.state().page.page, SetupPage::Name, "the refusal didn't lead to its page");
         assert!(shows(&harness, "A node named n2 is already registered."));
+    }
+
+    #[test]
+    fn a_hub_ca_file_typed_or_chosen_on_the_key_page_goes_with_the_registration() {
+        let mut harness = wizard(SetupPage::Key);
+        assert!(shows(&harness, "Only for a hub whose HTTPS certificate comes from a private CA"));
+        type_into(&mut harness, "Hub CA file", "/typed/ca.pem");
+        assert_eq!(harness.state().page.hub_ca, "/typed/ca.pem");
+        // The file dialog's answer lands in the field, not in the certificate's.
+        harness
+            .state_mut()
+            .page
+            .apply(Answer::FilePicked(FilePurpose::HubCa, Some(PathBuf::from("/etc/ssl/private-ca.pem"))));
+        harness.state_mut().page.apply(Answer::FilePicked(FilePurpose::HubCa, None));
+        harness.step();
+        assert_eq!(harness.state().page.hub_ca, "/etc/ssl/private-ca.pem", "a cancelled dialog cleared it");
+        assert!(harness.state().page.certificate.path.is_empty());
+
+        let typed = &mut harness.state_mut().page;
+        typed.key = key();
+        typed.page = SetupPage::Encryption;
+        harness.step();
+        click(&mut harness, "Register");
+        let asked = sent(&harness);
+        let [Request::Register(setup)] = asked.as_slice() else {
+            panic!("{} requests, not Register", asked.len())
+        };
+        assert_eq!(setup.hub_ca.as_deref(), Some(std::path::Path::new("/etc/ssl/private-ca.pem")));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum FilePurpose {
     Restore,
     /// Where to write the exported logs (a zip).
     LogExport,
+    /// The PEM CA certificate of a hub with a private CA (the setup wizard).
+    HubCa,
 }
 
 /// Which page asked, so the answer goes back to it.
@@ -146,6 +148,11 @@ fn pick_file(purpose: FilePurpose) -> Option<PathBuf> {
         FilePurpose::Restore => dialog
             .set_title("Choose a node backup")
             .add_filter("Gatehouse backups", &["backup"])
+            .add_filter("All files", &["*"])
+            .pick_file(),
+        FilePurpose::HubCa => dialog
+            .set_title("Choose the hub's CA certificate")
+            .add_filter("PEM certificates", &["pem", "crt", "cer"])
             .add_filter("All files", &["*"])
             .pick_file(),
         FilePurpose::LogExport => dialog

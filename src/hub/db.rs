@@ -1198,6 +1198,35 @@ impl Db {
         Ok(done.rows_affected())
     }
 
+    /// Puts back in the queue every unfinished run held by `node_id` (handed to it or
+    /// running there), because the node's process restarted and lost them: attempt raised,
+    /// queue time reset to `now_ms`, the lost attempt kept in the history with the reason.
+    /// Returns how many runs went back.
+    pub async fn requeue_runs_of_restarted_node(&self, node_id: &str, now_ms: i64) -> Result<u64> {
+        const HELD: &str = "node_id = $1 AND state IN ('dispatched', 'running')";
+        let mut tx = self.write().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO run_attempts (run_id, attempt, node_id, node_name, outcome, error, ended_ms, started_ms) \
+             SELECT id, attempt, node_id, node_name, 'lost', 'node ' || COALESCE(node_name, '?') || \
+             ' restarted (its process ended before the run did)', $2, started_ms \
+             FROM runs WHERE {HELD} ON CONFLICT (run_id, attempt) DO NOTHING"
+        )))
+        .bind(node_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET state = 'queued', attempt = attempt + 1, node_id = NULL, node_name = NULL, progress = NULL, \
+             dispatched_ms = NULL, started_ms = NULL, queued_ms = $2 WHERE {HELD}"
+        )))
+        .bind(node_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     /// The nodes of a gateway that hold copy runs (dispatched or running), each once: they
     /// share the gateway's bandwidth limit.
     pub async fn copying_nodes(&self, gateway_id: &str) -> Result<Vec<String>> {

@@ -56,6 +56,9 @@ pub struct HubConfig {
     /// open to the network): the keys for adding nodes it makes carry it, so a joining node
     /// trusts the certificate without a CA.
     pub pin: Option<crate::protocol::CertPin>,
+    /// Open connections from one client address at most; more are closed at once
+    /// (`hub serve --max-connections-per-address`, default a quarter of `max_connections`).
+    pub max_connections_per_address: usize,
 }
 
 impl HubConfig {
@@ -75,6 +78,7 @@ impl HubConfig {
             public_status: false,
             max_connections: server::MAX_CONNECTIONS,
             pin: None,
+            max_connections_per_address: server::per_address_default(server::MAX_CONNECTIONS),
         }
     }
 }
@@ -129,11 +133,31 @@ pub async fn serve(
         long_polls: Arc::default(),
     };
     let sweeper = tokio::spawn(sweep(state.clone(), shutdown.clone()));
-    let max_connections = state.config.max_connections;
-    let result = server::run(listener, tls, api::router(state), max_connections, shutdown.clone()).await;
+    let limits = server::Limits {
+        max_connections: state.config.max_connections,
+        per_address: state.config.max_connections_per_address,
+    };
+    let result = server::run(listener, tls, api::router(state), limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
     result
+}
+
+/// A node's first heartbeat after its process started: whatever runs the hub has it holding
+/// were lost with the process before (killed or crashed, and back before it was Offline), so
+/// they go back to the queue now rather than wait for a sweep that would never come.
+pub(crate) async fn requeue_runs_of_restarted(
+    state: &HubState,
+    node_id: &str,
+    node_name: &str,
+    now_ms: i64,
+) -> Result<(), db::DbError> {
+    let requeued = state.db.requeue_runs_of_restarted_node(node_id, now_ms).await?;
+    if requeued > 0 {
+        tracing::info!(node = node_name, runs = requeued, "runs of a restarted node went back to the queue");
+        state.queue_signal.notify_waiters();
+    }
+    Ok(())
 }
 
 /// Puts the runs of nodes that went Offline back in the queue, forever, once the grace after

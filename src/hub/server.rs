@@ -1,7 +1,7 @@
-//! The hub's HTTP/1 server under the router: the accept loop with a cap on open connections,
-//! TLS handshakes off that loop, a deadline for each request's headers (which also ends idle
-//! connections), a bound on how long a request body may trickle, and a bounded drain at
-//! shutdown. A client that connects and sends nothing, or sends a byte now and then, can't
+//! The hub's HTTP/1 server under the router: the accept loop with a cap on open connections
+//! (overall, and per client address), TLS handshakes off that loop, a deadline for each
+//! request's headers (which also ends idle connections), a bound on how long a request body
+//! may trickle, and a bounded drain at shutdown. A client that connects and sends nothing, or sends a byte now and then, can't
 //! hold a connection for long, so idle sockets can't crowd out the nodes' heartbeats.
 
 use axum::Router;
@@ -10,7 +10,9 @@ use axum::extract::Request;
 use futures_util::StreamExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -25,6 +27,15 @@ use tokio_util::task::TaskTracker;
 /// reports each) and some admins need, and below the file limit the systemd unit sets
 /// (`LimitNOFILE`).
 pub const MAX_CONNECTIONS: usize = 2048;
+/// The default cap on connections open from one client address
+/// (`hub serve --max-connections-per-address`): a quarter of the overall cap, so one address
+/// can't hold every place, while nodes that share an address (several on one machine, or
+/// behind one NAT) still fit.
+pub fn per_address_default(max_connections: usize) -> usize {
+    (max_connections / 4).max(1)
+}
+/// A client address beyond its cap is named at WARN at most this often.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(60);
 /// A client has this long to send a request's headers, counted from when the hub is ready to
 /// read them: a new connection that sends nothing and a keep-alive connection left idle are
 /// closed after it, as is one that trickles its headers. Nodes send a heartbeat every second.
@@ -47,19 +58,89 @@ enum BodyError {
     Read(axum::Error),
 }
 
-/// Serves `app` on `listener` (HTTPS when `tls` is given), with at most `max_connections`
-/// open, until `shutdown` is cancelled, then lets requests in flight finish (for a bounded
-/// time).
+/// How many connections the hub keeps open.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Open connections from one client address at most; more are closed at once.
+    pub per_address: usize,
+}
+
+/// Connections open per client address; a place is given back when its [`AddressSlot`] drops.
+struct PerAddress {
+    cap: usize,
+    state: Mutex<PerAddressState>,
+}
+
+#[derive(Default)]
+struct PerAddressState {
+    open: HashMap<IpAddr, usize>,
+    /// When a refusal was last logged at WARN, and how many went unlogged since.
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+struct AddressSlot {
+    addresses: Arc<PerAddress>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.addresses.state.lock()
+            && let Some(count) = state.open.get_mut(&self.address)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.open.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl PerAddress {
+    /// A place for a connection from `address`, or `None` (logged) when it has its cap open.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        // std Mutex, never held across .await.
+        let mut state = self.state.lock().ok()?;
+        let open = state.open.get(&address).copied().unwrap_or(0);
+        if open < self.cap {
+            state.open.insert(address, open + 1);
+            return Some(AddressSlot { addresses: Arc::clone(self), address });
+        }
+        let now = Instant::now();
+        if state.logged.is_none_or(|at| now.duration_since(at) >= REFUSALS_LOGGED_EVERY) {
+            let unlogged = std::mem::take(&mut state.unlogged);
+            state.logged = Some(now);
+            tracing::warn!(
+                %address,
+                "closed a connection at once: this address has {open} open, the most one address may have (--max-connections-per-address); {unlogged} more refused since the last such line"
+            );
+        } else {
+            state.unlogged += 1;
+            tracing::debug!(%address, "closed a connection at once: this address has {open} open");
+        }
+        None
+    }
+}
+
+/// Serves `app` on `listener` (HTTPS when `tls` is given) within `limits`, until `shutdown`
+/// is cancelled, then lets requests in flight finish (for a bounded time).
 pub async fn run(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
-    max_connections: usize,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = app.layer(axum::middleware::map_request(bound_body));
     let acceptor = tls.map(TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let addresses = Arc::new(PerAddress {
+        cap: limits.per_address.max(1),
+        state: Mutex::new(PerAddressState::default()),
+    });
     let connections = TaskTracker::new();
     loop {
         let slot = tokio::select! {
@@ -81,10 +162,16 @@ pub async fn run(
                 }
             },
         };
+        let Some(address_slot) = addresses.admit(peer.ip()) else {
+            drop((stream, slot));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (app, stop, acceptor) = (app.clone(), shutdown.clone(), acceptor.clone());
         connections.spawn(async move {
-            let _slot = slot;
+            // The address's place first: once the overall one is free the loop may accept the
+            // next connection from this address at once, and must find its place free too.
+            let _slots = (address_slot, slot);
             let Some(acceptor) = acceptor else {
                 return serve_connection(stream, app, stop).await;
             };

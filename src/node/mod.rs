@@ -73,6 +73,8 @@ pub enum NodeError {
     PeerPort { address: String, reason: std::io::Error },
     #[error("can't make this node's key pair for the peer channel: {0}")]
     PeerKey(#[from] peer::PeerError),
+    #[error("the hub's CA file {}: {reason}", path.display())]
+    HubCa { path: std::path::PathBuf, reason: String },
 }
 
 impl NodeError {
@@ -99,6 +101,23 @@ pub struct Registration {
     pub tls: Option<crate::cert::Identity>,
     /// PEM CA certificates to trust for the hub's HTTPS (a private CA); kept in node.toml.
     pub hub_ca: Option<String>,
+}
+
+/// The largest hub CA file read: a PEM bundle of a few CA certificates is far smaller.
+const MAX_HUB_CA_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file of CA certificates to trust for the hub's HTTPS (a private CA), for
+/// [`Registration::hub_ca`]: it must hold at least one certificate, and at most 1 MiB.
+pub fn read_hub_ca(path: &std::path::Path) -> Result<String, NodeError> {
+    let failed = |reason: String| NodeError::HubCa { path: path.to_owned(), reason };
+    let size = std::fs::metadata(path).map_err(|e| failed(format!("can't be read ({e})")))?.len();
+    if size > MAX_HUB_CA_BYTES {
+        return Err(failed("is larger than 1 MiB; give the PEM CA certificate".to_owned()));
+    }
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| failed(format!("can't be read as PEM text ({e})")))?;
+    crate::client::pem_roots(pem.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    Ok(pem)
 }
 
 /// The node's client of its hub: with its node token, through its proxy, trusting its hub CA.
@@ -572,8 +591,9 @@ async fn serve_peers(
 }
 
 /// One peer connection: TLS first when the gateway encrypts (plaintext is refused), then the
-/// Noise handshake against the current roster, both within the handshake deadline and holding
-/// `slot`; then the request.
+/// Noise handshake against the current roster and the request's first frame (which a replayed
+/// hello can't make), all within the handshake deadline and holding `slot`; then the rest of
+/// the request and the answer.
 async fn answer_peer(
     stream: tokio::net::TcpStream,
     shared: &Shared,
@@ -595,7 +615,7 @@ async fn answer_peer(
     let roster = shared.roster();
     match &shared.tls {
         None => {
-            let handshake = peer::accept(stream, &shared.key, &roster);
+            let handshake = peer::accept_request(stream, &shared.key, &roster);
             let session = tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, handshake)
                 .await
                 .map_err(|_| peer::PeerError::Timeout)??;
@@ -605,7 +625,7 @@ async fn answer_peer(
         Some(tls) => {
             let handshake = async {
                 let stream = tls.acceptor.accept(stream).await?;
-                peer::accept(stream, &shared.key, &roster).await
+                peer::accept_request(stream, &shared.key, &roster).await
             };
             let session = tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, handshake)
                 .await
@@ -632,6 +652,31 @@ fn peer_key(store: &Store, secrets: &mut Secrets) -> Result<peer::StaticKey, Nod
     Ok(key)
 }
 
+/// What this node reports with a heartbeat.
+fn measure(
+    service: &mut NodeService,
+    shared: &Shared,
+    worker: &worker::Worker,
+    hub_errors: u32,
+) -> NodeMetrics {
+    let sample = service.metrics.sample();
+    let mut metrics = NodeMetrics {
+        available_memory_bytes: sample.available_memory_bytes,
+        total_memory_bytes: sample.total_memory_bytes,
+        cpu_percent: sample.cpu_percent,
+        network_in_bytes_per_second: sample.network_in_bytes_per_second,
+        network_out_bytes_per_second: sample.network_out_bytes_per_second,
+        runs_running: worker.running(),
+        runs_limit: worker.limit(),
+        unreachable_peers: shared.unreachable_peers(),
+        encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
+        hub_errors,
+        ..NodeMetrics::default()
+    };
+    shared.report_credentials(&mut metrics);
+    metrics
+}
+
 async fn heartbeat_loop(
     mut service: NodeService,
     shared: Arc<Shared>,
@@ -642,6 +687,7 @@ async fn heartbeat_loop(
 ) {
     let mut hub_errors: u32 = 0;
     let mut wait: Duration;
+    let mut first_beat = true; // Heartbeat::restarted, until a beat is answered
     // A deadline, not a sleep per turn: commands that don't beat must not delay the next beat.
     let mut next_beat = tokio::time::Instant::now();
     loop {
@@ -660,29 +706,17 @@ async fn heartbeat_loop(
                 }
             },
         }
-        let sample = service.metrics.sample();
-        let mut metrics = NodeMetrics {
-            available_memory_bytes: sample.available_memory_bytes,
-            total_memory_bytes: sample.total_memory_bytes,
-            cpu_percent: sample.cpu_percent,
-            network_in_bytes_per_second: sample.network_in_bytes_per_second,
-            network_out_bytes_per_second: sample.network_out_bytes_per_second,
-            runs_running: worker.running(),
-            runs_limit: worker.limit(),
-            unreachable_peers: shared.unreachable_peers(),
-            encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
-            hub_errors,
-            ..NodeMetrics::default()
-        };
-        shared.report_credentials(&mut metrics);
+        let metrics = measure(&mut service, &shared, &worker, hub_errors);
         let beat = Heartbeat {
             version: crate::VERSION.to_owned(),
             metrics: metrics.clone(),
             peer_address: Some(shared.settings.peer_address.clone()),
             public_key: Some(shared.key.public().to_owned()),
+            restarted: first_beat,
         };
         match shared.client.heartbeat(&beat).await {
             Ok(answer) => {
+                first_beat = false;
                 if hub_errors > 0 {
                     tracing::info!("the hub answers again after {hub_errors} failed attempts");
                 }

@@ -38,6 +38,18 @@ pub enum OpError {
         "this node doesn't hold the hub's admin token, so the gateway's settings are changed by the hub's admin: gatehouse hub gateway set"
     )]
     NoAdminToken,
+    #[error(
+        "the hub refused the admin token this node keeps: it was replaced (with `gatehouse hub token rotate`, or from another machine). Give this node the current one with `gatehouse node hub-token set` (the token on standard input); nothing was changed"
+    )]
+    StaleAdminToken,
+    #[error("the hub refused that admin token (it isn't the hub's current one); nothing was saved")]
+    NotTheAdminToken,
+    #[error("the admin token is empty; give the hub's current admin token")]
+    EmptyAdminToken,
+    #[error(
+        "the hub made a new admin token (the old one no longer works), but this node couldn't keep it ({reason}). Write it down now, then give it back with `gatehouse node hub-token set`: {token}"
+    )]
+    AdminTokenNotKept { token: Shown, reason: String },
     #[error("thresholds are percentages from 0 to 100 (0 turns a limit off)")]
     NotAPercentage,
     /// The hub refused or couldn't be reached; with its hint when it gave one.
@@ -47,6 +59,21 @@ pub enum OpError {
     Place(String),
     #[error("can't {action} {}: {reason}", path.display())]
     Io { action: &'static str, path: PathBuf, reason: String },
+}
+
+/// A secret that a sentence must show (the one chance to keep it), kept out of `Debug`.
+pub struct Shown(pub String);
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 fn with_hint(error: &ClientError) -> String {
@@ -242,9 +269,141 @@ pub struct Thresholds {
     pub bandwidth_limit_mbps: u32,
 }
 
-/// The hub's admin token, if this node holds it (express setup with the embedded hub).
+/// The hub's admin token, if this node holds it (express setup with the embedded hub, or
+/// given with [`set_hub_admin_token`]).
 pub fn admin_token(store: &Store) -> Result<String> {
     store.secrets()?.hub_admin_token.ok_or(OpError::NoAdminToken)
+}
+
+/// A client of this node's hub with the admin token this node holds.
+fn admin_client(store: &Store) -> Result<(crate::client::HubClient, NodeSettings)> {
+    let token = admin_token(store)?;
+    let settings = store.settings()?;
+    let client = super::hub_client(&settings, &token).map_err(OpError::Hub)?;
+    Ok((client, settings))
+}
+
+/// A refusal of the admin token this node keeps: stale (401) says so and what to do.
+fn admin_refusal(error: ClientError) -> OpError {
+    match error {
+        ClientError::Refused { status: 401, .. } => OpError::StaleAdminToken,
+        other => OpError::Hub(other),
+    }
+}
+
+/// The hub's purpose tokens, as [`hub_tokens`] lists them (never the tokens themselves).
+#[derive(Debug, Clone)]
+pub struct HubTokens(pub Vec<crate::protocol::TokenInfo>);
+
+/// Lists the hub's viewer and metrics tokens, with the admin token this node holds.
+pub async fn hub_tokens(store: &Store) -> Result<HubTokens> {
+    let (client, _) = admin_client(store)?;
+    Ok(HubTokens(client.tokens().await.map_err(admin_refusal)?))
+}
+
+/// A token [`create_hub_token`] made: shown in full this once.
+pub struct HubTokenCreated(pub crate::protocol::CreatedToken);
+
+impl fmt::Debug for HubTokenCreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubTokenCreated").field("id", &self.0.id).field("token", &"***").finish()
+    }
+}
+
+impl fmt::Display for HubTokenCreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let created = &self.0;
+        let how = match created.kind {
+            crate::protocol::TokenKind::Viewer => {
+                "open the hub's address in a browser and give it as the password (any user name)"
+            }
+            crate::protocol::TokenKind::Metrics => "Prometheus sends it as a bearer token to /metrics",
+        };
+        write!(
+            f,
+            "{} token {} made; it is shown in full only this once (the hub keeps only its hash): {} ({how})",
+            created.kind.as_str(),
+            created.id,
+            created.token
+        )
+    }
+}
+
+/// Makes a viewer or metrics token at the hub, with the admin token this node holds.
+pub async fn create_hub_token(store: &Store, kind: crate::protocol::TokenKind) -> Result<HubTokenCreated> {
+    let (client, _) = admin_client(store)?;
+    Ok(HubTokenCreated(client.create_token(kind).await.map_err(admin_refusal)?))
+}
+
+/// The token [`revoke_hub_token`] revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubTokenRevoked(pub String);
+
+impl fmt::Display for HubTokenRevoked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "token {} revoked; it no longer works", self.0)
+    }
+}
+
+/// Revokes a viewer or metrics token by id, with the admin token this node holds.
+pub async fn revoke_hub_token(store: &Store, id: &str) -> Result<HubTokenRevoked> {
+    let (client, _) = admin_client(store)?;
+    client.revoke_token(id).await.map_err(admin_refusal)?;
+    Ok(HubTokenRevoked(id.to_owned()))
+}
+
+/// What [`rotate_hub_admin_token`] and [`set_hub_admin_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminTokenKept {
+    /// A new token was made at the hub, and kept here.
+    Rotated,
+    /// The token given was checked with the hub, and kept here.
+    Given,
+}
+
+impl fmt::Display for AdminTokenKept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminTokenKept::Rotated => f.write_str(
+                "the hub's admin token was replaced; this node keeps the new one sealed, and the old one no longer works anywhere",
+            ),
+            AdminTokenKept::Given => {
+                f.write_str("the hub took the admin token; this node keeps it sealed in place of the old one")
+            }
+        }
+    }
+}
+
+/// Replaces the hub's admin token with a new one, with the one this node holds, and keeps
+/// the new one in the sealed secrets (the hub keeps only its hash, so nothing else has it).
+/// The secrets are written once before the hub is asked, so a node that can't keep the new
+/// token finds out before the old one stops working.
+pub async fn rotate_hub_admin_token(store: &Store) -> Result<AdminTokenKept> {
+    let (client, _) = admin_client(store)?;
+    store.save_secrets(&store.secrets()?)?;
+    let token = client.rotate_admin_token().await.map_err(admin_refusal)?.token;
+    if let Err(e) = store.remember_hub_admin_token(&token) {
+        return Err(OpError::AdminTokenNotKept { token: Shown(token), reason: e.to_string() });
+    }
+    Ok(AdminTokenKept::Rotated)
+}
+
+/// Keeps `token` as this node's copy of the hub's admin token (one rotated elsewhere, with
+/// `gatehouse hub token rotate`), once the hub has taken it.
+pub async fn set_hub_admin_token(store: &Store, token: &str) -> Result<AdminTokenKept> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(OpError::EmptyAdminToken);
+    }
+    let settings = store.settings()?;
+    let client = super::hub_client(&settings, token).map_err(OpError::Hub)?;
+    match client.tokens().await {
+        Ok(_) => {}
+        Err(ClientError::Refused { status: 401, .. }) => return Err(OpError::NotTheAdminToken),
+        Err(e) => return Err(OpError::Hub(e)),
+    }
+    store.remember_hub_admin_token(token)?;
+    Ok(AdminTokenKept::Given)
 }
 
 /// The gateway whose settings [`set_thresholds`] saved.
@@ -269,9 +428,7 @@ pub async fn set_thresholds(store: &Store, thresholds: Thresholds) -> Result<Thr
     if thresholds.cpu_percent > 100 || thresholds.memory_percent > 100 {
         return Err(OpError::NotAPercentage);
     }
-    let token = admin_token(store)?;
-    let settings = store.settings()?;
-    let client = super::hub_client(&settings, &token).map_err(OpError::Hub)?;
+    let (client, settings) = admin_client(store)?;
     let update = SettingsPatch {
         policy: Some(thresholds.policy),
         cpu_threshold: Some(thresholds.cpu_percent),
@@ -281,7 +438,7 @@ pub async fn set_thresholds(store: &Store, thresholds: Thresholds) -> Result<Thr
         bandwidth_limit_mbps: Some(thresholds.bandwidth_limit_mbps),
         ..SettingsPatch::default()
     };
-    let view = client.update_settings(&settings.gateway_id, &update).await.map_err(OpError::Hub)?;
+    let view = client.update_settings(&settings.gateway_id, &update).await.map_err(admin_refusal)?;
     Ok(ThresholdsSaved { gateway: view.name })
 }
 

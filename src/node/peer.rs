@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 /// The Noise protocol of the peer channel.
 pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// Binds every handshake to this protocol and its version.
-const PROLOGUE: &[u8] = b"gatehouse peer channel v2";
+pub const PROLOGUE: &[u8] = b"gatehouse peer channel v2";
 /// A peer gets this long for a whole exchange.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An answering node gives a connection this long to authenticate (TLS and Noise handshakes).
@@ -194,6 +194,9 @@ pub struct Session<S> {
     noise: snow::TransportState,
     /// The peer's node id, from the roster (the asking side: the node it called).
     pub peer: String,
+    /// The start of the next message, read ahead by [`accept_request`]: its data so far, and
+    /// whether it is complete.
+    begun: Option<(Vec<u8>, bool)>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -218,25 +221,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Receives one message; any frame that doesn't open (forged, altered, replayed,
     /// reordered) ends the session with an error.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, PeerError> {
-        let mut frame = vec![0u8; MAX_NOISE_MESSAGE];
-        let mut plain = vec![0u8; MAX_NOISE_MESSAGE];
         // Grows as authenticated bytes arrive, never reserved ahead.
-        let mut body = Vec::new();
-        loop {
-            let message = read_raw(&mut self.stream, &mut frame, MAX_NOISE_MESSAGE).await?;
-            let len = self.noise.read_message(message, &mut plain)?;
-            let (&more, data) = plain[..len]
-                .split_first()
-                .ok_or_else(|| PeerError::Protocol("an empty transport message".to_owned()))?;
-            if body.len() + data.len() > MAX_MESSAGE_BYTES {
-                return Err(PeerError::FrameTooLarge(body.len() + data.len(), MAX_MESSAGE_BYTES));
-            }
-            body.extend_from_slice(data);
-            if more == 0 {
-                break;
-            }
+        let (mut body, mut complete) = self.begun.take().unwrap_or_default();
+        while !complete {
+            complete = self.read_frame(&mut body).await?;
         }
         serde_json::from_slice(&body).map_err(|e| PeerError::Protocol(e.to_string()))
+    }
+
+    /// Reads and opens one transport frame, adding its data to `body`; true when it was the
+    /// message's last.
+    async fn read_frame(&mut self, body: &mut Vec<u8>) -> Result<bool, PeerError> {
+        let mut frame = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut plain = vec![0u8; MAX_NOISE_MESSAGE];
+        let message = read_raw(&mut self.stream, &mut frame, MAX_NOISE_MESSAGE).await?;
+        let len = self.noise.read_message(message, &mut plain)?;
+        let (&more, data) = plain[..len]
+            .split_first()
+            .ok_or_else(|| PeerError::Protocol("an empty transport message".to_owned()))?;
+        if body.len() + data.len() > MAX_MESSAGE_BYTES {
+            return Err(PeerError::FrameTooLarge(body.len() + data.len(), MAX_MESSAGE_BYTES));
+        }
+        body.extend_from_slice(data);
+        Ok(more == 0)
     }
 
     /// The answering side's second half: reads the request, lets `handle` answer it, sends
@@ -276,7 +283,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     let message = read_raw(&mut stream, &mut frame, MAX_HANDSHAKE_FRAME).await?;
     handshake.read_message(message, &mut buffer)?;
     let noise = handshake.into_transport_mode()?;
-    Ok(Session { stream, noise, peer: peer.node_id.clone() })
+    Ok(Session { stream, noise, peer: peer.node_id.clone(), begun: None })
 }
 
 /// The answering side's handshake: accepts a caller whose key is in `roster` only.
@@ -297,7 +304,25 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let len = handshake.write_message(&[], &mut buffer)?;
     write_raw(&mut stream, &buffer[..len]).await?;
     let noise = handshake.into_transport_mode()?;
-    Ok(Session { stream, noise, peer: member.node_id.clone() })
+    Ok(Session { stream, noise, peer: member.node_id.clone(), begun: None })
+}
+
+/// The answering side up to the first frame of the request: the handshake against `roster`,
+/// then that frame opened. IK's first message can be replayed by anyone who recorded it, and
+/// the answering side can't tell; only the first transport frame proves that the caller holds
+/// the key now. So a connection counts as authenticated (and gives back its handshake slot)
+/// only once this returns: a flood of replayed hellos holds no more than unauthenticated
+/// connections do.
+pub async fn accept_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    me: &StaticKey,
+    roster: &[Member],
+) -> Result<Session<S>, PeerError> {
+    let mut session = accept(stream, me, roster).await?;
+    let mut body = Vec::new();
+    let complete = session.read_frame(&mut body).await?;
+    session.begun = Some((body, complete));
+    Ok(session)
 }
 
 /// The asking side: authenticate on `stream` against `peer`'s pinned key, send `request`,

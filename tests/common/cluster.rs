@@ -12,6 +12,8 @@ pub struct Hub {
     pub url: String,
     pub token: String,
     home_dir: tempfile::TempDir,
+    /// `hub serve` flags beyond `--listen`, kept for a restart.
+    extra: Vec<String>,
 }
 
 /// A registered node, running unless stopped.
@@ -24,14 +26,19 @@ pub struct Node {
 
 impl Hub {
     pub fn start() -> Hub {
+        Hub::start_with(&[])
+    }
+
+    /// Starts a hub with `hub serve` flags beyond `--listen`.
+    pub fn start_with(extra: &[&str]) -> Hub {
         let home = tempfile::tempdir().unwrap();
-        let mut process = spawn_gatehouse(
-            &["hub", "serve", "--listen", "127.0.0.1:0"],
-            &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
-        );
+        let mut args = vec!["hub", "serve", "--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        let mut process = spawn_gatehouse(&args, &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
         let url = process.read_line_matching("listening on ", Duration::from_secs(30));
         let token = process.read_admin_token(Duration::from_secs(10));
-        Hub { process, url, token, home_dir: home }
+        let extra = extra.iter().map(|&a| a.to_owned()).collect();
+        Hub { process, url, token, home_dir: home, extra }
     }
 
     /// Stops the hub (SIGTERM), leaves it down for `down`, and starts it again on the same
@@ -50,10 +57,10 @@ impl Hub {
     /// Starts a stopped hub again on the same address and database.
     pub fn start_again(&mut self) {
         let address = self.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let mut process = spawn_gatehouse(
-            &["hub", "serve", "--listen", &address],
-            &[("GATEHOUSE_HOME", self.home_dir.path().to_str().unwrap())],
-        );
+        let mut args = vec!["hub", "serve", "--listen", &address];
+        args.extend(self.extra.iter().map(String::as_str));
+        let mut process =
+            spawn_gatehouse(&args, &[("GATEHOUSE_HOME", self.home_dir.path().to_str().unwrap())]);
         let url = process.read_line_matching("listening on ", Duration::from_secs(30));
         assert_eq!(url, self.url, "the hub came back on its address");
         self.process = process;
@@ -164,7 +171,12 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
 
 /// A hub, a gateway named `lake` with `distribute`, and `count` running nodes, all Online.
 pub fn gateway(count: usize) -> (Hub, Vec<Node>) {
-    let hub = Hub::start();
+    gateway_with(count, &[])
+}
+
+/// [`gateway`] with a hub started with `hub serve` flags beyond `--listen`.
+pub fn gateway_with(count: usize, hub_flags: &[&str]) -> (Hub, Vec<Node>) {
+    let hub = Hub::start_with(hub_flags);
     let key = hub.create_gateway("lake", &["--policy", "distribute"]);
     let nodes: Vec<Node> = (1..=count).map(|i| Node::start(&key, &format!("n{i}"), &[])).collect();
     wait_until(Duration::from_secs(30), "every node Online with a dispatcher", || {

@@ -138,6 +138,9 @@ pub(super) async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     // The database's clock on PostgreSQL: every hub on it agrees on leases and Offline.
     let now = state.db.clock_ms().await?;
+    if beat.restarted {
+        crate::hub::requeue_runs_of_restarted(&state, &node.id, &node.name, now).await?;
+    }
     let mut nodes = state.db.nodes(&node.gateway_id).await?;
     let peer_address = match beat.peer_address.as_deref().map(str::trim) {
         Some(address) if !address.is_empty() => address.to_owned(),
