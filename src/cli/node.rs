@@ -2,6 +2,7 @@
 //! unregister. The Configuration Manager drives the same `node` library code.
 
 use crate::host::Host;
+use crate::node::control::ControlGroup;
 use crate::node::logs::LogFeed;
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::Store;
@@ -16,7 +17,13 @@ pub enum NodeCommand {
     /// Register this machine with a gateway, using one of the gateway's auth keys.
     Register(RegisterArgs),
     /// Run the node service in the foreground (what systemd starts).
-    Run,
+    Run {
+        /// Share the control socket (and nothing else of the data dir) with this group, whose
+        /// members may then attach a window or run `node status|stop`: the system unit's
+        /// `--control-group gatehouse`. A name or a gid; the service must run as a member.
+        #[arg(long, env = "GATEHOUSE_CONTROL_GROUP", value_name = "GROUP")]
+        control_group: Option<String>,
+    },
     /// Start the node service in the background (through systemd when installed as its unit).
     Start,
     /// Stop the running node service (a window's too); its runs drain first.
@@ -199,15 +206,29 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
                 settings.node_name, settings.gateway_name, settings.hub_url
             );
         }
-        NodeCommand::Run => runtime.block_on(run_service(store))?,
-        NodeCommand::Start => runtime.block_on(super::service::start(&store))?,
-        NodeCommand::Stop => runtime.block_on(super::service::stop(&store))?,
-        NodeCommand::Restart => runtime.block_on(super::service::restart(&store))?,
+        NodeCommand::Run { control_group } => {
+            let group = control_group.as_deref().map(ControlGroup::lookup).transpose()?;
+            runtime.block_on(run_service(store, group))?;
+        }
+        NodeCommand::Start => {
+            let target = runtime.block_on(super::service::target(&store))?;
+            runtime.block_on(super::service::start(&target))?;
+        }
+        NodeCommand::Stop => {
+            let target = runtime.block_on(super::service::target(&store))?;
+            runtime.block_on(super::service::stop(&target))?;
+        }
+        NodeCommand::Restart => {
+            let target = runtime.block_on(super::service::target(&store))?;
+            runtime.block_on(super::service::restart(&target))?;
+        }
         NodeCommand::Status { json } => {
-            let live = runtime.block_on(live_status(store.dir()));
-            status(&store, live, json)?;
+            // This data dir's service, else the system service (as a window attaches).
+            let target = runtime.block_on(super::service::target(&store))?;
+            let live = runtime.block_on(live_status(&target.dir));
+            status(&target.store(), live, json)?;
             if !json {
-                super::service::print_process(&runtime, store.dir());
+                super::service::print_process(&runtime, &target);
             }
         }
         NodeCommand::Credential(command) => credential(&store, command)?,
@@ -260,7 +281,7 @@ const LOG_FEED_LINES: usize = 1024;
 /// How long `node run` waits for the embedded hub to stop after the service.
 const HUB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn run_service(store: Store) -> anyhow::Result<()> {
+async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Result<()> {
     let settings = store.settings()?;
     let log_dir = store.dir().join("logs");
     let feed = LogFeed::new(LOG_FEED_LINES);
@@ -287,6 +308,9 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     // The control socket, then the data dir's embedded hub (express setup), then the service.
     let mut host = Host::new(store.clone(), shutdown);
+    if let Some(group) = group {
+        host.share_control_socket(group);
+    }
     let running = host.start(metrics, feed).await?;
     {
         let s = running.handle.status.borrow();
@@ -322,7 +346,14 @@ async fn live_status(dir: &std::path::Path) -> Option<NodeStatus> {
 /// Shows the registration and the status: live from the running service, else the last one
 /// `node run` wrote.
 fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result<()> {
-    let settings = store.settings()?;
+    // The system service's node.toml is its user's alone: a member of its group sees what the
+    // running service says instead.
+    let settings = match store.settings() {
+        Ok(settings) => Some(settings),
+        Err(e @ crate::node::store::StoreError::NotRegistered) => return Err(e.into()),
+        Err(_) if live.is_some() => None,
+        Err(e) => return Err(e.into()),
+    };
     let running = live.is_some();
     let last: Option<NodeStatus> = live.or_else(|| node::status_file::last(store));
     if json {
@@ -330,8 +361,13 @@ fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("Node:     {} (gateway '{}')", settings.node_name, settings.gateway_name);
-    println!("Hub:      {}", settings.hub_url);
+    let (node, gateway, hub) = match (&settings, &last) {
+        (Some(s), _) => (&s.node_name, &s.gateway_name, &s.hub_url),
+        (None, Some(s)) => (&s.node_name, &s.gateway_name, &s.hub_url),
+        (None, None) => anyhow::bail!("the node service stopped while it was asked"),
+    };
+    println!("Node:     {node} (gateway '{gateway}')");
+    println!("Hub:      {hub}");
     match last {
         None => println!("Status:   not run yet; start it with: gatehouse node run"),
         Some(s) => {
