@@ -139,7 +139,7 @@ impl SystemService {
             (None, std::fs::metadata("/proc/self").unwrap().gid())
         };
         let group_arg = group.to_string();
-        let mut run = command(
+        let run = command(
             runner,
             &["node", "run", "--control-group", &group_arg],
             &[("GATEHOUSE_HOME", dir.as_path())],
