@@ -21,19 +21,38 @@ pub fn host_name() -> String {
 /// exists, belongs to the user running this, and is not a system folder (`/`, `/etc`, `/usr`,
 /// `/var`, `/tmp`, …) or the home folder. Any other is refused, unchanged, with a sentence
 /// naming what to do (it is mostly `GATEHOUSE_HOME` set to the wrong place).
+///
+/// One mode is kept as it is: [`SOCKET_GROUP_DIR_MODE`] (0710), which a node service whose
+/// control socket is shared with a group set on purpose (`node run --control-group`): the
+/// group may pass through to the socket by its name, but can't list or read anything.
 pub fn owner_only_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(dir) {
-        Ok(_) => may_lock_down(dir)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)?,
+    let found = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            may_lock_down(dir)?;
+            Some(meta)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            None
+        }
         Err(e) => return Err(e),
-    }
+    };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let shared = found.is_some_and(|m| m.permissions().mode() & 0o7777 == SOCKET_GROUP_DIR_MODE);
+        if !shared {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
+    #[cfg(not(unix))]
+    let _ = found;
     Ok(())
 }
+
+/// The mode of a data dir whose control socket its group may reach: the owner's, plus
+/// passing through (no listing, no reading) for the group.
+pub const SOCKET_GROUP_DIR_MODE: u32 = 0o710;
 
 /// Folders a data dir must never be: making one of them owner-only would break the machine.
 const SYSTEM_DIRS: &[&str] = &[
@@ -257,6 +276,14 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+            assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+            // A dir opened to its group on purpose (only passing through) stays so; any
+            // other group or world bit is taken away.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o710)).unwrap();
+            owner_only_dir(dir.path()).unwrap();
+            assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o710);
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+            owner_only_dir(dir.path()).unwrap();
             assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
             // Someone else's folder, when we may hand one over (as root): refused, unchanged.
             if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {

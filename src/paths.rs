@@ -21,3 +21,19 @@ pub fn ensure_data_dir() -> std::io::Result<PathBuf> {
     crate::machine::owner_only_dir(&dir)?;
     Ok(dir)
 }
+
+/// Where the system service (`gatehouse-node.service`, as the package installs it) keeps its
+/// data dir: the unit's `StateDirectory=gatehouse`, i.e. its `GATEHOUSE_HOME`.
+pub const SERVICE_HOME: &str = "/var/lib/gatehouse";
+/// The group whose members may reach the system service's control socket (the unit's
+/// `node run --control-group`), and the user it runs as.
+pub const SERVICE_GROUP: &str = "gatehouse";
+
+/// The system service's data dir: `$GATEHOUSE_SERVICE_HOME`, else [`SERVICE_HOME`]. The
+/// variable is for tests and packagers (a unit with another state directory); a window or
+/// `node status|start|stop|restart` whose own data dir has no node looks for the service here.
+pub fn service_home() -> PathBuf {
+    std::env::var_os("GATEHOUSE_SERVICE_HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(SERVICE_HOME), PathBuf::from)
+}

@@ -205,9 +205,13 @@ fn the_window_attaches_to_a_running_node_service_and_can_stop_it() {
     let socket = node.home.path().join("control.sock");
     wait_until(LIMIT, "the node's control socket", || socket.exists());
     let mut window = Window::open_at(node.home.path(), Tab::Home);
-    window.wait_for("the window to attach", LIMIT, |app| app.state.service == ServiceState::Attached { pid });
+    window.wait_for(
+        "the window to attach",
+        LIMIT,
+        |app| matches!(app.state.service, ServiceState::Attached { pid: p, system: false, .. } if p == pid),
+    );
     window.wait_for("the node's status through the socket", LIMIT, online);
-    assert!(window.shows(&format!("running in gatehouse node run (pid {pid})")));
+    assert!(window.shows(&format!("Service: attached to gatehouse node run (pid {pid})")));
 
     window.click("Stop");
     window.wait_for("the service to stop", LIMIT, |app| {

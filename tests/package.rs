@@ -106,6 +106,10 @@ fn maintainer_scripts_make_the_user_and_leave_units_disabled(control: &Path) {
     }
     let postinst = read(&control.join("postinst"));
     assert!(postinst.contains("adduser --system --group"), "postinst makes no system user:\n{postinst}");
+    assert!(
+        postinst.contains("install -d -o gatehouse -g gatehouse -m 0710 /var/lib/gatehouse\n"),
+        "postinst doesn't make the node's dir passable for its group:\n{postinst}"
+    );
     assert!(!postinst.contains("#DEBHELPER#"), "cargo-deb left #DEBHELPER# unfilled:\n{postinst}");
     for unit in ["gatehouse-node.service", "gatehouse-hub.service"] {
         let handled = postinst.matches(&format!("deb-systemd-helper update-state {unit}")).count();
@@ -170,6 +174,19 @@ fn units_run_gatehouse_hardened_as_its_own_user(root: &Path) {
     let node = unit_keys(&read(&units.join("gatehouse-node.service")));
     // What `node register` writes: before it exists the unit is skipped, not restarted in a loop.
     assert_eq!(node["ConditionPathExists"], ["/var/lib/gatehouse/node.toml"]);
+    // The window and `node status` look for the system service where the unit keeps it, and
+    // its group (the unit's Group=) may reach the control socket: the socket 0660, the way to
+    // it 0710 (no listing), everything else in the dir owner-only.
+    let home = format!("GATEHOUSE_HOME={}", gatehouse::paths::SERVICE_HOME);
+    assert!(node["Environment"].contains(&home), "the node unit's data dir is not paths::SERVICE_HOME");
+    assert_eq!(node["StateDirectory"], [gatehouse::paths::SERVICE_HOME.trim_start_matches("/var/lib/")]);
+    assert_eq!(
+        node["ExecStart"],
+        [format!("/usr/bin/gatehouse node run --control-group {}", node["Group"][0])]
+    );
+    assert_eq!(node["Group"], [gatehouse::paths::SERVICE_GROUP]);
+    assert_eq!(node["StateDirectoryMode"], ["0710"]);
+    assert_eq!(unit_keys(&read(&units.join("gatehouse-hub.service")))["StateDirectoryMode"], ["0700"]);
     let hub = unit_keys(&read(&units.join("gatehouse-hub.service")));
     assert_eq!(hub["EnvironmentFile"], ["-/etc/gatehouse/hub.env"]);
     assert!(

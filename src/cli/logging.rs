@@ -42,9 +42,10 @@ pub fn init_with_feed(file_dir: Option<&Path>, level: &str, feed: Option<&LogFee
     let (filter_layer, handle) = reload::Layer::new(filter(level).unwrap_or_else(|| EnvFilter::new("info")));
     let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let file = file_dir.and_then(|dir| {
-        // The appender lists the folder to prune old files; a missing one is made here (its
-        // parent, the data dir, is created owner-only by whoever calls this).
-        let _ = std::fs::create_dir_all(dir);
+        // The appender lists the folder to prune old files; a missing one is made here,
+        // owner-only like its parent, the data dir (whose group may pass through to a shared
+        // control socket, never into the logs).
+        let _ = crate::machine::owner_only_dir(dir);
         let appender = tracing_appender::rolling::Builder::new()
             .rotation(tracing_appender::rolling::Rotation::DAILY)
             .filename_prefix("gatehouse")

@@ -71,7 +71,7 @@ fn stdin_line(what: &str) -> anyhow::Result<String> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // `node run` and the window install their own logging, with a file and a level that can
     // change.
-    if !matches!(cli.command, Some(Command::Node(node::NodeCommand::Run) | Command::Gui) | None) {
+    if !matches!(cli.command, Some(Command::Node(node::NodeCommand::Run { .. }) | Command::Gui) | None) {
         logging::init(None, "info");
     }
     // reqwest and the hub use rustls without a built-in crypto provider; pick ring, once.

@@ -2,6 +2,7 @@
 //! unregister. The Configuration Manager drives the same `node` library code.
 
 use crate::host::Host;
+use crate::node::control::ControlGroup;
 use crate::node::logs::LogFeed;
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::Store;
@@ -16,7 +17,13 @@ pub enum NodeCommand {
     /// Register this machine with a gateway, using one of the gateway's auth keys.
     Register(RegisterArgs),
     /// Run the node service in the foreground (what systemd starts).
-    Run,
+    Run {
+        /// Share the control socket (and nothing else of the data dir) with this group, whose
+        /// members may then attach a window or run `node status|stop`: the system unit's
+        /// `--control-group gatehouse`. A name or a gid; the service must run as a member.
+        #[arg(long, env = "GATEHOUSE_CONTROL_GROUP", value_name = "GROUP")]
+        control_group: Option<String>,
+    },
     /// Start the node service in the background (through systemd when installed as its unit).
     Start,
     /// Stop the running node service (a window's too); its runs drain first.
@@ -95,7 +102,7 @@ pub enum NodeCommand {
     HubToken(HubTokenCommand),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Copy, Subcommand)]
 pub enum HubTokenCommand {
     /// Replace the hub's admin token with the one this node keeps; the new one is kept here
     /// (sealed, never shown), the old one stops working everywhere.
@@ -253,28 +260,33 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
                 settings.node_name, settings.gateway_name, settings.hub_url
             );
         }
-        NodeCommand::Run => runtime.block_on(run_service(store))?,
-        NodeCommand::Start => runtime.block_on(super::service::start(&store))?,
-        NodeCommand::Stop => runtime.block_on(super::service::stop(&store))?,
-        NodeCommand::Restart => runtime.block_on(super::service::restart(&store))?,
+        NodeCommand::Run { control_group } => {
+            let group = control_group.as_deref().map(ControlGroup::lookup).transpose()?;
+            runtime.block_on(run_service(store, group))?;
+        }
+        NodeCommand::Start => {
+            let target = runtime.block_on(super::service::target(&store))?;
+            runtime.block_on(super::service::start(&target))?;
+        }
+        NodeCommand::Stop => {
+            let target = runtime.block_on(super::service::target(&store))?;
+            runtime.block_on(super::service::stop(&target))?;
+        }
+        NodeCommand::Restart => {
+            let target = runtime.block_on(super::service::target(&store))?;
+            runtime.block_on(super::service::restart(&target))?;
+        }
         NodeCommand::Status { json } => {
-            let live = runtime.block_on(live_status(store.dir()));
-            status(&store, live, json)?;
+            // This data dir's service, else the system service (as a window attaches).
+            let target = runtime.block_on(super::service::target(&store))?;
+            let live = runtime.block_on(live_status(&target.dir));
+            status(&target.store(), live, json)?;
             if !json {
-                super::service::print_process(&runtime, store.dir());
+                super::service::print_process(&runtime, &target);
             }
         }
         NodeCommand::Credential(command) => credential(&store, command)?,
-        NodeCommand::HubToken(HubTokenCommand::Rotate) => {
-            println!("{}", runtime.block_on(ops::rotate_hub_admin_token(&store))?);
-        }
-        NodeCommand::HubToken(HubTokenCommand::Set) => {
-            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                eprint!("The hub's admin token (shown as you type; pipe it in to avoid that): ");
-            }
-            let token = super::stdin_line("the admin token")?;
-            println!("{}", runtime.block_on(ops::set_hub_admin_token(&store, &token))?);
-        }
+        NodeCommand::HubToken(command) => hub_token(&runtime, &store, command)?,
         NodeCommand::LogLevel { level } => {
             let level = ops::set_log_level(&store, &level)?;
             println!("{level}; a running node applies it within seconds");
@@ -314,16 +326,7 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::AddNodeKey { expires, json } => {
             return add_node_key(&runtime, &store, expires, json);
         }
-        NodeCommand::HubAccess { to, address } => {
-            if address.is_some() && to == HubAccessChoice::Local {
-                anyhow::bail!("--address goes with `network`; `local` always listens on 127.0.0.1");
-            }
-            let access = match to {
-                HubAccessChoice::Network => crate::hub::embedded::Access::Network(address),
-                HubAccessChoice::Local => crate::hub::embedded::Access::Local,
-            };
-            runtime.block_on(hub_access(&store, access))?;
-        }
+        NodeCommand::HubAccess { to, address } => runtime.block_on(hub_access(&store, to, address))?,
         NodeCommand::Unregister => {
             let settings = runtime.block_on(node::unregister(&store))?;
             println!("'{}' is no longer a node of gateway '{}'", settings.node_name, settings.gateway_name);
@@ -366,16 +369,47 @@ fn add_node_key(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `node hub-token rotate | set`.
+fn hub_token(
+    runtime: &tokio::runtime::Runtime,
+    store: &Store,
+    command: HubTokenCommand,
+) -> anyhow::Result<()> {
+    match command {
+        HubTokenCommand::Rotate => println!("{}", runtime.block_on(ops::rotate_hub_admin_token(store))?),
+        HubTokenCommand::Set => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("The hub's admin token (shown as you type; pipe it in to avoid that): ");
+            }
+            let token = super::stdin_line("the admin token")?;
+            println!("{}", runtime.block_on(ops::set_hub_admin_token(store, &token))?);
+        }
+    }
+    Ok(())
+}
+
 /// `node hub-access`: a running service is stopped, the hub moved, the service started again.
-async fn hub_access(store: &Store, access: crate::hub::embedded::Access) -> anyhow::Result<()> {
+async fn hub_access(
+    store: &Store,
+    to: HubAccessChoice,
+    address: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    if address.is_some() && to == HubAccessChoice::Local {
+        anyhow::bail!("--address goes with `network`; `local` always listens on 127.0.0.1");
+    }
+    let access = match to {
+        HubAccessChoice::Network => crate::hub::embedded::Access::Network(address),
+        HubAccessChoice::Local => crate::hub::embedded::Access::Local,
+    };
     let was_running = super::service::running(store.dir()).await.is_some();
+    let target = super::service::Target::own(store);
     if was_running {
-        super::service::stop(store).await?;
+        super::service::stop(&target).await?;
     }
     let changed = crate::host::hub_access::set_hub_access(store, access);
     // Started again whatever happened: a refused move changed nothing.
     if was_running {
-        super::service::start(store).await?;
+        super::service::start(&target).await?;
     }
     println!("{}", changed?);
     Ok(())
@@ -386,7 +420,7 @@ const LOG_FEED_LINES: usize = 1024;
 /// How long `node run` waits for the embedded hub to stop after the service.
 const HUB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn run_service(store: Store) -> anyhow::Result<()> {
+async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Result<()> {
     let settings = store.settings()?;
     let log_dir = store.dir().join("logs");
     let feed = LogFeed::new(LOG_FEED_LINES);
@@ -413,6 +447,9 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     // The control socket, then the data dir's embedded hub (express setup), then the service.
     let mut host = Host::new(store.clone(), shutdown);
+    if let Some(group) = group {
+        host.share_control_socket(group);
+    }
     let running = host.start(metrics, feed).await?;
     {
         let s = running.handle.status.borrow();
@@ -448,7 +485,14 @@ async fn live_status(dir: &std::path::Path) -> Option<NodeStatus> {
 /// Shows the registration and the status: live from the running service, else the last one
 /// `node run` wrote.
 fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result<()> {
-    let settings = store.settings()?;
+    // The system service's node.toml is its user's alone: a member of its group sees what the
+    // running service says instead.
+    let settings = match store.settings() {
+        Ok(settings) => Some(settings),
+        Err(e @ crate::node::store::StoreError::NotRegistered) => return Err(e.into()),
+        Err(_) if live.is_some() => None,
+        Err(e) => return Err(e.into()),
+    };
     let running = live.is_some();
     let last: Option<NodeStatus> = live.or_else(|| node::status_file::last(store));
     if json {
@@ -456,8 +500,13 @@ fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("Node:     {} (gateway '{}')", settings.node_name, settings.gateway_name);
-    println!("Hub:      {}", settings.hub_url);
+    let (node, gateway, hub) = match (&settings, &last) {
+        (Some(s), _) => (&s.node_name, &s.gateway_name, &s.hub_url),
+        (None, Some(s)) => (&s.node_name, &s.gateway_name, &s.hub_url),
+        (None, None) => anyhow::bail!("the node service stopped while it was asked"),
+    };
+    println!("Node:     {node} (gateway '{gateway}')");
+    println!("Hub:      {hub}");
     match last {
         None => println!("Status:   not run yet; start it with: gatehouse node run"),
         Some(s) => {

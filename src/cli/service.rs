@@ -1,13 +1,16 @@
 //! `gatehouse node start | stop | restart`, and who runs the node service for `node status`:
 //! through systemd when the data dir is the `gatehouse-node` unit's, else through the data
-//! dir's control socket (stop) and a detached `gatehouse node run` (start). It only decides
-//! and waits; the socket protocol is `node::control`'s, the service `node run`'s.
+//! dir's control socket (stop) and a detached `gatehouse node run` (start). Which service:
+//! the data dir's own, else (when it has no node) the system service's in
+//! `paths::service_home`, as the window attaches ([`target`]). It only decides and waits; the
+//! socket protocol is `node::control`'s, the service `node run`'s.
 
-use crate::node::control::ControlClient;
+use crate::node::control::{ControlClient, ControlError, find_service, is_same_dir};
 use crate::node::store::Store;
 use anyhow::Context as _;
 use std::io::Read as _;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,20 +42,89 @@ impl std::fmt::Display for Running {
     }
 }
 
-/// `node start`: starts the node service of `store`'s data dir unless it runs.
-pub async fn start(store: &Store) -> anyhow::Result<()> {
-    start_dir(store.dir(), store.is_registered()).await
+/// The node service a command acts on: the data dir's own, or the system service's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub dir: PathBuf,
+    /// It is the system service's data dir (`paths::service_home`).
+    pub system: bool,
 }
 
-/// `node stop`: stops the node service of `store`'s data dir if it runs.
-pub async fn stop(store: &Store) -> anyhow::Result<()> {
-    stop_dir(store.dir()).await
+impl Target {
+    /// The service of `store`'s own data dir (the system service's, if it is that one).
+    pub fn own(store: &Store) -> Target {
+        Target {
+            dir: store.dir().to_owned(),
+            system: is_same_dir(store.dir(), &crate::paths::service_home()),
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        Store::new(&self.dir)
+    }
+}
+
+/// Which service `node status|start|stop|restart` act on, as a window would attach: the one
+/// of `store`'s data dir if it runs or a node is registered there; else, when the system
+/// service's data dir has a node (or a service answers there), that one.
+/// One the caller may not reach (not root, not in its group) is refused with the sentence.
+pub async fn target(store: &Store) -> anyhow::Result<Target> {
+    let service_home = crate::paths::service_home();
+    let own = Target::own(store);
+    if own.system || store.is_registered() || running(store.dir()).await.is_some() {
+        return Ok(own);
+    }
+    match find_service(store.dir(), false, &service_home).await {
+        Ok(Some((found, _))) => return Ok(Target { dir: found.dir, system: found.system }),
+        Err(e @ ControlError::NotInGroup { .. }) => return Err(e.into()),
+        Ok(None) | Err(_) => {}
+    }
+    // Registered there but not running: `node start` starts it.
+    if Store::new(&service_home).is_registered() {
+        return Ok(Target { dir: service_home, system: true });
+    }
+    Ok(own)
+}
+
+/// `node start`: starts the node service of `target` unless it runs.
+pub async fn start(target: &Target) -> anyhow::Result<()> {
+    start_dir(target).await
+}
+
+/// `node stop`: stops the node service of `target` if it runs.
+pub async fn stop(target: &Target) -> anyhow::Result<()> {
+    stop_dir(target).await
 }
 
 /// `node restart`: stops the node service if it runs, then starts it.
-pub async fn restart(store: &Store) -> anyhow::Result<()> {
-    stop_dir(store.dir()).await?;
-    start_dir(store.dir(), store.is_registered()).await
+pub async fn restart(target: &Target) -> anyhow::Result<()> {
+    // Refused before anything stops when it couldn't be started again.
+    if !managed_by_systemd(&target.dir) {
+        may_spawn(target)?;
+    }
+    stop_dir(target).await?;
+    start_dir(target).await
+}
+
+/// Whether this process may start `node run` for `target` itself: only in a data dir of its
+/// own user. Another user's (the system service's, for root or its group) would get files
+/// it can't read back, or can't be written at all: that one is started through systemd.
+fn may_spawn(target: &Target) -> anyhow::Result<()> {
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let owner = std::fs::metadata(&target.dir).map(|m| m.uid()).ok();
+    match (me, owner) {
+        (Some(me), Some(owner)) if me != owner => anyhow::bail!(
+            "the node service of {} runs as another user (uid {owner}), and systemd doesn't run it here; start it as that user: sudo runuser -u gatehouse -- env GATEHOUSE_HOME={} gatehouse node start{}",
+            target.dir.display(),
+            target.dir.display(),
+            if target.system {
+                " (or install the package's gatehouse-node unit: sudo systemctl start gatehouse-node)"
+            } else {
+                ""
+            }
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Who serves the control socket of `dir`; `None` when nothing answers.
@@ -93,24 +165,24 @@ pub fn managed_by_systemd(dir: &Path) -> bool {
         .flat_map(str::split_whitespace)
         .find_map(|v| v.strip_prefix("GATEHOUSE_HOME="))
         .map(std::path::PathBuf::from);
-    let same =
-        |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
-    loaded && home.is_some_and(|home| same(&home, dir))
+    loaded && home.is_some_and(|home| is_same_dir(&home, dir))
 }
 
-/// Starts the node service of `dir` unless it runs; prints who runs it.
-async fn start_dir(dir: &Path, registered: bool) -> anyhow::Result<()> {
+/// Starts the node service of `target` unless it runs; prints who runs it.
+async fn start_dir(target: &Target) -> anyhow::Result<()> {
+    let dir = target.dir.as_path();
     if let Some(running) = running(dir).await {
-        println!("the node service already runs ({running})");
+        println!("the node service already runs ({running}{})", what(target));
         return Ok(());
     }
     anyhow::ensure!(
-        registered,
+        target.store().is_registered(),
         "this machine is not registered yet; register it first: gatehouse node register"
     );
     if managed_by_systemd(dir) {
         systemctl("start")?;
     } else {
+        may_spawn(target)?;
         spawn_detached(dir).await?;
     }
     let running = wait_for(START_TIMEOUT, || running(dir)).await.with_context(|| {
@@ -119,12 +191,13 @@ async fn start_dir(dir: &Path, registered: bool) -> anyhow::Result<()> {
             dir.display()
         )
     })?;
-    println!("node service started ({running})");
+    println!("node service started ({running}{})", what(target));
     Ok(())
 }
 
-/// Stops the node service of `dir` (its runs drain first); prints what it stopped.
-async fn stop_dir(dir: &Path) -> anyhow::Result<()> {
+/// Stops the node service of `target` (its runs drain first); prints what it stopped.
+async fn stop_dir(target: &Target) -> anyhow::Result<()> {
+    let dir = target.dir.as_path();
     let Some(was) = running(dir).await else {
         println!("the node service is not running");
         return Ok(());
@@ -139,13 +212,20 @@ async fn stop_dir(dir: &Path) -> anyhow::Result<()> {
     })
     .await;
     anyhow::ensure!(gone.is_some(), "the node service ({was}) did not stop within {STOP_TIMEOUT:?}");
-    println!("node service stopped (was {was})");
+    println!("node service stopped (was {was}{})", what(target));
     Ok(())
 }
 
+/// ", the system service in DIR" for the system service's data dir, else nothing.
+fn what(target: &Target) -> String {
+    if target.system { format!(", the system service in {}", target.dir.display()) } else { String::new() }
+}
+
 /// `node status`'s last line: which process runs the service, since when, and how it is run.
-pub fn print_process(runtime: &tokio::runtime::Runtime, dir: &Path) {
+pub fn print_process(runtime: &tokio::runtime::Runtime, target: &Target) {
+    let dir = target.dir.as_path();
     let how = if managed_by_systemd(dir) { format!(" (systemd unit {UNIT})") } else { String::new() };
+    let how = format!("{}{how}", what(target));
     match runtime.block_on(running(dir)) {
         Some(running) => println!("Process:  {running}{how}"),
         None => println!("Process:  not running{how}; start it with: gatehouse node start"),

@@ -73,6 +73,18 @@ pub struct ConfigManager {
 impl ConfigManager {
     /// A window for the data dir `dir`; its service thread starts now.
     pub fn new(prefs: GuiPrefs, dir: PathBuf, defaults: ExpressOptions, logging: Option<Logging>) -> Self {
+        Self::with_service_home(prefs, dir, crate::paths::service_home(), defaults, logging)
+    }
+
+    /// [`ConfigManager::new`], looking for the system service in `service_home` (when `dir`
+    /// has no node) rather than in `paths::service_home()`.
+    pub fn with_service_home(
+        prefs: GuiPrefs,
+        dir: PathBuf,
+        service_home: PathBuf,
+        defaults: ExpressOptions,
+        logging: Option<Logging>,
+    ) -> Self {
         let wizard = Wizard::new(defaults.peer_port);
         ConfigManager {
             prefs,
@@ -81,7 +93,7 @@ impl ConfigManager {
             certificate: CertificatePage::default(),
             settings: settings::SettingsPage::default(),
             diagnostics: diagnostics::DiagnosticsPage::default(),
-            service: Service::start(dir, defaults, logging),
+            service: Service::start(dir, service_home, defaults, logging),
             outbox: Outbox::default(),
             worker: Worker::default(),
             created: None,

@@ -41,9 +41,16 @@ fn service_ui(ui: &mut egui::Ui, state: &State, service: &Outbox) {
         let (text, running) = match &state.service {
             ServiceState::Unregistered => ("Service: not set up".to_owned(), false),
             ServiceState::Starting => ("Service: starting…".to_owned(), false),
-            ServiceState::Running => ("Service: running".to_owned(), true),
-            ServiceState::Attached { pid } => {
-                (format!("Service: running in gatehouse node run (pid {pid})"), true)
+            ServiceState::Running => ("Service: running in this window".to_owned(), true),
+            ServiceState::Attached { pid, data_dir, system: true } => (
+                format!(
+                    "Service: attached to the system service gatehouse-node (pid {pid}, {})",
+                    data_dir.display()
+                ),
+                true,
+            ),
+            ServiceState::Attached { pid, .. } => {
+                (format!("Service: attached to gatehouse node run (pid {pid})"), true)
             }
             ServiceState::Stopping => ("Service: stopping…".to_owned(), true),
             ServiceState::Stopped { .. } => ("Service: stopped".to_owned(), false),

@@ -67,3 +67,32 @@ fn the_credentials_column_names_what_a_node_is_behind_on() {
     assert_eq!(credential_text(&[], true, "a", true), "In sync");
     assert_eq!(credential_text(&[], true, "d", false), "Unknown (offline)");
 }
+
+#[test]
+fn home_says_which_service_the_window_is_attached_to() {
+    let system = State {
+        service: ServiceState::Attached { pid: 4242, data_dir: "/var/lib/gatehouse".into(), system: true },
+        ..testing::running()
+    };
+    let mut harness = tab(system);
+    assert!(shows(
+        &harness,
+        "Service: attached to the system service gatehouse-node (pid 4242, /var/lib/gatehouse)"
+    ));
+    click(&mut harness, "Stop");
+    assert!(matches!(sent(&harness).as_slice(), [Request::Stop]), "the system service can't be stopped");
+
+    harness.state_mut().state.service = ServiceState::Attached {
+        pid: 77,
+        data_dir: "/home/ann/.local/share/gatehouse".into(),
+        system: false,
+    };
+    harness.step();
+    assert!(shows(&harness, "Service: attached to gatehouse node run (pid 77)"));
+    assert!(!shows(&harness, "system service"));
+
+    harness.state_mut().state = testing::running();
+    harness.step();
+    assert!(shows(&harness, "Service: running in this window"));
+    assert!(!shows(&harness, "attached"));
+}

@@ -311,6 +311,50 @@ pub fn token_line(token: &TokenInfo) -> String {
     )
 }
 
+/// The answer to `op` in a window attached to a node service of another user (the system
+/// service in `dir`): its files are that user's alone (root writing them would leave files
+/// the service can't read), so nothing is changed from here; the sentence gives the command
+/// that makes the change as that user, when there is one.
+pub fn elsewhere(op: &Op, dir: &std::path::Path) -> String {
+    let command = match op {
+        Op::SetRemoteAccess { port, certificate: None } => {
+            Some(format!("enable-remote-access --port {port}"))
+        }
+        Op::SetRemoteAccess { port, certificate: Some(_) } => {
+            Some(format!("enable-remote-access --port {port} --cert FILE"))
+        }
+        Op::DisableEncryption => Some("disable-remote-access".to_owned()),
+        Op::SetConcurrency(limit) => Some(format!("set-concurrency {}", limit.unwrap_or(0))),
+        Op::ListCredentials => Some("credential list".to_owned()),
+        Op::SetCredential { name, .. } => Some(format!("credential set {}", name.trim())),
+        Op::DeleteCredential(name) => Some(format!("credential delete {name}")),
+        Op::Backup { .. } => Some("backup --out FILE".to_owned()),
+        Op::SetLogLevel(level) => Some(format!("log-level {level}")),
+        Op::SetThresholds(_)
+        | Op::CheckAdminToken
+        | Op::SetProxy(_)
+        | Op::Restore { .. }
+        | Op::ExportLogs(_)
+        | Op::ListHubTokens
+        | Op::CreateHubToken(_)
+        | Op::RevokeHubToken(_)
+        | Op::RotateAdminToken => None,
+    };
+    let owner = format!(
+        "this window is attached to the node service of {}, whose settings and secrets only its own user can read and change",
+        dir.display()
+    );
+    match command {
+        Some(command) => format!(
+            "{owner}; do it with: sudo runuser -u gatehouse -- env GATEHOUSE_HOME={} gatehouse node {command} (then, if it needs one, a restart: sudo gatehouse node restart)",
+            dir.display()
+        ),
+        None => format!(
+            "{owner}, so this can't be done from here; do it as that user (sudo runuser -u gatehouse -- …)"
+        ),
+    }
+}
+
 /// Runs file-heavy or CPU-heavy work off the runtime's worker threads.
 async fn blocking(work: impl FnOnce() -> Result<String, String> + Send + 'static) -> Result<String, String> {
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(format!("the operation failed: {e}")))

@@ -1,7 +1,14 @@
 //! The window's link to the node service: a background thread with its own tokio runtime that
 //! runs the service (and an embedded hub) inside this process through a [`Host`], or watches
-//! a `gatehouse node run` that already runs here. The window sends [`Request`]s and drains
-//! [`Event`]s; every event asks egui to repaint, so the window never polls or blocks.
+//! a `gatehouse node run` that already runs here: of its own data dir, or, when that has no
+//! node, the system service's (`paths::service_home`; for root and the `gatehouse` group).
+//! The window sends [`Request`]s and drains [`Event`]s; every event asks egui to repaint, so
+//! the window never polls or blocks.
+//!
+//! Attached to a service of another user (the system service), the window can't write that
+//! data dir (its files are the service user's alone, and root's writes would leave files the
+//! service can't read): it watches, stops and tests through the control socket, reads the
+//! settings through it, and answers every Settings change with the command to run instead.
 
 use eframe::egui;
 
@@ -10,7 +17,9 @@ use crate::host::express::ExpressOptions;
 use crate::host::hub_access::{Access, Reach};
 use crate::host::{Host, HostError, Running};
 use crate::node::add_node::AddNode;
-use crate::node::control::{ConnectionTest, ControlClient, ControlError, ControlEvent};
+use crate::node::control::{
+    ConnectionTest, ControlClient, ControlError, ControlEvent, ServiceDir, find_service,
+};
 use crate::node::logs::{LogFeed, LogLine};
 use crate::node::metrics::SystemMetrics;
 use crate::node::store::{NodeSettings, Store};
@@ -83,6 +92,10 @@ pub enum ServiceState {
     /// A `gatehouse node run` process runs it; the window watches.
     Attached {
         pid: u32,
+        /// Its data dir.
+        data_dir: PathBuf,
+        /// It is the system service (`gatehouse-node`, in `paths::service_home`).
+        system: bool,
     },
     Stopping,
     /// Stopped; with the reason when it stopped on its own or couldn't start.
@@ -164,8 +177,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts the service thread for the data dir `dir`.
-    pub fn start(dir: PathBuf, defaults: ExpressOptions, logging: Option<Logging>) -> Self {
+    /// Starts the service thread for the data dir `dir`; without a node there, it looks for
+    /// the system service in `service_home`.
+    pub fn start(
+        dir: PathBuf,
+        service_home: PathBuf,
+        defaults: ExpressOptions,
+        logging: Option<Logging>,
+    ) -> Self {
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (tx, events) = std::sync::mpsc::channel();
         let repaint = Arc::new(Mutex::new(None));
@@ -176,7 +195,8 @@ impl Service {
                 Ok(runtime) => {
                     let (exited, exited_rx) = mpsc::unbounded_channel();
                     let feed = logging.as_ref().map(|l| l.feed.clone());
-                    let backend = Backend::new(dir, defaults, feed, sink, exited);
+                    let mut backend = Backend::new(dir, defaults, feed, sink, exited);
+                    backend.service_home = service_home;
                     runtime.block_on(backend.run(requests_rx, exited_rx, logging));
                 }
                 Err(e) => sink.send(Event::Service(ServiceState::Stopped {
@@ -224,6 +244,14 @@ impl Drop for Service {
 /// How long closing the window waits for the service, then for the hub, to stop.
 const STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The `node run` process the window watches.
+#[derive(Debug, Clone)]
+struct Attachment {
+    service: ServiceDir,
+    /// Its data dir belongs to another user: nothing may be written there from this process.
+    foreign: bool,
+}
+
 /// The service thread's state.
 struct Backend {
     store: Store,
@@ -236,8 +264,13 @@ struct Backend {
     /// Runs the node service (and the embedded hub) in this process.
     host: Host,
     node: Option<Running>,
-    /// Set while watching a `gatehouse node run` process (its pid).
-    attached: Option<u32>,
+    /// Set while watching a `gatehouse node run` process.
+    attached: Option<Attachment>,
+    /// Where the system service keeps its data dir.
+    service_home: PathBuf,
+    /// The system service, once the window attached to it in place of a node of its own: what
+    /// Start looks for again after it stopped.
+    system: Option<Attachment>,
     /// Told when the service started as `generation` ends on its own: a watched `node run`
     /// process went away, or a Stop came through the control socket.
     exited: mpsc::UnboundedSender<(u64, Option<String>)>,
@@ -264,6 +297,8 @@ impl Backend {
             shutdown,
             node: None,
             attached: None,
+            service_home: crate::paths::service_home(),
+            system: None,
             exited,
             generation: 0,
         }
@@ -302,9 +337,13 @@ impl Backend {
         self.shutdown.cancel();
     }
 
-    /// Finds out what the data dir holds and starts (or attaches to) the service.
+    /// Finds out what the data dir holds and starts (or attaches to) the service: without a
+    /// node of its own, the window attaches to the system service if it runs.
     async fn load(&mut self) {
         let settings = self.store.settings().ok();
+        if settings.is_none() && self.attach_elsewhere().await {
+            return;
+        }
         self.events.send(Event::Loaded { data_dir: self.store.dir().to_owned(), settings: settings.clone() });
         self.events.send(Event::HubReach(crate::host::hub_access::reach(&self.store)));
         if settings.is_some() {
@@ -323,10 +362,22 @@ impl Backend {
             Request::TestConnections => self.test_connections(),
             Request::Op(op) => self.op(op).await,
             Request::Jobs => {
-                let (store, events) = (self.store.clone(), self.events.clone());
+                // Only read: the node's token from the data dir of the service shown (root
+                // may read the system service's; its group may not).
+                let store = Store::new(self.service_dir());
+                let foreign = self.elsewhere().is_some();
+                let events = self.events.clone();
                 // Off the request loop: a slow hub mustn't hold up Stop or an operation.
                 tokio::spawn(async move {
-                    let jobs = node::recent_jobs(&store, JOBS_SHOWN).await.map_err(|e| e.to_string());
+                    let jobs = node::recent_jobs(&store, JOBS_SHOWN).await.map_err(|e| {
+                        if foreign {
+                            format!(
+                                "{e}; the node's token is readable by the service's user and root only: an administrator lists the jobs with the hub's admin token (gatehouse job list GATEWAY --hub URL)"
+                            )
+                        } else {
+                            e.to_string()
+                        }
+                    });
                     events.send(Event::Jobs(jobs));
                 });
             }
@@ -344,13 +395,14 @@ impl Backend {
     /// Moves the embedded hub: the service (and the hub) this window runs stop, the hub moves,
     /// the node follows it, and both start again. A `node run` process holds the hub itself.
     async fn hub_access(&mut self, access: Access) {
-        if let Some(pid) = self.attached {
+        if let Some(attached) = &self.attached {
+            let dir = attached.service.dir.display();
             let command = match access {
                 Access::Local => "gatehouse node hub-access local",
                 Access::Network(_) => "gatehouse node hub-access network",
             };
             self.events.send(Event::HubAccess(Err(format!(
-                "the embedded hub runs in the node service of process {pid}, which this window only watches; move it from a terminal: {command}"
+                "the embedded hub runs in the node service of {dir}, which this window only watches; move it from a terminal: {command}"
             ))));
             return;
         }
@@ -370,10 +422,63 @@ impl Backend {
         }
     }
 
+    /// Attaches to a service whose settings this process reads through the control socket:
+    /// the system service (or one the person pointed GATEHOUSE_HOME at that this user can't
+    /// read); true if it did.
+    async fn attach_elsewhere(&mut self) -> bool {
+        let Some((found, client)) = self.find().await else { return false };
+        let settings = match ControlClient::settings(&found.dir).await {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::warn!("the node service of {} doesn't say its settings: {e}", found.dir.display());
+                return false;
+            }
+        };
+        self.events.send(Event::Loaded { data_dir: found.dir.clone(), settings: Some(settings) });
+        self.generation += 1;
+        self.watch(found, client).await
+    }
+
+    /// The service to attach to, if one answers (see [`find_service`]).
+    async fn find(&self) -> Option<(ServiceDir, ControlClient)> {
+        let registered = self.store.is_registered();
+        match find_service(self.store.dir(), registered, &self.service_home).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("can't check for a running node service: {e}");
+                None
+            }
+        }
+    }
+
+    /// The data dir of another user's service the window shows (attached now, or the system
+    /// service it was attached to, in place of a node of its own): nothing is written there.
+    fn elsewhere(&self) -> Option<PathBuf> {
+        match &self.attached {
+            Some(attached) if attached.foreign => Some(attached.service.dir.clone()),
+            Some(_) => None,
+            None => self
+                .system
+                .as_ref()
+                .filter(|s| s.foreign && !self.store.is_registered())
+                .map(|s| s.service.dir.clone()),
+        }
+    }
+
+    /// The data dir of the service the window talks to.
+    fn service_dir(&self) -> PathBuf {
+        self.attached.as_ref().map_or_else(|| self.store.dir().to_owned(), |a| a.service.dir.clone())
+    }
+
     /// Runs a Settings/Diagnostics operation, then shows the stored settings and restarts the
     /// service when the change needs it.
     async fn op(&mut self, op: Op) {
         let kind = op.kind();
+        if let Some(dir) = self.elsewhere() {
+            let result = Err(ops::elsewhere(&op, &dir));
+            self.events.send(Event::Done { op: kind, result });
+            return;
+        }
         let context = ops::Context { store: &self.store, status: self.status() };
         let mut outcome = ops::run(op, context).await;
         let saved = outcome.result.is_ok();
@@ -475,6 +580,17 @@ impl Backend {
         if self.attach().await {
             return;
         }
+        if let Some(system) = &self.system
+            && !self.store.is_registered()
+        {
+            // Attached to the system service before: this window has no node to run itself.
+            let reason = format!(
+                "the system service gatehouse-node ({}) isn't running; start it with: sudo systemctl start gatehouse-node",
+                system.service.dir.display()
+            );
+            self.events.send(Event::Service(ServiceState::Stopped { reason: Some(reason) }));
+            return;
+        }
         let feed = self.feed.clone().unwrap_or_else(|| LogFeed::new(1));
         // The control socket first: it refuses when a `node run` started meanwhile, and lets
         // `gatehouse node status` and a second window find this service.
@@ -497,17 +613,15 @@ impl Backend {
         }
     }
 
-    /// Watches a `gatehouse node run` of this data dir, if one answers on its control socket.
+    /// Watches a `gatehouse node run` of this data dir (or the system service, when this
+    /// one has no node), if one answers on its control socket.
     async fn attach(&mut self) -> bool {
-        let dir = self.store.dir().to_owned();
-        let client = match ControlClient::connect(&dir).await {
-            Ok(Some(client)) => client,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::warn!("can't check for a running node service: {e}");
-                return false;
-            }
-        };
+        let Some((found, client)) = self.find().await else { return false };
+        self.watch(found, client).await
+    }
+
+    /// Watches the service `client` is connected to.
+    async fn watch(&mut self, found: ServiceDir, client: ControlClient) -> bool {
         let (hello, mut watched) = match client.watch().await {
             Ok(watch) => watch,
             Err(e) => {
@@ -515,9 +629,23 @@ impl Backend {
                 return false;
             }
         };
-        tracing::info!(pid = hello.pid, "attached to the running node service");
-        self.attached = Some(hello.pid);
-        self.events.send(Event::Service(ServiceState::Attached { pid: hello.pid }));
+        tracing::info!(pid = hello.pid, dir = %found.dir.display(), "attached to the running node service");
+        let foreign = owner_uid(&found.dir) != owner_uid(std::path::Path::new("/proc/self"));
+        let attached = Attachment { service: found, foreign };
+        self.events.send(Event::Service(ServiceState::Attached {
+            pid: hello.pid,
+            data_dir: attached.service.dir.clone(),
+            system: attached.service.system,
+        }));
+        let who = if attached.service.system {
+            format!("the system service gatehouse-node (pid {})", hello.pid)
+        } else {
+            format!("the node service (gatehouse node run, pid {})", hello.pid)
+        };
+        if attached.service.system && !self.store.is_registered() {
+            self.system = Some(attached.clone());
+        }
+        self.attached = Some(attached);
         let (events, exited, generation) = (self.events.clone(), self.exited.clone(), self.generation);
         tokio::spawn(async move {
             let mut stopping = false;
@@ -526,15 +654,13 @@ impl Backend {
                     ControlEvent::Status(status) => events.send(Event::Status(status)),
                     ControlEvent::Log(line) => events.send(Event::Log(line)),
                     ControlEvent::Stopping => stopping = true,
-                    ControlEvent::Hello(_) | ControlEvent::Tested(_) | ControlEvent::Failed { .. } => {}
+                    ControlEvent::Hello(_)
+                    | ControlEvent::Tested(_)
+                    | ControlEvent::Settings(_)
+                    | ControlEvent::Failed { .. } => {}
                 }
             }
-            let reason = (!stopping).then(|| {
-                format!(
-                    "the node service (gatehouse node run, pid {}) stopped or can't be reached",
-                    hello.pid
-                )
-            });
+            let reason = (!stopping).then(|| format!("{who} stopped or can't be reached"));
             let _ = exited.send((generation, reason));
         });
         true
@@ -543,7 +669,7 @@ impl Backend {
     async fn stop(&mut self) {
         if self.attached.is_some() {
             self.events.send(Event::Service(ServiceState::Stopping));
-            if let Err(e) = ControlClient::stop(self.store.dir()).await {
+            if let Err(e) = ControlClient::stop(&self.service_dir()).await {
                 let reason = Some(format!("can't stop the node service: {e}"));
                 self.events.send(Event::Service(ServiceState::Stopped { reason }));
             }
@@ -565,7 +691,7 @@ impl Backend {
 
     fn test_connections(&mut self) {
         if self.attached.is_some() {
-            let (dir, events) = (self.store.dir().to_owned(), self.events.clone());
+            let (dir, events) = (self.service_dir(), self.events.clone());
             tokio::spawn(async move {
                 let tests = ControlClient::test_connections(&dir).await.unwrap_or_else(|e| {
                     vec![ConnectionTest {
@@ -591,6 +717,12 @@ impl Backend {
             events.send(Event::Tested(rx.await.unwrap_or_default()));
         });
     }
+}
+
+/// The owner of `path` (`/proc/self`: this process's user), if it can be told.
+fn owner_uid(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| m.uid())
 }
 
 /// The certificates of the "Trusted root CA" file, none without one; a sentence if unreadable.

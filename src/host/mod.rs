@@ -12,7 +12,7 @@ pub mod express;
 pub mod hub_access;
 
 use crate::hub::embedded::EmbeddedHub;
-use crate::node::control::{ControlError, ControlSocket, ControlTarget};
+use crate::node::control::{ControlError, ControlGroup, ControlSocket, ControlTarget};
 use crate::node::logs::LogFeed;
 use crate::node::metrics::MetricsSource;
 use crate::node::store::{NodeSettings, Store};
@@ -41,6 +41,8 @@ pub struct Host {
     store: Store,
     shutdown: CancellationToken,
     hub: Option<EmbeddedHub>,
+    /// The group the control socket is shared with (`node run --control-group`), if any.
+    control_group: Option<ControlGroup>,
 }
 
 /// A node service this host started, serving its control socket.
@@ -63,7 +65,13 @@ impl Running {
 impl Host {
     /// A host for the data dir of `store`; cancelling `shutdown` stops all it starts.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
-        Host { store, shutdown, hub: None }
+        Host { store, shutdown, hub: None, control_group: None }
+    }
+
+    /// Shares the control socket of the services this host starts with `group` (the system
+    /// unit's `gatehouse`): its members may attach, the data dir's files stay owner-only.
+    pub fn share_control_socket(&mut self, group: ControlGroup) {
+        self.control_group = Some(group);
     }
 
     pub fn store(&self) -> &Store {
@@ -90,7 +98,7 @@ impl Host {
         metrics: Box<dyn MetricsSource>,
         logs: LogFeed,
     ) -> Result<Running, HostError> {
-        let control = ControlSocket::bind(self.store.dir()).await?;
+        let control = ControlSocket::bind_shared(self.store.dir(), self.control_group.as_ref()).await?;
         if self.hub.is_none() {
             self.hub =
                 express::start_embedded_hub_if_configured(&self.store, self.shutdown.child_token()).await?;

@@ -29,15 +29,20 @@ pub struct Spawned {
 /// stderr captured.
 pub fn spawn_gatehouse(args: &[&str], env: &[(&str, &str)]) -> Spawned {
     let binary = env!("CARGO_BIN_EXE_gatehouse");
-    let command = format!("gatehouse {}", args.join(" "));
-    let mut child = Command::new(binary)
-        .args(args)
-        .envs(env.iter().copied())
+    let mut command = Command::new(binary);
+    command.args(args).envs(env.iter().copied());
+    spawn(command, format!("gatehouse {}", args.join(" ")))
+}
+
+/// Starts `child` (a `gatehouse` behind a wrapper such as `setpriv`, say) the way
+/// [`spawn_gatehouse`] does; `command` names it in messages.
+pub fn spawn(mut child: Command, command: String) -> Spawned {
+    let mut child = child
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        .unwrap_or_else(|e| panic!("starting {command}: {e}"));
 
     let stdout = child.stdout.take().expect("stdout is piped");
     let (sender, lines) = mpsc::channel();

@@ -44,7 +44,25 @@ impl Window {
 
     /// Opens a window on `dir` with these setup defaults.
     pub fn open_with(dir: &std::path::Path, tab: Tab, defaults: ExpressOptions) -> Window {
-        let app = ConfigManager::new(GuiPrefs { tab }, dir.to_owned(), defaults, None);
+        // Never this machine's real system service.
+        let service_home = std::path::Path::new("/nonexistent/gatehouse-service");
+        Window::open_full(dir, service_home, tab, defaults)
+    }
+
+    /// Opens a window on `dir` that looks for the system service in `service_home`.
+    pub fn open_attaching(dir: &std::path::Path, service_home: &std::path::Path, tab: Tab) -> Window {
+        Window::open_full(dir, service_home, tab, loopback_defaults())
+    }
+
+    fn open_full(
+        dir: &std::path::Path,
+        service_home: &std::path::Path,
+        tab: Tab,
+        defaults: ExpressOptions,
+    ) -> Window {
+        let prefs = GuiPrefs { tab };
+        let app =
+            ConfigManager::with_service_home(prefs, dir.to_owned(), service_home.to_owned(), defaults, None);
         let harness = Harness::builder().with_size(egui::vec2(1100.0, 900.0)).build_ui_state(
             |ui, app: &mut ConfigManager| {
                 app.logic();

@@ -143,7 +143,7 @@ mod page_tests {
     #[test]
     fn when_a_limit_applies_depends_on_who_runs_the_service() {
         let mut state = testing::running();
-        state.service = ServiceState::Attached { pid: 42 };
+        state.service = ServiceState::Attached { pid: 42, data_dir: "/tmp/n1".into(), system: false };
         let harness = section(state);
         assert!(shows(&harness, "once gatehouse node run is restarted"));
         let harness = section(testing::running());

@@ -1,11 +1,14 @@
 //! The control socket's client: connects to the service of a data dir (none running is
-//! `None`, not an error), watches it, asks it to stop, or has it run the connection tests.
+//! `None`, not an error), watches it, asks it to stop, has it run the connection tests or
+//! asks for its settings; and [`find_service`], which picks the service a window or `node
+//! status|start|stop|restart` uses: its own data dir's, else the system service's.
 
 use super::wire::{
     ANSWER_TIMEOUT, CONNECTION_TEST_TIMEOUT, ConnectionTest, ControlError, ControlEvent, ControlRequest,
     Hello, WATCH_BUFFER, connect_error, read_event, request, socket_path, timed,
 };
-use std::path::Path;
+use crate::node::store::NodeSettings;
+use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -94,6 +97,17 @@ impl ControlClient {
         }
     }
 
+    /// The settings of the service of `dir` (a proxy's password left out), for a process that
+    /// can't read its data dir (a window of an administrator attached to the system service).
+    pub async fn settings(dir: &Path) -> Result<NodeSettings, ControlError> {
+        let client = Self::running(dir).await?;
+        let (mut read, _write) = request(client.stream, ControlRequest::Settings).await?;
+        match timed(read_event(&mut read)).await? {
+            ControlEvent::Settings(settings) => Ok(*settings),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn running(dir: &Path) -> Result<ControlClient, ControlError> {
         Self::connect(dir).await?.ok_or_else(|| ControlError::NotRunning { dir: dir.to_owned() })
     }
@@ -105,4 +119,46 @@ fn unexpected(event: &ControlEvent) -> ControlError {
         ControlEvent::Stopping => ControlError::Closed,
         other => ControlError::Protocol(format!("unexpected {other:?}")),
     }
+}
+
+/// The data dir of a node service [`find_service`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDir {
+    pub dir: PathBuf,
+    /// It is the system service's (`paths::service_home`), not the caller's own.
+    pub system: bool,
+}
+
+/// The node service to use from the data dir `own`: the one answering there, if any; else,
+/// when `own` has no node registered, the system service at `service_home`, if it answers.
+/// `None` when neither answers. A system service the caller may not use (not root, not in its
+/// group) is [`ControlError::NotInGroup`].
+pub async fn find_service(
+    own: &Path,
+    registered: bool,
+    service_home: &Path,
+) -> Result<Option<(ServiceDir, ControlClient)>, ControlError> {
+    let system = is_same_dir(own, service_home);
+    if let Some(client) = ControlClient::connect(own).await? {
+        return Ok(Some((ServiceDir { dir: own.to_owned(), system }, client)));
+    }
+    if registered || system {
+        return Ok(None);
+    }
+    match ControlClient::connect(service_home).await {
+        Ok(found) => {
+            Ok(found.map(|client| (ServiceDir { dir: service_home.to_owned(), system: true }, client)))
+        }
+        Err(ControlError::Connect { reason, .. })
+            if reason.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err(ControlError::NotInGroup { path: socket_path(service_home) })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `a` and `b` name the same folder (as given, or once resolved).
+pub fn is_same_dir(a: &Path, b: &Path) -> bool {
+    a == b || a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b)
 }

@@ -4,17 +4,21 @@
 //! killed service replaced), its newline-delimited JSON protocol (one request per connection),
 //! the server and the client, and the connection tests the service runs for it. It must not
 //! reach beyond this machine: it is a Unix socket, and every connection is checked to come
-//! from the user that owns the socket.
+//! from the user that owns the socket, root, or (for a service started with a control group,
+//! as the system unit is) a member of that group ([`access`]).
 //!
 //! [`wire`] is the protocol (requests, events, errors, framing), [`server`] binds and serves
-//! the socket, [`client`] talks to it, [`diagnostics`] runs the connection tests.
+//! the socket, [`client`] talks to it, [`diagnostics`] runs the connection tests, [`access`]
+//! decides who may connect.
 
+pub mod access;
 mod client;
 mod diagnostics;
 mod server;
 mod wire;
 
-pub use client::ControlClient;
+pub use access::ControlGroup;
+pub use client::{ControlClient, ServiceDir, find_service, is_same_dir};
 pub(crate) use diagnostics::run_connection_tests;
 pub use server::{ControlSocket, ControlTarget, serve};
 pub use wire::{

@@ -1,8 +1,10 @@
 //! The control socket's server: binds `<data dir>/control.sock` (replacing a stale one under
 //! an flock on the data dir, refusing while a live service answers there), accepts only the
-//! socket owner's connections, and serves each request: a watch (hello, status, log lines),
-//! a stop, or the connection tests through the running service.
+//! connections [`access`](super::access) lets in (the socket owner's, root's, and with a
+//! control group its members'), and serves each request: a watch (hello, status, log lines),
+//! a stop, the connection tests through the running service, or the settings.
 
+use super::access::{self, ControlGroup, Peer};
 use super::wire::{
     ANSWER_TIMEOUT, CONNECTION_TEST_TIMEOUT, ControlError, ControlEvent, ControlRequest, Hello,
     connect_error, read_event, read_frame, request, socket_path, timed, write_event,
@@ -42,8 +44,10 @@ pub struct ControlSocket {
     listener: UnixListener,
     file: SocketFile,
     dir: PathBuf,
-    /// Who may connect: the owner of the socket file, i.e. whoever runs this service.
+    /// Who may connect: the owner of the socket file, i.e. whoever runs this service…
     owner_uid: u32,
+    /// …and the members of this group, when the socket is shared with one.
+    group: Option<u32>,
 }
 
 /// Binds `<dir>/control.sock` and serves it until `shutdown` is cancelled; the task removes
@@ -61,9 +65,22 @@ impl ControlSocket {
     /// killed) is replaced; one a live service answers on is left alone and refused with
     /// [`ControlError::AlreadyRunning`].
     pub async fn bind(dir: &Path) -> Result<ControlSocket, ControlError> {
-        // The data dir is 0700, so the socket is never reachable by others, even between
-        // bind and chmod below (no umask games: `unsafe` is forbidden here).
+        Self::bind_shared(dir, None).await
+    }
+
+    /// [`ControlSocket::bind`], and with `group` the socket (0660) and the way to it (the data
+    /// dir 0710) are that group's, whose members may then connect; the data dir's files stay
+    /// owner-only.
+    pub async fn bind_shared(
+        dir: &Path,
+        group: Option<&ControlGroup>,
+    ) -> Result<ControlSocket, ControlError> {
+        // The data dir is 0700 (0710 for a group, which can't write the socket before its
+        // chmod below), so the socket is never usable by others between bind and chmod (no
+        // umask games: `unsafe` is forbidden here).
         Store::new(dir).ensure_dir()?;
+        let dir_mode = if group.is_some() { crate::machine::SOCKET_GROUP_DIR_MODE } else { 0o700 };
+        share(dir, group, dir_mode)?;
         let path = socket_path(dir);
         // Looking at the socket, removing a stale one and binding are one step for all the
         // services of this data dir: two that both found the same stale socket would otherwise
@@ -104,10 +121,18 @@ impl ControlSocket {
         let bound =
             std::fs::metadata(&path).map_err(|reason| ControlError::Bind { path: path.clone(), reason })?;
         let file = SocketFile { path: path.clone(), dev: bound.dev(), ino: bound.ino() };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|reason| ControlError::Bind { path, reason })?;
+        share(&path, group, if group.is_some() { 0o660 } else { 0o600 })?;
         drop(lock);
-        Ok(ControlSocket { listener, file, dir: dir.to_owned(), owner_uid: bound.uid() })
+        if let Some(group) = group {
+            tracing::info!(path = %path.display(), group = %group.name, "the control socket is shared with a group");
+        }
+        Ok(ControlSocket {
+            listener,
+            file,
+            dir: dir.to_owned(),
+            owner_uid: bound.uid(),
+            group: group.map(|g| g.gid),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,6 +144,24 @@ impl ControlSocket {
     pub fn serve(self, target: ControlTarget, shutdown: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(accept(self, target, shutdown))
     }
+}
+
+/// Gives `path` to `group` (when it isn't already: the unit's service runs as that group,
+/// and its system call filter has no chown) and sets `mode`.
+fn share(path: &Path, group: Option<&ControlGroup>, mode: u32) -> Result<(), ControlError> {
+    if let Some(group) = group {
+        let meta =
+            std::fs::metadata(path).map_err(|reason| ControlError::Bind { path: path.to_owned(), reason })?;
+        if meta.gid() != group.gid {
+            std::os::unix::fs::chown(path, None, Some(group.gid)).map_err(|reason| ControlError::Share {
+                path: path.to_owned(),
+                group: group.name.clone(),
+                reason,
+            })?;
+        }
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|reason| ControlError::Bind { path: path.to_owned(), reason })
 }
 
 /// The socket file this process bound; removed when dropped, unless another file has taken
@@ -220,7 +263,7 @@ async fn probe(path: &Path) -> Result<Probe, ControlError> {
 }
 
 async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: CancellationToken) {
-    let ControlSocket { listener, file, dir, owner_uid } = socket;
+    let ControlSocket { listener, file, dir, owner_uid, group } = socket;
     let hello = Hello {
         pid: std::process::id(),
         version: crate::VERSION.to_owned(),
@@ -240,12 +283,12 @@ async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: Cancella
                 continue;
             }
         };
-        // The dir is owner-only already; this also keeps out root-owned helpers and anything
-        // that got hold of a descriptor.
+        // The file's mode keeps others out already; this also keeps out anything that got hold
+        // of a descriptor.
         match stream.peer_cred() {
-            Ok(peer) if peer.uid() == owner_uid => {}
-            Ok(peer) => {
-                tracing::info!(uid = peer.uid(), "control socket: refused a connection from another user");
+            Ok(cred) if allowed(cred.uid(), cred.gid(), cred.pid(), owner_uid, group) => {}
+            Ok(cred) => {
+                tracing::info!(uid = cred.uid(), "control socket: refused a connection from another user");
                 continue;
             }
             Err(e) => {
@@ -253,7 +296,7 @@ async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: Cancella
                 continue;
             }
         }
-        connections.spawn(answer(stream, hello.clone(), target.clone(), shutdown.clone()));
+        connections.spawn(answer(stream, hello.clone(), target.clone(), dir.clone(), shutdown.clone()));
     }
     drop(listener);
     drop(file);
@@ -262,9 +305,28 @@ async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: Cancella
     let _ = tokio::time::timeout(ANSWER_TIMEOUT, connections.wait()).await;
 }
 
+/// Whether the peer `SO_PEERCRED` named may use the socket; its supplementary groups are read
+/// only when they decide.
+fn allowed(uid: u32, gid: u32, pid: Option<i32>, owner_uid: u32, group: Option<u32>) -> bool {
+    let groups = if access::decided_without_groups(uid, gid, owner_uid, group) {
+        Vec::new()
+    } else {
+        pid.and_then(|pid| u32::try_from(pid).ok())
+            .map(|pid| access::supplementary_groups(pid, uid))
+            .unwrap_or_default()
+    };
+    access::may_connect(&Peer { uid, gid, groups }, owner_uid, group)
+}
+
 /// One connection: read the request, serve it. Failures are the client's business; they are
 /// logged at debug only, since a watcher of the log would otherwise see its own errors.
-async fn answer(stream: UnixStream, hello: Hello, target: ControlTarget, shutdown: CancellationToken) {
+async fn answer(
+    stream: UnixStream,
+    hello: Hello,
+    target: ControlTarget,
+    dir: PathBuf,
+    shutdown: CancellationToken,
+) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let frame = tokio::select! {
@@ -296,10 +358,32 @@ async fn answer(stream: UnixStream, hello: Hello, target: ControlTarget, shutdow
             let answer = test_through_service(&target).await;
             write_event(&mut write, &answer).await
         }
+        Ok(ControlRequest::Settings) => write_event(&mut write, &settings_of(&dir)).await,
     };
     if let Err(e) = result {
         tracing::debug!("control socket: {e}");
     }
+}
+
+/// The settings of the data dir `dir`, a proxy's password left out.
+fn settings_of(dir: &Path) -> ControlEvent {
+    match Store::new(dir).settings() {
+        Ok(mut settings) => {
+            settings.proxy = settings.proxy.as_deref().map(without_password);
+            ControlEvent::Settings(Box::new(settings))
+        }
+        Err(e) => ControlEvent::Failed { message: e.to_string() },
+    }
+}
+
+/// A proxy URL with the password of its `user:password@` (if any) replaced by `***`.
+fn without_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let Some((user, _)) = rest[..at].split_once(':') else { return url.to_owned() };
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    format!("{scheme}{sep}{user}:***{}", &rest[at..])
 }
 
 async fn test_through_service(target: &ControlTarget) -> ControlEvent {
@@ -481,6 +565,42 @@ mod tests {
                 assert!(!socket_path(dir.path()).exists(), "round {round}: the socket was left behind");
             }
         });
+    }
+
+    #[test]
+    fn a_proxy_password_is_left_out_of_the_settings_answer() {
+        assert_eq!(without_password("http://ann:s3cret@proxy:3128"), "http://ann:***@proxy:3128");
+        assert_eq!(without_password("http://ann@proxy:3128/x@y"), "http://ann@proxy:3128/x@y");
+        assert_eq!(without_password("http://proxy.corp:3128"), "http://proxy.corp:3128");
+        assert_eq!(without_password("ann:pw@proxy:1"), "ann:***@proxy:1");
+    }
+
+    #[tokio::test]
+    async fn a_shared_socket_and_its_dir_are_the_groups_and_the_files_stay_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = std::fs::metadata("/proc/self").unwrap().gid();
+        let group = ControlGroup { name: "mine".to_owned(), gid: mine };
+        std::fs::write(dir.path().join("secret.key"), b"k").unwrap();
+        std::fs::set_permissions(dir.path().join("secret.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let (target, _status, _logs) = target();
+        let shutdown = CancellationToken::new();
+        let socket = ControlSocket::bind_shared(dir.path(), Some(&group)).await.unwrap();
+        let task = socket.serve(target, shutdown.clone());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(dir.path()), 0o710);
+        assert_eq!(mode(&socket_path(dir.path())), 0o660);
+        assert_eq!(std::fs::metadata(socket_path(dir.path())).unwrap().gid(), mine);
+        assert_eq!(mode(&dir.path().join("secret.key")), 0o600);
+        // A later save (which makes the dir owner-only) leaves the way to the socket open.
+        Store::new(dir.path()).ensure_dir().unwrap();
+        assert_eq!(mode(dir.path()), 0o710);
+        shutdown.cancel();
+        task.await.unwrap();
+        // Without a group, the next service closes it again.
+        let socket = ControlSocket::bind(dir.path()).await.unwrap();
+        assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(socket.path()), 0o600);
     }
 
     #[tokio::test]

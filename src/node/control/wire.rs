@@ -5,7 +5,7 @@
 
 use crate::node::NodeStatus;
 use crate::node::logs::LogLine;
-use crate::node::store::StoreError;
+use crate::node::store::{NodeSettings, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub enum ControlRequest {
     Stop,
     /// Time the hub and every peer; answered with [`ControlEvent::Tested`].
     TestConnections,
+    /// The node's settings (node.toml; a proxy's password left out), for a window of another
+    /// user that can't read the data dir; answered with [`ControlEvent::Settings`].
+    Settings,
 }
 
 /// Who answers on the socket: the first event of a watch.
@@ -69,6 +72,8 @@ pub enum ControlEvent {
     Stopping,
     /// The results of the connection tests: the hub first, then each peer.
     Tested(Vec<ConnectionTest>),
+    /// The node's settings as stored, a proxy's password replaced by `***`.
+    Settings(Box<NodeSettings>),
     /// The request couldn't be served, with why, as a sentence.
     Failed { message: String },
 }
@@ -118,6 +123,22 @@ pub enum ControlError {
         path.display()
     )]
     Connect { path: PathBuf, reason: std::io::Error },
+    #[error(
+        "there is no group {group:?} on this machine for the control socket; create it (the package's postinst makes `gatehouse`), or give another with --control-group"
+    )]
+    NoSuchGroup { group: String },
+    #[error("can't look up the group {group:?} for the control socket: {reason}")]
+    GroupLookup { group: String, reason: String },
+    #[error(
+        "can't give {} to the group {group:?} ({reason}); run the service as a member of that group (the unit runs it as Group=gatehouse)",
+        path.display()
+    )]
+    Share { path: PathBuf, group: String, reason: std::io::Error },
+    #[error(
+        "the control socket of the system node service, {}, is only for root and the members of the gatehouse group; run this with sudo, or join the group (sudo adduser $USER gatehouse, then log in again)",
+        path.display()
+    )]
+    NotInGroup { path: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the control socket connection failed: {0}")]
