@@ -269,6 +269,7 @@ async fn gateway_with_nodes(hub: &Hub, label: &str, count: usize) -> (String, Ar
             peer_address: format!("127.0.0.1:{}", 7100 + index),
             encryption_thumbprint: None,
             public_key: None,
+            key_proof: None,
         };
         let answer: RegisterResponse = api
             .post(&created.keys.primary, "/api/v1/register", &request)
@@ -314,6 +315,7 @@ fn start_heartbeats(node: Arc<Node>, first_after: Duration, stop: CancellationTo
             metrics: NodeMetrics::default(),
             peer_address: None,
             public_key: None,
+            key_proof: None,
         };
         let mut next = tokio::time::Instant::now() + first_after;
         let mut paused = false;

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 use std::time::Duration;
 
+mod credentials;
 mod join_keys;
 
 /// Request bodies above this are refused with 413 before they are parsed.
@@ -55,6 +56,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/gateways/{gateway}/keys/{slot}/regenerate", post(regenerate_key))
         .route("/api/v1/gateways/{gateway}/join-keys", post(join_keys::create).get(join_keys::list))
         .route("/api/v1/gateways/{gateway}/join-keys/{key}", delete(join_keys::revoke))
+        .route("/api/v1/gateways/{gateway}/credentials", get(credentials::show).post(credentials::put))
         .route("/api/v1/gateways/{gateway}/nodes", get(list_nodes))
         .route("/api/v1/gateways/{gateway}/nodes/{node}", delete(remove_node))
         .route("/api/v1/gateways/{gateway}/jobs", post(submit_job).get(list_jobs))
@@ -693,6 +695,8 @@ async fn heartbeat(
     {
         announce_key(&state, &node, &mut me.public_key, key).await?;
     }
+    let (sealed_credentials, key_proof_wanted) =
+        credentials::for_heartbeat(&state, &node, &beat.metrics, beat.key_proof.as_ref()).await?;
     if let Some(me) = nodes.iter_mut().find(|n| n.id == node.id) {
         me.peer_address = peer_address;
         me.last_heartbeat_ms = Some(now);
@@ -761,6 +765,8 @@ async fn heartbeat(
         gateway_version: computed.version,
         hub_version: Some(crate::VERSION.to_owned()),
         bandwidth_bytes_per_second,
+        sealed_credentials,
+        key_proof_wanted,
     }))
 }
 
@@ -1392,6 +1398,17 @@ async fn create_token(
     _: Admin,
     ApiJson(request): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let gateway = match (request.kind, request.gateway.as_deref()) {
+        (TokenKind::CredentialManager, Some(gateway)) => Some(find_gateway(&state, gateway).await?),
+        (TokenKind::CredentialManager, None) => {
+            return Err(ApiError::bad_request("a credential-manager token is made for one gateway")
+                .with_hint("name it: gatehouse hub token create --credential-manager --gateway GATEWAY"));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request("only a credential-manager token is made for one gateway"));
+        }
+        (_, None) => None,
+    };
     let id = auth::new_id();
     let token = auth::new_purpose_token(request.kind, &id);
     let row = db::TokenRow {
@@ -1399,27 +1416,35 @@ async fn create_token(
         kind: request.kind.as_str().to_owned(),
         created_ms: now_ms(),
         revoked_ms: None,
+        gateway_id: gateway.as_ref().map(|g| g.id.clone()),
     };
     state.db.insert_token(&row, &auth::hash(&token)).await?;
-    audit::record(
-        &state,
-        None,
-        Actor::Admin,
-        "token.create",
-        format!("{} token {id} created", request.kind.as_str()),
-    )
-    .await;
+    let kind = request.kind.as_str().replace('_', "-");
+    let detail = match &gateway {
+        Some(g) => format!("{kind} token {id} created for gateway '{}'", g.name),
+        None => format!("{kind} token {id} created"),
+    };
+    audit::record(&state, gateway.as_ref(), Actor::Admin, "token.create", detail).await;
     Ok((StatusCode::CREATED, Json(CreatedToken { id, kind: request.kind, token })))
 }
 
 async fn list_tokens(State(state): State<HubState>, _: Admin) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let rows = state.db.tokens().await?;
+    let names: std::collections::HashMap<String, String> =
+        state.db.gateways().await?.into_iter().map(|g| (g.id, g.name)).collect();
     Ok(Json(
         rows.into_iter()
             // Only kinds this hub knows; a newer hub's rows on a shared database are skipped.
             .filter_map(|r| {
                 let kind = TokenKind::ALL.into_iter().find(|k| k.as_str() == r.kind)?;
-                Some(TokenInfo { id: r.id, kind, created_ms: r.created_ms, revoked_ms: r.revoked_ms })
+                let gateway = r.gateway_id.map(|id| names.get(&id).cloned().unwrap_or(id));
+                Some(TokenInfo {
+                    id: r.id,
+                    kind,
+                    created_ms: r.created_ms,
+                    revoked_ms: r.revoked_ms,
+                    gateway,
+                })
             })
             .collect(),
     ))
