@@ -705,9 +705,7 @@ async fn heartbeat_loop(
 ) {
     let mut hub_errors: u32 = 0;
     let mut wait: Duration;
-    // The hub says when it wants this node's key proof (the gateway encrypts and it has none
-    // for this certificate); the first beat offers one.
-    let mut proof_wanted = true;
+    let mut proof_wanted = true; // the hub asks for this node's key proof (first beat: offered)
     // A deadline, not a sleep per turn: commands that don't beat must not delay the next beat.
     let mut next_beat = tokio::time::Instant::now();
     loop {
@@ -741,13 +739,7 @@ async fn heartbeat_loop(
             ..NodeMetrics::default()
         };
         shared.report_credentials(&mut metrics);
-        let beat = Heartbeat {
-            version: crate::VERSION.to_owned(),
-            metrics: metrics.clone(),
-            peer_address: Some(shared.settings.peer_address.clone()),
-            public_key: Some(shared.key.public().to_owned()),
-            key_proof: if proof_wanted { key_proof(&shared) } else { None },
-        };
+        let beat = heartbeat_of(&shared, &metrics, proof_wanted);
         match shared.client.heartbeat(&beat).await {
             Ok(answer) => {
                 if hub_errors > 0 {
@@ -765,8 +757,8 @@ async fn heartbeat_loop(
                 }
                 shared.set_roster(&answer.peers);
                 proof_wanted = answer.key_proof_wanted;
-                let sealed = answer.sealed_credentials;
-                tokio::spawn(sync_credentials(Arc::clone(&shared), answer.peers.clone(), sealed));
+                let (peers, sealed) = (answer.peers.clone(), answer.sealed_credentials);
+                tokio::spawn(sync_credentials(Arc::clone(&shared), peers, sealed));
                 worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
                 status.send_modify(|s| {
                     s.hub_connected = true;
@@ -809,6 +801,17 @@ async fn heartbeat_loop(
             }
         }
         next_beat = tokio::time::Instant::now() + wait;
+    }
+}
+
+/// The heartbeat this node sends with `metrics` (and its key proof when the hub wants one).
+fn heartbeat_of(shared: &Shared, metrics: &NodeMetrics, proof_wanted: bool) -> Heartbeat {
+    Heartbeat {
+        version: crate::VERSION.to_owned(),
+        metrics: metrics.clone(),
+        peer_address: Some(shared.settings.peer_address.clone()),
+        public_key: Some(shared.key.public().to_owned()),
+        key_proof: if proof_wanted { key_proof(shared) } else { None },
     }
 }
 
