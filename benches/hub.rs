@@ -315,6 +315,7 @@ fn start_heartbeats(node: Arc<Node>, first_after: Duration, stop: CancellationTo
             peer_address: None,
             public_key: None,
             restarted: false,
+            key_proof: None,
         };
         let mut next = tokio::time::Instant::now() + first_after;
         let mut paused = false;

@@ -9,10 +9,10 @@
 
 use crate::protocol::{
     AuditEntry, CertPin, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey,
-    CreatedToken, ErrorBody, FinishRun, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView,
-    JobsQuery, JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NodeView, RegeneratedKey, RegisterRequest,
-    RegisterResponse, RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo,
-    TokenKind,
+    CreatedToken, ErrorBody, FinishRun, GatewayCredentials, GatewayView, Heartbeat, HeartbeatResponse,
+    JobSpec, JobView, JobsQuery, JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NodeView, PutCredential,
+    PutCredentialAnswer, RegeneratedKey, RegisterRequest, RegisterResponse, RunProgress, RunView,
+    SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo, TokenKind,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -338,7 +338,32 @@ impl HubClient {
 
     /// `POST /api/v1/tokens`: a new token of `kind`, shown once.
     pub async fn create_token(&self, kind: TokenKind) -> Result<CreatedToken, ClientError> {
-        self.call(Method::POST, &["tokens"], None, Some(&CreateToken { kind })).await
+        self.call(Method::POST, &["tokens"], None, Some(&CreateToken { kind, gateway: None })).await
+    }
+
+    /// `POST /api/v1/tokens` for a token made for one gateway (a credential-manager token).
+    pub async fn create_gateway_token(
+        &self,
+        kind: TokenKind,
+        gateway: &str,
+    ) -> Result<CreatedToken, ClientError> {
+        let request = CreateToken { kind, gateway: Some(gateway.to_owned()) };
+        self.call(Method::POST, &["tokens"], None, Some(&request)).await
+    }
+
+    /// `GET /api/v1/gateways/{gateway}/credentials`: the nodes' keys to seal for, and the
+    /// gateway's credential state (names and versions, never values).
+    pub async fn credentials(&self, gateway: &str) -> Result<GatewayCredentials, ClientError> {
+        self.call(Method::GET, &["gateways", gateway, "credentials"], None, None::<&()>).await
+    }
+
+    /// `POST /api/v1/gateways/{gateway}/credentials`: a credential sealed for each node.
+    pub async fn put_credential(
+        &self,
+        gateway: &str,
+        request: &PutCredential,
+    ) -> Result<PutCredentialAnswer, ClientError> {
+        self.call(Method::POST, &["gateways", gateway, "credentials"], None, Some(request)).await
     }
 
     /// `POST /api/v1/admin-token/rotate`: a new admin token; this client's stops working.

@@ -308,6 +308,10 @@ pub struct Heartbeat {
     /// Left out when false, so a node's other beats stay readable by an older hub.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restarted: bool,
+    /// The proof that `public_key` is this node's, signed with its certificate's key; sent
+    /// when the hub's last answer asked for it (`key_proof_wanted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_proof: Option<KeyProof>,
 }
 
 /// What the hub tells a node on each heartbeat.
@@ -344,6 +348,12 @@ pub struct HeartbeatResponse {
     /// none, so a node about to copy knows its share already. `None` when there is no limit.
     #[serde(default)]
     pub bandwidth_bytes_per_second: Option<u64>,
+    /// Credentials the credential manager sealed for this node that it hasn't reported yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_credentials: Vec<SealedCredential>,
+    /// The hub has no key proof for this node's current certificate: send one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_proof_wanted: bool,
 }
 
 /// A node of the same gateway, as the dispatcher needs to know it to hand out runs.
@@ -807,23 +817,28 @@ pub enum TokenKind {
     Metrics,
     /// Read the status page, nothing else.
     Viewer,
+    /// Set, list and delete the credentials of one gateway (`gatehouse credential …`),
+    /// nothing else.
+    CredentialManager,
 }
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 2] = [TokenKind::Metrics, TokenKind::Viewer];
+    pub const ALL: [TokenKind; 3] = [TokenKind::Metrics, TokenKind::Viewer, TokenKind::CredentialManager];
 
     pub fn as_str(self) -> &'static str {
         match self {
             TokenKind::Metrics => "metrics",
             TokenKind::Viewer => "viewer",
+            TokenKind::CredentialManager => "credential_manager",
         }
     }
 
-    /// How a token of this kind starts: `ghm_` or `ghv_`.
+    /// How a token of this kind starts: `ghm_`, `ghv_` or `ghc_`.
     pub fn prefix(self) -> &'static str {
         match self {
             TokenKind::Metrics => "ghm_",
             TokenKind::Viewer => "ghv_",
+            TokenKind::CredentialManager => "ghc_",
         }
     }
 }
@@ -833,6 +848,9 @@ impl TokenKind {
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub kind: TokenKind,
+    /// The gateway (id or name) a credential-manager token is for; only that kind takes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// `POST /api/v1/admin-token/rotate`: the new admin token, shown this once (the old one
@@ -864,6 +882,130 @@ pub struct TokenInfo {
     pub kind: TokenKind,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// The gateway (name) a credential-manager token is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+/// A node's proof that its X25519 key is its own, when the gateway encrypts its peer
+/// channel: the key (bound to its gateway and node ids) signed with its certificate's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyProof {
+    /// The certificate chain, leaf first, each DER in base64.
+    pub chain: Vec<String>,
+    /// `ed25519`, `ecdsa-p256-sha256`, `ecdsa-p384-sha384` or `rsa-pss-sha256`.
+    pub scheme: String,
+    /// Base64.
+    pub signature: String,
+}
+
+/// One node as the credential manager seals for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialNode {
+    pub node_id: String,
+    pub name: String,
+    pub status: NodeState,
+    /// Its X25519 public key (base64); empty for a node that hasn't announced one.
+    pub public_key: String,
+    /// Its key proof, when it sent one (gateways that encrypt).
+    #[serde(default)]
+    pub key_proof: Option<KeyProof>,
+}
+
+/// A credential the hub still holds sealed for some nodes (until each reports that version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCredential {
+    pub name: String,
+    pub version: u64,
+    pub deleted: bool,
+    /// The nodes (names) that haven't reported it yet.
+    pub nodes: Vec<String>,
+}
+
+/// `GET /api/v1/gateways/{gateway}/credentials`: what the credential manager needs to seal
+/// a credential for every node, and the gateway's credential state (names and versions,
+/// never values).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayCredentials {
+    pub gateway_id: String,
+    pub gateway_name: String,
+    /// The gateway encrypts its peer channel: the nodes' keys must come with key proofs.
+    pub encryption: bool,
+    pub nodes: Vec<CredentialNode>,
+    /// Every credential with the nodes holding its newest version, behind and ahead.
+    pub credentials: Vec<GatewayCredential>,
+    pub in_sync: bool,
+    /// Credentials sent from a credential manager that some nodes haven't taken yet.
+    #[serde(default)]
+    pub pending: Vec<PendingCredential>,
+}
+
+/// The longest credential value the credential manager takes (a password, an access key, a
+/// service account's key file).
+pub const MAX_CREDENTIAL_VALUE_BYTES: usize = 8 * 1024;
+/// A sealed credential is at most this long: base64 of the ephemeral key (32 bytes), the
+/// marker byte, the value and the tag (16 bytes).
+pub const MAX_SEALED_CHARS: usize = (MAX_CREDENTIAL_VALUE_BYTES + 1 + 32 + 16).div_ceil(3) * 4;
+
+/// One node's copy of a credential set or deleted through the credential manager.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCiphertext {
+    pub node_id: String,
+    /// Sealed to the node's key (base64); see `node::sealed`.
+    pub ciphertext: String,
+}
+
+// Sealed, but still not for logs.
+impl std::fmt::Debug for NodeCiphertext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCiphertext").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/gateways/{gateway}/credentials`: a credential (or its deletion) sealed on the
+/// admin machine for each node of the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutCredential {
+    pub name: String,
+    pub version: u64,
+    #[serde(default)]
+    pub deleted: bool,
+    /// One per node of the gateway.
+    pub sealed: Vec<NodeCiphertext>,
+}
+
+/// The hub's answer to a [`PutCredential`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutCredentialAnswer {
+    pub name: String,
+    pub version: u64,
+    /// The nodes (names) it will reach with their next heartbeat.
+    pub nodes: Vec<String>,
+}
+
+/// A credential sealed for this node, in a heartbeat answer, until the node reports holding
+/// that version (or a newer one).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedCredential {
+    pub name: String,
+    pub version: u64,
+    #[serde(default)]
+    pub deleted: bool,
+    pub ciphertext: String,
+}
+
+impl std::fmt::Debug for SealedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedCredential")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One entry of the hub's audit trail: who did what, when. Never holds a secret.
@@ -873,7 +1015,7 @@ pub struct AuditEntry {
     pub at_ms: i64,
     pub gateway_id: Option<String>,
     pub gateway_name: Option<String>,
-    /// `admin` (the admin token) or `node NAME`.
+    /// `admin` (the admin token), `node NAME` or `credential manager token ID`.
     pub actor: String,
     /// What was done, e.g. `gateway.create`, `node.register`, `settings.update`.
     pub action: String,

@@ -344,6 +344,7 @@ fn the_hub_takes_a_nodes_first_key_and_never_another() {
             peer_address: None,
             public_key: Some(public_key.to_owned()),
             restarted: false,
+            key_proof: None,
         };
         let first = peer::StaticKey::generate().unwrap();
         let other = peer::StaticKey::generate().unwrap();
@@ -399,6 +400,7 @@ fn a_worker_runs_the_hubs_copy_of_a_run_not_the_one_it_was_handed() {
         peer_address: None,
         public_key: Some(d_key.public().to_owned()),
         restarted: false,
+        key_proof: None,
     };
     let epoch = runtime.block_on(d.heartbeat(&beat)).unwrap().lease_epoch;
     let stop = Arc::new(AtomicBool::new(false));

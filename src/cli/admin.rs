@@ -422,11 +422,12 @@ pub fn run_node(command: NodeCommand) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Make a token for one purpose (--metrics or --viewer); it is shown in full this once (the
-    /// hub keeps its hash).
+    /// Make a token for one purpose (--metrics, --viewer or --credential-manager --gateway G);
+    /// it is shown in full this once (the hub keeps its hash).
     #[command(after_help = EXIT_CODES)]
     Create(CreateTokenArgs),
-    /// List tokens: id, kind, when made and revoked (never the tokens).
+    /// List tokens: id, kind, gateway (credential-manager tokens), when made and revoked
+    /// (never the tokens).
     #[command(after_help = EXIT_CODES)]
     List(ListArgs),
     /// Revoke a token by id: it stops working at once.
@@ -446,7 +447,7 @@ pub struct RotateTokenArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("kind").required(true).args(["metrics", "viewer"])))]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["metrics", "viewer", "credential_manager"])))]
 pub struct CreateTokenArgs {
     /// A token that may scrape /metrics and nothing else (for Prometheus).
     #[arg(long)]
@@ -454,6 +455,13 @@ pub struct CreateTokenArgs {
     /// A token that may read the status page at / and nothing else.
     #[arg(long)]
     pub viewer: bool,
+    /// A token that may set, list and delete the credentials of one gateway (--gateway)
+    /// with `gatehouse credential …`, and nothing else.
+    #[arg(long, requires = "gateway")]
+    pub credential_manager: bool,
+    /// The gateway a --credential-manager token is for.
+    #[arg(long, value_name = "GATEWAY", requires = "credential_manager")]
+    pub gateway: Option<String>,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -476,8 +484,18 @@ pub fn run_token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn create_token(args: CreateTokenArgs) -> anyhow::Result<()> {
-    let kind = if args.viewer { TokenKind::Viewer } else { TokenKind::Metrics };
-    let created = args.connection.client()?.create_token(kind).await?;
+    let kind = if args.viewer {
+        TokenKind::Viewer
+    } else if args.credential_manager {
+        TokenKind::CredentialManager
+    } else {
+        TokenKind::Metrics
+    };
+    let client = args.connection.client()?;
+    let created = match &args.gateway {
+        Some(gateway) => client.create_gateway_token(kind, gateway).await?,
+        None => client.create_token(kind).await?,
+    };
     if args.connection.json {
         return emit_json(&created);
     }
@@ -489,6 +507,10 @@ async fn create_token(args: CreateTokenArgs) -> anyhow::Result<()> {
         TokenKind::Viewer => (
             "Viewer token",
             "Open the hub's address in a browser and give this token as the password (any user name).",
+        ),
+        TokenKind::CredentialManager => (
+            "Credential-manager token",
+            "On the admin machine, put it in GATEHOUSE_ADMIN_TOKEN (or a file for --token-file) and run: gatehouse credential set NAME --gateway GATEWAY",
         ),
     };
     emit(&format!(
@@ -505,11 +527,12 @@ async fn list_tokens(args: ListArgs) -> anyhow::Result<()> {
     if tokens.is_empty() {
         return emit("No tokens yet; make one with: gatehouse hub token create --metrics\n");
     }
-    let mut table = Table::new(&["ID", "KIND", "CREATED", "REVOKED"]);
+    let mut table = Table::new(&["ID", "KIND", "GATEWAY", "CREATED", "REVOKED"]);
     for t in &tokens {
         table.row(vec![
             t.id.clone(),
-            t.kind.as_str().to_owned(),
+            t.kind.as_str().replace('_', "-"),
+            t.gateway.clone().unwrap_or_else(|| "-".to_owned()),
             timestamp(t.created_ms),
             t.revoked_ms.map_or_else(|| "-".to_owned(), timestamp),
         ]);

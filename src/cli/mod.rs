@@ -3,6 +3,7 @@
 
 mod admin;
 mod cert;
+mod credential;
 mod generate;
 /// The hub client, where the admin commands first had it.
 pub use crate::client;
@@ -34,6 +35,10 @@ pub enum Command {
     /// Register and run this machine's node service.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Set, list and delete a gateway's data-store credentials from any machine (the
+    /// credential manager): values are sealed here for each node, the hub sees only ciphertext.
+    #[command(subcommand)]
+    Credential(credential::CredentialCommand),
     /// Submit jobs to a gateway through the hub and follow their runs.
     #[command(subcommand, after_help = admin::EXIT_CODES)]
     Job(job::JobCommand),
@@ -81,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Hub(command)) => hub::run(command),
         Some(Command::Node(command)) => node::run(command),
         Some(Command::Job(command)) => job::run(command),
+        Some(Command::Credential(command)) => credential::run(command),
         Some(Command::Generate(command)) => generate::run(command),
         Some(Command::Gui) | None => {
             let dir = crate::paths::data_dir();

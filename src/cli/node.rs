@@ -542,8 +542,11 @@ fn credential(store: &Store, command: CredentialCommand) -> anyhow::Result<()> {
             let set = credentials::load(store)?;
             let now = crate::node::unix_millis();
             for stamp in set.stamps(now) {
-                let origin =
-                    if stamp.origin.is_empty() { String::new() } else { format!(" on {}", stamp.origin) };
+                let origin = match stamp.origin.as_str() {
+                    "" => String::new(),
+                    crate::node::CREDENTIAL_MANAGER => " through the credential manager".to_owned(),
+                    node => format!(" on {node}"),
+                };
                 let what = if stamp.deleted { "deleted" } else { "set" };
                 println!("{}\tversion {} ({what}{origin})", stamp.name, stamp.version);
             }

@@ -14,6 +14,7 @@ use extract::{MAX_BODY_BYTES, limited};
 use runs::{MAX_PROGRESS_BODY_BYTES, MAX_SPLIT_BODY_BYTES};
 
 mod access;
+mod credentials;
 mod extract;
 mod gateways;
 mod jobs;
@@ -36,6 +37,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/gateways/{gateway}/keys/{slot}/regenerate", post(gateways::regenerate_key))
         .route("/api/v1/gateways/{gateway}/join-keys", post(join_keys::create).get(join_keys::list))
         .route("/api/v1/gateways/{gateway}/join-keys/{key}", delete(join_keys::revoke))
+        .route("/api/v1/gateways/{gateway}/credentials", get(credentials::show).post(credentials::put))
         .route("/api/v1/gateways/{gateway}/nodes", get(gateways::list_nodes))
         .route("/api/v1/gateways/{gateway}/nodes/{node}", delete(gateways::remove_node))
         .route("/api/v1/gateways/{gateway}/jobs", post(jobs::submit_job).get(jobs::list_jobs))

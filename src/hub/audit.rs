@@ -11,6 +11,8 @@ pub enum Actor {
     Admin,
     /// A node, by name (registering with an auth key, or with its node token).
     Node(String),
+    /// A credential-manager token, by id.
+    CredentialManager(String),
 }
 
 impl Actor {
@@ -18,6 +20,7 @@ impl Actor {
         match self {
             Actor::Admin => "admin".to_owned(),
             Actor::Node(name) => format!("node {name}"),
+            Actor::CredentialManager(id) => format!("credential manager token {id}"),
         }
     }
 }

@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "history", include_str!("migrations/0005_history.sql")),
     (6, "join_keys", include_str!("migrations/0006_join_keys.sql")),
     (7, "node_keys", include_str!("migrations/0007_node_keys.sql")),
+    (8, "credential_manager", include_str!("migrations/0008_credential_manager.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -174,10 +175,33 @@ pub struct AttemptRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
     pub id: String,
-    /// `metrics`.
+    /// `metrics`, `viewer` or `credential_manager`.
     pub kind: String,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// The gateway a credential-manager token is for.
+    pub gateway_id: Option<String>,
+}
+
+/// A credential sealed for one node by the credential manager (ciphertext only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedRow {
+    pub node_id: String,
+    pub name: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub ciphertext: String,
+}
+
+impl std::fmt::Debug for SealedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedRow")
+            .field("node_id", &self.node_id)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which jobs a listing wants, newest first.
@@ -1312,33 +1336,129 @@ impl Db {
     // ---- purpose tokens ----
 
     pub async fn insert_token(&self, token: &TokenRow, token_hash: &str) -> Result<()> {
-        sqlx::query("INSERT INTO tokens (id, kind, token_hash, created_ms) VALUES ($1, $2, $3, $4)")
-            .bind(&token.id)
-            .bind(&token.kind)
-            .bind(token_hash)
-            .bind(token.created_ms)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, kind, token_hash, created_ms, gateway_id) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.id)
+        .bind(&token.kind)
+        .bind(token_hash)
+        .bind(token.created_ms)
+        .bind(token.gateway_id.as_deref())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// A token that isn't revoked, with its hash.
     pub async fn live_token(&self, id: &str) -> Result<Option<(TokenRow, String)>> {
         let row = sqlx::query(
-            "SELECT id, kind, created_ms, revoked_ms, token_hash FROM tokens WHERE id = $1 AND revoked_ms IS NULL",
+            "SELECT id, kind, created_ms, revoked_ms, gateway_id, token_hash FROM tokens WHERE id = $1 AND revoked_ms IS NULL",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok((token_row(&r)?, r.try_get(4)?))).transpose()
+        row.map(|r| Ok((token_row(&r)?, r.try_get(5)?))).transpose()
     }
 
     /// Every token, revoked ones too, oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
-        let rows = sqlx::query("SELECT id, kind, created_ms, revoked_ms FROM tokens ORDER BY created_ms, id")
+        let rows = sqlx::query(
+            "SELECT id, kind, created_ms, revoked_ms, gateway_id FROM tokens ORDER BY created_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_row).collect()
+    }
+
+    // ---- the credential manager ----
+
+    /// Stores a credential sealed for each node (`rows`), replacing an older version of the
+    /// same name for a node, in one transaction. Rows of nodes no longer in `gateway_id` are
+    /// not stored; returns the node ids stored for.
+    pub async fn put_sealed(&self, gateway_id: &str, rows: &[SealedRow], now_ms: i64) -> Result<Vec<String>> {
+        let mut tx = self.write().await?;
+        let mut stored = Vec::new();
+        for row in rows {
+            let done = sqlx::query(
+                "INSERT INTO sealed_credentials (node_id, gateway_id, name, version, deleted, ciphertext, created_ms)                  SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND gateway_id = $2)                  ON CONFLICT (node_id, name) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,                  ciphertext = excluded.ciphertext, created_ms = excluded.created_ms                  WHERE sealed_credentials.version < excluded.version",
+            )
+            .bind(&row.node_id)
+            .bind(gateway_id)
+            .bind(&row.name)
+            .bind(row.version)
+            .bind(i64::from(row.deleted))
+            .bind(&row.ciphertext)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                stored.push(row.node_id.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// The credentials sealed for one node that it hasn't taken yet, by name.
+    pub async fn sealed_for(&self, node_id: &str) -> Result<Vec<SealedRow>> {
+        let rows = sqlx::query(
+            "SELECT node_id, name, version, deleted, ciphertext FROM sealed_credentials WHERE node_id = $1 ORDER BY name",
+        )
+        .bind(node_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sealed_row).collect()
+    }
+
+    /// The credentials sealed for any node of a gateway, without their ciphertexts.
+    pub async fn sealed_in(&self, gateway_id: &str) -> Result<Vec<SealedRow>> {
+        let rows = sqlx::query(
+            "SELECT node_id, name, version, deleted, '' AS ciphertext FROM sealed_credentials WHERE gateway_id = $1              ORDER BY name, node_id",
+        )
+        .bind(gateway_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sealed_row).collect()
+    }
+
+    /// Forgets what a node has taken: its rows of `name` at `version` or older.
+    pub async fn taken_sealed(&self, node_id: &str, name: &str, version: i64) -> Result<()> {
+        sqlx::query("DELETE FROM sealed_credentials WHERE node_id = $1 AND name = $2 AND version <= $3")
+            .bind(node_id)
+            .bind(name)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The key proofs (JSON) of a gateway's nodes that sent one, by node id.
+    pub async fn key_proofs(&self, gateway_id: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT id, key_proof FROM nodes WHERE gateway_id = $1 AND key_proof <> ''")
+            .bind(gateway_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(token_row).collect()
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// The certificate thumbprint a node's stored key proof came with (empty: none).
+    pub async fn key_proof_thumbprint(&self, node_id: &str) -> Result<String> {
+        let row = sqlx::query("SELECT key_proof_thumbprint FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or_default())
+    }
+
+    /// Stores a node's key proof (JSON) and the certificate thumbprint it came with.
+    pub async fn set_key_proof(&self, node_id: &str, proof: &str, thumbprint: &str) -> Result<()> {
+        sqlx::query("UPDATE nodes SET key_proof = $1, key_proof_thumbprint = $2 WHERE id = $3")
+            .bind(proof)
+            .bind(thumbprint)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Revokes a token; false if there is no such live token.
@@ -1683,6 +1803,17 @@ fn token_row(row: &AnyRow) -> Result<TokenRow> {
         kind: row.try_get(1)?,
         created_ms: row.try_get(2)?,
         revoked_ms: row.try_get(3)?,
+        gateway_id: row.try_get(4)?,
+    })
+}
+
+fn sealed_row(row: &AnyRow) -> Result<SealedRow> {
+    Ok(SealedRow {
+        node_id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        version: row.try_get(2)?,
+        deleted: row.try_get::<i64, _>(3)? != 0,
+        ciphertext: row.try_get(4)?,
     })
 }
 

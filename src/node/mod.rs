@@ -26,6 +26,7 @@ pub mod logs;
 pub mod metrics;
 pub mod ops;
 pub mod peer;
+pub mod sealed;
 pub mod status_file;
 pub mod store;
 pub mod tls;
@@ -34,6 +35,7 @@ pub mod worker;
 use crate::client::{ClientError, HubClient};
 use crate::protocol::{
     CredentialStamp, GatewaySettings, Heartbeat, NodeMetrics, NodeState, Peer, RegisterRequest, Role,
+    SealedCredential,
 };
 use metrics::MetricsSource;
 use std::collections::{BTreeMap, BTreeSet};
@@ -269,6 +271,9 @@ pub(crate) struct Shared {
     /// Credentials (peer, name, version) refused for a version ahead of the clock, so each
     /// is logged once.
     refused: Mutex<BTreeSet<(String, String, u64)>>,
+    /// Sealed credentials (name, version) from the credential manager that didn't open, so
+    /// each is logged once.
+    unopened: Mutex<BTreeSet<(String, u64)>>,
     /// When the secrets file last changed as far as we know, so it is re-read (and decrypted)
     /// only after `gatehouse node credential …` touched it, not every second.
     secrets_seen: Mutex<Option<SystemTime>>,
@@ -376,9 +381,10 @@ async fn ping_peers(shared: Arc<Shared>, status: watch::Receiver<NodeStatus>, sh
 /// Picks up credentials changed on disk (`gatehouse node credential set` while running), and
 /// merges the set of every peer that reports other credentials than this node, one of them
 /// newer than this node's (a version ahead of the clock doesn't count: it is refused).
-async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
+async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>, sealed: Vec<SealedCredential>) {
     use std::sync::atomic::Ordering;
     if shared.syncing.swap(true, Ordering::SeqCst) {
+        // What the credential manager sent comes again with the next heartbeat answer.
         return;
     }
     let modified = shared.store.secrets_modified();
@@ -390,6 +396,9 @@ async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
     {
         tracing::info!(newest = on_disk.newest_version(), "credentials changed on this node");
         shared.set_credentials(on_disk);
+    }
+    if !sealed.is_empty() {
+        take_sealed(&shared, &sealed);
     }
     for peer in peers.iter().filter(|p| matches!(p.status, NodeState::Online | NodeState::Limited)) {
         let now = unix_millis();
@@ -416,6 +425,67 @@ async fn sync_credentials(shared: Arc<Shared>, peers: Vec<Peer>) {
         }
     }
     shared.syncing.store(false, Ordering::SeqCst);
+}
+
+/// The origin of credentials sealed by the credential manager, as their stamps carry it.
+pub const CREDENTIAL_MANAGER: &str = "admin";
+
+/// Opens the credentials the credential manager sealed for this node (the hub handed them
+/// over with the heartbeat answer) and merges them like a peer's set; one that doesn't open
+/// is logged once (name and version, never more) and left out.
+fn take_sealed(shared: &Shared, sealed: &[SealedCredential]) {
+    let settings = &shared.settings;
+    let mut set = credentials::CredentialSet::default();
+    for item in sealed {
+        let binding = sealed::Binding {
+            gateway_id: &settings.gateway_id,
+            node_id: &settings.node_id,
+            name: &item.name,
+            version: item.version,
+            deleted: item.deleted,
+        };
+        match sealed::open(&shared.key, &binding, &item.ciphertext) {
+            Ok(value) => {
+                let credential = credentials::Credential {
+                    version: item.version,
+                    origin: CREDENTIAL_MANAGER.to_owned(),
+                    value,
+                };
+                set.entries.insert(item.name.clone(), credential);
+            }
+            Err(e) => {
+                let first = shared
+                    .unopened
+                    .lock()
+                    .map_or(true, |mut seen| seen.insert((item.name.clone(), item.version)));
+                if first {
+                    tracing::warn!(
+                        credential = %item.name,
+                        version = item.version,
+                        "refused credential {:?} (version {}) from the credential manager: {e}; set it again with `gatehouse credential set --gateway`",
+                        item.name,
+                        item.version
+                    );
+                }
+            }
+        }
+    }
+    if set.entries.is_empty() {
+        return;
+    }
+    match credentials::merge(&shared.store, &set) {
+        Ok((held, merged)) => {
+            for (name, version) in &merged.refused {
+                shared.refused("the credential manager", name, *version);
+            }
+            if !merged.changed.is_empty() {
+                let names = merged.changed.join(", ");
+                tracing::info!("credentials set through the credential manager: {names}");
+            }
+            shared.set_credentials(held);
+        }
+        Err(e) => tracing::warn!("can't store the credentials from the credential manager: {e}"),
+    }
 }
 
 /// Fetches a peer's set and merges it into this node's.
@@ -498,6 +568,7 @@ impl NodeService {
             credentials,
             syncing: std::sync::atomic::AtomicBool::new(false),
             refused: Mutex::new(BTreeSet::new()),
+            unopened: Mutex::new(BTreeSet::new()),
             // Not the file's time now: the secrets were read earlier, and a `credential set`
             // in between would never be noticed. Unknown makes the first sync read the file.
             secrets_seen: Mutex::new(None),
@@ -688,6 +759,7 @@ async fn heartbeat_loop(
     let mut hub_errors: u32 = 0;
     let mut wait: Duration;
     let mut first_beat = true; // Heartbeat::restarted, until a beat is answered
+    let mut proof_wanted = true; // the hub asks for this node's key proof (first beat: offered)
     // A deadline, not a sleep per turn: commands that don't beat must not delay the next beat.
     let mut next_beat = tokio::time::Instant::now();
     loop {
@@ -707,13 +779,7 @@ async fn heartbeat_loop(
             },
         }
         let metrics = measure(&mut service, &shared, &worker, hub_errors);
-        let beat = Heartbeat {
-            version: crate::VERSION.to_owned(),
-            metrics: metrics.clone(),
-            peer_address: Some(shared.settings.peer_address.clone()),
-            public_key: Some(shared.key.public().to_owned()),
-            restarted: first_beat,
-        };
+        let beat = Heartbeat { restarted: first_beat, ..heartbeat_of(&shared, &metrics, proof_wanted) };
         match shared.client.heartbeat(&beat).await {
             Ok(answer) => {
                 first_beat = false;
@@ -731,7 +797,9 @@ async fn heartbeat_loop(
                     tracing::info!(role = ?answer.role, "this node's role changed");
                 }
                 shared.set_roster(&answer.peers);
-                tokio::spawn(sync_credentials(Arc::clone(&shared), answer.peers.clone()));
+                proof_wanted = answer.key_proof_wanted;
+                let (peers, sealed) = (answer.peers.clone(), answer.sealed_credentials);
+                tokio::spawn(sync_credentials(Arc::clone(&shared), peers, sealed));
                 worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
                 status.send_modify(|s| {
                     s.hub_connected = true;
@@ -774,6 +842,32 @@ async fn heartbeat_loop(
             }
         }
         next_beat = tokio::time::Instant::now() + wait;
+    }
+}
+
+/// The heartbeat this node sends with `metrics` (and its key proof when the hub wants one).
+fn heartbeat_of(shared: &Shared, metrics: &NodeMetrics, proof_wanted: bool) -> Heartbeat {
+    Heartbeat {
+        version: crate::VERSION.to_owned(),
+        metrics: metrics.clone(),
+        peer_address: Some(shared.settings.peer_address.clone()),
+        public_key: Some(shared.key.public().to_owned()),
+        key_proof: if proof_wanted { key_proof(shared) } else { None },
+        restarted: false,
+    }
+}
+
+/// This node's peer-channel key signed with its certificate's key, when it encrypts (for
+/// the credential manager, which doesn't take the hub's word for the key then).
+fn key_proof(shared: &Shared) -> Option<crate::protocol::KeyProof> {
+    let identity = shared.secrets.tls.as_ref()?;
+    let settings = &shared.settings;
+    match sealed::prove(identity, &settings.gateway_id, &settings.node_id, shared.key.public()) {
+        Ok(proof) => Some(proof),
+        Err(e) => {
+            tracing::warn!("can't prove this node's key to the credential manager: {e}");
+            None
+        }
     }
 }
 

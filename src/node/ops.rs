@@ -318,6 +318,9 @@ impl fmt::Display for HubTokenCreated {
                 "open the hub's address in a browser and give it as the password (any user name)"
             }
             crate::protocol::TokenKind::Metrics => "Prometheus sends it as a bearer token to /metrics",
+            crate::protocol::TokenKind::CredentialManager => {
+                "give it to `gatehouse credential … --gateway` in GATEHOUSE_ADMIN_TOKEN or --token-file"
+            }
         };
         write!(
             f,

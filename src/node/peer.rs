@@ -99,7 +99,7 @@ impl StaticKey {
         &self.public
     }
 
-    fn private_bytes(&self) -> Result<Vec<u8>, PeerError> {
+    pub(super) fn private_bytes(&self) -> Result<Vec<u8>, PeerError> {
         STANDARD
             .decode(&self.private)
             .ok()

@@ -27,11 +27,7 @@ impl PeerTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain: Vec<CertificateDer<'static>> =
             identity.chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
-        let key = match identity.key_encoding {
-            KeyEncoding::Pkcs8 => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key.clone())),
-            KeyEncoding::Pkcs1 => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(identity.key.clone())),
-            KeyEncoding::Sec1 => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(identity.key.clone())),
-        };
+        let key = private_key(identity);
         let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -49,6 +45,15 @@ impl PeerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
         })
+    }
+}
+
+/// The identity's private key as rustls takes it.
+pub(crate) fn private_key(identity: &Identity) -> PrivateKeyDer<'static> {
+    match identity.key_encoding {
+        KeyEncoding::Pkcs8 => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key.clone())),
+        KeyEncoding::Pkcs1 => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(identity.key.clone())),
+        KeyEncoding::Sec1 => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(identity.key.clone())),
     }
 }
 

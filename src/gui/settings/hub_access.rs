@@ -245,6 +245,7 @@ mod page_tests {
             kind: TokenKind::Metrics,
             created_ms: 0,
             revoked_ms: None,
+            gateway: None,
         });
         let parsed = TokenRow::parse(&line).unwrap();
         assert_eq!(

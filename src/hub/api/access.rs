@@ -42,7 +42,7 @@ impl FromRequestParts<HubState> for Admin {
 }
 
 /// Whether `token` is the hub's admin token (constant-time).
-async fn is_admin_token(state: &HubState, token: &str) -> Result<bool, ApiError> {
+pub(super) async fn is_admin_token(state: &HubState, token: &str) -> Result<bool, ApiError> {
     let stored = state.db.admin_token_hash().await?.unwrap_or_default();
     Ok(!stored.is_empty() && auth::verify(token, &stored))
 }

@@ -160,6 +160,8 @@ pub(super) async fn heartbeat(
     {
         announce_key(&state, &node, &mut me.public_key, key).await?;
     }
+    let (sealed_credentials, key_proof_wanted) =
+        super::credentials::for_heartbeat(&state, &node, &beat.metrics, beat.key_proof.as_ref()).await?;
     if let Some(me) = nodes.iter_mut().find(|n| n.id == node.id) {
         me.peer_address = peer_address;
         me.last_heartbeat_ms = Some(now);
@@ -228,6 +230,8 @@ pub(super) async fn heartbeat(
         gateway_version: computed.version,
         hub_version: Some(crate::VERSION.to_owned()),
         bandwidth_bytes_per_second,
+        sealed_credentials,
+        key_proof_wanted,
     }))
 }
 

@@ -3,6 +3,7 @@
 
 use super::access::Admin;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::gateways::find_gateway;
 use crate::hub::audit::{self, Actor};
 use crate::hub::db::{self, now_ms};
 use crate::hub::error::ApiError;
@@ -36,6 +37,17 @@ pub(super) async fn create_token(
     _: Admin,
     ApiJson(request): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let gateway = match (request.kind, request.gateway.as_deref()) {
+        (TokenKind::CredentialManager, Some(gateway)) => Some(find_gateway(&state, gateway).await?),
+        (TokenKind::CredentialManager, None) => {
+            return Err(ApiError::bad_request("a credential-manager token is made for one gateway")
+                .with_hint("name it: gatehouse hub token create --credential-manager --gateway GATEWAY"));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request("only a credential-manager token is made for one gateway"));
+        }
+        (_, None) => None,
+    };
     let id = auth::new_id();
     let token = auth::new_purpose_token(request.kind, &id);
     let row = db::TokenRow {
@@ -43,16 +55,15 @@ pub(super) async fn create_token(
         kind: request.kind.as_str().to_owned(),
         created_ms: now_ms(),
         revoked_ms: None,
+        gateway_id: gateway.as_ref().map(|g| g.id.clone()),
     };
     state.db.insert_token(&row, &auth::hash(&token)).await?;
-    audit::record(
-        &state,
-        None,
-        Actor::Admin,
-        "token.create",
-        format!("{} token {id} created", request.kind.as_str()),
-    )
-    .await;
+    let kind = request.kind.as_str().replace('_', "-");
+    let detail = match &gateway {
+        Some(g) => format!("{kind} token {id} created for gateway '{}'", g.name),
+        None => format!("{kind} token {id} created"),
+    };
+    audit::record(&state, gateway.as_ref(), Actor::Admin, "token.create", detail).await;
     Ok((StatusCode::CREATED, Json(CreatedToken { id, kind: request.kind, token })))
 }
 
@@ -61,12 +72,21 @@ pub(super) async fn list_tokens(
     _: Admin,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let rows = state.db.tokens().await?;
+    let names: std::collections::HashMap<String, String> =
+        state.db.gateways().await?.into_iter().map(|g| (g.id, g.name)).collect();
     Ok(Json(
         rows.into_iter()
             // Only kinds this hub knows; a newer hub's rows on a shared database are skipped.
             .filter_map(|r| {
                 let kind = TokenKind::ALL.into_iter().find(|k| k.as_str() == r.kind)?;
-                Some(TokenInfo { id: r.id, kind, created_ms: r.created_ms, revoked_ms: r.revoked_ms })
+                let gateway = r.gateway_id.map(|id| names.get(&id).cloned().unwrap_or(id));
+                Some(TokenInfo {
+                    id: r.id,
+                    kind,
+                    created_ms: r.created_ms,
+                    revoked_ms: r.revoked_ms,
+                    gateway,
+                })
             })
             .collect(),
     ))
