@@ -465,7 +465,10 @@ impl Backend {
                     ControlEvent::Status(status) => events.send(Event::Status(status)),
                     ControlEvent::Log(line) => events.send(Event::Log(line)),
                     ControlEvent::Stopping => stopping = true,
-                    ControlEvent::Hello(_) | ControlEvent::Tested(_) | ControlEvent::Failed { .. } => {}
+                    ControlEvent::Hello(_)
+                    | ControlEvent::Tested(_)
+                    | ControlEvent::Updating { .. }
+                    | ControlEvent::Failed { .. } => {}
                 }
             }
             let reason = (!stopping).then(|| {

@@ -40,6 +40,8 @@ pub struct Host {
     store: Store,
     shutdown: CancellationToken,
     hub: Option<EmbeddedHub>,
+    /// `node update` may replace this process's binary (`node run` only).
+    updates: bool,
 }
 
 /// A node service this host started, serving its control socket.
@@ -62,7 +64,15 @@ impl Running {
 impl Host {
     /// A host for the data dir of `store`; cancelling `shutdown` stops all it starts.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
-        Host { store, shutdown, hub: None }
+        Host { store, shutdown, hub: None, updates: false }
+    }
+
+    /// Lets the node service update this process's binary and restart into it (`node run`;
+    /// a window's service never does).
+    #[must_use]
+    pub fn with_updates(mut self) -> Self {
+        self.updates = true;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -97,7 +107,7 @@ impl Host {
                 tracing::info!(url = %hub.url, "the embedded hub of this data dir is running");
             }
         }
-        let service = NodeService::new(self.store.clone(), metrics);
+        let service = NodeService::new(self.store.clone(), metrics).with_updates(self.updates);
         let (handle, task) = service.spawn(self.shutdown.child_token()).await?;
         // A Stop request through the socket stops this service (not the hub).
         let control = control.serve(ControlTarget::new(&handle, logs), handle.shutdown.clone());

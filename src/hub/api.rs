@@ -27,6 +27,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 mod join_keys;
+mod releases;
 
 /// Request bodies above this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -76,6 +77,13 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/runs/{run}/progress", limited(post(progress), MAX_PROGRESS_BODY_BYTES))
         .route("/api/v1/runs/{run}/split", limited(post(split), MAX_SPLIT_BODY_BYTES))
         .route("/api/v1/runs/{run}/finish", post(finish))
+        .route("/api/v1/releases", post(releases::create).get(releases::list))
+        .route(
+            "/api/v1/releases/{release}/parts/{seq}",
+            limited(axum::routing::put(releases::put_part), crate::protocol::RELEASE_PART_BYTES + 1024),
+        )
+        .route("/api/v1/releases/{release}/publish", post(releases::publish))
+        .route("/api/v1/releases/{release}/file", get(releases::file))
         .fallback(|| async { ApiError::not_found("no such API route; see `gatehouse hub --help`") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route doesn't take that HTTP method")
@@ -726,6 +734,10 @@ async fn heartbeat(
     let role =
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
     let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id).await?;
+    let update = match nodes.iter().find(|n| n.id == node.id) {
+        Some(me) => releases::heartbeat_offer(&state, &gateway, &nodes, me, computed.version.as_deref(), now).await?,
+        None => None,
+    };
     let peers = nodes
         .iter()
         .zip(&computed.nodes)
@@ -759,8 +771,9 @@ async fn heartbeat(
         gateway_state: Some(computed.state),
         gateway_reason: computed.reason,
         gateway_version: computed.version,
-        hub_version: Some(crate::VERSION.to_owned()),
+        hub_version: Some(crate::version().to_owned()),
         bandwidth_bytes_per_second,
+        update,
     }))
 }
 

@@ -53,6 +53,9 @@ pub struct HubConfig {
     pub public_status: bool,
     /// Open connections at most; more wait until one closes (`hub serve --max-connections`).
     pub max_connections: usize,
+    /// The keys a release must be signed with to be published and offered to nodes
+    /// (`hub serve --release-key PUBFILE`); none: releases are refused.
+    pub release_keys: Vec<crate::release::PublicKey>,
 }
 
 impl HubConfig {
@@ -71,6 +74,7 @@ impl HubConfig {
             public_metrics: false,
             public_status: false,
             max_connections: server::MAX_CONNECTIONS,
+            release_keys: Vec::new(),
         }
     }
 }

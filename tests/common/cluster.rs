@@ -24,11 +24,15 @@ pub struct Node {
 
 impl Hub {
     pub fn start() -> Hub {
+        Hub::start_with(&[])
+    }
+
+    /// Starts a hub with extra `hub serve` flags.
+    pub fn start_with(extra: &[&str]) -> Hub {
         let home = tempfile::tempdir().unwrap();
-        let mut process = spawn_gatehouse(
-            &["hub", "serve", "--listen", "127.0.0.1:0"],
-            &[("GATEHOUSE_HOME", home.path().to_str().unwrap())],
-        );
+        let mut args = vec!["hub", "serve", "--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        let mut process = spawn_gatehouse(&args, &[("GATEHOUSE_HOME", home.path().to_str().unwrap())]);
         let url = process.read_line_matching("listening on ", Duration::from_secs(30));
         let token = process.read_admin_token(Duration::from_secs(10));
         Hub { process, url, token, home_dir: home }

@@ -42,6 +42,9 @@ pub enum ControlRequest {
     Stop,
     /// Time the hub and every peer; answered with [`ControlEvent::Tested`].
     TestConnections,
+    /// Update to the release the hub offers (`node update`); answered with
+    /// [`ControlEvent::Updating`] once the update is under way, or why not.
+    Update,
 }
 
 /// Who answers on the socket: the first event of a watch.
@@ -69,6 +72,8 @@ pub enum ControlEvent {
     Stopping,
     /// The results of the connection tests: the hub first, then each peer.
     Tested(Vec<ConnectionTest>),
+    /// An update is under way, from this version to that one.
+    Updating { from: String, to: String },
     /// The request couldn't be served, with why, as a sentence.
     Failed { message: String },
 }
