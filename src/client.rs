@@ -11,7 +11,8 @@ use crate::protocol::{
     AuditEntry, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey, CreatedToken,
     ErrorBody, FinishRun, GatewayView, Heartbeat, HeartbeatResponse, JobSpec, JobView, JobsQuery,
     JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NewRelease, NodeView, RegeneratedKey, RegisterRequest,
-    RegisterResponse, ReleaseView, RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo, TokenKind,
+    RegisterResponse, ReleaseView, RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob,
+    TokenInfo, TokenKind,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -484,7 +485,8 @@ impl HubClient {
         while let Some(piece) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
             hasher.update(&piece);
             length += piece.len() as u64;
-            out.write_all(&piece).map_err(|e| ClientError::BadInput(format!("can't write the download: {e}")))?;
+            out.write_all(&piece)
+                .map_err(|e| ClientError::BadInput(format!("can't write the download: {e}")))?;
         }
         Ok((crate::encoding::hex(&hasher.finalize()), length))
     }
@@ -548,7 +550,12 @@ impl HubClient {
     }
 
     /// A success status gives the body, anything else the hub's refusal or an error.
-    fn answer(&self, url: &Url, status: StatusCode, text: String) -> Result<(StatusCode, String), ClientError> {
+    fn answer(
+        &self,
+        url: &Url,
+        status: StatusCode,
+        text: String,
+    ) -> Result<(StatusCode, String), ClientError> {
         if status.is_success() {
             return Ok((status, text));
         }

@@ -31,11 +31,17 @@ pub const PUBLIC_FILE: &str = "release.pub";
 /// What is wrong with a key, a signature or a release, as a sentence.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
-    #[error("{what} is not a Gatehouse release {kind} (a line starting `{tag}`, made by `gatehouse release {made_by}`)")]
+    #[error(
+        "{what} is not a Gatehouse release {kind} (a line starting `{tag}`, made by `gatehouse release {made_by}`)"
+    )]
     Malformed { what: String, kind: &'static str, tag: &'static str, made_by: &'static str },
-    #[error("the signature doesn't verify against any release key the hub trusts ({keys}); sign the file with the private key of one of them: gatehouse release sign FILE --key KEY")]
+    #[error(
+        "the signature doesn't verify against any release key the hub trusts ({keys}); sign the file with the private key of one of them: gatehouse release sign FILE --key KEY"
+    )]
     Untrusted { keys: String },
-    #[error("the file's SHA-256 is {actual}, not the {expected} its release names; the download was damaged or the file was changed")]
+    #[error(
+        "the file's SHA-256 is {actual}, not the {expected} its release names; the download was damaged or the file was changed"
+    )]
     Digest { expected: String, actual: String },
     #[error("{0}")]
     Io(String),
@@ -92,7 +98,8 @@ impl KeyPair {
             tag: PRIVATE_TAG.trim_end(),
             made_by: "keygen",
         };
-        let seed: [u8; 32] = tagged(text, PRIVATE_TAG).ok_or_else(malformed)?.try_into().map_err(|_| malformed())?;
+        let seed: [u8; 32] =
+            tagged(text, PRIVATE_TAG).ok_or_else(malformed)?.try_into().map_err(|_| malformed())?;
         Ok(KeyPair { signing: SigningKey::from_bytes(&seed) })
     }
 
@@ -125,7 +132,8 @@ pub fn verify<'k>(
         tag: SIGNATURE_TAG.trim_end(),
         made_by: "sign",
     };
-    let bytes: [u8; 64] = tagged(signature, SIGNATURE_TAG).ok_or_else(malformed)?.try_into().map_err(|_| malformed())?;
+    let bytes: [u8; 64] =
+        tagged(signature, SIGNATURE_TAG).ok_or_else(malformed)?.try_into().map_err(|_| malformed())?;
     let signature = Signature::from_bytes(&bytes);
     let message = message(&sha256.to_ascii_lowercase());
     trusted.iter().find(|key| key.0.verify(message.as_bytes(), &signature).is_ok()).ok_or_else(|| {

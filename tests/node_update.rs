@@ -4,12 +4,12 @@
 //! a release that can't even start is rolled back.
 //!
 //! The newer build is a COPY of the test build with a version patched into its test-only
-//! slot (`gatehouse::FAKE_VERSION_MARKER`); every node runs from its own copy in a temp dir,
+//! slot (`::gatehouse::FAKE_VERSION_MARKER`); every node runs from its own copy in a temp dir,
 //! so the cargo-built binary is never replaced.
 
 mod common;
 
-use common::cluster::{Hub, Node, gatehouse, submit, wait_until};
+use common::cluster::{Hub, Node, gatehouse, wait_until};
 use common::process::spawn_binary;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -26,13 +26,13 @@ const NEW: &str = "9.0.0";
 fn binary_copy(dir: &Path, version: Option<&str>) -> PathBuf {
     let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_gatehouse")).unwrap();
     if let Some(version) = version {
-        let marker = gatehouse::FAKE_VERSION_MARKER;
+        let marker = ::gatehouse::FAKE_VERSION_MARKER;
         let found: Vec<usize> =
             bytes.windows(marker.len()).enumerate().filter(|(_, w)| *w == marker).map(|(i, _)| i).collect();
         assert_eq!(found.len(), 1, "the binary holds its version slot exactly once");
-        assert!(version.len() <= gatehouse::FAKE_VERSION_MAX);
+        assert!(version.len() <= ::gatehouse::FAKE_VERSION_MAX);
         let at = found[0] + marker.len();
-        assert!(bytes[at..at + gatehouse::FAKE_VERSION_MAX].iter().all(|&b| b == 0), "an untouched slot");
+        assert!(bytes[at..at + ::gatehouse::FAKE_VERSION_MAX].iter().all(|&b| b == 0), "an untouched slot");
         bytes[at..at + version.len()].copy_from_slice(version.as_bytes());
     }
     std::fs::create_dir_all(dir).unwrap();
@@ -127,13 +127,14 @@ fn a_three_node_gateway_updates_one_node_at_a_time_under_jobs_and_loses_no_run()
             && list.iter().all(|n| n["status"] == "Online")
             && list.iter().filter(|n| n["role"] == "dispatcher").count() == 1
     });
-    let offered = format!("update available: {NEW} (you run {})", gatehouse::VERSION);
+    let offered = format!("update available: {NEW} (you run {})", ::gatehouse::VERSION);
     wait_until(Duration::from_secs(20), "node status to offer the update", || {
         node_status(&nodes[0]).contains(&offered)
     });
 
     // A stream of small jobs while the gateway updates.
     let stop = Arc::new(AtomicBool::new(false));
+    let (url, token) = (hub.url.clone(), hub.token.clone());
     let jobs = std::thread::scope(|scope| {
         let feeder = scope.spawn(|| {
             let mut ids = Vec::new();
@@ -143,7 +144,14 @@ fn a_three_node_gateway_updates_one_node_at_a_time_under_jobs_and_loses_no_run()
                     { "kind": "sleep", "millis": 300, "partitions": 3 },
                     { "kind": "echo", "message": format!("job {}", ids.len()), "partitions": 2 },
                 ]});
-                ids.push(submit(&hub, &spec).unwrap());
+                let file = temp.path().join(format!("job-{}.json", ids.len()));
+                std::fs::write(&file, spec.to_string()).unwrap();
+                let submitted = ok(&run(
+                    &["job", "submit", "lake", file.to_str().unwrap(), "--hub", &url, "--json"],
+                    &[("GATEHOUSE_ADMIN_TOKEN", &token)],
+                ));
+                let job: Value = serde_json::from_str(&submitted).unwrap();
+                ids.push(job["id"].as_str().unwrap().to_owned());
                 std::thread::sleep(Duration::from_millis(400));
             }
             ids
@@ -159,7 +167,10 @@ fn a_three_node_gateway_updates_one_node_at_a_time_under_jobs_and_loses_no_run()
         let mut upgraded: BTreeSet<String> = BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
-            assert!(Instant::now() < deadline, "the gateway didn't finish updating; saw Upgrading: {upgraded:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the gateway didn't finish updating; saw Upgrading: {upgraded:?}"
+            );
             let gateway = hub.admin(&["hub", "gateway", "show", "lake"]);
             assert_ne!(gateway["status"], "Offline", "the gateway went Offline: {gateway}");
             let list = gateway["nodes"].as_array().cloned().unwrap_or_default();
@@ -167,11 +178,13 @@ fn a_three_node_gateway_updates_one_node_at_a_time_under_jobs_and_loses_no_run()
             assert!(upgrading.len() <= 1, "two nodes updating at once: {upgrading:?}");
             for node in &upgrading {
                 let reason = node["reason"].as_str().unwrap_or_default();
-                assert!(reason.contains(gatehouse::VERSION) && reason.contains(NEW), "{reason}");
+                assert!(reason.contains(::gatehouse::VERSION) && reason.contains(NEW), "{reason}");
                 upgraded.insert(node["name"].as_str().unwrap_or_default().to_owned());
             }
             let done = list.len() == 3
-                && list.iter().all(|n| n["version"] == NEW && ["Online", "Limited"].contains(&n["status"].as_str().unwrap_or("")));
+                && list.iter().all(|n| {
+                    n["version"] == NEW && ["Online", "Limited"].contains(&n["status"].as_str().unwrap_or(""))
+                });
             if done {
                 break;
             }
@@ -210,7 +223,10 @@ fn a_three_node_gateway_updates_one_node_at_a_time_under_jobs_and_loses_no_run()
             std::fs::metadata(env!("CARGO_BIN_EXE_gatehouse")).unwrap().len(),
             "the previous binary is kept"
         );
-        assert!(node_status(node).contains(&format!("Last update: updated from {} to {NEW}", gatehouse::VERSION)));
+        assert!(
+            node_status(node)
+                .contains(&format!("Last update: updated from {} to {NEW}", ::gatehouse::VERSION))
+        );
     }
 }
 
@@ -230,7 +246,7 @@ fn a_release_that_cannot_start_is_rolled_back_and_the_node_comes_back_on_its_ver
     let original = std::fs::read(&exe).unwrap();
     run_from(&mut node, &exe);
     wait_until(Duration::from_secs(30), "the update to be offered", || {
-        node_status(&node).contains(&format!("update available: 9.9.9 (you run {})", gatehouse::VERSION))
+        node_status(&node).contains(&format!("update available: 9.9.9 (you run {})", ::gatehouse::VERSION))
     });
 
     let update = gatehouse(node.home.path(), &["node", "update"], &[]);
@@ -242,7 +258,7 @@ fn a_release_that_cannot_start_is_rolled_back_and_the_node_comes_back_on_its_ver
     assert_eq!(std::fs::read(&exe).unwrap(), original);
     wait_until(Duration::from_secs(30), "the node back Online on its version", || {
         let list = hub.nodes("solo");
-        list.len() == 1 && list[0]["status"] == "Online" && list[0]["version"] == gatehouse::VERSION
+        list.len() == 1 && list[0]["status"] == "Online" && list[0]["version"] == ::gatehouse::VERSION
     });
     assert_eq!(update_record(&node)["state"], "rolled_back");
     // The rolled-back service was started by the watchdog, not by this test: stop it.

@@ -329,7 +329,10 @@ async fn run_service(store: Store) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt as _;
         tracing::info!(exe = %exe.display(), "node service stopped; restarting into the updated binary");
         let error = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
-        anyhow::bail!("can't start the updated binary {}: {error}; the update's watchdog puts the previous one back", exe.display());
+        anyhow::bail!(
+            "can't start the updated binary {}: {error}; the update's watchdog puts the previous one back",
+            exe.display()
+        );
     }
     tracing::info!("node service stopped");
     Ok(())

@@ -131,11 +131,11 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         path.push(".sig");
         PathBuf::from(path)
     });
-    let signature = std::fs::read_to_string(&signature_path)
-        .with_context(|| format!("reading the signature {} (made by `gatehouse release sign`)", signature_path.display()))?;
-    let size_bytes = std::fs::metadata(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?
-        .len();
+    let signature = std::fs::read_to_string(&signature_path).with_context(|| {
+        format!("reading the signature {} (made by `gatehouse release sign`)", signature_path.display())
+    })?;
+    let size_bytes =
+        std::fs::metadata(&args.file).with_context(|| format!("reading {}", args.file.display()))?.len();
     let sha256 = release::sha256_file(&args.file)?;
     let request = NewRelease {
         version: args.version.clone(),
@@ -145,7 +145,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         signature: signature.trim().to_owned(),
     };
     let begun = client.begin_release(&request).await?;
-    let mut file = std::fs::File::open(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let mut file =
+        std::fs::File::open(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let mut seq = 0u32;
     loop {
         let mut piece = Vec::with_capacity(RELEASE_PART_BYTES);

@@ -126,8 +126,13 @@ mod page_tests {
                 created_ms: 0,
             };
             let status = state.status.as_mut().unwrap();
-            status.update =
-                Some(UpdateOffer { release, keys: Vec::new(), advice: advice.clone(), granted: false, waiting_for: None });
+            status.update = Some(UpdateOffer {
+                release,
+                keys: Vec::new(),
+                advice: advice.clone(),
+                granted: false,
+                waiting_for: None,
+            });
             status.update_phase = phase.map(str::to_owned);
             tab(state)
         };

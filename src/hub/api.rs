@@ -735,7 +735,9 @@ async fn heartbeat(
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
     let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id).await?;
     let update = match nodes.iter().find(|n| n.id == node.id) {
-        Some(me) => releases::heartbeat_offer(&state, &gateway, &nodes, me, computed.version.as_deref(), now).await?,
+        Some(me) => {
+            releases::heartbeat_offer(&state, &gateway, &nodes, me, computed.version.as_deref(), now).await?
+        }
         None => None,
     };
     let peers = nodes

@@ -1527,7 +1527,8 @@ impl Db {
 
     /// Forgets a release and its pieces.
     pub async fn delete_release(&self, release_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM releases WHERE id = $1").bind(release_id).execute(&self.pool).await?;
+        let done =
+            sqlx::query("DELETE FROM releases WHERE id = $1").bind(release_id).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 

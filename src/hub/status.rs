@@ -58,7 +58,8 @@ pub fn gateway_status(
         .map(|node| {
             let silent_ms = node.last_heartbeat_ms.map(|t| (now_ms - t).max(0));
             if node.metrics.upgrading
-                && let Some(silent_ms) = silent_ms.filter(|&s| s > offline_after_ms && s <= RESTART_ALLOWANCE_MS)
+                && let Some(silent_ms) =
+                    silent_ms.filter(|&s| s > offline_after_ms && s <= RESTART_ALLOWANCE_MS)
             {
                 // Restarting into the new version: heartbeats pause for a moment.
                 let to = node.metrics.update_to.as_deref().unwrap_or("a new version");
@@ -87,7 +88,10 @@ pub fn gateway_status(
                     1 => "waiting for its 1 run to finish".to_owned(),
                     n => format!("waiting for its {n} runs to finish"),
                 };
-                return status(NodeState::Upgrading, format!("updating from {} to {to}: {step}", node.version));
+                return status(
+                    NodeState::Upgrading,
+                    format!("updating from {} to {to}: {step}", node.version),
+                );
             }
             let others: Vec<&str> =
                 alive.iter().filter(|n| n.id != node.id).map(|n| n.name.as_str()).collect();
@@ -350,7 +354,10 @@ mod tests {
         };
         let (_, draining) = updating(0, 2);
         assert_eq!(draining.state, NodeState::Upgrading);
-        assert_eq!(draining.reason.as_deref(), Some("updating from 1.0.0 to 1.1.0: waiting for its 2 runs to finish"));
+        assert_eq!(
+            draining.reason.as_deref(),
+            Some("updating from 1.0.0 to 1.1.0: waiting for its 2 runs to finish")
+        );
         let (gateway, restarting) = updating(10_000, 0);
         assert_eq!(restarting.state, NodeState::Upgrading);
         assert_eq!(

@@ -46,15 +46,23 @@ const POLL: Duration = Duration::from_millis(250);
 /// Why an update can't be done, as sentences.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
-    #[error("this node runs inside the Configuration Manager window, which can't replace its own binary; close the window, start the node service with `gatehouse node start`, then update")]
+    #[error(
+        "this node runs inside the Configuration Manager window, which can't replace its own binary; close the window, start the node service with `gatehouse node start`, then update"
+    )]
     InWindow,
-    #[error("this node runs under systemd, from {exe}, which the service can't replace (the unit's file system is read-only and the package owns the binary); update the package instead, e.g. apt install ./gatehouse_VERSION.deb")]
+    #[error(
+        "this node runs under systemd, from {exe}, which the service can't replace (the unit's file system is read-only and the package owns the binary); update the package instead, e.g. apt install ./gatehouse_VERSION.deb"
+    )]
     Systemd { exe: String },
-    #[error("no update available: the hub offers no release newer than {version} for {platform}; publish one with `gatehouse hub release publish`")]
+    #[error(
+        "no update available: the hub offers no release newer than {version} for {platform}; publish one with `gatehouse hub release publish`"
+    )]
     NothingOffered { version: String, platform: String },
     #[error("an update to {0} is under way already")]
     Busy(String),
-    #[error("can't replace {exe}: {reason}; run the node as the user that owns its binary, or install the update by hand")]
+    #[error(
+        "can't replace {exe}: {reason}; run the node as the user that owns its binary, or install the update by hand"
+    )]
     NotWritable { exe: String, reason: String },
     #[error("release {version}: {reason}")]
     Release { version: String, reason: String },
@@ -101,9 +109,14 @@ impl std::fmt::Display for Record {
             Outcome::Restarting => write!(f, "updating from {from} to {to}: restarting into it"),
             Outcome::Installed => write!(f, "updated from {from} to {to}"),
             Outcome::RolledBack { reason } => {
-                write!(f, "the update from {from} to {to} was rolled back ({reason}); the node runs {from} again")
+                write!(
+                    f,
+                    "the update from {from} to {to} was rolled back ({reason}); the node runs {from} again"
+                )
             }
-            Outcome::Failed { reason } => write!(f, "the update from {from} to {to} failed ({reason}); nothing changed"),
+            Outcome::Failed { reason } => {
+                write!(f, "the update from {from} to {to} failed ({reason}); nothing changed")
+            }
         }
     }
 }
@@ -125,11 +138,18 @@ fn write_record(store: &Store, record: &Record) -> Result<(), UpdateError> {
 enum Phase {
     Idle,
     /// Asking the hub for the gateway's update slot.
-    Wanted { to: String },
+    Wanted {
+        to: String,
+    },
     /// Granted: taking no new runs, waiting for the running ones.
-    Draining { offer: Box<UpdateOffer>, since: Instant },
+    Draining {
+        offer: Box<UpdateOffer>,
+        since: Instant,
+    },
     /// Downloading and installing.
-    Installing { to: String },
+    Installing {
+        to: String,
+    },
 }
 
 /// The service's side of an update, shared by its heartbeat loop and the control socket.
@@ -228,7 +248,11 @@ impl Updater {
                     return;
                 }
                 if running > 0 {
-                    tracing::warn!(running, "runs still running after {} s; updating anyway (the hub re-queues them)", DRAIN_TIMEOUT.as_secs());
+                    tracing::warn!(
+                        running,
+                        "runs still running after {} s; updating anyway (the hub re-queues them)",
+                        DRAIN_TIMEOUT.as_secs()
+                    );
                 }
                 self.set(Phase::Installing { to: offer.release.version.clone() });
                 let (updater, shared, worker, shutdown) =
@@ -294,12 +318,16 @@ async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, Update
         .map(|k| PublicKey::parse(k, "a release key the hub sent"))
         .collect::<Result<_, _>>()
         .map_err(|e| refuse(e.to_string()))?;
-    release::verify(&offer.release.sha256, &offer.release.signature, &keys).map_err(|e| refuse(e.to_string()))?;
+    release::verify(&offer.release.sha256, &offer.release.signature, &keys)
+        .map_err(|e| refuse(e.to_string()))?;
     let exe = current_exe()?;
     let dir = exe.parent().ok_or_else(|| UpdateError::Io(format!("{} has no folder", exe.display())))?;
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = dir.join(format!(".{name}.{}.update", crate::encoding::random_hex::<6>()));
-    let not_writable = |e: std::io::Error| UpdateError::NotWritable { exe: exe.display().to_string(), reason: e.to_string() };
+    let not_writable = |e: std::io::Error| UpdateError::NotWritable {
+        exe: exe.display().to_string(),
+        reason: e.to_string(),
+    };
     let result = async {
         let mut file = new_file(&temp).map_err(not_writable)?;
         let (sha256, length) = shared
@@ -375,7 +403,9 @@ fn spawn_watchdog(previous: &Path, dir: &Path) -> Result<(), UpdateError> {
         .process_group(0)
         .spawn()
         .map(|_| ())
-        .map_err(|e| UpdateError::Io(format!("can't start the update watchdog from {}: {e}", previous.display())))
+        .map_err(|e| {
+            UpdateError::Io(format!("can't start the update watchdog from {}: {e}", previous.display()))
+        })
 }
 
 /// `gatehouse node update-watchdog`: waits for the service restarted into the new binary to
@@ -416,7 +446,15 @@ pub async fn watchdog(store: &Store) -> Result<Record, UpdateError> {
     })?;
     start_detached(&record.exe, store.dir())?;
     let back = wait_healthy(store.dir(), &record.from, HEALTH_DEADLINE).await;
-    let reason = if back { failure } else { format!("{failure}; version {} didn't come back within {} s either", record.from, HEALTH_DEADLINE.as_secs()) };
+    let reason = if back {
+        failure
+    } else {
+        format!(
+            "{failure}; version {} didn't come back within {} s either",
+            record.from,
+            HEALTH_DEADLINE.as_secs()
+        )
+    };
     record.outcome = Outcome::RolledBack { reason };
     write_record(store, &record)?;
     Ok(record)
@@ -522,7 +560,8 @@ fn writable_beside(exe: &Path) -> Result<(), UpdateError> {
     let probe = exe.with_file_name(format!(".gatehouse-update-probe.{}", crate::encoding::random_hex::<6>()));
     let made = new_file(&probe);
     let _ = std::fs::remove_file(&probe);
-    made.map(drop).map_err(|e| UpdateError::NotWritable { exe: exe.display().to_string(), reason: e.to_string() })
+    made.map(drop)
+        .map_err(|e| UpdateError::NotWritable { exe: exe.display().to_string(), reason: e.to_string() })
 }
 
 /// A new owner-only file (never an existing one).

@@ -35,7 +35,7 @@ pub fn spawn_gatehouse(args: &[&str], env: &[(&str, &str)]) -> Spawned {
 pub fn spawn_binary(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Spawned {
     let binary = binary.display().to_string();
     let command = format!("gatehouse {}", args.join(" "));
-    let mut child = Command::new(binary)
+    let mut child = Command::new(&binary)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())

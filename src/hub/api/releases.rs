@@ -125,7 +125,10 @@ pub(super) async fn publish(
     Ok(Json(release))
 }
 
-pub(super) async fn list(State(state): State<HubState>, _: Admin) -> Result<Json<Vec<ReleaseView>>, ApiError> {
+pub(super) async fn list(
+    State(state): State<HubState>,
+    _: Admin,
+) -> Result<Json<Vec<ReleaseView>>, ApiError> {
     Ok(Json(state.db.releases().await?))
 }
 
@@ -139,15 +142,16 @@ pub(super) async fn file(
     let release = state.db.release(&id).await?.filter(|r| r.published).ok_or_else(no_release)?;
     let parts = state.db.release_part_sizes(&id).await?;
     let db = state.db.clone();
-    let pieces = futures_util::stream::unfold((db, id, parts.into_iter()), |(db, id, mut parts)| async move {
-        let (seq, _) = parts.next()?;
-        let piece = match db.release_part(&id, seq).await {
-            Ok(Some(data)) => Ok(Bytes::from(data)),
-            Ok(None) => Err(std::io::Error::other("a piece of the release went missing")),
-            Err(e) => Err(std::io::Error::other(e.to_string())),
-        };
-        Some((piece, (db, id, parts)))
-    });
+    let pieces =
+        futures_util::stream::unfold((db, id, parts.into_iter()), |(db, id, mut parts)| async move {
+            let (seq, _) = parts.next()?;
+            let piece = match db.release_part(&id, seq).await {
+                Ok(Some(data)) => Ok(Bytes::from(data)),
+                Ok(None) => Err(std::io::Error::other("a piece of the release went missing")),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            Some((piece, (db, id, parts)))
+        });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, release.size_bytes)
@@ -222,11 +226,14 @@ fn trusted_key<'k>(
         return Err(ApiError::forbidden(format!(
             "the hub refuses release {version}: it trusts no release key"
         ))
-        .with_hint("start the hub with --release-key PUBFILE (the release.pub `gatehouse release keygen` made)"));
+        .with_hint(
+            "start the hub with --release-key PUBFILE (the release.pub `gatehouse release keygen` made)",
+        ));
     }
     release::verify(sha256, signature, keys).map_err(|e| {
-        ApiError::forbidden(format!("the hub refuses release {version}: {e}"))
-            .with_hint("sign the file with a key the hub trusts: gatehouse release sign FILE --key release.key")
+        ApiError::forbidden(format!("the hub refuses release {version}: {e}")).with_hint(
+            "sign the file with a key the hub trusts: gatehouse release sign FILE --key release.key",
+        )
     })
 }
 

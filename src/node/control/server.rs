@@ -315,7 +315,9 @@ async fn update_through_service(target: &ControlTarget) -> ControlEvent {
         Ok(Ok(Ok((from, to)))) => ControlEvent::Updating { from, to },
         Ok(Ok(Err(message))) => ControlEvent::Failed { message },
         Ok(Err(_)) => ControlEvent::Failed { message: "the node service is stopping".to_owned() },
-        Err(_) => ControlEvent::Failed { message: "the node service didn't answer the update request in time".to_owned() },
+        Err(_) => ControlEvent::Failed {
+            message: "the node service didn't answer the update request in time".to_owned(),
+        },
     }
 }
 
