@@ -445,7 +445,7 @@ impl HubClient {
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| self.unreachable(&e))?;
-        self.answer(&url, status, text).map(|_| ())
+        Self::answer(&url, status, text).map(|_| ())
     }
 
     /// `POST /api/v1/releases/{id}/publish` (admin): the hub checks the pieces' SHA-256.
@@ -478,7 +478,7 @@ impl HubClient {
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.map_err(|e| self.unreachable(&e))?;
-            return self.answer(&url, status, text).map(|_| (String::new(), 0));
+            return Self::answer(&url, status, text).map(|_| (String::new(), 0));
         }
         let mut hasher = Sha256::new();
         let mut length = 0u64;
@@ -546,16 +546,11 @@ impl HubClient {
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| self.unreachable(&e))?;
-        self.answer(&url, status, text)
+        Self::answer(&url, status, text)
     }
 
     /// A success status gives the body, anything else the hub's refusal or an error.
-    fn answer(
-        &self,
-        url: &Url,
-        status: StatusCode,
-        text: String,
-    ) -> Result<(StatusCode, String), ClientError> {
+    fn answer(url: &Url, status: StatusCode, text: String) -> Result<(StatusCode, String), ClientError> {
         if status.is_success() {
             return Ok((status, text));
         }

@@ -649,6 +649,7 @@ fn peer_key(store: &Store, secrets: &mut Secrets) -> Result<peer::StaticKey, Nod
     Ok(key)
 }
 
+#[allow(clippy::too_many_lines, reason = "one beat: measure, send, apply the answer")]
 async fn heartbeat_loop(
     mut service: NodeService,
     shared: Arc<Shared>,

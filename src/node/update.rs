@@ -168,7 +168,7 @@ impl Updater {
     }
 
     fn phase(&self) -> Phase {
-        self.phase.lock().map(|p| p.clone()).unwrap_or(Phase::Idle)
+        self.phase.lock().map_or(Phase::Idle, |p| p.clone())
     }
 
     fn set(&self, phase: Phase) {
