@@ -10,9 +10,9 @@
 use crate::protocol::{
     AuditEntry, CertPin, ClaimRequest, CreateGateway, CreateToken, CreatedGateway, CreatedJoinKey,
     CreatedToken, ErrorBody, FinishRun, GatewayCredentials, GatewayView, Heartbeat, HeartbeatResponse,
-    JobSpec, JobView, JobsQuery, JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NodeView, PutCredential,
-    PutCredentialAnswer, RegeneratedKey, RegisterRequest, RegisterResponse, RunProgress, RunView,
-    SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo, TokenKind,
+    JobSpec, JobView, JobsQuery, JoinKeyInfo, KeyInfo, KeySlot, NewJoinKey, NewRelease, NodeView,
+    PutCredential, PutCredentialAnswer, RegeneratedKey, RegisterRequest, RegisterResponse, ReleaseView,
+    RunProgress, RunView, SettingsPatch, SplitRun, StartRun, SubmitJob, TokenInfo, TokenKind,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -27,6 +27,8 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request that carries a piece of a release, or a whole release file, may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Idle connections to the hub are dropped after this (below the hub's 10 s header deadline).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of an unexpected answer an error message quotes.
@@ -463,6 +465,73 @@ impl HubClient {
         self.call(Method::POST, &["runs", run, "finish"], None, Some(finish)).await
     }
 
+    // ---- releases ----
+
+    /// `POST /api/v1/releases` (admin): begins a release; refused unless its signature
+    /// verifies against a key the hub trusts.
+    pub async fn begin_release(&self, release: &NewRelease) -> Result<ReleaseView, ClientError> {
+        self.call(Method::POST, &["releases"], None, Some(release)).await
+    }
+
+    /// `PUT /api/v1/releases/{id}/parts/{seq}` (admin): one piece of the release's file.
+    pub async fn put_release_part(&self, id: &str, seq: u32, data: Vec<u8>) -> Result<(), ClientError> {
+        let url = self.url(&["releases", id, "parts", &seq.to_string()])?;
+        let request = self
+            .http
+            .put(url.clone())
+            .header(AUTHORIZATION, self.token.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(TRANSFER_TIMEOUT)
+            .body(data);
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        Self::answer(&url, status, text).map(|_| ())
+    }
+
+    /// `POST /api/v1/releases/{id}/publish` (admin): the hub checks the pieces' SHA-256.
+    pub async fn publish_release(&self, id: &str) -> Result<ReleaseView, ClientError> {
+        self.call(Method::POST, &["releases", id, "publish"], None, None::<&()>).await
+    }
+
+    /// `GET /api/v1/releases` (admin).
+    pub async fn releases(&self) -> Result<Vec<ReleaseView>, ClientError> {
+        self.call(Method::GET, &["releases"], None, None::<&()>).await
+    }
+
+    /// `GET /api/v1/releases/{id}/file` (node token): the release's file, written to `out` as
+    /// it arrives; returns its SHA-256 (hex) and length. Checking them is the caller's job.
+    pub async fn download_release(
+        &self,
+        id: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(String, u64), ClientError> {
+        use sha2::{Digest as _, Sha256};
+        let url = self.url(&["releases", id, "file"])?;
+        let mut response = self
+            .http
+            .get(url.clone())
+            .header(AUTHORIZATION, self.token.clone())
+            .timeout(TRANSFER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+            return Self::answer(&url, status, text).map(|_| (String::new(), 0));
+        }
+        let mut hasher = Sha256::new();
+        let mut length = 0u64;
+        while let Some(piece) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+            hasher.update(&piece);
+            length += piece.len() as u64;
+            out.write_all(&piece)
+                .map_err(|e| ClientError::BadInput(format!("can't write the download: {e}")))?;
+        }
+        Ok((crate::encoding::hex(&hasher.finalize()), length))
+    }
+
     // ---- plumbing ----
 
     /// `base` + `api/v1/` + the segments, each percent-encoded as needed.
@@ -518,6 +587,11 @@ impl HubClient {
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        Self::answer(&url, status, text)
+    }
+
+    /// A success status gives the body, anything else the hub's refusal or an error.
+    fn answer(url: &Url, status: StatusCode, text: String) -> Result<(StatusCode, String), ClientError> {
         if status.is_success() {
             return Ok((status, text));
         }

@@ -204,8 +204,17 @@ pub struct NodeMetrics {
     pub unreachable_peers: Vec<String>,
     /// Hub requests that failed since the last successful heartbeat.
     pub hub_errors: u32,
-    /// The node is installing a new version.
+    /// The node is installing a new version: it takes no new runs, lets its runs finish, then
+    /// installs [`NodeMetrics::update_to`] and restarts into it.
     pub upgrading: bool,
+    /// The release version this node wants to update to (`node update`, or its update
+    /// window), or is updating to; it asks the hub for the gateway's one update slot with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_to: Option<String>,
+    /// The platform its binary is built for (`linux-x86_64`), so the hub offers the release
+    /// for it; `None` from an older node (offered nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// Names of the data-store credentials it holds (never values), so the hub can refuse a
     /// job naming a credential no node has.
     pub credential_names: Vec<String>,
@@ -354,7 +363,67 @@ pub struct HeartbeatResponse {
     /// The hub has no key proof for this node's current certificate: send one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub key_proof_wanted: bool,
+    /// The newest release for this node's platform when it is newer than what the node runs,
+    /// with what to do about it and whether the node may install it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateOffer>,
 }
+
+/// A release the hub offers a node (in the heartbeat answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    pub release: ReleaseView,
+    /// The release keys the hub trusts, one line each (`gatehouse-release-public-key …`): the
+    /// node checks the signature itself before it installs anything.
+    pub keys: Vec<String>,
+    /// The sentence for people: "update available: 0.2.0 (you run 0.1.0) …", or, for a node
+    /// older than its gateway, which release to take to catch up.
+    pub advice: String,
+    /// The node may update now: it holds its gateway's one update slot (it asked with
+    /// `update_to`, and no other node of the gateway is updating).
+    #[serde(default)]
+    pub granted: bool,
+    /// The node of the gateway that is updating now, when this one asked and must wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+/// A release as the hub stores and shows it (`hub release list`); its file is fetched with
+/// `GET /api/v1/releases/{id}/file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseView {
+    pub id: String,
+    pub version: String,
+    pub platform: String,
+    pub size_bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The ed25519 signature line (`gatehouse-release-signature …`), over the SHA-256.
+    pub signature: String,
+    /// Which trusted key made it (the first 16 hex digits of the key's SHA-256).
+    pub key_id: String,
+    /// Every piece of the file has arrived and matched the SHA-256.
+    pub published: bool,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// `POST /api/v1/releases` (admin): begins a release. The hub checks the signature against
+/// the keys it trusts before it takes any of the file, then takes the file in pieces
+/// (`PUT /api/v1/releases/{id}/parts/{seq}`, at most [`RELEASE_PART_BYTES`] each) and
+/// publishes it on `POST /api/v1/releases/{id}/publish` if their SHA-256 is the signed one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRelease {
+    pub version: String,
+    pub platform: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub signature: String,
+}
+
+/// The largest piece of a release file one request carries.
+pub const RELEASE_PART_BYTES: usize = 4 << 20;
 
 /// A node of the same gateway, as the dispatcher needs to know it to hand out runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,6 +25,9 @@ pub enum HubCommand {
     /// and rotate the admin token.
     #[command(subcommand, after_help = super::admin::EXIT_CODES)]
     Token(super::admin::TokenCommand),
+    /// Publish signed releases for `gatehouse node update`, and list them.
+    #[command(subcommand, after_help = super::admin::EXIT_CODES)]
+    Release(super::release::HubReleaseCommand),
     /// Show the audit trail: who (the admin token, a node, the hub) did what and when —
     /// gateways and keys, nodes registered and removed, settings, jobs, credential names.
     #[command(after_help = super::admin::EXIT_CODES)]
@@ -76,6 +79,11 @@ pub struct ServeArgs {
     /// one NAT) share it.
     #[arg(long, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
     pub max_connections_per_address: Option<usize>,
+    /// Trust this release public key (the release.pub of `gatehouse release keygen`): only
+    /// releases signed with a trusted key are published and offered to nodes. Repeat it to
+    /// trust several (while changing keys).
+    #[arg(long, value_name = "PUBFILE")]
+    pub release_key: Vec<std::path::PathBuf>,
 }
 
 pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
@@ -90,6 +98,7 @@ pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
         HubCommand::Node(command) => super::admin::run_node(command),
         HubCommand::Audit(args) => super::admin::run_audit(args),
         HubCommand::Token(command) => super::admin::run_token(command),
+        HubCommand::Release(command) => super::release::run_hub(command),
     }
 }
 
@@ -141,7 +150,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let release_keys = args
+        .release_key
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --release-key {}", path.display()))?;
+            Ok(crate::release::PublicKey::parse(&text, &format!("--release-key {}", path.display()))?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for key in &release_keys {
+        tracing::info!(key = %key.id(), "trusting release key");
+    }
     let config = HubConfig {
+        release_keys,
         public_metrics: args.public_metrics,
         public_status: args.public_status,
         max_connections: args.max_connections,

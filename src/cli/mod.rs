@@ -11,6 +11,7 @@ pub mod hub;
 mod job;
 mod logging;
 mod node;
+mod release;
 mod service;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ pub enum Command {
     /// Submit jobs to a gateway through the hub and follow their runs.
     #[command(subcommand, after_help = admin::EXIT_CODES)]
     Job(job::JobCommand),
+    /// Make the key pair that signs releases, and sign release files (for `node update`).
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
     /// Open the Configuration Manager window (the default with no command).
     Gui,
     /// Write man pages or shell completions into a folder (used by the package build).
@@ -76,7 +80,11 @@ fn stdin_line(what: &str) -> anyhow::Result<String> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // `node run` and the window install their own logging, with a file and a level that can
     // change.
-    if !matches!(cli.command, Some(Command::Node(node::NodeCommand::Run { .. }) | Command::Gui) | None) {
+    if !matches!(
+        cli.command,
+        Some(Command::Node(node::NodeCommand::Run { .. } | node::NodeCommand::UpdateWatchdog) | Command::Gui)
+            | None
+    ) {
         logging::init(None, "info");
     }
     // reqwest and the hub use rustls without a built-in crypto provider; pick ring, once.
@@ -88,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Job(command)) => job::run(command),
         Some(Command::Credential(command)) => credential::run(command),
         Some(Command::Generate(command)) => generate::run(command),
+        Some(Command::Release(command)) => release::run(command),
         Some(Command::Gui) | None => {
             let dir = crate::paths::data_dir();
             let store = crate::node::store::Store::new(&dir);

@@ -30,6 +30,18 @@ pub enum NodeCommand {
     Stop,
     /// Stop the node service if it runs, then start it.
     Restart,
+    /// Update the running node service to the release the hub offers: one node of the
+    /// gateway at a time, it takes no new runs, lets its runs finish, installs the signed
+    /// release in place of its binary (keeping the previous one), restarts into it, and goes
+    /// back to the previous binary if the new one doesn't come up healthy.
+    Update {
+        /// Return once the update is under way instead of waiting for its outcome.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The watchdog of an update (started by the node from its previous binary).
+    #[command(hide = true)]
+    UpdateWatchdog,
     /// Show this node's registration and the status of its last run.
     Status {
         /// Print JSON.
@@ -264,17 +276,15 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             let group = control_group.as_deref().map(ControlGroup::lookup).transpose()?;
             runtime.block_on(run_service(store, group))?;
         }
-        NodeCommand::Start => {
-            let target = runtime.block_on(super::service::target(&store))?;
-            runtime.block_on(super::service::start(&target))?;
+        NodeCommand::Start | NodeCommand::Stop | NodeCommand::Restart => {
+            runtime.block_on(control_service(&store, &command))?;
         }
-        NodeCommand::Stop => {
-            let target = runtime.block_on(super::service::target(&store))?;
-            runtime.block_on(super::service::stop(&target))?;
-        }
-        NodeCommand::Restart => {
-            let target = runtime.block_on(super::service::target(&store))?;
-            runtime.block_on(super::service::restart(&target))?;
+        NodeCommand::Update { no_wait } => return runtime.block_on(update(&store, no_wait)),
+        NodeCommand::UpdateWatchdog => {
+            // Into the node's own log: its stderr goes nowhere.
+            let _log = super::logging::init(Some(&store.dir().join("logs")), "info");
+            let record = runtime.block_on(node::update::watchdog(&store))?;
+            tracing::info!("{record}");
         }
         NodeCommand::Status { json } => {
             // This data dir's service, else the system service (as a window attaches).
@@ -369,6 +379,16 @@ fn add_node_key(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `node start | stop | restart`, on the service a window would attach to.
+async fn control_service(store: &Store, command: &NodeCommand) -> anyhow::Result<()> {
+    let target = super::service::target(store).await?;
+    match command {
+        NodeCommand::Start => super::service::start(&target).await,
+        NodeCommand::Stop => super::service::stop(&target).await,
+        _ => super::service::restart(&target).await,
+    }
+}
+
 /// `node hub-token rotate | set`.
 fn hub_token(
     runtime: &tokio::runtime::Runtime,
@@ -446,7 +466,10 @@ async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Resul
     ));
     tokio::spawn(super::hub::stop_on_signal(shutdown.clone()));
     // The control socket, then the data dir's embedded hub (express setup), then the service.
-    let mut host = Host::new(store.clone(), shutdown);
+    if let Some(fake) = crate::fake_version() {
+        tracing::warn!(version = %fake, real = %crate::VERSION, "reporting a FAKE version patched into this binary: for tests only");
+    }
+    let mut host = Host::new(store.clone(), shutdown).with_updates();
     if let Some(group) = group {
         host.share_control_socket(group);
     }
@@ -459,11 +482,62 @@ async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Resul
     let keeper = tokio::spawn(node::status_file::keep(store.clone(), running.handle.status.clone()));
     // A signal, or a Stop through the control socket (the Configuration Manager's).
     running.handle.shutdown.cancelled().await;
+    let restart = running.handle.restart.clone();
     running.stop().await;
     let _ = keeper.await;
     host.stop(HUB_PATIENCE).await;
+    let restart = restart.lock().ok().and_then(|mut r| r.take());
+    if let Some(exe) = restart {
+        // The same process (pid) goes on as the new binary, so whoever started it (a shell,
+        // a supervisor, `node start`) sees no exit; the update's watchdog judges it.
+        use std::os::unix::process::CommandExt as _;
+        tracing::info!(exe = %exe.display(), "node service stopped; restarting into the updated binary");
+        let error = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+        anyhow::bail!(
+            "can't start the updated binary {}: {error}; the update's watchdog puts the previous one back",
+            exe.display()
+        );
+    }
     tracing::info!("node service stopped");
     Ok(())
+}
+
+/// `node update`: asks the running service to update, then (unless `no_wait`) waits for the
+/// outcome in update.json: 0 updated, 1 not.
+async fn update(store: &Store, no_wait: bool) -> anyhow::Result<ExitCode> {
+    use crate::node::update::{self, DRAIN_TIMEOUT, HEALTH_DEADLINE, Outcome};
+    let began = crate::node::unix_millis();
+    let (from, to) = crate::node::control::ControlClient::update(store.dir()).await?;
+    println!(
+        "updating from {from} to {to}: when the hub gives this node the gateway's turn it takes no new runs, lets its runs finish, installs {to} and restarts into it"
+    );
+    if no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The drain, the download, the health deadline and a rollback's, with room to spare.
+    let limit = DRAIN_TIMEOUT + 2 * HEALTH_DEADLINE + std::time::Duration::from_secs(600);
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some(record) = update::last_record(store).filter(|r| r.to == to && r.started_ms >= began) {
+            match record.outcome {
+                Outcome::Restarting => {}
+                Outcome::Installed => {
+                    println!("{record}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Outcome::RolledBack { .. } | Outcome::Failed { .. } => {
+                    eprintln!("{record}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    anyhow::bail!(
+        "the update to {to} didn't finish within {} min; see `gatehouse node status` and the log in {}/logs",
+        limit.as_secs() / 60,
+        store.dir().display()
+    )
 }
 
 /// The status of the service running for `dir` (`node run` or a window), asked over its
@@ -520,7 +594,15 @@ fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result
                 if s.hub_connected { "connected".to_owned() } else { s.hub_error.unwrap_or_default() }
             );
             println!("Runs:     {} running, limit {}", s.metrics.runs_running, s.metrics.runs_limit);
+            if let Some(phase) = &s.update_phase {
+                println!("Updating: {phase}");
+            } else if let Some(offer) = &s.update {
+                println!("Update:   {}", offer.advice);
+            }
         }
+    }
+    if let Some(record) = node::update::last_record(store) {
+        println!("Last update: {record}");
     }
     Ok(())
 }

@@ -8,9 +8,28 @@ use super::widgets;
 use crate::protocol::compare_versions;
 use std::cmp::Ordering;
 
-/// The newest version seen on the hub or any node of the gateway, if newer than this node's.
+/// What to tell about updates: the hub's offer of a release ("update available: V (you run
+/// U) …", or which release a node older than its gateway should take), else the newest
+/// version seen on the hub or any node of the gateway, if newer than this node's.
 pub fn update_available(state: &State) -> Option<String> {
     let status = state.status.as_ref()?;
+    if let Some(phase) = &status.update_phase {
+        return Some(format!("{}.", capitalised(phase)));
+    }
+    if let Some(offer) = &status.update {
+        return Some(format!("{}.", capitalised(&offer.advice)));
+    }
+    let newest = newest_seen(status)?;
+    Some(format!("Version {newest} runs in this gateway; update this node to it."))
+}
+
+fn capitalised(sentence: &str) -> String {
+    let mut chars = sentence.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+/// The newest version seen on the hub or any node of the gateway, if newer than this node's.
+fn newest_seen(status: &crate::node::NodeStatus) -> Option<String> {
     let seen = status
         .peers
         .iter()
@@ -19,7 +38,7 @@ pub fn update_available(state: &State) -> Option<String> {
         .chain(status.gateway_version.as_deref());
     seen.filter(|v| !v.is_empty())
         .max_by(|a, b| compare_versions(a, b))
-        .filter(|newest| compare_versions(newest, crate::VERSION) == Ordering::Greater)
+        .filter(|newest| compare_versions(newest, crate::version()) == Ordering::Greater)
         .map(str::to_owned)
 }
 
@@ -31,15 +50,12 @@ pub fn help_ui(ui: &mut egui::Ui, state: &State) {
     let status = state.status.as_ref();
     egui::Grid::new("help_grid").num_columns(2).spacing([24.0, 6.0]).show(ui, |ui| {
         let known = |version: Option<&String>| version.cloned().unwrap_or_else(|| "not known yet".to_owned());
-        widgets::row(ui, "This node's version", format!("Version {}", crate::VERSION));
+        widgets::row(ui, "This node's version", format!("Version {}", crate::version()));
         widgets::row(ui, "The gateway's version", known(status.and_then(|s| s.gateway_version.as_ref())));
         widgets::row(ui, "The hub's version", known(status.and_then(|s| s.hub_version.as_ref())));
         ui.label("Updates");
         match update_available(state) {
-            Some(newer) => ui.colored_label(
-                ui.visuals().warn_fg_color,
-                format!("Version {newer} runs in this gateway; update this node to it."),
-            ),
+            Some(sentence) => ui.colored_label(ui.visuals().warn_fg_color, sentence),
             None if status.is_some() => ui.label("This node runs the newest version in its gateway."),
             None => ui.label("Known once the node reaches the hub."),
         };
@@ -87,5 +103,41 @@ mod page_tests {
         assert!(shows(&harness, "This node runs the newest version in its gateway."));
         let harness = tab(State { status: None, ..testing::running() });
         assert!(shows(&harness, "Known once the node reaches the hub."));
+    }
+
+    #[test]
+    fn a_release_the_hub_offers_is_named_with_the_version_this_node_runs() {
+        use crate::protocol::{ReleaseView, UpdateOffer};
+        let advice = format!(
+            "update available: 0.2.0 (you run {}); install it with `gatehouse node update`",
+            crate::version()
+        );
+        let offered = |phase: Option<&str>| {
+            let mut state = testing::running();
+            let release = ReleaseView {
+                id: "r".into(),
+                version: "0.2.0".into(),
+                platform: crate::release::platform(),
+                size_bytes: 1,
+                sha256: String::new(),
+                signature: String::new(),
+                key_id: String::new(),
+                published: true,
+                created_ms: 0,
+            };
+            let status = state.status.as_mut().unwrap();
+            status.update = Some(UpdateOffer {
+                release,
+                keys: Vec::new(),
+                advice: advice.clone(),
+                granted: false,
+                waiting_for: None,
+            });
+            status.update_phase = phase.map(str::to_owned);
+            tab(state)
+        };
+        assert!(shows(&offered(None), &format!("U{}.", &advice[1..])));
+        let harness = offered(Some("update to 0.2.0: letting the running runs finish"));
+        assert!(shows(&harness, "Update to 0.2.0: letting the running runs finish."));
     }
 }

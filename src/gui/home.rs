@@ -117,7 +117,7 @@ fn nodes_ui(ui: &mut egui::Ui, status: &NodeStatus) {
         name: &status.node_name,
         state: status.state,
         reason: status.reason.as_deref(),
-        version: crate::VERSION,
+        version: crate::version(),
         role: status.role,
         metrics: &status.metrics,
     }];

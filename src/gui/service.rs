@@ -657,6 +657,7 @@ impl Backend {
                     ControlEvent::Hello(_)
                     | ControlEvent::Tested(_)
                     | ControlEvent::Settings(_)
+                    | ControlEvent::Updating { .. }
                     | ControlEvent::Failed { .. } => {}
                 }
             }

@@ -43,6 +43,8 @@ pub struct Host {
     hub: Option<EmbeddedHub>,
     /// The group the control socket is shared with (`node run --control-group`), if any.
     control_group: Option<ControlGroup>,
+    /// `node update` may replace this process's binary (`node run` only).
+    updates: bool,
 }
 
 /// A node service this host started, serving its control socket.
@@ -65,13 +67,21 @@ impl Running {
 impl Host {
     /// A host for the data dir of `store`; cancelling `shutdown` stops all it starts.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
-        Host { store, shutdown, hub: None, control_group: None }
+        Host { store, shutdown, hub: None, control_group: None, updates: false }
     }
 
     /// Shares the control socket of the services this host starts with `group` (the system
     /// unit's `gatehouse`): its members may attach, the data dir's files stay owner-only.
     pub fn share_control_socket(&mut self, group: ControlGroup) {
         self.control_group = Some(group);
+    }
+
+    /// Lets the node service update this process's binary and restart into it (`node run`;
+    /// a window's service never does).
+    #[must_use]
+    pub fn with_updates(mut self) -> Self {
+        self.updates = true;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -106,7 +116,7 @@ impl Host {
                 tracing::info!(url = %hub.url, "the embedded hub of this data dir is running");
             }
         }
-        let service = NodeService::new(self.store.clone(), metrics);
+        let service = NodeService::new(self.store.clone(), metrics).with_updates(self.updates);
         let (handle, task) = service.spawn(self.shutdown.child_token()).await?;
         // A Stop request through the socket stops this service (not the hub).
         let control = control.serve(ControlTarget::new(&handle, logs), handle.shutdown.clone());

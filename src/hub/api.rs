@@ -22,6 +22,7 @@ mod join_keys;
 mod metrics;
 mod nodes;
 mod page;
+mod releases;
 mod runs;
 mod tokens;
 
@@ -59,6 +60,13 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/runs/{run}/progress", limited(post(runs::progress), MAX_PROGRESS_BODY_BYTES))
         .route("/api/v1/runs/{run}/split", limited(post(runs::split), MAX_SPLIT_BODY_BYTES))
         .route("/api/v1/runs/{run}/finish", post(runs::finish))
+        .route("/api/v1/releases", post(releases::create).get(releases::list))
+        .route(
+            "/api/v1/releases/{release}/parts/{seq}",
+            limited(axum::routing::put(releases::put_part), crate::protocol::RELEASE_PART_BYTES + 1024),
+        )
+        .route("/api/v1/releases/{release}/publish", post(releases::publish))
+        .route("/api/v1/releases/{release}/file", get(releases::file))
         .fallback(|| async { ApiError::not_found("no such API route; see `gatehouse hub --help`") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route doesn't take that HTTP method")

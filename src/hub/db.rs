@@ -5,7 +5,7 @@
 //! **Invariant:** only this module writes SQL. Every multi-step change is one transaction;
 //! queue and lease changes are single conditional statements, so two hubs can't both win.
 
-use crate::protocol::{GatewaySettings, JoinKeyInfo, KeySlot, NodeMetrics, Policy, RunState};
+use crate::protocol::{GatewaySettings, JoinKeyInfo, KeySlot, NodeMetrics, Policy, ReleaseView, RunState};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
 use std::collections::HashMap;
@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "join_keys", include_str!("migrations/0006_join_keys.sql")),
     (7, "node_keys", include_str!("migrations/0007_node_keys.sql")),
     (8, "credential_manager", include_str!("migrations/0008_credential_manager.sql")),
+    (9, "releases", include_str!("migrations/0009_releases.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -1582,6 +1583,178 @@ impl Db {
         entries.reverse();
         Ok(entries)
     }
+
+    // ---- releases (`hub release publish`, `node update`) ----
+
+    /// Begins a release; one of the same version and platform that never finished publishing
+    /// is replaced. A published one is a conflict.
+    pub async fn begin_release(&self, release: &ReleaseView) -> Result<()> {
+        let mut tx = self.write().await?;
+        let existing = sqlx::query("SELECT published FROM releases WHERE version = $1 AND platform = $2")
+            .bind(&release.version)
+            .bind(&release.platform)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = existing {
+            if row.try_get::<i64, _>(0)? != 0 {
+                return Err(DbError::Conflict(format!(
+                    "release {} for {} is published already; publish a new version instead",
+                    release.version, release.platform
+                )));
+            }
+            sqlx::query("DELETE FROM releases WHERE version = $1 AND platform = $2")
+                .bind(&release.version)
+                .bind(&release.platform)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO releases (id, version, platform, size_bytes, sha256, signature, key_id, published, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
+        )
+        .bind(&release.id)
+        .bind(&release.version)
+        .bind(&release.platform)
+        .bind(i64::try_from(release.size_bytes).unwrap_or(i64::MAX))
+        .bind(&release.sha256)
+        .bind(&release.signature)
+        .bind(&release.key_id)
+        .bind(release.created_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores piece `seq` of an unpublished release (again: replaced).
+    pub async fn put_release_part(&self, release_id: &str, seq: i64, data: &[u8]) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM release_parts WHERE release_id = $1 AND seq = $2")
+            .bind(release_id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO release_parts (release_id, seq, data) VALUES ($1, $2, $3)")
+            .bind(release_id)
+            .bind(seq)
+            .bind(data.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The numbers and sizes of a release's stored pieces, in order.
+    pub async fn release_part_sizes(&self, release_id: &str) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT seq, CAST(LENGTH(data) AS BIGINT) FROM release_parts WHERE release_id = $1 ORDER BY seq",
+        )
+        .bind(release_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Piece `seq` of a release, if stored.
+    pub async fn release_part(&self, release_id: &str, seq: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT data FROM release_parts WHERE release_id = $1 AND seq = $2")
+            .bind(release_id)
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Marks a release published: from now on nodes are offered it.
+    pub async fn publish_release(&self, release_id: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE releases SET published = 1 WHERE id = $1")
+            .bind(release_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets a release and its pieces.
+    pub async fn delete_release(&self, release_id: &str) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM releases WHERE id = $1").bind(release_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// One release by id.
+    pub async fn release(&self, release_id: &str) -> Result<Option<ReleaseView>> {
+        let row = sqlx::query("SELECT id, version, platform, size_bytes, sha256, signature, key_id, published, created_ms FROM releases WHERE id = $1")
+            .bind(release_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(release_row).transpose()
+    }
+
+    /// Every release, newest first by creation.
+    pub async fn releases(&self) -> Result<Vec<ReleaseView>> {
+        let rows = sqlx::query("SELECT id, version, platform, size_bytes, sha256, signature, key_id, published, created_ms FROM releases ORDER BY created_ms DESC, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(release_row).collect()
+    }
+
+    /// Takes or renews the gateway's update slot for `node_id` until `expires_ms`, unless
+    /// another node holds it unexpired (one conditional statement, so two hubs can't both
+    /// grant it); returns the holder after the attempt.
+    pub async fn acquire_update_slot(
+        &self,
+        gateway_id: &str,
+        node_id: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<Option<String>> {
+        sqlx::query(
+            "INSERT INTO update_slots (gateway_id, node_id, expires_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (gateway_id) DO UPDATE SET node_id = excluded.node_id, expires_ms = excluded.expires_ms \
+             WHERE update_slots.node_id = excluded.node_id OR update_slots.expires_ms < $4",
+        )
+        .bind(gateway_id)
+        .bind(node_id)
+        .bind(expires_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        self.update_slot(gateway_id, now_ms).await
+    }
+
+    /// Who holds the gateway's update slot at `now_ms`, if anyone.
+    pub async fn update_slot(&self, gateway_id: &str, now_ms: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT node_id FROM update_slots WHERE gateway_id = $1 AND expires_ms >= $2")
+            .bind(gateway_id)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Frees the gateway's update slot if `node_id` holds it.
+    pub async fn release_update_slot(&self, gateway_id: &str, node_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM update_slots WHERE gateway_id = $1 AND node_id = $2")
+            .bind(gateway_id)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn release_row(row: &AnyRow) -> Result<ReleaseView> {
+    Ok(ReleaseView {
+        id: row.try_get(0)?,
+        version: row.try_get(1)?,
+        platform: row.try_get(2)?,
+        size_bytes: small(row.try_get(3)?, "size_bytes")?,
+        sha256: row.try_get(4)?,
+        signature: row.try_get(5)?,
+        key_id: row.try_get(6)?,
+        published: row.try_get::<i64, _>(7)? != 0,
+        created_ms: row.try_get(8)?,
+    })
 }
 
 /// The columns every run query returns, as a literal so the claim statements can `concat!` it.

@@ -59,6 +59,9 @@ pub struct HubConfig {
     /// Open connections from one client address at most; more are closed at once
     /// (`hub serve --max-connections-per-address`, default a quarter of `max_connections`).
     pub max_connections_per_address: usize,
+    /// The keys a release must be signed with to be published and offered to nodes
+    /// (`hub serve --release-key PUBFILE`); none: releases are refused.
+    pub release_keys: Vec<crate::release::PublicKey>,
 }
 
 impl HubConfig {
@@ -79,6 +82,7 @@ impl HubConfig {
             max_connections: server::MAX_CONNECTIONS,
             pin: None,
             max_connections_per_address: server::per_address_default(server::MAX_CONNECTIONS),
+            release_keys: Vec::new(),
         }
     }
 }

@@ -8,6 +8,10 @@ use crate::protocol::{GatewayCredential, GatewayState, NodeState};
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// How long a node that was updating may stay silent and still be Upgrading rather than
+/// Offline: it is restarting into the new version (or rolling back to the old one).
+const RESTART_ALLOWANCE_MS: i64 = 120_000;
+
 /// One node's status with the reason for anything but `Online`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -30,6 +34,7 @@ pub struct GatewayStatus {
 
 /// Computes every status of one gateway at `now_ms` (the gateway's row is not needed since
 /// credentials stopped following the dispatcher; kept so callers read the same).
+#[allow(clippy::too_many_lines, reason = "one rule after another, in the order they apply")]
 pub fn gateway_status(
     _gateway: &GatewayRow,
     nodes: &[NodeRow],
@@ -52,6 +57,22 @@ pub fn gateway_status(
     let statuses: Vec<NodeStatus> = nodes
         .iter()
         .map(|node| {
+            let silent_ms = node.last_heartbeat_ms.map(|t| (now_ms - t).max(0));
+            if node.metrics.upgrading
+                && let Some(silent_ms) =
+                    silent_ms.filter(|&s| s > offline_after_ms && s <= RESTART_ALLOWANCE_MS)
+            {
+                // Restarting into the new version: heartbeats pause for a moment.
+                let to = node.metrics.update_to.as_deref().unwrap_or("a new version");
+                return status(
+                    NodeState::Upgrading,
+                    format!(
+                        "updating from {} to {to}: restarting (no heartbeat for {} s)",
+                        node.version,
+                        silent_ms / 1000
+                    ),
+                );
+            }
             if !online(node) {
                 let reason = match node.last_heartbeat_ms {
                     None => {
@@ -62,7 +83,16 @@ pub fn gateway_status(
                 return status(NodeState::Offline, reason);
             }
             if node.metrics.upgrading {
-                return status(NodeState::Upgrading, "installing a new version".to_owned());
+                let to = node.metrics.update_to.as_deref().unwrap_or("a new version");
+                let step = match node.metrics.runs_running {
+                    0 => "installing".to_owned(),
+                    1 => "waiting for its 1 run to finish".to_owned(),
+                    n => format!("waiting for its {n} runs to finish"),
+                };
+                return status(
+                    NodeState::Upgrading,
+                    format!("updating from {} to {to}: {step}", node.version),
+                );
             }
             let others: Vec<&str> =
                 alive.iter().filter(|n| n.id != node.id).map(|n| n.name.as_str()).collect();
@@ -311,6 +341,32 @@ mod tests {
         let mut a = node("a", Some(0));
         a.metrics.upgrading = true;
         assert_eq!(states(&[a]).1, vec![NodeState::Upgrading]);
+    }
+
+    #[test]
+    fn an_updating_node_names_both_versions_and_stays_upgrading_while_it_restarts() {
+        let updating = |age_ms: i64, runs: u32| {
+            let mut a = node("a", Some(age_ms));
+            a.metrics.upgrading = true;
+            a.metrics.update_to = Some("1.1.0".into());
+            a.metrics.runs_running = runs;
+            let status = gateway_status(&gateway(), &[a, node("b", Some(0))], NOW, OFFLINE_AFTER);
+            (status.state, status.nodes[0].clone())
+        };
+        let (_, draining) = updating(0, 2);
+        assert_eq!(draining.state, NodeState::Upgrading);
+        assert_eq!(
+            draining.reason.as_deref(),
+            Some("updating from 1.0.0 to 1.1.0: waiting for its 2 runs to finish")
+        );
+        let (gateway, restarting) = updating(10_000, 0);
+        assert_eq!(restarting.state, NodeState::Upgrading);
+        assert_eq!(
+            restarting.reason.as_deref(),
+            Some("updating from 1.0.0 to 1.1.0: restarting (no heartbeat for 10 s)")
+        );
+        assert_eq!(gateway, GatewayState::Limited, "the other node keeps the gateway up");
+        assert_eq!(updating(RESTART_ALLOWANCE_MS + 1, 0).1.state, NodeState::Offline);
     }
 
     #[test]

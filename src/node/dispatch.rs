@@ -166,7 +166,15 @@ pub async fn run(
         // New work: as much as there is room for; with no room, hold one run so its wait
         // counts and it can fail with the right sentence when the queue timeout passes.
         let room_left = candidates.iter().filter(|c| c.blocked.is_none()).map(|c| c.free).sum::<u32>();
-        let want = if room == 0 && waiting.is_empty() { 1 } else { room_left };
+        let want = if shared.updater.is_updating() {
+            // This node is about to restart into a new version: it hands out what it holds
+            // but takes no more from the queue (the lease moves on at the next beats).
+            0
+        } else if room == 0 && waiting.is_empty() {
+            1
+        } else {
+            room_left
+        };
         if want == 0 {
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -30,6 +30,7 @@ pub mod sealed;
 pub mod status_file;
 pub mod store;
 pub mod tls;
+pub mod update;
 pub mod worker;
 
 use crate::client::{ClientError, HubClient};
@@ -156,7 +157,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
     let request = RegisterRequest {
         name: name.trim().to_owned(),
         machine_id: store.machine_id()?,
-        version: crate::VERSION.to_owned(),
+        version: crate::version().to_owned(),
         peer_address: peer_address.clone(),
         encryption_thumbprint: registration.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
         public_key: Some(peer_key.public().to_owned()),
@@ -215,6 +216,9 @@ pub enum NodeCommand {
     HeartbeatNow,
     /// Time the hub and every peer; the results (hub first) go to the sender.
     TestConnections(tokio::sync::oneshot::Sender<Vec<control::ConnectionTest>>),
+    /// Update to the release the hub offers (`node update`); the sender gets (from, to) or
+    /// why not, as a sentence.
+    Update(tokio::sync::oneshot::Sender<Result<(String, String), String>>),
 }
 
 /// Everything a window or `node status` shows about the running service.
@@ -249,6 +253,10 @@ pub struct NodeStatus {
     pub hub_version: Option<String>,
     /// The runs this node is executing.
     pub runs: Vec<worker::CurrentRun>,
+    /// The release the hub offers this node, with its advice ("update available: …").
+    pub update: Option<crate::protocol::UpdateOffer>,
+    /// Where an update under way is, as a sentence.
+    pub update_phase: Option<String>,
 }
 
 /// What the service's tasks share.
@@ -279,6 +287,8 @@ pub(crate) struct Shared {
     secrets_seen: Mutex<Option<SystemTime>>,
     /// Peers (by name) the last attempt to reach failed; reported with each heartbeat.
     unreachable: Mutex<BTreeSet<String>>,
+    /// `node update` under way, if any.
+    updater: Arc<update::Updater>,
 }
 
 impl Shared {
@@ -516,17 +526,30 @@ pub struct NodeHandle {
     pub commands: mpsc::UnboundedSender<NodeCommand>,
     pub status: watch::Receiver<NodeStatus>,
     pub shutdown: CancellationToken,
+    /// Set, before `shutdown` is cancelled, when an update installed a new binary: the
+    /// process should exec it once the service stopped (`node run` does).
+    pub restart: Arc<Mutex<Option<std::path::PathBuf>>>,
 }
 
 /// The node service of one data dir.
 pub struct NodeService {
     store: Store,
     metrics: Box<dyn MetricsSource>,
+    /// This process may replace its binary and restart into it (`node update`).
+    updates: bool,
 }
 
 impl NodeService {
     pub fn new(store: Store, metrics: Box<dyn MetricsSource>) -> Self {
-        NodeService { store, metrics }
+        NodeService { store, metrics, updates: false }
+    }
+
+    /// Lets `node update` replace this process's binary and restart into it: for `node run`,
+    /// never for a window's in-process service.
+    #[must_use]
+    pub fn with_updates(mut self, updates: bool) -> Self {
+        self.updates = updates;
+        self
     }
 
     /// Starts the service on the current tokio runtime: heartbeats, the peer channel and (while
@@ -555,6 +578,7 @@ impl NodeService {
         };
         let (status_tx, status) = watch::channel(initial);
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let restart = Arc::new(Mutex::new(None));
         let tls = secrets.tls.as_ref().map(tls::PeerTls::new).transpose()?;
         let credentials = Mutex::new(credentials::CredentialSet { entries: secrets.credentials.clone() });
         let shared = Arc::new(Shared {
@@ -573,6 +597,7 @@ impl NodeService {
             // in between would never be noticed. Unknown makes the first sync read the file.
             secrets_seen: Mutex::new(None),
             unreachable: Mutex::new(BTreeSet::new()),
+            updater: Arc::new(update::Updater::new(self.updates, Arc::clone(&restart))),
         });
 
         let lookup = Arc::clone(&shared);
@@ -600,7 +625,7 @@ impl NodeService {
         let task = tokio::spawn(async move {
             let _ = tokio::join!(peers, dispatcher, heartbeats, pings);
         });
-        Ok((NodeHandle { commands, status, shutdown }, task))
+        Ok((NodeHandle { commands, status, shutdown, restart }, task))
     }
 }
 
@@ -742,12 +767,15 @@ fn measure(
         unreachable_peers: shared.unreachable_peers(),
         encryption_thumbprint: shared.secrets.tls.as_ref().map(|t| t.thumbprint_sha256.clone()),
         hub_errors,
+        platform: Some(crate::release::platform()),
         ..NodeMetrics::default()
     };
+    (metrics.update_to, metrics.upgrading) = shared.updater.report();
     shared.report_credentials(&mut metrics);
     metrics
 }
 
+#[allow(clippy::too_many_lines, reason = "one beat: measure, send, apply the answer")]
 async fn heartbeat_loop(
     mut service: NodeService,
     shared: Arc<Shared>,
@@ -776,6 +804,11 @@ async fn heartbeat_loop(
                     });
                     continue;
                 }
+                NodeCommand::Update(reply) => {
+                    let offer = status.borrow().update.clone();
+                    let _ = reply.send(shared.updater.request(offer.as_ref()).map_err(|e| e.to_string()));
+                    // Beat now: the hub hears the request at once.
+                }
             },
         }
         let metrics = measure(&mut service, &shared, &worker, hub_errors);
@@ -801,6 +834,8 @@ async fn heartbeat_loop(
                 let (peers, sealed) = (answer.peers.clone(), answer.sealed_credentials);
                 tokio::spawn(sync_credentials(Arc::clone(&shared), peers, sealed));
                 worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
+                shared.updater.after_beat(answer.update.as_ref(), &shared, &worker, &shutdown);
+                let update_phase = shared.updater.describe(answer.update.as_ref());
                 status.send_modify(|s| {
                     s.hub_connected = true;
                     s.hub_error = None;
@@ -818,6 +853,8 @@ async fn heartbeat_loop(
                     s.gateway_version = answer.gateway_version;
                     s.hub_version = answer.hub_version;
                     s.runs = worker.current();
+                    s.update = answer.update;
+                    s.update_phase = update_phase;
                 });
             }
             Err(e) => {
@@ -848,7 +885,7 @@ async fn heartbeat_loop(
 /// The heartbeat this node sends with `metrics` (and its key proof when the hub wants one).
 fn heartbeat_of(shared: &Shared, metrics: &NodeMetrics, proof_wanted: bool) -> Heartbeat {
     Heartbeat {
-        version: crate::VERSION.to_owned(),
+        version: crate::version().to_owned(),
         metrics: metrics.clone(),
         peer_address: Some(shared.settings.peer_address.clone()),
         public_key: Some(shared.key.public().to_owned()),

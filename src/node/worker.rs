@@ -37,6 +37,8 @@ pub struct Worker {
     current: Arc<Mutex<BTreeMap<String, CurrentRun>>>,
     copier: Copier,
     shutdown: CancellationToken,
+    /// Set while the node updates: it takes no new runs.
+    paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Looks up a credential's value by name.
@@ -95,7 +97,13 @@ impl Worker {
             current: Arc::default(),
             copier,
             shutdown,
+            paused: Arc::default(),
         }
+    }
+
+    /// Stops (or resumes) taking new runs; the running ones go on.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
     }
 
     pub fn running(&self) -> u32 {
@@ -153,6 +161,12 @@ impl Worker {
             .is_ok();
         if !reserved {
             return PeerResponse::Refused { reason: format!("at its concurrency limit ({limit} runs)") };
+        }
+        // Checked after the slot is reserved: an update's drain that paused first sees the
+        // slot counted, or this sees the pause.
+        if self.paused.load(Ordering::SeqCst) {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            return PeerResponse::Refused { reason: "it is updating and takes no new runs".to_owned() };
         }
         let worker = self.clone();
         tokio::spawn(async move {

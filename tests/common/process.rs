@@ -28,7 +28,11 @@ pub struct Spawned {
 /// Starts the test build of `gatehouse` with `args` and extra `env`, stdin closed, stdout and
 /// stderr captured.
 pub fn spawn_gatehouse(args: &[&str], env: &[(&str, &str)]) -> Spawned {
-    let binary = env!("CARGO_BIN_EXE_gatehouse");
+    spawn_binary(std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")), args, env)
+}
+
+/// Like [`spawn_gatehouse`], from another copy of the binary (a test that updates one).
+pub fn spawn_binary(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Spawned {
     let mut command = Command::new(binary);
     command.args(args).envs(env.iter().copied());
     spawn(command, format!("gatehouse {}", args.join(" ")))

@@ -131,6 +131,7 @@ pub(super) async fn announce_key(
     Ok(())
 }
 
+#[allow(clippy::too_many_lines, reason = "one beat: recorded, then each part of the answer in turn")]
 pub(super) async fn heartbeat(
     State(state): State<HubState>,
     NodeAuth(node): NodeAuth,
@@ -195,6 +196,15 @@ pub(super) async fn heartbeat(
     let role =
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
     let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id).await?;
+    let update = super::releases::heartbeat_offer(
+        &state,
+        &gateway,
+        &nodes,
+        &node.id,
+        computed.version.as_deref(),
+        now,
+    )
+    .await?;
     let peers = nodes
         .iter()
         .zip(&computed.nodes)
@@ -228,10 +238,11 @@ pub(super) async fn heartbeat(
         gateway_state: Some(computed.state),
         gateway_reason: computed.reason,
         gateway_version: computed.version,
-        hub_version: Some(crate::VERSION.to_owned()),
+        hub_version: Some(crate::version().to_owned()),
         bandwidth_bytes_per_second,
         sealed_credentials,
         key_proof_wanted,
+        update,
     }))
 }
 

@@ -108,6 +108,17 @@ impl ControlClient {
         }
     }
 
+    /// Has the service of `dir` update to the release the hub offers; answers (from, to)
+    /// once the update is under way.
+    pub async fn update(dir: &Path) -> Result<(String, String), ControlError> {
+        let client = Self::running(dir).await?;
+        let (mut read, _write) = request(client.stream, ControlRequest::Update).await?;
+        match timed(read_event(&mut read)).await? {
+            ControlEvent::Updating { from, to } => Ok((from, to)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn running(dir: &Path) -> Result<ControlClient, ControlError> {
         Self::connect(dir).await?.ok_or_else(|| ControlError::NotRunning { dir: dir.to_owned() })
     }

@@ -266,7 +266,7 @@ async fn accept(socket: ControlSocket, target: ControlTarget, shutdown: Cancella
     let ControlSocket { listener, file, dir, owner_uid, group } = socket;
     let hello = Hello {
         pid: std::process::id(),
-        version: crate::VERSION.to_owned(),
+        version: crate::version().to_owned(),
         data_dir: dir.display().to_string(),
     };
     let connections = TaskTracker::new();
@@ -359,6 +359,10 @@ async fn answer(
             write_event(&mut write, &answer).await
         }
         Ok(ControlRequest::Settings) => write_event(&mut write, &settings_of(&dir)).await,
+        Ok(ControlRequest::Update) => {
+            let answer = update_through_service(&target).await;
+            write_event(&mut write, &answer).await
+        }
     };
     if let Err(e) = result {
         tracing::debug!("control socket: {e}");
@@ -384,6 +388,21 @@ fn without_password(url: &str) -> String {
     let Some((user, _)) = rest[..at].split_once(':') else { return url.to_owned() };
     let sep = if scheme.is_empty() { "" } else { "://" };
     format!("{scheme}{sep}{user}:***{}", &rest[at..])
+}
+
+async fn update_through_service(target: &ControlTarget) -> ControlEvent {
+    let (tx, rx) = oneshot::channel();
+    if target.commands.send(NodeCommand::Update(tx)).is_err() {
+        return ControlEvent::Failed { message: "the node service is stopping".to_owned() };
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(Ok((from, to)))) => ControlEvent::Updating { from, to },
+        Ok(Ok(Err(message))) => ControlEvent::Failed { message },
+        Ok(Err(_)) => ControlEvent::Failed { message: "the node service is stopping".to_owned() },
+        Err(_) => ControlEvent::Failed {
+            message: "the node service didn't answer the update request in time".to_owned(),
+        },
+    }
 }
 
 async fn test_through_service(target: &ControlTarget) -> ControlEvent {

@@ -45,6 +45,9 @@ pub enum ControlRequest {
     /// The node's settings (node.toml; a proxy's password left out), for a window of another
     /// user that can't read the data dir; answered with [`ControlEvent::Settings`].
     Settings,
+    /// Update to the release the hub offers (`node update`); answered with
+    /// [`ControlEvent::Updating`] once the update is under way, or why not.
+    Update,
 }
 
 /// Who answers on the socket: the first event of a watch.
@@ -74,6 +77,8 @@ pub enum ControlEvent {
     Tested(Vec<ConnectionTest>),
     /// The node's settings as stored, a proxy's password replaced by `***`.
     Settings(Box<NodeSettings>),
+    /// An update is under way, from this version to that one.
+    Updating { from: String, to: String },
     /// The request couldn't be served, with why, as a sentence.
     Failed { message: String },
 }

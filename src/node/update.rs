@@ -1,0 +1,612 @@
+//! `gatehouse node update`: the running node service replaces its own binary with the
+//! release the hub offers, one node of a gateway at a time, and goes back to the previous
+//! binary if the new one doesn't come up healthy.
+//!
+//! The steps, all in the service (`node run`) except the last:
+//! 1. asked through the control socket, the node asks the hub for its gateway's update slot
+//!    with every heartbeat (`update_to`); another node updating, it waits its turn;
+//! 2. granted, it takes no new runs and lets its running ones finish ([`DRAIN_TIMEOUT`] at
+//!    most: the hub re-queues what is left, and copies resume from their checkpoints), while
+//!    its heartbeats say `upgrading`, which the hub shows as Upgrading with both versions;
+//! 3. it checks the release's signature against the keys the hub trusts, downloads the file
+//!    (node token), checks its length, SHA-256 and signature again, and installs it in place
+//!    of its binary in one rename, the previous binary kept beside it as `NAME.previous`;
+//! 4. it writes `update.json` in the data dir, starts a **watchdog** from the previous binary
+//!    (`gatehouse node update-watchdog`, its own process group), stops its service and execs
+//!    the new binary in the same process (same pid, so a supervisor sees no exit);
+//! 5. the watchdog waits up to [`HEALTH_DEADLINE`] for the new service to answer on the
+//!    control socket with the new version and a heartbeat the hub accepted. If it doesn't —
+//!    the new binary exits at once, hangs, or reports another version — the watchdog stops
+//!    it, moves the previous binary back (one rename) and starts `node run` from it.
+//!
+//! The outcome is in `update.json` (`node status` shows it); the hub frees the gateway's slot
+//! when the node's heartbeats stop asking for it, whichever binary sends them.
+
+use super::Shared;
+use super::control::{ControlClient, ControlEvent};
+use super::store::Store;
+use super::worker::Worker;
+use crate::protocol::UpdateOffer;
+use crate::release::{self, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long a granted update waits for the node's running runs to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the new binary has to come up healthy before it is rolled back.
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+/// The record of the last update in the data dir.
+pub const RECORD_FILE: &str = "update.json";
+/// How often the watchdog looks.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Why an update can't be done, as sentences.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(
+        "this node runs inside the Configuration Manager window, which can't replace its own binary; close the window, start the node service with `gatehouse node start`, then update"
+    )]
+    InWindow,
+    #[error(
+        "this node runs under systemd, from {exe}, which the service can't replace (the unit's file system is read-only and the package owns the binary); update the package instead, e.g. apt install ./gatehouse_VERSION.deb"
+    )]
+    Systemd { exe: String },
+    #[error(
+        "no update available: the hub offers no release newer than {version} for {platform}; publish one with `gatehouse hub release publish`"
+    )]
+    NothingOffered { version: String, platform: String },
+    #[error("an update to {0} is under way already")]
+    Busy(String),
+    #[error(
+        "can't replace {exe}: {reason}; run the node as the user that owns its binary, or install the update by hand"
+    )]
+    NotWritable { exe: String, reason: String },
+    #[error("release {version}: {reason}")]
+    Release { version: String, reason: String },
+    #[error("no update is under way here ({0} is missing or unreadable)")]
+    NoRecord(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What became of an update, as `update.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The new binary is installed and the node is restarting into it; the watchdog decides.
+    Restarting,
+    /// The new binary came up healthy.
+    Installed,
+    /// The new binary didn't come up healthy; the previous one is back.
+    RolledBack { reason: String },
+    /// Nothing was installed.
+    Failed { reason: String },
+}
+
+/// `update.json`: the last update of this data dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub from: String,
+    pub to: String,
+    /// The binary that was replaced, and where the previous one is kept.
+    pub exe: PathBuf,
+    pub previous: PathBuf,
+    /// The process that restarts into the new binary.
+    pub pid: u32,
+    /// Milliseconds since the Unix epoch when the update began.
+    pub started_ms: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl std::fmt::Display for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (from, to) = (&self.from, &self.to);
+        match &self.outcome {
+            Outcome::Restarting => write!(f, "updating from {from} to {to}: restarting into it"),
+            Outcome::Installed => write!(f, "updated from {from} to {to}"),
+            Outcome::RolledBack { reason } => {
+                write!(
+                    f,
+                    "the update from {from} to {to} was rolled back ({reason}); the node runs {from} again"
+                )
+            }
+            Outcome::Failed { reason } => {
+                write!(f, "the update from {from} to {to} failed ({reason}); nothing changed")
+            }
+        }
+    }
+}
+
+/// The last update's record, if any.
+pub fn last_record(store: &Store) -> Option<Record> {
+    std::fs::read(store.dir().join(RECORD_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn write_record(store: &Store, record: &Record) -> Result<(), UpdateError> {
+    let json = serde_json::to_vec_pretty(record).map_err(|e| UpdateError::Io(e.to_string()))?;
+    let path = store.dir().join(RECORD_FILE);
+    crate::machine::write_atomic(&path, &json)
+        .map_err(|e| UpdateError::Io(format!("can't write {}: {e}", path.display())))
+}
+
+/// Where an update of this service is.
+#[derive(Debug, Clone)]
+enum Phase {
+    Idle,
+    /// Asking the hub for the gateway's update slot.
+    Wanted {
+        to: String,
+    },
+    /// Granted: taking no new runs, waiting for the running ones.
+    Draining {
+        offer: Box<UpdateOffer>,
+        since: Instant,
+    },
+    /// Downloading and installing.
+    Installing {
+        to: String,
+    },
+}
+
+/// The service's side of an update, shared by its heartbeat loop and the control socket.
+pub(crate) struct Updater {
+    /// Whether this process may replace its binary (`node run`; never a window).
+    allowed: bool,
+    /// std Mutex: never held across .await.
+    phase: Mutex<Phase>,
+    /// The binary to exec once the new one is installed; `node run` reads it after stopping.
+    restart: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl Updater {
+    pub fn new(allowed: bool, restart: Arc<Mutex<Option<PathBuf>>>) -> Self {
+        Updater { allowed, phase: Mutex::new(Phase::Idle), restart }
+    }
+
+    fn phase(&self) -> Phase {
+        self.phase.lock().map_or(Phase::Idle, |p| p.clone())
+    }
+
+    fn set(&self, phase: Phase) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = phase;
+        }
+    }
+
+    /// What the heartbeat reports: the version asked for, and whether it is updating now.
+    pub fn report(&self) -> (Option<String>, bool) {
+        match self.phase() {
+            Phase::Idle => (None, false),
+            Phase::Wanted { to } => (Some(to), false),
+            Phase::Installing { to } => (Some(to), true),
+            Phase::Draining { offer, .. } => (Some(offer.release.version.clone()), true),
+        }
+    }
+
+    /// The hub granted an update and it is under way: the dispatcher claims no more runs.
+    pub fn is_updating(&self) -> bool {
+        self.report().1
+    }
+
+    /// `node update`: asks for the offered release; answers (from, to).
+    pub fn request(&self, offer: Option<&UpdateOffer>) -> Result<(String, String), UpdateError> {
+        if !self.allowed {
+            return Err(UpdateError::InWindow);
+        }
+        let exe = current_exe()?;
+        if std::env::var_os("INVOCATION_ID").is_some() && exe.starts_with("/usr") {
+            return Err(UpdateError::Systemd { exe: exe.display().to_string() });
+        }
+        let Some(offer) = offer else {
+            return Err(UpdateError::NothingOffered {
+                version: crate::version().to_owned(),
+                platform: release::platform(),
+            });
+        };
+        match self.phase() {
+            Phase::Idle => {}
+            Phase::Wanted { to } | Phase::Installing { to } => return Err(UpdateError::Busy(to)),
+            Phase::Draining { offer, .. } => return Err(UpdateError::Busy(offer.release.version.clone())),
+        }
+        writable_beside(&exe)?;
+        let to = offer.release.version.clone();
+        tracing::info!(from = %crate::version(), %to, "update requested; asking the hub for the gateway's turn");
+        self.set(Phase::Wanted { to: to.clone() });
+        Ok((crate::version().to_owned(), to))
+    }
+
+    /// What a heartbeat answer means for an update under way: the hub's grant starts the
+    /// drain; a drained node installs (in the background, then restarts the service).
+    pub fn after_beat(
+        self: &Arc<Self>,
+        offer: Option<&UpdateOffer>,
+        shared: &Arc<Shared>,
+        worker: &Worker,
+        shutdown: &CancellationToken,
+    ) {
+        match self.phase() {
+            Phase::Idle | Phase::Installing { .. } => {}
+            Phase::Wanted { to } => match offer {
+                Some(offer) if offer.granted && offer.release.version == to => {
+                    tracing::info!(%to, runs = worker.running(), "the hub granted the update; taking no new runs and letting the running ones finish");
+                    worker.pause(true);
+                    self.set(Phase::Draining { offer: Box::new(offer.clone()), since: Instant::now() });
+                }
+                Some(offer) if offer.release.version == to => {}
+                _ => {
+                    tracing::warn!(%to, "the hub no longer offers release {to}; the update is off");
+                    self.set(Phase::Idle);
+                }
+            },
+            Phase::Draining { offer, since } => {
+                let running = worker.running();
+                if running > 0 && since.elapsed() < DRAIN_TIMEOUT {
+                    return;
+                }
+                if running > 0 {
+                    tracing::warn!(
+                        running,
+                        "runs still running after {} s; updating anyway (the hub re-queues them)",
+                        DRAIN_TIMEOUT.as_secs()
+                    );
+                }
+                self.set(Phase::Installing { to: offer.release.version.clone() });
+                let (updater, shared, worker, shutdown) =
+                    (Arc::clone(self), Arc::clone(shared), worker.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let from = crate::version().to_owned();
+                    let to = offer.release.version.clone();
+                    match install(&shared, &offer).await {
+                        Ok(exe) => {
+                            tracing::info!(%from, %to, exe = %exe.display(), "installed; restarting into the new version");
+                            if let Ok(mut restart) = updater.restart.lock() {
+                                *restart = Some(exe);
+                            }
+                            shutdown.cancel();
+                        }
+                        Err(e) => {
+                            tracing::warn!(%from, %to, "the update failed: {e}");
+                            let record = Record {
+                                from,
+                                to,
+                                exe: PathBuf::new(),
+                                previous: PathBuf::new(),
+                                pid: std::process::id(),
+                                started_ms: super::unix_millis(),
+                                outcome: Outcome::Failed { reason: e.to_string() },
+                            };
+                            if let Err(e) = write_record(&shared.store, &record) {
+                                tracing::warn!("{e}");
+                            }
+                            worker.pause(false);
+                            updater.set(Phase::Idle);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// A sentence for the node's status while an update is under way.
+    pub fn describe(&self, offer: Option<&UpdateOffer>) -> Option<String> {
+        match self.phase() {
+            Phase::Idle => None,
+            Phase::Wanted { to } => Some(match offer.and_then(|o| o.waiting_for.as_deref()) {
+                Some(other) => format!("update to {to}: waiting for node {other} to finish its update"),
+                None => format!("update to {to}: asking the hub for the gateway's turn"),
+            }),
+            Phase::Draining { offer, .. } => {
+                Some(format!("update to {}: letting the running runs finish", offer.release.version))
+            }
+            Phase::Installing { to } => Some(format!("update to {to}: downloading and installing")),
+        }
+    }
+}
+
+/// Downloads, checks and installs the release in place of this binary, records it and
+/// starts the watchdog; returns the binary to exec.
+async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, UpdateError> {
+    let version = offer.release.version.clone();
+    let refuse = |reason: String| UpdateError::Release { version: version.clone(), reason };
+    let keys: Vec<PublicKey> = offer
+        .keys
+        .iter()
+        .map(|k| PublicKey::parse(k, "a release key the hub sent"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| refuse(e.to_string()))?;
+    release::verify(&offer.release.sha256, &offer.release.signature, &keys)
+        .map_err(|e| refuse(e.to_string()))?;
+    let exe = current_exe()?;
+    let dir = exe.parent().ok_or_else(|| UpdateError::Io(format!("{} has no folder", exe.display())))?;
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.update", crate::encoding::random_hex::<6>()));
+    let not_writable = |e: std::io::Error| UpdateError::NotWritable {
+        exe: exe.display().to_string(),
+        reason: e.to_string(),
+    };
+    let result = async {
+        let mut file = new_file(&temp).map_err(not_writable)?;
+        let (sha256, length) = shared
+            .client
+            .download_release(&offer.release.id, &mut file)
+            .await
+            .map_err(|e| refuse(format!("the download failed: {e}")))?;
+        file.sync_all().map_err(|e| UpdateError::Io(e.to_string()))?;
+        drop(file);
+        if length != offer.release.size_bytes {
+            return Err(refuse(format!("{length} bytes arrived, not {}", offer.release.size_bytes)));
+        }
+        if sha256 != offer.release.sha256 {
+            let e = release::ReleaseError::Digest { expected: offer.release.sha256.clone(), actual: sha256 };
+            return Err(refuse(e.to_string()));
+        }
+        // What was written is what is signed, checked here, not only at the hub.
+        release::verify(&sha256, &offer.release.signature, &keys).map_err(|e| refuse(e.to_string()))?;
+        set_executable(&temp).map_err(not_writable)?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    let previous = previous_path(&exe);
+    let record = Record {
+        from: crate::version().to_owned(),
+        to: version.clone(),
+        exe: exe.clone(),
+        previous: previous.clone(),
+        pid: std::process::id(),
+        started_ms: super::unix_millis(),
+        outcome: Outcome::Restarting,
+    };
+    // Keep the running binary as the previous one (a second name for it), then put the new
+    // one in its place in one rename: `exe` is always one whole binary or the other.
+    let keep = || -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&previous);
+        if std::fs::hard_link(&exe, &previous).is_err() {
+            std::fs::copy(&exe, &previous)?;
+        }
+        std::fs::rename(&temp, &exe)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    if let Err(e) = keep() {
+        let _ = std::fs::remove_file(&temp);
+        return Err(not_writable(e));
+    }
+    let undo = |e: UpdateError| {
+        if let Err(undo) = std::fs::rename(&previous, &exe) {
+            tracing::error!("can't put the previous binary back at {}: {undo}", exe.display());
+        }
+        e
+    };
+    write_record(&shared.store, &record).map_err(undo)?;
+    spawn_watchdog(&previous, shared.store.dir()).map_err(undo)?;
+    Ok(exe)
+}
+
+/// Starts `PREVIOUS node update-watchdog` in its own process group: it outlives this process
+/// and its exec, and rolls back if the new binary doesn't come up.
+fn spawn_watchdog(previous: &Path, dir: &Path) -> Result<(), UpdateError> {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    Command::new(previous)
+        .args(["node", "update-watchdog"])
+        .env("GATEHOUSE_HOME", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(|_| ())
+        .map_err(|e| {
+            UpdateError::Io(format!("can't start the update watchdog from {}: {e}", previous.display()))
+        })
+}
+
+/// `gatehouse node update-watchdog`: waits for the service restarted into the new binary to
+/// come up healthy, and rolls back to the previous binary otherwise. Returns the outcome.
+pub async fn watchdog(store: &Store) -> Result<Record, UpdateError> {
+    let path = store.dir().join(RECORD_FILE);
+    let mut record = last_record(store)
+        .filter(|r| r.outcome == Outcome::Restarting)
+        .ok_or_else(|| UpdateError::NoRecord(path.display().to_string()))?;
+    let deadline = Instant::now() + HEALTH_DEADLINE;
+    let failure = loop {
+        if healthy(store.dir(), &record.to).await {
+            tracing::info!(from = %record.from, to = %record.to, "the new version is up and reaches the hub");
+            record.outcome = Outcome::Installed;
+            write_record(store, &record)?;
+            return Ok(record);
+        }
+        if !alive(record.pid) && ControlClient::connect(store.dir()).await.ok().flatten().is_none() {
+            break format!("version {} stopped before it came up", record.to);
+        }
+        if Instant::now() >= deadline {
+            break format!(
+                "version {} didn't answer with a heartbeat the hub accepted within {} s",
+                record.to,
+                HEALTH_DEADLINE.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    tracing::warn!(from = %record.from, to = %record.to, "rolling back: {failure}");
+    stop_new(store.dir(), record.pid).await;
+    std::fs::rename(&record.previous, &record.exe).map_err(|e| {
+        UpdateError::Io(format!(
+            "can't put the previous binary {} back at {}: {e}",
+            record.previous.display(),
+            record.exe.display()
+        ))
+    })?;
+    start_detached(&record.exe, store.dir())?;
+    let back = wait_healthy(store.dir(), &record.from, HEALTH_DEADLINE).await;
+    let reason = if back {
+        failure
+    } else {
+        format!(
+            "{failure}; version {} didn't come back within {} s either",
+            record.from,
+            HEALTH_DEADLINE.as_secs()
+        )
+    };
+    record.outcome = Outcome::RolledBack { reason };
+    write_record(store, &record)?;
+    Ok(record)
+}
+
+/// Whether the service of `dir` answers with `version` and has had a heartbeat accepted.
+async fn healthy(dir: &Path, version: &str) -> bool {
+    let ask = async {
+        let (hello, mut events) = ControlClient::connect(dir).await.ok()??.watch().await.ok()?;
+        if hello.version != version {
+            return None;
+        }
+        while let Some(event) = events.recv().await {
+            if let ControlEvent::Status(s) = event
+                && s.hub_connected
+                && s.last_heartbeat.is_some()
+            {
+                return Some(());
+            }
+        }
+        None
+    };
+    tokio::time::timeout(Duration::from_secs(3), ask).await.ok().flatten().is_some()
+}
+
+async fn wait_healthy(dir: &Path, version: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if healthy(dir, version).await {
+            return true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    false
+}
+
+/// Stops the new service: through its control socket if it answers, then by signal.
+async fn stop_new(dir: &Path, pid: u32) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), ControlClient::stop(dir)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut signalled = false;
+    while alive(pid) && Instant::now() < deadline {
+        if !signalled {
+            signal(pid, sysinfo::Signal::Term);
+            signalled = true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    if alive(pid) {
+        signal(pid, sysinfo::Signal::Kill);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn signal(pid: u32, signal: sysinfo::Signal) {
+    use sysinfo::{Pid, ProcessesToUpdate, System};
+    let pid = Pid::from_u32(pid);
+    let Ok(mut system) = System::new() else { return };
+    system.refresh_processes(ProcessesToUpdate::Some(&[pid]), true);
+    if let Some(process) = system.process(pid) {
+        let _ = process.kill_with(signal);
+    }
+}
+
+/// `EXE node run` for `dir`, in its own process group.
+fn start_detached(exe: &Path, dir: &Path) -> Result<(), UpdateError> {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    Command::new(exe)
+        .args(["node", "run"])
+        .env("GATEHOUSE_HOME", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(|_| ())
+        .map_err(|e| UpdateError::Io(format!("can't start {} node run: {e}", exe.display())))
+}
+
+/// Whether `pid` runs (a zombie doesn't: only its exit status is left).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// This process's binary, as a path that names it (not `… (deleted)` after a replacement).
+fn current_exe() -> Result<PathBuf, UpdateError> {
+    std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| UpdateError::Io(format!("can't find this process's binary: {e}")))
+}
+
+/// `NAME.previous` beside `exe`.
+pub fn previous_path(exe: &Path) -> PathBuf {
+    let mut name = exe.file_name().unwrap_or_default().to_owned();
+    name.push(".previous");
+    exe.with_file_name(name)
+}
+
+/// Refuses early when the folder of `exe` can't take the new binary.
+fn writable_beside(exe: &Path) -> Result<(), UpdateError> {
+    let probe = exe.with_file_name(format!(".gatehouse-update-probe.{}", crate::encoding::random_hex::<6>()));
+    let made = new_file(&probe);
+    let _ = std::fs::remove_file(&probe);
+    made.map(drop)
+        .map_err(|e| UpdateError::NotWritable { exe: exe.display().to_string(), reason: e.to_string() })
+}
+
+/// A new owner-only file (never an existing one).
+fn new_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o700).open(path)
+}
+
+fn set_executable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_reads_back_and_says_what_happened() {
+        let record = Record {
+            from: "0.1.0".into(),
+            to: "0.2.0".into(),
+            exe: "/opt/g/gatehouse".into(),
+            previous: previous_path(Path::new("/opt/g/gatehouse")),
+            pid: 7,
+            started_ms: 1,
+            outcome: Outcome::RolledBack { reason: "version 0.2.0 stopped before it came up".into() },
+        };
+        assert_eq!(record.previous, Path::new("/opt/g/gatehouse.previous"));
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""state":"rolled_back""#), "{json}");
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), record);
+        assert_eq!(
+            record.to_string(),
+            "the update from 0.1.0 to 0.2.0 was rolled back (version 0.2.0 stopped before it came up); the node runs 0.1.0 again"
+        );
+    }
+
+    #[test]
+    fn a_window_may_not_update_and_nothing_offered_is_said() {
+        let updater = Updater::new(false, Arc::default());
+        assert!(matches!(updater.request(None), Err(UpdateError::InWindow)));
+        let updater = Updater::new(true, Arc::default());
+        let error = updater.request(None).unwrap_err().to_string();
+        assert!(error.starts_with("no update available"), "{error}");
+        assert_eq!(updater.report(), (None, false));
+    }
+}
