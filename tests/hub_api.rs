@@ -1113,7 +1113,8 @@ async fn limited_inactive_upgrading(hub: &Hub, admin: &AdminClient) {
     assert!(!shown.encryption, "one node of three can't change the gateway's mode");
     z.set(|r| r.metrics.encryption_thumbprint = None);
     z.set(|r| r.metrics.upgrading = true);
-    expect_status(admin, "health", &all, &z, NodeState::Upgrading, &["installing a new version"]).await;
+    expect_status(admin, "health", &all, &z, NodeState::Upgrading, &["updating from", "to a new version"])
+        .await;
     z.reset();
     online(&z).await;
 

@@ -418,7 +418,10 @@ impl Backend {
         }
         self.events.send(Event::HubAccess(moved.map(|m| m.to_string()).map_err(|e| e.to_string())));
         if was_running {
-            self.start_service().await;
+            // Its own again, not a socket the stopped service may still hold for a moment.
+            self.generation += 1;
+            self.events.send(Event::Service(ServiceState::Starting));
+            self.start_own_service().await;
         }
     }
 
@@ -580,6 +583,12 @@ impl Backend {
         if self.attach().await {
             return;
         }
+        self.start_own_service().await;
+    }
+
+    /// Runs this data dir's node in this process (after [`Backend::start_service`] found no
+    /// service to attach to, or right after this window stopped its own to move its hub).
+    async fn start_own_service(&mut self) {
         if let Some(system) = &self.system
             && !self.store.is_registered()
         {
