@@ -392,20 +392,9 @@ async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, Update
 /// Starts `PREVIOUS node update-watchdog` in its own process group: it outlives this process
 /// and its exec, and rolls back if the new binary doesn't come up.
 fn spawn_watchdog(previous: &Path, dir: &Path) -> Result<(), UpdateError> {
-    use std::os::unix::process::CommandExt as _;
-    use std::process::{Command, Stdio};
-    Command::new(previous)
-        .args(["node", "update-watchdog"])
-        .env("GATEHOUSE_HOME", dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map(|_| ())
-        .map_err(|e| {
-            UpdateError::Io(format!("can't start the update watchdog from {}: {e}", previous.display()))
-        })
+    spawn_detached(previous, dir, &["node", "update-watchdog"]).map_err(|e| {
+        UpdateError::Io(format!("can't start the update watchdog from {}: {e}", previous.display()))
+    })
 }
 
 /// `gatehouse node update-watchdog`: waits for the service restarted into the new binary to
@@ -521,10 +510,17 @@ fn signal(pid: u32, signal: sysinfo::Signal) {
 
 /// `EXE node run` for `dir`, in its own process group.
 fn start_detached(exe: &Path, dir: &Path) -> Result<(), UpdateError> {
+    spawn_detached(exe, dir, &["node", "run"])
+        .map_err(|e| UpdateError::Io(format!("can't start {} node run: {e}", exe.display())))
+}
+
+/// `EXE ARGS` for the data dir `dir`, stdio closed, in its own process group: it outlives
+/// this process and its exec.
+fn spawn_detached(exe: &Path, dir: &Path, args: &[&str]) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt as _;
     use std::process::{Command, Stdio};
     Command::new(exe)
-        .args(["node", "run"])
+        .args(args)
         .env("GATEHOUSE_HOME", dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -532,7 +528,6 @@ fn start_detached(exe: &Path, dir: &Path) -> Result<(), UpdateError> {
         .process_group(0)
         .spawn()
         .map(|_| ())
-        .map_err(|e| UpdateError::Io(format!("can't start {} node run: {e}", exe.display())))
 }
 
 /// Whether `pid` runs (a zombie doesn't: only its exit status is left).
