@@ -68,8 +68,9 @@ pub struct GatewaySettings {
     pub memory_threshold: u8,
     pub aggregation_minutes: u32,
     pub queue_timeout_seconds: u32,
-    /// Megabytes (1,000,000 bytes) per second that the gateway's copies may send in all,
-    /// shared by the nodes copying at the time; 0 turns the limit off. Left out of the JSON
+    /// Megabits per second (Mbit/s, 125,000 bytes a second, as network links are rated) that
+    /// the gateway's copies may send in all, shared by the nodes copying at the time; 0 turns
+    /// the limit off. Left out of the JSON
     /// when off, so nodes that don't know it (their settings refuse unknown fields) still
     /// read the settings of a gateway without a limit.
     #[serde(skip_serializing_if = "is_zero")]
@@ -352,9 +353,10 @@ pub struct HeartbeatResponse {
     /// The hub's own version.
     #[serde(default)]
     pub hub_version: Option<String>,
-    /// This node's share of the gateway's bandwidth limit: the limit divided by the number of
-    /// nodes holding copy runs (dispatched or running), this node counted even when it holds
-    /// none, so a node about to copy knows its share already. `None` when there is no limit.
+    /// This node's grant of the gateway's bandwidth limit in bytes a second: the limit divided
+    /// by the number of nodes holding copy runs (dispatched or running), never more than the
+    /// other nodes' grants leave; 1 (a pause) for a node holding no copy run. `None` when there
+    /// is no limit.
     #[serde(default)]
     pub bandwidth_bytes_per_second: Option<u64>,
     /// Credentials the credential manager sealed for this node that it hasn't reported yet.

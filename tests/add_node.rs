@@ -90,8 +90,20 @@ fn the_window_opens_its_hub_and_a_second_machine_joins_with_its_pinned_one_time_
     window.click("Settings");
     assert!(window.shows("for this machine only"), "Settings doesn't say the hub is local");
     let port = free_port();
-    window.harness.get_by_label("Network address").scroll_to_me();
-    window.type_into("Network address", &format!("127.0.0.1:{port}"));
+    // The field must hold the loopback address before the click: empty, the hub would move
+    // to this machine's network address, which a test must never listen on. Typing into a
+    // field that was only just scrolled to can miss while the page still moves.
+    let address = format!("127.0.0.1:{port}");
+    for _ in 0..10 {
+        if window.harness.state().settings.add_node.address == address {
+            break;
+        }
+        window.harness.state_mut().settings.add_node.address.clear();
+        window.harness.get_by_label("Network address").scroll_to_me();
+        window.harness.step();
+        window.type_into("Network address", &address);
+    }
+    assert_eq!(window.harness.state().settings.add_node.address, address, "typing the address didn't take");
     click(&mut window, "Open to other machines");
     window.wait_for("the hub to move", LIMIT, |app| app.state.add_node.moved.is_some());
     let moved = window.harness.state().state.add_node.moved.clone().unwrap();

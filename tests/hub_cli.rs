@@ -246,11 +246,11 @@ fn gateways_keys_and_nodes_are_administered_from_the_command_line() {
     assert_eq!(set["settings"]["max_nodes"], 2, "settings not given keep their value");
     let set = hub.run(&["hub", "gateway", "set", "east", "--cpu-threshold", "70"]).ok();
     assert!(
-        set.stdout.contains("CPU threshold 70%") && set.stdout.contains("bandwidth limit 25 MB/s"),
+        set.stdout.contains("CPU threshold 70%") && set.stdout.contains("bandwidth limit 25 Mbit/s"),
         "{set:#?}"
     );
     let limited = hub.run(&["hub", "gateway", "create", "limited", "--bandwidth-limit-mbps", "8"]).ok();
-    assert!(limited.stdout.contains("bandwidth limit 8 MB/s"), "{limited:#?}");
+    assert!(limited.stdout.contains("bandwidth limit 8 Mbit/s"), "{limited:#?}");
     let off =
         hub.run(&["hub", "gateway", "set", "limited", "--bandwidth-limit-mbps", "0", "--json"]).ok().json();
     assert_eq!(off["settings"].get("bandwidth_limit_mbps"), None, "off is left out: {off:#}");

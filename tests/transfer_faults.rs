@@ -48,18 +48,19 @@ struct Setup {
     expected: BTreeMap<String, Vec<u8>>,
 }
 
-/// A hub (on a fixed address, so it can restart), a gateway `lake` with `distribute` and the
-/// bandwidth limit, `count` nodes holding the S3 credential, and the source.
-fn setup(count: usize, mbps: u32) -> Setup {
-    setup_with(count, mbps, small_and_large())
+/// A hub (on a fixed address, so it can restart), a gateway `lake` with `distribute` and a
+/// bandwidth limit of `megabytes` a second (the setting is in Mbit/s: 8 per MB/s), `count`
+/// nodes holding the S3 credential, and the source.
+fn setup(count: usize, megabytes: u32) -> Setup {
+    setup_with(count, megabytes, small_and_large())
 }
 
 /// [`setup`] with the source `files`.
-fn setup_with(count: usize, mbps: u32, files: BTreeMap<String, Vec<u8>>) -> Setup {
+fn setup_with(count: usize, megabytes: u32, files: BTreeMap<String, Vec<u8>>) -> Setup {
     let s3 = SeaweedFs::start();
     let hub = Hub::start();
     let key = hub.create_gateway("lake", &["--policy", "distribute"]);
-    hub.admin(&["hub", "gateway", "set", "lake", "--bandwidth-limit-mbps", &mbps.to_string()]);
+    hub.admin(&["hub", "gateway", "set", "lake", "--bandwidth-limit-mbps", &(megabytes * 8).to_string()]);
     let nodes: Vec<Node> = (1..=count).map(|i| Node::start(&key, &format!("n{i}"), &[])).collect();
     nodes[0].set_credential("lake", &s3.credential());
     wait_until(Duration::from_secs(60), "every node Online and holding the credential", || {
@@ -258,10 +259,18 @@ fn a_cancelled_copy_stops_aborts_its_uploads_and_leaves_nothing_partial() {
     setup.wait_mid_copy(&id, |_| true);
     setup.hub.admin(&["job", "cancel", &id]);
 
-    wait_until(Duration::from_secs(60), "every run to stop", || {
+    let mut last = (serde_json::Value::Null, 0);
+    let stopped = (0..300).any(|_| {
         let job = setup.job(&id);
-        job["state"] == "cancelled" && setup.s3.list_multipart_uploads("").is_empty()
+        let uploads = setup.s3.list_multipart_uploads("").len();
+        let done = job["state"] == "cancelled" && uploads == 0;
+        last = (job, uploads);
+        done || {
+            std::thread::sleep(Duration::from_millis(200));
+            false
+        }
     });
+    assert!(stopped, "the runs didn't stop within 60 s: {} unfinished uploads, job {:#}", last.1, last.0);
     // Runs that were copying noticed within a second or two; give them that, then look again.
     std::thread::sleep(Duration::from_secs(3));
     assert!(setup.s3.list_multipart_uploads("").is_empty(), "no unfinished multipart upload");

@@ -307,10 +307,10 @@ pub struct SettingsArgs {
     /// How long a run waits for a free node before it fails (default 60).
     #[arg(long, value_name = "S")]
     pub queue_timeout_seconds: Option<u32>,
-    /// Let the gateway's copies send at most MB megabytes (1,000,000 bytes) per second in all,
-    /// shared by the nodes copying at the time; 0 turns the limit off (default 0). A change
-    /// reaches running copies within a heartbeat.
-    #[arg(long, value_name = "MB")]
+    /// Let the gateway's copies send at most MBPS megabits per second in all (as links are
+    /// rated: 8 Mbit/s is 1 MB/s), shared by the nodes copying at the time; 0 turns the limit
+    /// off (default 0). A change reaches running copies within a heartbeat.
+    #[arg(long, value_name = "MBPS")]
     pub bandwidth_limit_mbps: Option<u32>,
 }
 
@@ -856,7 +856,7 @@ fn settings_text(s: &GatewaySettings) -> String {
     let percent = |p: u8| if p == 0 { "off".to_owned() } else { format!("{p}%") };
     let bandwidth = match s.bandwidth_limit_mbps {
         0 => "off".to_owned(),
-        mb => format!("{mb} MB/s"),
+        mbps => format!("{mbps} Mbit/s"),
     };
     format!(
         "max nodes {}, policy {}, CPU threshold {}, memory threshold {}, averaged over {} min, queue timeout {} s, bandwidth limit {bandwidth}",

@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "node_keys", include_str!("migrations/0007_node_keys.sql")),
     (8, "credential_manager", include_str!("migrations/0008_credential_manager.sql")),
     (9, "releases", include_str!("migrations/0009_releases.sql")),
+    (10, "bandwidth_grants", include_str!("migrations/0010_bandwidth_grants.sql")),
 ];
 
 /// A handle to the database; cheap to clone.
@@ -1263,6 +1264,47 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Grants `node_id` up to `fair` bytes a second of the gateway's `limit`, less what the
+    /// other nodes' grants still held at `now_ms` take, and records it held for `hold_ms`;
+    /// returns the grant. One write transaction (the gateway row locked on PostgreSQL), so two
+    /// hubs granting at once can't hand out more than the limit between them.
+    pub async fn grant_bandwidth(
+        &self,
+        gateway_id: &str,
+        node_id: &str,
+        limit: u64,
+        fair: u64,
+        now_ms: i64,
+        hold_ms: i64,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT id FROM gateways WHERE id = $1 FOR UPDATE")
+                .bind(gateway_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(bandwidth_grant), 0) AS BIGINT) FROM nodes \
+             WHERE gateway_id = $1 AND id <> $2 AND bandwidth_grant_until_ms > $3",
+        )
+        .bind(gateway_id)
+        .bind(node_id)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        let held: i64 = row.try_get(0)?;
+        let grant = fair.min(limit.saturating_sub(u64::try_from(held).unwrap_or(0)));
+        sqlx::query("UPDATE nodes SET bandwidth_grant = $1, bandwidth_grant_until_ms = $2 WHERE id = $3")
+            .bind(i64::try_from(grant).unwrap_or(i64::MAX))
+            .bind(now_ms + hold_ms)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(grant)
     }
 
     /// Ids of the gateways with queued runs, for waking long-polls on other hubs.

@@ -312,7 +312,14 @@ async fn copy_large<R: Reporter>(
         }
     };
     tally.checkpoint.upload = Some(upload.clone());
-    tally.report(ctx.reporter, true).await?;
+    if let Err(e) = tally.report(ctx.reporter, true).await {
+        // The hub didn't take the checkpoint naming the upload: a cancelled job has no attempt
+        // to take over and find it, so it goes now (one that supersedes this sweeps it).
+        if !matches!(e, TransferError::Superseded) {
+            sink.abort(key, &upload.upload_id).await;
+        }
+        return Err(e);
+    }
 
     let since = prehash.as_ref().map(|p| p.opened);
     let crcs = prehash.map(|p| p.crcs);

@@ -84,9 +84,30 @@ impl Window {
                 self.harness.step();
                 return;
             }
-            assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+            assert!(Instant::now() < deadline, "waited {limit:?} for {what}; {}", self.picture());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// What the window knew when a wait ran out: the service, the node's status and its last
+    /// log lines, so a failure says why and not only what.
+    fn picture(&self) -> String {
+        let state = &self.harness.state().state;
+        let status = state.status.as_ref().map(|s| {
+            format!(
+                "hub_url {} connected {} state {:?} reason {:?}",
+                s.hub_url, s.hub_connected, s.state, s.reason
+            )
+        });
+        let logs: Vec<String> = state
+            .logs
+            .iter()
+            .rev()
+            .take(15)
+            .rev()
+            .map(|l| format!("  {} {} {}", l.level, l.target, l.message))
+            .collect();
+        format!("service {:?}; status {status:?}; last logs:\n{}", state.service, logs.join("\n"))
     }
 
     /// Focuses the field labelled `label` and types `text` into it.

@@ -136,7 +136,7 @@ fn form_ui(ui: &mut egui::Ui, form: &mut ThresholdForm) {
             ("Memory threshold (%)", &mut form.memory_percent),
             ("Aggregation (minutes)", &mut form.aggregation_minutes),
             ("Queue timeout (seconds)", &mut form.queue_timeout_seconds),
-            ("Bandwidth limit (MB/s, 0 = off)", &mut form.bandwidth_limit_mbps),
+            ("Bandwidth limit (Mbit/s, 0 = off)", &mut form.bandwidth_limit_mbps),
         ] {
             widgets::number_field(ui, label, value, "");
             ui.end_row();
@@ -165,7 +165,7 @@ fn values_ui(ui: &mut egui::Ui, s: &GatewaySettings) {
         let bandwidth = if s.bandwidth_limit_mbps == 0 {
             "off".to_owned()
         } else {
-            format!("{} MB/s", s.bandwidth_limit_mbps)
+            format!("{} Mbit/s", s.bandwidth_limit_mbps)
         };
         widgets::row(ui, "Bandwidth limit", bandwidth);
         widgets::row(ui, "Policy", policy_name(s.policy));

@@ -195,7 +195,7 @@ pub(super) async fn heartbeat(
     }
     let role =
         if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
-    let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id).await?;
+    let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id, now).await?;
     let update = super::releases::heartbeat_offer(
         &state,
         &gateway,
@@ -261,21 +261,34 @@ fn credential_change(before: &[String], after: &[String]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// The node's share of the gateway's bandwidth limit: the limit split evenly over the nodes
-/// holding copy runs, the node itself counted even when it holds none yet (the dispatcher may
-/// be handing it one right now). `None` when the gateway has no limit.
+/// The node's grant of the gateway's bandwidth limit (Mbit/s, so 125,000 bytes a second
+/// each): the limit split evenly over the nodes holding copy runs, but never more than what
+/// the other nodes' grants leave, so the grants add up to the limit at most even while nodes
+/// start and stop copying (a node whose share shrinks hears it within a heartbeat, and only
+/// then is the freed part granted again). A grant counts as held until the node could be
+/// called Offline. A node holding no copy run is granted nothing, so it holds nothing back;
+/// it hears 1 byte a second, a pause, until its first heartbeat with a copy. `None` when the
+/// gateway has no limit.
 pub(super) async fn bandwidth_share(
     state: &HubState,
     gateway: &GatewayRow,
     node_id: &str,
+    now: i64,
 ) -> Result<Option<u64>, ApiError> {
-    let limit = u64::from(gateway.settings.bandwidth_limit_mbps) * 1_000_000;
+    let limit = u64::from(gateway.settings.bandwidth_limit_mbps) * 125_000;
     if limit == 0 {
         return Ok(None);
     }
     let copying = state.db.copying_nodes(&gateway.id).await?;
-    let sharing = copying.len() + usize::from(!copying.iter().any(|id| id == node_id));
-    Ok(Some(limit / u64::try_from(sharing).unwrap_or(1)))
+    let fair = if copying.iter().any(|id| id == node_id) {
+        limit / u64::try_from(copying.len()).unwrap_or(1)
+    } else {
+        0
+    };
+    let hold = i64::try_from(state.config.offline_after.as_millis()).unwrap_or(i64::MAX);
+    let grant = state.db.grant_bandwidth(&gateway.id, node_id, limit, fair, now, hold).await?;
+    // 0 would mean "no limit" to the node: the smallest rate stands for a pause.
+    Ok(Some(grant.max(1)))
 }
 
 pub(super) async fn unregister(
