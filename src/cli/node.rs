@@ -312,7 +312,7 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::SetMetrics { address } => {
             let address = ops::parse_metrics_listen(&address)?;
             let metrics = ops::set_metrics_listen(&store, address)?;
-            println!("{metrics}; a running node applies it within seconds");
+            println!("{metrics}");
         }
         NodeCommand::Backup { out, force, password } => {
             let out = std::path::absolute(&out)

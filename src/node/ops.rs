@@ -276,21 +276,37 @@ impl fmt::Display for MetricsListen {
         match self.0 {
             Some(address) => write!(f, "this node serves its own metrics at http://{address}/metrics"),
             None => f.write_str("this node serves no metrics of its own (the hub's /metrics still has them)"),
-        }
+        }?;
+        // It applies live, whoever asked: the service re-reads the setting.
+        f.write_str("; a running node applies it within seconds")
     }
 }
 
 /// Reads a metrics address as a person types it: `off` (or nothing) for none, an address and
-/// port (`127.0.0.1:9464`, `[::1]:9464`), or a bare port, which means 127.0.0.1.
+/// port (`127.0.0.1:9464`, `[::1]:9464`), or a bare port, which means 127.0.0.1. Only a
+/// loopback address with a port is taken; whether the port is free is [`set_metrics_listen`]'s
+/// check.
 pub fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>> {
     let text = text.trim();
     if text.is_empty() || text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))));
+    let address = match text.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => text.parse().map_err(|_| OpError::NotAMetricsAddress(text.to_owned()))?,
+    };
+    loopback_with_port(address).map(Some)
+}
+
+/// The endpoint has no token: only this machine may reach it.
+fn loopback_with_port(address: SocketAddr) -> Result<SocketAddr> {
+    if !address.ip().is_loopback() {
+        return Err(OpError::MetricsNotLoopback(address));
     }
-    text.parse().map(Some).map_err(|_| OpError::NotAMetricsAddress(text.to_owned()))
+    if address.port() == 0 {
+        return Err(OpError::NoPort);
+    }
+    Ok(address)
 }
 
 /// Serves the node's own `/metrics` on `address` (`None`: stops serving it). Only a loopback
@@ -299,12 +315,7 @@ pub fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>> {
 pub fn set_metrics_listen(store: &Store, address: Option<SocketAddr>) -> Result<MetricsListen> {
     let settings = store.settings()?;
     if let Some(address) = address {
-        if !address.ip().is_loopback() {
-            return Err(OpError::MetricsNotLoopback(address));
-        }
-        if address.port() == 0 {
-            return Err(OpError::NoPort);
-        }
+        loopback_with_port(address)?;
         // The running service may hold the address it already has: only a new one is tried.
         if settings.metrics_listen != Some(address) {
             std::net::TcpListener::bind(address)
