@@ -53,6 +53,14 @@ pub enum NodeCommand {
     /// Set the log level (error, warn, info, debug, trace); a running node applies it within
     /// seconds. Logs go to stderr and to logs/ in the data dir.
     LogLevel { level: String },
+    /// Serve this node's own Prometheus metrics at http://ADDR/metrics for scraping on this
+    /// machine: a loopback address such as 127.0.0.1:9464 (or [::1]:9464; a bare port means
+    /// 127.0.0.1), no token; `off` stops it. A running node applies it within seconds.
+    SetMetrics {
+        /// A loopback address and port, or `off`.
+        #[arg(value_name = "ADDR|off")]
+        address: String,
+    },
     /// Set how many runs this node takes at once (0: the default formula,
     /// max(2, min(4 × cores, 2 × GiB RAM))). Applies when the node service starts.
     SetConcurrency { limit: u32 },
@@ -300,6 +308,11 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::LogLevel { level } => {
             let level = ops::set_log_level(&store, &level)?;
             println!("{level}; a running node applies it within seconds");
+        }
+        NodeCommand::SetMetrics { address } => {
+            let address = ops::parse_metrics_listen(&address)?;
+            let metrics = ops::set_metrics_listen(&store, address)?;
+            println!("{metrics}");
         }
         NodeCommand::Backup { out, force, password } => {
             let out = std::path::absolute(&out)
@@ -600,6 +613,9 @@ fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result
                 println!("Update:   {}", offer.advice);
             }
         }
+    }
+    if let Some(address) = settings.and_then(|s| s.metrics_listen) {
+        println!("Metrics:  http://{address}/metrics (this node's own, loopback only)");
     }
     if let Some(record) = node::update::last_record(store) {
         println!("Last update: {record}");

@@ -3,11 +3,12 @@
 //! count and failovers; runs by state, retries, bytes and files copied, read from the database
 //! at each scrape; and the dispatch latency, a histogram this hub keeps in memory since it
 //! started. Names and units follow the Prometheus conventions (`_ratio`, `_bytes`, `_seconds`,
-//! `_total` on counters).
+//! `_total` on counters). The writer and the per-node families are [`crate::prometheus`]'s,
+//! which a node's own `/metrics` shares.
 
-use crate::protocol::{GatewayState, GatewayView, NodeState, NodeView, Role};
+use crate::prometheus::{Exposition, NodeSample, big, count, whole};
+use crate::protocol::{GatewayState, GatewayView, NodeView};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 
 /// The dispatch latency buckets, in seconds: from a claim waiting for work to a queue full for
@@ -47,55 +48,6 @@ impl HubMetrics {
     }
 }
 
-/// One metric family being written: its samples follow its `# HELP` and `# TYPE` lines.
-pub struct Exposition {
-    text: String,
-}
-
-impl Exposition {
-    pub fn new() -> Self {
-        Exposition { text: String::new() }
-    }
-
-    /// Starts a family: `kind` is `gauge`, `counter` or `histogram`.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    /// One sample of the current family.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (label, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-                let _ = write!(self.text, "{label}=\"{escaped}\"");
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {}", number(value));
-    }
-
-    pub fn finish(self) -> String {
-        self.text
-    }
-}
-
-/// A sample value as the format writes it: integers without a fraction, `+Inf`/`-Inf`/`NaN`.
-fn number(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        format!("{value}")
-    }
-}
-
 /// What a scrape shows, gathered from the database and `status` by the caller.
 pub struct Snapshot<'a> {
     pub gateways: &'a [GatewayView],
@@ -109,9 +61,6 @@ pub struct Snapshot<'a> {
     /// takes the lease.
     pub lease_epochs: &'a HashMap<String, i64>,
 }
-
-/// A per-node gauge: its name, help and how to read it off the node.
-type NodeGauge = (&'static str, &'static str, fn(&NodeView) -> f64);
 
 /// The whole exposition for `snapshot` and this hub's own measurements.
 pub fn render(snapshot: &Snapshot<'_>, hub: &HubMetrics) -> String {
@@ -160,78 +109,21 @@ fn gateway_families(out: &mut Exposition, snapshot: &Snapshot<'_>) {
 }
 
 fn node_families(out: &mut Exposition, gateways: &[GatewayView]) {
-    let nodes: Vec<(&str, &NodeView)> =
-        gateways.iter().flat_map(|g| g.nodes.iter().map(move |n| (g.name.as_str(), n))).collect();
-    out.family("gatehouse_node_info", "gauge", "Always 1; the node's version in a label.");
-    for (g, n) in &nodes {
-        out.sample("gatehouse_node_info", &[("gateway", g), ("node", &n.name), ("version", &n.version)], 1.0);
-    }
-    out.family("gatehouse_node_status", "gauge", "1 for the node's current status, 0 for the others.");
-    for (g, n) in &nodes {
-        for state in [
-            NodeState::Online,
-            NodeState::Limited,
-            NodeState::Offline,
-            NodeState::Inactive,
-            NodeState::Upgrading,
-        ] {
-            let status = format!("{state:?}").to_lowercase();
-            let value = f64::from(u8::from(n.status == state));
-            out.sample(
-                "gatehouse_node_status",
-                &[("gateway", g), ("node", &n.name), ("status", &status)],
-                value,
-            );
-        }
-    }
-    out.family(
-        "gatehouse_node_role",
-        "gauge",
-        "1 for the node's current role (dispatcher or worker), 0 for the other.",
-    );
-    for (g, n) in &nodes {
-        for (role, name) in [(Role::Dispatcher, "dispatcher"), (Role::Worker, "worker")] {
-            let value = f64::from(u8::from(n.role == role));
-            out.sample("gatehouse_node_role", &[("gateway", g), ("node", &n.name), ("role", name)], value);
-        }
-    }
-    let per_node: [NodeGauge; 9] = [
-        ("gatehouse_node_cpu_ratio", "CPU in use, 0 to 1, as the node last reported.", |n| {
-            f64::from(n.metrics.cpu_percent) / 100.0
-        }),
-        ("gatehouse_node_memory_available_bytes", "Memory available on the node.", |n| {
-            big(n.metrics.available_memory_bytes)
-        }),
-        ("gatehouse_node_memory_total_bytes", "The node's memory.", |n| big(n.metrics.total_memory_bytes)),
-        (
-            "gatehouse_node_network_receive_bytes_per_second",
-            "Network bytes in per second on the node.",
-            |n| big(n.metrics.network_in_bytes_per_second),
-        ),
-        (
-            "gatehouse_node_network_transmit_bytes_per_second",
-            "Network bytes out per second on the node.",
-            |n| big(n.metrics.network_out_bytes_per_second),
-        ),
-        ("gatehouse_node_runs_running", "Runs executing on the node.", |n| f64::from(n.metrics.runs_running)),
-        ("gatehouse_node_runs_limit", "How many runs the node takes at once.", |n| {
-            f64::from(n.metrics.runs_limit)
-        }),
-        ("gatehouse_node_credential_version", "Newest version among the credentials the node holds.", |n| {
-            big(n.metrics.credential_version)
-        }),
-        (
-            "gatehouse_node_last_heartbeat_timestamp_seconds",
-            "When the node's last heartbeat arrived (Unix time).",
-            |n| n.last_heartbeat_ms.map_or(0.0, |ms| whole(ms) / 1000.0),
-        ),
-    ];
-    for (name, help, value) in per_node {
-        out.family(name, "gauge", help);
-        for (g, n) in &nodes {
-            out.sample(name, &[("gateway", g), ("node", &n.name)], value(n));
-        }
-    }
+    let nodes: Vec<NodeSample<'_>> = gateways
+        .iter()
+        .flat_map(|g| {
+            g.nodes.iter().map(move |n: &NodeView| NodeSample {
+                gateway: &g.name,
+                node: &n.name,
+                version: &n.version,
+                status: Some(n.status),
+                role: n.role,
+                metrics: &n.metrics,
+                last_heartbeat_ms: n.last_heartbeat_ms,
+            })
+        })
+        .collect();
+    crate::prometheus::node_families(out, &nodes);
 }
 
 fn run_families(out: &mut Exposition, snapshot: &Snapshot<'_>, gateway_name: &dyn Fn(&str) -> String) {
@@ -291,36 +183,9 @@ fn latency_family(out: &mut Exposition, hub: &HubMetrics, gateway_name: &dyn Fn(
     }
 }
 
-#[allow(clippy::cast_precision_loss, reason = "metric values are floats on the wire")]
-fn big(n: u64) -> f64 {
-    n as f64
-}
-
-#[allow(clippy::cast_precision_loss, reason = "metric values are floats on the wire")]
-fn whole(n: i64) -> f64 {
-    n as f64
-}
-
-fn count(n: usize) -> f64 {
-    big(u64::try_from(n).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_and_help_are_escaped_and_numbers_written_plainly() {
-        let mut out = Exposition::new();
-        out.family("x_total", "counter", "line one\nback\\slash");
-        out.sample("x_total", &[("a", "say \"hi\"\\\n")], 3.0);
-        out.sample("x_total", &[], f64::INFINITY);
-        assert_eq!(
-            out.finish(),
-            "# HELP x_total line one\\nback\\\\slash\n# TYPE x_total counter\nx_total{a=\"say \\\"hi\\\"\\\\\\n\"} 3\nx_total +Inf\n"
-        );
-        assert_eq!(number(0.25), "0.25");
-    }
 
     #[test]
     fn the_latency_histogram_is_cumulative_and_counts_everything() {

@@ -14,13 +14,15 @@
 //! ([`credentials`]).
 //!
 //! Backups of the node's state are sealed with a password ([`backup`]). Every operation a
-//! person starts on the node's settings, from the CLI or the window, is in [`ops`].
+//! person starts on the node's settings, from the CLI or the window, is in [`ops`]. A node
+//! may also serve its own `/metrics` on loopback ([`exporter`]).
 
 pub mod add_node;
 pub mod backup;
 pub mod control;
 pub mod credentials;
 mod dispatch;
+pub mod exporter;
 mod guard;
 pub mod logs;
 pub mod metrics;
@@ -178,6 +180,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         proxy: None,
         hub_ca: registration.hub_ca,
         hub_pin: key.pin,
+        metrics_listen: None,
     };
     // Secrets first: settings are what says "registered". The embedded hub's admin token, if
     // this data dir hosts one, belongs to the machine, not the registration: keep it.
@@ -257,6 +260,8 @@ pub struct NodeStatus {
     pub update: Option<crate::protocol::UpdateOffer>,
     /// Where an update under way is, as a sentence.
     pub update_phase: Option<String>,
+    /// What this node's runs added up to since the service started.
+    pub totals: worker::RunTotals,
 }
 
 /// What the service's tasks share.
@@ -620,10 +625,11 @@ impl NodeService {
             shutdown.clone(),
         ));
         let pings = tokio::spawn(ping_peers(Arc::clone(&shared), status.clone(), shutdown.clone()));
+        let exporter = tokio::spawn(exporter::run(self.store.clone(), status.clone(), shutdown.clone()));
         let heartbeats =
             tokio::spawn(heartbeat_loop(self, shared, worker, status_tx, commands_rx, shutdown.clone()));
         let task = tokio::spawn(async move {
-            let _ = tokio::join!(peers, dispatcher, heartbeats, pings);
+            let _ = tokio::join!(peers, dispatcher, heartbeats, pings, exporter);
         });
         Ok((NodeHandle { commands, status, shutdown, restart }, task))
     }
@@ -853,6 +859,7 @@ async fn heartbeat_loop(
                     s.gateway_version = answer.gateway_version;
                     s.hub_version = answer.hub_version;
                     s.runs = worker.current();
+                    s.totals = worker.totals();
                     s.update = answer.update;
                     s.update_phase = update_phase;
                 });
@@ -875,6 +882,7 @@ async fn heartbeat_loop(
                     s.lease_epoch = None;
                     s.metrics = metrics;
                     s.runs = worker.current();
+                    s.totals = worker.totals();
                 });
             }
         }

@@ -1,7 +1,8 @@
 //! Every operation a person starts on a node's settings, whoever asks: the command line
 //! (`gatehouse node …`) and the window's Settings and Diagnostics tabs both call these. Remote
-//! access and encryption, concurrency, proxy, log level, backup and restore, log export, and
-//! the gateway's thresholds through the hub (credentials are [`super::credentials`]).
+//! access and encryption, concurrency, proxy, log level, the node's own metrics address, backup
+//! and restore, log export, and the gateway's thresholds through the hub (credentials are
+//! [`super::credentials`]).
 //!
 //! Each one checks its input, writes only the file its change is in, and returns what it did
 //! as a value whose `Display` is the sentence both callers show (they add how the change
@@ -14,6 +15,7 @@ use crate::client::{ClientError, parse_proxy};
 use crate::protocol::{Policy, SettingsPatch};
 use std::fmt;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The log levels a node accepts, most severe first.
@@ -30,6 +32,16 @@ pub enum OpError {
     NoPort,
     #[error("can't listen on port {port} ({reason}); is another program using it? Choose another port")]
     PortTaken { port: u16, reason: std::io::Error },
+    #[error(
+        "{0:?} is not an address and port; give a loopback address such as 127.0.0.1:9464 (or [::1]:9464), or off"
+    )]
+    NotAMetricsAddress(String),
+    #[error(
+        "{0} is not a loopback address: a node's own /metrics has no token, so it is served only to this machine, for node-local scraping; use 127.0.0.1:{port} (or [::1]:{port}), and scrape the whole gateway from the hub's /metrics (with a metrics token)", port = .0.port()
+    )]
+    MetricsNotLoopback(std::net::SocketAddr),
+    #[error("can't listen on {address} ({reason}); is another program using it? Choose another port")]
+    MetricsPortTaken { address: std::net::SocketAddr, reason: std::io::Error },
     #[error("{0:?} is not a log level; use error, warn, info, debug or trace")]
     NotALogLevel(String),
     #[error("{0}; nothing was saved")]
@@ -253,6 +265,66 @@ pub fn set_log_level(store: &Store, level: &str) -> Result<LogLevel> {
     }
     edit_settings(store, |s| s.log_level.clone_from(&level))?;
     Ok(LogLevel(level))
+}
+
+/// Where [`set_metrics_listen`] left the node's own `/metrics`; `None`: not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(address) => write!(f, "this node serves its own metrics at http://{address}/metrics"),
+            None => f.write_str("this node serves no metrics of its own (the hub's /metrics still has them)"),
+        }?;
+        // It applies live, whoever asked: the service re-reads the setting.
+        f.write_str("; a running node applies it within seconds")
+    }
+}
+
+/// Reads a metrics address as a person types it: `off` (or nothing) for none, an address and
+/// port (`127.0.0.1:9464`, `[::1]:9464`), or a bare port, which means 127.0.0.1. Only a
+/// loopback address with a port is taken; whether the port is free is [`set_metrics_listen`]'s
+/// check.
+pub fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let address = match text.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => text.parse().map_err(|_| OpError::NotAMetricsAddress(text.to_owned()))?,
+    };
+    loopback_with_port(address).map(Some)
+}
+
+/// The endpoint has no token: only this machine may reach it.
+fn loopback_with_port(address: SocketAddr) -> Result<SocketAddr> {
+    if !address.ip().is_loopback() {
+        return Err(OpError::MetricsNotLoopback(address));
+    }
+    if address.port() == 0 {
+        return Err(OpError::NoPort);
+    }
+    Ok(address)
+}
+
+/// Serves the node's own `/metrics` on `address` (`None`: stops serving it). Only a loopback
+/// address is taken (the endpoint has no token), and only a port nobody listens on; a running
+/// service follows the change within seconds (`node::exporter`), no restart needed.
+pub fn set_metrics_listen(store: &Store, address: Option<SocketAddr>) -> Result<MetricsListen> {
+    let settings = store.settings()?;
+    if let Some(address) = address {
+        loopback_with_port(address)?;
+        // The running service may hold the address it already has: only a new one is tried.
+        if settings.metrics_listen != Some(address) {
+            std::net::TcpListener::bind(address)
+                .map(drop)
+                .map_err(|reason| OpError::MetricsPortTaken { address, reason })?;
+        }
+    }
+    edit_settings(store, |s| s.metrics_listen = address)?;
+    Ok(MetricsListen(address))
 }
 
 /// The gateway settings the window edits (the hub's `SettingsPatch`, all given).

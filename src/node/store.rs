@@ -69,6 +69,10 @@ pub struct NodeSettings {
     /// out of the file when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_pin: Option<crate::protocol::CertPin>,
+    /// A loopback address (`127.0.0.1:9464`) the service serves its own `/metrics` on, for
+    /// scraping on this machine; `None`: none. Left out of the file when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn default_peer_port() -> u16 {
@@ -388,6 +392,7 @@ pub(crate) mod tests {
             proxy: None,
             hub_ca: None,
             hub_pin: None,
+            metrics_listen: None,
         }
     }
 

@@ -39,6 +39,28 @@ pub struct Worker {
     shutdown: CancellationToken,
     /// Set while the node updates: it takes no new runs.
     paused: Arc<std::sync::atomic::AtomicBool>,
+    /// What this node has done since it started, for its own `/metrics`.
+    totals: Arc<Counters>,
+}
+
+/// What a node's runs added up to since the service started (its own `/metrics` counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RunTotals {
+    /// Bytes of the copy runs that succeeded here, as their last progress counted them.
+    pub copied_bytes: u64,
+    /// Files of the copy runs that succeeded here.
+    pub copied_files: u64,
+    /// Runs this node started as a retry: an attempt after a lost one (2 or later).
+    pub retries: u64,
+}
+
+/// [`RunTotals`] as the worker's tasks add to it.
+#[derive(Default)]
+struct Counters {
+    copied_bytes: std::sync::atomic::AtomicU64,
+    copied_files: std::sync::atomic::AtomicU64,
+    retries: std::sync::atomic::AtomicU64,
 }
 
 /// Looks up a credential's value by name.
@@ -98,6 +120,25 @@ impl Worker {
             copier,
             shutdown,
             paused: Arc::default(),
+            totals: Arc::default(),
+        }
+    }
+
+    /// What this node's runs added up to since the service started.
+    pub fn totals(&self) -> RunTotals {
+        RunTotals {
+            copied_bytes: self.totals.copied_bytes.load(Ordering::SeqCst),
+            copied_files: self.totals.copied_files.load(Ordering::SeqCst),
+            retries: self.totals.retries.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Counts a copy run that succeeded here, by the progress it last showed.
+    fn count_copied(&self, run: &RunView) {
+        let done = self.current.lock().ok().and_then(|c| c.get(&run.id).and_then(|r| r.transfer));
+        if let Some(done) = done {
+            self.totals.copied_bytes.fetch_add(done.bytes_done, Ordering::SeqCst);
+            self.totals.copied_files.fetch_add(done.files_done, Ordering::SeqCst);
         }
     }
 
@@ -191,6 +232,9 @@ impl Worker {
                 return;
             }
         };
+        if run.attempt > 1 {
+            self.totals.retries.fetch_add(1, Ordering::SeqCst);
+        }
         self.track(&run, true);
         if matches!(run.activity, Activity::Copy { .. }) {
             self.copy(&run).await;
@@ -262,7 +306,10 @@ impl Worker {
                     self.report(run, &finished(run.attempt, Err(refusal.1))).await;
                 }
             }
-            Ok(transfer::Outcome::Done(result)) => self.report(run, &finished(run.attempt, Ok(result))).await,
+            Ok(transfer::Outcome::Done(result)) => {
+                self.count_copied(run);
+                self.report(run, &finished(run.attempt, Ok(result))).await;
+            }
             Err(TransferError::Cancelled) => {
                 tracing::info!(run = %run.id, "the job was cancelled; this run stopped and left nothing partial");
             }

@@ -35,5 +35,5 @@ pub(super) async fn metrics(
         lease_epochs: &lease_epochs,
     };
     let text = crate::hub::metrics::render(&snapshot, &state.metrics);
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+    Ok(([(axum::http::header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)], text))
 }
