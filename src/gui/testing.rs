@@ -104,6 +104,7 @@ pub fn settings() -> NodeSettings {
         proxy: None,
         hub_ca: None,
         hub_pin: None,
+        auto_update: None,
     }
 }
 

@@ -69,6 +69,11 @@ pub struct NodeSettings {
     /// out of the file when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_pin: Option<crate::protocol::CertPin>,
+    /// The opt-in automatic update window, in the machine's local time
+    /// (`auto_update = { days = ["sat", "sun"], from = "02:00", to = "04:00" }`); `None`, left
+    /// out of the file: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_update: Option<super::auto_update::UpdateWindow>,
 }
 
 fn default_peer_port() -> u16 {
@@ -388,6 +393,7 @@ pub(crate) mod tests {
             proxy: None,
             hub_ca: None,
             hub_pin: None,
+            auto_update: None,
         }
     }
 
