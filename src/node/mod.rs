@@ -263,6 +263,9 @@ pub struct NodeStatus {
     /// update window), nobody while a window runs it, or the package manager; `None` from a
     /// service too old to say.
     pub self_update: Option<update::SelfUpdate>,
+    /// The offset of the service's local time from UTC (`UTC+01:00`), which its automatic
+    /// update window is in.
+    pub local_offset: Option<String>,
 }
 
 /// What the service's tasks share.
@@ -865,6 +868,7 @@ async fn heartbeat_loop(
                     s.runs = worker.current();
                     s.update = answer.update;
                     s.update_phase = update_phase;
+                    s.local_offset = Some(auto_update::local_now().offset);
                 });
             }
             Err(e) => {
