@@ -44,6 +44,9 @@ pub enum Op {
     RotateAdminToken,
     /// The HTTP(S) proxy to reach the hub through; `None`: none.
     SetProxy(Option<String>),
+    /// The automatic update window; `None`: off. A running `node run` follows it at its next
+    /// heartbeat.
+    SetAutoUpdate(Option<crate::node::auto_update::UpdateWindow>),
     /// The credential names, one per line (never values).
     ListCredentials,
     SetCredential {
@@ -87,6 +90,7 @@ impl fmt::Debug for Op {
             Op::RevokeHubToken(id) => f.debug_tuple("RevokeHubToken").field(id).finish(),
             Op::RotateAdminToken => f.write_str("RotateAdminToken"),
             Op::SetProxy(proxy) => f.debug_tuple("SetProxy").field(proxy).finish(),
+            Op::SetAutoUpdate(window) => f.debug_tuple("SetAutoUpdate").field(window).finish(),
             Op::ListCredentials => f.write_str("ListCredentials"),
             Op::SetCredential { name, .. } => {
                 f.debug_struct("SetCredential").field("name", name).field("value", &"***").finish()
@@ -118,6 +122,7 @@ pub enum OpKind {
     /// A hub token made or revoked, or the admin token rotated.
     HubTokens,
     Proxy,
+    AutoUpdate,
     /// The answer is the names, one per line (names can't hold line breaks).
     CredentialList,
     /// A credential set or deleted.
@@ -149,6 +154,7 @@ impl Op {
             Op::ListHubTokens => OpKind::HubTokenList,
             Op::CreateHubToken(_) | Op::RevokeHubToken(_) | Op::RotateAdminToken => OpKind::HubTokens,
             Op::SetProxy(_) => OpKind::Proxy,
+            Op::SetAutoUpdate(_) => OpKind::AutoUpdate,
             Op::ListCredentials => OpKind::CredentialList,
             Op::SetCredential { .. } | Op::DeleteCredential(_) => OpKind::Credentials,
             Op::Backup { .. } => OpKind::Backup,
@@ -244,6 +250,14 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
         Op::RevokeHubToken(id) => answer(node_ops::revoke_hub_token(store, &id).await.map(|d| d.to_string())),
         Op::RotateAdminToken => answer(node_ops::rotate_hub_admin_token(store).await.map(|d| d.to_string())),
         Op::SetProxy(proxy) => changed(node_ops::set_proxy(store, proxy.as_deref()).map(|d| d.to_string())),
+        Op::SetAutoUpdate(window) => answer(node_ops::set_auto_update(store, window).map(|done| {
+            let applies = match &context.status {
+                // The window's own service can't replace its binary; `node run` of this data dir can.
+                Some(_) => "it applies when the node runs as a service (gatehouse node start), not inside this window",
+                None => "a running node service follows it at its next heartbeat",
+            };
+            format!("{done}; {applies}")
+        })),
         Op::ListCredentials => Outcome::answer(
             crate::node::credentials::load(store)
                 .map(|set| set.live().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join("\n"))
@@ -330,6 +344,9 @@ pub fn elsewhere(op: &Op, dir: &std::path::Path) -> String {
         Op::DeleteCredential(name) => Some(format!("credential delete {name}")),
         Op::Backup { .. } => Some("backup --out FILE".to_owned()),
         Op::SetLogLevel(level) => Some(format!("log-level {level}")),
+        Op::SetAutoUpdate(window) => {
+            Some(window.map_or_else(|| "auto-update off".to_owned(), |w| format!("auto-update {}", w.args())))
+        }
         Op::SetThresholds(_)
         | Op::CheckAdminToken
         | Op::SetProxy(_)
