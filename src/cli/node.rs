@@ -296,7 +296,9 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             runtime.block_on(control_service(&store, &command))?;
         }
         NodeCommand::Update { no_wait } => return runtime.block_on(update(&store, no_wait)),
-        NodeCommand::AutoUpdate { off, window, days } => auto_update(&store, off.is_some(), window, days)?,
+        NodeCommand::AutoUpdate { off, window, days } => {
+            auto_update(&store, off.is_some(), window.as_deref(), days.as_deref())?;
+        }
         NodeCommand::UpdateWatchdog => {
             // Into the node's own log: its stderr goes nowhere.
             let _log = super::logging::init(Some(&store.dir().join("logs")), "info");
@@ -520,13 +522,11 @@ async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Resul
 }
 
 /// `node auto-update`: sets the window, turns it off, or (neither given) shows it.
-fn auto_update(store: &Store, off: bool, window: Option<String>, days: Option<String>) -> anyhow::Result<()> {
+fn auto_update(store: &Store, off: bool, window: Option<&str>, days: Option<&str>) -> anyhow::Result<()> {
     use crate::node::auto_update::UpdateWindow;
     let window = match (off, window) {
         (true, _) => None,
-        (false, Some(window)) => {
-            Some(UpdateWindow::parse(&window, days.as_deref()).map_err(ops::OpError::from)?)
-        }
+        (false, Some(window)) => Some(UpdateWindow::parse(window, days).map_err(ops::OpError::from)?),
         (false, None) => {
             println!("{}", auto_update_line(store.settings()?.auto_update.as_ref(), None, None));
             return Ok(());

@@ -250,14 +250,7 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
         Op::RevokeHubToken(id) => answer(node_ops::revoke_hub_token(store, &id).await.map(|d| d.to_string())),
         Op::RotateAdminToken => answer(node_ops::rotate_hub_admin_token(store).await.map(|d| d.to_string())),
         Op::SetProxy(proxy) => changed(node_ops::set_proxy(store, proxy.as_deref()).map(|d| d.to_string())),
-        Op::SetAutoUpdate(window) => answer(node_ops::set_auto_update(store, window).map(|done| {
-            let applies = match &context.status {
-                // The window's own service can't replace its binary; `node run` of this data dir can.
-                Some(_) => "it applies when the node runs as a service (gatehouse node start), not inside this window",
-                None => "a running node service follows it at its next heartbeat",
-            };
-            format!("{done}; {applies}")
-        })),
+        Op::SetAutoUpdate(window) => auto_update(&context, window),
         Op::ListCredentials => Outcome::answer(
             crate::node::credentials::load(store)
                 .map(|set| set.live().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join("\n"))
@@ -311,6 +304,22 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
             )
         }
     }
+}
+
+/// Saves the automatic update window; the answer says when it applies: a `node run` follows
+/// node.toml at its next heartbeat, while the window's own service can't replace its binary.
+fn auto_update(context: &Context<'_>, window: Option<crate::node::auto_update::UpdateWindow>) -> Outcome {
+    let applies = match &context.status {
+        Some(_) => {
+            "it applies when the node runs as a service (gatehouse node start), not inside this window"
+        }
+        None => "a running node service follows it at its next heartbeat",
+    };
+    Outcome::answer(
+        node_ops::set_auto_update(context.store, window)
+            .map(|done| format!("{done}; {applies}"))
+            .map_err(|e| e.to_string()),
+    )
 }
 
 /// One hub token as the list answer carries it: id, kind, when made and when revoked (empty
