@@ -427,6 +427,7 @@ fn a_malformed_update_window_is_refused_with_a_sentence_and_nothing_is_saved() {
         let said = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success(), "{args:?} was accepted");
         assert!(said.contains(sentence) && said.contains("nothing was saved"), "{args:?}: {said}");
+        assert_eq!(said.matches(sentence).count(), 1, "said twice: {said}");
     }
     assert_eq!(std::fs::read_to_string(node.home.path().join("node.toml")).unwrap(), before);
     let off = auto_update(&node, &["off"]);

@@ -526,7 +526,7 @@ fn auto_update(store: &Store, off: bool, window: Option<&str>, days: Option<&str
     use crate::node::auto_update::UpdateWindow;
     let window = match (off, window) {
         (true, _) => None,
-        (false, Some(window)) => Some(UpdateWindow::parse(window, days).map_err(ops::OpError::from)?),
+        (false, Some(window)) => Some(UpdateWindow::parse(window, days).map_err(ops::OpError::Window)?),
         (false, None) => {
             println!("{}", auto_update_line(store.settings()?.auto_update.as_ref(), None, None));
             return Ok(());

@@ -56,7 +56,7 @@ pub enum OpError {
     #[error("{}", with_hint(.0))]
     Hub(ClientError),
     #[error("{0}; nothing was saved")]
-    Window(#[from] super::auto_update::WindowError),
+    Window(super::auto_update::WindowError),
     #[error("{0}")]
     Place(String),
     #[error("can't {action} {}: {reason}", path.display())]
