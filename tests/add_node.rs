@@ -62,14 +62,18 @@ fn cli_key(dir: &Path, expires: &str) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// Scrolls the widget labelled `label` into view (a click lands only on a visible widget; Add
-/// a node is at the end of Settings), then clicks it.
-fn click(window: &mut Window, label: &str) {
+/// Scrolls the widget labelled `label` into view (a click or typing lands only on a visible
+/// widget; Add a node is at the end of Settings) and lets the animated scroll settle.
+fn scroll_to(window: &mut Window, label: &str) {
     window.harness.get_by_label(label).scroll_to_me();
-    // The scroll is animated: let it settle.
     for _ in 0..30 {
         window.harness.step();
     }
+}
+
+/// Scrolls the widget labelled `label` into view, then clicks it.
+fn click(window: &mut Window, label: &str) {
+    scroll_to(window, label);
     window.click(label);
 }
 
@@ -99,8 +103,7 @@ fn the_window_opens_its_hub_and_a_second_machine_joins_with_its_pinned_one_time_
             break;
         }
         window.harness.state_mut().settings.add_node.address.clear();
-        window.harness.get_by_label("Network address").scroll_to_me();
-        window.harness.step();
+        scroll_to(&mut window, "Network address");
         window.type_into("Network address", &address);
     }
     assert_eq!(window.harness.state().settings.add_node.address, address, "typing the address didn't take");

@@ -678,3 +678,33 @@ fn a_stopped_service_is_not_said_to_restart_for_a_new_limit() {
     );
     assert!(matches!(window.harness.state().state.service, gatehouse::gui::ServiceState::Stopped { .. }));
 }
+
+#[test]
+fn the_automatic_update_window_is_saved_to_node_toml_and_a_foreign_service_gets_the_command() {
+    use gatehouse::node::auto_update::UpdateWindow;
+    let hub = Hub::start();
+    let node = registered(&hub, "nightly");
+    let store = Store::new(node.home.path());
+    let window = UpdateWindow::parse("02:00-04:00", Some("sat,sun")).unwrap();
+
+    let outcome = run(&store, Op::SetAutoUpdate(Some(window)));
+    let said = ok(&outcome);
+    assert!(
+        said.contains("updates itself to a newer release the hub offers on Sat and Sun from 02:00 to 04:00"),
+        "{said}"
+    );
+    assert!(said.contains("follows it at its next heartbeat"), "{said}");
+    assert!(!outcome.restart, "the service follows node.toml: no restart");
+    assert_eq!(store.settings().unwrap().auto_update, Some(window));
+    let toml = std::fs::read_to_string(node.home.path().join("node.toml")).unwrap();
+    assert!(toml.contains(r#"days = ["sat", "sun"]"#), "{toml}");
+
+    // The window's own service can't replace its binary: the answer says when it applies.
+    let outcome = run_with(&store, Op::SetAutoUpdate(None), Some(NodeStatus::default()));
+    assert!(ok(&outcome).contains("automatic updates are off"));
+    assert!(ok(&outcome).contains("not inside this window"));
+    assert_eq!(store.settings().unwrap().auto_update, None);
+
+    let command = ops::elsewhere(&Op::SetAutoUpdate(Some(window)), Path::new("/var/lib/gatehouse"));
+    assert!(command.contains("gatehouse node auto-update --window 02:00-04:00 --days sat,sun"), "{command}");
+}

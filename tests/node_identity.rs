@@ -175,6 +175,7 @@ fn a_data_dir_of_an_older_version_migrates_on_start_and_talks_to_its_peers() {
             hub_ca: None,
             hub_pin: None,
             metrics_listen: None,
+            auto_update: None,
         })
         .unwrap();
     // Make the sealing key, then seal the secrets as an older version wrote them.

@@ -3,6 +3,10 @@
 //! small jobs updates one node at a time to "a newer build" and loses or repeats no run, and
 //! a release that can't even start is rolled back.
 //!
+//! The automatic update window: a node whose window covers now (in the zone its `TZ` names)
+//! updates itself to the published release; one whose window doesn't stays on its version
+//! after the release was offered to it, until its window is moved over now while it runs.
+//!
 //! The newer build is a COPY of the test build with a version patched into its test-only
 //! slot (`::gatehouse::FAKE_VERSION_MARKER`); every node runs from its own copy in a temp dir,
 //! so the cargo-built binary is never replaced.
@@ -266,4 +270,171 @@ fn a_release_that_cannot_start_is_rolled_back_and_the_node_comes_back_on_its_ver
     assert_eq!(update_record(&node)["state"], "rolled_back");
     // The rolled-back service was started by the watchdog, not by this test: stop it.
     ok(&gatehouse(node.home.path(), &["node", "stop"], &[]));
+}
+
+/// A POSIX TZ rule ten hours east of UTC (no zone file needed): far from UTC, so a node that
+/// read UTC instead of its local time would get the window wrong.
+const ZONE: &str = "GHT-10";
+const ZONE_OFFSET_MINUTES: u32 = 600;
+
+/// Minutes after midnight UTC now.
+fn utc_minute() -> u32 {
+    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    u32::try_from(seconds % 86_400 / 60).unwrap()
+}
+
+/// `FROM-TO` an hour either side of `minute` (after midnight), wrapping past midnight.
+fn around(minute: u32) -> String {
+    let at = |m: u32| format!("{:02}:{:02}", m % 1440 / 60, m % 60);
+    format!("{}-{}", at(minute + 1440 - 60), at(minute + 60))
+}
+
+/// Starts `node run` for `node` from `exe` in [`ZONE`].
+fn run_in_zone(node: &mut Node, exe: &Path) {
+    let home = node.home.path().to_str().unwrap().to_owned();
+    node.process = Some(spawn_binary(exe, &["node", "run"], &[("GATEHOUSE_HOME", &home), ("TZ", ZONE)]));
+}
+
+/// `node auto-update ARGS` in [`ZONE`]: what it printed.
+fn auto_update(node: &Node, args: &[&str]) -> String {
+    let mut all = vec!["node", "auto-update"];
+    all.extend(args);
+    ok(&gatehouse(node.home.path(), &all, &[("TZ", ZONE)]))
+}
+
+/// A hub trusting a new key, with `NEW` published, signed by it.
+fn hub_with_release(temp: &Path) -> (Hub, PathBuf) {
+    let (private, public) = keygen(&temp.join("keys"));
+    let hub = Hub::start_with(&["--release-key", public.to_str().unwrap()]);
+    let newer = binary_copy(&temp.join("release"), Some(NEW));
+    sign(&newer, &private);
+    ok(&publish(&hub, &newer, NEW));
+    (hub, newer)
+}
+
+/// Waits for `node` to come back at `NEW`, Online at the hub, with the update recorded.
+fn wait_updated(hub: &Hub, gateway: &str, node: &Node, exe: &Path, newer: &Path) {
+    wait_until(
+        Duration::from_secs(120),
+        "the node to update itself and come back at the new version",
+        || {
+            let list = hub.nodes(gateway);
+            list.len() == 1
+                && list[0]["version"] == NEW
+                && list[0]["status"] == "Online"
+                && update_record(node)["state"] == "installed"
+        },
+    );
+    let record = update_record(node);
+    assert_eq!((record["from"].as_str(), record["to"].as_str()), (Some(::gatehouse::VERSION), Some(NEW)));
+    assert_eq!(std::fs::read(exe).unwrap(), std::fs::read(newer).unwrap(), "the new binary is in place");
+    assert!(exe.with_file_name("gatehouse.previous").exists(), "the previous binary is kept");
+    let status = node_status(node);
+    assert!(
+        status.contains(&format!("Last update: updated from {} to {NEW}", ::gatehouse::VERSION)),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_node_whose_update_window_covers_now_updates_itself_to_the_published_release() {
+    let temp = tempfile::tempdir().unwrap();
+    let (hub, newer) = hub_with_release(temp.path());
+    let key = hub.create_gateway("nightly", &[]);
+    let mut node = Node::register(&key, "n1", &[]);
+    let window = around(utc_minute() + ZONE_OFFSET_MINUTES);
+    let said = auto_update(&node, &["--window", &window, "--days", "all"]);
+    assert!(
+        said.contains("this node updates itself to a newer release the hub offers every day from"),
+        "{said}"
+    );
+    assert!(said.contains("local time (now UTC+10:00)"), "the CLI reads TZ: {said}");
+    let toml = std::fs::read_to_string(node.home.path().join("node.toml")).unwrap();
+    assert!(toml.contains("[auto_update]") || toml.contains("auto_update"), "{toml}");
+    assert!(auto_update(&node, &[]).starts_with("Auto-update: every day from"));
+
+    let exe = binary_copy(&temp.path().join("bin"), None);
+    run_in_zone(&mut node, &exe);
+    wait_updated(&hub, "nightly", &node, &exe, &newer);
+    // Nobody asked for it: the log says the window did.
+    let logs = std::fs::read_dir(node.home.path().join("logs"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(logs.contains("inside the automatic update window"), "{logs}");
+}
+
+#[test]
+fn a_node_whose_update_window_does_not_cover_now_stays_on_its_version_until_the_window_moves() {
+    let temp = tempfile::tempdir().unwrap();
+    let (hub, newer) = hub_with_release(temp.path());
+    let key = hub.create_gateway("daytime", &[]);
+    let mut node = Node::register(&key, "n1", &[]);
+    // Now in UTC, ten hours away from now in the node's zone.
+    auto_update(&node, &["--window", &around(utc_minute()), "--days", "all"]);
+    let exe = binary_copy(&temp.path().join("bin"), None);
+    let original = std::fs::read(&exe).unwrap();
+    run_in_zone(&mut node, &exe);
+
+    // The offer reached the service, which decided on it in the same heartbeat: no update
+    // under way ("Update:", not "Updating:"), and none through the next heartbeats either.
+    let offered = format!("Update:   update available: {NEW} (you run {})", ::gatehouse::VERSION);
+    wait_until(Duration::from_secs(30), "the release to be offered to the node", || {
+        node_status(&node).contains(&offered)
+    });
+    let beats = |node: &Node| -> (u64, Value) {
+        let json: Value =
+            serde_json::from_str(&ok(&gatehouse(node.home.path(), &["node", "status", "--json"], &[])))
+                .unwrap();
+        (
+            json["last_status"]["last_heartbeat"].as_u64().unwrap_or(0),
+            json["last_status"]["update_phase"].clone(),
+        )
+    };
+    let (first, _) = beats(&node);
+    wait_until(Duration::from_secs(30), "three more heartbeats", || {
+        let (last, phase) = beats(&node);
+        assert_eq!(phase, Value::Null, "an update started outside the window");
+        last >= first + 3
+    });
+    let status = node_status(&node);
+    assert!(status.contains(&offered), "{status}");
+    assert!(status.contains("Auto-update: every day from") && status.contains("(now UTC+10:00)"), "{status}");
+    assert_eq!(hub.nodes("daytime")[0]["version"], ::gatehouse::VERSION);
+    assert_eq!(std::fs::read(&exe).unwrap(), original, "the binary was replaced");
+    assert_eq!(update_record(&node), Value::Null, "an update was recorded");
+
+    // Moved over now while the service runs: it follows node.toml, no restart.
+    auto_update(&node, &["--window", &around(utc_minute() + ZONE_OFFSET_MINUTES)]);
+    wait_updated(&hub, "daytime", &node, &exe, &newer);
+}
+
+#[test]
+fn a_malformed_update_window_is_refused_with_a_sentence_and_nothing_is_saved() {
+    let hub = Hub::start();
+    let key = hub.create_gateway("strict", &[]);
+    let node = Node::register(&key, "n1", &[]);
+    let before = std::fs::read_to_string(node.home.path().join("node.toml")).unwrap();
+    for (args, sentence) in [
+        (vec!["--window", "2am-4am"], "\"2am\" is not a time of day; write HH:MM from 00:00 to 23:59"),
+        (vec!["--window", "02:00"], "\"02:00\" is not an update window; write it as FROM-TO"),
+        (vec!["--window", "03:00-03:00"], "starts and ends at the same time"),
+        (vec!["--window", "02:00-04:00", "--days", "sat,caturday"], "\"caturday\" is not a day"),
+    ] {
+        let mut all = vec!["node", "auto-update"];
+        all.extend(&args);
+        let refused = gatehouse(node.home.path(), &all, &[]);
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?} was accepted");
+        assert!(said.contains(sentence) && said.contains("nothing was saved"), "{args:?}: {said}");
+        assert_eq!(said.matches(sentence).count(), 1, "said twice: {said}");
+    }
+    assert_eq!(std::fs::read_to_string(node.home.path().join("node.toml")).unwrap(), before);
+    let off = auto_update(&node, &["off"]);
+    assert!(off.starts_with("automatic updates are off"), "{off}");
+    let status = node_status(&node);
+    assert!(
+        status.contains("Auto-update: off (turn it on with: gatehouse node auto-update --window"),
+        "{status}"
+    );
 }

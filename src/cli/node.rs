@@ -39,6 +39,22 @@ pub enum NodeCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Let the running node service update itself, as `node update` does, when the hub offers
+    /// a newer release inside a window of the machine's local time (TZ, else /etc/localtime):
+    /// `--window 02:00-04:00 [--days sat,sun]`, or `off` (the default). Without arguments it
+    /// shows the window. A running node follows it at its next heartbeat.
+    AutoUpdate {
+        /// `off`: no automatic updates.
+        #[arg(value_parser = ["off"], conflicts_with_all = ["window", "days"])]
+        off: Option<String>,
+        /// FROM-TO in 24-hour local time, e.g. 02:00-04:00 (23:00-01:00 runs past midnight).
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        window: Option<String>,
+        /// The days the window opens on: mon,tue,… (comma-separated), weekdays, weekend or all
+        /// (the default).
+        #[arg(long, value_name = "DAYS", requires = "window")]
+        days: Option<String>,
+    },
     /// The watchdog of an update (started by the node from its previous binary).
     #[command(hide = true)]
     UpdateWatchdog,
@@ -288,6 +304,9 @@ pub fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
             runtime.block_on(control_service(&store, &command))?;
         }
         NodeCommand::Update { no_wait } => return runtime.block_on(update(&store, no_wait)),
+        NodeCommand::AutoUpdate { off, window, days } => {
+            auto_update(&store, off.is_some(), window.as_deref(), days.as_deref())?;
+        }
         NodeCommand::UpdateWatchdog => {
             // Into the node's own log: its stderr goes nowhere.
             let _log = super::logging::init(Some(&store.dir().join("logs")), "info");
@@ -515,6 +534,50 @@ async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Resul
     Ok(())
 }
 
+/// `node auto-update`: sets the window, turns it off, or (neither given) shows it.
+fn auto_update(store: &Store, off: bool, window: Option<&str>, days: Option<&str>) -> anyhow::Result<()> {
+    use crate::node::auto_update::UpdateWindow;
+    let window = match (off, window) {
+        (true, _) => None,
+        (false, Some(window)) => Some(UpdateWindow::parse(window, days).map_err(ops::OpError::Window)?),
+        (false, None) => {
+            println!("{}", auto_update_line(store.settings()?.auto_update.as_ref(), None, None));
+            return Ok(());
+        }
+    };
+    let set = ops::set_auto_update(store, window)?;
+    println!("{set}; a running node service follows it at its next heartbeat");
+    Ok(())
+}
+
+/// The `node status` line about automatic updates: the window (or off) with the offset of
+/// the running service's local time (else this command's), and who updates the binary when it
+/// isn't the service.
+fn auto_update_line(
+    window: Option<&crate::node::auto_update::UpdateWindow>,
+    by: Option<&node::update::SelfUpdate>,
+    offset: Option<String>,
+) -> String {
+    use crate::node::update::SelfUpdate;
+    if let Some(SelfUpdate::PackageManager { exe }) = by {
+        return format!(
+            "Updates:  by the package manager (this node runs as the package's systemd unit, from {exe}); the automatic update window doesn't apply"
+        );
+    }
+    let Some(window) = window else {
+        return "Auto-update: off (turn it on with: gatehouse node auto-update --window 02:00-04:00 [--days sat,sun])"
+            .to_owned();
+    };
+    let offset = offset.unwrap_or_else(|| crate::node::auto_update::local_now().offset);
+    let window_only = match by {
+        Some(SelfUpdate::Window) => {
+            "; not while the Configuration Manager window runs the node (run it with `gatehouse node start`)"
+        }
+        _ => "",
+    };
+    format!("Auto-update: {window}, local time (now {offset}){window_only}")
+}
+
 /// `node update`: asks the running service to update, then (unless `no_wait`) waits for the
 /// outcome in update.json: 0 updated, 1 not.
 async fn update(store: &Store, no_wait: bool) -> anyhow::Result<ExitCode> {
@@ -592,6 +655,10 @@ fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result
         (None, Some(s)) => (&s.node_name, &s.gateway_name, &s.hub_url),
         (None, None) => anyhow::bail!("the node service stopped while it was asked"),
     };
+    // Who updates the binary, as the running service says (not an old status file's word).
+    let live = last.as_ref().filter(|_| running);
+    let by = live.and_then(|s| s.self_update.clone());
+    let offset = live.and_then(|s| s.local_offset.clone());
     println!("Node:     {node} (gateway '{gateway}')");
     println!("Hub:      {hub}");
     match last {
@@ -614,9 +681,11 @@ fn status(store: &Store, live: Option<NodeStatus>, json: bool) -> anyhow::Result
             }
         }
     }
-    if let Some(address) = settings.and_then(|s| s.metrics_listen) {
+    if let Some(address) = settings.as_ref().and_then(|s| s.metrics_listen) {
         println!("Metrics:  http://{address}/metrics (this node's own, loopback only)");
     }
+    let window = settings.as_ref().and_then(|s| s.auto_update.as_ref());
+    println!("{}", auto_update_line(window, by.as_ref(), offset));
     if let Some(record) = node::update::last_record(store) {
         println!("Last update: {record}");
     }

@@ -47,6 +47,9 @@ pub enum Op {
     /// The loopback address of the node's own `/metrics`; `None`: off. The running service
     /// follows the setting (`node::exporter`).
     SetMetrics(Option<std::net::SocketAddr>),
+    /// The automatic update window; `None`: off. A running `node run` follows it at its next
+    /// heartbeat.
+    SetAutoUpdate(Option<crate::node::auto_update::UpdateWindow>),
     /// The credential names, one per line (never values).
     ListCredentials,
     SetCredential {
@@ -91,6 +94,7 @@ impl fmt::Debug for Op {
             Op::RotateAdminToken => f.write_str("RotateAdminToken"),
             Op::SetProxy(proxy) => f.debug_tuple("SetProxy").field(proxy).finish(),
             Op::SetMetrics(address) => f.debug_tuple("SetMetrics").field(address).finish(),
+            Op::SetAutoUpdate(window) => f.debug_tuple("SetAutoUpdate").field(window).finish(),
             Op::ListCredentials => f.write_str("ListCredentials"),
             Op::SetCredential { name, .. } => {
                 f.debug_struct("SetCredential").field("name", name).field("value", &"***").finish()
@@ -123,6 +127,7 @@ pub enum OpKind {
     HubTokens,
     Proxy,
     Metrics,
+    AutoUpdate,
     /// The answer is the names, one per line (names can't hold line breaks).
     CredentialList,
     /// A credential set or deleted.
@@ -155,6 +160,7 @@ impl Op {
             Op::CreateHubToken(_) | Op::RevokeHubToken(_) | Op::RotateAdminToken => OpKind::HubTokens,
             Op::SetProxy(_) => OpKind::Proxy,
             Op::SetMetrics(_) => OpKind::Metrics,
+            Op::SetAutoUpdate(_) => OpKind::AutoUpdate,
             Op::ListCredentials => OpKind::CredentialList,
             Op::SetCredential { .. } | Op::DeleteCredential(_) => OpKind::Credentials,
             Op::Backup { .. } => OpKind::Backup,
@@ -253,23 +259,8 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
         Op::SetMetrics(address) => {
             answer(node_ops::set_metrics_listen(store, address).map(|d| d.to_string()))
         }
-        Op::ListCredentials => Outcome::answer(
-            crate::node::credentials::load(store)
-                .map(|set| set.live().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join("\n"))
-                .map_err(|e| e.to_string()),
-        ),
-        Op::SetCredential { name, value } => Outcome::answer(
-            crate::node::credentials::set(store, name.trim(), &value)
-                .map(|_| {
-                    format!("credential {:?} saved; the other nodes pick it up within seconds", name.trim())
-                })
-                .map_err(|e| credential_error(&e)),
-        ),
-        Op::DeleteCredential(name) => Outcome::answer(
-            crate::node::credentials::delete(store, &name)
-                .map(|_| format!("credential {name:?} deleted"))
-                .map_err(|e| credential_error(&e)),
-        ),
+        Op::SetAutoUpdate(window) => auto_update(&context, window),
+        Op::ListCredentials | Op::SetCredential { .. } | Op::DeleteCredential(_) => credentials(store, op),
         Op::Backup { path, password } => {
             let store = store.clone();
             Outcome::answer(
@@ -308,6 +299,37 @@ pub async fn run(op: Op, context: Context<'_>) -> Outcome {
     }
 }
 
+/// The credential operations: names listed (never values), one set or deleted.
+fn credentials(store: &Store, op: Op) -> Outcome {
+    Outcome::answer(match op {
+        Op::SetCredential { name, value } => crate::node::credentials::set(store, name.trim(), &value)
+            .map(|_| format!("credential {:?} saved; the other nodes pick it up within seconds", name.trim()))
+            .map_err(|e| credential_error(&e)),
+        Op::DeleteCredential(name) => crate::node::credentials::delete(store, &name)
+            .map(|_| format!("credential {name:?} deleted"))
+            .map_err(|e| credential_error(&e)),
+        _ => crate::node::credentials::load(store)
+            .map(|set| set.live().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join("\n"))
+            .map_err(|e| e.to_string()),
+    })
+}
+
+/// Saves the automatic update window; the answer says when it applies: a `node run` follows
+/// node.toml at its next heartbeat, while the window's own service can't replace its binary.
+fn auto_update(context: &Context<'_>, window: Option<crate::node::auto_update::UpdateWindow>) -> Outcome {
+    let applies = match &context.status {
+        Some(_) => {
+            "it applies when the node runs as a service (gatehouse node start), not inside this window"
+        }
+        None => "a running node service follows it at its next heartbeat",
+    };
+    Outcome::answer(
+        node_ops::set_auto_update(context.store, window)
+            .map(|done| format!("{done}; {applies}"))
+            .map_err(|e| e.to_string()),
+    )
+}
+
 /// One hub token as the list answer carries it: id, kind, when made and when revoked (empty
 /// if not), tab-separated (none of them holds a tab).
 pub fn token_line(token: &TokenInfo) -> String {
@@ -341,6 +363,9 @@ pub fn elsewhere(op: &Op, dir: &std::path::Path) -> String {
         Op::SetLogLevel(level) => Some(format!("log-level {level}")),
         Op::SetMetrics(address) => {
             Some(format!("set-metrics {}", address.map_or_else(|| "off".to_owned(), |a| a.to_string())))
+        }
+        Op::SetAutoUpdate(window) => {
+            Some(window.map_or_else(|| "auto-update off".to_owned(), |w| format!("auto-update {}", w.args())))
         }
         Op::SetThresholds(_)
         | Op::CheckAdminToken

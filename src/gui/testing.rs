@@ -105,6 +105,7 @@ pub fn settings() -> NodeSettings {
         hub_ca: None,
         hub_pin: None,
         metrics_listen: None,
+        auto_update: None,
     }
 }
 

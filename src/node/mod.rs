@@ -18,6 +18,7 @@
 //! may also serve its own `/metrics` on loopback ([`exporter`]).
 
 pub mod add_node;
+pub mod auto_update;
 pub mod backup;
 pub mod control;
 pub mod credentials;
@@ -181,6 +182,7 @@ pub async fn register(store: &Store, registration: Registration) -> Result<NodeS
         hub_ca: registration.hub_ca,
         hub_pin: key.pin,
         metrics_listen: None,
+        auto_update: None,
     };
     // Secrets first: settings are what says "registered". The embedded hub's admin token, if
     // this data dir hosts one, belongs to the machine, not the registration: keep it.
@@ -262,6 +264,13 @@ pub struct NodeStatus {
     pub update_phase: Option<String>,
     /// What this node's runs added up to since the service started.
     pub totals: worker::RunTotals,
+    /// Who replaces this node's binary: the service itself (`node update`, the automatic
+    /// update window), nobody while a window runs it, or the package manager; `None` from a
+    /// service too old to say.
+    pub self_update: Option<update::SelfUpdate>,
+    /// The offset of the service's local time from UTC (`UTC+01:00`), which its automatic
+    /// update window is in.
+    pub local_offset: Option<String>,
 }
 
 /// What the service's tasks share.
@@ -575,15 +584,17 @@ impl NodeService {
         let limit = settings
             .concurrency_limit
             .unwrap_or_else(|| metrics::default_concurrency(self.metrics.cores(), total_memory));
+        let restart = Arc::new(Mutex::new(None));
+        let updater = Arc::new(update::Updater::new(self.updates, Arc::clone(&restart)));
         let initial = NodeStatus {
             node_name: settings.node_name.clone(),
             gateway_name: settings.gateway_name.clone(),
             hub_url: settings.hub_url.clone(),
+            self_update: Some(updater.self_update()),
             ..NodeStatus::default()
         };
         let (status_tx, status) = watch::channel(initial);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let restart = Arc::new(Mutex::new(None));
         let tls = secrets.tls.as_ref().map(tls::PeerTls::new).transpose()?;
         let credentials = Mutex::new(credentials::CredentialSet { entries: secrets.credentials.clone() });
         let shared = Arc::new(Shared {
@@ -602,7 +613,7 @@ impl NodeService {
             // in between would never be noticed. Unknown makes the first sync read the file.
             secrets_seen: Mutex::new(None),
             unreachable: Mutex::new(BTreeSet::new()),
-            updater: Arc::new(update::Updater::new(self.updates, Arc::clone(&restart))),
+            updater,
         });
 
         let lookup = Arc::clone(&shared);
@@ -794,6 +805,7 @@ async fn heartbeat_loop(
     let mut wait: Duration;
     let mut first_beat = true; // Heartbeat::restarted, until a beat is answered
     let mut proof_wanted = true; // the hub asks for this node's key proof (first beat: offered)
+    let mut auto_update = auto_update::AutoUpdater::default();
     // A deadline, not a sleep per turn: commands that don't beat must not delay the next beat.
     let mut next_beat = tokio::time::Instant::now();
     loop {
@@ -841,6 +853,7 @@ async fn heartbeat_loop(
                 tokio::spawn(sync_credentials(Arc::clone(&shared), peers, sealed));
                 worker.set_bandwidth(answer.bandwidth_bytes_per_second.unwrap_or(0));
                 shared.updater.after_beat(answer.update.as_ref(), &shared, &worker, &shutdown);
+                auto_update.consider(&shared, answer.update.as_ref());
                 let update_phase = shared.updater.describe(answer.update.as_ref());
                 status.send_modify(|s| {
                     s.hub_connected = true;
@@ -862,6 +875,7 @@ async fn heartbeat_loop(
                     s.totals = worker.totals();
                     s.update = answer.update;
                     s.update_phase = update_phase;
+                    s.local_offset = Some(auto_update::local_now().offset);
                 });
             }
             Err(e) => {

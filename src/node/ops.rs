@@ -67,6 +67,8 @@ pub enum OpError {
     /// The hub refused or couldn't be reached; with its hint when it gave one.
     #[error("{}", with_hint(.0))]
     Hub(ClientError),
+    #[error("{0}; nothing was saved")]
+    Window(super::auto_update::WindowError),
     #[error("{0}")]
     Place(String),
     #[error("can't {action} {}: {reason}", path.display())]
@@ -327,6 +329,37 @@ pub fn set_metrics_listen(store: &Store, address: Option<SocketAddr>) -> Result<
     Ok(MetricsListen(address))
 }
 
+/// The automatic update window [`set_auto_update`] stored (`None`: off), and the offset of
+/// the machine's local time when it was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoUpdate {
+    pub window: Option<super::auto_update::UpdateWindow>,
+    pub offset: String,
+}
+
+impl fmt::Display for AutoUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.window {
+            Some(window) => write!(
+                f,
+                "this node updates itself to a newer release the hub offers {window}, in the machine's local time (now {})",
+                self.offset
+            ),
+            None => f.write_str("automatic updates are off; update by hand with: gatehouse node update"),
+        }
+    }
+}
+
+/// Turns the automatic update window on (`Some`) or off. A running `node run` service
+/// follows node.toml at its next heartbeat; no restart is needed.
+pub fn set_auto_update(
+    store: &Store,
+    window: Option<super::auto_update::UpdateWindow>,
+) -> Result<AutoUpdate> {
+    edit_settings(store, |s| s.auto_update = window)?;
+    Ok(AutoUpdate { window, offset: super::auto_update::local_now().offset })
+}
+
 /// The gateway settings the window edits (the hub's `SettingsPatch`, all given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
@@ -337,7 +370,7 @@ pub struct Thresholds {
     pub memory_percent: u8,
     pub aggregation_minutes: u32,
     pub queue_timeout_seconds: u32,
-    /// Megabytes per second for all the gateway's copies together; 0 turns the limit off.
+    /// Megabits per second for all the gateway's copies together; 0 turns the limit off.
     pub bandwidth_limit_mbps: u32,
 }
 

@@ -73,6 +73,11 @@ pub struct NodeSettings {
     /// scraping on this machine; `None`: none. Left out of the file when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The opt-in automatic update window, in the machine's local time
+    /// (`auto_update = { days = ["sat", "sun"], from = "02:00", to = "04:00" }`); `None`, left
+    /// out of the file: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_update: Option<super::auto_update::UpdateWindow>,
 }
 
 fn default_peer_port() -> u16 {
@@ -393,6 +398,7 @@ pub(crate) mod tests {
             hub_ca: None,
             hub_pin: None,
             metrics_listen: None,
+            auto_update: None,
         }
     }
 

@@ -72,6 +72,19 @@ pub enum UpdateError {
     Io(String),
 }
 
+/// Who replaces this node's binary with a newer release, as the running service says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum SelfUpdate {
+    /// The service itself: `node update`, or the automatic update window.
+    Service,
+    /// Nobody while it runs inside the Configuration Manager window (which can't replace its
+    /// own binary); the same data dir run by `node run` can.
+    Window,
+    /// The package manager: the service runs as the package's systemd unit from `exe`.
+    PackageManager { exe: String },
+}
+
 /// What became of an update, as `update.json` keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -137,9 +150,11 @@ fn write_record(store: &Store, record: &Record) -> Result<(), UpdateError> {
 #[derive(Debug, Clone)]
 enum Phase {
     Idle,
-    /// Asking the hub for the gateway's update slot.
+    /// Asking the hub for the gateway's update slot; `automatic`: started by the update
+    /// window (withdrawn if it closes first), not by `node update`.
     Wanted {
         to: String,
+        automatic: bool,
     },
     /// Granted: taking no new runs, waiting for the running ones.
     Draining {
@@ -181,7 +196,7 @@ impl Updater {
     pub fn report(&self) -> (Option<String>, bool) {
         match self.phase() {
             Phase::Idle => (None, false),
-            Phase::Wanted { to } => (Some(to), false),
+            Phase::Wanted { to, .. } => (Some(to), false),
             Phase::Installing { to } => (Some(to), true),
             Phase::Draining { offer, .. } => (Some(offer.release.version.clone()), true),
         }
@@ -192,15 +207,65 @@ impl Updater {
         self.report().1
     }
 
+    /// Why this process can't replace its own binary at all (a window; the package's
+    /// systemd unit), if it can't.
+    pub fn refusal(&self) -> Option<UpdateError> {
+        if !self.allowed {
+            return Some(UpdateError::InWindow);
+        }
+        match current_exe() {
+            Ok(exe) if under_systemd(&exe) => Some(UpdateError::Systemd { exe: exe.display().to_string() }),
+            Ok(_) => None,
+            Err(e) => Some(e),
+        }
+    }
+
+    /// Who updates this node's binary, as its status says.
+    pub fn self_update(&self) -> SelfUpdate {
+        match self.refusal() {
+            Some(UpdateError::InWindow) => SelfUpdate::Window,
+            Some(UpdateError::Systemd { exe }) => SelfUpdate::PackageManager { exe },
+            _ => SelfUpdate::Service,
+        }
+    }
+
+    /// No update is under way or asked for.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase(), Phase::Idle)
+    }
+
+    /// The update window asked for the update under way, and it waits for the hub's grant.
+    pub fn is_automatic(&self) -> bool {
+        matches!(self.phase(), Phase::Wanted { automatic: true, .. })
+    }
+
+    /// Drops an update the window asked for that is still waiting for the gateway's turn;
+    /// true if there was one. A granted one (draining, installing) goes on.
+    pub fn withdraw_automatic(&self) -> bool {
+        let Ok(mut phase) = self.phase.lock() else { return false };
+        if matches!(*phase, Phase::Wanted { automatic: true, .. }) {
+            *phase = Phase::Idle;
+            return true;
+        }
+        false
+    }
+
     /// `node update`: asks for the offered release; answers (from, to).
     pub fn request(&self, offer: Option<&UpdateOffer>) -> Result<(String, String), UpdateError> {
-        if !self.allowed {
-            return Err(UpdateError::InWindow);
+        self.ask(offer, false)
+    }
+
+    /// The update window's request: the same as `node update`'s, withdrawn if the window
+    /// closes before the hub grants it.
+    pub fn request_automatic(&self, offer: &UpdateOffer) -> Result<(String, String), UpdateError> {
+        self.ask(Some(offer), true)
+    }
+
+    fn ask(&self, offer: Option<&UpdateOffer>, automatic: bool) -> Result<(String, String), UpdateError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
         }
         let exe = current_exe()?;
-        if std::env::var_os("INVOCATION_ID").is_some() && exe.starts_with("/usr") {
-            return Err(UpdateError::Systemd { exe: exe.display().to_string() });
-        }
         let Some(offer) = offer else {
             return Err(UpdateError::NothingOffered {
                 version: crate::version().to_owned(),
@@ -209,13 +274,13 @@ impl Updater {
         };
         match self.phase() {
             Phase::Idle => {}
-            Phase::Wanted { to } | Phase::Installing { to } => return Err(UpdateError::Busy(to)),
+            Phase::Wanted { to, .. } | Phase::Installing { to } => return Err(UpdateError::Busy(to)),
             Phase::Draining { offer, .. } => return Err(UpdateError::Busy(offer.release.version.clone())),
         }
         writable_beside(&exe)?;
         let to = offer.release.version.clone();
-        tracing::info!(from = %crate::version(), %to, "update requested; asking the hub for the gateway's turn");
-        self.set(Phase::Wanted { to: to.clone() });
+        tracing::info!(from = %crate::version(), %to, automatic, "update requested; asking the hub for the gateway's turn");
+        self.set(Phase::Wanted { to: to.clone(), automatic });
         Ok((crate::version().to_owned(), to))
     }
 
@@ -230,7 +295,7 @@ impl Updater {
     ) {
         match self.phase() {
             Phase::Idle | Phase::Installing { .. } => {}
-            Phase::Wanted { to } => match offer {
+            Phase::Wanted { to, .. } => match offer {
                 Some(offer) if offer.granted && offer.release.version == to => {
                     tracing::info!(%to, runs = worker.running(), "the hub granted the update; taking no new runs and letting the running ones finish");
                     worker.pause(true);
@@ -295,10 +360,15 @@ impl Updater {
     pub fn describe(&self, offer: Option<&UpdateOffer>) -> Option<String> {
         match self.phase() {
             Phase::Idle => None,
-            Phase::Wanted { to } => Some(match offer.and_then(|o| o.waiting_for.as_deref()) {
-                Some(other) => format!("update to {to}: waiting for node {other} to finish its update"),
-                None => format!("update to {to}: asking the hub for the gateway's turn"),
-            }),
+            Phase::Wanted { to, automatic } => {
+                let by = if automatic { " (automatic, inside the update window)" } else { "" };
+                Some(match offer.and_then(|o| o.waiting_for.as_deref()) {
+                    Some(other) => {
+                        format!("update to {to}{by}: waiting for node {other} to finish its update")
+                    }
+                    None => format!("update to {to}{by}: asking the hub for the gateway's turn"),
+                })
+            }
             Phase::Draining { offer, .. } => {
                 Some(format!("update to {}: letting the running runs finish", offer.release.version))
             }
@@ -534,6 +604,11 @@ fn spawn_detached(exe: &Path, dir: &Path, args: &[&str]) -> std::io::Result<()> 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// Whether `exe` runs as the package's systemd unit: the package owns the binary there.
+fn under_systemd(exe: &Path) -> bool {
+    std::env::var_os("INVOCATION_ID").is_some() && exe.starts_with("/usr")
 }
 
 /// This process's binary, as a path that names it (not `… (deleted)` after a replacement).

@@ -1,5 +1,6 @@
 //! The Settings tab, a module a section: encryption and remote access, concurrency, the
-//! gateway's thresholds, the proxy, the node's own metrics address, credentials, the hub's tokens (hub access), backup and
+//! gateway's thresholds, the proxy, the node's own metrics address, automatic updates,
+//! credentials, the hub's tokens (hub access), backup and
 //! restore, adding a node. Each section owns what is
 //! typed into it and the answers to what it sent, and draws itself from [`State`], pushing
 //! [`Op`](super::ops::Op)s into the [`Outbox`]; this module routes each answer to the section
@@ -10,6 +11,7 @@
 //! [`Worker`], everything else to the service thread.
 
 mod add_node;
+mod auto_update;
 mod backup;
 mod concurrency;
 mod credentials;
@@ -20,6 +22,7 @@ mod proxy;
 mod thresholds;
 
 pub use add_node::AddNodeSection;
+pub use auto_update::AutoUpdateSection;
 pub use backup::BackupSection;
 pub use concurrency::ConcurrencySection;
 pub use credentials::CredentialsSection;
@@ -45,6 +48,7 @@ pub struct SettingsPage {
     pub thresholds: ThresholdsSection,
     pub proxy: ProxySection,
     pub metrics: MetricsSection,
+    pub auto_update: AutoUpdateSection,
     pub credentials: CredentialsSection,
     pub backup: BackupSection,
     pub add_node: AddNodeSection,
@@ -69,6 +73,7 @@ impl SettingsPage {
             OpKind::HubTokenList | OpKind::HubTokens => self.hub_access.done(op, result),
             OpKind::Proxy => self.proxy.answers.done(op, result),
             OpKind::Metrics => self.metrics.answers.done(op, result),
+            OpKind::AutoUpdate => self.auto_update.answers.done(op, result),
             OpKind::CredentialList | OpKind::Credentials => self.credentials.done(op, result),
             OpKind::Backup | OpKind::Restore => self.backup.answers.done(op, result),
             OpKind::LogLevel | OpKind::ExportLogs => {}
@@ -84,6 +89,7 @@ impl SettingsPage {
             OpKind::HubTokenList | OpKind::HubTokens => Some(&self.hub_access.answers),
             OpKind::Proxy => Some(&self.proxy.answers),
             OpKind::Metrics => Some(&self.metrics.answers),
+            OpKind::AutoUpdate => Some(&self.auto_update.answers),
             OpKind::CredentialList | OpKind::Credentials => Some(&self.credentials.answers),
             OpKind::Backup | OpKind::Restore => Some(&self.backup.answers),
             OpKind::LogLevel | OpKind::ExportLogs => None,
@@ -120,6 +126,7 @@ impl SettingsPage {
             self.concurrency.fill(settings);
             self.proxy.fill(settings);
             self.metrics.fill(settings);
+            self.auto_update.fill(settings);
         }
         self.thresholds.refresh(state, outbox);
         self.credentials.refresh(state, outbox);
@@ -141,6 +148,7 @@ pub fn settings_ui(
     widgets::section(ui, "Thresholds", |ui| page.thresholds.ui(ui, state, outbox));
     widgets::section(ui, "Proxy", |ui| page.proxy.ui(ui, state, outbox));
     widgets::section(ui, "Metrics", |ui| page.metrics.ui(ui, state, outbox));
+    widgets::section(ui, "Automatic updates", |ui| page.auto_update.ui(ui, state, outbox));
     widgets::section(ui, "Credentials", |ui| page.credentials.ui(ui, outbox));
     widgets::section(ui, "Hub access", |ui| page.hub_access.ui(ui, outbox));
     widgets::section(ui, "Backup and restore", |ui| page.backup.ui(ui, outbox, worker));
