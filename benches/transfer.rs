@@ -174,9 +174,8 @@ fn main() {
         settings.repeat,
     );
     println!(
-        "Gatehouse: {NODE_RUNS} runs per node, {FILES_IN_FLIGHT} small files or {PARTS_IN_FLIGHT} parts of {PART_MIB} MiB in flight per run; rclone: {} {}\n",
-        rclone_flags().join(" "),
-        "(local: --multi-thread-streams too; it doesn't fsync, Gatehouse does)"
+        "Gatehouse: {NODE_RUNS} runs per node, {FILES_IN_FLIGHT} small files or {PARTS_IN_FLIGHT} parts of {PART_MIB} MiB in flight per run; rclone: {} (to a folder rclone doesn't fsync what it writes; Gatehouse does)\n",
+        rclone_flags().join(" ")
     );
 
     let s3 = s3::SeaweedFs::start();
