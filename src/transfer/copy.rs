@@ -7,7 +7,7 @@
 use super::bandwidth::Bandwidth;
 use super::buffers::{self, Chunk};
 use super::checkpoint::Upload;
-use super::sink::{Put, Sink};
+use super::sink::{Put, Sink, Staged};
 use super::{Checkpoint, Context, Reporter, TransferError, folder};
 use crate::protocol::{ListedFile, TransferProgress};
 use object_store::PutPayload;
@@ -25,6 +25,10 @@ pub const PART_SIZE: u64 = 8 << 20;
 const FILES_IN_FLIGHT: usize = 4;
 /// Parts of a large file in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
+/// At a folder sink, small files staged before they are committed together (synced, placed,
+/// their folders synced once); a partial batch is committed when nothing else is being read,
+/// or at the next report. Each holds an open file until then.
+const COMMIT_BATCH: usize = 16;
 /// How often progress goes to the hub, and at most how long committed files wait for a checkpoint.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -69,6 +73,14 @@ impl Tally {
                 }
             }
         }
+    }
+
+    /// A small file committed: counted as sent when it was written.
+    fn commit_small(&mut self, index: usize, size: u64, put: Put) {
+        if put == Put::Written {
+            self.progress.bytes_sent += size;
+        }
+        self.commit(index, size, put);
     }
 
     /// Sends a checkpoint when enough is unreported, else plain progress now and then.
@@ -160,37 +172,7 @@ async fn copy_all<R: Reporter>(
     let (small, large): (Vec<usize>, Vec<usize>) =
         pending.into_iter().partition(|&i| files[i].size <= PART_SIZE);
 
-    // Small files: a few at a time, each its own task so a checkpoint doesn't hold them up.
-    let sink_arc = Arc::new(sink.clone());
-    let mut tasks: JoinSet<(usize, Result<Put, TransferError>)> = JoinSet::new();
-    let mut queue = small.into_iter();
-    let mut interval = tokio::time::interval(REPORT_EVERY);
-    loop {
-        while tasks.len() < FILES_IN_FLIGHT {
-            let Some(index) = queue.next() else { break };
-            let (file, key, path) =
-                (files[index].clone(), keys[index].clone(), folder::local_path(root, &files[index]));
-            let (sink, node, bandwidth) = (Arc::clone(&sink_arc), ctx.node.to_owned(), ctx.bandwidth.clone());
-            tasks.spawn(async move {
-                (index, copy_small(&node, &path, &file, &key, &sink, overwrite, &bandwidth).await)
-            });
-        }
-        let joined = tokio::select! {
-            joined = tasks.join_next() => joined,
-            _ = interval.tick() => { tally.report(ctx.reporter, false).await?; continue; }
-            () = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
-        };
-        let Some(joined) = joined else { break };
-        let (index, outcome) =
-            joined.map_err(|e| TransferError::Source(format!("a file copy stopped: {e}")))?;
-        let put = outcome?;
-        if put == Put::Written {
-            tally.progress.bytes_sent += files[index].size;
-        }
-        tally.commit(index, files[index].size, put);
-        tally.report(ctx.reporter, false).await?;
-    }
-
+    copy_small_files(root, files, keys, small, sink, overwrite, ctx, tally).await?;
     for index in large {
         if ctx.cancel.is_cancelled() {
             return Err(TransferError::Cancelled);
@@ -204,8 +186,102 @@ async fn copy_all<R: Reporter>(
     Ok(())
 }
 
+/// What a small file's task did: written at S3, or staged at a folder for a batch commit.
+enum Small {
+    Put(Put),
+    Staged(Staged),
+}
+
+/// A batch commit under way: the files' indexes and what the sink found for each.
+type Committing = tokio::task::JoinHandle<Result<Vec<(usize, Put)>, TransferError>>;
+
+/// The small files, a few at a time, each its own task so a checkpoint doesn't hold them up.
+/// At a folder sink they are staged and committed in batches, one batch syncing while the
+/// next files are read; a file counts as done (and is checkpointed) only once committed.
+#[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+async fn copy_small_files<R: Reporter>(
+    root: &Path,
+    files: &[ListedFile],
+    keys: &[String],
+    small: Vec<usize>,
+    sink: &Sink,
+    overwrite: bool,
+    ctx: &Context<'_, R>,
+    tally: &mut Tally,
+) -> Result<(), TransferError> {
+    let sink_arc = Arc::new(sink.clone());
+    let mut tasks: JoinSet<(usize, Result<Small, TransferError>)> = JoinSet::new();
+    let mut queue = small.into_iter().peekable();
+    let mut interval = tokio::time::interval(REPORT_EVERY);
+    // Staged files waiting for a commit, and the commit under way (one at a time).
+    let mut batch: Vec<(usize, Staged)> = Vec::new();
+    let mut committing: Option<Committing> = None;
+    let mut flush = false;
+    let outcome = loop {
+        while tasks.len() < FILES_IN_FLIGHT {
+            let Some(index) = queue.next() else { break };
+            let (file, key, path) =
+                (files[index].clone(), keys[index].clone(), folder::local_path(root, &files[index]));
+            let (sink, node, bandwidth) = (Arc::clone(&sink_arc), ctx.node.to_owned(), ctx.bandwidth.clone());
+            tasks.spawn(async move {
+                (index, copy_small(&node, &path, &file, &key, &sink, overwrite, &bandwidth).await)
+            });
+        }
+        let idle = tasks.is_empty() && queue.peek().is_none();
+        if committing.is_none() && !batch.is_empty() && (batch.len() >= COMMIT_BATCH || idle || flush) {
+            let (sink, staged) = (Arc::clone(&sink_arc), std::mem::take(&mut batch));
+            committing = Some(tokio::spawn(async move { sink.commit(staged, overwrite).await }));
+            flush = false;
+        }
+        if idle && committing.is_none() && batch.is_empty() {
+            break Ok(());
+        }
+        let step = tokio::select! {
+            Some(joined) = tasks.join_next() => match joined {
+                Ok((index, Ok(Small::Put(put)))) => {
+                    tally.commit_small(index, files[index].size, put);
+                    Ok(())
+                }
+                Ok((index, Ok(Small::Staged(staged)))) => {
+                    batch.push((index, staged));
+                    Ok(())
+                }
+                Ok((_, Err(e))) => Err(e),
+                Err(e) => Err(TransferError::Source(format!("a file copy stopped: {e}"))),
+            },
+            Some(done) = async { match committing.as_mut() { Some(commit) => Some(commit.await), None => None } }, if committing.is_some() => {
+                committing = None;
+                match done {
+                    Ok(Ok(puts)) => {
+                        for (index, put) in puts {
+                            tally.commit_small(index, files[index].size, put);
+                        }
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(TransferError::Sink(format!("a commit of staged files stopped: {e}"))),
+                }
+            }
+            _ = interval.tick() => { flush = true; Ok(()) }
+            () = ctx.cancel.cancelled() => Err(TransferError::Cancelled),
+        };
+        if let Err(e) = step {
+            break Err(e);
+        }
+        if let Err(e) = tally.report(ctx.reporter, false).await {
+            break Err(e);
+        }
+    };
+    // A commit under way finishes before the part says how it ended: its names are placed
+    // whole or not at all, and no staging file of it is left behind for the next attempt.
+    if let Some(commit) = committing.take() {
+        let _ = commit.await;
+    }
+    outcome
+}
+
 /// One small file: read whole into buffers of the budget (it fits a request), hashed as it
-/// is read, written create-only or over.
+/// is read, written create-only or over (at a folder: staged, for [`Sink::commit`]).
 async fn copy_small(
     node: &str,
     path: &Path,
@@ -214,7 +290,7 @@ async fn copy_small(
     sink: &Sink,
     overwrite: bool,
     bandwidth: &Bandwidth,
-) -> Result<Put, TransferError> {
+) -> Result<Small, TransferError> {
     let mut chunks = buffers::take(listed.size).await?;
     let (node_name, source, file_listed) = (node.to_owned(), path.to_owned(), listed.clone());
     let (chunks, sha256) = source_work(move || {
@@ -228,7 +304,11 @@ async fn copy_small(
     })
     .await?;
     bandwidth.consume(listed.size).await;
-    sink.put(key, payload(chunks), &sha256, overwrite).await
+    if sink.is_folder() {
+        sink.stage_small(key, payload(chunks), &sha256).await.map(Small::Staged)
+    } else {
+        sink.put(key, payload(chunks), &sha256, overwrite).await.map(Small::Put)
+    }
 }
 
 /// Buffers as one request body, without a copy.

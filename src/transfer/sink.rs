@@ -134,6 +134,61 @@ impl Staging {
     }
 }
 
+/// A small file written under its staging name at a folder sink, waiting for
+/// [`Sink::commit`]. Dropped uncommitted (a failed or cancelled copy), its staging file goes.
+pub struct Staged {
+    /// Open until committed: `fdatasync` on the descriptor that wrote is the one sure to report
+    /// a write-back error (one opened later may miss it).
+    file: Option<std::fs::File>,
+    staging: PathBuf,
+    target: PathBuf,
+    key: String,
+    sha256: String,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}
+
+/// Staged files synced together on this many threads: the disk sees several requests at
+/// once (merged, and one journal commit for many), without a thread per file.
+const SYNC_THREADS: usize = 4;
+
+/// Makes the data of every staged file durable, on up to [`SYNC_THREADS`] threads.
+fn sync_all_data(staged: &[(usize, Staged)]) -> Result<(), TransferError> {
+    let sync = |group: &[(usize, Staged)]| -> Result<(), TransferError> {
+        for (_, staged) in group {
+            if let Some(file) = &staged.file {
+                file.sync_data().map_err(|e| folder_error(&staged.target, &e))?;
+            }
+        }
+        Ok(())
+    };
+    if staged.len() <= 1 {
+        return sync(staged);
+    }
+    let per_thread = staged.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            staged.chunks(per_thread).map(|group| scope.spawn(move || sync(group))).collect();
+        handles.into_iter().try_for_each(|handle| {
+            handle.join().unwrap_or_else(|_| Err(TransferError::Sink("a file sync stopped".into())))
+        })
+    })
+}
+
+/// Syncs each folder, so the names just placed in it are durable.
+fn sync_dirs(dirs: &[PathBuf]) -> Result<(), TransferError> {
+    for dir in dirs.iter().filter(|d| d.exists()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| folder_error(dir, &e))?;
+    }
+    Ok(())
+}
+
 impl Sink {
     /// Opens `spec` on `node` for `run`'s `attempt`; `credential` is the value of the S3
     /// credential.
@@ -315,19 +370,80 @@ impl Sink {
                     Err(e) => Err(self.s3_error(key, &e)),
                 }
             }
-            Inner::Folder { root, folders } => {
-                let staging = self.staging_path(root, key, "put")?;
-                let (data, final_path, sha, folders) =
-                    (data, root.join(key), sha256.to_owned(), folders.clone());
-                let written = self
-                    .on_node(move || {
-                        write_staging(&staging, &final_path, data, &sha, &folders)?;
-                        publish(&staging, &final_path, overwrite)
-                    })
-                    .await?;
-                if written { Ok(Put::Written) } else { self.compare(key, sha256).await }
+            Inner::Folder { .. } => {
+                let staged = self.stage_small(key, data, sha256).await?;
+                let mut puts = self.commit(vec![(0, staged)], overwrite).await?;
+                Ok(puts.pop().map_or(Put::Written, |(_, put)| put))
             }
         }
+    }
+
+    /// Writes a small object to its staging name at a folder sink, neither durable nor
+    /// published yet: [`Sink::commit`] does both for many at once, which costs the disk one
+    /// wait for all of them instead of one each. The data's buffers go back to the budget as
+    /// soon as they are written.
+    pub async fn stage_small(
+        &self,
+        key: &str,
+        data: PutPayload,
+        sha256: &str,
+    ) -> Result<Staged, TransferError> {
+        let Inner::Folder { root, folders } = &self.inner else {
+            return Err(TransferError::Sink(format!(
+                "{} is not a folder; nothing is staged there",
+                self.name
+            )));
+        };
+        let staging = self.staging_path(root, key, "put")?;
+        let (target, folders) = (root.join(key), folders.clone());
+        let (key, sha256) = (key.to_owned(), sha256.to_owned());
+        self.on_node(move || {
+            let file = write_staging(&staging, &target, data, &sha256, &folders)?;
+            Ok(Staged { file: Some(file), staging, target, key, sha256 })
+        })
+        .await
+    }
+
+    /// Commits staged files (each with its caller's index) exactly once: all made durable
+    /// (`fdatasync`, a few at a time), then each linked create-only or renamed into place,
+    /// then each folder they are in synced once, so every name returned is on disk before the
+    /// caller's checkpoint says so. A name already taken is compared: the same content is
+    /// [`Put::Same`], other content fails the commit. On a failure, the staging files not
+    /// yet published are removed.
+    pub async fn commit(
+        &self,
+        staged: Vec<(usize, Staged)>,
+        overwrite: bool,
+    ) -> Result<Vec<(usize, Put)>, TransferError> {
+        let Inner::Folder { root, .. } = &self.inner else {
+            return Err(TransferError::Sink(format!(
+                "{} is not a folder; nothing is staged there",
+                self.name
+            )));
+        };
+        let root = root.clone();
+        let placed = self
+            .on_node(move || {
+                sync_all_data(&staged)?;
+                let mut placed = Vec::with_capacity(staged.len());
+                let mut keys = Vec::with_capacity(staged.len());
+                for (tag, mut file) in staged {
+                    let written = publish(&file.staging, &file.target, overwrite)?;
+                    // Published (or refused and removed): nothing for Drop to clean up.
+                    file.file = None;
+                    keys.push(file.key.clone());
+                    placed.push((tag, written, file.key.clone(), file.sha256.clone()));
+                }
+                sync_dirs(&folders(&root, &keys))?;
+                Ok(placed)
+            })
+            .await?;
+        let mut puts = Vec::with_capacity(placed.len());
+        for (tag, written, key, sha256) in placed {
+            let put = if written { Put::Written } else { self.compare(&key, &sha256).await? };
+            puts.push((tag, put));
+        }
+        Ok(puts)
     }
 
     /// Starts a large object's upload; nothing is visible under `key` until [`Self::complete`].
@@ -453,7 +569,12 @@ impl Sink {
                             std::fs::File::open(&staging).map_err(|e| folder_error(&final_path, &e))?;
                         file.sync_all().map_err(|e| folder_error(&final_path, &e))?;
                         set_sha256_of(&file, &staging, &sha);
-                        publish(&staging, &final_path, overwrite)
+                        let placed = publish(&staging, &final_path, overwrite)?;
+                        // The name is durable before the caller's checkpoint says it is done.
+                        if let Some(dir) = final_path.parent() {
+                            sync_dirs(&[dir.to_owned()])?;
+                        }
+                        Ok(placed)
                     })
                     .await?;
                 if written { Ok(Put::Written) } else { self.compare(key, sha256).await }
@@ -549,13 +670,7 @@ impl Sink {
     pub async fn sync_folders(&self, keys: &[String]) -> Result<(), TransferError> {
         let Inner::Folder { root, .. } = &self.inner else { return Ok(()) };
         let dirs = folders(root, keys);
-        self.on_node(move || {
-            for dir in dirs.iter().filter(|d| d.exists()) {
-                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| folder_error(dir, &e))?;
-            }
-            Ok(())
-        })
-        .await
+        self.on_node(move || sync_dirs(&dirs)).await
     }
 
     /// After a create-only write found an object there: the same one, or a sentence.
@@ -715,14 +830,15 @@ fn folder_error(path: &Path, error: &std::io::Error) -> TransferError {
     TransferError::Sink(format!("can't write {}: {error}{hint}", path.display()))
 }
 
-/// Writes `data` to a new staging file and makes it durable; sentences name `target`.
+/// Writes `data` to a new staging file (not synced: [`Sink::commit`] does that); sentences
+/// name `target`. The file, still open.
 fn write_staging(
     staging: &Path,
     target: &Path,
     data: PutPayload,
     sha256: &str,
     folders: &Folders,
-) -> Result<(), TransferError> {
+) -> Result<std::fs::File, TransferError> {
     let dir = staging.parent().unwrap_or(Path::new("/"));
     folders.ensure(dir).map_err(|e| folder_error(dir, &e))?;
     let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(staging);
@@ -741,13 +857,12 @@ fn write_staging(
         }
         // The buffers go back to the budget now, not after the disk's wait.
         drop(data);
-        file.sync_data()?;
         Ok(file)
     };
     match file.and_then(write) {
         Ok(file) => {
             set_sha256_of(&file, staging, sha256);
-            Ok(())
+            Ok(file)
         }
         Err(e) => {
             let _ = std::fs::remove_file(staging);
@@ -758,8 +873,8 @@ fn write_staging(
 
 /// Moves a complete staging file to its final name: a hard link that fails if the name is
 /// taken (create-only), or a rename over it (overwrite); then the staging name goes. The
-/// folders are synced once per part ([`Sink::sync_folders`]), not once per file. `false`
-/// when the name was taken.
+/// folders are synced once per commit ([`Sink::commit`]), not once per file. `false` when
+/// the name was taken.
 fn publish(staging: &Path, target: &Path, overwrite: bool) -> Result<bool, TransferError> {
     let placed = if overwrite {
         std::fs::rename(staging, target).map(|()| true)
