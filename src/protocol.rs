@@ -763,7 +763,7 @@ impl RunState {
 }
 
 /// One activity run, as the dispatcher receives it and the admin sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunView {
     pub id: String,
     pub job_id: String,
@@ -800,7 +800,7 @@ pub struct RunView {
 }
 
 /// A job with its runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: String,
     pub gateway_id: String,

@@ -8,7 +8,10 @@
 //!
 //! As root (with util-linux's `setpriv`) the service runs as another user, and the commands
 //! as a member of G and as an outsider: the outsider is refused, by the file's mode and, with
-//! the mode opened by hand, by the server's own check. Without root, everything runs as the
+//! the mode opened by hand, by the server's own check. The window of a member, which can't
+//! read the service's node token, shows the gateway's jobs, asked for through the socket: the
+//! test runs itself again under setpriv as that member (its [`ROLE`] variable says which part
+//! to play), and as an outsider, who gets no jobs. Without root, everything runs as the
 //! test's user with its primary group as G (the peer check's rules are unit-tested in
 //! `node::control::access`). Users and groups are bare numbers: nothing is added to the system.
 
@@ -22,7 +25,7 @@ use common::window::Window;
 use gatehouse::gui::ops::OpKind;
 use gatehouse::gui::{ServiceState, Tab};
 use gatehouse::node::control::{ControlClient, find_service, socket_path};
-use gatehouse::protocol::NodeState;
+use gatehouse::protocol::{NodeState, RunState};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -35,6 +38,8 @@ const GROUP_GID: u32 = 4242;
 const MEMBER_UID: u32 = 4243;
 const OUTSIDER_UID: u32 = 4244;
 const BINARY: &str = env!("CARGO_BIN_EXE_gatehouse");
+/// Set when this test binary runs itself as another user: the part it plays there.
+const ROLE: &str = "GATEHOUSE_TEST_ROLE";
 
 /// Whether processes can be run as other users here.
 fn cross_user() -> bool {
@@ -118,7 +123,7 @@ fn files(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
 
 /// A registered node in its own "service home", run with a control group.
 struct SystemService {
-    _hub: Hub,
+    hub: Hub,
     node: Node,
     process: Spawned,
     /// Who runs it (`None`: this test's user) and the group its socket is shared with.
@@ -152,7 +157,7 @@ impl SystemService {
             }
             runtime.block_on(ControlClient::connect(&dir)).ok().flatten().is_some()
         });
-        SystemService { _hub: hub, node, process, runner, group }
+        SystemService { hub, node, process, runner, group }
     }
 
     fn dir(&self) -> &Path {
@@ -318,4 +323,116 @@ fn a_window_without_a_node_of_its_own_attaches_to_the_system_service_and_changes
         matches!(&app.state.service, ServiceState::Stopped { reason: Some(r) } if r.contains("sudo systemctl start gatehouse-node"))
     });
     assert!(!socket_path(own.path()).exists(), "Start ran a node in the window's own data dir");
+}
+
+#[test]
+fn a_members_window_shows_the_system_services_jobs_and_an_outsider_gets_none() {
+    if let Ok(role) = std::env::var(ROLE) {
+        play(&role);
+        return;
+    }
+    let mut service = SystemService::start();
+    let dir = service.dir().to_owned();
+    let spec = serde_json::json!({ "name": "nightly-echo", "activities": [{ "kind": "echo", "message": "hi", "partitions": 2 }] });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), spec.to_string()).unwrap();
+    let hub = &service.hub;
+    let id =
+        hub.admin(&["job", "submit", "gw", file.path().to_str().unwrap()])["id"].as_str().unwrap().to_owned();
+    wait_until(LIMIT, "the job to succeed", || hub.admin(&["job", "show", &id])["state"] == "succeeded");
+
+    if service.runner.is_none() {
+        // The window is the service's own user's: it still asks through the socket.
+        let own = tempfile::tempdir().unwrap();
+        window_shows_the_jobs(own.path(), &dir, &id);
+        return;
+    }
+    let member = As { uid: MEMBER_UID, gid: MEMBER_UID, groups: &[GROUP_GID] };
+    let own = own_dir(Some(member));
+    run_as(member, "member", &[("GATEHOUSE_TEST_OWN", own.path()), ("GATEHOUSE_TEST_SERVICE", &dir)], &id);
+
+    // An outsider asking for the jobs is stopped by the way to the socket…
+    let outsider = As { uid: OUTSIDER_UID, gid: OUTSIDER_UID, groups: &[] };
+    run_as(outsider, "outsider", &[("GATEHOUSE_TEST_SERVICE", &dir)], &id);
+    // …and, with the modes opened by hand, by the server, which hangs up on it.
+    let socket = socket_path(&dir);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    run_as(outsider, "outsider", &[("GATEHOUSE_TEST_SERVICE", &dir)], &id);
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)).unwrap();
+    wait_until(LIMIT, "the service to log the refusal", || {
+        let log = service.process.stderr();
+        log.contains("refused a connection from another user") && log.contains(&OUTSIDER_UID.to_string())
+    });
+    assert!(service.process.child.try_wait().unwrap().is_none(), "the service stopped");
+}
+
+/// Runs this test again as `who`, playing `role` with `env` and the job `id`; it must pass.
+fn run_as(who: As, role: &str, env: &[(&str, &Path)], id: &str) {
+    let test = "a_members_window_shows_the_system_services_jobs_and_an_outsider_gets_none";
+    let groups: Vec<String> = who.groups.iter().map(u32::to_string).collect();
+    let mut command = Command::new("setpriv");
+    command.arg(format!("--reuid={}", who.uid)).arg(format!("--regid={}", who.gid));
+    if groups.is_empty() {
+        command.arg("--clear-groups");
+    } else {
+        command.arg(format!("--groups={}", groups.join(",")));
+    }
+    command.arg("--").arg(std::env::current_exe().unwrap()).args([test, "--exact", "--nocapture"]);
+    command.env(ROLE, role).env("GATEHOUSE_TEST_JOB", id).env("HOME", "/nonexistent");
+    command.env_remove("GATEHOUSE_HOME").env_remove("GATEHOUSE_SERVICE_HOME");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = spawn(command, format!("this test as uid {} ({role})", who.uid));
+    let status = child.wait_timeout(2 * LIMIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "as uid {} ({role}) it failed or didn't end ({status:?}):\n{}",
+        who.uid,
+        child.stderr()
+    );
+}
+
+/// The part this test plays when it runs itself as another user.
+fn play(role: &str) {
+    let var = |name: &str| PathBuf::from(std::env::var_os(name).unwrap());
+    let dir = var("GATEHOUSE_TEST_SERVICE");
+    let id = std::env::var("GATEHOUSE_TEST_JOB").unwrap();
+    match role {
+        "member" => {
+            // What the window couldn't do before: the node token is the service user's alone.
+            assert!(std::fs::read(dir.join("node.toml")).is_err(), "a member read the service's files");
+            window_shows_the_jobs(&var("GATEHOUSE_TEST_OWN"), &dir, &id);
+        }
+        "outsider" => match runtime().block_on(ControlClient::jobs(&dir, 20)) {
+            Ok(jobs) => panic!("an outsider was given the gateway's jobs: {jobs:?}"),
+            Err(e) => eprintln!("refused as it should be: {e}"),
+        },
+        other => panic!("no such role {other:?}"),
+    }
+}
+
+/// A window on `own` (no node) attaches to the service of `dir` and its Jobs tab lists the job
+/// `id` with the runs the service's node ran.
+fn window_shows_the_jobs(own: &Path, dir: &Path, id: &str) {
+    let mut window = Window::open_attaching(own, dir, Tab::Jobs);
+    window.wait_for("the window to attach to the system service", LIMIT, |app| {
+        matches!(&app.state.service, ServiceState::Attached { system: true, data_dir, .. } if data_dir == dir)
+    });
+    window.wait_for("the Jobs tab to list the job with its runs", LIMIT, |app| {
+        matches!(&app.state.jobs, Some(Ok(jobs)) if jobs.iter().any(|j| j.id == id && j.runs.len() >= 2))
+    });
+    window.harness.step();
+    let jobs = window.harness.state().state.jobs.clone().unwrap().unwrap();
+    let job = jobs.iter().find(|j| j.id == id).unwrap();
+    assert_eq!(job.name, "nightly-echo");
+    for run in &job.runs {
+        assert_eq!(run.node_name.as_deref(), Some("svc"), "{run:?}");
+        assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+        assert_eq!(run.attempts.len(), 1, "{run:?}");
+    }
+    assert!(window.shows(&format!("nightly-echo — succeeded ({id})")), "the job isn't drawn");
+    assert!(!socket_path(own).exists(), "the window started a second service");
 }

@@ -8,7 +8,9 @@
 //! Attached to a service of another user (the system service), the window can't write that
 //! data dir (its files are the service user's alone, and root's writes would leave files the
 //! service can't read): it watches, stops and tests through the control socket, reads the
-//! settings through it, and answers every Settings change with the command to run instead.
+//! settings and the Jobs tab's list through it (the service asks the hub with its own node
+//! token), and answers every Settings change with the command to run instead. The Jobs tab of
+//! any watched service, the same user's `node run` too, comes through the socket.
 
 use eframe::egui;
 
@@ -361,26 +363,7 @@ impl Backend {
             Request::Stop => self.stop().await,
             Request::TestConnections => self.test_connections(),
             Request::Op(op) => self.op(op).await,
-            Request::Jobs => {
-                // Only read: the node's token from the data dir of the service shown (root
-                // may read the system service's; its group may not).
-                let store = Store::new(self.service_dir());
-                let foreign = self.elsewhere().is_some();
-                let events = self.events.clone();
-                // Off the request loop: a slow hub mustn't hold up Stop or an operation.
-                tokio::spawn(async move {
-                    let jobs = node::recent_jobs(&store, JOBS_SHOWN).await.map_err(|e| {
-                        if foreign {
-                            format!(
-                                "{e}; the node's token is readable by the service's user and root only: an administrator lists the jobs with the hub's admin token (gatehouse job list GATEWAY --hub URL)"
-                            )
-                        } else {
-                            e.to_string()
-                        }
-                    });
-                    events.send(Event::Jobs(jobs));
-                });
-            }
+            Request::Jobs => self.jobs(),
             Request::AddNodeKey => {
                 let (store, events) = (self.store.clone(), self.events.clone());
                 tokio::spawn(async move {
@@ -390,6 +373,36 @@ impl Backend {
             }
             Request::HubAccess(access) => self.hub_access(access).await,
         }
+    }
+
+    /// Fetches the Jobs tab's list, off the request loop (a slow hub mustn't hold up Stop or
+    /// an operation). A service the window watches answers through its control socket, having
+    /// asked the hub with its own node token, which the window may not be able to read (the
+    /// system service's is its user's and root's only); a node the window runs itself is
+    /// asked for with this data dir's token.
+    fn jobs(&self) {
+        let events = self.events.clone();
+        if let Some(attached) = &self.attached {
+            let dir = attached.service.dir.clone();
+            tokio::spawn(async move {
+                let jobs = ControlClient::jobs(&dir, JOBS_SHOWN).await.map_err(|e| e.to_string());
+                events.send(Event::Jobs(jobs));
+            });
+            return;
+        }
+        if let Some(dir) = self.elsewhere() {
+            // The system service this window showed has stopped: nobody can ask the hub.
+            events.send(Event::Jobs(Err(format!(
+                "the node service of {} isn't running; its gateway's jobs show here again once it runs",
+                dir.display()
+            ))));
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let jobs = node::recent_jobs(&store, JOBS_SHOWN).await.map_err(|e| e.to_string());
+            events.send(Event::Jobs(jobs));
+        });
     }
 
     /// Moves the embedded hub: the service (and the hub) this window runs stop, the hub moves,
@@ -419,8 +432,7 @@ impl Backend {
         self.events.send(Event::HubAccess(moved.map(|m| m.to_string()).map_err(|e| e.to_string())));
         if was_running {
             // Its own again, not a socket the stopped service may still hold for a moment.
-            self.generation += 1;
-            self.events.send(Event::Service(ServiceState::Starting));
+            self.starting();
             self.start_own_service().await;
         }
     }
@@ -578,12 +590,18 @@ impl Backend {
         if self.node.is_some() || self.attached.is_some() {
             return;
         }
-        self.generation += 1;
-        self.events.send(Event::Service(ServiceState::Starting));
+        self.starting();
         if self.attach().await {
             return;
         }
         self.start_own_service().await;
+    }
+
+    /// A new start of the service begins: later word about an earlier one is ignored, and the
+    /// window says Starting.
+    fn starting(&mut self) {
+        self.generation += 1;
+        self.events.send(Event::Service(ServiceState::Starting));
     }
 
     /// Runs this data dir's node in this process (after [`Backend::start_service`] found no
@@ -667,6 +685,7 @@ impl Backend {
                     | ControlEvent::Tested(_)
                     | ControlEvent::Settings(_)
                     | ControlEvent::Updating { .. }
+                    | ControlEvent::Jobs(_)
                     | ControlEvent::Failed { .. } => {}
                 }
             }

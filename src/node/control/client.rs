@@ -1,13 +1,15 @@
 //! The control socket's client: connects to the service of a data dir (none running is
 //! `None`, not an error), watches it, asks it to stop, has it run the connection tests or
-//! asks for its settings; and [`find_service`], which picks the service a window or `node
-//! status|start|stop|restart` uses: its own data dir's, else the system service's.
+//! asks for its settings or the gateway's recent jobs; and [`find_service`], which picks the
+//! service a window or `node status|start|stop|restart` uses: its own data dir's, else the
+//! system service's.
 
 use super::wire::{
     ANSWER_TIMEOUT, CONNECTION_TEST_TIMEOUT, ConnectionTest, ControlError, ControlEvent, ControlRequest,
     Hello, WATCH_BUFFER, connect_error, read_event, request, socket_path, timed,
 };
 use crate::node::store::NodeSettings;
+use crate::protocol::JobView;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -115,6 +117,22 @@ impl ControlClient {
         let (mut read, _write) = request(client.stream, ControlRequest::Update).await?;
         match timed(read_event(&mut read)).await? {
             ControlEvent::Updating { from, to } => Ok((from, to)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The gateway's newest `limit` jobs (at most [`MAX_JOBS`](super::MAX_JOBS)) with their
+    /// runs, which the service of `dir` fetches from the hub with its own node token: for a
+    /// window that can't read that token (attached to the system service) or needn't.
+    pub async fn jobs(dir: &Path, limit: u32) -> Result<Vec<JobView>, ControlError> {
+        let client = Self::running(dir).await?;
+        let (mut read, _write) = request(client.stream, ControlRequest::Jobs { limit }).await?;
+        // The service may take ANSWER_TIMEOUT to hear from the hub, and as long to send it.
+        let answer = tokio::time::timeout(2 * ANSWER_TIMEOUT, read_event(&mut read))
+            .await
+            .map_err(|_| ControlError::Timeout)??;
+        match answer {
+            ControlEvent::Jobs(jobs) => Ok(jobs),
             other => Err(unexpected(&other)),
         }
     }

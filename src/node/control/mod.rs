@@ -23,5 +23,5 @@ pub(crate) use diagnostics::run_connection_tests;
 pub use server::{ControlSocket, ControlTarget, serve};
 pub use wire::{
     ANSWER_TIMEOUT, CONNECTION_TEST_TIMEOUT, ConnectionTest, ControlError, ControlEvent, ControlRequest,
-    Hello, MAX_FRAME_BYTES, SOCKET_FILE, socket_path,
+    Hello, MAX_FRAME_BYTES, MAX_JOBS, SOCKET_FILE, socket_path,
 };

@@ -2,16 +2,19 @@
 //! an flock on the data dir, refusing while a live service answers there), accepts only the
 //! connections [`access`](super::access) lets in (the socket owner's, root's, and with a
 //! control group its members'), and serves each request: a watch (hello, status, log lines),
-//! a stop, the connection tests through the running service, or the settings.
+//! a stop, the connection tests through the running service, the settings, an update, or the
+//! gateway's recent jobs (fetched from the hub with the service's own node token).
 
 use super::access::{self, ControlGroup, Peer};
 use super::wire::{
     ANSWER_TIMEOUT, CONNECTION_TEST_TIMEOUT, ControlError, ControlEvent, ControlRequest, Hello,
-    connect_error, read_event, read_frame, request, socket_path, timed, write_event,
+    MAX_FRAME_BYTES, MAX_JOBS, connect_error, read_event, read_frame, request, socket_path, timed,
+    write_event,
 };
 use crate::node::logs::LogFeed;
 use crate::node::store::Store;
 use crate::node::{NodeCommand, NodeHandle, NodeStatus};
+use crate::protocol::JobView;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -363,6 +366,7 @@ async fn answer(
             let answer = update_through_service(&target).await;
             write_event(&mut write, &answer).await
         }
+        Ok(ControlRequest::Jobs { limit }) => write_event(&mut write, &jobs_of(&dir, limit).await).await,
     };
     if let Err(e) = result {
         tracing::debug!("control socket: {e}");
@@ -378,6 +382,55 @@ fn settings_of(dir: &Path) -> ControlEvent {
         }
         Err(e) => ControlEvent::Failed { message: e.to_string() },
     }
+}
+
+/// The gateway's newest `limit` jobs, fetched from the hub with the node token of the data
+/// dir `dir` (this service's own, which the asking window may not be able to read), cut to
+/// what one message holds.
+async fn jobs_of(dir: &Path, limit: u32) -> ControlEvent {
+    let store = Store::new(dir);
+    let fetched = tokio::time::timeout(ANSWER_TIMEOUT, crate::node::recent_jobs(&store, limit.min(MAX_JOBS)));
+    match fetched.await {
+        Ok(Ok(jobs)) => fitting(jobs, MAX_FRAME_BYTES),
+        Ok(Err(e)) => ControlEvent::Failed { message: e.to_string() },
+        Err(_) => ControlEvent::Failed {
+            message: format!(
+                "the hub didn't list the gateway's jobs within {} s; check the node's connection to it (Diagnostics)",
+                ANSWER_TIMEOUT.as_secs()
+            ),
+        },
+    }
+}
+
+/// `jobs` (newest first) as a [`ControlEvent::Jobs`] of at most `max_bytes`: each run without
+/// its part and checkpoint (a copy's file list and resume point, which the Jobs tab doesn't
+/// show), and the oldest jobs left off while the rest wouldn't fit.
+fn fitting(mut jobs: Vec<JobView>, max_bytes: usize) -> ControlEvent {
+    for run in jobs.iter_mut().flat_map(|job| job.runs.iter_mut()) {
+        run.part = None;
+        run.checkpoint = None;
+    }
+    // The event's own bytes around the list, `{"event":"jobs","data":[]}`, then each job and
+    // the comma before all but the first.
+    let mut size = serde_json::to_vec(&ControlEvent::Jobs(Vec::new())).map_or(0, |v| v.len());
+    let mut kept = 0;
+    for job in &jobs {
+        size += serde_json::to_vec(job).map_or(usize::MAX / 2, |v| v.len()) + usize::from(kept > 0);
+        if size > max_bytes {
+            break;
+        }
+        kept += 1;
+    }
+    if kept == 0 && !jobs.is_empty() {
+        return ControlEvent::Failed {
+            message: format!(
+                "the gateway's newest job ({}) has too many runs to send over the control socket; look at it with: gatehouse job show {} --hub URL",
+                jobs[0].name, jobs[0].id
+            ),
+        };
+    }
+    jobs.truncate(kept);
+    ControlEvent::Jobs(jobs)
 }
 
 /// A proxy URL with the password of its `user:password@` (if any) replaced by `***`.
@@ -584,6 +637,66 @@ mod tests {
                 assert!(!socket_path(dir.path()).exists(), "round {round}: the socket was left behind");
             }
         });
+    }
+
+    fn job(id: &str, files: usize) -> JobView {
+        let listed: Vec<_> = (0..files)
+            .map(|i| serde_json::json!({ "path": format!("f{i}.csv"), "size": 1, "modified_ms": 0 }))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "id": id, "gateway_id": "g1", "name": format!("nightly-{id}"), "state": "running",
+            "created_ms": 0,
+            "runs": [{
+                "id": "r1", "job_id": id, "activity_index": 0, "partition": 1,
+                "activity": {"kind": "sleep", "millis": 1}, "state": "running", "attempt": 1,
+                "node_id": "n1", "node_name": "n1", "progress": null, "result": null, "error": null,
+                "queued_ms": 0, "finished_ms": null,
+                "part": {"kind": "files", "files": listed}, "checkpoint": {"done": 3},
+            }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_jobs_answer_leaves_out_parts_and_checkpoints_then_the_oldest_jobs_that_dont_fit() {
+        let jobs = vec![job("j3", 500), job("j2", 500), job("j1", 500)];
+        let ControlEvent::Jobs(all) = fitting(jobs.clone(), MAX_FRAME_BYTES) else { panic!("not jobs") };
+        assert_eq!(all.len(), 3);
+        assert!(all[0].runs[0].part.is_none() && all[0].runs[0].checkpoint.is_none());
+        assert_eq!(all[0].runs[0].node_name.as_deref(), Some("n1"));
+
+        // Room for two jobs as sent: the newest two are kept, and the message fits.
+        let one = serde_json::to_vec(&all[0]).unwrap().len();
+        let limit = serde_json::to_vec(&ControlEvent::Jobs(all[..2].to_vec())).unwrap().len();
+        assert!(limit < 3 * one);
+        match fitting(jobs.clone(), limit) {
+            ControlEvent::Jobs(kept) => {
+                assert_eq!(kept.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["j3", "j2"]);
+                assert!(serde_json::to_vec(&ControlEvent::Jobs(kept)).unwrap().len() <= limit);
+            }
+            other => panic!("{other:?}"),
+        }
+        match fitting(jobs, one / 2) {
+            ControlEvent::Failed { message } => {
+                assert!(message.contains("gatehouse job show j3"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fitting(Vec::new(), 10), ControlEvent::Jobs(Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn jobs_asked_of_a_service_without_a_node_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, _status, _logs) = target();
+        let shutdown = CancellationToken::new();
+        let task = serve(dir.path(), target, shutdown.clone()).await.unwrap();
+        match ControlClient::jobs(dir.path(), 20).await {
+            Err(ControlError::Failed(message)) => assert!(message.contains("not registered"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[test]

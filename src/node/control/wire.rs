@@ -6,6 +6,7 @@
 use crate::node::NodeStatus;
 use crate::node::logs::LogLine;
 use crate::node::store::{NodeSettings, StoreError};
+use crate::protocol::JobView;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,7 +49,14 @@ pub enum ControlRequest {
     /// Update to the release the hub offers (`node update`); answered with
     /// [`ControlEvent::Updating`] once the update is under way, or why not.
     Update,
+    /// The gateway's newest `limit` jobs (at most [`MAX_JOBS`]) with their runs and attempts,
+    /// which the service fetches from the hub with its own node token, for a window that
+    /// can't read that token (the Jobs tab); answered with [`ControlEvent::Jobs`]. Read only.
+    Jobs { limit: u32 },
 }
+
+/// The most jobs one [`ControlRequest::Jobs`] answers with.
+pub const MAX_JOBS: u32 = 100;
 
 /// Who answers on the socket: the first event of a watch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +87,10 @@ pub enum ControlEvent {
     Settings(Box<NodeSettings>),
     /// An update is under way, from this version to that one.
     Updating { from: String, to: String },
+    /// The gateway's recent jobs, newest first, as the hub listed them, each run without its
+    /// part (a copy's file list) and checkpoint, which the Jobs tab doesn't show; the oldest
+    /// are left off when all of them wouldn't fit in one message.
+    Jobs(Vec<JobView>),
     /// The request couldn't be served, with why, as a sentence.
     Failed { message: String },
 }
@@ -271,5 +283,13 @@ mod tests {
         assert!(text.starts_with(r#"{"event":"tested","data":[{"target":"hub""#), "{text}");
         assert_eq!(serde_json::from_str::<ControlEvent>(&text).unwrap(), event);
         assert_eq!(serde_json::to_string(&ControlEvent::Stopping).unwrap(), r#"{"event":"stopping"}"#);
+        assert_eq!(
+            serde_json::to_string(&ControlRequest::Jobs { limit: 20 }).unwrap(),
+            r#"{"op":"jobs","limit":20}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ControlEvent::Jobs(Vec::new())).unwrap(),
+            r#"{"event":"jobs","data":[]}"#
+        );
     }
 }
