@@ -18,6 +18,7 @@ pub mod hub;
 pub mod machine;
 pub mod node;
 pub mod paths;
+pub mod pinned_tls;
 pub mod protocol;
 pub mod release;
 pub mod transfer;
