@@ -681,9 +681,7 @@ enum Trust {
 
 fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let setup = |e: rustls::Error| ClientError::Setup(e.to_string());
     let config = match trust {
         Trust::Roots(extra) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -693,76 +691,17 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
                     .add(cert.clone())
                     .map_err(|e| ClientError::Setup(format!("an extra root certificate is unusable: {e}")))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(setup)?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
         }
-        Trust::Pin(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider }))
-            .with_no_client_auth(),
+        // The pin came with the auth key, from the hub itself: whoever issued the certificate
+        // doesn't matter, only that it is the one the hub showed.
+        Trust::Pin(pin) => crate::pinned_tls::client_config(provider, pin.0).map_err(setup)?,
     };
     Ok(config)
-}
-
-/// Trusts exactly the server certificate whose SHA-256 is the pin (compared in constant
-/// time), whoever issued it and whatever names it holds: the pin came with the auth key, from
-/// the hub itself. The handshake's signature is still checked against that certificate's key,
-/// so only the holder of its private key can pass.
-#[derive(Debug)]
-struct PinVerifier {
-    pin: CertPin,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use sha2::Digest as _;
-        use subtle::ConstantTimeEq as _;
-        let seen: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
-        if bool::from(seen.ct_eq(&self.pin.0)) {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// The innermost cause of an error: "Connection refused (os error 111)" rather than

@@ -19,6 +19,7 @@ pub mod machine;
 pub mod node;
 pub mod paths;
 pub mod prometheus;
+pub mod pinned_tls;
 pub mod protocol;
 pub mod release;
 pub mod transfer;

@@ -101,7 +101,8 @@ fn every_source_file_opens_with_a_module_doc() {
 
 /// The arrows DESIGN.md §1 forbids, per part: `cli → host → {hub, node}`, `gui → host, node`,
 /// `node → transfer, cert`, `hub → cert`; `hub` and `node` share only `protocol` and neutral
-/// helpers (`machine`, `encoding`, `paths`, `release`, `prometheus`); nothing but the CLI's entry point opens the GUI.
+/// helpers (`machine`, `encoding`, `paths`, `release`, `prometheus`, `pinned_tls`); nothing but
+/// the CLI's entry point opens the GUI.
 /// Departures ARCHITECTURE.md names are allowed: `hub → transfer` (the spec check), `node →
 /// client` (the node's own HTTP client of the hub).
 const FORBIDDEN: &[(&str, &[&str])] = &[
@@ -115,6 +116,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("machine", &["hub", "node", "host", "gui", "cli", "client", "transfer", "cert", "protocol"]),
     ("release", &["hub", "node", "host", "gui", "cli", "client", "transfer", "cert", "protocol"]),
     ("prometheus", &["hub", "node", "host", "gui", "cli", "client", "transfer", "cert"]),
+    ("pinned_tls", &["hub", "node", "host", "gui", "cli", "client", "transfer", "cert", "protocol"]),
 ];
 
 /// The certificate checker is pure: it may use only these helpers.

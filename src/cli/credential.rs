@@ -25,14 +25,14 @@ pub enum CredentialCommand {
     /// first line of standard input, or asked for without echo on a terminal (never an
     /// argument), and sealed on this machine for each node.
     #[command(after_help = AFTER_HELP)]
-    Set(SetArgs),
+    Set(CredentialArgs),
     /// List a gateway's credentials (names and versions, never values): which nodes are
     /// behind or ahead, and why.
     #[command(after_help = AFTER_HELP)]
     List(ListArgs),
     /// Delete a credential on every node of a gateway.
     #[command(after_help = AFTER_HELP)]
-    Delete(DeleteArgs),
+    Delete(CredentialArgs),
 }
 
 const AFTER_HELP: &str = "\
@@ -56,8 +56,10 @@ pub struct TrustArgs {
     pub no_system_roots: bool,
 }
 
+/// One credential of a gateway, and how to reach the hub and trust the nodes: what `set` and
+/// `delete` both take.
 #[derive(Debug, Args)]
-pub struct SetArgs {
+pub struct CredentialArgs {
     /// The credential's name, as job specs name it (letters, digits, '-', '_', '.').
     pub name: String,
     /// The gateway (name or id).
@@ -70,18 +72,8 @@ pub struct SetArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DeleteArgs {
-    pub name: String,
-    #[arg(long)]
-    pub gateway: String,
-    #[command(flatten)]
-    pub trust: TrustArgs,
-    #[command(flatten)]
-    pub connection: Connection,
-}
-
-#[derive(Debug, Args)]
 pub struct ListArgs {
+    /// The gateway (name or id).
     #[arg(long)]
     pub gateway: String,
     #[command(flatten)]
@@ -93,11 +85,9 @@ pub fn run(command: CredentialCommand) -> anyhow::Result<ExitCode> {
         CredentialCommand::Set(args) => {
             // Read before anything goes to the hub, so a prompt isn't raced by output.
             let value = read_value(&args.name)?;
-            execute(send(args.gateway, args.name, Some(value), args.trust, args.connection))
+            execute(send(args, Some(value)))
         }
-        CredentialCommand::Delete(args) => {
-            execute(send(args.gateway, args.name, None, args.trust, args.connection))
-        }
+        CredentialCommand::Delete(args) => execute(send(args, None)),
         CredentialCommand::List(args) => execute(list(args)),
     }
 }
@@ -147,13 +137,8 @@ impl Drop for NoEcho {
 }
 
 /// Seals `value` (`None`: the deletion) for every node of the gateway and sends it.
-async fn send(
-    gateway: String,
-    name: String,
-    value: Option<String>,
-    trust: TrustArgs,
-    connection: Connection,
-) -> anyhow::Result<()> {
+async fn send(args: CredentialArgs, value: Option<String>) -> anyhow::Result<()> {
+    let CredentialArgs { name, gateway, trust, connection } = args;
     let client = connection.client()?;
     let view = client.credentials(&gateway).await?;
     let current = view.credentials.iter().find(|c| c.name == name);

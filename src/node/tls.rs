@@ -4,16 +4,10 @@
 //! certificate can't talk to its peers, and the hub shows it Inactive.
 
 use crate::cert::{Identity, KeyEncoding};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer, ServerName,
-    UnixTime,
 };
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::Digest as _;
 use std::sync::Arc;
-use subtle::ConstantTimeEq as _;
 
 /// Both ends of the encrypted peer channel for one identity.
 #[derive(Clone)]
@@ -32,20 +26,23 @@ impl PeerTls {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
-        let verifier = PinnedCertificate {
-            thumbprint: identity.thumbprint_sha256.to_ascii_uppercase(),
-            algorithms: provider.signature_verification_algorithms,
-        };
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+        let client = crate::pinned_tls::client_config(provider, thumbprint(identity)?)?;
         Ok(PeerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
         })
     }
+}
+
+/// The identity's thumbprint as the 32 bytes peers pin.
+fn thumbprint(identity: &Identity) -> Result<[u8; 32], rustls::Error> {
+    crate::encoding::hex_decode(&identity.thumbprint_sha256)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| {
+            rustls::Error::General(
+                "the gateway certificate's SHA-256 thumbprint in the node's secrets is not 64 hex digits; set the gateway's certificate again".to_owned(),
+            )
+        })
 }
 
 /// The identity's private key as rustls takes it.
@@ -62,51 +59,4 @@ pub fn server_name(address: &str) -> ServerName<'static> {
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']']);
     ServerName::try_from(host.to_owned())
         .unwrap_or_else(|_| ServerName::try_from("gatehouse-peer").unwrap_or_else(|_| unreachable!()))
-}
-
-/// Trusts exactly one certificate: the gateway's.
-#[derive(Debug)]
-struct PinnedCertificate {
-    thumbprint: String,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = crate::encoding::hex(&sha2::Sha256::digest(end_entity.as_ref())).to_ascii_uppercase();
-        if bool::from(presented.as_bytes().ct_eq(self.thumbprint.as_bytes())) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }

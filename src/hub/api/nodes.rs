@@ -8,11 +8,12 @@ use super::gateways::validate_name;
 use super::jobs::recent_jobs;
 use super::join_keys;
 use crate::hub::audit::{self, Actor};
-use crate::hub::db::{GatewayRow, NewNode, NodeRow, now_ms};
+use crate::hub::db::{GatewayRow, LeaseState, NewNode, NodeRow, now_ms};
 use crate::hub::error::ApiError;
 use crate::hub::{HubState, auth, status};
 use crate::protocol::{
     Heartbeat, HeartbeatResponse, JobView, NodeState, Peer, RegisterRequest, RegisterResponse, Role,
+    SealedCredential,
 };
 use axum::Json;
 use axum::extract::State;
@@ -131,16 +132,36 @@ pub(super) async fn announce_key(
     Ok(())
 }
 
-#[allow(clippy::too_many_lines, reason = "one beat: recorded, then each part of the answer in turn")]
 pub(super) async fn heartbeat(
     State(state): State<HubState>,
     NodeAuth(node): NodeAuth,
     ApiJson(beat): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let recorded = record_heartbeat(&state, &node, beat).await?;
+    Ok(Json(answer(&state, &node, recorded).await?))
+}
+
+/// A beat taken in: the gateway and its nodes as they stand with it, their statuses, the
+/// lease as it is now, and the node's sealed credentials to hand out.
+struct Recorded {
+    now: i64,
+    gateway: GatewayRow,
+    nodes: Vec<NodeRow>,
+    computed: status::GatewayStatus,
+    mine: status::NodeStatus,
+    lease: LeaseState,
+    sealed_credentials: Vec<SealedCredential>,
+    key_proof_wanted: bool,
+}
+
+/// Takes the beat in: requeues a restarted node's runs, audits a change of its credential
+/// names, takes its announced key, computes the statuses with it, renews or reads the lease,
+/// and writes the heartbeat.
+async fn record_heartbeat(state: &HubState, node: &NodeRow, beat: Heartbeat) -> Result<Recorded, ApiError> {
     // The database's clock on PostgreSQL: every hub on it agrees on leases and Offline.
     let now = state.db.clock_ms().await?;
     if beat.restarted {
-        crate::hub::requeue_runs_of_restarted(&state, &node.id, &node.name, now).await?;
+        crate::hub::requeue_runs_of_restarted(state, &node.id, &node.name, now).await?;
     }
     let mut nodes = state.db.nodes(&node.gateway_id).await?;
     let peer_address = match beat.peer_address.as_deref().map(str::trim) {
@@ -152,17 +173,17 @@ pub(super) async fn heartbeat(
     {
         let gateway = state.db.gateway(&node.gateway_id).await?;
         let detail = format!("credentials on node '{}': {change}", node.name);
-        audit::record(&state, gateway.as_ref(), Actor::Node(node.name.clone()), "credentials.change", detail)
+        audit::record(state, gateway.as_ref(), Actor::Node(node.name.clone()), "credentials.change", detail)
             .await;
     }
     if let Some(key) = public_key(beat.public_key.as_deref())?
         && let Some(me) = nodes.iter_mut().find(|n| n.id == node.id)
         && me.public_key != key
     {
-        announce_key(&state, &node, &mut me.public_key, key).await?;
+        announce_key(state, node, &mut me.public_key, key).await?;
     }
     let (sealed_credentials, key_proof_wanted) =
-        super::credentials::for_heartbeat(&state, &node, &beat.metrics, beat.key_proof.as_ref()).await?;
+        super::credentials::for_heartbeat(state, node, &beat.metrics, beat.key_proof.as_ref()).await?;
     if let Some(me) = nodes.iter_mut().find(|n| n.id == node.id) {
         me.peer_address = peer_address;
         me.last_heartbeat_ms = Some(now);
@@ -191,20 +212,23 @@ pub(super) async fn heartbeat(
     // The heartbeat is written after the lease is taken, so nobody reads this node Online
     // before it holds the lease it is about to take (a view of a lone node said "worker").
     if let Some(me) = nodes.iter().find(|n| n.id == node.id) {
-        state.db.heartbeat(&node, &me.version, &me.metrics, &me.peer_address, now, nodes.len() == 1).await?;
+        state.db.heartbeat(node, &me.version, &me.metrics, &me.peer_address, now, nodes.len() == 1).await?;
     }
-    let role =
-        if lease.holder.as_deref() == Some(node.id.as_str()) { Role::Dispatcher } else { Role::Worker };
-    let bandwidth_bytes_per_second = bandwidth_share(&state, &gateway, &node.id, now).await?;
-    let update = super::releases::heartbeat_offer(
-        &state,
-        &gateway,
-        &nodes,
-        &node.id,
-        computed.version.as_deref(),
-        now,
-    )
-    .await?;
+    Ok(Recorded { now, gateway, nodes, computed, mine, lease, sealed_credentials, key_proof_wanted })
+}
+
+/// The heartbeat's answer to a recorded beat: the node's role and status, the gateway's, its
+/// peers, its bandwidth share, and an update offer.
+async fn answer(state: &HubState, node: &NodeRow, recorded: Recorded) -> Result<HeartbeatResponse, ApiError> {
+    let Recorded { now, gateway, nodes, computed, mine, lease, sealed_credentials, key_proof_wanted } =
+        recorded;
+    let role_of = |id: &str| {
+        if lease.holder.as_deref() == Some(id) { Role::Dispatcher } else { Role::Worker }
+    };
+    let bandwidth_bytes_per_second = bandwidth_share(state, &gateway, &node.id, now).await?;
+    let update =
+        super::releases::heartbeat_offer(state, &gateway, &nodes, &node.id, computed.version.as_deref(), now)
+            .await?;
     let peers = nodes
         .iter()
         .zip(&computed.nodes)
@@ -217,17 +241,13 @@ pub(super) async fn heartbeat(
             status: s.state,
             reason: s.reason.clone(),
             version: n.version.clone(),
-            role: if lease.holder.as_deref() == Some(n.id.as_str()) {
-                Role::Dispatcher
-            } else {
-                Role::Worker
-            },
+            role: role_of(&n.id),
             metrics: n.metrics.clone(),
             public_key: n.public_key.clone(),
         })
         .collect();
-    Ok(Json(HeartbeatResponse {
-        role,
+    Ok(HeartbeatResponse {
+        role: role_of(&node.id),
         lease_epoch: lease.epoch,
         lease_expires_in_ms: u64::try_from(lease.expires_ms - now).ok().filter(|_| lease.holder.is_some()),
         status: mine.state,
@@ -243,7 +263,7 @@ pub(super) async fn heartbeat(
         sealed_credentials,
         key_proof_wanted,
         update,
-    }))
+    })
 }
 
 /// What changed between the credential names a node held and holds, in words; `None` if
