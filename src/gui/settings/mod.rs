@@ -1,5 +1,5 @@
 //! The Settings tab, a module a section: encryption and remote access, concurrency, the
-//! gateway's thresholds, the proxy, credentials, the hub's tokens (hub access), backup and
+//! gateway's thresholds, the proxy, credentials, the hub's tokens, backup and
 //! restore, adding a node. Each section owns what is
 //! typed into it and the answers to what it sent, and draws itself from [`State`], pushing
 //! [`Op`](super::ops::Op)s into the [`Outbox`]; this module routes each answer to the section
@@ -14,7 +14,7 @@ mod backup;
 mod concurrency;
 mod credentials;
 mod encryption;
-mod hub_access;
+mod hub_tokens;
 mod proxy;
 mod thresholds;
 
@@ -23,7 +23,7 @@ pub use backup::BackupSection;
 pub use concurrency::ConcurrencySection;
 pub use credentials::CredentialsSection;
 pub use encryption::EncryptionSection;
-pub use hub_access::HubAccessSection;
+pub use hub_tokens::HubTokensSection;
 pub use proxy::ProxySection;
 pub use thresholds::ThresholdsSection;
 
@@ -45,7 +45,7 @@ pub struct SettingsPage {
     pub credentials: CredentialsSection,
     pub backup: BackupSection,
     pub add_node: AddNodeSection,
-    pub hub_access: HubAccessSection,
+    pub hub_tokens: HubTokensSection,
     /// The form fields were filled from the node's settings.
     filled: bool,
 }
@@ -61,9 +61,9 @@ impl SettingsPage {
             // Both sections offer what the admin token allows.
             OpKind::AdminToken => {
                 self.thresholds.done(op, result);
-                self.hub_access.done(op, result);
+                self.hub_tokens.done(op, result);
             }
-            OpKind::HubTokenList | OpKind::HubTokens => self.hub_access.done(op, result),
+            OpKind::HubTokenList | OpKind::HubTokens => self.hub_tokens.done(op, result),
             OpKind::Proxy => self.proxy.answers.done(op, result),
             OpKind::CredentialList | OpKind::Credentials => self.credentials.done(op, result),
             OpKind::Backup | OpKind::Restore => self.backup.answers.done(op, result),
@@ -77,7 +77,7 @@ impl SettingsPage {
             OpKind::Certificate | OpKind::RemotePort => Some(&self.encryption.answers),
             OpKind::Concurrency => Some(&self.concurrency.answers),
             OpKind::Thresholds | OpKind::AdminToken => Some(&self.thresholds.answers),
-            OpKind::HubTokenList | OpKind::HubTokens => Some(&self.hub_access.answers),
+            OpKind::HubTokenList | OpKind::HubTokens => Some(&self.hub_tokens.answers),
             OpKind::Proxy => Some(&self.proxy.answers),
             OpKind::CredentialList | OpKind::Credentials => Some(&self.credentials.answers),
             OpKind::Backup | OpKind::Restore => Some(&self.backup.answers),
@@ -117,7 +117,7 @@ impl SettingsPage {
         }
         self.thresholds.refresh(state, outbox);
         self.credentials.refresh(state, outbox);
-        self.hub_access.refresh(outbox);
+        self.hub_tokens.refresh(outbox);
     }
 }
 
@@ -135,7 +135,7 @@ pub fn settings_ui(
     widgets::section(ui, "Thresholds", |ui| page.thresholds.ui(ui, state, outbox));
     widgets::section(ui, "Proxy", |ui| page.proxy.ui(ui, state, outbox));
     widgets::section(ui, "Credentials", |ui| page.credentials.ui(ui, outbox));
-    widgets::section(ui, "Hub access", |ui| page.hub_access.ui(ui, outbox));
+    widgets::section(ui, "Hub tokens", |ui| page.hub_tokens.ui(ui, outbox));
     widgets::section(ui, "Backup and restore", |ui| page.backup.ui(ui, outbox, worker));
     widgets::section(ui, "Add a node", |ui| page.add_node.ui(ui, state, outbox));
 }
