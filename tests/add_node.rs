@@ -91,7 +91,14 @@ fn the_window_opens_its_hub_and_a_second_machine_joins_with_its_pinned_one_time_
     assert!(window.shows("for this machine only"), "Settings doesn't say the hub is local");
     let port = free_port();
     window.harness.get_by_label("Network address").scroll_to_me();
+    // The scroll is animated: let it settle, or the typing can miss the field (and the hub
+    // would move to this machine's own network address instead of 127.0.0.1).
+    for _ in 0..30 {
+        window.harness.step();
+    }
     window.type_into("Network address", &format!("127.0.0.1:{port}"));
+    let typed = &window.harness.state().settings.add_node.address;
+    assert_eq!(typed, &format!("127.0.0.1:{port}"), "the typing missed the Network address field");
     click(&mut window, "Open to other machines");
     window.wait_for("the hub to move", LIMIT, |app| app.state.add_node.moved.is_some());
     let moved = window.harness.state().state.add_node.moved.clone().unwrap();
