@@ -410,6 +410,9 @@ fn the_settings_tab_sets_a_limit_adds_a_credential_and_refuses_a_bad_proxy() {
     window.wait_for("the admin token check", LIMIT, |app| app.settings.thresholds.admin.is_some());
     assert!(window.shows("gatehouse hub gateway set tabs"), "the CLI command is not shown");
     assert!(!window.shows("Save thresholds"), "thresholds are editable");
+    // The tokens' section is "Hub tokens": "hub access" is Add a node's network/local switch.
+    assert!(window.shows("Hub tokens"), "the hub tokens section has no heading");
+    assert!(!window.shows("Hub access"), "a section is still called Hub access");
 
     window.type_into("Concurrency limit", "3");
     click(&mut window, "Set limit");

@@ -875,19 +875,19 @@ impl Db {
 
     /// A job's runs in activity and partition order, without their parts (`part` is `None`).
     pub async fn runs_of_job(&self, job_id: &str) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS_NO_PART} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
-        )))
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(run_row).collect()
+        self.runs_of_job_as(job_id, RUN_COLUMNS_NO_PART).await
     }
 
     /// A job's runs with their parts, for re-running it.
     pub async fn runs_of_job_with_parts(&self, job_id: &str) -> Result<Vec<RunRow>> {
+        self.runs_of_job_as(job_id, RUN_COLUMNS).await
+    }
+
+    /// A job's runs in activity and partition order, reading `columns` ([`RUN_COLUMNS`] or
+    /// [`RUN_COLUMNS_NO_PART`]).
+    async fn runs_of_job_as(&self, job_id: &str, columns: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
+            "SELECT {columns} FROM runs WHERE job_id = $1 ORDER BY activity_index, partition_index"
         )))
         .bind(job_id)
         .fetch_all(&self.pool)

@@ -89,22 +89,28 @@ fn gateway_families(out: &mut Exposition, snapshot: &Snapshot<'_>) {
             out.sample("gatehouse_gateway_status", &[("gateway", &g.name), ("status", status)], value);
         }
     }
-    out.family("gatehouse_gateway_nodes", "gauge", "Nodes registered in the gateway.");
-    for g in gateways {
-        out.sample("gatehouse_gateway_nodes", &[("gateway", &g.name)], count(g.nodes.len()));
-    }
-    out.family(
+    let family = ("gatehouse_gateway_nodes", "gauge", "Nodes registered in the gateway.");
+    per_gateway(out, gateways, family, |g| count(g.nodes.len()));
+    let family = (
         "gatehouse_dispatcher_failovers_total",
         "counter",
         "Times another node took over the gateway's dispatcher lease.",
     );
+    per_gateway(out, gateways, family, |g| {
+        whole((snapshot.lease_epochs.get(&g.id).copied().unwrap_or(0) - 1).max(0))
+    });
+}
+
+/// A family (name, kind, help) with one sample a gateway, labelled with its name.
+fn per_gateway(
+    out: &mut Exposition,
+    gateways: &[GatewayView],
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&GatewayView) -> f64,
+) {
+    out.family(name, kind, help);
     for g in gateways {
-        let epoch = snapshot.lease_epochs.get(&g.id).copied().unwrap_or(0);
-        out.sample(
-            "gatehouse_dispatcher_failovers_total",
-            &[("gateway", &g.name)],
-            whole((epoch - 1).max(0)),
-        );
+        out.sample(name, &[("gateway", &g.name)], value(g));
     }
 }
 
@@ -132,25 +138,17 @@ fn run_families(out: &mut Exposition, snapshot: &Snapshot<'_>, gateway_name: &dy
     for (gateway, state, n) in snapshot.runs {
         out.sample("gatehouse_runs", &[("gateway", &gateway_name(gateway)), ("state", state)], whole(*n));
     }
-    out.family(
+    let family = (
         "gatehouse_run_retries_total",
         "counter",
         "Attempts that were lost (node gone, hub restart, hand-off not started) and tried again.",
     );
-    for g in gateways {
-        let n = snapshot.retries.get(&g.id).copied().unwrap_or(0);
-        out.sample("gatehouse_run_retries_total", &[("gateway", &g.name)], whole(n));
-    }
-    out.family("gatehouse_copied_bytes_total", "counter", "Bytes copied by copy runs that succeeded.");
-    for g in gateways {
-        let (bytes, _) = snapshot.copied.get(&g.id).copied().unwrap_or_default();
-        out.sample("gatehouse_copied_bytes_total", &[("gateway", &g.name)], big(bytes));
-    }
-    out.family("gatehouse_copied_files_total", "counter", "Files copied by copy runs that succeeded.");
-    for g in gateways {
-        let (_, files) = snapshot.copied.get(&g.id).copied().unwrap_or_default();
-        out.sample("gatehouse_copied_files_total", &[("gateway", &g.name)], big(files));
-    }
+    per_gateway(out, gateways, family, |g| whole(snapshot.retries.get(&g.id).copied().unwrap_or(0)));
+    let copied = |g: &GatewayView| snapshot.copied.get(&g.id).copied().unwrap_or_default();
+    let family = ("gatehouse_copied_bytes_total", "counter", "Bytes copied by copy runs that succeeded.");
+    per_gateway(out, gateways, family, |g| big(copied(g).0));
+    let family = ("gatehouse_copied_files_total", "counter", "Files copied by copy runs that succeeded.");
+    per_gateway(out, gateways, family, |g| big(copied(g).1));
 }
 
 fn latency_family(out: &mut Exposition, hub: &HubMetrics, gateway_name: &dyn Fn(&str) -> String) {

@@ -1,6 +1,6 @@
 //! The Settings tab, a module a section: encryption and remote access, concurrency, the
 //! gateway's thresholds, the proxy, the node's own metrics address, automatic updates,
-//! credentials, the hub's tokens (hub access), backup and
+//! credentials, the hub's tokens, backup and
 //! restore, adding a node. Each section owns what is
 //! typed into it and the answers to what it sent, and draws itself from [`State`], pushing
 //! [`Op`](super::ops::Op)s into the [`Outbox`]; this module routes each answer to the section
@@ -16,7 +16,7 @@ mod backup;
 mod concurrency;
 mod credentials;
 mod encryption;
-mod hub_access;
+mod hub_tokens;
 mod metrics;
 mod proxy;
 mod thresholds;
@@ -27,7 +27,7 @@ pub use backup::BackupSection;
 pub use concurrency::ConcurrencySection;
 pub use credentials::CredentialsSection;
 pub use encryption::EncryptionSection;
-pub use hub_access::HubAccessSection;
+pub use hub_tokens::HubTokensSection;
 pub use metrics::MetricsSection;
 pub use proxy::ProxySection;
 pub use thresholds::ThresholdsSection;
@@ -52,7 +52,7 @@ pub struct SettingsPage {
     pub credentials: CredentialsSection,
     pub backup: BackupSection,
     pub add_node: AddNodeSection,
-    pub hub_access: HubAccessSection,
+    pub hub_tokens: HubTokensSection,
     /// The form fields were filled from the node's settings.
     filled: bool,
 }
@@ -68,9 +68,9 @@ impl SettingsPage {
             // Both sections offer what the admin token allows.
             OpKind::AdminToken => {
                 self.thresholds.done(op, result);
-                self.hub_access.done(op, result);
+                self.hub_tokens.done(op, result);
             }
-            OpKind::HubTokenList | OpKind::HubTokens => self.hub_access.done(op, result),
+            OpKind::HubTokenList | OpKind::HubTokens => self.hub_tokens.done(op, result),
             OpKind::Proxy => self.proxy.answers.done(op, result),
             OpKind::Metrics => self.metrics.answers.done(op, result),
             OpKind::AutoUpdate => self.auto_update.answers.done(op, result),
@@ -86,7 +86,7 @@ impl SettingsPage {
             OpKind::Certificate | OpKind::RemotePort => Some(&self.encryption.answers),
             OpKind::Concurrency => Some(&self.concurrency.answers),
             OpKind::Thresholds | OpKind::AdminToken => Some(&self.thresholds.answers),
-            OpKind::HubTokenList | OpKind::HubTokens => Some(&self.hub_access.answers),
+            OpKind::HubTokenList | OpKind::HubTokens => Some(&self.hub_tokens.answers),
             OpKind::Proxy => Some(&self.proxy.answers),
             OpKind::Metrics => Some(&self.metrics.answers),
             OpKind::AutoUpdate => Some(&self.auto_update.answers),
@@ -130,7 +130,7 @@ impl SettingsPage {
         }
         self.thresholds.refresh(state, outbox);
         self.credentials.refresh(state, outbox);
-        self.hub_access.refresh(outbox);
+        self.hub_tokens.refresh(outbox);
     }
 }
 
@@ -150,7 +150,7 @@ pub fn settings_ui(
     widgets::section(ui, "Metrics", |ui| page.metrics.ui(ui, state, outbox));
     widgets::section(ui, "Automatic updates", |ui| page.auto_update.ui(ui, state, outbox));
     widgets::section(ui, "Credentials", |ui| page.credentials.ui(ui, outbox));
-    widgets::section(ui, "Hub access", |ui| page.hub_access.ui(ui, outbox));
+    widgets::section(ui, "Hub tokens", |ui| page.hub_tokens.ui(ui, outbox));
     widgets::section(ui, "Backup and restore", |ui| page.backup.ui(ui, outbox, worker));
     widgets::section(ui, "Add a node", |ui| page.add_node.ui(ui, state, outbox));
 }

@@ -1,4 +1,4 @@
-//! The "Hub access" section, for a node that holds the hub's admin token (express setup with
+//! The "Hub tokens" section, for a node that holds the hub's admin token (express setup with
 //! the hub in this data dir): the hub's viewer tokens (the status page) and metrics tokens
 //! (Prometheus), made (shown once), listed and revoked, and the admin token rotated (this node
 //! keeps the new one). Everything goes through the service thread; the list is asked for again
@@ -36,7 +36,7 @@ impl TokenRow {
 
 /// The section's state.
 #[derive(Default)]
-pub struct HubAccessSection {
+pub struct HubTokensSection {
     /// Whether this node holds the hub's admin token (`None`: not known yet; the Thresholds
     /// section asks, and its answer comes here too).
     pub admin: Option<bool>,
@@ -50,7 +50,7 @@ pub struct HubAccessSection {
 
 const ROTATE: &str = "admin";
 
-impl HubAccessSection {
+impl HubTokensSection {
     pub(super) fn done(&mut self, op: OpKind, result: &Result<String, String>) {
         match op {
             OpKind::AdminToken => {
@@ -172,9 +172,9 @@ mod page_tests {
     use crate::gui::service::Request;
     use crate::gui::testing::{self, Alone, asked_op, click, sent, shows};
 
-    fn section(admin: Option<bool>, tokens: Option<Vec<TokenRow>>) -> testing::Page<HubAccessSection> {
-        let page = HubAccessSection { admin, tokens, ..HubAccessSection::default() };
-        testing::page(page, testing::running(), |ui, alone: &mut Alone<HubAccessSection>| {
+    fn section(admin: Option<bool>, tokens: Option<Vec<TokenRow>>) -> testing::Page<HubTokensSection> {
+        let page = HubTokensSection { admin, tokens, ..HubTokensSection::default() };
+        testing::page(page, testing::running(), |ui, alone: &mut Alone<HubTokensSection>| {
             alone.page.ui(ui, &alone.outbox);
         })
     }
@@ -194,7 +194,7 @@ mod page_tests {
         assert!(shows(&harness, "gatehouse hub token create --viewer"));
         assert!(!shows(&harness, "New viewer token"));
         let outbox = Outbox::default();
-        let mut page = HubAccessSection { admin: Some(false), ..HubAccessSection::default() };
+        let mut page = HubTokensSection { admin: Some(false), ..HubTokensSection::default() };
         page.refresh(&outbox);
         assert!(outbox.is_empty(), "the tokens were asked for without the admin token");
     }
