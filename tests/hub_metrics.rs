@@ -9,46 +9,14 @@ mod common;
 use common::cluster::{gateway, submit, wait_over};
 use common::http::{self, Auth};
 use common::process::spawn_gatehouse;
+use common::prometheus::{promtool_accepts, samples};
 use serde_json::json;
-use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 /// `GET url` with an optional bearer token: (status, body).
 fn get(url: &str, token: Option<&str>) -> (u16, String) {
     let answer = http::get(url, token.map_or(Auth::None, Auth::Bearer));
     (answer.status, answer.body)
-}
-
-/// The samples of an exposition: `name{labels}` → value as written (integers have no fraction).
-fn samples(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (key, value) = l.rsplit_once(' ').unwrap();
-            (key.to_owned(), value.to_owned())
-        })
-        .collect()
-}
-
-/// Runs `promtool check metrics` on the text; panics with its complaints if it has any.
-fn promtool_accepts(text: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed by tests/run.sh");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[test]

@@ -12,9 +12,8 @@ mod common;
 use common::cluster::{Node, gateway, submit, wait_over, wait_until};
 use common::http::{self, Auth};
 use common::process::free_port;
+use common::prometheus::{promtool_accepts, samples};
 use serde_json::json;
-use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 /// `GET url` on loopback: the body of a 200, or why not (refused, another status).
@@ -28,37 +27,6 @@ fn scrape(url: &str) -> Result<String, String> {
         let body = response.text().await.map_err(|e| e.to_string())?;
         if status == 200 { Ok(body) } else { Err(format!("{status}: {body}")) }
     })
-}
-
-/// The samples of an exposition: `name{labels}` → value as written.
-fn samples(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (key, value) = l.rsplit_once(' ').unwrap();
-            (key.to_owned(), value.to_owned())
-        })
-        .collect()
-}
-
-/// Runs `promtool check metrics` on the text; panics with its complaints if it has any.
-fn promtool_accepts(text: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed by tests/run.sh");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// `gatehouse node set-metrics ADDR` for `node`: (succeeded, stdout + stderr).

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: pseudo-random test data (`data`), a throwaway PostgreSQL cluster (`postgres`), a
 //! throwaway S3 server and rclone (`s3`), the real `gatehouse` binary as a child process
-//! (`process`) and plain HTTP requests to it (`http`). Every test binary compiles its own copy of this module and uses only part of it.
+//! (`process`), plain HTTP requests to it (`http`) and Prometheus expositions (`prometheus`). Every test binary compiles its own copy of this module and uses only part of it.
 
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod cluster;
@@ -12,6 +12,8 @@ pub mod http;
 pub mod postgres;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod process;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod prometheus;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod s3;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
