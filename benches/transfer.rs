@@ -4,10 +4,11 @@
 //!
 //! 1. **small**: 2,000 files of 1 MiB (2 GiB); **large**: 4 files of 512 MiB. Each to a
 //!    `file://` folder and to the S3 server: Gatehouse on 1 node and on 3 nodes, `rclone copy`
-//!    with the same parallelism and part size, and (folders only) `cp -r`, alone and followed
-//!    by `sync` of the files it wrote. A fresh prefix or folder per row. MB/s (10^6 bytes per
-//!    second) and the ratios Gatehouse/rclone, Gatehouse/cp and Gatehouse/(cp + sync) are
-//!    printed; every copy is checked afterwards (object count and bytes).
+//!    with the same parallelism and part size, and (folders only) `cp -r`; to a folder, rclone
+//!    and cp also alone and followed by `sync` of the files they wrote. A fresh prefix or
+//!    folder per row. MB/s (10^6 bytes per second) and the ratios Gatehouse/rclone,
+//!    Gatehouse/(rclone + sync), Gatehouse/cp and Gatehouse/(cp + sync) are printed; every
+//!    copy is checked afterwards (object count and bytes).
 //! 2. **sql**: 5 M rows from PostgreSQL as CSV to a `file://` folder (1 node, 4 partitions)
 //!    against `psql -c "\copy (query) TO file CSV HEADER"`.
 //! 3. Peak RSS (VmHWM) of each Gatehouse node over the copies.
@@ -16,7 +17,9 @@
 //! exactly once), while `cp -r` returns with the data still in the page cache. `cp -r` followed
 //! by `sync FILES` (coreutils: an fsync of each copied file and folder, timed with the copy)
 //! does the same durable work, so GH1/(cp + sync) is the like-for-like ratio for the target
-//! "large files to file:// ≥ 80 % of cp"; GH1/cp is kept to show what durability costs.
+//! "large files to file:// ≥ 80 % of cp"; GH1/cp is kept to show what durability costs. The
+//! same goes for rclone, whose local backend doesn't fsync either: GH1/(rclone + sync) is the
+//! like-for-like ratio to a folder.
 //!
 //! Gatehouse is timed from the submit request to the last run's `finished_ms` (hub clock);
 //! the peers from spawn to exit. Nothing is asserted about speed. Run with
@@ -252,8 +255,11 @@ fn measure(settings: &Settings, dataset: &Dataset, source: &Path, to_s3: bool, p
         timed("gh3", &mut row.gh3, &|t| {
             peers.three.copy(peers.hub, source, t, peers.s3, bytes, dataset.files)
         });
-        timed("rclone", &mut row.rclone, &|t| rclone_copy(source, t, peers.s3, bytes, dataset.files));
+        timed("rclone", &mut row.rclone, &|t| rclone_copy(source, t, peers.s3, bytes, dataset.files, false));
         if !to_s3 {
+            timed("rclonesync", &mut row.rclone_sync, &|t| {
+                rclone_copy(source, t, peers.s3, bytes, dataset.files, true)
+            });
             timed("cp", &mut row.cp, &|t| cp_copy(source, t, bytes, dataset.files, false));
             timed("cpsync", &mut row.cp_sync, &|t| cp_copy(source, t, bytes, dataset.files, true));
         }
@@ -365,7 +371,15 @@ fn rclone_flags() -> Vec<String> {
     .to_vec()
 }
 
-fn rclone_copy(source: &Path, target: &Target, s3: &s3::SeaweedFs, bytes: u64, files: u64) -> f64 {
+/// `rclone copy`; with `sync` (folders only), timed until what it wrote is on disk too.
+fn rclone_copy(
+    source: &Path,
+    target: &Target,
+    s3: &s3::SeaweedFs,
+    bytes: u64,
+    files: u64,
+    sync: bool,
+) -> f64 {
     let destination = match target {
         Target::Folder(dir) => dir.to_str().unwrap().to_owned(),
         Target::S3(prefix) => format!("bench:{}/{prefix}", s3.bucket()),
@@ -375,8 +389,11 @@ fn rclone_copy(source: &Path, target: &Target, s3: &s3::SeaweedFs, bytes: u64, f
     args.extend(flags.iter().map(String::as_str));
     let started = Instant::now();
     let output = s3.rclone("bench", &args, Duration::from_secs(900));
-    let seconds = started.elapsed().as_secs_f64();
     assert!(output.status.success(), "rclone: {}", String::from_utf8_lossy(&output.stderr));
+    if let (true, Target::Folder(dir)) = (sync, target) {
+        sync_written(dir);
+    }
+    let seconds = started.elapsed().as_secs_f64();
     check(target, s3, bytes, files);
     mb_per_second(bytes, seconds)
 }
@@ -389,20 +406,26 @@ fn cp_copy(source: &Path, target: &Target, bytes: u64, files: u64, sync: bool) -
     let status = Command::new("cp").arg("-r").arg(source).arg(dir).status().unwrap();
     assert!(status.success());
     if sync {
-        let written: Vec<PathBuf> = walkdir::WalkDir::new(dir)
-            .into_iter()
-            .filter_map(Result::ok)
-            .map(walkdir::DirEntry::into_path)
-            .collect();
-        for batch in written.chunks(500) {
-            let status = Command::new("sync").arg("--").args(batch).status().unwrap();
-            assert!(status.success(), "sync of the copied files");
-        }
+        sync_written(dir);
     }
     let seconds = started.elapsed().as_secs_f64();
     let (count, total) = folder_totals(dir);
     assert_eq!((count, total), (files, bytes), "cp copied everything");
     mb_per_second(bytes, seconds)
+}
+
+/// `sync FILE…` of every file and folder under `dir`: an fsync of each, as Gatehouse does
+/// before it says a file is done.
+fn sync_written(dir: &Path) {
+    let written: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(walkdir::DirEntry::into_path)
+        .collect();
+    for batch in written.chunks(500) {
+        let status = Command::new("sync").arg("--").args(batch).status().unwrap();
+        assert!(status.success(), "sync of the copied files");
+    }
 }
 
 /// Checks the copy holds every file with every byte (counts and sizes; the tests check content).
@@ -460,6 +483,8 @@ struct Row {
     gh1: Samples,
     gh3: Samples,
     rclone: Samples,
+    /// `rclone copy` followed by `sync` of what it wrote (folders).
+    rclone_sync: Samples,
     cp: Samples,
     /// `cp -r` followed by `sync` of what it wrote.
     cp_sync: Samples,
@@ -467,9 +492,9 @@ struct Row {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "| copy | GiB | Gatehouse 1 node MB/s | Gatehouse 3 nodes MB/s | rclone MB/s | cp -r MB/s | cp -r + sync MB/s | GH1/rclone | GH3/rclone | GH1/cp | GH1/(cp + sync) |"
+        "| copy | GiB | Gatehouse 1 node MB/s | Gatehouse 3 nodes MB/s | rclone MB/s | rclone + sync MB/s | cp -r MB/s | cp -r + sync MB/s | GH1/rclone | GH3/rclone | GH1/(rclone + sync) | GH1/cp | GH1/(cp + sync) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         #[allow(clippy::cast_precision_loss, reason = "a size to print")]
         let gib = row.bytes as f64 / (1u64 << 30) as f64;
@@ -477,15 +502,17 @@ fn print_rows(rows: &[Row]) {
             if peer.0.is_empty() { "–".to_owned() } else { format!("{:.2}", ours.median() / peer.median()) }
         };
         println!(
-            "| {} | {gib:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {gib:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.label,
             row.gh1.show(0),
             row.gh3.show(0),
             row.rclone.show(0),
+            row.rclone_sync.show(0),
             row.cp.show(0),
             row.cp_sync.show(0),
             ratio(&row.gh1, &row.rclone),
             ratio(&row.gh3, &row.rclone),
+            ratio(&row.gh1, &row.rclone_sync),
             ratio(&row.gh1, &row.cp),
             ratio(&row.gh1, &row.cp_sync),
         );

@@ -1,7 +1,9 @@
 //! `node update` with real processes on 127.0.0.1: releases are published to a hub that
 //! trusts one key (a wrong signature is refused), a three-node gateway under a stream of
 //! small jobs updates one node at a time to "a newer build" and loses or repeats no run, and
-//! a release that can't even start is rolled back.
+//! a release that can't even start is rolled back. Under a supervisor (a stand-in for
+//! systemd's `Restart=on-failure`, `FakeSystemd`) the release is staged in the data dir,
+//! kept across restarts until a newer package comes, and rolled back by the restart.
 //!
 //! The automatic update window: a node whose window covers now (in the zone its `TZ` names)
 //! updates itself to the published release; one whose window doesn't stays on its version
@@ -21,9 +23,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const NEW: &str = "9.0.0";
@@ -437,4 +439,177 @@ fn a_malformed_update_window_is_refused_with_a_sentence_and_nothing_is_saved() {
         status.contains("Auto-update: off (turn it on with: gatehouse node auto-update --window"),
         "{status}"
     );
+}
+
+/// The stand-in for systemd (there is none here), named as such: the package unit's
+/// `Restart=on-failure`, restarting after 1 s. It runs `EXE node run` for a data dir with
+/// `GATEHOUSE_FAKE_SYSTEMD` set (which tells the node that a supervisor restarts it) and starts
+/// it again whenever it exits with a failure (a code other than 0, or a signal), until dropped,
+/// when it stops it as `systemctl stop` does (SIGTERM, then wait).
+struct FakeSystemd {
+    stop: Arc<AtomicBool>,
+    starts: Arc<AtomicUsize>,
+    main_pid: Arc<AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeSystemd {
+    fn start(exe: &Path, home: &Path) -> FakeSystemd {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (starts, main_pid) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU32::new(0)));
+        let (exe, home) = (exe.to_owned(), home.to_owned());
+        let (stopping, started, pid) = (Arc::clone(&stop), Arc::clone(&starts), Arc::clone(&main_pid));
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let mut child = Command::new(&exe)
+                    .args(["node", "run"])
+                    .env("GATEHOUSE_HOME", &home)
+                    .env("GATEHOUSE_FAKE_SYSTEMD", "1")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                pid.store(child.id(), Ordering::Relaxed);
+                started.fetch_add(1, Ordering::Relaxed);
+                let status = loop {
+                    if stopping.load(Ordering::Relaxed) {
+                        signal(child.id(), "TERM");
+                        let _ = child.wait();
+                        return;
+                    }
+                    if let Some(status) = child.try_wait().unwrap() {
+                        break status;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                if status.success() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        FakeSystemd { stop, starts, main_pid, thread: Some(thread) }
+    }
+
+    fn starts(&self) -> usize {
+        self.starts.load(Ordering::Relaxed)
+    }
+
+    /// The binary the unit's main process runs now (after any exec).
+    fn running(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/exe", self.main_pid.load(Ordering::Relaxed))).ok()
+    }
+
+    fn kill9(&self) {
+        signal(self.main_pid.load(Ordering::Relaxed), "KILL");
+    }
+}
+
+impl Drop for FakeSystemd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+/// The node is Online at the hub with `version`, its service's main process running `exe`.
+fn wait_running(hub: &Hub, gateway: &str, systemd: &FakeSystemd, exe: &Path, version: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("the service to run {} at {version}", exe.display()),
+        || {
+            let list = hub.nodes(gateway);
+            systemd.running().as_deref() == Some(exe)
+                && list.len() == 1
+                && list[0]["version"] == version
+                && list[0]["status"] == "Online"
+        },
+    );
+}
+
+#[test]
+fn under_a_supervisor_the_update_is_staged_in_the_data_dir_and_kept_across_restarts_until_a_newer_package() {
+    let temp = tempfile::tempdir().unwrap();
+    let (hub, newer) = hub_with_release(temp.path());
+    let key = hub.create_gateway("svc", &[]);
+    let node = Node::register(&key, "n1", &[]);
+    let exe = binary_copy(&temp.path().join("usr-bin"), None);
+    let original = std::fs::read(&exe).unwrap();
+    let systemd = FakeSystemd::start(&exe, node.home.path());
+    wait_until(Duration::from_secs(30), "the update to be offered", || {
+        node_status(&node).contains(&format!("update available: {NEW}"))
+    });
+
+    let said = ok(&gatehouse(node.home.path(), &["node", "update"], &[]));
+    assert!(said.contains(&format!("updated from {} to {NEW}", ::gatehouse::VERSION)), "{said}");
+    let staged = node.home.path().join("releases").join(format!("gatehouse-{NEW}"));
+    let record = update_record(&node);
+    assert_eq!((&record["staged"], &record["supervised"]), (&json!(true), &json!(true)), "{record}");
+    assert_eq!(record["exe"], staged.to_str().unwrap(), "{record}");
+    assert_eq!(
+        std::fs::read(&staged).unwrap(),
+        std::fs::read(&newer).unwrap(),
+        "the release is staged whole"
+    );
+    assert_eq!(std::fs::read(&exe).unwrap(), original, "the package's binary is left as it is");
+    let mode = std::fs::metadata(node.home.path().join("releases")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the staged releases are the service user's alone");
+    wait_running(&hub, "svc", &systemd, &staged, NEW);
+    assert_eq!(systemd.starts(), 1, "the update went on in the same process");
+
+    // A crash: the supervisor starts the package's binary, which goes on as the release.
+    systemd.kill9();
+    wait_until(Duration::from_secs(30), "the supervisor to restart the service", || systemd.starts() == 2);
+    wait_running(&hub, "svc", &systemd, &staged, NEW);
+    drop(systemd);
+
+    // A package newer than the release runs as it is, and the staged release is left alone.
+    let package = binary_copy(&temp.path().join("usr-bin-newer"), Some("9.5.0"));
+    let systemd = FakeSystemd::start(&package, node.home.path());
+    wait_running(&hub, "svc", &systemd, &package, "9.5.0");
+}
+
+#[test]
+fn under_a_supervisor_a_staged_release_that_cannot_start_is_rolled_back_by_the_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let (private, public) = keygen(&temp.path().join("keys"));
+    let hub = Hub::start_with(&["--release-key", public.to_str().unwrap()]);
+    let broken = temp.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    sign(&broken, &private);
+    ok(&publish(&hub, &broken, "9.9.9"));
+    let key = hub.create_gateway("svc", &[]);
+    let node = Node::register(&key, "n1", &[]);
+    let exe = binary_copy(&temp.path().join("usr-bin"), None);
+    let systemd = FakeSystemd::start(&exe, node.home.path());
+    wait_until(Duration::from_secs(30), "the update to be offered", || {
+        node_status(&node).contains("update available: 9.9.9")
+    });
+
+    let update = gatehouse(node.home.path(), &["node", "update"], &[]);
+    let said = String::from_utf8_lossy(&update.stderr);
+    assert_eq!(update.status.code(), Some(1), "{said}");
+    assert!(said.contains("was rolled back (version 9.9.9 stopped before it came up)"), "{said}");
+    assert_eq!(update_record(&node)["state"], "rolled_back");
+    assert!(
+        !node.home.path().join("releases/current.json").exists(),
+        "a release that never came up is not kept"
+    );
+    wait_running(&hub, "svc", &systemd, &exe, ::gatehouse::VERSION);
+    assert!(systemd.starts() >= 2, "the supervisor's restart rolled it back");
+
+    // Started again, the package's binary stays itself.
+    let starts = systemd.starts();
+    systemd.kill9();
+    wait_until(Duration::from_secs(30), "the supervisor to restart the service", || {
+        systemd.starts() > starts
+    });
+    wait_running(&hub, "svc", &systemd, &exe, ::gatehouse::VERSION);
 }

@@ -48,6 +48,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Prints `value` as JSON with `--json`, else the sentence or table `human` makes of it.
+    pub fn answer<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+        if self.json { emit_json(value) } else { emit(&human()) }
+    }
+
     /// A client for the hub, with the admin token from the file or the environment.
     pub fn client(&self) -> anyhow::Result<AdminClient> {
         let token = admin_token(self.token_file.as_deref())?;
@@ -496,9 +501,11 @@ async fn create_token(args: CreateTokenArgs) -> anyhow::Result<()> {
         Some(gateway) => client.create_gateway_token(kind, gateway).await?,
         None => client.create_token(kind).await?,
     };
-    if args.connection.json {
-        return emit_json(&created);
-    }
+    args.connection.answer(&created, || token_text(kind, &created))
+}
+
+/// A new token, shown this once, and how it is used.
+fn token_text(kind: TokenKind, created: &crate::protocol::CreatedToken) -> String {
     let (what, how) = match kind {
         TokenKind::Metrics => (
             "Metrics token",
@@ -513,22 +520,23 @@ async fn create_token(args: CreateTokenArgs) -> anyhow::Result<()> {
             "On the admin machine, put it in GATEHOUSE_ADMIN_TOKEN (or a file for --token-file) and run: gatehouse credential set NAME --gateway GATEWAY",
         ),
     };
-    emit(&format!(
+    format!(
         "{what} {} (shown in full only this once: the hub keeps only its hash):\n  {}\n\n{how}\nRevoke it with: gatehouse hub token revoke {}\n",
         created.id, created.token, created.id
-    ))
+    )
 }
 
 async fn list_tokens(args: ListArgs) -> anyhow::Result<()> {
     let tokens = args.connection.client()?.tokens().await?;
-    if args.connection.json {
-        return emit_json(&tokens);
-    }
+    args.connection.answer(&tokens, || tokens_text(&tokens))
+}
+
+fn tokens_text(tokens: &[crate::protocol::TokenInfo]) -> String {
     if tokens.is_empty() {
-        return emit("No tokens yet; make one with: gatehouse hub token create --metrics\n");
+        return "No tokens yet; make one with: gatehouse hub token create --metrics\n".to_owned();
     }
     let mut table = Table::new(&["ID", "KIND", "GATEWAY", "CREATED", "REVOKED"]);
-    for t in &tokens {
+    for t in tokens {
         table.row(vec![
             t.id.clone(),
             t.kind.as_str().replace('_', "-"),
@@ -537,15 +545,14 @@ async fn list_tokens(args: ListArgs) -> anyhow::Result<()> {
             t.revoked_ms.map_or_else(|| "-".to_owned(), timestamp),
         ]);
     }
-    emit(&table.render())
+    table.render()
 }
 
 async fn revoke_token(args: RevokeTokenArgs) -> anyhow::Result<()> {
     args.connection.client()?.revoke_token(&args.id).await?;
-    if args.connection.json {
-        return emit_json(&serde_json::json!({"revoked": args.id}));
-    }
-    emit(&format!("Revoked token {}; it no longer works.\n", args.id))
+    args.connection.answer(&serde_json::json!({"revoked": args.id}), || {
+        format!("Revoked token {}; it no longer works.\n", args.id)
+    })
 }
 
 async fn rotate_admin_token(args: RotateTokenArgs) -> anyhow::Result<()> {
@@ -563,10 +570,7 @@ async fn rotate_admin_token(args: RotateTokenArgs) -> anyhow::Result<()> {
     };
     let token = client.rotate_admin_token().await?.token;
     let Some((path, pending)) = file else {
-        if connection.json {
-            return emit_json(&serde_json::json!({"token": token}));
-        }
-        return emit(&format!(
+        return connection.answer(&serde_json::json!({"token": token}), || format!(
             "New admin token (shown this once; the old one no longer works):\n  {token}\n\nSet GATEHOUSE_ADMIN_TOKEN to it, or keep it in a file for --token-file.\n"
         ));
     };
@@ -582,13 +586,12 @@ async fn rotate_admin_token(args: RotateTokenArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    if connection.json {
-        return emit_json(&serde_json::json!({"token_file": path}));
-    }
-    emit(&format!(
-        "Admin token replaced: the new one is in {} and the old one no longer works.\n",
-        path.display()
-    ))
+    connection.answer(&serde_json::json!({"token_file": path}), || {
+        format!(
+            "Admin token replaced: the new one is in {} and the old one no longer works.\n",
+            path.display()
+        )
+    })
 }
 
 #[derive(Debug, Args)]
@@ -609,73 +612,69 @@ pub fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
 
 async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let entries = args.connection.client()?.audit(args.gateway.as_deref(), args.limit).await?;
-    if args.connection.json {
-        return emit_json(&entries);
-    }
-    if entries.is_empty() {
-        return emit("The audit trail has no entries for this yet.\n");
-    }
-    let mut table = Table::new(&["WHEN", "WHO", "GATEWAY", "WHAT", "DETAIL"]);
-    for entry in &entries {
-        table.row(vec![
-            timestamp(entry.at_ms),
-            entry.actor.clone(),
-            entry.gateway_name.clone().unwrap_or_else(|| "-".to_owned()),
-            entry.action.clone(),
-            entry.detail.clone(),
-        ]);
-    }
-    emit(&table.render())
+    args.connection.answer(&entries, || {
+        if entries.is_empty() {
+            return "The audit trail has no entries for this yet.\n".to_owned();
+        }
+        let mut table = Table::new(&["WHEN", "WHO", "GATEWAY", "WHAT", "DETAIL"]);
+        for entry in &entries {
+            table.row(vec![
+                timestamp(entry.at_ms),
+                entry.actor.clone(),
+                entry.gateway_name.clone().unwrap_or_else(|| "-".to_owned()),
+                entry.action.clone(),
+                entry.detail.clone(),
+            ]);
+        }
+        table.render()
+    })
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let client = args.connection.client()?;
     let request = CreateGateway { name: args.name.clone(), settings: args.settings.settings() };
     let created = client.create_gateway(&request).await?;
-    if args.connection.json {
-        return emit_json(&created);
-    }
-    let g = &created.gateway;
-    emit(&format!(
-        "{}\nAuth keys (shown in full only this once: the hub keeps only their hashes, so copy them now):\n  primary:   {}\n  secondary: {}\n\nRegister a node with: gatehouse node register --key KEY\nLost a key? Make a new one with: gatehouse hub key regenerate {} primary|secondary\n",
-        gateway_text(g),
-        created.keys.primary,
-        created.keys.secondary,
-        g.name
-    ))
+    args.connection.answer(&created, || {
+        let g = &created.gateway;
+        format!(
+            "{}\nAuth keys (shown in full only this once: the hub keeps only their hashes, so copy them now):\n  primary:   {}\n  secondary: {}\n\nRegister a node with: gatehouse node register --key KEY\nLost a key? Make a new one with: gatehouse hub key regenerate {} primary|secondary\n",
+            gateway_text(g),
+            created.keys.primary,
+            created.keys.secondary,
+            g.name
+        )
+    })
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
     let gateways = args.connection.client()?.gateways().await?;
-    if args.connection.json {
-        return emit_json(&gateways);
-    }
-    if gateways.is_empty() {
-        return emit("No gateways yet; create one with: gatehouse hub gateway create NAME\n");
-    }
-    let mut table = Table::new(&["NAME", "ID", "STATUS", "NODES", "VERSION", "POLICY"]);
-    for g in &gateways {
-        table.row(vec![
-            g.name.clone(),
-            g.id.clone(),
-            with_reason(gateway_state(g.status), g.reason.as_deref()),
-            format!("{}/{}", g.nodes.len(), g.settings.max_nodes),
-            g.version.clone().unwrap_or_else(|| "-".to_owned()),
-            policy(g.settings.policy).to_owned(),
-        ]);
-    }
-    emit(&table.render())
+    args.connection.answer(&gateways, || {
+        if gateways.is_empty() {
+            return "No gateways yet; create one with: gatehouse hub gateway create NAME\n".to_owned();
+        }
+        let mut table = Table::new(&["NAME", "ID", "STATUS", "NODES", "VERSION", "POLICY"]);
+        for g in &gateways {
+            table.row(vec![
+                g.name.clone(),
+                g.id.clone(),
+                with_reason(gateway_state(g.status), g.reason.as_deref()),
+                format!("{}/{}", g.nodes.len(), g.settings.max_nodes),
+                g.version.clone().unwrap_or_else(|| "-".to_owned()),
+                policy(g.settings.policy).to_owned(),
+            ]);
+        }
+        table.render()
+    })
 }
 
 async fn show(args: GatewayArgs) -> anyhow::Result<()> {
     let gateway = args.connection.client()?.gateway(&args.gateway).await?;
-    if args.connection.json {
-        return emit_json(&gateway);
-    }
-    let mut out = gateway_text(&gateway);
-    out.push_str("\nNodes:\n");
-    out.push_str(&nodes_text(&gateway.name, &gateway.nodes, "  "));
-    emit(&out)
+    args.connection.answer(&gateway, || {
+        let mut out = gateway_text(&gateway);
+        out.push_str("\nNodes:\n");
+        out.push_str(&nodes_text(&gateway.name, &gateway.nodes, "  "));
+        out
+    })
 }
 
 async fn delete(args: GatewayArgs) -> anyhow::Result<()> {
@@ -691,83 +690,79 @@ async fn delete(args: GatewayArgs) -> anyhow::Result<()> {
 
 async fn set(args: SetArgs) -> anyhow::Result<()> {
     let gateway = args.connection.client()?.update_settings(&args.gateway, &args.settings.update()).await?;
-    if args.connection.json {
-        return emit_json(&gateway);
-    }
-    emit(&format!("Updated gateway '{}': {}\n", gateway.name, settings_text(&gateway.settings)))
+    args.connection.answer(&gateway, || {
+        format!("Updated gateway '{}': {}\n", gateway.name, settings_text(&gateway.settings))
+    })
 }
 
 async fn show_keys(args: GatewayArgs) -> anyhow::Result<()> {
     let keys = args.connection.client()?.keys(&args.gateway).await?;
-    if args.connection.json {
-        return emit_json(&keys);
-    }
-    let mut out = format!(
-        "Auth keys of gateway '{}' (the hub keeps only their hashes, so only the start of each is shown):\n",
-        args.gateway
-    );
-    let mut table = Table::new(&["KEY", "START", "CREATED"]);
-    for KeyInfo { slot, hint, created_ms } in &keys {
-        table.row(vec![slot_name(*slot).to_owned(), hint.clone(), timestamp_with_age(*created_ms)]);
-    }
-    out.push_str(&indent(&table.render(), "  "));
-    out.push_str("To get a full key, make a new one (the old one then stops registering nodes; registered nodes keep working):\n");
-    out.push_str(&indent(&format!("gatehouse hub key regenerate {} primary|secondary", args.gateway), "  "));
-    let _ = writeln!(
-        out,
-        "Keys made for adding nodes (gatehouse hub key create) are listed by: gatehouse hub key list {}",
-        args.gateway
-    );
-    emit(&out)
+    args.connection.answer(&keys, || {
+        let mut out = format!(
+            "Auth keys of gateway '{}' (the hub keeps only their hashes, so only the start of each is shown):\n",
+            args.gateway
+        );
+        let mut table = Table::new(&["KEY", "START", "CREATED"]);
+        for KeyInfo { slot, hint, created_ms } in &keys {
+            table.row(vec![slot_name(*slot).to_owned(), hint.clone(), timestamp_with_age(*created_ms)]);
+        }
+        out.push_str(&indent(&table.render(), "  "));
+        out.push_str("To get a full key, make a new one (the old one then stops registering nodes; registered nodes keep working):\n");
+        out.push_str(&indent(&format!("gatehouse hub key regenerate {} primary|secondary", args.gateway), "  "));
+        let _ = writeln!(
+            out,
+            "Keys made for adding nodes (gatehouse hub key create) are listed by: gatehouse hub key list {}",
+            args.gateway
+        );
+        out
+    })
 }
 
 async fn list_join_keys(args: GatewayArgs) -> anyhow::Result<()> {
     let made = args.connection.client()?.join_keys(&args.gateway).await?;
-    if args.connection.json {
-        return emit_json(&made);
-    }
-    let gateway = &args.gateway;
-    if made.is_empty() {
-        return emit(&format!(
-            "Gateway '{gateway}' has no keys made for adding nodes. Make one with: gatehouse hub key create {gateway} --once\n"
-        ));
-    }
-    let mut out = format!(
-        "Keys made for adding nodes to gateway '{gateway}' (newest first; the hub keeps only their hashes; revoke with: gatehouse hub key revoke {gateway} ID):\n"
-    );
-    let mut table = Table::new(&["ID", "START", "USES", "EXPIRES", "USED"]);
-    let now = now_ms();
-    for key in &made {
-        let lasts = if key.once { "once" } else { "until it expires" };
-        let expires = if key.expires_ms <= now {
-            format!("expired {}", timestamp(key.expires_ms))
-        } else {
-            timestamp(key.expires_ms)
-        };
-        let registered = match (&key.last_used_by, key.last_used_ms) {
-            (Some(node), Some(at)) => format!("{} × (last: {node}, {})", key.used_count, age(at)),
-            _ => "never".to_owned(),
-        };
-        table.row(vec![key.id.clone(), key.hint.clone(), lasts.to_owned(), expires, registered]);
-    }
-    out.push_str(&indent(&table.render(), "  "));
-    emit(&out)
+    args.connection.answer(&made, || {
+        let gateway = &args.gateway;
+        if made.is_empty() {
+            return format!(
+                "Gateway '{gateway}' has no keys made for adding nodes. Make one with: gatehouse hub key create {gateway} --once\n"
+            );
+        }
+        let mut out = format!(
+            "Keys made for adding nodes to gateway '{gateway}' (newest first; the hub keeps only their hashes; revoke with: gatehouse hub key revoke {gateway} ID):\n"
+        );
+        let mut table = Table::new(&["ID", "START", "USES", "EXPIRES", "USED"]);
+        let now = now_ms();
+        for key in &made {
+            let lasts = if key.once { "once" } else { "until it expires" };
+            let expires = if key.expires_ms <= now {
+                format!("expired {}", timestamp(key.expires_ms))
+            } else {
+                timestamp(key.expires_ms)
+            };
+            let registered = match (&key.last_used_by, key.last_used_ms) {
+                (Some(node), Some(at)) => format!("{} × (last: {node}, {})", key.used_count, age(at)),
+                _ => "never".to_owned(),
+            };
+            table.row(vec![key.id.clone(), key.hint.clone(), lasts.to_owned(), expires, registered]);
+        }
+        out.push_str(&indent(&table.render(), "  "));
+        out
+    })
 }
 
 async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {
     let request = NewJoinKey { once: args.once, expires_in_seconds: Some(args.expires.as_secs()) };
     let made = args.connection.client()?.create_join_key(&args.gateway, &request).await?;
-    if args.connection.json {
-        return emit_json(&made);
-    }
-    let uses = if made.info.once { "registers one node" } else { "registers nodes" };
-    emit(&format!(
-        "New auth key {} of gateway '{}' (shown only this once; copy it now). It {uses} until {}:\n  {}\nOn the new node's machine: gatehouse node register --key-stdin --name NAME\n",
-        made.info.id,
-        args.gateway,
-        timestamp(made.info.expires_ms),
-        made.key
-    ))
+    args.connection.answer(&made, || {
+        let uses = if made.info.once { "registers one node" } else { "registers nodes" };
+        format!(
+            "New auth key {} of gateway '{}' (shown only this once; copy it now). It {uses} until {}:\n  {}\nOn the new node's machine: gatehouse node register --key-stdin --name NAME\n",
+            made.info.id,
+            args.gateway,
+            timestamp(made.info.expires_ms),
+            made.key
+        )
+    })
 }
 
 async fn revoke_key(args: RevokeKeyArgs) -> anyhow::Result<()> {
@@ -780,22 +775,18 @@ async fn revoke_key(args: RevokeKeyArgs) -> anyhow::Result<()> {
 
 async fn regenerate(args: RegenerateArgs) -> anyhow::Result<()> {
     let key = args.connection.client()?.regenerate_key(&args.gateway, args.slot.into()).await?;
-    if args.connection.json {
-        return emit_json(&key);
-    }
-    let slot = slot_name(key.slot);
-    emit(&format!(
-        "New {slot} auth key of gateway '{}' (shown only this once; copy it now):\n  {}\nThe old {slot} key no longer registers nodes; nodes already registered keep working.\n",
-        args.gateway, key.key
-    ))
+    args.connection.answer(&key, || {
+        let slot = slot_name(key.slot);
+        format!(
+            "New {slot} auth key of gateway '{}' (shown only this once; copy it now):\n  {}\nThe old {slot} key no longer registers nodes; nodes already registered keep working.\n",
+            args.gateway, key.key
+        )
+    })
 }
 
 async fn list_nodes(args: GatewayArgs) -> anyhow::Result<()> {
     let nodes = args.connection.client()?.nodes(&args.gateway).await?;
-    if args.connection.json {
-        return emit_json(&nodes);
-    }
-    emit(&nodes_text(&args.gateway, &nodes, ""))
+    args.connection.answer(&nodes, || nodes_text(&args.gateway, &nodes, ""))
 }
 
 async fn remove_node(args: RemoveNodeArgs) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@
 //! `GATEHOUSE_ADMIN_TOKEN` or `--token-file`, the value from standard input or a prompt that
 //! doesn't echo, never from an argument.
 
-use super::admin::{Connection, emit, emit_json, execute};
+use super::admin::{Connection, execute};
 use crate::node::sealed::{self, Binding};
 use crate::protocol::{GatewayCredentials, NodeCiphertext, NodeState, PutCredential};
 use anyhow::Context as _;
@@ -181,22 +181,21 @@ async fn send(args: CredentialArgs, value: Option<String>) -> anyhow::Result<()>
     );
     let request = PutCredential { name: name.clone(), version, deleted, sealed };
     let answer = client.put_credential(&view.gateway_id, &request).await?;
-    if connection.json {
-        return emit_json(&answer);
-    }
-    let what = if request.deleted { "deleted" } else { "set" };
-    let _ = writeln!(
-        notes,
-        "credential {name:?} {what} on gateway '{}' (version {version}), sealed for {}; each node takes it with its next heartbeat. Check with: gatehouse credential list --gateway {}",
-        view.gateway_name,
-        if answer.nodes.is_empty() {
-            "no node (a newer version is on its way)".to_owned()
-        } else {
-            answer.nodes.join(", ")
-        },
-        view.gateway_name
-    );
-    emit(&notes)
+    connection.answer(&answer, || {
+        let what = if request.deleted { "deleted" } else { "set" };
+        let _ = writeln!(
+            notes,
+            "credential {name:?} {what} on gateway '{}' (version {version}), sealed for {}; each node takes it with its next heartbeat. Check with: gatehouse credential list --gateway {}",
+            view.gateway_name,
+            if answer.nodes.is_empty() {
+                "no node (a newer version is on its way)".to_owned()
+            } else {
+                answer.nodes.join(", ")
+            },
+            view.gateway_name
+        );
+        notes
+    })
 }
 
 /// Checks the nodes' key proofs when the gateway encrypts (or `--roots` is given); the
@@ -237,16 +236,13 @@ fn next_version(view: &GatewayCredentials, name: &str) -> u64 {
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
     let view = args.connection.client()?.credentials(&args.gateway).await?;
-    if args.connection.json {
-        let out = serde_json::json!({
-            "gateway": view.gateway_name,
-            "in_sync": view.in_sync,
-            "credentials": view.credentials,
-            "pending": view.pending,
-        });
-        return emit_json(&out);
-    }
-    emit(&render(&view))
+    let out = serde_json::json!({
+        "gateway": view.gateway_name,
+        "in_sync": view.in_sync,
+        "credentials": view.credentials,
+        "pending": view.pending,
+    });
+    args.connection.answer(&out, || render(&view))
 }
 
 /// The human view: one line a credential, then the nodes behind or ahead and why.

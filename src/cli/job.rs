@@ -2,8 +2,7 @@
 //! Uses the admin client and conventions of `admin` (token, `--hub`, `--json`, exit codes).
 
 use super::admin::{
-    Connection, EXIT_CODES, Table, emit, emit_json, execute, execute_with_code, indent, timestamp,
-    timestamp_with_age,
+    Connection, EXIT_CODES, Table, emit, execute, execute_with_code, indent, timestamp, timestamp_with_age,
 };
 use crate::encoding::binary_size;
 use crate::hub::progress;
@@ -174,25 +173,21 @@ fn read_spec(file: &std::path::Path) -> anyhow::Result<JobSpec> {
 
 async fn submit(args: SubmitArgs, spec: JobSpec) -> anyhow::Result<()> {
     let job = args.connection.client()?.submit_job(&args.gateway, &spec).await?;
-    if args.connection.json {
-        return emit_json(&job);
-    }
-    emit(&format!(
-        "Submitted job '{}' (id {}) to gateway '{}': {} run(s) queued.\nFollow it with: gatehouse job show {}\n",
-        job.name,
-        job.id,
-        args.gateway,
-        job.runs.len(),
-        job.id
-    ))
+    args.connection.answer(&job, || {
+        format!(
+            "Submitted job '{}' (id {}) to gateway '{}': {} run(s) queued.\nFollow it with: gatehouse job show {}\n",
+            job.name,
+            job.id,
+            args.gateway,
+            job.runs.len(),
+            job.id
+        )
+    })
 }
 
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let job = args.connection.client()?.job(&args.job).await?;
-    if args.connection.json {
-        return emit_json(&job);
-    }
-    emit(&job_text(&job))
+    args.connection.answer(&job, || job_text(&job))
 }
 
 /// `job show --follow`: polls the job until it ends, showing its progress live, then prints
@@ -237,11 +232,7 @@ async fn follow(args: ShowArgs) -> anyhow::Result<ExitCode> {
         }
     }
     live.end();
-    if args.connection.json {
-        emit_json(&job)?;
-    } else {
-        emit(&job_text(&job))?;
-    }
+    args.connection.answer(&job, || job_text(&job))?;
     Ok(match ending(&job) {
         None => ExitCode::SUCCESS,
         Some(sentence) => {
@@ -380,54 +371,52 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         until_ms: args.until,
     };
     let jobs = args.connection.client()?.find_jobs(&args.gateway, &query).await?;
-    if args.connection.json {
-        return emit_json(&jobs);
-    }
-    if jobs.is_empty() {
-        let filtered = args.state.is_some() || args.since.is_some() || args.until.is_some();
-        return emit(&if filtered {
-            format!("No jobs on gateway '{}' match; try without --state, --since or --until\n", args.gateway)
-        } else {
-            format!(
-                "No jobs on gateway '{}' yet; submit one with: gatehouse job submit {} FILE\n",
-                args.gateway, args.gateway
-            )
-        });
-    }
-    let mut table = Table::new(&["ID", "NAME", "STATE", "RUNS DONE", "CREATED"]);
-    for job in &jobs {
-        let done = job.runs.iter().filter(|r| r.state.is_final()).count();
-        table.row(vec![
-            job.id.clone(),
-            job.name.clone(),
-            job.state.as_str().to_owned(),
-            format!("{done}/{}", job.runs.len()),
-            timestamp_with_age(job.created_ms),
-        ]);
-    }
-    emit(&table.render())
+    args.connection.answer(&jobs, || {
+        if jobs.is_empty() {
+            let filtered = args.state.is_some() || args.since.is_some() || args.until.is_some();
+            return if filtered {
+                format!(
+                    "No jobs on gateway '{}' match; try without --state, --since or --until\n",
+                    args.gateway
+                )
+            } else {
+                format!(
+                    "No jobs on gateway '{}' yet; submit one with: gatehouse job submit {} FILE\n",
+                    args.gateway, args.gateway
+                )
+            };
+        }
+        let mut table = Table::new(&["ID", "NAME", "STATE", "RUNS DONE", "CREATED"]);
+        for job in &jobs {
+            let done = job.runs.iter().filter(|r| r.state.is_final()).count();
+            table.row(vec![
+                job.id.clone(),
+                job.name.clone(),
+                job.state.as_str().to_owned(),
+                format!("{done}/{}", job.runs.len()),
+                timestamp_with_age(job.created_ms),
+            ]);
+        }
+        table.render()
+    })
 }
 
 async fn rerun(args: CancelArgs) -> anyhow::Result<()> {
     let job = args.connection.client()?.rerun_job(&args.job).await?;
-    if args.connection.json {
-        return emit_json(&job);
-    }
-    emit(&format!(
-        "Re-running job '{}' as job {}: {} run(s) that didn't succeed are queued again.\nFollow it with: gatehouse job show {}\n",
-        job.name,
-        job.id,
-        job.runs.len(),
-        job.id
-    ))
+    args.connection.answer(&job, || {
+        format!(
+            "Re-running job '{}' as job {}: {} run(s) that didn't succeed are queued again.\nFollow it with: gatehouse job show {}\n",
+            job.name,
+            job.id,
+            job.runs.len(),
+            job.id
+        )
+    })
 }
 
 async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     let job = args.connection.client()?.cancel_job(&args.job).await?;
-    if args.connection.json {
-        return emit_json(&job);
-    }
-    emit(&cancelled_text(&job))
+    args.connection.answer(&job, || cancelled_text(&job))
 }
 
 /// What a cancel stopped: the runs still waiting, and those nodes held (listed, since nodes

@@ -477,6 +477,14 @@ async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Resul
     let log_dir = store.dir().join("logs");
     let feed = LogFeed::new(LOG_FEED_LINES);
     let logs = super::logging::init_with_feed(Some(&log_dir), &settings.log_level, Some(&feed));
+    if let Some(exe) = node::update::staged_start(&store) {
+        // The release this node updated itself to, which a package's binary (systemd's
+        // ExecStart) can't replace in place: the same process goes on as it.
+        use std::os::unix::process::CommandExt as _;
+        tracing::info!(exe = %exe.display(), "starting the release this node updated itself to");
+        let error = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+        tracing::warn!(exe = %exe.display(), "can't start the release this node updated itself to: {error}; running {} instead", crate::version());
+    }
     // A fake machine for threshold tests, never for real use: say so loudly.
     let metrics: Box<dyn crate::node::metrics::MetricsSource> = match std::env::var("GATEHOUSE_FAKE_METRICS")
     {
@@ -559,11 +567,6 @@ fn auto_update_line(
     offset: Option<String>,
 ) -> String {
     use crate::node::update::SelfUpdate;
-    if let Some(SelfUpdate::PackageManager { exe }) = by {
-        return format!(
-            "Updates:  by the package manager (this node runs as the package's systemd unit, from {exe}); the automatic update window doesn't apply"
-        );
-    }
     let Some(window) = window else {
         return "Auto-update: off (turn it on with: gatehouse node auto-update --window 02:00-04:00 [--days sat,sun])"
             .to_owned();

@@ -2,7 +2,7 @@
 //! that builds releases) and `gatehouse hub release publish | list` (a running hub's
 //! releases, with the admin token). The signing itself is `crate::release`'s.
 
-use super::admin::{Connection, Table, emit, emit_json, execute, timestamp_with_age};
+use super::admin::{Connection, Table, execute, timestamp_with_age};
 use crate::encoding::binary_size;
 use crate::protocol::{NewRelease, RELEASE_PART_BYTES};
 use crate::release::{self, KeyPair};
@@ -161,36 +161,35 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         seq += 1;
     }
     let published = client.publish_release(&begun.id).await?;
-    if args.connection.json {
-        return emit_json(&published);
-    }
-    emit(&format!(
-        "release {} for {} published ({}, signed by key {}); nodes of that platform running an older version are offered it\n",
-        published.version,
-        published.platform,
-        binary_size(published.size_bytes),
-        published.key_id
-    ))
+    args.connection.answer(&published, || {
+        format!(
+            "release {} for {} published ({}, signed by key {}); nodes of that platform running an older version are offered it\n",
+            published.version,
+            published.platform,
+            binary_size(published.size_bytes),
+            published.key_id
+        )
+    })
 }
 
 async fn list(connection: Connection) -> anyhow::Result<()> {
     let releases = connection.client()?.releases().await?;
-    if connection.json {
-        return emit_json(&releases);
-    }
-    if releases.is_empty() {
-        return emit("no releases yet; publish one with: gatehouse hub release publish FILE --version V\n");
-    }
-    let mut table = Table::new(&["VERSION", "PLATFORM", "SIZE", "KEY", "STATE", "CREATED"]);
-    for r in releases {
-        table.row(vec![
-            r.version,
-            r.platform,
-            binary_size(r.size_bytes),
-            r.key_id,
-            if r.published { "published".to_owned() } else { "incomplete".to_owned() },
-            timestamp_with_age(r.created_ms),
-        ]);
-    }
-    emit(&table.render())
+    connection.answer(&releases, || {
+        if releases.is_empty() {
+            return "no releases yet; publish one with: gatehouse hub release publish FILE --version V\n"
+                .to_owned();
+        }
+        let mut table = Table::new(&["VERSION", "PLATFORM", "SIZE", "KEY", "STATE", "CREATED"]);
+        for r in &releases {
+            table.row(vec![
+                r.version.clone(),
+                r.platform.clone(),
+                binary_size(r.size_bytes),
+                r.key_id.clone(),
+                if r.published { "published".to_owned() } else { "incomplete".to_owned() },
+                timestamp_with_age(r.created_ms),
+            ]);
+        }
+        table.render()
+    })
 }

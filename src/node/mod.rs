@@ -265,8 +265,7 @@ pub struct NodeStatus {
     /// What this node's runs added up to since the service started.
     pub totals: worker::RunTotals,
     /// Who replaces this node's binary: the service itself (`node update`, the automatic
-    /// update window), nobody while a window runs it, or the package manager; `None` from a
-    /// service too old to say.
+    /// update window), or nobody while a window runs it; `None` from a service too old to say.
     pub self_update: Option<update::SelfUpdate>,
     /// The offset of the service's local time from UTC (`UTC+01:00`), which its automatic
     /// update window is in.

@@ -10,7 +10,10 @@
 //!    its heartbeats say `upgrading`, which the hub shows as Upgrading with both versions;
 //! 3. it checks the release's signature against the keys the hub trusts, downloads the file
 //!    (node token), checks its length, SHA-256 and signature again, and installs it in place
-//!    of its binary in one rename, the previous binary kept beside it as `NAME.previous`;
+//!    of its binary in one rename, the previous binary kept beside it as `NAME.previous` —
+//!    or, where the binary can't be replaced (the package's systemd unit: a read-only
+//!    /usr/bin; a binary another user owns), **staged** in the data dir as
+//!    `releases/gatehouse-VERSION`, the package's binary left as it is;
 //! 4. it writes `update.json` in the data dir, starts a **watchdog** from the previous binary
 //!    (`gatehouse node update-watchdog`, its own process group), stops its service and execs
 //!    the new binary in the same process (same pid, so a supervisor sees no exit);
@@ -21,6 +24,16 @@
 //!
 //! The outcome is in `update.json` (`node status` shows it); the hub frees the gateway's slot
 //! when the node's heartbeats stop asking for it, whichever binary sends them.
+//!
+//! A staged release that came up healthy is named in `releases/current.json`: `node run`
+//! started from an older binary (systemd's `ExecStart=/usr/bin/gatehouse`) execs it first
+//! ([`staged_start`]), until a package newer than it is installed. Under a supervisor that
+//! restarts the service when it fails (systemd's `Restart=on-failure`) the watchdog doesn't
+//! start the previous binary itself (the supervisor would stop it with the failed service's
+//! processes): it records the rollback and kills the new one, the supervisor starts its
+//! binary again, and that binary, finding no healthy release named, runs as it is; a new
+//! binary that died before the watchdog judged it is rolled back the same way, by the next
+//! start finding the update still `restarting` under another pid.
 
 use super::Shared;
 use super::control::{ControlClient, ControlEvent};
@@ -40,6 +53,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 /// The record of the last update in the data dir.
 pub const RECORD_FILE: &str = "update.json";
+/// Where releases are staged in the data dir when the binary can't be replaced in place.
+const RELEASES_DIR: &str = "releases";
 /// How often the watchdog looks.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -50,10 +65,6 @@ pub enum UpdateError {
         "this node runs inside the Configuration Manager window, which can't replace its own binary; close the window, start the node service with `gatehouse node start`, then update"
     )]
     InWindow,
-    #[error(
-        "this node runs under systemd, from {exe}, which the service can't replace (the unit's file system is read-only and the package owns the binary); update the package instead, e.g. apt install ./gatehouse_VERSION.deb"
-    )]
-    Systemd { exe: String },
     #[error(
         "no update available: the hub offers no release newer than {version} for {platform}; publish one with `gatehouse hub release publish`"
     )]
@@ -81,8 +92,6 @@ pub enum SelfUpdate {
     /// Nobody while it runs inside the Configuration Manager window (which can't replace its
     /// own binary); the same data dir run by `node run` can.
     Window,
-    /// The package manager: the service runs as the package's systemd unit from `exe`.
-    PackageManager { exe: String },
 }
 
 /// What became of an update, as `update.json` keeps it.
@@ -111,6 +120,15 @@ pub struct Record {
     pub pid: u32,
     /// Milliseconds since the Unix epoch when the update began.
     pub started_ms: u64,
+    /// `exe` is a release staged in the data dir (the binary that ran is left as it is).
+    #[serde(default)]
+    pub staged: bool,
+    /// A supervisor (systemd) restarts the service when it fails: a rollback is its restart.
+    #[serde(default)]
+    pub supervised: bool,
+    /// The SHA-256 of the new binary.
+    #[serde(default)]
+    pub sha256: String,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -207,24 +225,18 @@ impl Updater {
         self.report().1
     }
 
-    /// Why this process can't replace its own binary at all (a window; the package's
-    /// systemd unit), if it can't.
+    /// Why this process can't update itself at all (a window), if it can't.
     pub fn refusal(&self) -> Option<UpdateError> {
         if !self.allowed {
             return Some(UpdateError::InWindow);
         }
-        match current_exe() {
-            Ok(exe) if under_systemd(&exe) => Some(UpdateError::Systemd { exe: exe.display().to_string() }),
-            Ok(_) => None,
-            Err(e) => Some(e),
-        }
+        current_exe().err()
     }
 
     /// Who updates this node's binary, as its status says.
     pub fn self_update(&self) -> SelfUpdate {
         match self.refusal() {
             Some(UpdateError::InWindow) => SelfUpdate::Window,
-            Some(UpdateError::Systemd { exe }) => SelfUpdate::PackageManager { exe },
             _ => SelfUpdate::Service,
         }
     }
@@ -265,7 +277,6 @@ impl Updater {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
-        let exe = current_exe()?;
         let Some(offer) = offer else {
             return Err(UpdateError::NothingOffered {
                 version: crate::version().to_owned(),
@@ -277,7 +288,6 @@ impl Updater {
             Phase::Wanted { to, .. } | Phase::Installing { to } => return Err(UpdateError::Busy(to)),
             Phase::Draining { offer, .. } => return Err(UpdateError::Busy(offer.release.version.clone())),
         }
-        writable_beside(&exe)?;
         let to = offer.release.version.clone();
         tracing::info!(from = %crate::version(), %to, automatic, "update requested; asking the hub for the gateway's turn");
         self.set(Phase::Wanted { to: to.clone(), automatic });
@@ -342,6 +352,9 @@ impl Updater {
                                 previous: PathBuf::new(),
                                 pid: std::process::id(),
                                 started_ms: super::unix_millis(),
+                                staged: false,
+                                supervised: false,
+                                sha256: String::new(),
                                 outcome: Outcome::Failed { reason: e.to_string() },
                             };
                             if let Err(e) = write_record(&shared.store, &record) {
@@ -377,11 +390,15 @@ impl Updater {
     }
 }
 
-/// Downloads, checks and installs the release in place of this binary, records it and
-/// starts the watchdog; returns the binary to exec.
+/// Downloads, checks and installs the release (in place of this binary, or staged in the
+/// data dir where this binary can't be replaced), records it and starts the watchdog;
+/// returns the binary to exec.
 async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, UpdateError> {
     let version = offer.release.version.clone();
     let refuse = |reason: String| UpdateError::Release { version: version.clone(), reason };
+    if version.is_empty() || !version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)) {
+        return Err(refuse("its version is not a plain version (letters, digits, . _ + -)".to_owned()));
+    }
     let keys: Vec<PublicKey> = offer
         .keys
         .iter()
@@ -391,49 +408,59 @@ async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, Update
     release::verify(&offer.release.sha256, &offer.release.signature, &keys)
         .map_err(|e| refuse(e.to_string()))?;
     let exe = current_exe()?;
-    let dir = exe.parent().ok_or_else(|| UpdateError::Io(format!("{} has no folder", exe.display())))?;
-    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.update", crate::encoding::random_hex::<6>()));
-    let not_writable = |e: std::io::Error| UpdateError::NotWritable {
-        exe: exe.display().to_string(),
-        reason: e.to_string(),
+    let supervised = supervised();
+    let staged = supervised || writable_beside(&exe).is_err();
+    let dir = if staged {
+        releases_dir(&shared.store)?
+    } else {
+        exe.parent().ok_or_else(|| UpdateError::Io(format!("{} has no folder", exe.display())))?.to_owned()
     };
-    let result = async {
-        let mut file = new_file(&temp).map_err(not_writable)?;
-        let (sha256, length) = shared
-            .client
-            .download_release(&offer.release.id, &mut file)
-            .await
-            .map_err(|e| refuse(format!("the download failed: {e}")))?;
-        file.sync_all().map_err(|e| UpdateError::Io(e.to_string()))?;
-        drop(file);
-        if length != offer.release.size_bytes {
-            return Err(refuse(format!("{length} bytes arrived, not {}", offer.release.size_bytes)));
+    let temp = dir.join(format!(".gatehouse.{}.update", crate::encoding::random_hex::<6>()));
+    let not_writable = |e: std::io::Error| {
+        if staged {
+            UpdateError::Io(format!("can't stage the release in {}: {e}", dir.display()))
+        } else {
+            UpdateError::NotWritable { exe: exe.display().to_string(), reason: e.to_string() }
         }
-        if sha256 != offer.release.sha256 {
-            let e = release::ReleaseError::Digest { expected: offer.release.sha256.clone(), actual: sha256 };
-            return Err(refuse(e.to_string()));
+    };
+    let sha256 = match download(shared, offer, &keys, &temp, &not_writable).await {
+        Ok(sha256) => sha256,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
         }
-        // What was written is what is signed, checked here, not only at the hub.
-        release::verify(&sha256, &offer.release.signature, &keys).map_err(|e| refuse(e.to_string()))?;
-        set_executable(&temp).map_err(not_writable)?;
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
-    let previous = previous_path(&exe);
-    let record = Record {
+    };
+    let mut record = Record {
         from: crate::version().to_owned(),
         to: version.clone(),
         exe: exe.clone(),
-        previous: previous.clone(),
+        previous: previous_path(&exe),
         pid: std::process::id(),
         started_ms: super::unix_millis(),
+        staged,
+        supervised,
+        sha256,
         outcome: Outcome::Restarting,
     };
+    if staged {
+        // The running binary stays as it is: it is the previous one, and what the watchdog
+        // (or the supervisor) starts again if the new one doesn't come up.
+        let target = dir.join(format!("gatehouse-{version}"));
+        let place = || -> std::io::Result<()> {
+            std::fs::rename(&temp, &target)?;
+            std::fs::File::open(&dir)?.sync_all()
+        };
+        if let Err(e) = place() {
+            let _ = std::fs::remove_file(&temp);
+            return Err(not_writable(e));
+        }
+        record.exe.clone_from(&target);
+        record.previous.clone_from(&exe);
+        write_record(&shared.store, &record)?;
+        spawn_watchdog(&exe, shared.store.dir())?;
+        return Ok(target);
+    }
+    let previous = record.previous.clone();
     // Keep the running binary as the previous one (a second name for it), then put the new
     // one in its place in one rename: `exe` is always one whole binary or the other.
     let keep = || -> std::io::Result<()> {
@@ -442,7 +469,7 @@ async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, Update
             std::fs::copy(&exe, &previous)?;
         }
         std::fs::rename(&temp, &exe)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::File::open(&dir)?.sync_all()
     };
     if let Err(e) = keep() {
         let _ = std::fs::remove_file(&temp);
@@ -457,6 +484,136 @@ async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, Update
     write_record(&shared.store, &record).map_err(undo)?;
     spawn_watchdog(&previous, shared.store.dir()).map_err(undo)?;
     Ok(exe)
+}
+
+/// Downloads the release into the new file `temp` and checks its length, SHA-256 and
+/// signature; returns the SHA-256.
+async fn download(
+    shared: &Shared,
+    offer: &UpdateOffer,
+    keys: &[PublicKey],
+    temp: &Path,
+    not_writable: &(dyn Fn(std::io::Error) -> UpdateError + Sync),
+) -> Result<String, UpdateError> {
+    let refuse = |reason: String| UpdateError::Release { version: offer.release.version.clone(), reason };
+    let mut file = new_file(temp).map_err(not_writable)?;
+    let (sha256, length) = shared
+        .client
+        .download_release(&offer.release.id, &mut file)
+        .await
+        .map_err(|e| refuse(format!("the download failed: {e}")))?;
+    file.sync_all().map_err(|e| UpdateError::Io(e.to_string()))?;
+    drop(file);
+    if length != offer.release.size_bytes {
+        return Err(refuse(format!("{length} bytes arrived, not {}", offer.release.size_bytes)));
+    }
+    if sha256 != offer.release.sha256 {
+        let e = release::ReleaseError::Digest { expected: offer.release.sha256.clone(), actual: sha256 };
+        return Err(refuse(e.to_string()));
+    }
+    // What was written is what is signed, checked here, not only at the hub.
+    release::verify(&sha256, &offer.release.signature, keys).map_err(|e| refuse(e.to_string()))?;
+    set_executable(temp).map_err(not_writable)?;
+    Ok(sha256)
+}
+
+/// `releases/` in the data dir (owner-only), where staged releases are kept.
+fn releases_dir(store: &Store) -> Result<PathBuf, UpdateError> {
+    let dir = store.dir().join(RELEASES_DIR);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| crate::machine::owner_only_dir(&dir))
+        .map_err(|e| UpdateError::Io(format!("can't make {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// `releases/current.json`: the staged release that came up healthy, which a `node run` of
+/// an older binary execs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Current {
+    version: String,
+    exe: PathBuf,
+    sha256: String,
+}
+
+fn current_path(store: &Store) -> PathBuf {
+    store.dir().join(RELEASES_DIR).join("current.json")
+}
+
+/// Names `record`'s staged binary as the one this data dir runs, and removes the staged
+/// releases it replaces.
+fn make_current(store: &Store, record: &Record) -> Result<(), UpdateError> {
+    let current =
+        Current { version: record.to.clone(), exe: record.exe.clone(), sha256: record.sha256.clone() };
+    let json = serde_json::to_vec_pretty(&current).map_err(|e| UpdateError::Io(e.to_string()))?;
+    let path = current_path(store);
+    crate::machine::write_atomic(&path, &json)
+        .map_err(|e| UpdateError::Io(format!("can't write {}: {e}", path.display())))?;
+    let Ok(entries) = std::fs::read_dir(store.dir().join(RELEASES_DIR)) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let stale =
+            entry.file_name().to_string_lossy().starts_with("gatehouse-") && entry.path() != record.exe;
+        if stale && let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(path = %entry.path().display(), "can't remove a release this update replaced: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// What `node run` execs before it starts, if anything: the staged release that came up
+/// healthy when this binary is older (the package's, started by systemd), unless it was
+/// changed since. First, an update whose new binary died before the watchdog judged it (a
+/// supervisor started this process: another pid) is recorded as rolled back.
+pub fn staged_start(store: &Store) -> Option<PathBuf> {
+    if let Some(mut record) = last_record(store)
+        && record.staged
+        && record.outcome == Outcome::Restarting
+        && record.pid != std::process::id()
+    {
+        record.outcome =
+            Outcome::RolledBack { reason: format!("version {} stopped before it came up", record.to) };
+        tracing::warn!(from = %record.from, to = %record.to, "{record}");
+        if let Err(e) = write_record(store, &record) {
+            tracing::warn!("{e}");
+        }
+    }
+    let current: Current =
+        std::fs::read(current_path(store)).ok().and_then(|b| serde_json::from_slice(&b).ok())?;
+    let own = crate::version();
+    if current_exe().is_ok_and(|exe| exe == current.exe) {
+        return None;
+    }
+    if crate::protocol::compare_versions(&current.version, own) != std::cmp::Ordering::Greater {
+        tracing::info!(staged = %current.version, %own, "this binary is as new as the release the node updated itself to, or newer; running it");
+        return None;
+    }
+    match release::sha256_file(&current.exe) {
+        Ok(sha256) if sha256 == current.sha256 => Some(current.exe),
+        Ok(_) => {
+            tracing::warn!(exe = %current.exe.display(), "the staged release {} changed since it was installed; running {own} instead", current.version);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(exe = %current.exe.display(), "can't read the staged release {}: {e}; running {own} instead", current.version);
+            None
+        }
+    }
+}
+
+/// Whether a supervisor restarts this service when it fails: systemd (`INVOCATION_ID` in a
+/// process systemd started), or the stand-in the tests play (`GATEHOUSE_FAKE_SYSTEMD`).
+fn supervised() -> bool {
+    if std::env::var_os("GATEHOUSE_FAKE_SYSTEMD").is_some() {
+        tracing::warn!("a FAKE systemd supervises this node (GATEHOUSE_FAKE_SYSTEMD): for tests only");
+        return true;
+    }
+    std::env::var_os("INVOCATION_ID").is_some() && parent_is_systemd()
+}
+
+/// The parent process is systemd (pid 1 or a user manager), not a shell that inherited
+/// `INVOCATION_ID` from a terminal started as a service.
+fn parent_is_systemd() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    std::fs::read_to_string(format!("/proc/{parent}/comm")).is_ok_and(|name| name.trim() == "systemd")
 }
 
 /// Starts `PREVIOUS node update-watchdog` in its own process group: it outlives this process
@@ -480,7 +637,14 @@ pub async fn watchdog(store: &Store) -> Result<Record, UpdateError> {
             tracing::info!(from = %record.from, to = %record.to, "the new version is up and reaches the hub");
             record.outcome = Outcome::Installed;
             write_record(store, &record)?;
+            if record.staged {
+                make_current(store, &record)?;
+            }
             return Ok(record);
+        }
+        // A supervisor's restart got there first ([`staged_start`]): its word stands.
+        if let Some(decided) = last_record(store).filter(|r| r.outcome != Outcome::Restarting) {
+            return Ok(decided);
         }
         if !alive(record.pid) && ControlClient::connect(store.dir()).await.ok().flatten().is_none() {
             break format!("version {} stopped before it came up", record.to);
@@ -495,27 +659,44 @@ pub async fn watchdog(store: &Store) -> Result<Record, UpdateError> {
         tokio::time::sleep(POLL).await;
     };
     tracing::warn!(from = %record.from, to = %record.to, "rolling back: {failure}");
+    record.outcome = Outcome::RolledBack { reason: failure.clone() };
+    if record.supervised {
+        // The supervisor starts the previous binary again once the new one has failed; one it
+        // started itself would go down with the failed service's processes.
+        write_record(store, &record)?;
+        if alive(record.pid) {
+            signal(record.pid, sysinfo::Signal::Kill);
+        }
+        return Ok(record);
+    }
     stop_new(store.dir(), record.pid).await;
-    std::fs::rename(&record.previous, &record.exe).map_err(|e| {
-        UpdateError::Io(format!(
-            "can't put the previous binary {} back at {}: {e}",
-            record.previous.display(),
-            record.exe.display()
-        ))
-    })?;
-    start_detached(&record.exe, store.dir())?;
-    let back = wait_healthy(store.dir(), &record.from, HEALTH_DEADLINE).await;
-    let reason = if back {
-        failure
+    let previous = if record.staged {
+        // The previous binary was never moved; the staged one is dropped.
+        let _ = std::fs::remove_file(&record.exe);
+        record.previous.clone()
     } else {
-        format!(
+        std::fs::rename(&record.previous, &record.exe).map_err(|e| {
+            UpdateError::Io(format!(
+                "can't put the previous binary {} back at {}: {e}",
+                record.previous.display(),
+                record.exe.display()
+            ))
+        })?;
+        record.exe.clone()
+    };
+    // Recorded before the start, so the previous binary doesn't take it for a death of its own.
+    write_record(store, &record)?;
+    start_detached(&previous, store.dir())?;
+    let back = wait_healthy(store.dir(), &record.from, HEALTH_DEADLINE).await;
+    if !back {
+        let reason = format!(
             "{failure}; version {} didn't come back within {} s either",
             record.from,
             HEALTH_DEADLINE.as_secs()
-        )
-    };
-    record.outcome = Outcome::RolledBack { reason };
-    write_record(store, &record)?;
+        );
+        record.outcome = Outcome::RolledBack { reason };
+        write_record(store, &record)?;
+    }
     Ok(record)
 }
 
@@ -606,11 +787,6 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|stat| stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z')))
 }
 
-/// Whether `exe` runs as the package's systemd unit: the package owns the binary there.
-fn under_systemd(exe: &Path) -> bool {
-    std::env::var_os("INVOCATION_ID").is_some() && exe.starts_with("/usr")
-}
-
 /// This process's binary, as a path that names it (not `… (deleted)` after a replacement).
 fn current_exe() -> Result<PathBuf, UpdateError> {
     std::env::current_exe()
@@ -658,6 +834,9 @@ mod tests {
             previous: previous_path(Path::new("/opt/g/gatehouse")),
             pid: 7,
             started_ms: 1,
+            staged: false,
+            supervised: false,
+            sha256: "ab".into(),
             outcome: Outcome::RolledBack { reason: "version 0.2.0 stopped before it came up".into() },
         };
         assert_eq!(record.previous, Path::new("/opt/g/gatehouse.previous"));

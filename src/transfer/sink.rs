@@ -157,6 +157,8 @@ impl Drop for Staged {
 /// Staged files synced together on this many threads: the disk sees several requests at
 /// once (merged, and one journal commit for many), without a thread per file.
 const SYNC_THREADS: usize = 4;
+/// Aborts of one upload before giving up on it (some 6 s in all).
+const ABORT_TRIES: usize = 6;
 
 /// Makes the data of every staged file durable, on up to [`SYNC_THREADS`] threads.
 fn sync_all_data(staged: &[(usize, Staged)]) -> Result<(), TransferError> {
@@ -586,10 +588,8 @@ impl Sink {
     /// that can't be aborted now is invisible, and the attempt that takes over tries again.
     pub async fn abort(&self, key: &str, upload_id: &str) {
         let result = match &self.inner {
-            Inner::S3 { store, .. } => match object_path(key) {
-                Ok(path) => {
-                    store.abort_multipart(&path, &upload_id.to_owned()).await.map_err(|e| e.to_string())
-                }
+            Inner::S3 { store, calls, .. } => match object_path(key) {
+                Ok(path) => abort_s3(store, calls, &path, key, upload_id).await,
                 Err(e) => Err(e.to_string()),
             },
             Inner::Folder { root, .. } => match Self::upload_path(root, upload_id) {
@@ -923,4 +923,32 @@ fn file_sha256(path: &Path) -> Result<String, TransferError> {
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(|e| folder_error(path, &e))?;
     Ok(crate::encoding::hex(&hasher.finalize()))
+}
+
+/// Aborts an S3 upload until the server no longer lists it. A part whose request was still
+/// being stored when the abort came can bring the upload back (AWS says to abort again once
+/// such parts are in, and check); a server that can't list uploads gets one abort.
+async fn abort_s3(
+    store: &AmazonS3,
+    calls: &super::s3calls::S3Calls,
+    path: &ObjectPath,
+    key: &str,
+    upload_id: &str,
+) -> Result<(), String> {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..ABORT_TRIES {
+        store.abort_multipart(path, &upload_id.to_owned()).await.map_err(|e| e.to_string())?;
+        // Time for a part the server was still storing to land, and bring the upload back.
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+        match calls.open_uploads(key).await {
+            Ok(open) if !open.iter().any(|id| id == upload_id) => return Ok(()),
+            Ok(_) => tracing::info!(%key, "an aborted upload came back with a late part; aborting it again"),
+            Err(e) => {
+                tracing::debug!(%key, "can't list the uploads to check an abort: {e}");
+                return Ok(());
+            }
+        }
+    }
+    Err(format!("the upload {upload_id} is still listed after {ABORT_TRIES} aborts"))
 }

@@ -1,6 +1,6 @@
 //! The "Automatic updates" section: the opt-in window (days and hours of the machine's local
 //! time) in which the node service takes a newer release the hub offers by itself, checked as
-//! typed; or, for the package's systemd unit, that the package manager updates the node.
+//! typed.
 
 use eframe::egui;
 
@@ -58,15 +58,6 @@ impl AutoUpdateSection {
 
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &State, outbox: &Outbox) {
         let status = state.status.as_ref();
-        if let Some(SelfUpdate::PackageManager { exe }) = status.and_then(|s| s.self_update.as_ref()) {
-            widgets::paragraph(
-                ui,
-                &format!(
-                    "The package manager updates this node: it runs as the package's systemd unit, from {exe}, which the package owns. Install the newer package (e.g. apt install ./gatehouse_VERSION.deb); the automatic update window doesn't apply."
-                ),
-            );
-            return;
-        }
         let current = state.settings.as_ref().and_then(|s| s.auto_update);
         let offset = status.and_then(|s| s.local_offset.as_deref());
         ui.label(match (&current, offset) {
@@ -165,15 +156,5 @@ mod page_tests {
         click(&mut harness, "Update automatically inside a window");
         click(&mut harness, "Save update window");
         assert!(matches!(asked_op(&harness), Op::SetAutoUpdate(None)));
-    }
-
-    #[test]
-    fn under_the_packages_systemd_unit_the_package_manager_updates_the_node() {
-        let mut state = testing::running();
-        state.status.as_mut().unwrap().self_update =
-            Some(SelfUpdate::PackageManager { exe: "/usr/bin/gatehouse".to_owned() });
-        let harness = section(state);
-        assert!(shows(&harness, "The package manager updates this node"));
-        assert!(!shows(&harness, "Save update window"), "a window is offered that can't apply");
     }
 }
