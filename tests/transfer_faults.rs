@@ -270,6 +270,19 @@ fn a_cancelled_copy_stops_aborts_its_uploads_and_leaves_nothing_partial() {
             false
         }
     });
+    if !stopped {
+        for node in &setup.nodes {
+            for entry in std::fs::read_dir(node.home.path().join("logs")).unwrap().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                for line in text
+                    .lines()
+                    .filter(|l| l.contains("upload") || l.contains("cancel") || l.contains("abort"))
+                {
+                    eprintln!("{}: {line}", node.name);
+                }
+            }
+        }
+    }
     assert!(stopped, "the runs didn't stop within 60 s: {} unfinished uploads, job {:#}", last.1, last.0);
     // Runs that were copying noticed within a second or two; give them that, then look again.
     std::thread::sleep(Duration::from_secs(3));

@@ -256,13 +256,23 @@ impl Worker {
         // Cancelled only when the hub says the job was (then uploads are aborted); a stopping
         // node drops the copy where it is instead, so the next attempt resumes it.
         let cancel = CancellationToken::new();
+        let last = Arc::new(Mutex::new((tokio::time::Instant::now(), None)));
         let reporter = HubReporter {
             cancel: cancel.clone(),
             client: self.client.clone(),
             run: run.id.clone(),
             attempt: run.attempt,
             current: Arc::clone(&self.current),
+            last: Arc::clone(&last),
         };
+        let watching = tokio::spawn(HubReporter::watch(
+            self.client.clone(),
+            run.id.clone(),
+            run.attempt,
+            cancel.clone(),
+            last,
+        ));
+        let _watching = AbortOnDrop(watching);
         let ctx = transfer::Context {
             node: &self.copier.node_name,
             run: &run.id,
@@ -361,6 +371,15 @@ impl Worker {
     }
 }
 
+/// Aborts a task when its owner goes (a copy that returned, or was dropped on shutdown).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn finished(attempt: u32, outcome: Result<serde_json::Value, String>) -> FinishRun {
     match outcome {
         Ok(result) => FinishRun { attempt, succeeded: true, result: Some(result), error: None },
@@ -377,14 +396,53 @@ struct HubReporter {
     current: Arc<Mutex<BTreeMap<String, CurrentRun>>>,
     /// Cancelled when the hub answers that the job was cancelled.
     cancel: CancellationToken,
+    /// When the copy last reported, and what: [`HubReporter::watch`] repeats it.
+    last: Arc<Mutex<(tokio::time::Instant, Option<TransferProgress>)>>,
 }
 
 impl HubReporter {
     fn show(&self, progress: TransferProgress) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = (tokio::time::Instant::now(), Some(progress));
+        }
         if let Ok(mut current) = self.current.lock()
             && let Some(entry) = current.get_mut(&self.run)
         {
             entry.transfer = Some(progress);
+        }
+    }
+}
+
+/// How long a copy may go without reporting before [`HubReporter::watch`] reports for it.
+const QUIET_COPY: Duration = Duration::from_secs(2);
+
+impl HubReporter {
+    /// Until the run ends: repeats the copy's last progress to the hub whenever the copy has
+    /// been quiet for [`QUIET_COPY`] (waiting for buffers, bandwidth or a slow read), so a
+    /// cancelled job is heard of, and the copy told, wherever it waits.
+    async fn watch(
+        client: HubClient,
+        run: String,
+        attempt: u32,
+        cancel: CancellationToken,
+        last: Arc<Mutex<(tokio::time::Instant, Option<TransferProgress>)>>,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(QUIET_COPY / 2) => {}
+                () = cancel.cancelled() => return,
+            }
+            let quiet = last.lock().ok().and_then(|l| (l.0.elapsed() >= QUIET_COPY).then_some(l.1)).flatten();
+            let Some(progress) = quiet else { continue };
+            let report = RunProgress { attempt, progress: serde_json::json!(progress), checkpoint: None };
+            match client.run_progress(&run, &report).await {
+                Err(ClientError::Refused { status: CANCELLED, .. }) => cancel.cancel(),
+                Err(e) => tracing::debug!(%run, "progress not repeated: {e}"),
+                Ok(()) => {}
+            }
+            if let Ok(mut last) = last.lock() {
+                last.0 = tokio::time::Instant::now();
+            }
         }
     }
 }

@@ -73,6 +73,19 @@ impl Drop for Chunk {
     }
 }
 
+/// [`take`], given up when `cancel` fires: the buffers may be held by uploads of the same
+/// cancelled job that wait for bandwidth the hub no longer grants, and are let go only when
+/// their run stops.
+pub async fn take_unless(
+    bytes: u64,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<Chunk>, TransferError> {
+    tokio::select! {
+        chunks = take(bytes) => chunks,
+        () = cancel.cancelled() => Err(TransferError::Cancelled),
+    }
+}
+
 /// Waits for enough buffers to hold `bytes` (at most the whole budget) and takes them.
 pub async fn take(bytes: u64) -> Result<Vec<Chunk>, TransferError> {
     let count = usize::try_from(bytes.div_ceil(CHUNK as u64)).unwrap_or(BUDGET_CHUNKS).min(BUDGET_CHUNKS);

@@ -472,7 +472,7 @@ async fn send_parts<R: Reporter>(
             }
             let offset = next as u64 * PART_SIZE;
             let size = PART_SIZE.min(listed.size.saturating_sub(offset));
-            let mut chunks = buffers::take(size).await?;
+            let mut chunks = buffers::take_unless(size, &ctx.cancel).await?;
             let (file, crcs, mut part_hasher) = (Arc::clone(&file), crcs.clone(), hasher.take());
             let (node, source, file_listed, part) =
                 (ctx.node.to_owned(), path.to_owned(), listed.clone(), next);

@@ -600,8 +600,9 @@ impl Sink {
                 Err(e) => Err(e.to_string()),
             },
         };
-        if let Err(e) = result {
-            tracing::warn!(%key, "can't abort an unfinished upload: {e}");
+        match result {
+            Ok(()) => tracing::info!(%key, "aborted an unfinished upload"),
+            Err(e) => tracing::warn!(%key, "can't abort an unfinished upload: {e}"),
         }
     }
 
@@ -945,7 +946,7 @@ async fn abort_s3(
             Ok(open) if !open.iter().any(|id| id == upload_id) => return Ok(()),
             Ok(_) => tracing::info!(%key, "an aborted upload came back with a late part; aborting it again"),
             Err(e) => {
-                tracing::debug!(%key, "can't list the uploads to check an abort: {e}");
+                tracing::warn!(%key, "can't list the uploads to check an abort: {e}");
                 return Ok(());
             }
         }

@@ -141,7 +141,7 @@ impl<R: Reporter> Streaming<'_, '_, R> {
         self.size += data.len() as u64;
         while !data.is_empty() {
             if self.part.is_empty() {
-                self.part = buffers::take(PART_SIZE).await?;
+                self.part = buffers::take_unless(PART_SIZE, &self.ctx.cancel).await?;
             }
             let at = usize::try_from(self.part_len).unwrap_or(usize::MAX);
             let (index, filled) = (at / buffers::CHUNK, at % buffers::CHUNK);
