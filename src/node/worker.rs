@@ -256,23 +256,15 @@ impl Worker {
         // Cancelled only when the hub says the job was (then uploads are aborted); a stopping
         // node drops the copy where it is instead, so the next attempt resumes it.
         let cancel = CancellationToken::new();
-        let last = Arc::new(Mutex::new((tokio::time::Instant::now(), None)));
         let reporter = HubReporter {
             cancel: cancel.clone(),
             client: self.client.clone(),
             run: run.id.clone(),
             attempt: run.attempt,
             current: Arc::clone(&self.current),
-            last: Arc::clone(&last),
+            last: Arc::new(Mutex::new((tokio::time::Instant::now(), None))),
         };
-        let watching = tokio::spawn(HubReporter::watch(
-            self.client.clone(),
-            run.id.clone(),
-            run.attempt,
-            cancel.clone(),
-            last,
-        ));
-        let _watching = AbortOnDrop(watching);
+        let _watching = AbortOnDrop(tokio::spawn(reporter.clone().watch()));
         let ctx = transfer::Context {
             node: &self.copier.node_name,
             run: &run.id,
@@ -389,6 +381,7 @@ fn finished(attempt: u32, outcome: Result<serde_json::Value, String>) -> FinishR
 
 /// Sends a copy run's progress and checkpoints to the hub, and keeps the node's own view of
 /// the run (Home's progress bar) up to date.
+#[derive(Clone)]
 struct HubReporter {
     client: HubClient,
     run: String,
@@ -420,27 +413,26 @@ impl HubReporter {
     /// Until the run ends: repeats the copy's last progress to the hub whenever the copy has
     /// been quiet for [`QUIET_COPY`] (waiting for buffers, bandwidth or a slow read), so a
     /// cancelled job is heard of, and the copy told, wherever it waits.
-    async fn watch(
-        client: HubClient,
-        run: String,
-        attempt: u32,
-        cancel: CancellationToken,
-        last: Arc<Mutex<(tokio::time::Instant, Option<TransferProgress>)>>,
-    ) {
+    async fn watch(self) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(QUIET_COPY / 2) => {}
-                () = cancel.cancelled() => return,
+                () = self.cancel.cancelled() => return,
             }
-            let quiet = last.lock().ok().and_then(|l| (l.0.elapsed() >= QUIET_COPY).then_some(l.1)).flatten();
+            let quiet =
+                self.last.lock().ok().and_then(|l| (l.0.elapsed() >= QUIET_COPY).then_some(l.1)).flatten();
             let Some(progress) = quiet else { continue };
-            let report = RunProgress { attempt, progress: serde_json::json!(progress), checkpoint: None };
-            match client.run_progress(&run, &report).await {
-                Err(ClientError::Refused { status: CANCELLED, .. }) => cancel.cancel(),
-                Err(e) => tracing::debug!(%run, "progress not repeated: {e}"),
+            let report = RunProgress {
+                attempt: self.attempt,
+                progress: serde_json::json!(progress),
+                checkpoint: None,
+            };
+            match self.client.run_progress(&self.run, &report).await {
+                Err(ClientError::Refused { status: CANCELLED, .. }) => self.cancel.cancel(),
+                Err(e) => tracing::debug!(run = %self.run, "progress not repeated: {e}"),
                 Ok(()) => {}
             }
-            if let Ok(mut last) = last.lock() {
+            if let Ok(mut last) = self.last.lock() {
                 last.0 = tokio::time::Instant::now();
             }
         }
