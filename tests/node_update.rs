@@ -242,12 +242,7 @@ fn a_three_node_gateway_updates_one_node_at_a_time_under_jobs_and_loses_no_run()
 #[test]
 fn a_release_that_cannot_start_is_rolled_back_and_the_node_comes_back_on_its_version() {
     let temp = tempfile::tempdir().unwrap();
-    let (private, public) = keygen(&temp.path().join("keys"));
-    let hub = Hub::start_with(&["--release-key", public.to_str().unwrap()]);
-    let broken = temp.path().join("broken");
-    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
-    sign(&broken, &private);
-    ok(&publish(&hub, &broken, "9.9.9"));
+    let hub = hub_with_broken_release(temp.path());
 
     let key = hub.create_gateway("solo", &[]);
     let mut node = Node::register(&key, "n1", &[]);
@@ -302,6 +297,17 @@ fn auto_update(node: &Node, args: &[&str]) -> String {
     let mut all = vec!["node", "auto-update"];
     all.extend(args);
     ok(&gatehouse(node.home.path(), &all, &[("TZ", ZONE)]))
+}
+
+/// A hub trusting a new key, with 9.9.9 published, signed by it: a script that exits 1.
+fn hub_with_broken_release(temp: &Path) -> Hub {
+    let (private, public) = keygen(&temp.join("keys"));
+    let hub = Hub::start_with(&["--release-key", public.to_str().unwrap()]);
+    let broken = temp.join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    sign(&broken, &private);
+    ok(&publish(&hub, &broken, "9.9.9"));
+    hub
 }
 
 /// A hub trusting a new key, with `NEW` published, signed by it.
@@ -579,12 +585,7 @@ fn under_a_supervisor_the_update_is_staged_in_the_data_dir_and_kept_across_resta
 #[test]
 fn under_a_supervisor_a_staged_release_that_cannot_start_is_rolled_back_by_the_restart() {
     let temp = tempfile::tempdir().unwrap();
-    let (private, public) = keygen(&temp.path().join("keys"));
-    let hub = Hub::start_with(&["--release-key", public.to_str().unwrap()]);
-    let broken = temp.path().join("broken");
-    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
-    sign(&broken, &private);
-    ok(&publish(&hub, &broken, "9.9.9"));
+    let hub = hub_with_broken_release(temp.path());
     let key = hub.create_gateway("svc", &[]);
     let node = Node::register(&key, "n1", &[]);
     let exe = binary_copy(&temp.path().join("usr-bin"), None);

@@ -220,15 +220,18 @@ impl Worker {
     async fn execute(&self, offered: RunView) {
         // What runs is the hub's copy of the run, never the one the peer sent: the hand-off
         // only names the run and its attempt.
-        let run = match self.client.start_run(&offered.id, offered.attempt).await {
-            Ok(started) if started.id == offered.id && started.attempt == offered.attempt => started,
-            Ok(started) => {
+        // A hub that is restarting is waited for: the hand-off isn't lost to a few seconds
+        // without it. A refusal means the run was taken or handed back: someone else has it.
+        let started =
+            self.retry_for(&offered, "the start", || self.client.start_run(&offered.id, offered.attempt));
+        let run = match started.await {
+            Ok(Some(started)) if started.id == offered.id && started.attempt == offered.attempt => started,
+            Ok(Some(started)) => {
                 tracing::warn!(run = %offered.id, attempt = offered.attempt, "the hub started another run or attempt ({} attempt {}) than the one handed over; not running it", started.id, started.attempt);
                 return;
             }
-            Err(e) => {
-                // Already taken, or handed back to the queue: someone else has it.
-                tracing::info!(run = %offered.id, attempt = offered.attempt, "not starting the run: {e}");
+            Ok(None) | Err(_) => {
+                tracing::info!(run = %offered.id, attempt = offered.attempt, "not starting the run");
                 return;
             }
         };
@@ -336,27 +339,41 @@ impl Worker {
     where
         F: Future<Output = Result<T, ClientError>>,
     {
+        self.retry_for(run, what, send).await.err()
+    }
+
+    /// [`Worker::retry`], keeping the answer: `Ok(None)` when the hub stayed unreachable (or
+    /// the node is stopping), `Err` with the refusal.
+    async fn retry_for<T, F>(
+        &self,
+        run: &RunView,
+        what: &str,
+        send: impl Fn() -> F,
+    ) -> Result<Option<T>, (u16, String)>
+    where
+        F: Future<Output = Result<T, ClientError>>,
+    {
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
         let mut wait = Duration::from_millis(200);
         loop {
             match send().await {
-                Ok(_) => return None,
+                Ok(answer) => return Ok(Some(answer)),
                 // A 5xx is the hub failing, not refusing: retried like no answer at all.
                 Err(ClientError::Refused { status, body }) if status < 500 => {
                     tracing::info!(run = %run.id, "the hub didn't take {what}: {}", body.error);
-                    return Some((status, body.error));
+                    return Err((status, body.error));
                 }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(run = %run.id, "can't report {what} yet, retrying: {e}");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.cancelled() => return None,
+                        () = self.shutdown.cancelled() => return Ok(None),
                     }
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
                     tracing::error!(run = %run.id, "giving up reporting {what}: {e}");
-                    return None;
+                    return Ok(None);
                 }
             }
         }
