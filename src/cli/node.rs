@@ -480,9 +480,8 @@ async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Resul
     if let Some(exe) = node::update::staged_start(&store) {
         // The release this node updated itself to, which a package's binary (systemd's
         // ExecStart) can't replace in place: the same process goes on as it.
-        use std::os::unix::process::CommandExt as _;
         tracing::info!(exe = %exe.display(), "starting the release this node updated itself to");
-        let error = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+        let error = node::update::exec(&exe);
         tracing::warn!(exe = %exe.display(), "can't start the release this node updated itself to: {error}; running {} instead", crate::version());
     }
     // A fake machine for threshold tests, never for real use: say so loudly.
@@ -528,11 +527,9 @@ async fn run_service(store: Store, group: Option<ControlGroup>) -> anyhow::Resul
     host.stop(HUB_PATIENCE).await;
     let restart = restart.lock().ok().and_then(|mut r| r.take());
     if let Some(exe) = restart {
-        // The same process (pid) goes on as the new binary, so whoever started it (a shell,
-        // a supervisor, `node start`) sees no exit; the update's watchdog judges it.
-        use std::os::unix::process::CommandExt as _;
+        // The update's watchdog judges the new binary.
         tracing::info!(exe = %exe.display(), "node service stopped; restarting into the updated binary");
-        let error = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+        let error = node::update::exec(&exe);
         anyhow::bail!(
             "can't start the updated binary {}: {error}; the update's watchdog puts the previous one back",
             exe.display()

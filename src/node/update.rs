@@ -430,11 +430,18 @@ async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, Update
             return Err(e);
         }
     };
-    let mut record = Record {
+    // Staged, the running binary stays as it is: it is the previous one, and what the
+    // watchdog (or the supervisor) starts again if the new one doesn't come up.
+    let (new_exe, previous) = if staged {
+        (dir.join(format!("gatehouse-{version}")), exe.clone())
+    } else {
+        (exe.clone(), previous_path(&exe))
+    };
+    let record = Record {
         from: crate::version().to_owned(),
         to: version.clone(),
-        exe: exe.clone(),
-        previous: previous_path(&exe),
+        exe: new_exe.clone(),
+        previous: previous.clone(),
         pid: std::process::id(),
         started_ms: super::unix_millis(),
         staged,
@@ -443,24 +450,18 @@ async fn install(shared: &Shared, offer: &UpdateOffer) -> Result<PathBuf, Update
         outcome: Outcome::Restarting,
     };
     if staged {
-        // The running binary stays as it is: it is the previous one, and what the watchdog
-        // (or the supervisor) starts again if the new one doesn't come up.
-        let target = dir.join(format!("gatehouse-{version}"));
         let place = || -> std::io::Result<()> {
-            std::fs::rename(&temp, &target)?;
+            std::fs::rename(&temp, &new_exe)?;
             std::fs::File::open(&dir)?.sync_all()
         };
         if let Err(e) = place() {
             let _ = std::fs::remove_file(&temp);
             return Err(not_writable(e));
         }
-        record.exe.clone_from(&target);
-        record.previous.clone_from(&exe);
         write_record(&shared.store, &record)?;
-        spawn_watchdog(&exe, shared.store.dir())?;
-        return Ok(target);
+        spawn_watchdog(&previous, shared.store.dir())?;
+        return Ok(new_exe);
     }
-    let previous = record.previous.clone();
     // Keep the running binary as the previous one (a second name for it), then put the new
     // one in its place in one rename: `exe` is always one whole binary or the other.
     let keep = || -> std::io::Result<()> {
@@ -597,6 +598,13 @@ pub fn staged_start(store: &Store) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Goes on as `exe` in this process (the same pid, the same arguments), so whoever started
+/// it (a shell, a supervisor, `node start`) sees no exit; returns only if it can't.
+pub fn exec(exe: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec()
 }
 
 /// Whether a supervisor restarts this service when it fails: systemd (`INVOCATION_ID` in a

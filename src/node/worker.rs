@@ -380,6 +380,9 @@ impl Worker {
     }
 }
 
+/// How long a copy may go without reporting before [`HubReporter::watch`] reports for it.
+const QUIET_COPY: Duration = Duration::from_secs(2);
+
 /// Aborts a task when its owner goes (a copy that returned, or was dropped on shutdown).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -421,12 +424,18 @@ impl HubReporter {
             entry.transfer = Some(progress);
         }
     }
-}
 
-/// How long a copy may go without reporting before [`HubReporter::watch`] reports for it.
-const QUIET_COPY: Duration = Duration::from_secs(2);
+    /// Sends `progress` (no checkpoint); a 410 tells the copy its job was cancelled.
+    async fn send(&self, progress: TransferProgress) {
+        let report =
+            RunProgress { attempt: self.attempt, progress: serde_json::json!(progress), checkpoint: None };
+        match self.client.run_progress(&self.run, &report).await {
+            Err(ClientError::Refused { status: CANCELLED, .. }) => self.cancel.cancel(),
+            Err(e) => tracing::debug!(run = %self.run, "progress not reported: {e}"),
+            Ok(()) => {}
+        }
+    }
 
-impl HubReporter {
     /// Until the run ends: repeats the copy's last progress to the hub whenever the copy has
     /// been quiet for [`QUIET_COPY`] (waiting for buffers, bandwidth or a slow read), so a
     /// cancelled job is heard of, and the copy told, wherever it waits.
@@ -439,16 +448,7 @@ impl HubReporter {
             let quiet =
                 self.last.lock().ok().and_then(|l| (l.0.elapsed() >= QUIET_COPY).then_some(l.1)).flatten();
             let Some(progress) = quiet else { continue };
-            let report = RunProgress {
-                attempt: self.attempt,
-                progress: serde_json::json!(progress),
-                checkpoint: None,
-            };
-            match self.client.run_progress(&self.run, &report).await {
-                Err(ClientError::Refused { status: CANCELLED, .. }) => self.cancel.cancel(),
-                Err(e) => tracing::debug!(run = %self.run, "progress not repeated: {e}"),
-                Ok(()) => {}
-            }
+            self.send(progress).await;
             if let Ok(mut last) = self.last.lock() {
                 last.0 = tokio::time::Instant::now();
             }
@@ -459,16 +459,8 @@ impl HubReporter {
 impl transfer::Reporter for HubReporter {
     fn progress(&self, progress: TransferProgress) {
         self.show(progress);
-        let (client, run, attempt, cancel) =
-            (self.client.clone(), self.run.clone(), self.attempt, self.cancel.clone());
-        tokio::spawn(async move {
-            let report = RunProgress { attempt, progress: serde_json::json!(progress), checkpoint: None };
-            match client.run_progress(&run, &report).await {
-                Err(ClientError::Refused { status: CANCELLED, .. }) => cancel.cancel(),
-                Err(e) => tracing::debug!(%run, "progress not reported: {e}"),
-                Ok(()) => {}
-            }
-        });
+        let reporter = self.clone();
+        tokio::spawn(async move { reporter.send(progress).await });
     }
 
     async fn checkpoint(
