@@ -457,7 +457,8 @@ async fn dispatch_loop(
                 changed = beats.changed() => if changed.is_err() { return },
             }
         };
-        let request = ClaimRequest { lease_epoch: epoch, max: CLAIM_MAX, wait_ms: CLAIM_WAIT_MS };
+        let request =
+            ClaimRequest { lease_epoch: epoch, max: CLAIM_MAX, wait_ms: CLAIM_WAIT_MS, again: false };
         let answer = tokio::select! {
             () = stop.cancelled() => return,
             answer = me.api.post::<_, Vec<RunView>>(&me.token, "/api/v1/dispatch/claim", &request) => answer,

@@ -1102,6 +1102,11 @@ pub struct ClaimRequest {
     pub lease_epoch: i64,
     pub max: u32,
     pub wait_ms: u64,
+    /// The dispatcher's last claim got no answer: the hub may have taken runs for it that it
+    /// never received. Answered with the runs it holds that no worker started, if any, before
+    /// new ones (a run it did hand out is then handed out again; only one worker can start it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub again: bool,
 }
 
 /// `POST /api/v1/runs/{run}/assign`: the dispatcher hands a claimed run to a worker.

@@ -2476,6 +2476,7 @@ async fn copies(db: Db) {
     let beats_w = w.beat();
     wait_online(&admin, "copies").await;
     splitting(&admin, &d, &beats_d, &w).await;
+    lost_answers(&admin, &d, &beats_d, &w).await;
     copy_job_states(&admin, &d, &beats_d).await;
     checkpoints(&admin, &d, &beats_d, &w, beats_w).await;
     large_splits(&admin, &d, &beats_d).await;
@@ -2588,6 +2589,42 @@ async fn copy_submission(hub: &Hub, admin: &AdminClient, s: &Node) {
     let job = admin.submit_job("submit", &lake).await.unwrap();
     assert_eq!(job.runs.len(), 1);
     admin_refused(admin.submit_job("submit", &warehouse).await, 400, &["credential named \"warehouse\""]);
+}
+
+/// Answers that never arrive cost no run: a dispatcher whose claim went unanswered gets the
+/// runs it holds again with `again`, and a worker asking again for the start it was granted
+/// gets the same run (another node doesn't).
+async fn lost_answers(admin: &AdminClient, d: &Node, beats_d: &Beats, w: &Node) {
+    let epoch = epoch_of(beats_d);
+    let job = admin.submit_job("copies", &copy_folder("lost")).await.unwrap();
+    let _lost: Vec<RunView> = d.claimed(epoch, 10, 0).await;
+    assert!(d.claimed(epoch, 10, 0).await.is_empty(), "a plain claim takes only queued runs");
+    let again: Vec<RunView> = d
+        .call(
+            "/api/v1/dispatch/claim",
+            json!({ "lease_epoch": epoch, "max": 10, "wait_ms": 0, "again": true }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        again.iter().map(|r| (r.id.as_str(), r.attempt)).collect::<Vec<_>>(),
+        [(job.runs[0].id.as_str(), 1)]
+    );
+
+    let started: RunView = w.start(&again[0].id, 1).await.ok();
+    let twice: RunView = w.start(&again[0].id, 1).await.ok();
+    assert_eq!((twice.state, twice.started_ms), (RunState::Running, started.started_ms), "the same start");
+    d.start(&again[0].id, 1).await.refused(409, &["not this node's"]);
+    w.start(&again[0].id, 2).await.refused(409, &["attempt 2"]);
+    let again: Vec<RunView> = d
+        .call(
+            "/api/v1/dispatch/claim",
+            json!({ "lease_epoch": epoch, "max": 10, "wait_ms": 0, "again": true }),
+        )
+        .await
+        .ok();
+    assert!(again.is_empty(), "a started run is no longer the dispatcher's: {again:?}");
+    admin.cancel_job(&job.id).await.unwrap();
 }
 
 /// The listing run's current attempt splits it into queued partition runs, once; nobody else.

@@ -142,3 +142,32 @@ fn a_node_killed_and_started_again_before_it_goes_offline_gives_back_its_runs() 
     assert!(lost["reason"].as_str().unwrap().contains("n1 restarted"), "{job}");
     hub.admin(&["job", "cancel", &id]);
 }
+
+#[test]
+fn a_run_the_dispatcher_held_while_the_hub_restarted_runs_once_and_is_not_lost() {
+    // One node with room for one run: while it runs the first, the dispatcher (itself) holds
+    // the next one claimed. The hub goes away for longer than the lease, so the node stops
+    // being the dispatcher and lets that run go; back, it takes the lease again and must ask
+    // for that run rather than leave it to the hand-off timeout and a second attempt.
+    let mut hub = Hub::start();
+    let key = hub.create_gateway("sales", &[]);
+    let mut node = Node::register(&key, "n1", &[]);
+    node.command(&["node", "set-concurrency", "1"]);
+    node.run(&[]);
+    wait_until(Duration::from_secs(30), "the node Online and the dispatcher", || {
+        hub.nodes("sales").iter().any(|n| n["status"] == "Online" && n["role"] == "dispatcher")
+    });
+    let id = submit(&hub, 4000, 3);
+    wait_until(Duration::from_secs(30), "one run running and one held by the dispatcher", || {
+        let job = hub.admin(&["job", "show", &id]);
+        let states: Vec<&str> =
+            job["runs"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
+        states.contains(&"running") && states.contains(&"dispatched")
+    });
+    hub.restart(Duration::from_secs(4));
+
+    let job = wait_succeeded(&hub, &id, Duration::from_secs(60));
+    let attempts: Vec<u64> =
+        job["runs"].as_array().unwrap().iter().map(|r| r["attempt"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, [1, 1, 1], "no run needed a second attempt: {job:#}");
+}

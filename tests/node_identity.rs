@@ -429,7 +429,7 @@ fn a_worker_runs_the_hubs_copy_of_a_run_not_the_one_it_was_handed() {
     let spec =
         serde_json::json!({ "name": "genuine", "activities": [{ "kind": "echo", "message": "genuine" }]});
     let id = cluster::submit(&hub, &spec).unwrap();
-    let claim = ClaimRequest { lease_epoch: epoch, max: 1, wait_ms: 5000 };
+    let claim = ClaimRequest { lease_epoch: epoch, max: 1, wait_ms: 5000, again: false };
     let runs = runtime.block_on(d.claim(&claim)).unwrap();
     let mut run = serde_json::to_value(&runs[0]).unwrap();
     run["activity"]["message"] = serde_json::json!("rewritten");

@@ -93,6 +93,18 @@ impl Setup {
             .to_owned()
     }
 
+    /// Prints the nodes' log lines that contain any of `words`, for a failure's message.
+    fn print_logs(&self, words: &[&str]) {
+        for node in &self.nodes {
+            for entry in std::fs::read_dir(node.home.path().join("logs")).unwrap().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                for line in text.lines().filter(|l| words.iter().any(|w| l.contains(w))) {
+                    eprintln!("{}: {line}", node.name);
+                }
+            }
+        }
+    }
+
     fn job(&self, id: &str) -> serde_json::Value {
         self.hub.admin(&["job", "show", id])
     }
@@ -204,6 +216,9 @@ fn the_hub_stopped_for_five_seconds_costs_no_work() {
     setup.assert_sink_is_exact();
     let retried: Vec<&serde_json::Value> =
         job["runs"].as_array().unwrap().iter().filter(|r| r["attempt"].as_u64() != Some(1)).collect();
+    if !retried.is_empty() {
+        setup.print_logs(&["run", "dispatcher", "lease", "hub"]);
+    }
     assert!(retried.is_empty(), "no run needed a second attempt: {retried:#?}");
 }
 
@@ -271,17 +286,7 @@ fn a_cancelled_copy_stops_aborts_its_uploads_and_leaves_nothing_partial() {
         }
     });
     if !stopped {
-        for node in &setup.nodes {
-            for entry in std::fs::read_dir(node.home.path().join("logs")).unwrap().flatten() {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                for line in text
-                    .lines()
-                    .filter(|l| l.contains("upload") || l.contains("cancel") || l.contains("abort"))
-                {
-                    eprintln!("{}: {line}", node.name);
-                }
-            }
-        }
+        setup.print_logs(&["upload", "cancel", "abort"]);
     }
     assert!(stopped, "the runs didn't stop within 60 s: {} unfinished uploads, job {:#}", last.1, last.0);
     // Runs that were copying noticed within a second or two; give them that, then look again.

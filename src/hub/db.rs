@@ -704,7 +704,10 @@ impl Db {
     }
 
     /// Takes or renews the dispatcher lease for `node_id` if it is free, lapsed or already
-    /// its own, in one statement; then reports who holds it.
+    /// its own, in one statement; then reports who holds it. Taking a lapsed lease over from
+    /// another node also puts that node's claims no worker started back in the queue (same
+    /// attempt): it dropped them when it stopped being the dispatcher, and they would wait
+    /// out the queue timeout otherwise.
     pub async fn acquire_lease(
         &self,
         gateway_id: &str,
@@ -713,6 +716,12 @@ impl Db {
         ttl: Duration,
     ) -> Result<LeaseState> {
         let expires = now_ms + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
+        // As of time 0 the holder is whoever held the lease last, lapsed or not.
+        let before = self.lease(gateway_id, 0).await?;
+        if let Some(previous) = before.holder.filter(|p| p != node_id && before.expires_ms < now_ms) {
+            self.take_over_lease(gateway_id, node_id, &previous, expires, now_ms).await?;
+            return self.lease(gateway_id, now_ms).await;
+        }
         sqlx::query(
             "UPDATE gateways SET lease_epoch = CASE WHEN lease_node_id = $1 THEN lease_epoch ELSE lease_epoch + 1 END, \
              lease_node_id = $1, lease_expires_ms = $2 \
@@ -725,6 +734,48 @@ impl Db {
         .execute(&self.pool)
         .await?;
         self.lease(gateway_id, now_ms).await
+    }
+
+    /// The lapsed lease of `previous` goes to `node_id` if nobody took it first, and in the
+    /// same transaction the runs `previous` claimed and no worker started go back to the queue.
+    async fn take_over_lease(
+        &self,
+        gateway_id: &str,
+        node_id: &str,
+        previous: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let taken = sqlx::query(
+            "UPDATE gateways SET lease_epoch = lease_epoch + 1, lease_node_id = $1, lease_expires_ms = $2 \
+             WHERE id = $3 AND lease_node_id = $4 AND lease_expires_ms < $5",
+        )
+        .bind(node_id)
+        .bind(expires_ms)
+        .bind(gateway_id)
+        .bind(previous)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if taken.rows_affected() == 1 {
+            let released = sqlx::query(
+                "UPDATE runs SET state = 'queued', node_id = NULL, node_name = NULL, dispatched_ms = NULL \
+                 WHERE gateway_id = $1 AND node_id = $2 AND state = 'dispatched'",
+            )
+            .bind(gateway_id)
+            .bind(previous)
+            .execute(&mut *tx)
+            .await?;
+            if released.rows_affected() > 0 {
+                tracing::info!(
+                    runs = released.rows_affected(),
+                    "the dispatcher changed: the runs the previous one held and no worker started went back to the queue"
+                );
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Milliseconds since the Unix epoch by the one clock every hub on this database shares,
@@ -934,6 +985,19 @@ impl Db {
         Ok(runs)
     }
 
+    /// The runs `dispatcher` claimed that no worker started yet, oldest first.
+    pub async fn unstarted_claims(&self, dispatcher: &NodeRow) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE gateway_id = $1 AND node_id = $2 AND state = 'dispatched' \
+             ORDER BY seq"
+        )))
+        .bind(&dispatcher.gateway_id)
+        .bind(&dispatcher.id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
     /// The dispatcher (holding the lease with `epoch`) moves a claimed run to a worker of the
     /// same gateway. One statement; `None` if any condition fails (the caller finds out which).
     pub async fn assign_run(
@@ -966,7 +1030,9 @@ impl Db {
     }
 
     /// A worker starts a run the dispatcher handed it over the peer channel: the run becomes
-    /// the worker's, once. `None` if it isn't waiting for a worker (any more).
+    /// the worker's, once. `None` if it isn't waiting for a worker (any more). A worker that
+    /// asks again for the attempt it already started (the first answer was lost) gets it again:
+    /// it runs each attempt once by itself.
     pub async fn start_run(
         &self,
         run_id: &str,
@@ -975,8 +1041,10 @@ impl Db {
         now_ms: i64,
     ) -> Result<Option<RunRow>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE runs SET state = 'running', node_id = $1, node_name = $2, started_ms = $6 WHERE id = $3 \
-             AND attempt = $4 AND gateway_id = $5 AND state = 'dispatched' RETURNING {RUN_COLUMNS}"
+            "UPDATE runs SET state = 'running', node_id = $1, node_name = $2, \
+             started_ms = CASE WHEN state = 'running' THEN started_ms ELSE $6 END WHERE id = $3 \
+             AND attempt = $4 AND gateway_id = $5 \
+             AND (state = 'dispatched' OR (state = 'running' AND node_id = $1)) RETURNING {RUN_COLUMNS}"
         )))
         .bind(&worker.id)
         .bind(&worker.name)

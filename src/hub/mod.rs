@@ -347,6 +347,31 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_new_dispatcher_puts_the_unstarted_claims_of_the_last_back_in_the_queue_at_the_same_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db::Db::open(&db::sqlite_url(&dir.path().join("hub.db"))).await.unwrap();
+        let run = a_lost_run(&db).await;
+        let ttl = Duration::from_secs(60);
+        let now = db::now_ms();
+        // Renewing your own lease, or another node asking while it is held, changes nothing.
+        db.acquire_lease("g", "n", now, ttl).await.unwrap();
+        let held = db.acquire_lease("g", "other", now, ttl).await.unwrap();
+        assert_eq!(held.holder.as_deref(), Some("n"));
+        assert_eq!(db.run(&run).await.unwrap().unwrap().state, RunState::Dispatched);
+
+        // The lease lapses (no beats for a minute): the next node takes it and the claim.
+        let later = now + 61_000;
+        let taken = db.acquire_lease("g", "other", later, ttl).await.unwrap();
+        assert_eq!((taken.holder.as_deref(), taken.epoch), (Some("other"), held.epoch + 1));
+        let row = db.run(&run).await.unwrap().unwrap();
+        assert_eq!((row.state, row.attempt, row.node_id.as_deref()), (RunState::Queued, 1, None));
+        assert!(db.attempts_of_job("j").await.unwrap().is_empty(), "nothing was lost: {row:?}");
+        // The old dispatcher's renewal doesn't get the lease back.
+        let refused = db.acquire_lease("g", "n", later, ttl).await.unwrap();
+        assert_eq!(refused.holder.as_deref(), Some("other"));
+    }
+
     #[test]
     fn the_default_grace_is_twice_offline_after_and_at_least_five_seconds() {
         assert_eq!(HubConfig::new("http://hub").sweep_grace, Duration::from_secs(6));

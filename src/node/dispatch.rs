@@ -5,10 +5,13 @@
 //! aggregation window), or can't be reached. A run no node can take waits here up to the
 //! gateway's queue timeout, then fails with the one sentence that says which limit stopped it.
 //! A copy goes first to the nodes holding the newest version of every credential it names.
+//! A claim that got no answer, and the first claim after this node becomes the dispatcher,
+//! ask `again`: for the runs the hub holds for this node that it doesn't have.
 
 use super::peer::{PeerRequest, PeerResponse};
 use super::worker::Worker;
 use super::{NodeStatus, Shared};
+use crate::client::ClientError;
 use crate::protocol::{
     ClaimRequest, CredentialStamp, FinishRun, GatewaySettings, NodeMetrics, NodeState, Policy, Role, RunView,
 };
@@ -119,15 +122,27 @@ pub async fn run(
     // hub's own count of how long it had waited), so clock skew can't shorten its timeout.
     let mut waiting: Vec<(RunView, Instant)> = Vec::new();
     let mut last_sampled: Option<u64> = None;
+    // Whether the hub may hold runs for this node that it doesn't have: its last claim got no
+    // answer, or it let go of its runs when it stopped being the dispatcher (it can't tell the
+    // hub while the hub is away) and now is again.
+    let mut ask_again = false;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let snapshot = status.borrow_and_update().clone();
         let Some(epoch) = snapshot.lease_epoch.filter(|_| snapshot.role == Role::Dispatcher) else {
-            // Not the dispatcher (any more): runs held here go back to the hub's queue by
-            // themselves; wait for the next status change.
-            waiting.clear();
+            // Not the dispatcher (any more): the runs held here go back to the queue when
+            // another node takes the lease, or come back to this one when it is the dispatcher
+            // again and asks for them; wait for the next status change.
+            if !waiting.is_empty() {
+                tracing::info!(
+                    runs = waiting.len(),
+                    "no longer the dispatcher: letting go of the runs held here"
+                );
+                waiting.clear();
+            }
+            ask_again = true;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = status.changed() => if changed.is_err() { return },
@@ -190,11 +205,16 @@ pub async fn run(
             } else {
                 0
             },
+            again: ask_again,
         };
         let runs = tokio::select! {
             () = shutdown.cancelled() => return,
             runs = shared.client.claim(&request) => runs,
         };
+        // A refusal is an answer (an older hub may refuse `again`); only no answer, or a
+        // hub failing, leaves the claim's outcome unknown.
+        ask_again =
+            matches!(&runs, Err(e) if !matches!(e, ClientError::Refused { status, .. } if *status < 500));
         let runs = match runs {
             Ok(runs) => runs,
             Err(e) => {
@@ -203,19 +223,35 @@ pub async fn run(
                 continue;
             }
         };
-        for run in runs {
-            let now = Instant::now();
-            let queued_at = now.checked_sub(Duration::from_millis(run.waited_ms.unwrap_or(0))).unwrap_or(now);
-            order(&mut candidates, settings.policy);
-            if !hand_off(&shared, &worker, &mut candidates, &run).await {
-                waiting.push((run, queued_at));
-            }
-        }
+        hand_out_claimed(&shared, &worker, &mut candidates, settings.policy, runs, &mut waiting).await;
         if !waiting.is_empty() {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(RETRY_INTERVAL) => {}
             }
+        }
+    }
+}
+
+/// Hands each claimed run to a worker, or holds it in `waiting` from when it was queued.
+async fn hand_out_claimed(
+    shared: &Shared,
+    worker: &Worker,
+    candidates: &mut [Candidate],
+    policy: Policy,
+    runs: Vec<RunView>,
+    waiting: &mut Vec<(RunView, Instant)>,
+) {
+    for run in runs {
+        // Held here already: it went back to the queue when the lease changed hands twice.
+        if waiting.iter().any(|(held, _)| held.id == run.id && held.attempt == run.attempt) {
+            continue;
+        }
+        let now = Instant::now();
+        let queued_at = now.checked_sub(Duration::from_millis(run.waited_ms.unwrap_or(0))).unwrap_or(now);
+        order(candidates, policy);
+        if !hand_off(shared, worker, candidates, &run).await {
+            waiting.push((run, queued_at));
         }
     }
 }

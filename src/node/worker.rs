@@ -35,6 +35,9 @@ pub struct Worker {
     limit: Arc<AtomicU32>,
     /// The runs executing now, by run id. std Mutex: never held across .await.
     current: Arc<Mutex<BTreeMap<String, CurrentRun>>>,
+    /// Every run and attempt taken and not yet done here, started or not: a hand-off made
+    /// again (the dispatcher never heard the first claim's answer) is already in hand.
+    taken: Arc<Mutex<std::collections::HashSet<(String, u32)>>>,
     copier: Copier,
     shutdown: CancellationToken,
     /// Set while the node updates: it takes no new runs.
@@ -117,6 +120,7 @@ impl Worker {
             running: Arc::new(AtomicU32::new(0)),
             limit: Arc::new(AtomicU32::new(limit)),
             current: Arc::default(),
+            taken: Arc::default(),
             copier,
             shutdown,
             paused: Arc::default(),
@@ -194,6 +198,10 @@ impl Worker {
 
     /// Takes `run` if there is room, and runs it in the background.
     pub fn offer(&self, run: RunView) -> PeerResponse {
+        let key = (run.id.clone(), run.attempt);
+        if self.taken.lock().is_ok_and(|taken| taken.contains(&key)) {
+            return PeerResponse::Accepted;
+        }
         let limit = self.limit();
         // Reserve a slot atomically, so two hand-offs at once can't both take the last one.
         let reserved = self
@@ -209,9 +217,17 @@ impl Worker {
             self.running.fetch_sub(1, Ordering::SeqCst);
             return PeerResponse::Refused { reason: "it is updating and takes no new runs".to_owned() };
         }
+        // Taken once: a second hand-off racing this one is answered as the first was.
+        if !self.taken.lock().is_ok_and(|mut taken| taken.insert(key.clone())) {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            return PeerResponse::Accepted;
+        }
         let worker = self.clone();
         tokio::spawn(async move {
             worker.execute(run).await;
+            if let Ok(mut taken) = worker.taken.lock() {
+                taken.remove(&key);
+            }
             worker.running.fetch_sub(1, Ordering::SeqCst);
         });
         PeerResponse::Accepted

@@ -5,7 +5,7 @@
 use super::access::NodeAuth;
 use super::extract::{ApiJson, ApiPath};
 use super::jobs::run_view;
-use crate::hub::db::{self, NewPart, RunEnd, Split, now_ms};
+use crate::hub::db::{self, NewPart, RunEnd, RunRow, Split, now_ms};
 use crate::hub::error::ApiError;
 use crate::hub::{HubState, auth};
 use crate::protocol::{
@@ -43,6 +43,7 @@ pub(super) async fn claim(
         0 => None,
         _ => Some(state.long_polls.enter(&node.id).ok_or_else(too_many_waits)?),
     };
+    let mut again = request.again;
     loop {
         // Registered before the claim, so a submission between the claim and the wait wakes us.
         let signal = state.queue_signal.notified();
@@ -50,6 +51,19 @@ pub(super) async fn claim(
         let lease = state.db.lease(&node.gateway_id, now).await?;
         if lease.holder.as_deref() != Some(node.id.as_str()) || lease.epoch != request.lease_epoch {
             return Err(not_dispatcher(lease.epoch));
+        }
+        let waited = |run: &RunRow| u64::try_from(now - run.queued_ms).unwrap_or(0);
+        if std::mem::take(&mut again) {
+            // What the last claim took for this dispatcher if its answer never arrived
+            // (counted in the dispatch latency then).
+            let held = state.db.unstarted_claims(&node).await?;
+            if !held.is_empty() {
+                let views = held.into_iter().map(|run| {
+                    let waited_ms = waited(&run);
+                    run_view(run).map(|view| RunView { waited_ms: Some(waited_ms), ..view })
+                });
+                return Ok(Json(views.collect::<Result<_, _>>()?));
+            }
         }
         // Reads only while there is nothing to take: the claim (a write) runs when there is.
         let runs = if state.db.has_queued_runs(&node.gateway_id).await? {
@@ -59,7 +73,7 @@ pub(super) async fn claim(
         };
         if !runs.is_empty() {
             let views = runs.into_iter().map(|run| {
-                let waited_ms = u64::try_from(now - run.queued_ms).unwrap_or(0);
+                let waited_ms = waited(&run);
                 #[allow(clippy::cast_precision_loss, reason = "a latency in seconds")]
                 state.metrics.observe_dispatch(&run.gateway_id, waited_ms as f64 / 1000.0);
                 run_view(run).map(|view| RunView { waited_ms: Some(waited_ms), ..view })
