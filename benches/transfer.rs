@@ -253,6 +253,9 @@ fn measure(settings: &Settings, dataset: &Dataset, source: &Path, to_s3: bool, p
             let target = target(who);
             samples.0.push(copy(&target));
             remove(&target, peers.s3);
+            // What the last copy left dirty (rclone and cp don't sync) is written back now,
+            // untimed, not during the next contender's copy.
+            let _ = Command::new("sync").status();
         };
         timed("gh1", &mut row.gh1, &|t| peers.one.copy(peers.hub, source, t, peers.s3, bytes, dataset.files));
         timed("gh3", &mut row.gh3, &|t| {

@@ -32,6 +32,9 @@ const COMMIT_BATCH: usize = 16;
 /// How often progress goes to the hub, and at most how long committed files wait for a checkpoint.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A checkpoint on its way to the hub.
+type Pending<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), TransferError>> + Send + 'a>>;
+
 /// What a part's copy has done so far.
 struct Tally {
     started: Instant,
@@ -81,6 +84,14 @@ impl Tally {
             self.progress.bytes_sent += size;
         }
         self.commit(index, size, put);
+    }
+
+    /// The checkpoint of what is done now, to be sent while the copy goes on.
+    fn checkpoint_later<'a, R: Reporter>(&mut self, reporter: &'a R) -> Pending<'a> {
+        let (progress, checkpoint) = (self.progress(), self.checkpoint.clone());
+        self.unreported_commits = 0;
+        self.last_report = Instant::now();
+        Box::pin(async move { reporter.checkpoint(progress, &checkpoint).await })
     }
 
     /// Sends a checkpoint when enough is unreported, else plain progress now and then.
@@ -463,7 +474,16 @@ async fn send_parts<R: Reporter>(
     let mut interval = tokio::time::interval(REPORT_EVERY);
     let part_count = upload.parts.len();
     let mut next = 0;
-    while next < part_count || !tasks.is_empty() {
+    // Every stored part is checkpointed, with one checkpoint in flight at a time while the
+    // next parts are read and sent (waiting for the hub's answer would stall the file): a
+    // take-over sends again only the parts in flight, or in that checkpoint.
+    let mut checkpointing: Option<Pending<'_>> = None;
+    let mut unreported = false;
+    while next < part_count || !tasks.is_empty() || checkpointing.is_some() {
+        if unreported && checkpointing.is_none() {
+            checkpointing = Some(tally.checkpoint_later(ctx.reporter));
+            unreported = false;
+        }
         if next < part_count && tasks.len() < PARTS_IN_FLIGHT {
             let stored = upload.parts[next].is_some();
             if stored && hasher.is_none() {
@@ -505,18 +525,21 @@ async fn send_parts<R: Reporter>(
             continue;
         }
         let joined = tokio::select! {
-            joined = tasks.join_next() => joined,
-            _ = interval.tick() => { tally.report(ctx.reporter, false).await?; continue; }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => joined,
+            Some(taken) = async { match checkpointing.as_mut() { Some(c) => Some(c.await), None => None } }, if checkpointing.is_some() => {
+                checkpointing = None;
+                taken?;
+                continue;
+            }
+            _ = interval.tick(), if checkpointing.is_none() => { tally.report(ctx.reporter, false).await?; continue; }
             () = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
         };
-        let Some(joined) = joined else { continue };
         let (index, size, stored) =
             joined.map_err(|e| TransferError::Sink(format!("a part upload stopped: {e}")))?;
         upload.parts[index] = Some(stored?);
         tally.progress.bytes_sent += size;
         tally.checkpoint.upload = Some(upload.clone());
-        // Every stored part is checkpointed: a take-over sends again only the parts in flight.
-        tally.report(ctx.reporter, true).await?;
+        unreported = true;
     }
     if let Some(hasher) = hasher {
         upload.sha256 = crate::encoding::hex(&hasher.finalize());
