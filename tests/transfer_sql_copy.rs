@@ -13,7 +13,7 @@ mod common;
 
 use common::cluster::{Hub, Node, gateway, submit, wait_over, wait_until};
 use common::postgres::Postgres;
-use common::s3::SeaweedFs;
+use common::s3::{S3Api, SeaweedFs};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,7 +137,7 @@ fn copy_job(source: &Value, sink: &Value) -> Value {
 }
 
 /// An S3 sink under `prefix` of the server's bucket, written with the credential `lake`.
-fn s3_sink(s3: &SeaweedFs, prefix: &str) -> Value {
+fn s3_sink(s3: &S3Api, prefix: &str) -> Value {
     json!({
         "url": format!("s3://{}/{prefix}", s3.bucket()),
         "endpoint": s3.endpoint(),
@@ -201,7 +201,7 @@ fn part_names(count: usize, extension: &str) -> Vec<String> {
 
 /// The objects under `prefix`, by name below it, with their bytes; each must carry its
 /// SHA-256 as `x-amz-meta-sha256`.
-fn objects_with_checksums(s3: &SeaweedFs, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+fn objects_with_checksums(s3: &S3Api, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let mut objects = BTreeMap::new();
     for (key, size) in s3.list_objects(prefix) {
         let bytes = s3.get_object(&key);
@@ -293,8 +293,19 @@ fn a_partitioned_postgresql_table_copied_to_s3_as_csv_is_every_row_exactly_once_
 
 #[test]
 fn an_unpartitioned_postgresql_query_copied_to_s3_as_json_lines_is_one_object_of_every_row() {
+    json_lines_to_s3(&SeaweedFs::start());
+}
+
+/// The same at a second S3 implementation: the streamed upload, then its SHA-256 put on with a
+/// copy of the object onto itself, as the other server takes them.
+#[test]
+fn json_lines_copied_to_a_second_s3_implementation_moto_are_one_object_of_every_row() {
+    json_lines_to_s3(&common::moto::Moto::start());
+}
+
+/// Two nodes export every row of `orders` as JSON lines to `s3`, one object in several parts.
+fn json_lines_to_s3(s3: &S3Api) {
     let warehouse = Warehouse::start();
-    let s3 = SeaweedFs::start();
     let (hub, nodes) = gateway(2);
     set_credentials(&hub, &nodes[1], &[("warehouse", PASSWORD), ("lake", &s3.credential())]);
     let source = json!({
@@ -302,9 +313,9 @@ fn an_unpartitioned_postgresql_query_copied_to_s3_as_json_lines_is_one_object_of
         "query": "SELECT * FROM orders;", "format": "jsonl",
     });
 
-    let job = wait_over(&hub, &submit(&hub, &copy_job(&source, &s3_sink(&s3, "orders/json/"))).unwrap());
+    let job = wait_over(&hub, &submit(&hub, &copy_job(&source, &s3_sink(s3, "orders/json/"))).unwrap());
     assert_eq!(job["state"], "succeeded", "{job:#}");
-    let objects = objects_with_checksums(&s3, "orders/json/");
+    let objects = objects_with_checksums(s3, "orders/json/");
     assert_eq!(objects.keys().cloned().collect::<Vec<_>>(), part_names(1, "jsonl"), "one object");
     let text = std::str::from_utf8(&objects["part-00000.jsonl"]).unwrap();
     assert!(text.len() > 8 << 20, "larger than a part, so it went up in several: {} bytes", text.len());

