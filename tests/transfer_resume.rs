@@ -1,8 +1,8 @@
 //! Resume, not restart: a copy part whose attempt dies mid-way (its checkpoints stop being
 //! taken, as when the hub gives the run to another attempt) leaves nothing under a final name,
 //! and the next attempt, given the last checkpoint, finishes the same upload, sends less than
-//! the part's size again and leaves no staging file or unfinished upload behind. Against a
-//! real S3 server (SeaweedFS on loopback) and a real folder.
+//! the part's size again and leaves no staging file or unfinished upload behind. Against real
+//! S3 servers (SeaweedFS and moto on loopback) and a real folder.
 
 #![allow(clippy::unwrap_used, reason = "a test should stop loudly at the first surprise")]
 
