@@ -407,6 +407,12 @@ impl Node {
         self.claim(epoch, max, wait_ms).await.ok()
     }
 
+    /// A claim with `again`: the runs the hub holds for this dispatcher, then queued ones.
+    async fn claimed_again(&self, epoch: i64) -> Vec<RunView> {
+        let body = json!({ "lease_epoch": epoch, "max": 10, "wait_ms": 0, "again": true });
+        self.call("/api/v1/dispatch/claim", body).await.ok()
+    }
+
     async fn assign(&self, run: &str, attempt: u32, epoch: i64, worker: &Node) -> Reply {
         let body = json!({ "lease_epoch": epoch, "attempt": attempt, "node_id": worker.id });
         self.call(&format!("/api/v1/runs/{run}/assign"), body).await
@@ -2599,13 +2605,7 @@ async fn lost_answers(admin: &AdminClient, d: &Node, beats_d: &Beats, w: &Node) 
     let job = admin.submit_job("copies", &copy_folder("lost")).await.unwrap();
     let _lost: Vec<RunView> = d.claimed(epoch, 10, 0).await;
     assert!(d.claimed(epoch, 10, 0).await.is_empty(), "a plain claim takes only queued runs");
-    let again: Vec<RunView> = d
-        .call(
-            "/api/v1/dispatch/claim",
-            json!({ "lease_epoch": epoch, "max": 10, "wait_ms": 0, "again": true }),
-        )
-        .await
-        .ok();
+    let again = d.claimed_again(epoch).await;
     assert_eq!(
         again.iter().map(|r| (r.id.as_str(), r.attempt)).collect::<Vec<_>>(),
         [(job.runs[0].id.as_str(), 1)]
@@ -2616,13 +2616,7 @@ async fn lost_answers(admin: &AdminClient, d: &Node, beats_d: &Beats, w: &Node) 
     assert_eq!((twice.state, twice.started_ms), (RunState::Running, started.started_ms), "the same start");
     d.start(&again[0].id, 1).await.refused(409, &["not this node's"]);
     w.start(&again[0].id, 2).await.refused(409, &["attempt 2"]);
-    let again: Vec<RunView> = d
-        .call(
-            "/api/v1/dispatch/claim",
-            json!({ "lease_epoch": epoch, "max": 10, "wait_ms": 0, "again": true }),
-        )
-        .await
-        .ok();
+    let again = d.claimed_again(epoch).await;
     assert!(again.is_empty(), "a started run is no longer the dispatcher's: {again:?}");
     admin.cancel_job(&job.id).await.unwrap();
 }

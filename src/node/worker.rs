@@ -196,10 +196,16 @@ impl Worker {
         }
     }
 
+    /// The runs taken and not yet done. Held only to look or change, never across .await; a
+    /// poisoned lock (a panic while held) still holds a sound set.
+    fn taken(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, u32)>> {
+        self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Takes `run` if there is room, and runs it in the background.
     pub fn offer(&self, run: RunView) -> PeerResponse {
         let key = (run.id.clone(), run.attempt);
-        if self.taken.lock().is_ok_and(|taken| taken.contains(&key)) {
+        if self.taken().contains(&key) {
             return PeerResponse::Accepted;
         }
         let limit = self.limit();
@@ -218,16 +224,14 @@ impl Worker {
             return PeerResponse::Refused { reason: "it is updating and takes no new runs".to_owned() };
         }
         // Taken once: a second hand-off racing this one is answered as the first was.
-        if !self.taken.lock().is_ok_and(|mut taken| taken.insert(key.clone())) {
+        if !self.taken().insert(key.clone()) {
             self.running.fetch_sub(1, Ordering::SeqCst);
             return PeerResponse::Accepted;
         }
         let worker = self.clone();
         tokio::spawn(async move {
             worker.execute(run).await;
-            if let Ok(mut taken) = worker.taken.lock() {
-                taken.remove(&key);
-            }
+            worker.taken().remove(&key);
             worker.running.fetch_sub(1, Ordering::SeqCst);
         });
         PeerResponse::Accepted
