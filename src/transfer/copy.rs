@@ -10,6 +10,7 @@ use super::checkpoint::Upload;
 use super::sink::{Put, Sink, Staged};
 use super::{Checkpoint, Context, Reporter, TransferError, folder};
 use crate::protocol::{ListedFile, TransferProgress};
+use futures_util::future::OptionFuture;
 use object_store::PutPayload;
 use sha2::Digest as _;
 use std::os::unix::fs::FileExt as _;
@@ -86,7 +87,7 @@ impl Tally {
         self.commit(index, size, put);
     }
 
-    /// The checkpoint of what is done now, to be sent while the copy goes on.
+    /// The checkpoint of what is done now, to be awaited, or sent while the copy goes on.
     fn checkpoint_later<'a, R: Reporter>(&mut self, reporter: &'a R) -> Pending<'a> {
         let (progress, checkpoint) = (self.progress(), self.checkpoint.clone());
         self.unreported_commits = 0;
@@ -98,10 +99,7 @@ impl Tally {
     async fn report<R: Reporter>(&mut self, reporter: &R, force: bool) -> Result<(), TransferError> {
         let due = self.last_report.elapsed() >= REPORT_EVERY;
         if force || (self.unreported_commits > 0 && (due || self.unreported_commits >= 64)) {
-            let progress = self.progress();
-            reporter.checkpoint(progress, &self.checkpoint).await?;
-            self.unreported_commits = 0;
-            self.last_report = Instant::now();
+            self.checkpoint_later(reporter).await?;
         } else if due {
             reporter.progress(self.progress());
             self.last_report = Instant::now();
@@ -526,7 +524,7 @@ async fn send_parts<R: Reporter>(
         }
         let joined = tokio::select! {
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => joined,
-            Some(taken) = async { match checkpointing.as_mut() { Some(c) => Some(c.await), None => None } }, if checkpointing.is_some() => {
+            Some(taken) = OptionFuture::from(checkpointing.as_mut()), if checkpointing.is_some() => {
                 checkpointing = None;
                 taken?;
                 continue;

@@ -6,7 +6,9 @@
 //! refused credentials stay with SeaweedFS; it is here for what a second server may do
 //! differently: conditional writes, multipart rules, checksums, metadata, listings.
 
-use super::s3::{S3Api, assert_listens_only_on_loopback, kill_group, pick_free_ports, random_text, tail};
+use super::s3::{
+    S3Api, assert_listens_only_on_loopback, kill_group, pick_free_ports, random_text, tail, tools_dir,
+};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -135,16 +137,10 @@ impl Drop for Moto {
 /// The folder holding the `moto` package and what it needs: `GATEHOUSE_MOTO`, else what
 /// `tests/run.sh` installed.
 fn moto_packages() -> PathBuf {
-    let folder =
-        std::env::var_os("GATEHOUSE_MOTO").filter(|path| !path.is_empty()).map(PathBuf::from).or_else(|| {
-            let tools = std::env::var_os("GATEHOUSE_TOOLS")
-                .filter(|path| !path.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/gatehouse-tools"))
-                })?;
-            Some(tools.join("moto"))
-        });
+    let folder = std::env::var_os("GATEHOUSE_MOTO")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| tools_dir().map(|tools| tools.join("moto")));
     match folder {
         Some(folder) if folder.join("moto/__init__.py").is_file() => folder,
         Some(folder) => panic!("{} holds no moto package: {INSTALL_HINT}", folder.display()),

@@ -769,17 +769,24 @@ pub fn rclone_command() -> Command {
     command
 }
 
+/// Where `tests/run.sh` installs the test tools: `GATEHOUSE_TOOLS`, else
+/// ~/.cache/gatehouse-tools (`None` without HOME).
+pub fn tools_dir() -> Option<PathBuf> {
+    std::env::var_os("GATEHOUSE_TOOLS")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/gatehouse-tools")))
+}
+
 fn find_binary(name: &str, variable: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(variable).filter(|path| !path.is_empty()) {
         let path = PathBuf::from(path);
         assert!(path.is_file(), "{variable}={} is not a file; {INSTALL_HINT}", path.display());
         return path;
     }
-    let tools = std::env::var_os("GATEHOUSE_TOOLS")
-        .filter(|path| !path.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/gatehouse-tools")));
-    if let Some(installed) = tools.map(|tools| tools.join("bin").join(name)).filter(|path| path.is_file()) {
+    if let Some(installed) =
+        tools_dir().map(|tools| tools.join("bin").join(name)).filter(|path| path.is_file())
+    {
         return installed;
     }
     std::env::var_os("PATH")
