@@ -28,6 +28,21 @@ use std::time::Duration;
 const SHA256_KEY: &str = "sha256";
 const SHA256_XATTR: &str = "user.sha256";
 
+/// The most one write call hands a folder sink's page cache. Linux sizes a page-cache folio
+/// by the write that makes it: an 8 MiB write takes 2 MiB folios, which must come from the
+/// largest free blocks, and in a VM that reports free memory to its host (virtio-balloon free
+/// page reporting, as in Firecracker or Cloud Hypervisor) those are the blocks the host has
+/// taken back and must fault in again, page by page. Measured on such a VM with `dd` into
+/// memory left free for 15 s: 8 MiB writes 210–260 MB/s, 32 KiB writes 0.6–1.2 GB/s; with
+/// memory just freed, both about 1.1 GB/s. 32 KiB costs 256 calls per 8 MiB part: nothing next
+/// to the copy.
+const WRITE_PIECE: usize = 32 * 1024;
+
+/// `data` in pieces of at most [`WRITE_PIECE`] bytes, in order.
+fn pieces(data: &PutPayload) -> impl Iterator<Item = &[u8]> {
+    data.into_iter().flat_map(|chunk| chunk.chunks(WRITE_PIECE))
+}
+
 /// A sink, opened for one run attempt; cheap to clone.
 #[derive(Clone)]
 pub struct Sink {
@@ -122,7 +137,9 @@ pub struct Staging {
 impl Staging {
     /// Appends `data`. A blocking write: call it off the async threads.
     pub fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
-        self.file.write_all(data).map_err(|e| folder_error(&self.target, &e))?;
+        for piece in data.chunks(WRITE_PIECE) {
+            self.file.write_all(piece).map_err(|e| folder_error(&self.target, &e))?;
+        }
         self.hasher.update(data);
         self.size += data.len() as u64;
         Ok(())
@@ -526,9 +543,9 @@ impl Sink {
                         .open(&staging)
                         .map_err(|e| folder_error(&target, &e))?;
                     let mut offset = part_size.saturating_mul(index as u64);
-                    for chunk in &data {
-                        file.write_all_at(chunk, offset).map_err(|e| folder_error(&target, &e))?;
-                        offset += chunk.len() as u64;
+                    for piece in pieces(&data) {
+                        file.write_all_at(piece, offset).map_err(|e| folder_error(&target, &e))?;
+                        offset += piece.len() as u64;
                     }
                     // The buffers go back to the budget now, not after the disk's wait.
                     drop(data);
@@ -853,8 +870,8 @@ fn write_staging(
         other => other,
     };
     let write = |mut file: std::fs::File| -> std::io::Result<std::fs::File> {
-        for chunk in &data {
-            file.write_all(chunk)?;
+        for piece in pieces(&data) {
+            file.write_all(piece)?;
         }
         // The buffers go back to the budget now, not after the disk's wait.
         drop(data);
