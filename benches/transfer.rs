@@ -15,6 +15,8 @@
 //!    through the index instead of scanning the whole table (psql's one query scans it once
 //!    either way).
 //! 3. Peak RSS (VmHWM) of each Gatehouse node over the copies.
+//! 4. CPU time (user + system, from /proc) per GB of each copy: the copier's (a gateway's nodes
+//!    and the hub; the peer tool) and, to S3, the server's, which shares the same cores.
 //!
 //! Why two cp figures: Gatehouse commits every file durably (fsync, then the create-only link,
 //! exactly once), while `cp -r` returns with the data still in the page cache. `cp -r` followed
@@ -31,8 +33,9 @@
 //! parent, on disk): about 4 GiB of source and as much of sink, removed at the end.
 //!
 //! `GATEHOUSE_BENCH_REPEAT` (default 3) runs every copy that many times, interleaved (each
-//! contender once per round, so a noisy moment hits them alike), and prints the median with the
-//! min–max spread; ratios are of medians. `GATEHOUSE_BENCH_SCALE` (default 1) scales the data
+//! contender once per round, so a noisy moment hits them alike; each round starts with the next
+//! contender, so none is always first), and prints the median with the min–max spread; ratios
+//! are of medians. `GATEHOUSE_BENCH_SCALE` (default 1) scales the data
 //! (file counts of the small set, file sizes of the large set, rows of the SQL export) for
 //! quick runs that show direction only.
 
@@ -133,29 +136,72 @@ impl Settings {
     }
 }
 
-/// One figure measured `repeat` times.
+/// One figure measured `repeat` times, with the CPU each copy cost.
 #[derive(Default)]
-struct Samples(Vec<f64>);
+struct Samples(Vec<f64>, Vec<Cpu>);
+
+fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+}
+
+fn median(values: &[f64]) -> f64 {
+    let sorted = sorted(values);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => f64::midpoint(sorted[n / 2 - 1], sorted[n / 2]),
+    }
+}
+
+/// What one copy cost in CPU time (user + system), in seconds per GB copied.
+#[derive(Clone, Copy)]
+struct Cpu {
+    /// The copier: a gateway's nodes and the hub, or the peer tool (and the `sync` it is timed with).
+    copier: f64,
+    /// The S3 server.
+    server: f64,
+}
+
+/// Whose CPU time a contender's copy is: processes of ours that keep running, or the
+/// peer tool, a child this process waits for.
+enum Copier {
+    Processes(Vec<u32>),
+    Children,
+}
+
+impl Copier {
+    fn seconds(&self) -> f64 {
+        match self {
+            Copier::Processes(pids) => pids.iter().map(|&pid| cpu_seconds(&pid.to_string(), false)).sum(),
+            Copier::Children => cpu_seconds("self", true),
+        }
+    }
+}
+
+/// CPU seconds process `pid` has used (fields 14–15 of /proc/PID/stat), or with `children`
+/// those of its children it has waited for (fields 16–17).
+fn cpu_seconds(pid: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let first = if children { 13 } else { 11 };
+    let ticks: u64 =
+        fields.get(first..first + 2).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    #[allow(clippy::cast_precision_loss, reason = "a time")]
+    let seconds = ticks as f64 / rustix::param::clock_ticks_per_second() as f64;
+    seconds
+}
 
 impl Samples {
-    fn sorted(&self) -> Vec<f64> {
-        let mut sorted = self.0.clone();
-        sorted.sort_by(f64::total_cmp);
-        sorted
-    }
-
     fn median(&self) -> f64 {
-        let sorted = self.sorted();
-        match sorted.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => sorted[n / 2],
-            n => f64::midpoint(sorted[n / 2 - 1], sorted[n / 2]),
-        }
+        median(&self.0)
     }
 
     /// "median (min–max)", or the one figure.
     fn show(&self, decimals: usize) -> String {
-        let sorted = self.sorted();
+        let sorted = sorted(&self.0);
         match (sorted.first(), sorted.last()) {
             (Some(min), Some(max)) if sorted.len() > 1 => {
                 format!("{:.decimals$} ({min:.decimals$}–{max:.decimals$})", self.median())
@@ -208,6 +254,7 @@ fn main() {
         let _ = std::fs::remove_dir_all(&source);
     }
     print_rows(&rows);
+    print_cpu(&rows);
 
     if figures::wanted("sql") {
         sql(&settings, &hub, &one, work.path());
@@ -248,26 +295,50 @@ fn measure(settings: &Settings, dataset: &Dataset, source: &Path, to_s3: bool, p
         }
     };
     let mut row = Row { label, bytes, ..Row::default() };
-    for _ in 0..settings.repeat {
-        let timed = |who: &str, samples: &mut Samples, copy: &dyn Fn(&Target) -> f64| {
+    let (files, s3) = (dataset.files, peers.s3);
+    for round in 0..settings.repeat {
+        type Copy<'c> = Box<dyn Fn(&Target) -> f64 + 'c>;
+        let mut contenders: Vec<(&str, &mut Samples, Copy<'_>)> = vec![
+            ("gh1", &mut row.gh1, Box::new(|t| peers.one.copy(peers.hub, source, t, s3, bytes, files))),
+            ("gh3", &mut row.gh3, Box::new(|t| peers.three.copy(peers.hub, source, t, s3, bytes, files))),
+            ("rclone", &mut row.rclone, Box::new(|t| rclone_copy(source, t, s3, bytes, files, false))),
+        ];
+        if !to_s3 {
+            contenders.extend([
+                (
+                    "rclonesync",
+                    &mut row.rclone_sync,
+                    Box::new(|t: &Target| rclone_copy(source, t, s3, bytes, files, true)) as Copy<'_>,
+                ),
+                ("cp", &mut row.cp, Box::new(|t: &Target| cp_copy(source, t, bytes, files, false))),
+                ("cpsync", &mut row.cp_sync, Box::new(|t: &Target| cp_copy(source, t, bytes, files, true))),
+            ]);
+        }
+        // Each round starts with the next contender: the first copy of a round meets memory
+        // the previous round left free for a while (slower to fill in a VM that hands free
+        // memory back to its host), and no contender should always be the one that does.
+        let first = round % contenders.len();
+        contenders.rotate_left(first);
+        for (who, samples, copy) in contenders {
             let target = target(who);
+            let copier = match who {
+                "gh1" => peers.one.processes(peers.hub),
+                "gh3" => peers.three.processes(peers.hub),
+                _ => Copier::Children,
+            };
+            let server_pid = s3.pid().to_string();
+            let before = (copier.seconds(), cpu_seconds(&server_pid, false));
             samples.0.push(copy(&target));
-            remove(&target, peers.s3);
+            #[allow(clippy::cast_precision_loss, reason = "a size")]
+            let gb = bytes as f64 / 1e9;
+            samples.1.push(Cpu {
+                copier: (copier.seconds() - before.0) / gb,
+                server: (cpu_seconds(&server_pid, false) - before.1) / gb,
+            });
+            remove(&target, s3);
             // What the last copy left dirty (rclone and cp don't sync) is written back now,
             // untimed, not during the next contender's copy.
             let _ = Command::new("sync").status();
-        };
-        timed("gh1", &mut row.gh1, &|t| peers.one.copy(peers.hub, source, t, peers.s3, bytes, dataset.files));
-        timed("gh3", &mut row.gh3, &|t| {
-            peers.three.copy(peers.hub, source, t, peers.s3, bytes, dataset.files)
-        });
-        timed("rclone", &mut row.rclone, &|t| rclone_copy(source, t, peers.s3, bytes, dataset.files, false));
-        if !to_s3 {
-            timed("rclonesync", &mut row.rclone_sync, &|t| {
-                rclone_copy(source, t, peers.s3, bytes, dataset.files, true)
-            });
-            timed("cp", &mut row.cp, &|t| cp_copy(source, t, bytes, dataset.files, false));
-            timed("cpsync", &mut row.cp_sync, &|t| cp_copy(source, t, bytes, dataset.files, true));
         }
     }
     row
@@ -303,6 +374,12 @@ enum Target {
 }
 
 impl Gateway {
+    /// Its nodes' processes and the hub's.
+    fn processes(&self, hub: &Hub) -> Copier {
+        let nodes = self.nodes.iter().filter_map(|n| n.process.as_ref().map(process::Spawned::pid));
+        Copier::Processes(nodes.chain([hub.process.pid()]).collect())
+    }
+
     fn start(hub: &Hub, name: &str, count: usize, s3: &s3::SeaweedFs) -> Gateway {
         let key = hub.create_gateway(name, &["--policy", "distribute"]);
         let runs = NODE_RUNS.to_string();
@@ -521,6 +598,39 @@ fn print_rows(rows: &[Row]) {
             ratio(&row.gh1, &row.rclone_sync),
             ratio(&row.gh1, &row.cp),
             ratio(&row.gh1, &row.cp_sync),
+        );
+    }
+}
+
+/// What each copy cost in CPU time: the copier's and (to S3) the server's, in seconds per GB
+/// (medians). Both share this machine's cores, so a server busy near all of them bounds
+/// every copier alike.
+fn print_cpu(rows: &[Row]) {
+    println!(
+        "\nCPU seconds per GB copied (user + system; Gatehouse: its nodes and the hub), copier / S3 server:"
+    );
+    println!(
+        "| copy | Gatehouse 1 node | Gatehouse 3 nodes | rclone | rclone + sync | cp -r | cp -r + sync |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        let cost = |samples: &Samples| {
+            let median = |pick: fn(&Cpu) -> f64| median(&samples.1.iter().map(pick).collect::<Vec<_>>());
+            match (samples.1.is_empty(), row.label.ends_with("S3")) {
+                (true, _) => "–".to_owned(),
+                (false, true) => format!("{:.2} / {:.2}", median(|c| c.copier), median(|c| c.server)),
+                (false, false) => format!("{:.2}", median(|c| c.copier)),
+            }
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.label,
+            cost(&row.gh1),
+            cost(&row.gh3),
+            cost(&row.rclone),
+            cost(&row.rclone_sync),
+            cost(&row.cp),
+            cost(&row.cp_sync),
         );
     }
 }
