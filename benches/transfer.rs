@@ -298,20 +298,42 @@ fn measure(settings: &Settings, dataset: &Dataset, source: &Path, to_s3: bool, p
     let (files, s3) = (dataset.files, peers.s3);
     for round in 0..settings.repeat {
         type Copy<'c> = Box<dyn Fn(&Target) -> f64 + 'c>;
-        let mut contenders: Vec<(&str, &mut Samples, Copy<'_>)> = vec![
-            ("gh1", &mut row.gh1, Box::new(|t| peers.one.copy(peers.hub, source, t, s3, bytes, files))),
-            ("gh3", &mut row.gh3, Box::new(|t| peers.three.copy(peers.hub, source, t, s3, bytes, files))),
-            ("rclone", &mut row.rclone, Box::new(|t| rclone_copy(source, t, s3, bytes, files, false))),
+        let (one, three) = (peers.one.processes(peers.hub), peers.three.processes(peers.hub));
+        let mut contenders: Vec<(&str, &mut Samples, Copier, Copy<'_>)> = vec![
+            ("gh1", &mut row.gh1, one, Box::new(|t| peers.one.copy(peers.hub, source, t, s3, bytes, files))),
+            (
+                "gh3",
+                &mut row.gh3,
+                three,
+                Box::new(|t| peers.three.copy(peers.hub, source, t, s3, bytes, files)),
+            ),
+            (
+                "rclone",
+                &mut row.rclone,
+                Copier::Children,
+                Box::new(|t| rclone_copy(source, t, s3, bytes, files, false)),
+            ),
         ];
         if !to_s3 {
             contenders.extend([
                 (
                     "rclonesync",
                     &mut row.rclone_sync,
+                    Copier::Children,
                     Box::new(|t: &Target| rclone_copy(source, t, s3, bytes, files, true)) as Copy<'_>,
                 ),
-                ("cp", &mut row.cp, Box::new(|t: &Target| cp_copy(source, t, bytes, files, false))),
-                ("cpsync", &mut row.cp_sync, Box::new(|t: &Target| cp_copy(source, t, bytes, files, true))),
+                (
+                    "cp",
+                    &mut row.cp,
+                    Copier::Children,
+                    Box::new(|t: &Target| cp_copy(source, t, bytes, files, false)),
+                ),
+                (
+                    "cpsync",
+                    &mut row.cp_sync,
+                    Copier::Children,
+                    Box::new(|t: &Target| cp_copy(source, t, bytes, files, true)),
+                ),
             ]);
         }
         // Each round starts with the next contender: the first copy of a round meets memory
@@ -319,13 +341,8 @@ fn measure(settings: &Settings, dataset: &Dataset, source: &Path, to_s3: bool, p
         // memory back to its host), and no contender should always be the one that does.
         let first = round % contenders.len();
         contenders.rotate_left(first);
-        for (who, samples, copy) in contenders {
+        for (who, samples, copier, copy) in contenders {
             let target = target(who);
-            let copier = match who {
-                "gh1" => peers.one.processes(peers.hub),
-                "gh3" => peers.three.processes(peers.hub),
-                _ => Copier::Children,
-            };
             let server_pid = s3.pid().to_string();
             let before = (copier.seconds(), cpu_seconds(&server_pid, false));
             samples.0.push(copy(&target));
