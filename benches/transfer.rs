@@ -650,6 +650,19 @@ fn print_cpu(rows: &[Row]) {
             cost(&row.cp_sync),
         );
     }
+    // The S3 server shares these cores: all copies together use about all of them, so the
+    // server's own cost per GB bounds what any copier can reach, however little it costs.
+    #[allow(clippy::cast_precision_loss, reason = "a core count")]
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    for row in rows.iter().filter(|row| row.label.ends_with("S3") && !row.gh1.1.is_empty()) {
+        let server = median(&row.gh1.1.iter().map(|c| c.server).collect::<Vec<_>>());
+        let ceiling = cores / server * 1000.0;
+        println!(
+            "{}: with a copier costing no CPU at all, the server's {server:.2} s/GB on {cores} cores allows at most {ceiling:.0} MB/s = {:.2}× rclone's median",
+            row.label,
+            ceiling / row.rclone.median()
+        );
+    }
 }
 
 /// 5 M rows (scaled) as CSV: Gatehouse (1 node, 4 partitions, to a folder) against psql's
