@@ -16,7 +16,8 @@
 //!    either way).
 //! 3. Peak RSS (VmHWM) of each Gatehouse node over the copies.
 //! 4. CPU time (user + system, from /proc) per GB of each copy: the copier's (a gateway's nodes
-//!    and the hub; the peer tool) and, to S3, the server's, which shares the same cores.
+//!    and the hub; the peer tool) and, to S3, the server's, which shares the same cores; from
+//!    the server's cost, the most any copier could reach here (one that costs no CPU at all).
 //!
 //! Why two cp figures: Gatehouse commits every file durably (fsync, then the create-only link,
 //! exactly once), while `cp -r` returns with the data still in the page cache. `cp -r` followed
