@@ -200,6 +200,11 @@ impl Samples {
         median(&self.0)
     }
 
+    /// The median of one CPU figure (`pick`) over the copies.
+    fn cpu_median(&self, pick: fn(&Cpu) -> f64) -> f64 {
+        median(&self.1.iter().map(pick).collect::<Vec<_>>())
+    }
+
     /// "median (min–max)", or the one figure.
     fn show(&self, decimals: usize) -> String {
         let sorted = sorted(&self.0);
@@ -295,8 +300,11 @@ fn measure(settings: &Settings, dataset: &Dataset, source: &Path, to_s3: bool, p
             Target::Folder(peers.work.join(format!("sink-{}-{who}", dataset.name)))
         }
     };
-    let mut row = Row { label, bytes, ..Row::default() };
+    let mut row = Row { label, bytes, to_s3, ..Row::default() };
     let (files, s3) = (dataset.files, peers.s3);
+    let server_pid = s3.pid().to_string();
+    #[allow(clippy::cast_precision_loss, reason = "a size")]
+    let gb = bytes as f64 / 1e9;
     for round in 0..settings.repeat {
         type Copy<'c> = Box<dyn Fn(&Target) -> f64 + 'c>;
         let (one, three) = (peers.one.processes(peers.hub), peers.three.processes(peers.hub));
@@ -344,11 +352,8 @@ fn measure(settings: &Settings, dataset: &Dataset, source: &Path, to_s3: bool, p
         contenders.rotate_left(first);
         for (who, samples, copier, copy) in contenders {
             let target = target(who);
-            let server_pid = s3.pid().to_string();
             let before = (copier.seconds(), cpu_seconds(&server_pid, false));
             samples.0.push(copy(&target));
-            #[allow(clippy::cast_precision_loss, reason = "a size")]
-            let gb = bytes as f64 / 1e9;
             samples.1.push(Cpu {
                 copier: (copier.seconds() - before.0) / gb,
                 server: (cpu_seconds(&server_pid, false) - before.1) / gb,
@@ -581,6 +586,8 @@ fn make_files(dir: &Path, dataset: &Dataset) {
 struct Row {
     label: String,
     bytes: u64,
+    /// To the S3 server (else to a folder): only then is the server's CPU time counted.
+    to_s3: bool,
     gh1: Samples,
     gh3: Samples,
     rclone: Samples,
@@ -632,13 +639,12 @@ fn print_cpu(rows: &[Row]) {
     );
     println!("|---|---|---|---|---|---|---|");
     for row in rows {
-        let cost = |samples: &Samples| {
-            let median = |pick: fn(&Cpu) -> f64| median(&samples.1.iter().map(pick).collect::<Vec<_>>());
-            match (samples.1.is_empty(), row.label.ends_with("S3")) {
-                (true, _) => "–".to_owned(),
-                (false, true) => format!("{:.2} / {:.2}", median(|c| c.copier), median(|c| c.server)),
-                (false, false) => format!("{:.2}", median(|c| c.copier)),
+        let cost = |samples: &Samples| match (samples.1.is_empty(), row.to_s3) {
+            (true, _) => "–".to_owned(),
+            (false, true) => {
+                format!("{:.2} / {:.2}", samples.cpu_median(|c| c.copier), samples.cpu_median(|c| c.server))
             }
+            (false, false) => format!("{:.2}", samples.cpu_median(|c| c.copier)),
         };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -655,8 +661,8 @@ fn print_cpu(rows: &[Row]) {
     // server's own cost per GB bounds what any copier can reach, however little it costs.
     #[allow(clippy::cast_precision_loss, reason = "a core count")]
     let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-    for row in rows.iter().filter(|row| row.label.ends_with("S3") && !row.gh1.1.is_empty()) {
-        let server = median(&row.gh1.1.iter().map(|c| c.server).collect::<Vec<_>>());
+    for row in rows.iter().filter(|row| row.to_s3 && !row.gh1.1.is_empty()) {
+        let server = row.gh1.cpu_median(|c| c.server);
         let ceiling = cores / server * 1000.0;
         println!(
             "{}: with a copier costing no CPU at all, the server's {server:.2} s/GB on {cores} cores allows at most {ceiling:.0} MB/s = {:.2}× rclone's median",
